@@ -1,0 +1,161 @@
+"""Videos to training clips, one video at a time: fetch, probe, audio, segments + shards.
+
+Plain functions the clips assets wrap. Lake layout:
+
+    videos/{video}.{ext}            the video (copied from a local path or downloaded by yt-dlp)
+    audio/{video}.wav               16 kHz mono, for the acoustic features downstream
+    segments/{video}.parquet        SEGMENTS_SCHEMA, with shard and sample_key filled in
+    shards/{video}/{video}-NNNNN.tar WebDataset shards of uint8 frames + comments, per video
+    shards/index.json               every shard with its video and sample count
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import lake, schema
+from .corpus import clean_path
+from .stages import Skip, VideoResult
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipOptions:
+    segment_s: float = 8.0
+    comments_per_segment: int = 5
+    frames_per_segment: int = 8
+    size: int = 224
+    max_shard_bytes: int = 1_000_000_000
+    max_height: int = 360
+    cookie_file: str | None = None
+    rate_limit: int | None = None
+    max_duration_s: float | None = None
+
+
+def videos_dir(root):
+    return lake.as_path(root) / "videos"
+
+
+def fetch_video(video: dict[str, Any], prev: dict | None, *, root, opts: ClipOptions) -> VideoResult:
+    """Copy a local video into the lake, or download it with yt-dlp (skipped when present)."""
+    from .videos import download_video, existing_video
+
+    vid, src = video["video_id"], video.get("video")
+    if not src:
+        raise ValueError("the catalogue gives no video for this entry")
+    have = existing_video(videos_dir(root), vid)
+    if "://" in src:
+        if have is None:
+            have = download_video(src, videos_dir(root), vid, max_height=opts.max_height, cookiefile=opts.cookie_file,
+                                  rate_limit=opts.rate_limit, max_duration_s=opts.max_duration_s,
+                                  archive=str(lake.as_path(root) / "videos" / "download-archive.txt"))
+        fingerprint = f"url:{src}"
+    else:
+        source = Path(src)
+        if not source.is_file():
+            raise FileNotFoundError(f"{src}: video file not found")
+        fingerprint = lake.file_hash(source)
+        if prev and prev.get("fingerprint") == fingerprint and have is not None:
+            raise Skip
+        dest = lake.under(videos_dir(root), f"{vid}{source.suffix.lower() or '.mp4'}")
+        with lake.atomic_write(dest) as out, open(source, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+        have = existing_video(videos_dir(root), vid)
+    if prev and prev.get("fingerprint") == fingerprint and prev.get("output_hash"):
+        raise Skip
+    return VideoResult(vid, "done", fingerprint, lake.file_hash(have.path), 1, metrics={"path": str(have.path), "bytes": have.path.stat().st_size})
+
+
+def probe_one(video: dict[str, Any], prev: dict | None, *, root, video_hash: str | None) -> VideoResult:
+    """ffprobe one video; an undecodable file fails with the reason and is excluded downstream."""
+    from .videos import existing_video, probe_video
+
+    vid = video["video_id"]
+    have = existing_video(videos_dir(root), vid)
+    if have is None or video_hash is None:
+        raise FileNotFoundError("no video in the lake (the fetch failed)")
+    if prev and prev.get("fingerprint") == video_hash:
+        raise Skip
+    probe = dataclasses.asdict(probe_video(have.path))
+    digest = lake.combine_hashes({k: str(v) for k, v in probe.items()})
+    return VideoResult(vid, "done", video_hash, digest, 1, metrics={**probe, "path": str(have.path)})
+
+
+def audio_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict | None) -> VideoResult:
+    """16 kHz mono WAV of the audio track; a silent video is done with no file."""
+    from .videos import extract_audio
+
+    vid = video["video_id"]
+    if not probe or probe.get("status") == "failed" or not probe.get("output_hash"):
+        raise RuntimeError("video was not probed successfully")
+    fingerprint = probe["fingerprint"]
+    dest = lake.under(lake.as_path(root) / "audio", f"{vid}.wav")
+    if prev and prev.get("fingerprint") == fingerprint and (dest.exists() or not prev.get("metrics", {}).get("has_audio")):
+        raise Skip
+    out = extract_audio(probe["metrics"]["path"], dest)
+    if out is None:
+        return VideoResult(vid, "done", fingerprint, "no-audio", 0, metrics={"has_audio": False})
+    return VideoResult(vid, "done", fingerprint, lake.file_hash(out), 1, metrics={"has_audio": True, "path": str(out), "bytes": Path(str(out)).stat().st_size})
+
+
+def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict | None, comments_hash: str | None, opts: ClipOptions) -> VideoResult:
+    """Segments, selected comments and sampled frames of one video, written as its own shards."""
+    from .segments import segment_video
+    from .shards import write_shards
+
+    vid, platform = video["video_id"], video["platform"]
+    if not probe or probe.get("status") == "failed" or not probe.get("output_hash"):
+        raise RuntimeError("video was not probed successfully")
+    fingerprint = lake.combine_hashes({"video": probe["fingerprint"], "comments": str(comments_hash),
+                                       "opts": str(dataclasses.astuple(opts)[:5])})
+    seg_path = segments_path(root, vid)
+    if prev and prev.get("fingerprint") == fingerprint and seg_path.exists():
+        raise Skip
+    comments = None
+    cpath = clean_path(root, platform, vid)
+    if comments_hash and cpath.exists():
+        comments = lake.read_parquet(cpath, schema.CLEAN_COMMENTS_SCHEMA)
+    table, frames = segment_video(probe["metrics"]["path"], comments, segment_s=opts.segment_s,
+                                  comments_per_segment=opts.comments_per_segment,
+                                  frames_per_segment=opts.frames_per_segment, size=opts.size, video_id=vid)
+    table = write_shards(table, frames, shards_dir(root), vid, max_shard_bytes=opts.max_shard_bytes)
+    digest = lake.write_parquet(table, seg_path)
+    with_comments = int(np.count_nonzero(np.asarray(table.column("comment_count").to_numpy()) > 0)) if table.num_rows else 0
+    return VideoResult(vid, "done", fingerprint, digest, table.num_rows, metrics={
+        "segments": table.num_rows,
+        "segments_with_comments": with_comments,
+        "frames_bytes": int(frames.nbytes),
+        "duration_s": probe["metrics"].get("duration_s"),
+    })
+
+
+def segments_path(root, video_id: str):
+    return lake.under(lake.as_path(root) / "segments", f"{video_id}.parquet")
+
+
+def shards_dir(root):
+    return lake.as_path(root) / "shards"
+
+
+def contact_sheet(root, video_id: str, max_segments: int = 6) -> np.ndarray | None:
+    """The first frame of up to ``max_segments`` segments of one video, side by side."""
+    import io
+    import tarfile
+
+    seg = segments_path(root, video_id)
+    if not seg.exists():
+        return None
+    table = lake.read_parquet(seg).slice(0, max_segments).to_pylist()
+    tiles = []
+    for row in table:
+        if not row.get("shard"):
+            continue
+        with tarfile.open(row["shard"]) as tar:
+            member = tar.extractfile(f"{row['sample_key']}.frames.npy")
+            frames = np.load(io.BytesIO(member.read()))
+        tiles.append(frames[0])
+    return np.concatenate(tiles, axis=1) if tiles else None

@@ -1,0 +1,256 @@
+"""The live-comment corpus: catalogue → raw comments → clean comments → DuckDB catalog.
+
+Plain functions over the lake; the Dagster assets in ``defs/`` are thin wrappers around them.
+Lake layout (all under one root):
+
+    catalogue.parquet                         the video catalogue (CATALOGUE_SCHEMA)
+    sources/{platform}/{video}/...            fetched comment files, as the platform serves them
+    raw_comments/{platform}/{video}.parquet   every comment that parses (COMMENTS_SCHEMA)
+    clean_comments/{platform}/{video}.parquet cleaned (CLEAN_COMMENTS_SCHEMA)
+    corpus.duckdb                             views over the Parquet + the dataset card tables
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import yaml
+
+from . import lake, schema
+from .stages import Skip, VideoResult
+
+
+class CatalogueError(ValueError):
+    """The catalogue file cannot be used; names the file and the reason."""
+
+
+# ---------------------------------------------------------------- catalogue
+
+
+def load_catalogue(path: str | os.PathLike) -> pa.Table:
+    """Read a YAML (``videos: [...]``) or CSV catalogue into CATALOGUE_SCHEMA.
+
+    Local paths in ``source``/``video`` are resolved against the catalogue's folder, so a
+    catalogue can travel with its files.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CatalogueError(f"{path}: cannot read catalogue: {exc}") from exc
+    if path.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(text.splitlines()))
+    else:
+        try:
+            doc = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise CatalogueError(f"{path}: not valid YAML: {exc}") from exc
+        rows = doc.get("videos") if isinstance(doc, dict) else doc
+        if not isinstance(rows, list):
+            raise CatalogueError(f"{path}: expected a list under 'videos'")
+    return pa.Table.from_pylist([_catalogue_row(path, i, r) for i, r in enumerate(rows)], schema=schema.CATALOGUE_SCHEMA)
+
+
+def _catalogue_row(path: Path, i: int, row: Any) -> dict[str, Any]:
+    if not isinstance(row, dict) or not row.get("source"):
+        raise CatalogueError(f"{path}: entry {i} needs at least a 'source'")
+    platform = (row.get("platform") or "local").strip().lower()
+    if platform not in schema.PLATFORMS:
+        raise CatalogueError(f"{path}: entry {i}: unknown platform {platform!r} (one of {', '.join(schema.PLATFORMS)})")
+    source, video = str(row["source"]).strip(), (str(row["video"]).strip() if row.get("video") else None)
+    source, video = _resolve_local(path, source), _resolve_local(path, video)
+    video_id = str(row.get("video_id") or _default_video_id(source)).strip()
+    return {
+        "video_id": video_id,
+        "platform": platform,
+        "source": source,
+        "video": video,
+        "language": row.get("language"),
+        "genre": row.get("genre"),
+        "title": row.get("title"),
+    }
+
+
+def _resolve_local(catalogue: Path, value: str | None) -> str | None:
+    if not value or "://" in value or value.startswith(("BV", "av")):
+        return value
+    candidate = Path(value)
+    if not candidate.is_absolute():
+        candidate = catalogue.parent / candidate
+    return str(candidate.resolve()) if candidate.exists() else value
+
+
+def _default_video_id(source: str) -> str:
+    tail = source.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+    return tail.split(".")[0] or hashlib.sha1(source.encode()).hexdigest()[:12]
+
+
+def check_unique_ids(table: pa.Table, path: str) -> None:
+    ids = table.column("video_id").to_pylist()
+    dupes = sorted({v for v in ids if ids.count(v) > 1})
+    if dupes:
+        raise CatalogueError(f"{path}: duplicate video_id {', '.join(dupes[:5])}")
+
+
+# ---------------------------------------------------------------- per-video stages
+
+
+def raw_path(root, platform: str, video_id: str):
+    return lake.under(root, "raw_comments", platform, f"{video_id}.parquet")
+
+
+def clean_path(root, platform: str, video_id: str):
+    return lake.under(root, "clean_comments", platform, f"{video_id}.parquet")
+
+
+def source_dir(root, platform: str, video_id: str):
+    return lake.under(root, "sources", platform, video_id)
+
+
+def _files_fingerprint(files: list[str]) -> str:
+    return lake.combine_hashes({Path(f).name: lake.file_hash(f) for f in files})
+
+
+def fetch_and_parse(video: dict[str, Any], prev: dict | None, *, root, crawl: dict[str, Any], refresh: bool, salt: str | None) -> VideoResult:
+    """Fetch one video's comment files (skipped when complete, unless ``refresh``) and parse them."""
+    from .formats import read_comments
+    from .sources import fetch_comments
+
+    vid, platform = video["video_id"], video["platform"]
+    fetched = fetch_comments(platform, video["source"], source_dir(root, platform, vid), video_id=vid, refresh=refresh, **crawl)
+    if fetched.status != "complete":
+        raise RuntimeError(fetched.error or f"fetch ended {fetched.status}")
+    fingerprint = _files_fingerprint(fetched.files) + (salt and hashlib.sha1(salt.encode()).hexdigest()[:8] or "")
+    out = raw_path(root, platform, vid)
+    if prev and prev.get("fingerprint") == fingerprint and out.exists():
+        raise Skip
+    table = read_comments(fetched.files, platform=platform, video_id=vid, author_salt=salt)
+    digest = lake.write_parquet(table, out)
+    skipped = int((table.schema.metadata or {}).get(b"lcaffect.skipped", b"0") or 0)
+    return VideoResult(vid, "done", fingerprint, digest, table.num_rows, metrics={"bad_elements": skipped, **_meta_metrics(fetched)})
+
+
+def _meta_metrics(fetched) -> dict[str, Any]:
+    meta = getattr(fetched, "metadata", None) or {}
+    return {k: meta[k] for k in ("duration_s", "title") if meta.get(k) is not None}
+
+
+def clean_one(video: dict[str, Any], prev: dict | None, *, root, raw_hash: str | None, config: dict[str, Any]) -> VideoResult:
+    """Clean one video's raw comments; skipped when raw content and config are unchanged."""
+    from .cleaning import CleaningConfig, clean_comments
+
+    vid, platform = video["video_id"], video["platform"]
+    if raw_hash is None:
+        raise RuntimeError("no raw comments (the fetch failed)")
+    fingerprint = lake.combine_hashes({"raw": raw_hash, "config": json.dumps(config, sort_keys=True, default=str)})
+    out = clean_path(root, platform, vid)
+    if prev and prev.get("fingerprint") == fingerprint and out.exists():
+        raise Skip
+    raw = lake.read_parquet(raw_path(root, platform, vid), schema.COMMENTS_SCHEMA)
+    clean, drops = clean_comments(raw, CleaningConfig(**config))
+    digest = lake.write_parquet(clean, out)
+    return VideoResult(vid, "done", fingerprint, digest, clean.num_rows, metrics={"raw_rows": raw.num_rows, "drops": dict(drops)})
+
+
+# ---------------------------------------------------------------- the corpus catalog
+
+
+def build_corpus_catalog(root, durations: dict[str, float] | None = None) -> dict[str, Any]:
+    """Write ``corpus.duckdb``: views over the Parquet lake plus the dataset-card tables.
+
+    Hours per video come from the known duration (crawl metadata or the video probe) and
+    fall back to the last comment's offset where no duration is known.
+    """
+    root_p = Path(str(lake.as_path(root)))
+    db_path = root_p / "corpus.duckdb"
+    tmp = db_path.with_name(f".{db_path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    con = duckdb.connect(str(tmp))
+    try:
+        _create_catalog(con, root_p, durations or {})
+        card = _dataset_card(con)
+    finally:
+        con.close()
+    os.replace(tmp, db_path)
+    return {"path": str(db_path), **card}
+
+
+def _glob(root: Path, table: str) -> str:
+    return str(root / table / "*" / "*.parquet")
+
+
+def _create_catalog(con, root: Path, durations: dict[str, float]) -> None:
+    cat = root / "catalogue.parquet"
+    con.execute(f"CREATE VIEW catalogue AS SELECT * FROM read_parquet('{cat}')")
+    for table, sch in (("raw_comments", schema.COMMENTS_SCHEMA), ("clean_comments", schema.CLEAN_COMMENTS_SCHEMA)):
+        if any((root / table).glob("*/*.parquet")):
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{_glob(root, table)}', union_by_name=true)")
+        else:
+            con.register(f"_{table}_empty", sch.empty_table())
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_empty")
+    con.register("_durations", pa.table({"video_id": list(durations), "duration_s": [float(v) for v in durations.values()]}))
+    con.execute(
+        """
+        CREATE TABLE videos AS
+        SELECT c.video_id, c.platform, coalesce(c.language, 'unknown') AS language,
+               coalesce(c.genre, 'unknown') AS genre,
+               coalesce(d.duration_s, s.last_offset_ms / 1000.0, 0) AS duration_s,
+               coalesce(s.comments, 0) AS comments
+        FROM catalogue c
+        LEFT JOIN _durations d USING (video_id)
+        LEFT JOIN (SELECT video_id, count(*) AS comments, max(offset_ms) AS last_offset_ms
+                   FROM clean_comments GROUP BY video_id) s USING (video_id)
+        """
+    )
+    con.execute(
+        """
+        CREATE TABLE dataset_card AS
+        SELECT 'all' AS dimension, 'all' AS value, count(*) AS videos,
+               round(sum(duration_s) / 3600, 3) AS hours, sum(comments) AS comments FROM videos
+        UNION ALL SELECT 'platform', platform, count(*), round(sum(duration_s) / 3600, 3), sum(comments) FROM videos GROUP BY platform
+        UNION ALL SELECT 'language', language, count(*), round(sum(duration_s) / 3600, 3), sum(comments) FROM videos GROUP BY language
+        UNION ALL SELECT 'genre', genre, count(*), round(sum(duration_s) / 3600, 3), sum(comments) FROM videos GROUP BY genre
+        ORDER BY dimension, value
+        """
+    )
+
+
+def _dataset_card(con) -> dict[str, Any]:
+    rows = con.execute("SELECT dimension, value, videos, hours, comments FROM dataset_card").fetchall()
+    total = next(r for r in rows if r[0] == "all")
+    return {
+        "videos": int(total[2]),
+        "hours": float(total[3] or 0),
+        "comments": int(total[4] or 0),
+        "card": [dict(zip(("dimension", "value", "videos", "hours", "comments"), r)) for r in rows],
+    }
+
+
+def card_markdown(card: list[dict[str, Any]]) -> str:
+    lines = ["| dimension | value | videos | hours | comments |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {r['dimension']} | {r['value']} | {r['videos']} | {r['hours']} | {r['comments']} |" for r in card]
+    return "\n".join(lines)
+
+
+def catalogue_path(root):
+    return lake.as_path(root) / "catalogue.parquet"
+
+
+def write_catalogue(root, table: pa.Table) -> str:
+    check_unique_ids(table, str(catalogue_path(root)))
+    return lake.write_parquet(table, catalogue_path(root))
+
+
+def load_catalogue_from_lake(root) -> list[dict[str, Any]]:
+    """The catalogue rows (dicts) as last materialised into the lake."""
+    path = catalogue_path(root)
+    if not path.exists():
+        raise CatalogueError(f"{path}: no catalogue in this lake yet (materialise video_catalogue first)")
+    return lake.read_parquet(path, schema.CATALOGUE_SCHEMA).to_pylist()

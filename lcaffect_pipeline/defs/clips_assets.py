@@ -1,0 +1,137 @@
+"""Clips assets: videos → probes → audio; segments (with comments and frames) → training shards."""
+
+import dagster as dg
+
+from .. import clips, lake, plots, stages
+from .fanout import keyed, per_video_asset
+from .resources import ClipsResource, LakeResource
+
+GROUP = "clips"
+OWNERS = ["team:lcaffect-data"]
+
+
+def _runner(stage, make_fn):
+    """A fan-out work function running ``make_fn(context, upstreams)(video, prev)`` per video."""
+
+    def work(context, chunk, upstreams):
+        root = context.resources.lake.path()
+        return stages.run_stage(root, stage, chunk, make_fn(context, root, upstreams), force=context.resources.scope.force)
+
+    return work
+
+
+def _fetch(context, root, up):
+    opts = context.resources.clips.options()
+    return lambda video, prev: clips.fetch_video(video, prev, root=root, opts=opts)
+
+
+def _probe(context, root, up):
+    fetched = keyed(up["videos"])
+    return lambda video, prev: clips.probe_one(video, prev, root=root, video_hash=(fetched.get(video["video_id"]) or {}).get("output_hash"))
+
+
+def _audio(context, root, up):
+    probes = keyed(up["video_probes"])
+    return lambda video, prev: clips.audio_one(video, prev, root=root, probe=probes.get(video["video_id"]))
+
+
+def _segment(context, root, up):
+    probes, comments = keyed(up["video_probes"]), keyed(up["clean_comments"])
+    opts = context.resources.clips.options()
+    return lambda video, prev: clips.segment_one(
+        video, prev, root=root, probe=probes.get(video["video_id"]),
+        comments_hash=(comments.get(video["video_id"]) or {}).get("output_hash"), opts=opts)
+
+
+def _no_metadata(context, manifest, upstreams):
+    return {}
+
+
+def _probe_finish(context, manifest, upstreams):
+    done = [r for r in manifest["results"].values() if r.get("output_hash") and r["status"] != "failed"]
+    hours = sum(float(r["metrics"].get("duration_s") or 0) for r in done) / 3600
+    return {"hours": dg.MetadataValue.float(round(hours, 4)), "decodable": len(done)}
+
+
+def _segments_finish(context, manifest, upstreams):
+    done = [r for r in manifest["results"].values() if r["status"] == "done"]
+    meta = {"segments": sum(r["rows"] for r in manifest["results"].values() if r.get("output_hash"))}
+    if done:
+        sheet = clips.contact_sheet(context.resources.lake.path(), done[0]["video_id"])
+        if sheet is not None:
+            meta["contact_sheet"] = dg.MetadataValue.md(f"{done[0]['video_id']}\n\n" + plots.markdown_image(plots.png_from_array(sheet), "sampled frames"))
+        meta["frames_bytes_written"] = sum(r["metrics"].get("frames_bytes", 0) for r in done)
+    return meta
+
+
+videos = per_video_asset(
+    name="videos", stage="videos", upstream="video_catalogue", work=_runner("videos", _fetch), finish=_no_metadata,
+    work_resources={"clips"}, description="The catalogue's videos in the lake (local copies or yt-dlp downloads, capped at max_height).",
+    code_version="1", group_name=GROUP, kinds={"python", "video"})
+
+video_probes = per_video_asset(
+    name="video_probes", stage="video_probes", upstream="videos", work=_runner("video_probes", _probe), finish=_probe_finish,
+    description="ffprobe of every video (duration, fps, size, audio); undecodable videos are reported and excluded.",
+    code_version="1", group_name=GROUP, kinds={"python", "ffmpeg"})
+
+audio = per_video_asset(
+    name="audio", stage="audio", upstream="video_probes", work=_runner("audio", _audio), finish=_no_metadata,
+    description="16 kHz mono WAV of each video's audio track, for the acoustic features.",
+    code_version="1", group_name=GROUP, kinds={"python", "ffmpeg"})
+
+segments = per_video_asset(
+    name="segments", stage="segments", upstream=("video_probes", "clean_comments"), work=_runner("segments", _segment),
+    finish=_segments_finish, work_resources={"clips"},
+    description="8-second segments with up to K selected live comments and sampled frames, written as each video's WebDataset shards.",
+    code_version="1", group_name=GROUP, kinds={"python", "parquet"})
+
+
+@dg.asset(
+    group_name=GROUP,
+    code_version="1",
+    kinds={"webdataset"},
+    owners=OWNERS,
+    ins={"segs": dg.AssetIn("segments")},
+    description="The training shard index (shards/index.json) over every video's shards; rebuilt per video only where its segments changed.",
+)
+def training_shards(context: dg.AssetExecutionContext, lake: LakeResource, segs: dict) -> dg.Output:
+    from ..shards import update_shard_index
+
+    index = update_shard_index(clips.shards_dir(lake.path()))
+    entries = index if isinstance(index, list) else index.get("shards", [])
+    total_bytes = sum(e.get("bytes", 0) for e in entries)
+    return dg.Output(
+        {"index": str(clips.shards_dir(lake.path()) / "index.json"), "shards": len(entries), "samples": sum(e.get("samples", 0) for e in entries)},
+        data_version=dg.DataVersion(lake_hash({e["url"]: e.get("sha256", "") for e in entries})),
+        metadata={
+            "index": dg.MetadataValue.path(str(clips.shards_dir(lake.path()) / "index.json")),
+            "shards": len(entries),
+            "samples": sum(e.get("samples", 0) for e in entries),
+            "bytes": dg.MetadataValue.int(total_bytes),
+        },
+    )
+
+
+def lake_hash(parts):
+    return lake.combine_hashes(parts)
+
+
+@dg.asset_check(asset=training_shards, description="Every segment has frames of the declared shape and the shard index matches the segments table")
+def shards_match_segments(lake: LakeResource, clips: ClipsResource) -> dg.AssetCheckResult:
+    from .. import clips as clips_mod
+    from ..shards import verify_shards
+
+    tables = [lake_read(p) for p in sorted((lake.path() / "segments").glob("*.parquet"))] if (lake.path() / "segments").exists() else []
+    import pyarrow as pa
+
+    table = pa.concat_tables(tables) if tables else None
+    problems = verify_shards(table, clips_mod.shards_dir(lake.path()), frames_per_segment=clips.frames_per_segment, size=clips.size) if table is not None else []
+    return dg.AssetCheckResult(passed=not problems, metadata={"segments": 0 if table is None else table.num_rows, "problems": "\n".join(problems[:20])})
+
+
+def lake_read(path):
+    return lake.read_parquet(path)
+
+
+ASSETS = [videos, video_probes, audio, segments, training_shards]
+CHECKS = [shards_match_segments]

@@ -1,0 +1,144 @@
+"""Corpus assets: video catalogue → raw comments → clean comments → corpus catalog."""
+
+
+import duckdb
+import dagster as dg
+
+from .. import corpus, lake, plots, stages
+from .fanout import keyed, per_video_asset
+from .resources import CatalogueResource, CleaningResource, CrawlerResource, LakeResource, RunScope
+
+GROUP = "corpus"
+OWNERS = ["team:lcaffect-data"]
+
+
+@dg.asset(
+    group_name=GROUP,
+    code_version="1",
+    kinds={"yaml", "parquet"},
+    owners=OWNERS,
+    description="The videos to crawl (YAML or CSV: source, platform, language, genre), or the generated offline demo.",
+)
+def video_catalogue(context: dg.AssetExecutionContext, lake: LakeResource, catalogue: CatalogueResource) -> dg.Output:
+    path = catalogue.path
+    if catalogue.demo:
+        from ..demo import generate_demo_world
+
+        path = str(generate_demo_world(lake.path("demo_world"), n_videos=catalogue.demo_videos))
+    if not path:
+        raise dg.Failure("no catalogue: set resources.catalogue.config.path (or demo: true)")
+    table = corpus.load_catalogue(path)
+    digest = corpus.write_catalogue(lake.path(), table)
+    platforms = table.group_by("platform").aggregate([("video_id", "count")]).to_pylist()
+    return dg.Output(
+        {"path": str(corpus.catalogue_path(lake.path())), "videos": table.num_rows, "source": path},
+        data_version=dg.DataVersion(digest),
+        metadata={
+            "videos": table.num_rows,
+            "source": dg.MetadataValue.path(path),
+            "per_platform": {p["platform"]: p["video_id_count"] for p in platforms},
+        },
+    )
+
+
+def _fetch_work(context, chunk, upstream):
+    lake_r: LakeResource = context.resources.lake
+    scope: RunScope = context.resources.scope
+    crawler: CrawlerResource = context.resources.crawler
+    root, salt = lake_r.path(), lake_r.salt()
+
+    def one(video, prev):
+        return corpus.fetch_and_parse(video, prev, root=root, crawl=crawler.options(), refresh=scope.refresh, salt=salt)
+
+    return stages.run_stage(root, "raw_comments", chunk, one, force=scope.force)
+
+
+def _clean_work(context, chunk, upstream):
+    lake_r: LakeResource = context.resources.lake
+    cleaning: CleaningResource = context.resources.cleaning
+    raw = keyed(upstream["raw_comments"])
+    root = lake_r.path()
+
+    def one(video, prev):
+        raw_hash = (raw.get(video["video_id"]) or {}).get("output_hash")
+        return corpus.clean_one(video, prev, root=root, raw_hash=raw_hash, config=cleaning.options())
+
+    return stages.run_stage(root, "clean_comments", chunk, one, force=context.resources.scope.force)
+
+
+def _density_metadata(root, table: str) -> dict:
+    glob = str(lake.as_path(root) / table / "*" / "*.parquet")
+    try:
+        offsets = duckdb.sql(f"SELECT offset_ms FROM read_parquet('{glob}')").fetchnumpy()["offset_ms"]
+    except duckdb.Error:
+        return {}
+    return {"density": dg.MetadataValue.md(plots.markdown_image(plots.density_png(offsets), "comment density"))}
+
+
+def _raw_finish(context, manifest, upstream):
+    bad = sum(r.get("metrics", {}).get("bad_elements", 0) for r in manifest["results"].values())
+    return {"bad_elements_skipped": bad, **_density_metadata(context.resources.lake.path(), "raw_comments")}
+
+
+def _clean_finish(context, manifest, upstream):
+    drops: dict[str, int] = {}
+    for r in manifest["results"].values():
+        if r["status"] == "done":
+            for k, v in r.get("metrics", {}).get("drops", {}).items():
+                drops[k] = drops.get(k, 0) + v
+    meta = {f"dropped_{k}": dg.MetadataValue.int(v) for k, v in drops.items()}
+    return {**meta, **_density_metadata(context.resources.lake.path(), "clean_comments")}
+
+
+raw_comments = per_video_asset(
+    name="raw_comments",
+    stage="raw_comments",
+    upstream="video_catalogue",
+    work=_fetch_work,
+    finish=_raw_finish,
+    work_resources={"crawler"},
+    description="Every comment that parses, per video, in the one comment schema (fetched incrementally; a re-crawl that brings nothing new keeps the data version).",
+    code_version="1",
+    group_name=GROUP,
+    kinds={"python", "parquet"},
+)
+
+clean_comments = per_video_asset(
+    name="clean_comments",
+    stage="clean_comments",
+    upstream="raw_comments",
+    work=_clean_work,
+    finish=_clean_finish,
+    work_resources={"cleaning"},
+    description="Cleaned live comments (code removed, normalised, simplified, deduplicated, language-tagged), per video.",
+    code_version="1",
+    group_name=GROUP,
+    kinds={"duckdb", "parquet"},
+)
+
+
+@dg.asset(
+    group_name=GROUP,
+    code_version="1",
+    kinds={"duckdb"},
+    owners=OWNERS,
+    ins={"clean": dg.AssetIn("clean_comments"), "raw": dg.AssetIn("raw_comments")},
+    description="corpus.duckdb: views over the Parquet lake and the dataset card (videos, hours, comments per platform, language, genre).",
+)
+def corpus_catalog(context: dg.AssetExecutionContext, lake: LakeResource, clean: dict, raw: dict) -> dg.Output:
+    durations = {vid: r["metrics"]["duration_s"] for vid, r in keyed(raw).items() if r.get("metrics", {}).get("duration_s")}
+    card = corpus.build_corpus_catalog(lake.path(), durations)
+    return dg.Output(
+        {"path": card["path"], "videos": card["videos"], "hours": card["hours"], "comments": card["comments"]},
+        data_version=dg.DataVersion(lake.combine_hashes({"clean": clean["data_version"], "card": str(card["card"])})),
+        metadata={
+            "path": dg.MetadataValue.path(card["path"]),
+            "videos": card["videos"],
+            "hours": dg.MetadataValue.float(card["hours"]),
+            "comments": card["comments"],
+            "dataset_card": dg.MetadataValue.md(corpus.card_markdown(card["card"])),
+        },
+    )
+
+
+ASSETS = [video_catalogue, raw_comments, clean_comments, corpus_catalog]

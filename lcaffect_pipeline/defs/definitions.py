@@ -1,0 +1,34 @@
+"""The one ``Definitions`` object: assets, checks, jobs, schedules, sensors, resources."""
+
+
+import dagster as dg
+
+from .automation import JOBS, SCHEDULES, SENSORS
+from .checks import CHECKS
+from .clips_assets import ASSETS as CLIPS_ASSETS
+from .clips_assets import CHECKS as CLIPS_CHECKS
+from .corpus_assets import ASSETS as CORPUS_ASSETS
+from .resources import CatalogueResource, ClipsResource, CleaningResource, CrawlerResource, LakeJsonIOManager, LakeResource, RunScope
+
+
+def build_resources() -> dict:
+    lake = LakeResource()
+    return {
+        "lake": lake,
+        "scope": RunScope(),
+        "catalogue": CatalogueResource(),
+        "crawler": CrawlerResource(),
+        "cleaning": CleaningResource(),
+        "clips": ClipsResource(),
+        "io_manager": LakeJsonIOManager(lake=lake),
+    }
+
+
+defs = dg.Definitions(
+    assets=[*CORPUS_ASSETS, *CLIPS_ASSETS],
+    asset_checks=[*CHECKS, *CLIPS_CHECKS],
+    jobs=JOBS,
+    schedules=SCHEDULES,
+    sensors=SENSORS,
+    resources=build_resources(),
+)

@@ -1,0 +1,149 @@
+"""One factory for per-video assets: plan → one step per chunk of videos → collect.
+
+Why fan-out inside one run rather than one dynamic partition per video (DESIGN.md weighs
+both): the README command, the daily refresh and a re-run of one video each stay one run
+(``dagster job execute`` has no partition flag, and thousands of partitions would mean
+thousands of runs per refresh). Each chunk is a step, so the multiprocess executor runs
+chunks in parallel here and ``k8s_job_executor`` runs each as its own pod at scale.
+Incrementality comes from the per-video state in the lake (``stages.run_stage``): a video
+whose inputs hash the same as last time is skipped. Per-video status is a metadata table.
+"""
+
+
+import re
+from typing import Any, Callable
+
+import dagster as dg
+
+from .. import lake, stages
+from ..corpus import load_catalogue_from_lake
+from .resources import LakeResource, RunScope
+
+# work(context, videos, upstreams: {asset name: manifest}) -> list[VideoResult]
+WorkFn = Callable[..., list[stages.VideoResult]]
+# finish(context, manifest) -> metadata dict (the manifest already has per-video results)
+FinishFn = Callable[..., dict[str, Any]]
+
+
+def _mapping_key(i: int) -> str:
+    return f"chunk_{i:05d}"
+
+
+def per_video_asset(
+    *,
+    name: str,
+    stage: str,
+    upstream: str | tuple[str, ...],
+    work: WorkFn,
+    finish: FinishFn,
+    description: str,
+    code_version: str,
+    group_name: str,
+    kinds: set[str],
+    work_resources: set[str] = frozenset(),
+    pool: str | None = None,
+    automation_condition: dg.AutomationCondition | None = None,
+) -> dg.AssetsDefinition:
+    """Build the graph-backed asset ``name`` over the catalogue's videos."""
+
+    @dg.op(name=f"{name}_plan", out=dg.DynamicOut(), description=f"Split the catalogue into chunks for {name}")
+    def plan(context: dg.OpExecutionContext, lake: LakeResource, scope: RunScope, upstream_manifest):
+        videos = load_catalogue_from_lake(lake.path())
+        if scope.videos:
+            wanted = set(scope.videos)
+            missing = wanted - {v["video_id"] for v in videos}
+            if missing:
+                raise dg.Failure(f"videos not in the catalogue: {', '.join(sorted(missing))}")
+            videos = [v for v in videos if v["video_id"] in wanted]
+        size = max(1, scope.chunk_size)
+        chunks = [videos[i : i + size] for i in range(0, len(videos), size)] or [[]]
+        context.log.info(f"{name}: {len(videos)} videos in {len(chunks)} chunk(s)")
+        for i, chunk in enumerate(chunks):
+            yield dg.DynamicOutput(chunk, mapping_key=_mapping_key(i))
+
+    @dg.op(
+        name=f"{name}_work",
+        description=f"Process one chunk of videos for {name}",
+        required_resource_keys={"lake", "scope", *work_resources},
+        pool=pool,
+    )
+    def work_op(context: dg.OpExecutionContext, chunk, upstream_manifest):
+        results = work(context, chunk, upstream_manifest)
+        for r in results:
+            if r.status == "failed":
+                context.log.warning(f"{name}: {r.video_id} failed: {r.reason}")
+        return [r.to_dict() for r in results]
+
+    @dg.op(name=f"{name}_collect", description=f"Merge per-video results of {name} into one materialisation")
+    def collect(context: dg.OpExecutionContext, lake: LakeResource, scope: RunScope, results, upstream_manifest):
+        new = {r["video_id"]: r for chunk in results for r in chunk}
+        manifest = merge_manifest(lake.path(), stage, new, scoped=bool(scope.videos))
+        metadata = {
+            "videos": manifest["videos"],
+            "done": manifest["done"],
+            "skipped": manifest["skipped"],
+            "failed": manifest["failed"],
+            "rows": dg.MetadataValue.int(manifest["rows"]),
+            "per_video": dg.MetadataValue.md(per_video_table(manifest["results"])),
+            **finish(context, manifest, upstream_manifest),
+        }
+        return dg.Output(manifest, data_version=dg.DataVersion(manifest["data_version"]), metadata=metadata)
+
+    names = (upstream,) if isinstance(upstream, str) else tuple(upstream)
+
+    @dg.op(name=f"{name}_inputs", ins={n: dg.In() for n in names}, description="The upstream manifests, by asset name")
+    def gather(context, **manifests):
+        return dict(manifests)
+
+    def chain(manifests):
+        return collect(plan(manifests).map(lambda c: work_op(c, manifests)).collect(), manifests)
+
+    if len(names) == 1:
+        def compose(a):
+            return chain(gather(**{names[0]: a}))
+    elif len(names) == 2:
+        def compose(a, b):
+            return chain(gather(**{names[0]: a, names[1]: b}))
+    else:
+        raise ValueError("per_video_asset takes one or two upstream assets")
+
+    compose.__name__ = name
+    return dg.graph_asset(
+        compose,
+        name=name,
+        description=description,
+        code_version=code_version,
+        group_name=group_name,
+        kinds=kinds,
+        ins={arg: dg.AssetIn(key=n) for arg, n in zip("ab", names)},
+        automation_condition=automation_condition,
+    )
+
+
+def merge_manifest(root, stage: str, new: dict[str, dict], *, scoped: bool) -> dict[str, Any]:
+    """This run's results, plus the last state of videos a scoped run did not touch."""
+    results = dict(new)
+    if scoped:
+        for video in load_catalogue_from_lake(root):
+            vid = video["video_id"]
+            if vid not in results and (prev := stages.load_state(root, stage, vid)):
+                results[vid] = {**prev, "status": "skipped"}
+    summary = stages.summarise([stages.VideoResult(**r) for r in results.values()])
+    return {"stage": stage, **summary, "results": results}
+
+
+def per_video_table(results: dict[str, dict], limit: int = 200) -> str:
+    lines = ["| video | status | rows | seconds | reason |", "|---|---|---:|---:|---|"]
+    for vid, r in sorted(results.items())[:limit]:
+        reason = re.sub(r"[|\n]", " ", r.get("reason") or "")[:160]
+        lines.append(f"| {vid} | {r['status']} | {r.get('rows', 0)} | {r.get('seconds', 0)} | {reason} |")
+    if len(results) > limit:
+        lines.append(f"| … {len(results) - limit} more | | | | |")
+    return "\n".join(lines)
+
+
+def keyed(manifest: dict[str, Any]) -> dict[str, dict]:
+    return manifest.get("results", {}) if manifest else {}
+
+
+__all__ = ["per_video_asset", "keyed", "lake"]

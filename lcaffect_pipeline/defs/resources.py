@@ -1,0 +1,126 @@
+"""Resources: where the lake is, what a run covers, and how the crawler behaves.
+
+Everything a user changes between runs is resource configuration, so one YAML file passed
+with ``dagster job execute -c`` (or the launchpad) sets it in one place: see ``configs/``.
+"""
+
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import dagster as dg
+from pydantic import Field
+
+from .. import lake, schema
+
+
+class LakeResource(dg.ConfigurableResource):
+    """The lake root (a folder, or an fsspec URL such as s3://bucket/lcaffect)."""
+
+    root: str = Field(default_factory=lambda: os.environ.get("LCAFFECT_LAKE", "lake"), description="Lake root folder or URL; default $LCAFFECT_LAKE or ./lake")
+    author_salt: Optional[str] = Field(default=None, description="Salt for author hashes; default $LCAFFECT_AUTHOR_SALT. Without one, authors are dropped.")
+
+    def path(self, *parts: str):
+        root = lake.as_path(self.root)
+        if lake.is_local(root):
+            root = lake.as_path(Path(self.root).expanduser().resolve())
+        return root.joinpath(*parts) if parts else root
+
+    def salt(self) -> str | None:
+        return schema.author_salt(self.author_salt)
+
+
+class RunScope(dg.ConfigurableResource):
+    """Which videos a run touches and how: the knobs for re-running one video or refreshing."""
+
+    videos: list[str] = Field(default=[], description="Only these video ids (empty: the whole catalogue)")
+    force: bool = Field(default=False, description="Recompute even when inputs are unchanged")
+    refresh: bool = Field(default=False, description="Re-crawl comments of videos already fetched (new comments keep arriving)")
+    chunk_size: int = Field(default=8, description="Videos per fan-out step; each step is one process (or pod)")
+
+
+class CatalogueResource(dg.ConfigurableResource):
+    """The video catalogue file (YAML or CSV), or the built-in offline demo."""
+
+    path: str = Field(default_factory=lambda: os.environ.get("LCAFFECT_CATALOGUE", ""), description="Catalogue YAML/CSV; default $LCAFFECT_CATALOGUE")
+    demo: bool = Field(default=False, description="Generate the offline demo world into the lake and use its catalogue")
+    demo_videos: int = Field(default=16, description="Number of demo videos")
+
+
+class CrawlerResource(dg.ConfigurableResource):
+    """Crawler politeness and endpoints (tests point the bases at a loopback server)."""
+
+    api_base: str = "https://api.bilibili.com"
+    comment_base: str = "https://comment.bilibili.com"
+    min_interval_s: float = Field(default=1.0, description="Minimum seconds between requests to one host")
+    max_attempts: int = 6
+    backoff_s: float = Field(default=1.0, description="Base of the exponential back-off (with jitter)")
+    timeout_s: float = 20.0
+    cookie_file: Optional[str] = Field(default=None, description="Netscape cookies.txt (SESSDATA) for full history; a secret")
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "api_base": self.api_base,
+            "comment_base": self.comment_base,
+            "min_interval_s": self.min_interval_s,
+            "max_attempts": self.max_attempts,
+            "backoff_s": self.backoff_s,
+            "timeout_s": self.timeout_s,
+            "cookie_file": self.cookie_file,
+        }
+
+
+class CleaningResource(dg.ConfigurableResource):
+    """Cleaning options (see lcaffect_pipeline.cleaning.CleaningConfig); JSON object of overrides."""
+
+    options_json: str = Field(default="{}", description='Overrides of CleaningConfig fields as JSON, e.g. {"min_length": 2}')
+
+    def options(self) -> dict[str, Any]:
+        return json.loads(self.options_json or "{}")
+
+
+class LakeJsonIOManager(dg.ConfigurableIOManager):
+    """Small JSON values (asset manifests, per-chunk results) kept in the lake itself.
+
+    Asset manifests live at ``{lake}/_manifests/{asset}.json`` so a later run (or another
+    machine) reading the same lake finds them without sharing DAGSTER_HOME; step outputs
+    inside a fan-out live under ``{lake}/_dagster_io/{run_id}/``.
+    """
+
+    lake: dg.ResourceDependency[LakeResource]
+
+    def _path(self, context) -> Any:
+        if context.has_asset_key:
+            return self.lake.path("_manifests", *context.asset_key.path[:-1], f"{context.asset_key.path[-1]}.json")
+        ident = context.get_identifier()
+        return self.lake.path("_dagster_io", *[lake.safe_name(p) for p in ident[:-1]], f"{lake.safe_name(ident[-1])}.json")
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        lake.atomic_write_bytes(self._path(context), json.dumps(obj, sort_keys=True, default=str).encode())
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        path = self._path(context.upstream_output)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: upstream {context.upstream_output.asset_key or context.upstream_output.name} has not been materialised in this lake")
+        return json.loads(path.read_text())
+
+
+class ClipsResource(dg.ConfigurableResource):
+    """How videos become training clips (segment length, comments per segment, frames, shards)."""
+
+    segment_s: float = 8.0
+    comments_per_segment: int = 5
+    frames_per_segment: int = 8
+    size: int = Field(default=224, description="Frames are size x size RGB")
+    max_shard_bytes: int = Field(default=1_000_000_000, description="Split a video's shards at this size")
+    max_height: int = Field(default=360, description="yt-dlp format cap for downloads")
+    cookie_file: Optional[str] = Field(default=None, description="cookies.txt for yt-dlp (a secret)")
+    rate_limit: Optional[int] = Field(default=None, description="Download rate limit, bytes/s")
+    max_duration_s: Optional[float] = Field(default=None, description="Skip videos longer than this")
+
+    def options(self):
+        from ..clips import ClipOptions
+
+        return ClipOptions(**self.model_dump())

@@ -1,0 +1,144 @@
+"""Shared pieces of the comment parsers: the typed error, the parse context, column helpers.
+
+Every parser turns one file into Arrow record batches of ``COMMENTS_SCHEMA``. Values are
+collected per column (plain lists or Arrow arrays) and turned into arrays once per batch, so a
+million comments cost a few list appends each rather than a dict or object per comment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lcaffect_pipeline.schema import COMMENTS_SCHEMA, hash_author
+
+BATCH_ROWS = 65_536  # rows per record batch: bounded memory, few Arrow calls
+
+# Bilibili (and AcFun, which copied it) numeric modes; index = mode number.
+BILI_MODES = pa.array(
+    ["other", "scroll", "scroll", "scroll", "bottom", "top", "reverse", "positioned", "code", "code"],
+    pa.string(),
+)
+# Mode 9 is BAS (Bilibili Animation Script): a script like mode 8, so both map to "code" and one
+# cleaning filter drops every scripted comment.
+
+
+class CommentFormatError(ValueError):
+    """A comment file that cannot be read: names the file and says why."""
+
+    def __init__(self, path: object, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):  # keep the two-argument form through pickling (Dagster subprocesses)
+        return (type(self), (self.path, self.reason))
+
+
+@dataclass
+class ParseContext:
+    """What one parser call needs besides the bytes: where they came from and how to label them."""
+
+    path: Path
+    platform: str
+    video_id: str
+    salt: str | None
+    source_file: str
+    skipped: int = 0  # bad elements skipped inside an otherwise good file
+    notes: dict[str, str] = field(default_factory=dict)  # extra schema metadata (e.g. xml_error)
+
+    def error(self, reason: str) -> CommentFormatError:
+        return CommentFormatError(self.path, reason)
+
+
+def derived_id(*parts: object) -> str:
+    """A stable comment id from content, for formats (or old files) without one.
+
+    Verbatim-repeated elements get the same id and so deduplicate to one row.
+    """
+    digest = hashlib.blake2b(digest_size=10)
+    for part in parts:
+        digest.update(str(part).encode("utf-8", "surrogatepass"))
+        digest.update(b"\x1f")
+    return "h" + digest.hexdigest()
+
+
+def hash_authors(raw_ids: pa.Array | list, salt: str | None) -> pa.Array:
+    """``hash_author`` over a column, hashing each distinct raw id once."""
+    raw = raw_ids if isinstance(raw_ids, pa.Array) else pa.array(raw_ids, pa.string())
+    if not salt or len(raw) == 0:
+        return pa.nulls(len(raw), pa.string())
+    if raw.type != pa.string():
+        raw = pc.cast(raw, pa.string())
+    encoded = pc.dictionary_encode(raw)
+    hashed = pa.array([hash_author(v, salt) for v in encoded.dictionary.to_pylist()], pa.string())
+    return pc.take(hashed, encoded.indices)
+
+
+def make_batch(ctx: ParseContext, columns: dict[str, object]) -> pa.RecordBatch:
+    """A ``COMMENTS_SCHEMA`` batch from the given columns; the per-file constants are filled in.
+
+    Columns may be lists or Arrow arrays; absent nullable columns become nulls and an absent
+    ``superchat`` becomes False.
+    """
+    n = len(columns["comment_id"])
+    constants = {"platform": ctx.platform, "video_id": ctx.video_id, "source_file": ctx.source_file}
+    arrays = []
+    for fld in COMMENTS_SCHEMA:
+        if fld.name in constants:
+            arrays.append(pa.repeat(pa.scalar(constants[fld.name], fld.type), n))
+            continue
+        value = columns.get(fld.name)
+        if value is None:
+            value = pa.repeat(pa.scalar(False), n) if fld.name == "superchat" else pa.nulls(n, fld.type)
+        elif not isinstance(value, (pa.Array, pa.ChunkedArray)):
+            value = pa.array(value, fld.type)
+        elif value.type != fld.type:
+            value = pc.cast(value, fld.type)
+        if isinstance(value, pa.ChunkedArray):
+            value = value.combine_chunks()
+        arrays.append(value)
+    return pa.RecordBatch.from_arrays(arrays, schema=COMMENTS_SCHEMA)
+
+
+class ColumnLists:
+    """Per-column lists for the row-at-a-time parsers (JSON formats, Niconico XML)."""
+
+    NAMES = ("comment_id", "offset_ms", "text", "mode", "color", "font_size", "posted_at",
+             "author", "weight", "score", "pool", "superchat", "raw")
+
+    def __init__(self) -> None:
+        self.cols: dict[str, list] = {name: [] for name in self.NAMES}
+
+    def __len__(self) -> int:
+        return len(self.cols["comment_id"])
+
+    def append(self, comment_id, offset_ms, text, mode, color=None, font_size=None,
+               posted_at=None, author=None, weight=None, score=None, pool=None,
+               superchat=False, raw=None) -> None:
+        c = self.cols
+        c["comment_id"].append(comment_id)
+        c["offset_ms"].append(offset_ms)
+        c["text"].append(text)
+        c["mode"].append(mode)
+        c["color"].append(color)
+        c["font_size"].append(font_size)
+        c["posted_at"].append(posted_at)
+        c["author"].append(author)
+        c["weight"].append(weight)
+        c["score"].append(score)
+        c["pool"].append(pool)
+        c["superchat"].append(superchat)
+        c["raw"].append(raw)
+
+    def flush(self, ctx: ParseContext) -> pa.RecordBatch:
+        cols = self.cols
+        cols["author"] = hash_authors(cols["author"], ctx.salt)
+        cols["posted_at"] = pa.array(cols["posted_at"], pa.int64())  # unix seconds
+        batch = make_batch(ctx, cols)
+        self.cols = {name: [] for name in self.NAMES}
+        return batch

@@ -1,0 +1,141 @@
+"""The lake: one root folder (or fsspec URL), safe names, atomic writes, content hashes.
+
+Every file the pipeline writes goes through ``atomic_write``: it is written under a hidden
+temporary name in the same folder and renamed into place, so a reader (or a crashed run)
+never sees a half-written file under its final name. On object stores a single PUT is
+already atomic, so the temporary step is skipped there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import unicodedata
+import uuid
+from pathlib import Path
+from typing import IO, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from upath import UPath
+
+_WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_NAME = 120
+
+
+class LakePathError(ValueError):
+    """A path built from outside input would leave the lake root."""
+
+
+def safe_name(raw: str) -> str:
+    """A file-name-safe, collision-resistant form of an id that came from the web.
+
+    Keeps ``[A-Za-z0-9._-]`` (NFKC-folded first, so look-alike letters map to ASCII or are
+    replaced), never starts with a dot, is never a Windows reserved name, and is at most
+    ``MAX_NAME`` characters. Whenever anything was changed, a short hash of the original is
+    appended so that two different ids can never map to one file.
+    """
+    raw = str(raw)
+    folded = unicodedata.normalize("NFKC", raw)
+    name = _UNSAFE.sub("_", folded).strip("._") or "_"
+    if name.split(".")[0].lower() in _WINDOWS_RESERVED:
+        name = "_" + name
+    if name != raw or len(name) > MAX_NAME:
+        digest = hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        name = f"{name[: MAX_NAME - 11]}-{digest}"
+    return name
+
+
+def as_path(root: str | os.PathLike) -> UPath:
+    return root if isinstance(root, UPath) else UPath(root)
+
+
+def is_local(path: UPath) -> bool:
+    return getattr(path, "protocol", "") in ("", "file", "local")
+
+
+def under(root: str | os.PathLike, *parts: str) -> UPath:
+    """``root / parts`` with each part made safe, checked to stay under ``root``."""
+    root_p = as_path(root)
+    path = root_p.joinpath(*(safe_name(p) for p in parts))
+    if is_local(root_p):
+        base = Path(str(root_p)).resolve()
+        resolved = Path(str(path)).resolve()
+        if base != resolved and base not in resolved.parents:
+            raise LakePathError(f"{path} escapes the lake root {root_p}")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open ``path`` for writing; it appears under its name only when the block succeeds."""
+    path = as_path(path)
+    if not is_local(path):
+        with path.open(mode) as fh:
+            yield fh
+        return
+    final = Path(str(path))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_write(path, "wb") as fh:
+        fh.write(data)
+
+
+def write_parquet(table: pa.Table, path: str | os.PathLike, **kwargs) -> str:
+    """Write ``table`` atomically as Parquet (zstd) and return its content hash."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression=kwargs.pop("compression", "zstd"), **kwargs)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return table_hash(table)
+
+
+def read_parquet(path: str | os.PathLike, schema: pa.Schema | None = None) -> pa.Table:
+    path = as_path(path)
+    with path.open("rb") as fh:
+        table = pq.read_table(fh)
+    return table.cast(schema) if schema is not None else table
+
+
+def table_hash(table: pa.Table) -> str:
+    """A content hash of a table's rows and schema (independent of Parquet encoding details)."""
+    h = hashlib.sha256(str(table.schema.remove_metadata()).encode())
+    for batch in table.combine_chunks().to_batches():
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+        h.update(sink.getvalue().to_pybytes())
+    return h.hexdigest()[:32]
+
+
+def file_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with as_path(path).open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:32]
+
+
+def combine_hashes(hashes: dict[str, str]) -> str:
+    """One hash for a set of named parts (order-independent): a data version for a collection."""
+    h = hashlib.sha256()
+    for key in sorted(hashes):
+        h.update(f"{key}={hashes[key]}\n".encode())
+    return h.hexdigest()[:32]

@@ -1,0 +1,49 @@
+"""Small PNG plots for asset metadata (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def density_png(offsets_ms: np.ndarray, bin_s: float = 10.0, title: str = "Comment density over video time") -> bytes:
+    """Histogram of comment offsets (comments per ``bin_s`` seconds of video time)."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7, 2.6), dpi=90)
+    seconds = np.asarray(offsets_ms, dtype=np.float64) / 1000.0
+    if seconds.size:
+        top = max(bin_s, float(np.nanmax(seconds)))
+        ax.hist(seconds, bins=np.arange(0, top + bin_s, bin_s), color="#3b7dd8")
+    ax.set_xlabel("video time (s)")
+    ax.set_ylabel(f"comments / {bin_s:g} s")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def markdown_image(png: bytes, alt: str) -> str:
+    """A PNG inlined as a data URL: the Dagster UI renders it in the asset's metadata."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def png_from_array(rgb: np.ndarray) -> bytes:
+    """Encode an (H, W, 3) uint8 image as PNG."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,311 @@
+"""Training shards: WebDataset tars of segment frames plus JSON, one set per video.
+
+Layout (the shard contract shared with ``lcaffect_ml``'s reader):
+
+    {shards_root}/{safe_name(video_id)}/{safe_name(video_id)}-{n:05d}.tar
+    {shards_root}/{safe_name(video_id)}/shards.json    this video's shards (url, samples, bytes, sha256)
+    {shards_root}/index.json                           every shard of every video
+
+``shards_root`` is ``{lake}/shards``. A sample is one segment: ``{key}.frames.npy`` (np.save of a
+uint8 ``(T, H, W, 3)`` RGB array) and ``{key}.json``. Tars are reproducible (fixed mtime, owner
+and mode), so an unchanged segment table and frames give byte-identical shards and hashes.
+Each shard is written under a temporary name and renamed; shards of an earlier, longer version of
+the video are removed. The per-video ``shards.json`` keeps the index cheap: ``update_shard_index``
+merges those small files instead of re-reading every tar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from collections import defaultdict
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+from webdataset import TarWriter
+
+from . import lake
+from .schema import SEGMENTS_SCHEMA
+
+INDEX_NAME = "index.json"
+VIDEO_SHARDS_NAME = "shards.json"
+TAR_BLOCK = 512
+TAR_END = 2 * TAR_BLOCK + 20 * TAR_BLOCK  # end-of-archive blocks plus the worst-case record padding
+
+
+def sample_key(video_id: str, segment_index: int) -> str:
+    """WebDataset ``__key__``: no dots, since WebDataset splits keys at the first dot."""
+    return f"{lake.safe_name(video_id).replace('.', '_')}_{int(segment_index):06d}"
+
+
+def video_shard_dir(shards_root: str | os.PathLike, video_id: str):
+    return lake.under(shards_root, video_id)
+
+
+def shard_path(shards_root: str | os.PathLike, video_id: str, n: int):
+    stem = lake.safe_name(video_id)
+    return video_shard_dir(shards_root, video_id) / f"{stem}-{n:05d}.tar"
+
+
+def _url(path) -> str:
+    """Absolute local path (a trainer may run from any folder) or the fsspec URL."""
+    return os.path.abspath(str(path)) if lake.is_local(lake.as_path(path)) else str(path)
+
+
+# ------------------------------------------------------------------------------ write
+
+
+def write_shards(
+    segments_table: pa.Table,
+    frames: np.ndarray,
+    dest_dir: str | os.PathLike,
+    video_id: str,
+    *,
+    max_shard_bytes: int = 1_000_000_000,
+) -> pa.Table:
+    """Write one video's segments as WebDataset shards under ``dest_dir`` (the shards root).
+
+    ``frames[i]`` belongs to row ``i`` of ``segments_table``. A new shard starts when the next
+    sample would push the current one past ``max_shard_bytes`` (a single larger sample gets a
+    shard to itself). Returns the table with ``shard`` and ``sample_key`` filled in.
+    """
+    _check_inputs(segments_table, frames, video_id)
+    rows = segments_table.to_pylist()
+    samples = [_encode_sample(video_id, row, frames[i]) for i, row in enumerate(rows)]
+    groups = _split(samples, max_shard_bytes)
+    entries, shard_of_row = [], []
+    for n, group in enumerate(groups):
+        path = shard_path(dest_dir, video_id, n)
+        nbytes, digest = _write_tar(path, group)
+        entries.append({"url": _url(path), "video_id": video_id, "samples": len(group),
+                        "bytes": nbytes, "sha256": digest})
+        shard_of_row += [_url(path)] * len(group)
+    _remove_stale(dest_dir, video_id, keep=len(groups))
+    sidecar = {"video_id": video_id, "shards": entries}
+    lake.atomic_write_bytes(video_shard_dir(dest_dir, video_id) / VIDEO_SHARDS_NAME,
+                            json.dumps(sidecar, ensure_ascii=False, indent=1).encode())
+    keys = [s["__key__"] for s in samples]
+    out = segments_table.set_column(segments_table.schema.get_field_index("shard"), "shard",
+                                    pa.array(shard_of_row, pa.string()))
+    out = out.set_column(out.schema.get_field_index("sample_key"), "sample_key", pa.array(keys, pa.string()))
+    return out.cast(SEGMENTS_SCHEMA)
+
+
+def _check_inputs(table: pa.Table, frames: np.ndarray, video_id: str) -> None:
+    if not table.schema.remove_metadata().equals(SEGMENTS_SCHEMA.remove_metadata()):
+        table.cast(SEGMENTS_SCHEMA)  # raises with the mismatch where the columns differ
+    if frames.dtype != np.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 (n, T, H, W, 3), got {frames.dtype} {frames.shape}")
+    if frames.shape[0] != table.num_rows:
+        raise ValueError(f"{frames.shape[0]} frame stacks for {table.num_rows} segments")
+    others = set(table.column("video_id").to_pylist()) - {video_id}
+    if others:
+        raise ValueError(f"segments of other videos {sorted(others)[:3]} passed for {video_id!r}")
+
+
+def _encode_sample(video_id: str, row: dict[str, Any], frames: np.ndarray) -> dict[str, Any]:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(frames), allow_pickle=False)
+    meta = {
+        "video_id": video_id,
+        "segment_index": int(row["segment_index"]),
+        "start_ms": int(row["start_ms"]),
+        "end_ms": int(row["end_ms"]),
+        "comments": list(row["comments"]),
+        "comment_ids": list(row["comment_ids"]),
+        "comment_count": int(row["comment_count"]),
+        "frame_times_ms": [int(t) for t in row["frame_times_ms"]],
+    }
+    return {
+        "__key__": sample_key(video_id, row["segment_index"]),
+        "frames.npy": buf.getvalue(),
+        "json": json.dumps(meta, ensure_ascii=False).encode("utf-8"),
+    }
+
+
+def _tar_bytes(sample: dict[str, Any]) -> int:
+    """Bytes a sample takes in a tar: a header block per member plus data padded to blocks."""
+    return sum(TAR_BLOCK + -(-len(v) // TAR_BLOCK) * TAR_BLOCK for k, v in sample.items() if k != "__key__")
+
+
+def _split(samples: list[dict[str, Any]], max_bytes: int) -> list[list[dict[str, Any]]]:
+    groups: list[list[dict[str, Any]]] = []
+    size = 0
+    for s in samples:
+        b = _tar_bytes(s)
+        if not groups or (groups[-1] and size + b + TAR_END > max_bytes):
+            groups.append([])
+            size = 0
+        groups[-1].append(s)
+        size += b
+    return groups
+
+
+class _HashingWriter:
+    """A write-only file that hashes and counts what passes through it."""
+
+    def __init__(self, fh):
+        self.fh, self.sha, self.bytes = fh, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.bytes += len(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _write_tar(path, samples: list[dict[str, Any]]) -> tuple[int, str]:
+    with lake.atomic_write(path, "wb") as fh:
+        out = _HashingWriter(fh)
+        # Fixed metadata: the same samples always give the same bytes (and sha256).
+        with TarWriter(out, encoder=False, mtime=0, user="", group="", mode=0o444) as tw:
+            for s in samples:
+                tw.write(s)
+    return out.bytes, out.sha.hexdigest()
+
+
+def _remove_stale(shards_root, video_id: str, keep: int) -> None:
+    folder = video_shard_dir(shards_root, video_id)
+    if not folder.exists():
+        return
+    pattern = re.compile(re.escape(lake.safe_name(video_id)) + r"-(\d{5})\.tar")
+    for p in folder.iterdir():
+        m = pattern.fullmatch(p.name)
+        if m and int(m.group(1)) >= keep:
+            p.unlink()
+
+
+# ------------------------------------------------------------------------------ index
+
+
+def update_shard_index(shards_root: str | os.PathLike) -> list[dict[str, Any]]:
+    """Merge every video's ``shards.json`` into ``{shards_root}/index.json`` (sorted by url)."""
+    root = lake.under(shards_root)
+    entries: list[dict[str, Any]] = []
+    if root.exists():
+        for sidecar in sorted(root.glob(f"*/{VIDEO_SHARDS_NAME}"), key=str):
+            entries += json.loads(sidecar.read_text())["shards"]
+    entries.sort(key=lambda e: e["url"])
+    lake.atomic_write_bytes(root / INDEX_NAME, json.dumps(entries, ensure_ascii=False, indent=1).encode())
+    return entries
+
+
+def read_shard_index(shards_root: str | os.PathLike) -> list[dict[str, Any]]:
+    """The list of ``{url, video_id, samples, bytes, sha256}`` in ``index.json``."""
+    return json.loads((lake.under(shards_root) / INDEX_NAME).read_text())
+
+
+# ------------------------------------------------------------------------------ verify
+
+
+def verify_shards(
+    segments_table: pa.Table,
+    shards_root: str | os.PathLike,
+    *,
+    check_hashes: bool = False,
+) -> list[str]:
+    """Problems found (empty when all is well), for an asset check.
+
+    The index must list exactly the shards of the table's videos with the table's sample counts
+    and the files' sizes (and sha256 with ``check_hashes``); every sample of the table must be in
+    its shard with frames ``uint8 (len(frame_times_ms), S, S, 3)`` (one S for all) and JSON that
+    matches its row; a shard must hold nothing else.
+    """
+    try:
+        index = {e["url"]: e for e in read_shard_index(shards_root)}
+    except (OSError, ValueError, KeyError) as exc:
+        return [f"index.json unreadable under {shards_root}: {type(exc).__name__}: {exc}"]
+    rows = segments_table.to_pylist()
+    problems = [f"segment {r['video_id']}#{r['segment_index']} has no shard" for r in rows
+                if not r["shard"] or not r["sample_key"]]
+    by_shard: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in rows:
+        if r["shard"] and r["sample_key"]:
+            by_shard[r["shard"]][r["sample_key"]] = r
+    videos = {r["video_id"] for r in rows}
+    problems += [f"index lists shard {u} of {e['video_id']} that the table does not use"
+                 for u, e in index.items() if e["video_id"] in videos and u not in by_shard]
+    sizes: set[int] = set()
+    for url, expected in by_shard.items():
+        entry = index.get(url)
+        if entry is None:
+            problems.append(f"shard {url} is not in index.json")
+        elif entry["samples"] != len(expected):
+            problems.append(f"shard {url}: index says {entry['samples']} samples, table has {len(expected)}")
+        problems += _verify_tar(url, expected, entry, check_hashes, sizes)
+    if len(sizes) > 1:
+        problems.append(f"frames have different sizes across samples: {sorted(sizes)}")
+    return problems
+
+
+def _verify_tar(url: str, expected: dict[str, dict], entry: dict | None, check_hashes: bool,
+                sizes: set[int]) -> list[str]:
+    path = lake.as_path(url)
+    if not path.exists():
+        return [f"shard {url} is missing"]
+    problems: list[str] = []
+    if entry is not None and path.stat().st_size != entry["bytes"]:
+        problems.append(f"shard {url}: {path.stat().st_size} bytes, index says {entry['bytes']}")
+    if check_hashes and entry is not None and _sha256(path) != entry["sha256"]:
+        problems.append(f"shard {url}: sha256 differs from index.json")
+    seen: set[str] = set()
+    try:
+        for key, name, payload in _members(path):
+            row = expected.get(key)
+            if row is None:
+                problems.append(f"shard {url}: unexpected sample {key}")
+                continue
+            seen.add(key)
+            if name == "frames.npy":
+                problems += _check_frames(url, key, payload, len(row["frame_times_ms"]), sizes)
+            elif name == "json":
+                problems += _check_json(url, key, payload, row)
+    except (tarfile.TarError, OSError) as exc:
+        problems.append(f"shard {url} is not a readable tar: {exc}")
+    problems += [f"shard {url}: sample {k} missing" for k in sorted(set(expected) - seen)]
+    return problems
+
+
+def _members(path) -> Iterator[tuple[str, str, bytes]]:
+    with path.open("rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
+        for info in tar:
+            if info.isfile():
+                key, _, name = info.name.partition(".")
+                yield key, name, tar.extractfile(info).read()
+
+
+def _check_frames(url: str, key: str, payload: bytes, t: int, sizes: set[int]) -> list[str]:
+    try:
+        arr = np.load(io.BytesIO(payload), allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        return [f"shard {url}: {key}.frames.npy does not load: {exc}"]
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[0] != t or arr.shape[3] != 3 or arr.shape[1] != arr.shape[2]:
+        return [f"shard {url}: {key}.frames.npy is {arr.dtype}{arr.shape}, expected uint8 ({t}, S, S, 3)"]
+    sizes.add(arr.shape[1])
+    return []
+
+
+def _check_json(url: str, key: str, payload: bytes, row: dict) -> list[str]:
+    try:
+        meta = json.loads(payload.decode("utf-8"))
+    except ValueError as exc:
+        return [f"shard {url}: {key}.json does not parse: {exc}"]
+    fields = ("video_id", "segment_index", "start_ms", "end_ms", "comments", "comment_ids",
+              "comment_count", "frame_times_ms")
+    wrong = [f for f in fields if meta.get(f) != row[f]]
+    return [f"shard {url}: {key}.json differs from the table in {wrong}"] if wrong else []
+
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,59 @@
+"""A local comment file or folder as a source: copied into the lake like a fetched one.
+
+A file is copied as it is; a folder contributes its visible top-level files (sub-folders and
+dot-files are not comment files). The copy gets the same manifest, skip and refresh rules as the
+web sources, so the rest of the pipeline never needs to know where the comments came from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lcaffect_pipeline.sources import MANIFEST, FetchResult, SourceFolder
+
+
+def local_files(source: str | Path) -> list[Path]:
+    """The files a local source contributes; ValueError naming the path if there are none."""
+    path = Path(str(source).removeprefix("file://")).expanduser()
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ValueError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST)
+    if not files:
+        raise ValueError(f"{path}: the folder holds no comment files")
+    return files
+
+
+def local_video_id(source: str | Path) -> str:
+    """``2170097`` for ``…/2170097.xml`` (the name before its first dot), or the folder's name."""
+    path = Path(str(source).removeprefix("file://")).expanduser()
+    return path.name.split(".")[0] if path.is_file() else path.name
+
+
+def fetch_local(
+    source: str | Path,
+    dest_dir: str | Path,
+    *,
+    refresh: bool = False,
+    platform: str = "local",
+    video_id: str | None = None,
+) -> FetchResult:
+    folder = SourceFolder(dest_dir)
+    if not refresh and (done := folder.completed()):
+        return done
+    files = local_files(source)
+    folder.begin(reuse=False)  # copying is cheap and local: always from scratch
+    for path in files:
+        folder.stage(path.name, path.read_bytes())
+    metadata = {"source_path": str(Path(str(source).removeprefix("file://")).expanduser().resolve()), "comment_source": "local"}
+    return folder.commit(
+        [p.name for p in files],
+        platform=platform,
+        video_id=video_id or local_video_id(source),
+        source=str(source),
+        metadata=metadata,
+    )
+
+
+__all__ = ["fetch_local", "local_files", "local_video_id"]

@@ -1,0 +1,110 @@
+"""Per-video stages: run a function over many videos, skip what has not changed, never stop a batch.
+
+Each stage keeps one small JSON state file per video under ``{lake}/_state/{stage}/``: the
+fingerprint of the inputs it last processed and the content hash of what it wrote. A video
+whose inputs hash the same as last time (and whose output still exists) is skipped, so a
+re-run of the corpus with nothing new does no work and reports the same data version. One
+video's failure is recorded with its reason and the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+from . import lake
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VideoResult:
+    video_id: str
+    status: str  # "done" | "skipped" | "failed"
+    fingerprint: str | None = None  # hash of the inputs that produced the output
+    output_hash: str | None = None  # content hash of what the stage wrote for this video
+    rows: int = 0
+    reason: str | None = None
+    seconds: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Skip(Exception):
+    """Raised by a stage function: the inputs are unchanged, keep the previous output."""
+
+
+def state_path(root, stage: str, video_id: str):
+    return lake.under(root, "_state", stage, f"{video_id}.json")
+
+
+def load_state(root, stage: str, video_id: str) -> dict[str, Any] | None:
+    path = state_path(root, stage, video_id)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # a corrupt state file only costs a recomputation
+
+
+def save_state(root, stage: str, result: VideoResult) -> None:
+    lake.atomic_write_bytes(state_path(root, stage, result.video_id), json.dumps(result.to_dict(), sort_keys=True).encode())
+
+
+StageFn = Callable[[dict[str, Any], dict[str, Any] | None], VideoResult]
+
+
+def run_stage(
+    root,
+    stage: str,
+    videos: Iterable[dict[str, Any]],
+    fn: StageFn,
+    *,
+    force: bool = False,
+) -> list[VideoResult]:
+    """Run ``fn(video, previous_state)`` for each video row; record state; collect results.
+
+    ``fn`` decides whether its inputs changed (it gets the previous state, ``None`` when
+    ``force``) and raises :class:`Skip` to keep the previous output.
+    """
+    results = []
+    for video in videos:
+        vid = video["video_id"]
+        prev = None if force else load_state(root, stage, vid)
+        started = time.perf_counter()
+        try:
+            result = fn(video, prev)
+        except Skip:
+            assert prev is not None, f"stage {stage} skipped {vid} without a previous state"
+            result = VideoResult(**{**prev, "status": "skipped", "reason": None, "seconds": 0.0})
+        except Exception as exc:  # one bad video never stops the batch
+            log.warning("stage %s: video %s failed: %s", stage, vid, exc)
+            log.debug("%s", traceback.format_exc())
+            result = VideoResult(vid, "failed", reason=f"{type(exc).__name__}: {exc}")
+            if prev and prev.get("output_hash"):
+                # Keep serving the last good output; the failure is still reported.
+                result.output_hash = prev["output_hash"]
+                result.rows = prev.get("rows", 0)
+        result.seconds = round(time.perf_counter() - started, 3)
+        if result.status == "done":
+            save_state(root, stage, result)
+        results.append(result)
+    return results
+
+
+def summarise(results: list[VideoResult]) -> dict[str, Any]:
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    return {
+        "videos": len(results),
+        **counts,
+        "rows": sum(r.rows for r in results if r.output_hash),
+        "data_version": lake.combine_hashes({r.video_id: r.output_hash for r in results if r.output_hash}),
+        "failures": {r.video_id: r.reason for r in results if r.status == "failed"},
+    }
