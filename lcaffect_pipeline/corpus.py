@@ -118,16 +118,20 @@ def _files_fingerprint(files: list[str]) -> str:
     return lake.combine_hashes({Path(f).name: lake.file_hash(f) for f in files})
 
 
-def fetch_and_parse(video: dict[str, Any], prev: dict | None, *, root, crawl: dict[str, Any], refresh: bool, salt: str | None) -> VideoResult:
-    """Fetch one video's comment files (skipped when complete, unless ``refresh``) and parse them."""
+def fetch_and_parse(video: dict[str, Any], prev: dict | None, *, root, crawl, session=None, refresh: bool, salt: str | None) -> VideoResult:
+    """Fetch one video's comment files (skipped when complete, unless ``refresh``) and parse them.
+
+    ``crawl`` is a ``sources.SourceConfig``; pass one ``session`` per batch so the per-host
+    rate limit holds across videos.
+    """
     from .formats import read_comments
     from .sources import fetch_comments
 
     vid, platform = video["video_id"], video["platform"]
-    fetched = fetch_comments(platform, video["source"], source_dir(root, platform, vid), video_id=vid, refresh=refresh, **crawl)
-    if fetched.status != "complete":
+    fetched = fetch_comments(platform, video["source"], source_dir(root, platform, vid), config=crawl, refresh=refresh, session=session)
+    if fetched.status not in ("complete", "skipped"):
         raise RuntimeError(fetched.error or f"fetch ended {fetched.status}")
-    fingerprint = _files_fingerprint(fetched.files) + (salt and hashlib.sha1(salt.encode()).hexdigest()[:8] or "")
+    fingerprint = (fetched.content_hash or _files_fingerprint(fetched.files)) + (salt and hashlib.sha1(salt.encode()).hexdigest()[:8] or "")
     out = raw_path(root, platform, vid)
     if prev and prev.get("fingerprint") == fingerprint and out.exists():
         raise Skip

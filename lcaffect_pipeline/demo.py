@@ -233,7 +233,9 @@ def generate_demo_world(root, n_videos: int = 16, *, seed: int = 0, with_videos:
             "title": f"Demo video {i} ({fmt})",
         }
         if with_videos:
-            video = make_demo_video(root / "videos" / f"{vid}.mp4", segment_classes(i, seed))
+            video = root / "videos" / f"{vid}-seed{seed}-v{DEMO_VERSION}.mp4"
+            if not video.exists():  # same index and seed, same content: keep the rendered file
+                make_demo_video(video, segment_classes(i, seed))
             entry["video"] = str(video.relative_to(root))
         entries.append(entry)
     lake.atomic_write_bytes(catalogue, yaml.safe_dump({"videos": entries}, allow_unicode=True, sort_keys=False).encode("utf-8"))

@@ -27,7 +27,7 @@ COMMENTS_SCHEMA = pa.schema(
         pa.field("mode", pa.string(), nullable=False),  # one of MODES
         pa.field("color", pa.int64()),  # 0xRRGGBB
         pa.field("font_size", pa.int32()),
-        pa.field("posted_at", pa.timestamp("s", tz="UTC")),
+        pa.field("posted_at", pa.timestamp("ms", tz="UTC")),  # ms: what Parquet stores
         pa.field("author", pa.string()),  # salted hash, never a raw user id
         pa.field("weight", pa.int32()),  # Bilibili weight (0-10), where present
         pa.field("score", pa.int32()),  # Niconico NG score, where present

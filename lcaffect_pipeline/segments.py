@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 MIN_TAIL_FRACTION = 0.5
 MIN_VIDEO_S = 0.5
 DECODE_CHUNK = 128  # frames per decord get_batch call: bounds memory, keeps one forward pass
+# A frame whose timestamp is within this of a sample time counts as on screen at that time
+# (timestamps are rationals seen through floats: 1.0 s may read 0.9999999 or 1.0000001).
+TIME_EPS_MS = 0.5
 
 # Filler: matched (RE2, case-folded) against the text with whitespace, punctuation and symbols
 # (emoji included) removed. Single characters and empty remainders are filler too.
@@ -180,12 +183,12 @@ def assign_comments_duckdb(
     try:
         _register(con, "lc_comments", comments)
         _register(con, "lc_segments", segments)
-        result = con.execute(_ASSIGN_SQL, {"k": int(k), "filler": f"^(?:{FILLER_PATTERN})$"}).arrow()
+        rel = con.sql(_ASSIGN_SQL, params={"k": int(k), "filler": f"^(?:{FILLER_PATTERN})$"})
+        # DuckDB 2.x names it to_arrow_table; 1.x arrow().
+        result = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
     finally:
         if own:
             con.close()
-    if isinstance(result, pa.RecordBatchReader):
-        result = result.read_all()
     return result.select(SEGMENTS_SCHEMA.names).cast(SEGMENTS_SCHEMA)
 
 
@@ -260,9 +263,11 @@ def sample_frames(
     *,
     probe: VideoProbe | None = None,
     backend: str = "auto",
+    threads: int = 0,
 ) -> np.ndarray:
     """``uint8 (len(times_ms), size, size, 3)``: the picture on screen at each time (ms from the
-    first frame), short side scaled to ``size`` then centre-cropped. ``backend``: auto | decord | pyav.
+    first frame), short side scaled to ``size`` then centre-cropped. ``backend``: auto | decord |
+    pyav; ``threads``: decoder threads (0: as many as the decoder likes, ffmpeg's default).
     """
     probe = probe or probe_video(path)
     times_ms = np.asarray(times_ms, dtype=np.int64)
@@ -270,12 +275,12 @@ def sample_frames(
         raise ValueError(f"unknown backend {backend!r}")
     if backend in ("auto", "decord"):
         try:
-            return _sample_decord(Path(path), times_ms, size, probe)
+            return _sample_decord(Path(path), times_ms, size, probe, threads)
         except _DecoderRefused as exc:
             if backend == "decord":
                 raise VideoDecodeError(path, f"decord: {exc}") from None
             log.info("decord refused %s (%s): decoding with PyAV", path, exc)
-    return _sample_pyav(Path(path), times_ms, size, probe)
+    return _sample_pyav(Path(path), times_ms, size, probe, threads)
 
 
 def resize_dims(width: int, height: int, size: int) -> tuple[int, int]:
@@ -294,17 +299,18 @@ def _coverage_tolerance_ms(probe: VideoProbe) -> float:
     return max(1000.0, 0.05 * probe.duration_s * 1000)
 
 
-def _sample_decord(path: Path, times_ms: np.ndarray, size: int, probe: VideoProbe) -> np.ndarray:
+def _sample_decord(path: Path, times_ms: np.ndarray, size: int, probe: VideoProbe, threads: int) -> np.ndarray:
     import decord
 
     decord.logging.set_level(decord.logging.QUIET)
     w, h = resize_dims(probe.width, probe.height, size)
     try:
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=w, height=h, num_threads=0)
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=w, height=h, num_threads=threads)
         n = len(vr)
         if n <= 0:
             raise _DecoderRefused("no frames")
         starts_ms = vr.get_frame_timestamp(np.arange(n))[:, 0] * 1000.0
+        starts_ms = starts_ms - starts_ms[0]  # times count from the first frame (as with PyAV)
     except decord.DECORDError as exc:
         raise _DecoderRefused(_decord_reason(exc)) from None
     if not np.all(np.isfinite(starts_ms)) or np.any(np.diff(starts_ms) < -1):
@@ -313,7 +319,7 @@ def _sample_decord(path: Path, times_ms: np.ndarray, size: int, probe: VideoProb
     if starts_ms[-1] + frame_ms < times_ms.max() - _coverage_tolerance_ms(probe):
         raise _DecoderRefused(f"frames end at {starts_ms[-1] / 1000:.2f} s of {probe.duration_s:.2f} s")
     # The frame on screen at t: the last frame starting at or before t.
-    wanted = np.clip(np.searchsorted(starts_ms, times_ms, side="right") - 1, 0, n - 1)
+    wanted = np.clip(np.searchsorted(starts_ms, times_ms + TIME_EPS_MS, side="right") - 1, 0, n - 1)
     unique, inverse = np.unique(wanted, return_inverse=True)
     out = np.empty((len(unique), size, size, 3), dtype=np.uint8)
     try:
@@ -325,7 +331,7 @@ def _sample_decord(path: Path, times_ms: np.ndarray, size: int, probe: VideoProb
     return out[inverse]
 
 
-def _sample_pyav(path: Path, times_ms: np.ndarray, size: int, probe: VideoProbe) -> np.ndarray:
+def _sample_pyav(path: Path, times_ms: np.ndarray, size: int, probe: VideoProbe, threads: int) -> np.ndarray:
     import av
 
     w, h = resize_dims(probe.width, probe.height, size)
@@ -339,7 +345,8 @@ def _sample_pyav(path: Path, times_ms: np.ndarray, size: int, probe: VideoProbe)
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"  # frame threads: decode speed close to the ffmpeg CLI
+            stream.thread_type = "AUTO"  # frame and slice threads, as the ffmpeg CLI uses
+            stream.thread_count = threads
             for frame in container.decode(stream):
                 t = frame.time if frame.time is not None else count / (probe.fps or 25.0)
                 count += 1
@@ -347,7 +354,7 @@ def _sample_pyav(path: Path, times_ms: np.ndarray, size: int, probe: VideoProbe)
                 first_ms = t_ms if first_ms is None else first_ms
                 rel = t_ms - first_ms
                 # Every requested time before this frame's start shows the previous frame.
-                while j < len(order) and times_ms[order[j]] < rel and prev is not None:
+                while j < len(order) and times_ms[order[j]] + TIME_EPS_MS < rel and prev is not None:
                     prev_rgb = rgb(prev) if prev_rgb is None else prev_rgb
                     out[order[j]] = prev_rgb
                     j += 1

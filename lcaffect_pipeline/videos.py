@@ -252,7 +252,7 @@ def _recording_filter(expr: str, rejected: list[str]):
 
     def _filter(info_dict, incomplete=False):
         reason = check(info_dict, incomplete)
-        if reason and not incomplete:
+        if reason:
             rejected.append(f"duration {info_dict.get('duration')} s outside the allowed range: {reason}")
         return reason
 

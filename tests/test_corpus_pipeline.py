@@ -24,7 +24,7 @@ from lcaffect_pipeline.defs.resources import (
 )
 from lcaffect_pipeline.demo import demo_comments
 
-from .conftest import ROOT, need_ffmpeg
+from conftest import ROOT, need_ffmpeg
 
 N_VIDEOS = 5
 
@@ -45,7 +45,7 @@ def manifest(root: Path, name: str) -> dict:
     return json.loads((root / "_manifests" / f"{name}.json").read_text())
 
 
-def versions(result: dg.ExecuteInJobResult) -> dict[str, str]:
+def versions(result) -> dict[str, str]:
     out = {}
     for ev in result.get_asset_materialization_events():
         mat = ev.step_materialization_data.materialization
@@ -81,11 +81,11 @@ def test_demo_corpus_materialises(demo_run) -> None:
     checks = result.get_asset_check_evaluations()
     assert checks and all(c.passed for c in checks), [(c.check_name, c.metadata) for c in checks if not c.passed]
     con = duckdb.connect(str(root / "corpus.duckdb"), read_only=True)
-    assert con.sql("SELECT videos FROM dataset_card WHERE dimension='all'").fetchone()[0] == N_VIDEOS
-    platforms = {r[0] for r in con.sql("SELECT value FROM dataset_card WHERE dimension='platform'").fetchall()}
-    assert platforms == {"bilibili", "niconico", "youtube"}  # first five demo formats
+    assert con.execute("SELECT videos FROM dataset_card WHERE dimension='all'").fetchone()[0] == N_VIDEOS
+    platforms = {r[0] for r in con.execute("SELECT value FROM dataset_card WHERE dimension='platform'").fetchall()}
+    assert platforms == {"bilibili", "niconico", "youtube", "acfun"}  # the five demo formats
     # authors are salted hashes, never the raw demo user ids
-    authors = con.sql("SELECT DISTINCT author FROM raw_comments WHERE author IS NOT NULL").fetchall()
+    authors = con.execute("SELECT DISTINCT author FROM raw_comments WHERE author IS NOT NULL").fetchall()
     assert authors and not any(a[0].startswith("user") for a in authors)
 
 

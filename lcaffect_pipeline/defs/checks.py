@@ -15,23 +15,23 @@ def _files(root, table: str) -> list[str]:
 
 
 def comments_checks(table: str, expected) -> list[dg.AssetChecksDefinition]:
-    @dg.asset_check(asset=table, name=f"{table}_schema", description=f"Every {table} file has the declared Arrow schema")
+    @dg.asset_check(asset=table, name="schema", description=f"Every {table} file has the declared Arrow schema")
     def schema_check(lake: LakeResource) -> dg.AssetCheckResult:
         bad = [f for f in _files(lake.path(), table) if not pq.read_schema(f).remove_metadata().equals(expected.remove_metadata())]
         return dg.AssetCheckResult(passed=not bad, metadata={"files": len(_files(lake.path(), table)), "mismatched": "\n".join(bad[:20])})
 
-    @dg.asset_check(asset=table, name=f"{table}_unique_ids", description="No comment id appears twice for a video")
+    @dg.asset_check(asset=table, name="unique_ids", description="No comment id appears twice for a video")
     def unique_check(lake: LakeResource) -> dg.AssetCheckResult:
         files = _files(lake.path(), table)
         if not files:
             return dg.AssetCheckResult(passed=True, metadata={"duplicates": 0})
-        dupes = duckdb.sql(
+        dupes = duckdb.execute(
             f"SELECT count(*) FROM (SELECT platform, video_id, comment_id FROM read_parquet({files!r}) "
             "GROUP BY ALL HAVING count(*) > 1)"
         ).fetchone()[0]
         return dg.AssetCheckResult(passed=dupes == 0, metadata={"duplicates": int(dupes)})
 
-    @dg.asset_check(asset=table, name=f"{table}_offsets_in_video", description="Offsets are >= 0 and within the video duration where it is known")
+    @dg.asset_check(asset=table, name="offsets_in_video", description="Offsets are >= 0 and within the video duration where it is known")
     def offsets_check(lake: LakeResource) -> dg.AssetCheckResult:
         files = _files(lake.path(), table)
         if not files:
@@ -39,7 +39,7 @@ def comments_checks(table: str, expected) -> list[dg.AssetChecksDefinition]:
         durations = _known_durations(lake.path())
         con = duckdb.connect()
         con.register("durations", durations)
-        outside = con.sql(
+        outside = con.execute(
             f"SELECT count(*) FROM read_parquet({files!r}) c LEFT JOIN durations d USING (video_id) "
             "WHERE c.offset_ms < 0 OR (d.duration_ms IS NOT NULL AND c.offset_ms > d.duration_ms + 1000)"
         ).fetchone()[0]

@@ -98,7 +98,7 @@ def training_shards(context: dg.AssetExecutionContext, lake: LakeResource, segs:
     from ..shards import update_shard_index
 
     index = update_shard_index(clips.shards_dir(lake.path()))
-    entries = index if isinstance(index, list) else index.get("shards", [])
+    entries = index
     total_bytes = sum(e.get("bytes", 0) for e in entries)
     return dg.Output(
         {"index": str(clips.shards_dir(lake.path()) / "index.json"), "shards": len(entries), "samples": sum(e.get("samples", 0) for e in entries)},
@@ -125,7 +125,11 @@ def shards_match_segments(lake: LakeResource, clips: ClipsResource) -> dg.AssetC
     import pyarrow as pa
 
     table = pa.concat_tables(tables) if tables else None
-    problems = verify_shards(table, clips_mod.shards_dir(lake.path()), frames_per_segment=clips.frames_per_segment, size=clips.size) if table is not None else []
+    problems = verify_shards(table, clips_mod.shards_dir(lake.path())) if table is not None else []
+    if table is not None:
+        problems += [f"{r['video_id']}#{r['segment_index']}: {len(r['frame_times_ms'])} frames, declared {clips.frames_per_segment}"
+                     for r in table.select(["video_id", "segment_index", "frame_times_ms"]).to_pylist()
+                     if len(r["frame_times_ms"]) != clips.frames_per_segment]
     return dg.AssetCheckResult(passed=not problems, metadata={"segments": 0 if table is None else table.num_rows, "problems": "\n".join(problems[:20])})
 
 

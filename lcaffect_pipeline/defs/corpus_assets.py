@@ -5,6 +5,7 @@ import duckdb
 import dagster as dg
 
 from .. import corpus, lake, plots, stages
+from ..lake import combine_hashes
 from .fanout import keyed, per_video_asset
 from .resources import CatalogueResource, CleaningResource, CrawlerResource, LakeResource, RunScope
 
@@ -46,9 +47,11 @@ def _fetch_work(context, chunk, upstream):
     scope: RunScope = context.resources.scope
     crawler: CrawlerResource = context.resources.crawler
     root, salt = lake_r.path(), lake_r.salt()
+    config = crawler.source_config()
+    session = config.session()  # one per chunk: the per-host spacing holds across its videos
 
     def one(video, prev):
-        return corpus.fetch_and_parse(video, prev, root=root, crawl=crawler.options(), refresh=scope.refresh, salt=salt)
+        return corpus.fetch_and_parse(video, prev, root=root, crawl=config, session=session, refresh=scope.refresh, salt=salt)
 
     return stages.run_stage(root, "raw_comments", chunk, one, force=scope.force)
 
@@ -69,7 +72,7 @@ def _clean_work(context, chunk, upstream):
 def _density_metadata(root, table: str) -> dict:
     glob = str(lake.as_path(root) / table / "*" / "*.parquet")
     try:
-        offsets = duckdb.sql(f"SELECT offset_ms FROM read_parquet('{glob}')").fetchnumpy()["offset_ms"]
+        offsets = duckdb.execute(f"SELECT offset_ms FROM read_parquet('{glob}')").fetchnumpy()["offset_ms"]
     except duckdb.Error:
         return {}
     return {"density": dg.MetadataValue.md(plots.markdown_image(plots.density_png(offsets), "comment density"))}
@@ -130,7 +133,7 @@ def corpus_catalog(context: dg.AssetExecutionContext, lake: LakeResource, clean:
     card = corpus.build_corpus_catalog(lake.path(), durations)
     return dg.Output(
         {"path": card["path"], "videos": card["videos"], "hours": card["hours"], "comments": card["comments"]},
-        data_version=dg.DataVersion(lake.combine_hashes({"clean": clean["data_version"], "card": str(card["card"])})),
+        data_version=dg.DataVersion(combine_hashes({"clean": clean["data_version"], "card": str(card["card"])})),
         metadata={
             "path": dg.MetadataValue.path(card["path"]),
             "videos": card["videos"],

@@ -55,21 +55,16 @@ class CrawlerResource(dg.ConfigurableResource):
     api_base: str = "https://api.bilibili.com"
     comment_base: str = "https://comment.bilibili.com"
     min_interval_s: float = Field(default=1.0, description="Minimum seconds between requests to one host")
-    max_attempts: int = 6
-    backoff_s: float = Field(default=1.0, description="Base of the exponential back-off (with jitter)")
+    attempts: int = Field(default=6, description="Attempts per request before the video is reported failed")
+    backoff_base_s: float = Field(default=1.0, description="Base of the exponential back-off (with jitter)")
+    backoff_max_s: float = 60.0
     timeout_s: float = 20.0
     cookie_file: Optional[str] = Field(default=None, description="Netscape cookies.txt (SESSDATA) for full history; a secret")
 
-    def options(self) -> dict[str, Any]:
-        return {
-            "api_base": self.api_base,
-            "comment_base": self.comment_base,
-            "min_interval_s": self.min_interval_s,
-            "max_attempts": self.max_attempts,
-            "backoff_s": self.backoff_s,
-            "timeout_s": self.timeout_s,
-            "cookie_file": self.cookie_file,
-        }
+    def source_config(self):
+        from ..sources import SourceConfig
+
+        return SourceConfig.from_mapping(self.model_dump())
 
 
 class CleaningResource(dg.ConfigurableResource):

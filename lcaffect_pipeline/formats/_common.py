@@ -8,6 +8,9 @@ million comments cost a few list appends each rather than a dict or object per c
 from __future__ import annotations
 
 import hashlib
+import math
+from functools import partial
+from typing import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +70,29 @@ def derived_id(*parts: object) -> str:
     return "h" + digest.hexdigest()
 
 
+def _author_hasher(salt: str) -> Callable[[str], str | None]:
+    """``hash_author`` with the keyed BLAKE2b state built once and copied per id.
+
+    Setting up a keyed BLAKE2b costs more than hashing a short id, and a corpus has hundreds of
+    thousands of distinct authors. The copy gives the same digest as a fresh keyed hash; it is
+    checked against ``schema.hash_author`` here and that function is used if they ever differ.
+    """
+    template = hashlib.blake2b(key=salt.encode("utf-8")[:64], digest_size=12)
+    copy = template.copy
+
+    def fast(raw: str) -> str | None:
+        if raw is None or raw == "":
+            return None
+        digest = copy()
+        digest.update(raw.encode("utf-8", "surrogatepass"))
+        return digest.hexdigest()
+
+    probe = "lcaffect-author-probe"
+    if fast(probe) != hash_author(probe, salt):
+        return partial(hash_author, salt=salt)
+    return fast
+
+
 def hash_authors(raw_ids: pa.Array | list, salt: str | None) -> pa.Array:
     """``hash_author`` over a column, hashing each distinct raw id once."""
     raw = raw_ids if isinstance(raw_ids, pa.Array) else pa.array(raw_ids, pa.string())
@@ -75,7 +101,7 @@ def hash_authors(raw_ids: pa.Array | list, salt: str | None) -> pa.Array:
     if raw.type != pa.string():
         raw = pc.cast(raw, pa.string())
     encoded = pc.dictionary_encode(raw)
-    hashed = pa.array([hash_author(v, salt) for v in encoded.dictionary.to_pylist()], pa.string())
+    hashed = pa.array(list(map(_author_hasher(salt), encoded.dictionary.to_pylist())), pa.string())
     return pc.take(hashed, encoded.indices)
 
 
@@ -98,6 +124,8 @@ def make_batch(ctx: ParseContext, columns: dict[str, object]) -> pa.RecordBatch:
         elif not isinstance(value, (pa.Array, pa.ChunkedArray)):
             value = pa.array(value, fld.type)
         elif value.type != fld.type:
+            if pa.types.is_timestamp(fld.type) and pa.types.is_integer(value.type):
+                value = pc.cast(value, pa.timestamp("s", tz="UTC"))  # parsers give unix seconds
             value = pc.cast(value, fld.type)
         if isinstance(value, pa.ChunkedArray):
             value = value.combine_chunks()
@@ -128,7 +156,7 @@ class ColumnLists:
         c["color"].append(color)
         c["font_size"].append(font_size)
         c["posted_at"].append(posted_at)
-        c["author"].append(author)
+        c["author"].append(None if author is None or author == "" else str(author))
         c["weight"].append(weight)
         c["score"].append(score)
         c["pool"].append(pool)
@@ -142,3 +170,40 @@ class ColumnLists:
         batch = make_batch(ctx, cols)
         self.cols = {name: [] for name in self.NAMES}
         return batch
+
+
+_INT_BOUNDS = {32: (-(2**31), 2**31 - 1), 64: (-(2**63), 2**63 - 1)}
+
+
+def to_int(value: object, bits: int = 64) -> int:
+    """``int(value)`` for JSON/XML values, refusing bools, NaN and out-of-range numbers."""
+    if isinstance(value, bool):
+        raise ValueError("boolean where a number belongs")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("not a finite number")
+        value = round(value)
+    elif isinstance(value, str) and not value.strip().lstrip("+-").isdigit():
+        value = round(to_float(value))
+    number = int(value)  # type: ignore[arg-type]
+    low, high = _INT_BOUNDS[bits]
+    if not low <= number <= high:
+        raise ValueError(f"{number} out of range for int{bits}")
+    return number
+
+
+def to_float(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError("boolean where a number belongs")
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number):
+        raise ValueError("not a finite number")
+    return number
+
+
+def optional_int(value: object, bits: int = 64) -> int | None:
+    return None if value is None or value == "" else to_int(value, bits)
+
+
+# What a malformed row raises inside a row parser: skip the row and count it.
+ROW_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError)

@@ -23,7 +23,6 @@ Decisions (documented for users of the corpus):
 from __future__ import annotations
 
 import json
-from operator import attrgetter
 from typing import BinaryIO
 
 import pyarrow as pa
@@ -122,10 +121,9 @@ def _bisect(ctx: ParseContext, fields: pa.Table) -> pa.Table:
 
 def _assemble(ctx: ParseContext, c: pa.Table) -> pa.RecordBatch:
     mode_num = c["mode"].combine_chunks()
-    text = pc.fill_null(c["text"].combine_chunks(), "")
-    text, raw = _positioned_text(mode_num, text)
-    dmid = c["f7"].combine_chunks()
-    comment_id = _fill_missing_ids(dmid, c["p"].combine_chunks(), text)
+    payload = pc.fill_null(c["text"].combine_chunks(), "")
+    text, raw = _positioned_text(mode_num, payload)
+    comment_id = _fill_missing_ids(c["f7"].combine_chunks(), c["p"].combine_chunks(), payload)
     return make_batch(
         ctx,
         {
@@ -183,9 +181,6 @@ def _fill_missing_ids(dmid: pa.Array, p: pa.Array, text: pa.Array) -> pa.Array:
 
 # --------------------------------------------------------------------------------- protobuf
 
-_ELEM_FIELDS = ("id", "idStr", "progress", "mode", "fontsize", "color", "midHash", "content", "ctime", "weight", "pool")
-
-
 def parse_protobuf(ctx: ParseContext, data: bytes) -> list[pa.RecordBatch]:
     """One ``seg.so`` body (``DmSegMobileReply``) into a batch; unknown fields are ignored."""
     reply = DmSegMobileReply()
@@ -193,32 +188,31 @@ def parse_protobuf(ctx: ParseContext, data: bytes) -> list[pa.RecordBatch]:
         reply.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise ctx.error(f"not a Bilibili protobuf segment (DmSegMobileReply): {exc}") from None
-    elems = reply.elems
-    if not elems and len(UnknownFieldSet(reply)):
+    if not reply.elems and len(UnknownFieldSet(reply)):
         # Junk bytes often decode as protobuf made only of unknown fields: refuse those.
         raise ctx.error("not a Bilibili protobuf segment: no comments and only unknown fields")
+    elems = list(reply.elems)  # one wrapper per element, reused by every column below
     if not elems:
         return []
-    col = {name: list(map(attrgetter(name), elems)) for name in _ELEM_FIELDS}
-    mode_num = pa.array(col["mode"], pa.int32())
-    content = pa.array(col["content"], pa.string())
+    # One comprehension per field: attribute access is the cost; Arrow converts each list once.
+    # ``id`` rather than ``idStr``: the same dmid, and old segments lack ``idStr``.
+    mode_num = pa.array([e.mode for e in elems], pa.int32())
+    content = pa.array([e.content for e in elems], pa.string())
     text, raw = _positioned_text(mode_num, content)
-    id_str = pa.array(col["idStr"], pa.string())
-    numeric_id = pc.cast(pa.array(col["id"], pa.int64()), pa.string())
     return [
         make_batch(
             ctx,
             {
-                "comment_id": pc.if_else(pc.equal(id_str, ""), numeric_id, id_str),
-                "offset_ms": pa.array(col["progress"], pa.int64()),
+                "comment_id": pc.cast(pa.array([e.id for e in elems], pa.int64()), pa.string()),
+                "offset_ms": pa.array([e.progress for e in elems], pa.int64()),
                 "text": pc.replace_substring(text, "/n", "\n"),
                 "mode": _mode_names(mode_num),
-                "color": pa.array(col["color"], pa.int64()),
-                "font_size": pa.array(col["fontsize"], pa.int32()),
-                "posted_at": pa.array(col["ctime"], pa.int64()),
-                "author": hash_authors(pa.array(col["midHash"], pa.string()), ctx.salt),
-                "weight": pa.array(col["weight"], pa.int32()),
-                "pool": pa.array(col["pool"], pa.int32()),
+                "color": pa.array([e.color for e in elems], pa.int64()),
+                "font_size": pa.array([e.fontsize for e in elems], pa.int32()),
+                "posted_at": pa.array([e.ctime for e in elems], pa.int64()),
+                "author": hash_authors(pa.array([e.midHash for e in elems], pa.string()), ctx.salt),
+                "weight": pa.array([e.weight for e in elems], pa.int32()),
+                "pool": pa.array([e.pool for e in elems], pa.int32()),
                 "raw": raw,
             },
         )

@@ -15,7 +15,6 @@ A login cookie (``SESSDATA``, from the session's cookie file) unlocks the full h
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -65,7 +64,10 @@ def parse_bilibili_ref(ref: str) -> tuple[str | int, int | None]:
 
 
 def _parse_video_url(text: str, ref: str) -> tuple[str, int | None]:
-    url = urlsplit(text if "://" in text else "https://" + text)
+    try:
+        url = urlsplit(text if "://" in text else "https://" + text)
+    except ValueError as exc:
+        raise ValueError(f"{ref!r} is not a URL ({exc})") from None
     host = (url.hostname or "").lower()
     if host == "b23.tv":
         raise ValueError(f"{ref!r} is a b23.tv short link: open it once and use the bilibili.com/video/ URL")

@@ -111,6 +111,11 @@ def load_cookie_file(path: str | Path) -> http.cookiejar.MozillaCookieJar:
         ) from None
     except OSError as exc:
         raise ValueError(f"cookie file {path}: cannot be read ({exc.strerror})") from None
+    for cookie in jar:
+        # Browser exports write session cookies with expiry 0, which the stdlib reads as
+        # "expired in 1970" and then never sends; yt-dlp's cookie jar makes the same correction.
+        if cookie.expires == 0:
+            cookie.expires, cookie.discard = None, True
     return jar
 
 

@@ -1,0 +1,484 @@
+"""Streaming the V2LC training shards (WebDataset tars; format in the shard contract).
+
+Each sample is one 8-second segment: ``frames.npy`` (uint8 (T, H, W, 3) RGB) and ``json``
+(video id, segment index, its live comments). The index (``{lake}/shards/index.json``) lists
+every shard with its video id and sample count, so the train/test split is done by video without
+opening a tar (``split_by_video``).
+
+``SegmentStream`` is an ``IterableDataset`` that yields ready batches and is a pure function of
+(shard list, seed, rank, world size, number of loader workers, batches already consumed):
+
+* The stream of each *slot* (rank × loader worker) is endless, one epoch after another. In epoch
+  ``e`` the shard list is permuted with a seed derived from (seed, e) and dealt out to the slots;
+  a slot reads ``open_shards`` of its shards interleaved (shards hold one video each, and
+  interleaving keeps consecutive segments of one video out of the same batch) through a shuffle
+  buffer seeded by (seed, e, slot) and flushed at the end of the epoch.
+* A ``DataLoader`` fetches from its workers round-robin, in order, and endless workers never drop
+  out of the rotation, so micro-batch ``n`` always comes from logical worker ``n % W``. Resuming
+  after ``n`` micro-batches therefore starts each worker ``n // W`` (or one more) batches in,
+  skipping samples before batching (frames are still read and copied, never fed to the model),
+  and rotates worker ids by ``n % W`` so that the first batch fetched is the next one due.
+  Resume is exact when the number of workers is unchanged.
+* Segments without comments are dropped (no positives); an unreadable sample or shard is
+  reported with its URL and key and skipped (``on_error="warn"``) or raises ``ShardSampleError``
+  (``on_error="raise"``); either way the same samples are skipped on a resume.
+
+Evaluation uses the same class with ``shuffle=False, infinite=False`` (shards in index order,
+last partial batch kept).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+log = logging.getLogger(__name__)
+
+
+class ShardIndexError(ValueError):
+    """The shard index (index.json or the given list) is missing, malformed or empty."""
+
+
+class ShardSampleError(ValueError):
+    """A shard or a sample in it cannot be read; names the shard URL, the sample key and why."""
+
+    def __init__(self, url: str, key: str | None, reason: str):
+        self.url, self.key, self.reason = url, key, reason
+        where = f"{url}#{key}" if key else url
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    url: str
+    video_id: str
+    samples: int | None = None
+
+
+@dataclass
+class Segment:
+    video_id: str
+    segment_index: int
+    frames: np.ndarray  # uint8 (T, H, W, 3)
+    comments: list[str]
+    key: str
+    url: str
+
+
+# ----------------------------------------------------------------------- the index
+
+
+def load_shard_index(source: str | os.PathLike | Sequence[Any]) -> list[ShardSpec]:
+    """Shards from an ``index.json`` path/URL, a folder holding one, or a list of URLs/entries.
+
+    A bare URL's video is its parent folder's name (the contract puts each video's shards in
+    ``shards/{safe_name(video_id)}/``). Relative URLs in an index are relative to the index.
+    """
+    if isinstance(source, (list, tuple)):
+        entries, base = list(source), None
+    else:
+        text = str(source)
+        if "://" not in text and Path(text).is_dir():
+            index = Path(text) / "index.json"
+            if index.is_file():
+                text = str(index)
+            else:
+                tars = sorted(str(p) for p in Path(text).rglob("*.tar"))
+                if not tars:
+                    raise ShardIndexError(f"{text}: no index.json and no .tar shards under it")
+                return load_shard_index(tars)
+        entries, base = _read_index_json(text), text.rsplit("/", 1)[0] if "/" in text else "."
+    shards = [_as_spec(entry, base, i) for i, entry in enumerate(entries)]
+    if not shards:
+        raise ShardIndexError(f"{source}: lists no shards")
+    return shards
+
+
+def _read_index_json(url: str) -> list[Any]:
+    try:
+        if "://" in url and not url.startswith("file://"):
+            import fsspec
+
+            with fsspec.open(url, "rt", encoding="utf-8") as fh:
+                data = json.load(fh)
+        else:
+            data = json.loads(Path(url.removeprefix("file://")).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ShardIndexError(f"{url}: cannot read shard index: {exc}") from exc
+    if not isinstance(data, list):
+        raise ShardIndexError(f"{url}: expected a JSON list of shards, got {type(data).__name__}")
+    return data
+
+
+def _as_spec(entry: Any, base: str | None, position: int) -> ShardSpec:
+    if isinstance(entry, ShardSpec):
+        return entry
+    if isinstance(entry, (str, os.PathLike)):
+        url = str(entry)
+        return ShardSpec(url, Path(url.split("://", 1)[-1]).parent.name or url)
+    if isinstance(entry, dict) and isinstance(entry.get("url"), str) and entry.get("video_id") is not None:
+        url = entry["url"]
+        if base is not None and "://" not in url and not url.startswith("pipe:") and not os.path.isabs(url):
+            url = f"{base}/{url}"
+        samples = entry.get("samples")
+        return ShardSpec(url, str(entry["video_id"]), int(samples) if samples is not None else None)
+    raise ShardIndexError(f"shard entry {position} is not a URL or a {{url, video_id}} object: {entry!r}")
+
+
+def split_by_video(shards: Sequence[ShardSpec], eval_fraction: float, seed: int = 0
+                   ) -> tuple[list[ShardSpec], list[ShardSpec]]:
+    """Deterministic (train, test) split of *videos*: every segment of a video lands on one side.
+
+    Videos are ordered by a hash of (seed, video_id) and the first ``round(fraction * n)`` (at least
+    one when the fraction is positive and there are two or more videos) are held out. Hashing,
+    not the index order, decides, so adding a video moves at most one other across the line.
+    """
+    if not 0.0 <= eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+    videos = sorted({s.video_id for s in shards},
+                    key=lambda v: hashlib.sha256(f"{seed}:{v}".encode("utf-8")).hexdigest())
+    n_test = round(eval_fraction * len(videos))
+    if eval_fraction > 0 and len(videos) >= 2:
+        n_test = min(max(n_test, 1), len(videos) - 1)
+    test_videos = set(videos[:n_test])
+    train = [s for s in shards if s.video_id not in test_videos]
+    test = [s for s in shards if s.video_id in test_videos]
+    return train, test
+
+
+# --------------------------------------------------------------------- reading tars
+
+
+def _open_url(url: str):
+    if url.startswith("pipe:") or url.startswith("file:") or "://" not in url:
+        import webdataset as wds
+
+        return wds.gopen(url, "rb")
+    import fsspec  # s3://, gs://, http(s)://, memory:// … through their fsspec implementations
+
+    return fsspec.open(url, "rb").open()
+
+
+def iter_raw_samples(url: str, select: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Raw samples (``__key__``, ``__url__`` and one bytes entry per file suffix) of one shard.
+
+    ``select``: suffixes to keep (others are streamed past, not held in memory).
+    """
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    keep = tuple(f".{s}" for s in select) if select else None
+    try:
+        stream = _open_url(url)
+    except (OSError, ValueError) as exc:
+        raise ShardSampleError(url, None, f"cannot open shard: {exc}") from exc
+    try:
+        files = tar_file_expander([{"url": url, "stream": stream}],
+                                  select_files=(lambda n: n.endswith(keep)) if keep else None)
+        yield from group_by_keys(files)
+    except ShardSampleError:
+        raise
+    except Exception as exc:  # tarfile.ReadError, truncated stream, duplicate names …
+        raise ShardSampleError(url, None, f"unreadable tar: {exc}") from exc
+    finally:
+        stream.close()
+
+
+def parse_meta(raw: dict[str, Any]) -> dict[str, Any]:
+    url, key = raw.get("__url__", "?"), raw.get("__key__")
+    if "json" not in raw:
+        raise ShardSampleError(url, key, "sample has no json member")
+    try:
+        meta = json.loads(raw["json"].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ShardSampleError(url, key, f"json member is not UTF-8 JSON: {exc}") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("comments", []), list):
+        raise ShardSampleError(url, key, "json member is not an object with a 'comments' list")
+    meta["comments"] = [c for c in meta.get("comments", []) if isinstance(c, str) and c.strip()]
+    return meta
+
+
+def decode_frames(raw: dict[str, Any]) -> np.ndarray:
+    url, key = raw.get("__url__", "?"), raw.get("__key__")
+    if "frames.npy" not in raw:
+        raise ShardSampleError(url, key, "sample has no frames.npy member")
+    try:
+        frames = np.load(io.BytesIO(raw["frames.npy"]), allow_pickle=False)  # never unpickle shard data
+    except (ValueError, OSError, EOFError) as exc:
+        raise ShardSampleError(url, key, f"frames.npy is not a plain .npy array: {exc}") from exc
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+        raise ShardSampleError(url, key, f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    return frames
+
+
+def read_comments(shards: Sequence[ShardSpec], limit: int = 50_000) -> list[str]:
+    """Comments of the first segments in index order (for building the offline tokenizer)."""
+    texts: list[str] = []
+    for shard in shards:
+        try:
+            for raw in iter_raw_samples(shard.url, select=("json",)):
+                try:
+                    texts.extend(parse_meta(raw)["comments"])
+                except ShardSampleError as exc:
+                    log.warning("skipping sample: %s", exc)
+                if len(texts) >= limit:
+                    return texts[:limit]
+        except ShardSampleError as exc:
+            log.warning("skipping shard: %s", exc)
+    return texts
+
+
+# -------------------------------------------------------------------------- stream
+
+
+class SegmentStream(IterableDataset):
+    """Batches of segments for V2LC (use with ``DataLoader(batch_size=None)``).
+
+    Each batch is a dict: ``frames`` uint8 (B, T, H, W, 3); with a tokenizer ``input_ids`` and
+    ``attention_mask`` (B, K, L) and ``comment_mask`` (B, K) (else ``comments``: list of lists);
+    ``video_id`` (list), ``segment_index`` and ``n_comments`` (B,). See the module docstring for
+    the ordering and resume guarantees.
+    """
+
+    def __init__(self, shards: Sequence[ShardSpec], *, batch_size: int, tokenizer=None, max_comments: int = 5,
+                 max_length: int = 32, seed: int = 0, shuffle: bool = True, infinite: bool = True,
+                 shuffle_buffer: int = 64, open_shards: int = 4, start_batch: int = 0, rank: int = 0,
+                 world_size: int = 1, on_error: str = "warn", max_segments: int | None = None):
+        super().__init__()
+        if not shards:
+            raise ShardIndexError("SegmentStream needs at least one shard")
+        if on_error not in ("warn", "raise"):
+            raise ValueError(f"on_error must be 'warn' or 'raise', not {on_error!r}")
+        self.shards = list(shards)
+        self.batch_size, self.tokenizer = int(batch_size), tokenizer
+        self.max_comments, self.max_length = int(max_comments), int(max_length)
+        self.seed, self.shuffle, self.infinite = int(seed), bool(shuffle), bool(infinite)
+        self.shuffle_buffer, self.open_shards = max(1, int(shuffle_buffer)), max(1, int(open_shards))
+        self.start_batch, self.rank, self.world_size = int(start_batch), int(rank), int(world_size)
+        self.on_error, self.max_segments = on_error, max_segments
+
+    # -- the per-slot sample stream
+
+    def _failed(self, exc: ShardSampleError) -> None:
+        if self.on_error == "raise":
+            raise exc
+        log.warning("skipping: %s", exc)
+
+    def _shard_metas(self, shard: ShardSpec, stride: tuple[int, int] | None) -> Iterator[dict[str, Any]]:
+        """(raw sample with parsed meta) for each usable segment of one shard."""
+        try:
+            for i, raw in enumerate(iter_raw_samples(shard.url, select=("frames.npy", "json"))):
+                if stride is not None and i % stride[1] != stride[0]:
+                    continue
+                try:
+                    raw["meta"] = parse_meta(raw)
+                except ShardSampleError as exc:
+                    self._failed(exc)
+                    continue
+                if raw["meta"]["comments"]:  # a segment without comments has no positive
+                    yield raw
+        except ShardSampleError as exc:
+            self._failed(exc)
+
+    def _interleaved(self, shards: list[ShardSpec], stride: tuple[int, int] | None) -> Iterator[dict[str, Any]]:
+        pending = list(shards)
+        active: list[Iterator] = []
+        while pending or active:
+            while pending and len(active) < self.open_shards:
+                active.append(self._shard_metas(pending.pop(0), stride))
+            for it in list(active):
+                item = next(it, None)
+                if item is None:
+                    active.remove(it)
+                else:
+                    yield item
+
+    def _shuffled(self, items: Iterator[Any], rng: random.Random) -> Iterator[Any]:
+        buffer: list[Any] = []
+        for item in items:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(item)
+                continue
+            i = rng.randrange(len(buffer))
+            yield buffer[i]
+            buffer[i] = item
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def slot_segments(self, slot: int, n_slots: int) -> Iterator[Segment]:
+        epoch = 0
+        while True:
+            order = list(self.shards)
+            if self.shuffle:
+                random.Random(f"{self.seed}:shards:{epoch}").shuffle(order)
+            if len(order) >= n_slots:
+                mine, stride = order[slot::n_slots], None
+            else:  # fewer shards than slots: every slot reads all shards, keeps every n-th sample
+                mine, stride = order, (slot, n_slots)
+            raws = self._interleaved(mine, stride)
+            if self.shuffle:
+                raws = self._shuffled(raws, random.Random(f"{self.seed}:buffer:{epoch}:{slot}"))
+            produced = 0
+            for raw in raws:
+                try:
+                    frames = decode_frames(raw)
+                except ShardSampleError as exc:
+                    self._failed(exc)
+                    continue
+                meta = raw["meta"]
+                produced += 1
+                yield Segment(str(meta.get("video_id", "")), int(meta.get("segment_index", -1)), frames,
+                              meta["comments"][: self.max_comments], raw["__key__"], raw["__url__"])
+            if not self.infinite:
+                return
+            if produced == 0:
+                raise ShardIndexError(f"slot {slot}/{n_slots}: epoch {epoch} yielded no usable segment "
+                                      f"from {len(mine)} shard(s) (no comments, or unreadable)")
+            epoch += 1
+
+    # -- batching
+
+    def collate(self, segments: list[Segment]) -> dict[str, Any]:
+        shape = segments[0].frames.shape
+        for seg in segments:
+            if seg.frames.shape != shape:
+                raise ShardSampleError(seg.url, seg.key, f"frames {seg.frames.shape} differ from the batch's {shape}")
+        batch: dict[str, Any] = {
+            "frames": torch.from_numpy(np.stack([s.frames for s in segments])),
+            "video_id": [s.video_id for s in segments],
+            "segment_index": torch.tensor([s.segment_index for s in segments], dtype=torch.long),
+            "n_comments": torch.tensor([len(s.comments) for s in segments], dtype=torch.long),
+        }
+        comments = [s.comments for s in segments]
+        if self.tokenizer is not None:
+            from .tokenizer import tokenize_comments
+
+            ids, attn, mask = tokenize_comments(self.tokenizer, comments, self.max_comments, self.max_length)
+            batch.update(input_ids=ids, attention_mask=attn, comment_mask=mask)
+        else:
+            batch["comments"] = comments
+        return batch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        n_workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        logical = (worker + self.start_batch) % n_workers  # the worker due next plays DataLoader worker 0
+        skip_batches = len(range(logical, self.start_batch, n_workers))
+        slot, n_slots = self.rank * n_workers + logical, self.world_size * n_workers
+        segments = self.slot_segments(slot, n_slots)
+        for _ in range(skip_batches * self.batch_size):
+            if next(segments, None) is None:
+                return
+        pending: list[Segment] = []
+        emitted = 0
+        for seg in segments:
+            if self.max_segments is not None and emitted >= self.max_segments:
+                break
+            if pending and seg.frames.shape != pending[0].frames.shape:
+                self._failed(ShardSampleError(seg.url, seg.key, f"frames {seg.frames.shape} differ from "
+                                              f"{pending[0].frames.shape} of the batch"))
+                continue
+            pending.append(seg)
+            emitted += 1
+            if len(pending) == self.batch_size:
+                yield self.collate(pending)
+                pending = []
+        if pending and not self.infinite:
+            yield self.collate(pending)
+
+
+def make_loader(stream: SegmentStream, num_workers: int = 0, pin_memory: bool = False,
+                seed: int = 0) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``stream`` that leaves the global torch RNG untouched (a private generator
+    seeds the workers), so creating it at a different point of a resumed run changes nothing."""
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, generator=gen,
+        persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None, in_order=True)
+
+
+# --------------------------------------------------------------- synthetic shards
+
+
+PALETTE = [(220, 40, 40), (40, 200, 60), (40, 70, 220), (230, 210, 40), (40, 210, 210), (200, 50, 200),
+           (240, 140, 30), (120, 120, 120)]
+CLASS_WORDS = ["红火热辣燃爆", "绿草森林清新", "蓝天海洋冷静", "黄金阳光灿烂", "青色湖水凉爽", "紫色梦幻神秘",
+               "橙子活力温暖", "灰色阴天沉闷"]
+FILLER = "的了啊吧呀哈"
+
+
+def write_synthetic_shards(root: str | os.PathLike, n_videos: int = 12, segments_per_video: int = 8,
+                           n_classes: int = 6, frames: int = 4, size: int = 32, max_comments: int = 5,
+                           seed: int = 0, empty_fraction: float = 0.05, noise: float = 25.0,
+                           max_shard_samples: int | None = None) -> Path:
+    """Learnable toy shards in the contract's layout; returns the ``index.json`` path.
+
+    Each segment draws a class: its frames are that class's colour plus noise, its 0-5 comments
+    are drawn from that class's characters (plus shared filler characters). Used by the tests,
+    the benchmarks and the GPU check (no network, no real video needed).
+    """
+    import webdataset as wds
+
+    if not 1 <= n_classes <= len(PALETTE):
+        raise ValueError(f"n_classes must be in 1..{len(PALETTE)}")
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    index = []
+    for v in range(n_videos):
+        video_id = f"synth-{seed}-{v:04d}"
+        folder = root / "shards" / video_id
+        folder.mkdir(parents=True, exist_ok=True)
+        per_shard = max_shard_samples or segments_per_video
+        for part, first in enumerate(range(0, segments_per_video, per_shard)):
+            path = folder / f"{video_id}-{part:05d}.tar"
+            tmp = path.with_name(f".{path.name}.tmp")
+            count = 0
+            with wds.TarWriter(str(tmp)) as sink:
+                for s in range(first, min(first + per_shard, segments_per_video)):
+                    sink.write(_synthetic_sample(rng, video_id, s, n_classes, frames, size, max_comments,
+                                                 empty_fraction, noise))
+                    count += 1
+            os.replace(tmp, path)
+            data = path.read_bytes()
+            index.append({"url": str(path), "video_id": video_id, "samples": count, "bytes": len(data),
+                          "sha256": hashlib.sha256(data).hexdigest()})
+    index_path = root / "shards" / "index.json"
+    tmp = index_path.with_name(".index.json.tmp")
+    tmp.write_text(json.dumps(index, indent=1), encoding="utf-8")
+    os.replace(tmp, index_path)
+    return index_path
+
+
+def _synthetic_sample(rng: np.random.Generator, video_id: str, s: int, n_classes: int, frames: int,
+                      size: int, max_comments: int, empty_fraction: float, noise: float) -> dict[str, Any]:
+    cls = int(rng.integers(n_classes))
+    colour = np.array(PALETTE[cls], dtype=np.float32)
+    shade = rng.uniform(0.7, 1.1, size=(frames, 1, 1, 1))
+    pixels = colour * shade + rng.normal(0.0, noise, size=(frames, size, size, 3))
+    n_comments = 0 if rng.random() < empty_fraction else int(rng.integers(1, max_comments + 1))
+    words, comments = CLASS_WORDS[cls], []
+    for _ in range(n_comments):
+        length = int(rng.integers(2, 6))
+        chars = [words[int(rng.integers(len(words)))] if rng.random() < 0.75 else FILLER[int(rng.integers(len(FILLER)))]
+                 for _ in range(length)]
+        comments.append("".join(chars))
+    buf = io.BytesIO()
+    np.save(buf, np.clip(pixels, 0, 255).astype(np.uint8), allow_pickle=False)
+    start = s * 8000
+    meta = {"video_id": video_id, "segment_index": s, "start_ms": start, "end_ms": start + 8000,
+            "comments": comments, "comment_ids": [f"{video_id}-{s}-{i}" for i in range(n_comments)],
+            "comment_count": n_comments,
+            "frame_times_ms": [start + int((i + 0.5) * 8000 / frames) for i in range(frames)]}
+    return {"__key__": f"{video_id.replace('.', '_')}_{s:06d}", "frames.npy": buf.getvalue(),
+            "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")}

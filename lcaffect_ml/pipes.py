@@ -1,0 +1,135 @@
+"""Talking to Dagster through Pipes, and only when launched by it.
+
+``pipes_session()`` is a context manager around a training program. Under Dagster Pipes
+(``PipesSubprocessClient`` sets ``DAGSTER_PIPES_CONTEXT``/``DAGSTER_PIPES_MESSAGES``) it opens the
+Pipes context, forwards the ``lcaffect_ml`` log records to the Dagster run log, exposes the step's
+``retry_number`` and, at the end, reports one asset materialization (metrics as numeric metadata,
+checkpoint path, ``data_version`` = sha256 of ``model.safetensors``) and the asset check
+``retrieval_above_chance`` (passed when held-out video→comment R@1 beats chance). An exception
+inside the block is reported to Dagster by the Pipes context. Outside Dagster, and on every
+rank but 0 of a torchrun job, it does nothing, so the same program runs by hand.
+
+``dagster_pipes`` is imported lazily (it is light, and absent is fine outside Dagster); this is
+the only module of ``lcaffect_ml`` that touches Dagster at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+log = logging.getLogger(__name__)
+
+CHECK_NAME = "retrieval_above_chance"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def launched_by_dagster() -> bool:
+    if "DAGSTER_PIPES_CONTEXT" not in os.environ:
+        return False
+    try:
+        from dagster_pipes import PipesEnvVarParamsLoader
+    except ImportError:  # launched by Pipes but the package is missing: say so, run anyway
+        log.warning("DAGSTER_PIPES_CONTEXT is set but dagster_pipes is not installed: not reporting")
+        return False
+    return PipesEnvVarParamsLoader().is_dagster_pipes_process()
+
+
+class _ForwardToPipes(logging.Handler):
+    def __init__(self, context):
+        super().__init__(level=logging.INFO)
+        self.context = context
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if not self.context.is_closed:
+                self.context.log.log(record.levelno, self.format(record))
+        except Exception:  # never let log forwarding break training
+            self.handleError(record)
+
+
+class TrainingReporter:
+    """What a training program needs from Dagster; every method is a no-op when ``active`` is False."""
+
+    def __init__(self, context=None, asset_key: str | None = None):
+        self.context = context
+        self.asset_key = asset_key
+
+    @property
+    def active(self) -> bool:
+        return self.context is not None
+
+    @property
+    def retry_number(self) -> int:
+        return int(self.context.retry_number or 0) if self.active else 0
+
+    def report_training_result(self, metrics: Mapping[str, Any], model_dir: str | os.PathLike,
+                               checkpoint: str | os.PathLike | None) -> dict[str, Any]:
+        """Materialization with metrics/paths/data version, and the above-chance check."""
+        weights = Path(model_dir) / "model.safetensors"
+        version = sha256_file(weights)
+        metadata = pipes_metadata(metrics)
+        metadata["model_dir"] = {"raw_value": str(Path(model_dir).resolve()), "type": "path"}
+        metadata["model_sha256"] = {"raw_value": version, "type": "text"}
+        if checkpoint is not None:
+            metadata["checkpoint"] = {"raw_value": str(Path(checkpoint).resolve()), "type": "path"}
+        passed = bool(float(metrics["v2c_r1"]) > float(metrics["chance_r1"]))
+        result = {"data_version": version, "passed": passed}
+        if not self.active:
+            return result
+        self.context.report_asset_materialization(metadata=metadata, data_version=version,
+                                                  asset_key=self.asset_key)
+        self.context.report_asset_check(
+            CHECK_NAME, passed=passed, asset_key=self.asset_key,
+            metadata={"v2c_r1": {"raw_value": float(metrics["v2c_r1"]), "type": "float"},
+                      "chance_r1": {"raw_value": float(metrics["chance_r1"]), "type": "float"}})
+        return result
+
+
+def pipes_metadata(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Numbers as typed Pipes metadata (int/float), strings as text; other values are left out."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool):
+            out[key] = {"raw_value": value, "type": "bool"}
+        elif isinstance(value, int):
+            out[key] = {"raw_value": value, "type": "int"}
+        elif isinstance(value, float):
+            out[key] = {"raw_value": value, "type": "float"}
+        elif isinstance(value, str):
+            out[key] = {"raw_value": value, "type": "text"}
+    return out
+
+
+@contextlib.contextmanager
+def pipes_session(rank: int = 0, asset_key: str | None = None) -> Iterator[TrainingReporter]:
+    if rank != 0 or not launched_by_dagster():
+        yield TrainingReporter()
+        return
+    from dagster_pipes import open_dagster_pipes
+
+    with open_dagster_pipes() as context:
+        handler = _ForwardToPipes(context)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        package_logger = logging.getLogger("lcaffect_ml")
+        package_logger.addHandler(handler)
+        if package_logger.level == logging.NOTSET or package_logger.level > logging.INFO:
+            package_logger.setLevel(logging.INFO)
+        reporter = TrainingReporter(context, asset_key)
+        if reporter.retry_number > 0:
+            log.info("Dagster retry %d of this step: resuming from the latest checkpoint", reporter.retry_number)
+        try:
+            yield reporter
+        finally:
+            package_logger.removeHandler(handler)

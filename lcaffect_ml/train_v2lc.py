@@ -1,0 +1,602 @@
+"""V2LC pretraining: align segment videos with their live comments (CLIP-style, multi-positive).
+
+Run::
+
+    python -m lcaffect_ml.train_v2lc --config v2lc.yaml [--set key=value ...]
+    torchrun --nproc_per_node 8 -m lcaffect_ml.train_v2lc --config v2lc.yaml     # DDP
+
+Re-running the same command resumes from the newest complete checkpoint in
+``output_dir/checkpoints/`` (model, optimiser, scheduler, grad scaler, RNG states, data position);
+on CPU a killed and resumed run ends with weights identical to an uninterrupted one. Under
+Dagster Pipes the run streams its log, reports the materialization and the
+``retrieval_above_chance`` check (``lcaffect_ml.pipes``); by hand Pipes is a no-op.
+
+Config options (YAML or JSON mapping; ``--set key=value`` overrides, value parsed as YAML):
+
+Data
+  shards              index.json path/URL, a folder holding one, or a list of shard URLs (required)
+  eval_fraction       share of *videos* held out for retrieval evaluation (0.1); split by video id
+  split_seed          seed of the video split (0), independent of ``seed``
+  num_workers         DataLoader worker processes (2); keep it unchanged across a resume
+  shuffle_buffer      samples in each worker's shuffle buffer (64; frames are held as raw bytes)
+  open_shards         shards each worker reads interleaved (4)
+  on_error            "warn" (skip a bad sample/shard, naming it) or "raise"
+Model
+  video_encoder       "tiny", "base" (TimeSformer-base shape, random init) or a hub name/local path,
+                      e.g. facebook/timesformer-base-finetuned-k400
+  text_encoder        "tiny", "base" or a hub name/local path (hfl/chinese-roberta-wwm-ext, xlm-roberta-base)
+  tokenizer           tokenizer name/path; default: the comment encoder's own, or for a preset one a
+                      character-level tokenizer built from the training comments (saved with the model)
+  tokenizer_vocab_size  cap for that built vocabulary (8000)
+  video_overrides, text_overrides  dicts passed to the encoder configs (e.g. {num_frames: 8})
+  embed_dim           shared embedding width (256)
+  max_comments        comments per segment used as positives (5)
+  text_max_length     tokens per comment (32)
+  text_pooling        "cls" or "mean"
+  positives           multi-positive video→comment form, "sum" or "mean" (see lcaffect_ml.losses)
+  freeze_video, freeze_text   train only the other tower and the projections (false)
+  gradient_checkpointing      (false)
+Optimisation
+  batch_size          segments per rank per micro-batch (32)
+  grad_accum          micro-batches per optimiser step (1); one step sees batch_size*grad_accum*world
+                      segments, but negatives come from one micro-batch (gathered across ranks)
+  lr (1e-4), weight_decay (0.1; none on biases, norms, temperature), betas ([0.9, 0.98]), eps (1e-6)
+  warmup_steps (100), min_lr_ratio (0.0)   linear warm-up, cosine decay
+  max_steps           optimiser steps (1000)
+  grad_clip           max gradient norm (1.0; 0 disables)
+  precision           "auto" (bf16 on CUDA where supported, else fp32), "bf16", "fp16" (GradScaler), "fp32"
+  device              "auto", "cuda" or "cpu"
+  seed                (0) model init, dropout and data order
+Evaluation, checkpoints, output
+  output_dir          where everything is written (required)
+  eval_every          steps between held-out retrieval evaluations (0: only at the end)
+  eval_batch_size (64), eval_max_segments (2000: caps the pool, chance R@1 = 1/pool)
+  checkpoint_every    steps between checkpoints (500); one is always written at the last step
+  keep_checkpoints    newest checkpoints kept (2)
+  log_every (10), progress (true: tqdm bar with clips/s)
+  pipes_asset_key     asset key to report under Pipes when the step has several assets
+Testing only
+  debug_nan_at_step   poison the loss with NaN at this step, to exercise the non-finite stop
+
+Command-line debug flag ``--stop-after-step N`` kills the process (SIGKILL, as a crash would) right
+after step N, to test resuming.
+
+Outputs in ``output_dir``: ``model.safetensors`` + ``config.json`` + tokenizer files
+(``V2LCModel.from_pretrained(output_dir)``), ``metrics.json`` (v2c_r1, v2c_r5, v2c_r10, v2c_medr,
+c2v_*, chance_r1, steps, clips_per_s, peak_memory_mb, final_loss, train/test video counts, …),
+``loss_curve.png`` and ``checkpoints/step-N/``.
+
+Exit status: 0 done; 65 (``EXIT_NON_FINITE``) when the loss or gradient norm became NaN/inf — the
+run stops before that optimiser step, so no checkpoint holds poisoned weights; 2 bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import (ShardSpec, SegmentStream, load_shard_index, make_loader, read_comments,
+                   split_by_video)
+from .losses import v2lc_loss
+from .pipes import TrainingReporter, pipes_session
+from .retrieval import retrieval_metrics
+from .trainutil import (EXIT_NON_FINITE, COMPLETE_MARKER, CheckpointManager, ConfigError, DistInfo,
+                        NonFiniteLossError, adamw_param_groups, atomic_file, atomic_write_json, autocast,
+                        capture_rng_state, cosine_schedule_with_warmup, init_distributed, load_config,
+                        load_state, parse_override, peak_memory_mb, resolve_precision, restore_rng_state,
+                        save_state, seed_everything)
+from .v2lc import TEXT_PRESETS, V2LCConfig, V2LCModel
+
+log = logging.getLogger("lcaffect_ml.train_v2lc")
+
+
+@dataclass
+class TrainConfig:
+    shards: Any
+    output_dir: str
+    eval_fraction: float = 0.1
+    split_seed: int = 0
+    num_workers: int = 2
+    shuffle_buffer: int = 64
+    open_shards: int = 4
+    on_error: str = "warn"
+    video_encoder: str = "tiny"
+    text_encoder: str = "tiny"
+    tokenizer: str | None = None
+    tokenizer_vocab_size: int = 8000
+    video_overrides: dict = field(default_factory=dict)
+    text_overrides: dict = field(default_factory=dict)
+    embed_dim: int = 256
+    max_comments: int = 5
+    text_max_length: int = 32
+    text_pooling: str = "cls"
+    positives: str = "sum"
+    freeze_video: bool = False
+    freeze_text: bool = False
+    gradient_checkpointing: bool = False
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.1
+    betas: list = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0
+    max_steps: int = 1000
+    grad_clip: float = 1.0
+    precision: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    eval_every: int = 0
+    eval_batch_size: int = 64
+    eval_max_segments: int = 2000
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    progress: bool = True
+    pipes_asset_key: str | None = None
+    debug_nan_at_step: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown}; known: {sorted(known)}")
+        missing = [k for k in ("shards", "output_dir") if k not in data]
+        if missing:
+            raise ConfigError(f"missing required option(s) {missing}")
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        positive = ("batch_size", "grad_accum", "max_steps", "eval_batch_size", "keep_checkpoints", "log_every")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("checkpoint_every", "eval_every", "warmup_steps", "num_workers"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.positives not in ("sum", "mean"):
+            raise ConfigError(f"positives must be 'sum' or 'mean', got {self.positives!r}")
+
+    def model_config(self) -> V2LCConfig:
+        return V2LCConfig(
+            video_encoder=self.video_encoder, text_encoder=self.text_encoder, embed_dim=self.embed_dim,
+            max_comments=self.max_comments, text_max_length=self.text_max_length,
+            text_pooling=self.text_pooling, freeze_video=self.freeze_video, freeze_text=self.freeze_text,
+            gradient_checkpointing=self.gradient_checkpointing, video_overrides=dict(self.video_overrides),
+            text_overrides=dict(self.text_overrides))
+
+
+# Options that must match for a resume to continue the same run (others, e.g. max_steps, may change).
+RESUME_KEYS = ("batch_size", "grad_accum", "seed", "split_seed", "eval_fraction", "num_workers", "shards")
+
+
+@dataclass
+class TrainerState:
+    step: int = 0
+    micro_batches: int = 0  # micro-batches this rank consumed: the data position
+    train_time_s: float = 0.0
+    timed_steps: int = 0
+    loss_history: list = field(default_factory=list)  # [step, loss]
+    eval_history: list = field(default_factory=list)  # {"step": n, **metrics}
+    resumed_from: int | None = None
+
+
+# ------------------------------------------------------------------------------- setup
+
+
+def _build_model(cfg: TrainConfig, train_shards: list[ShardSpec], dist: DistInfo) -> V2LCModel:
+    from .tokenizer import build_char_tokenizer, load_tokenizer
+
+    mcfg = cfg.model_config()
+    tokenizer = None
+    if cfg.tokenizer:
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    elif cfg.text_encoder in TEXT_PRESETS:
+        # every rank builds it from the same comments in index order, so all ranks agree
+        texts = read_comments(train_shards)
+        if not texts:
+            raise ConfigError("no comments in the training shards to build a tokenizer from")
+        tokenizer = build_char_tokenizer(texts, vocab_size=cfg.tokenizer_vocab_size,
+                                         model_max_length=cfg.text_max_length)
+        log.info("built a %d-token character tokenizer from %d training comments", len(tokenizer), len(texts))
+    seed_everything(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+    return V2LCModel.build(mcfg, tokenizer=tokenizer)
+
+
+def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig) -> None:
+    current = dataclasses.asdict(cfg)
+    changed = [k for k in RESUME_KEYS if k in saved and saved[k] != current[k]]
+    if changed:
+        log.warning("resuming with changed option(s) %s: the run continues but is not an exact replay",
+                    {k: (saved[k], current[k]) for k in changed})
+
+
+def _batch_to(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, ...]:
+    nb = device.type == "cuda"
+    return tuple(batch[k].to(device, non_blocking=nb) for k in ("frames", "input_ids", "attention_mask", "comment_mask"))
+
+
+# ------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(model: V2LCModel, shards: list[ShardSpec], cfg: TrainConfig, device: torch.device,
+             precision: str) -> dict[str, float]:
+    """Held-out retrieval metrics over (at most ``eval_max_segments``) segments of the test videos."""
+    stream = SegmentStream(shards, batch_size=cfg.eval_batch_size, tokenizer=model.tokenizer,
+                           max_comments=cfg.max_comments, max_length=cfg.text_max_length, shuffle=False,
+                           infinite=False, on_error=cfg.on_error, max_segments=cfg.eval_max_segments)
+    loader = make_loader(stream, num_workers=min(cfg.num_workers, len(shards)), seed=cfg.seed)
+    was_training = model.training
+    model.eval()
+    videos, comments, segments = [], [], []
+    offset = 0
+    try:
+        for batch in loader:
+            frames, ids, attn, mask = _batch_to(batch, device)
+            with autocast(device, precision):
+                out = model(frames, ids, attn, mask)
+            keep = out.comment_segment >= 0
+            videos.append(out.video_embeds.float().cpu())
+            comments.append(out.comment_embeds[keep].float().cpu())
+            segments.append(out.comment_segment[keep].cpu() + offset)
+            offset += frames.shape[0]
+    finally:
+        model.train(was_training)
+    if not videos:
+        raise ConfigError("the held-out videos yielded no segment with comments: nothing to evaluate")
+    return retrieval_metrics(torch.cat(videos), torch.cat(comments), torch.cat(segments))
+
+
+# ---------------------------------------------------------------------- checkpointing
+
+
+def _save_checkpoint(manager: CheckpointManager, model: V2LCModel, optimizer, scheduler, scaler,
+                     state: TrainerState, cfg: TrainConfig, dist: DistInfo) -> Path | None:
+    rng = capture_rng_state()
+    if dist.distributed:  # every rank's RNG, so dropout streams resume per rank
+        gathered: list[Any] = [None] * dist.world_size
+        torch.distributed.all_gather_object(gathered, rng)
+    else:
+        gathered = [rng]
+    path = None
+    if dist.is_main:
+        def write(folder: Path) -> None:
+            model.save_pretrained(folder)
+            save_state(folder, "optimizer", optimizer.state_dict())
+            save_state(folder, "scheduler", scheduler.state_dict())
+            save_state(folder, "scaler", scaler.state_dict())
+            save_state(folder, "rng", {"ranks": gathered})
+            atomic_write_json(folder / COMPLETE_MARKER, {
+                **dataclasses.asdict(state), "world_size": dist.world_size,
+                "samples_seen": state.micro_batches * cfg.batch_size * dist.world_size,
+                "config": dataclasses.asdict(cfg)})
+
+        path = manager.save(state.step, write)
+        log.info("checkpoint %s written", path)
+    if dist.distributed:
+        torch.distributed.barrier()
+    return path
+
+
+def _load_checkpoint(path: Path, model: V2LCModel, optimizer, scheduler, scaler, cfg: TrainConfig,
+                     dist: DistInfo) -> TrainerState:
+    saved = json.loads((path / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    _check_resume_config(saved.get("config", {}), cfg)
+    optimizer.load_state_dict(load_state(path, "optimizer"))
+    scheduler.load_state_dict(load_state(path, "scheduler"))
+    scaler.load_state_dict(load_state(path, "scaler"))
+    ranks = load_state(path, "rng")["ranks"]
+    if len(ranks) == dist.world_size:
+        restore_rng_state(ranks[dist.rank])
+    else:
+        log.warning("checkpoint from %d rank(s), now %d: RNG streams reseeded", len(ranks), dist.world_size)
+        seed_everything(cfg.seed + 1000 * dist.rank + saved["step"])
+    state = TrainerState(**{k: saved[k] for k in dataclasses.asdict(TrainerState()) if k in saved})
+    state.resumed_from = saved["step"]
+    return state
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _plot_loss(path: Path, state: TrainerState) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if state.loss_history:
+        steps, losses = zip(*state.loss_history)
+        ax.plot(steps, losses, lw=1, label="train loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("V2LC contrastive loss")
+    if state.eval_history:
+        ax2 = ax.twinx()
+        ax2.plot([e["step"] for e in state.eval_history], [e["v2c_r1"] for e in state.eval_history], "o-",
+                 color="tab:orange", label="held-out v2c R@1")
+        ax2.set_ylabel("v2c R@1")
+    ax.set_title("V2LC pretraining")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+# -------------------------------------------------------------------------------- train
+
+
+def train(cfg: TrainConfig, reporter: TrainingReporter | None = None, stop_after_step: int | None = None,
+          dist: DistInfo | None = None) -> dict[str, Any]:
+    reporter = reporter or TrainingReporter()
+    dist = dist or init_distributed(cfg.device)
+    device = dist.device
+    precision = resolve_precision(cfg.precision, device)
+    out_dir = Path(cfg.output_dir)
+    manager = CheckpointManager(out_dir / "checkpoints", keep=cfg.keep_checkpoints)
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in manager.clean_stale():
+            log.warning("removed %s, left by a run killed while writing a checkpoint", stale)
+    if cfg.num_workers > 0:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers + forked workers
+
+    shards = load_shard_index(cfg.shards)
+    train_shards, test_shards = split_by_video(shards, cfg.eval_fraction, cfg.split_seed)
+    if not train_shards:
+        raise ConfigError("no training videos after the split")
+    n_train_videos = len({s.video_id for s in train_shards})
+    n_test_videos = len({s.video_id for s in test_shards})
+    log.info("%d shards: %d train videos, %d held-out videos; precision %s on %s, world size %d",
+             len(shards), n_train_videos, n_test_videos, precision, device, dist.world_size)
+
+    latest = manager.latest()
+    if latest is not None:
+        log.info("resuming from %s%s", latest,
+                 f" (Dagster retry {reporter.retry_number})" if reporter.retry_number else "")
+        model = V2LCModel.from_pretrained(latest)
+        model.set_freeze(video=cfg.freeze_video, text=cfg.freeze_text)
+    else:
+        model = _build_model(cfg, train_shards, dist)
+    model.to(device)
+    model.train()
+
+    optimizer = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                  betas=tuple(cfg.betas), eps=cfg.eps)
+    scheduler = cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    state = TrainerState()
+    seed_everything(cfg.seed + 1000 * dist.rank)  # per-rank dropout streams
+    if latest is not None:
+        state = _load_checkpoint(latest, model, optimizer, scheduler, scaler, cfg, dist)
+
+    stream = SegmentStream(train_shards, batch_size=cfg.batch_size, tokenizer=model.tokenizer,
+                           max_comments=cfg.max_comments, max_length=cfg.text_max_length, seed=cfg.seed,
+                           shuffle_buffer=cfg.shuffle_buffer, open_shards=cfg.open_shards,
+                           start_batch=state.micro_batches, rank=dist.rank, world_size=dist.world_size,
+                           on_error=cfg.on_error)
+    loader = make_loader(stream, num_workers=cfg.num_workers, pin_memory=device.type == "cuda", seed=cfg.seed)
+    net: torch.nn.Module = model
+    if dist.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    clips_per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    bar = None
+    if cfg.progress and dist.is_main and state.step < cfg.max_steps:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=state.step, desc="v2lc", unit="step", dynamic_ncols=True)
+    batches = iter(loader)
+    last_ckpt = manager.latest()
+    try:
+        while state.step < cfg.max_steps:
+            t0 = time.perf_counter()
+            loss_value = _train_step(net, model, batches, optimizer, scheduler, scaler, cfg, state, device,
+                                     precision, dist)
+            step_time = time.perf_counter() - t0
+            state.step += 1
+            if state.step > 1 or cfg.max_steps == 1:  # the first step pays for warm-up and compilation
+                state.train_time_s += step_time
+                state.timed_steps += 1
+            state.loss_history.append([state.step, loss_value])
+            clips_s = clips_per_step * state.timed_steps / state.train_time_s if state.train_time_s else 0.0
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}", clips_s=f"{clips_s:.1f}",
+                                lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if state.step % cfg.log_every == 0:
+                log.info("step %d/%d loss %.4f lr %.3e %.1f clips/s", state.step, cfg.max_steps, loss_value,
+                         scheduler.get_last_lr()[0], clips_s)
+            if cfg.eval_every and state.step % cfg.eval_every == 0 and test_shards and state.step < cfg.max_steps:
+                _periodic_eval(model, test_shards, cfg, device, precision, state, dist)
+            if state.step == cfg.max_steps or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
+                last_ckpt = _save_checkpoint(manager, model, optimizer, scheduler, scaler, state, cfg, dist) or last_ckpt
+            if stop_after_step is not None and state.step >= stop_after_step:
+                sys.stderr.flush()
+                os.kill(os.getpid(), signal.SIGKILL)  # a crash, not a clean exit: tests resume from it
+    finally:
+        if bar is not None:
+            bar.close()
+        del batches  # shut the loader's workers down
+    return _finish(model, test_shards, cfg, device, precision, state, dist, reporter, manager.latest() or last_ckpt,
+                   n_train_videos, n_test_videos, len(train_shards), len(test_shards))
+
+
+def _train_step(net, model: V2LCModel, batches, optimizer, scheduler, scaler, cfg: TrainConfig,
+                state: TrainerState, device: torch.device, precision: str, dist: DistInfo) -> float:
+    """One optimiser step over ``grad_accum`` micro-batches; raises before stepping on NaN/inf."""
+    step = state.step + 1
+    loss_sum = torch.zeros((), device=device)
+    for micro in range(cfg.grad_accum):
+        frames, ids, attn, mask = _batch_to(next(batches), device)
+        state.micro_batches += 1
+        last = micro == cfg.grad_accum - 1
+        sync = contextlib.nullcontext() if (last or not dist.distributed) else net.no_sync()
+        with sync:
+            with autocast(device, precision):
+                out = net(frames, ids, attn, mask)
+            loss = v2lc_loss(out.video_embeds, out.comment_embeds, out.comment_segment, out.logit_scale,
+                             positives=cfg.positives).loss
+            if cfg.debug_nan_at_step is not None and step == cfg.debug_nan_at_step:
+                loss = loss * float("nan")
+            scaler.scale(loss / cfg.grad_accum).backward()
+        loss_sum += loss.detach()
+    if scaler.is_enabled():
+        scaler.unscale_(optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    loss_value, norm_value = (x / d for x, d in zip(torch.stack([loss_sum, grad_norm.float()]).tolist(),
+                                                     (cfg.grad_accum, 1)))
+    # the loss is global (gathered across ranks), so every rank takes this branch together
+    if not math.isfinite(loss_value):
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteLossError(step, "loss", loss_value)
+    if not math.isfinite(norm_value) and not scaler.is_enabled():  # fp16's scaler skips such steps itself
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteLossError(step, "gradient norm", norm_value)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    model.clamp_logit_scale_()
+    return loss_value
+
+
+def _periodic_eval(model, test_shards, cfg, device, precision, state: TrainerState, dist: DistInfo) -> None:
+    if dist.is_main:
+        metrics = evaluate(model, test_shards, cfg, device, precision)
+        state.eval_history.append({"step": state.step, **{k: metrics[k] for k in
+                                   ("v2c_r1", "v2c_r5", "c2v_r1", "chance_r1")}})
+        log.info("step %d held-out: v2c R@1 %.3f R@5 %.3f, c2v R@1 %.3f (chance %.3f)", state.step,
+                 metrics["v2c_r1"], metrics["v2c_r5"], metrics["c2v_r1"], metrics["chance_r1"])
+    if dist.distributed:
+        torch.distributed.barrier()
+
+
+def _finish(model, test_shards, cfg, device, precision, state: TrainerState, dist: DistInfo,
+            reporter: TrainingReporter, checkpoint: Path | None, n_train_videos: int, n_test_videos: int,
+            n_train_shards: int, n_test_shards: int) -> dict[str, Any]:
+    peak, peak_kind = peak_memory_mb(device)
+    if not dist.is_main:
+        if dist.distributed:
+            torch.distributed.barrier()
+        return {}
+    out_dir = Path(cfg.output_dir)
+    model.save_pretrained(out_dir)
+    metrics: dict[str, Any] = {}
+    if test_shards:
+        metrics.update(evaluate(model, test_shards, cfg, device, precision))
+    clips_per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
+    recent = [loss for _, loss in state.loss_history[-10:]]
+    metrics.update({
+        "steps": state.step,
+        "clips_per_s": clips_per_step * state.timed_steps / state.train_time_s if state.train_time_s else 0.0,
+        "peak_memory_mb": peak,
+        "peak_memory_kind": peak_kind,
+        "final_loss": state.loss_history[-1][1] if state.loss_history else float("nan"),
+        "final_loss_mean10": sum(recent) / len(recent) if recent else float("nan"),
+        "train_videos": n_train_videos,
+        "test_videos": n_test_videos,
+        "train_shards": n_train_shards,
+        "test_shards": n_test_shards,
+        "clips_seen": state.micro_batches * cfg.batch_size * dist.world_size,
+        "world_size": dist.world_size,
+        "precision": precision,
+        "device": str(device),
+        "logit_scale": float(model.scale().detach()),
+        "resumed_from_step": state.resumed_from if state.resumed_from is not None else -1,
+    })
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    _plot_loss(out_dir / "loss_curve.png", state)
+    if "v2c_r1" in metrics:
+        result = reporter.report_training_result(metrics, out_dir, checkpoint)
+        log.info("held-out v2c R@1 %.3f (chance %.3f): %s; model sha256 %s", metrics["v2c_r1"],
+                 metrics["chance_r1"], "above chance" if result["passed"] else "NOT above chance",
+                 result["data_version"][:16])
+    else:
+        log.warning("no held-out videos (eval_fraction=0): no retrieval metrics, nothing reported to Dagster")
+    if dist.distributed:
+        torch.distributed.barrier()
+    return metrics
+
+
+# ------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m lcaffect_ml.train_v2lc",
+                                     description="V2LC pretraining (see the module docstring for options)")
+    parser.add_argument("--config", required=True, help="YAML or JSON config file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config option (value parsed as YAML); repeatable")
+    parser.add_argument("--stop-after-step", type=int, default=None,
+                        help="debug: SIGKILL this process right after that step (to test resuming)")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    data = load_config(args.config)
+    for item in args.overrides:
+        key, value = parse_override(item)
+        data[key] = value
+    return TrainConfig.from_dict(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    dist = init_distributed(cfg.device)
+    try:
+        with pipes_session(rank=dist.rank, asset_key=cfg.pipes_asset_key) as reporter:
+            metrics = train(cfg, reporter=reporter, stop_after_step=args.stop_after_step, dist=dist)
+    except NonFiniteLossError as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NON_FINITE
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if dist.is_main:
+        keys = ("v2c_r1", "v2c_r5", "v2c_r10", "v2c_medr", "c2v_r1", "c2v_r5", "c2v_r10", "c2v_medr",
+                "chance_r1", "steps", "clips_per_s", "final_loss")
+        print(json.dumps({k: metrics[k] for k in keys if k in metrics}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""shards.py: WebDataset shards per the shard contract, round trip, size split, index, checks."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import webdataset as wds
+from conftest import fixture_path, need_ffmpeg
+
+from lcaffect_pipeline import lake
+from lcaffect_pipeline.schema import SEGMENTS_SCHEMA
+from lcaffect_pipeline.segments import segment_video
+from lcaffect_pipeline.shards import (
+    read_shard_index,
+    sample_key,
+    update_shard_index,
+    verify_shards,
+    write_shards,
+)
+
+T, S = 4, 16
+# One sample in a tar: a header block for each of its two members, the .npy (128-byte header
+# plus data) padded to blocks, and the JSON (under 512 bytes here) in one block.
+SAMPLE_BYTES = 512 + 512 * -(-(128 + T * S * S * 3) // 512) + 512 + 512
+
+
+def _table(video_id: str, n: int) -> pa.Table:
+    return pa.table({
+        "video_id": [video_id] * n, "segment_index": list(range(n)),
+        "start_ms": [8000 * i for i in range(n)], "end_ms": [8000 * (i + 1) for i in range(n)],
+        "comments": [[f"第{i}段", "好看"] for i in range(n)], "comment_ids": [[f"{i}a", f"{i}b"] for i in range(n)],
+        "comment_count": [7 + i for i in range(n)],
+        "frame_times_ms": [[8000 * i + 1000 + 2000 * j for j in range(T)] for i in range(n)],
+        "shard": [None] * n, "sample_key": [None] * n,
+    }, schema=SEGMENTS_SCHEMA)
+
+
+def _frames(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, T, S, S, 3), dtype=np.uint8)
+
+
+def _read_back(urls: list[str]) -> dict[str, dict]:
+    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode()
+    return {s["__key__"]: s for s in ds}
+
+
+def test_round_trip_real_video(lake_root):
+    need_ffmpeg()
+    table, frames = segment_video(fixture_path("video", "example.mp4"), size=32, frames_per_segment=4,
+                                  video_id="BV1.example")
+    shards_root = lake_root / "shards"
+    out = write_shards(table, frames, shards_root, "BV1.example")
+    assert out.schema.equals(SEGMENTS_SCHEMA, check_metadata=False)
+    keys = out.column("sample_key").to_pylist()
+    assert keys == ["BV1_example_000000", "BV1_example_000001"]  # no dots in keys
+    urls = sorted(set(out.column("shard").to_pylist()))
+    assert urls == [str((shards_root / "BV1.example" / "BV1.example-00000.tar").resolve())]
+    samples = _read_back(urls)
+    assert sorted(samples) == keys
+    for row, stack in zip(out.to_pylist(), frames):
+        s = samples[row["sample_key"]]
+        assert s["frames.npy"].dtype == np.uint8 and np.array_equal(s["frames.npy"], stack)
+        meta = s["json"]
+        assert meta == {k: row[k] for k in ("video_id", "segment_index", "start_ms", "end_ms", "comments",
+                                              "comment_ids", "comment_count", "frame_times_ms")}
+    update_shard_index(shards_root)
+    assert verify_shards(out, shards_root, check_hashes=True) == []
+
+
+def test_split_by_size_and_remove_stale_shards(lake_root):
+    root = lake_root / "shards"
+    limit = 3 * SAMPLE_BYTES + 11 * 1024  # three samples and the tar's end fit, four do not
+    out = write_shards(_table("v", 10), _frames(10), root, "v", max_shard_bytes=limit)
+    per_shard = [len(list(g)) for _, g in itertools.groupby(out.column("shard").to_pylist())]
+    assert per_shard == [3, 3, 3, 1]
+    tars = sorted((root / "v").glob("*.tar"))
+    assert [p.name for p in tars] == [f"v-{n:05d}.tar" for n in range(4)]
+    assert all(p.stat().st_size <= limit for p in tars)
+    assert sorted(_read_back([str(p) for p in tars])) == out.column("sample_key").to_pylist()
+
+    shorter = write_shards(_table("v", 4), _frames(4), root, "v", max_shard_bytes=limit)
+    assert [p.name for p in sorted((root / "v").glob("*.tar"))] == ["v-00000.tar", "v-00001.tar"]
+    index = update_shard_index(root)
+    assert [(e["samples"], e["video_id"]) for e in index] == [(3, "v"), (1, "v")]
+    assert verify_shards(shorter, root) == []
+
+
+def test_oversized_sample_gets_its_own_shard(lake_root):
+    out = write_shards(_table("v", 3), _frames(3), lake_root / "shards", "v", max_shard_bytes=1000)
+    assert len(set(out.column("shard").to_pylist())) == 3
+
+
+def test_index_lists_every_video_and_matches_files(lake_root):
+    root = lake_root / "shards"
+    a = write_shards(_table("BV1a", 2), _frames(2), root, "BV1a")
+    b = write_shards(_table("sm9/../x", 3), _frames(3, seed=1), root, "sm9/../x")  # hostile id
+    index = update_shard_index(root)
+    assert index == read_shard_index(root)
+    assert json.loads((root / "index.json").read_text()) == index
+    assert {(e["video_id"], e["samples"]) for e in index} == {("BV1a", 2), ("sm9/../x", 3)}
+    for e in index:
+        path = Path(e["url"])
+        assert root.resolve() in path.parents and path.stat().st_size == e["bytes"]
+        assert lake.file_hash(path) == e["sha256"][:32]
+    assert verify_shards(pa.concat_tables([a, b]), root, check_hashes=True) == []
+    assert all("." not in k for k in b.column("sample_key").to_pylist())
+    assert sample_key("sm9/../x", 2) == b.column("sample_key")[2].as_py()
+
+
+def test_shards_are_reproducible(lake_root):
+    root = lake_root / "shards"
+    write_shards(_table("v", 2), _frames(2), root, "v")
+    first = update_shard_index(root)
+    write_shards(_table("v", 2), _frames(2), root, "v")
+    assert update_shard_index(root) == first
+    write_shards(_table("v", 2), _frames(2, seed=5), root, "v")
+    assert update_shard_index(root)[0]["sha256"] != first[0]["sha256"]
+
+
+def test_tar_members_follow_the_contract(lake_root):
+    out = write_shards(_table("v", 1), _frames(1), lake_root / "shards", "v")
+    with tarfile.open(out.column("shard")[0].as_py()) as tar:
+        assert tar.getnames() == ["v_000000.frames.npy", "v_000000.json"]
+        assert {m.mtime for m in tar.getmembers()} == {0}
+
+
+def test_bad_inputs_are_refused(lake_root):
+    with pytest.raises(ValueError, match="frame stacks"):
+        write_shards(_table("v", 2), _frames(3), lake_root, "v")
+    with pytest.raises(ValueError, match="uint8"):
+        write_shards(_table("v", 2), _frames(2).astype(np.float32), lake_root, "v")
+    with pytest.raises(ValueError, match="other videos"):
+        write_shards(_table("w", 2), _frames(2), lake_root, "v")
+
+
+# ------------------------------------------------------------------------------ verify_shards
+
+
+@pytest.fixture
+def written(lake_root):
+    root = lake_root / "shards"
+    out = write_shards(_table("v", 4), _frames(4), root, "v", max_shard_bytes=2 * SAMPLE_BYTES + 11 * 1024)
+    update_shard_index(root)
+    assert verify_shards(out, root, check_hashes=True) == []
+    return root, out
+
+
+def test_verify_finds_a_missing_index(written):
+    root, out = written
+    (root / "index.json").unlink()
+    assert "index.json unreadable" in verify_shards(out, root)[0]
+
+
+def test_verify_finds_a_sample_count_mismatch(written):
+    root, out = written
+    fewer = out.slice(0, 3)  # the table lost a row that the second shard still holds
+    problems = verify_shards(fewer, root)
+    assert any("index says 2 samples, table has 1" in p for p in problems)
+    assert any("unexpected sample v_000003" in p for p in problems)
+
+
+def test_verify_finds_wrong_frame_shapes(written):
+    root, out = written
+    url = out.column("shard")[0].as_py()
+    bad = _frames(2)[:, :, :8]  # (T, 8, 16, 3): not square
+    with lake.atomic_write(url) as fh, wds.TarWriter(fh, encoder=False) as tw:
+        for row, stack in zip(out.slice(0, 2).to_pylist(), bad):
+            buf = io.BytesIO()
+            np.save(buf, stack)
+            tw.write({"__key__": row["sample_key"], "frames.npy": buf.getvalue(),
+                      "json": json.dumps({k: row[k] for k in ("video_id", "segment_index", "start_ms", "end_ms",
+                                         "comments", "comment_ids", "comment_count", "frame_times_ms")}).encode()})
+    problems = verify_shards(out, root, check_hashes=True)
+    assert any("expected uint8 (4, S, S, 3)" in p for p in problems)
+    assert any("sha256 differs" in p for p in problems)  # same size: tars pad to 10 KiB records
+
+
+def test_verify_finds_json_that_differs_and_missing_files(written):
+    root, out = written
+    changed = out.set_column(out.schema.get_field_index("comment_count"), "comment_count",
+                             pa.array([0] * out.num_rows, pa.int32()))
+    assert any("differs from the table in ['comment_count']" in p for p in verify_shards(changed, root))
+    Path(out.column("shard")[3].as_py()).unlink()
+    assert any(p.endswith("is missing") for p in verify_shards(out, root))
+
+
+def test_verify_finds_rows_without_shards(written):
+    root, out = written
+    unsharded = out.set_column(out.schema.get_field_index("shard"), "shard", pa.nulls(out.num_rows, pa.string()))
+    problems = verify_shards(unsharded, root)
+    assert sum("has no shard" in p for p in problems) == 4
+    assert sum("does not use" in p for p in problems) == 2
