@@ -284,12 +284,15 @@ class V2LCModel(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``model.safetensors``, ``config.json`` and the tokenizer files, each atomically."""
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
         with atomic_file(directory / WEIGHTS_NAME) as tmp:
-            save_model(self, str(tmp), metadata={"format": "pt", "model_type": "v2lc"})
+            # one metadata key only: safetensors writes its metadata map in hash order, and the file's
+            # sha256 is the model's data version, so identical weights must give identical bytes
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
         if self.tokenizer is not None:
             # tokenizers write several files by name: stage them, then move each into place atomically
             with tempfile.TemporaryDirectory(dir=directory, prefix=".tok-") as staging:
@@ -304,7 +307,7 @@ class V2LCModel(nn.Module):
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "V2LCModel":
         """Load a folder written by ``save_pretrained``; only safetensors weights are accepted."""
         from safetensors import SafetensorError
-        from safetensors.torch import load_model
+        from safetensors.torch import load_file
 
         directory = Path(directory)
         cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
@@ -325,7 +328,7 @@ class V2LCModel(nn.Module):
             tokenizer = load_tokenizer(directory)
         model = cls.from_config(config, tokenizer)
         try:
-            load_model(model, str(weights), strict=True, device=str(map_location))
+            model.load_state_dict(load_file(str(weights), device=str(map_location)), strict=True)
         except SafetensorError as exc:
             raise CheckpointFormatError(f"{weights}: not a safetensors file ({exc})") from exc
         except RuntimeError as exc:  # missing/unexpected keys, shape mismatch

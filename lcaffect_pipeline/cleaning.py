@@ -31,10 +31,10 @@ Scale: filters 1-6 and the normalisation work batch by batch (Arrow compute kern
 over each batch's unique strings, for what has no vectorised form: OpenCC, the back-reference
 repeat rule, language identification). The duplicate filters need every row of a video, so
 the row-filtered batches are spooled (to memory for ``clean_comments``, to a temporary Parquet
-file for ``clean_batches``/``clean_parquet``) while four 64-bit keys per row (DuckDB ``hash``) are
-kept in 64 buckets by video; each bucket is de-duplicated with NumPy and the spool is replayed
-through the resulting mask. About 40 bytes of memory per row, so 10 million comments stay well
-under 2 GiB.
+file for ``clean_batches``/``clean_parquet``) while each row's number, offset and three 64-bit
+hashes (DuckDB ``hash``; two texts of one video collide with odds of about m²/2^65 for m texts) are kept in 64
+buckets by video; each bucket is de-duplicated with NumPy and the spool is replayed through the
+resulting mask. That is 40 bytes of memory per row: 10 million comments peak at about 1.3 GiB.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class CleaningConfig:
     # twice. None: one copy per video.
     dedup_window_ms: int | None = 10_000
     batch_rows: int = 131_072
-    langid_cache_size: int = 1_000_000  # texts whose language is remembered across batches
+    langid_cache_size: int = 200_000  # texts whose language is remembered across batches
 
     def __post_init__(self) -> None:
         for name in ("t2s_platforms", "languages"):
@@ -209,6 +209,8 @@ def normalise_text(text: pa.Array, config: CleaningConfig | None = None, t2s_row
     all rows); the caller derives it from ``platform`` and ``config.t2s_platforms``.
     """
     cfg = config or CleaningConfig()
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
     text = pc.fill_null(text.cast(pa.string()), "")
     if cfg.strip_control:
         text = pc.replace_substring_regex(text, _LINE_BREAKS, " ")
@@ -248,6 +250,8 @@ def near_duplicate_key(text: pa.Array, config: CleaningConfig | None = None) -> 
     symbols and spaces out, every repeated run cut to one copy ("哈哈哈!" and "哈哈" share the key
     "哈"). A text that is only punctuation keeps its punctuation ("???" and "??" share "?")."""
     cfg = config or CleaningConfig()
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
     low = pc.utf8_lower(text)
     stripped = pc.replace_substring_regex(low, _NOT_KEY, "")
     base = pc.if_else(pc.greater(pc.utf8_length(stripped), 0), stripped, pc.replace_substring_regex(low, _SPACES, ""))
@@ -450,7 +454,8 @@ def _duckdb():
 
 
 class _DedupIndex:
-    """Four 64-bit keys per spooled row, in buckets by video (so each video meets in one)."""
+    """Per spooled row: its number, offset and three 64-bit hashes (id, text, near key within
+    the video), 40 bytes, kept in buckets by video so that each video meets in one bucket."""
 
     _SQL = f"""
         SELECT (hash(platform, video_id) % {_DEDUP_BUCKETS})::INTEGER AS bucket,

@@ -273,6 +273,8 @@ def sample_frames(
     times_ms = np.asarray(times_ms, dtype=np.int64)
     if backend not in ("auto", "decord", "pyav"):
         raise ValueError(f"unknown backend {backend!r}")
+    if times_ms.size == 0:
+        return np.zeros((0, size, size, 3), dtype=np.uint8)
     if backend in ("auto", "decord"):
         try:
             return _sample_decord(Path(path), times_ms, size, probe, threads)

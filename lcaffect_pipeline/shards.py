@@ -9,6 +9,9 @@ Layout (the shard contract shared with ``lcaffect_ml``'s reader):
 ``shards_root`` is ``{lake}/shards``. A sample is one segment: ``{key}.frames.npy`` (np.save of a
 uint8 ``(T, H, W, 3)`` RGB array) and ``{key}.json``. Tars are reproducible (fixed mtime, owner
 and mode), so an unchanged segment table and frames give byte-identical shards and hashes.
+They are written with the standard library's ``tarfile`` (PAX format, so member names longer
+than 100 bytes survive): a WebDataset shard is a plain tar, and importing ``webdataset`` would
+import torch (seconds per Dagster step); the tests read the shards back with ``webdataset``.
 Each shard is written under a temporary name and renamed; shards of an earlier, longer version of
 the video are removed. The per-video ``shards.json`` keeps the index cheap: ``update_shard_index``
 merges those small files instead of re-reading every tar.
@@ -27,7 +30,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
-from webdataset import TarWriter
 
 from . import lake
 from .schema import SEGMENTS_SCHEMA
@@ -36,6 +38,7 @@ INDEX_NAME = "index.json"
 VIDEO_SHARDS_NAME = "shards.json"
 TAR_BLOCK = 512
 TAR_END = 2 * TAR_BLOCK + 20 * TAR_BLOCK  # end-of-archive blocks plus the worst-case record padding
+USTAR_NAME = 100  # longer member names take a PAX extended header (a header and a data block)
 
 
 def sample_key(video_id: str, segment_index: int) -> str:
@@ -129,8 +132,18 @@ def _encode_sample(video_id: str, row: dict[str, Any], frames: np.ndarray) -> di
 
 
 def _tar_bytes(sample: dict[str, Any]) -> int:
-    """Bytes a sample takes in a tar: a header block per member plus data padded to blocks."""
-    return sum(TAR_BLOCK + -(-len(v) // TAR_BLOCK) * TAR_BLOCK for k, v in sample.items() if k != "__key__")
+    """Bytes a sample takes in a tar: a header block per member (plus a PAX header for long
+    names) and the data padded to whole blocks."""
+    total = 0
+    for ext, data in _members_of(sample):
+        name = f"{sample['__key__']}.{ext}"
+        pax = 2 * TAR_BLOCK if len(name.encode()) > USTAR_NAME else 0
+        total += pax + TAR_BLOCK + -(-len(data) // TAR_BLOCK) * TAR_BLOCK
+    return total
+
+
+def _members_of(sample: dict[str, Any]) -> list[tuple[str, bytes]]:
+    return sorted((k, v) for k, v in sample.items() if k != "__key__")
 
 
 def _split(samples: list[dict[str, Any]], max_bytes: int) -> list[list[dict[str, Any]]]:
@@ -164,10 +177,13 @@ class _HashingWriter:
 def _write_tar(path, samples: list[dict[str, Any]]) -> tuple[int, str]:
     with lake.atomic_write(path, "wb") as fh:
         out = _HashingWriter(fh)
-        # Fixed metadata: the same samples always give the same bytes (and sha256).
-        with TarWriter(out, encoder=False, mtime=0, user="", group="", mode=0o444) as tw:
-            for s in samples:
-                tw.write(s)
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for sample in samples:
+                for ext, data in _members_of(sample):
+                    info = tarfile.TarInfo(f"{sample['__key__']}.{ext}")
+                    # Fixed metadata: the same samples always give the same bytes (and sha256).
+                    info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "", ""
+                    tar.addfile(info, io.BytesIO(data))
     return out.bytes, out.sha.hexdigest()
 
 

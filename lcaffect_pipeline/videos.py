@@ -289,7 +289,11 @@ def _publish(src: Path, final) -> None:
 
 
 def _cookie_values(cookiefile, video_id: str) -> list[str]:
-    jar = http.cookiejar.MozillaCookieJar()
+    """Every cookie value in the file, read by yt-dlp's own parser (it keeps ``#HttpOnly_`` lines,
+    which the standard library's MozillaCookieJar skips as comments)."""
+    from yt_dlp.cookies import YoutubeDLCookieJar
+
+    jar = YoutubeDLCookieJar()
     try:
         jar.load(str(cookiefile), ignore_discard=True, ignore_expires=True)
     except (OSError, http.cookiejar.LoadError) as exc:

@@ -114,6 +114,21 @@ def test_index_lists_every_video_and_matches_files(lake_root):
     assert sample_key("sm9/../x", 2) == b.column("sample_key")[2].as_py()
 
 
+def test_long_video_id_round_trips(lake_root):
+    video_id = "https://www.bilibili.com/video/" + "BV1" * 60  # safe_name: 120 chars with a hash
+    root = lake_root / "shards"
+    # Names over 100 bytes: a PAX header (2 blocks) per member; the long id takes the JSON to 2 blocks.
+    limit = 2 * (SAMPLE_BYTES + 2 * 1024 + 512) + 11 * 1024
+    out = write_shards(_table(video_id, 3), _frames(3), root, video_id, max_shard_bytes=limit)
+    keys = out.column("sample_key").to_pylist()
+    assert len(keys[0]) > 100 and len(set(out.column("shard").to_pylist())) == 2
+    assert all(Path(u).stat().st_size <= limit for u in set(out.column("shard").to_pylist()))
+    samples = _read_back(sorted(set(out.column("shard").to_pylist())))
+    assert sorted(samples) == keys and samples[keys[0]]["json"]["video_id"] == video_id
+    update_shard_index(root)
+    assert verify_shards(out, root) == []
+
+
 def test_shards_are_reproducible(lake_root):
     root = lake_root / "shards"
     write_shards(_table("v", 2), _frames(2), root, "v")

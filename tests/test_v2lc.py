@@ -86,12 +86,12 @@ def test_encode_video_before_and_after_projection(model):
 
 
 def test_temperature_initialised_like_clip_and_clamped(model):
-    assert math.isclose(float(model.logit_scale), math.log(1 / 0.07), rel_tol=1e-6)
+    assert math.isclose(model.logit_scale.item(), math.log(1 / 0.07), rel_tol=1e-6)
     with torch.no_grad():
         model.logit_scale.fill_(10.0)
-    assert math.isclose(float(model.scale()), 100.0, rel_tol=1e-5)
+    assert math.isclose(model.scale().item(), 100.0, rel_tol=1e-5)
     model.clamp_logit_scale_()
-    assert math.isclose(float(model.logit_scale), math.log(100), rel_tol=1e-6)
+    assert math.isclose(model.logit_scale.item(), math.log(100), rel_tol=1e-6)
 
 
 @pytest.mark.parametrize("tower", ["video", "text"])
@@ -310,12 +310,15 @@ def test_stream_resumes_exactly_at_a_batch(shards, tokenizer, workers):
     assert full[0]["frames"].dtype == torch.uint8 and full[0]["frames"].shape == (4, 4, 32, 32, 3)
 
 
-def test_ranks_read_disjoint_videos(shards):
-    firsts = []
+def test_ranks_split_an_epoch_without_overlap(shards):
+    seen = []
     for rank in range(2):
-        stream = SegmentStream(shards, batch_size=2, seed=1, rank=rank, world_size=2, infinite=False)
-        firsts.append({v for batch in stream for v in batch["video_id"]})
-    assert firsts[0] and firsts[1] and firsts[0].isdisjoint(firsts[1])
+        stream = SegmentStream(shards, batch_size=1, seed=1, rank=rank, world_size=2, infinite=False)
+        seen.append({(v, int(i)) for batch in stream for v, i in zip(batch["video_id"], batch["segment_index"])})
+    everything = {(v, int(i)) for batch in SegmentStream(shards, batch_size=1, infinite=False, shuffle=False)
+                  for v, i in zip(batch["video_id"], batch["segment_index"])}
+    assert seen[0] and seen[1] and seen[0].isdisjoint(seen[1])
+    assert seen[0] | seen[1] == everything
 
 
 def _write_bad_shard(path):

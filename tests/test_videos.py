@@ -125,7 +125,9 @@ def test_cookies_are_sent_but_never_shown(site, lake_root, tmp_path, caplog):
     secret = "SESSDATA-8f3a1c9e77d2-do-not-log"
     host = "127.0.0.1"
     cookiefile = tmp_path / "cookies.txt"
-    cookiefile.write_text(f"# Netscape HTTP Cookie File\n{host}\tFALSE\t/\tFALSE\t0\tSESSDATA\t{secret}\n")
+    other = "bili_jct-51d0e7a2c4-http-only"  # an HttpOnly cookie line starts with '#HttpOnly_'
+    cookiefile.write_text(f"# Netscape HTTP Cookie File\n{host}\tFALSE\t/\tFALSE\t0\tSESSDATA\t{secret}\n"
+                          f"#HttpOnly_{host}\tFALSE\t/\tFALSE\t0\tbili_jct\t{other}\n")
     original = cookiefile.read_bytes()
     caplog.set_level(logging.DEBUG)
 
@@ -137,10 +139,26 @@ def test_cookies_are_sent_but_never_shown(site, lake_root, tmp_path, caplog):
     with pytest.raises(VideoDownloadError) as err:
         download_video(site.url("/leak.mp4"), lake_root / "v", "denied", cookiefile=cookiefile, retries=0)
     assert "403" in str(err.value)
-    assert secret not in str(err.value) and secret not in caplog.text
+    for value in (secret, other):
+        assert value not in str(err.value) and value not in caplog.text
     info = (lake_root / "v" / "with-cookie.info.json").read_text()
     assert secret not in info
     assert cookiefile.read_bytes() == original  # yt-dlp wrote back to a private copy, not the secret
+
+
+def test_cookie_value_echoed_into_urls_is_redacted(site, lake_root, tmp_path, caplog):
+    # A site that redirects to a URL carrying the session value: yt-dlp then logs it and names
+    # the video after it. Every log line and the info sidecar must show *** instead.
+    secret = "SESSDATA-0b9d5e11aa42"
+    cookiefile = tmp_path / "cookies.txt"
+    cookiefile.write_text(f"# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t0\tSESSDATA\t{secret}\n")
+    site.add("/redirect.mp4", Response(b"", 302, {"Location": f"/media/{secret}.mp4"}))
+    site.add(f"/media/{secret}.mp4", site.example)
+    caplog.set_level(logging.DEBUG)
+    got = download_video(site.url("/redirect.mp4"), lake_root / "v", "redirected", cookiefile=cookiefile)
+    sidecar = (lake_root / "v" / "redirected.info.json").read_text()
+    assert "***" in caplog.text + sidecar  # the value did pass through and was replaced
+    assert secret not in caplog.text and secret not in sidecar and secret not in json.dumps(got.info)
 
 
 def test_unreadable_cookie_file_is_reported_without_content(site, lake_root, tmp_path):

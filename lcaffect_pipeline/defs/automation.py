@@ -63,3 +63,10 @@ clips_job = dg.define_asset_job(
     description="Videos to training clips: download, probe, audio, segments and shards (needs the corpus).",
 )
 JOBS.append(clips_job)
+
+pretrain_job = dg.define_asset_job(
+    "pretrain_job",
+    selection=dg.AssetSelection.assets("v2lc_encoder"),
+    description="Pretrain the V2LC encoder on the current training shards (a GPU step).",
+)
+JOBS.append(pretrain_job)

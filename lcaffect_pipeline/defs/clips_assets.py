@@ -100,9 +100,11 @@ def training_shards(context: dg.AssetExecutionContext, lake: LakeResource, segs:
     index = update_shard_index(clips.shards_dir(lake.path()))
     entries = index
     total_bytes = sum(e.get("bytes", 0) for e in entries)
+    version = lake_hash({e["url"]: e.get("sha256", "") for e in entries})
     return dg.Output(
-        {"index": str(clips.shards_dir(lake.path()) / "index.json"), "shards": len(entries), "samples": sum(e.get("samples", 0) for e in entries)},
-        data_version=dg.DataVersion(lake_hash({e["url"]: e.get("sha256", "") for e in entries})),
+        {"index": str(clips.shards_dir(lake.path()) / "index.json"), "shards": len(entries),
+         "samples": sum(e.get("samples", 0) for e in entries), "data_version": version},
+        data_version=dg.DataVersion(version),
         metadata={
             "index": dg.MetadataValue.path(str(clips.shards_dir(lake.path()) / "index.json")),
             "shards": len(entries),

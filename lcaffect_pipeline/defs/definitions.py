@@ -8,7 +8,8 @@ from .checks import CHECKS
 from .clips_assets import ASSETS as CLIPS_ASSETS
 from .clips_assets import CHECKS as CLIPS_CHECKS
 from .corpus_assets import ASSETS as CORPUS_ASSETS
-from .resources import CatalogueResource, ClipsResource, CleaningResource, CrawlerResource, LakeJsonIOManager, LakeResource, RunScope
+from .model_assets import ASSETS as MODEL_ASSETS
+from .resources import CatalogueResource, ClipsResource, CleaningResource, CrawlerResource, LakeJsonIOManager, LakeResource, RunScope, V2LCTrainingResource
 
 
 def build_resources() -> dict:
@@ -20,12 +21,14 @@ def build_resources() -> dict:
         "crawler": CrawlerResource(),
         "cleaning": CleaningResource(),
         "clips": ClipsResource(),
+        "v2lc_training": V2LCTrainingResource(),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
         "io_manager": LakeJsonIOManager(lake=lake),
     }
 
 
 defs = dg.Definitions(
-    assets=[*CORPUS_ASSETS, *CLIPS_ASSETS],
+    assets=[*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS],
     asset_checks=[*CHECKS, *CLIPS_CHECKS],
     jobs=JOBS,
     schedules=SCHEDULES,

@@ -119,3 +119,31 @@ class ClipsResource(dg.ConfigurableResource):
         from ..clips import ClipOptions
 
         return ClipOptions(**self.model_dump())
+
+
+class V2LCTrainingResource(dg.ConfigurableResource):
+    """Options of ``python -m lcaffect_ml.train_v2lc`` (see its docstring) and how to launch it."""
+
+    video_encoder: str = Field(default="tiny", description='"tiny", "base", or a hub name/path e.g. facebook/timesformer-base-finetuned-k400')
+    text_encoder: str = Field(default="tiny", description='"tiny", "base", or e.g. hfl/chinese-roberta-wwm-ext, xlm-roberta-base')
+    max_steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-4
+    warmup_steps: int = 100
+    eval_every: int = 0
+    eval_fraction: float = 0.1
+    checkpoint_every: int = 500
+    num_workers: int = 2
+    seed: int = 0
+    precision: str = "auto"
+    extra_json: str = Field(default="{}", description="Any other training option, as a JSON object")
+    # how to launch (not training options)
+    launcher: str = Field(default="subprocess", description='"subprocess" (PipesSubprocessClient) or "k8s" (PipesK8sClient, needs dagster-k8s)')
+    gpus: int = Field(default=0, description="GPUs: >1 launches torchrun --nproc_per_node=gpus; for k8s, the nvidia.com/gpu limit")
+    command: list[str] = Field(default=[], description='Replace the launch command prefix, e.g. ["srun", "python", "-m", "lcaffect_ml.train_v2lc"]')
+    k8s_image: Optional[str] = None
+    k8s_namespace: Optional[str] = None
+
+
+V2LCTrainingResource.LAUNCH_FIELDS = ("launcher", "gpus", "command", "k8s_image", "k8s_namespace")

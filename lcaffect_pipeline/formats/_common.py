@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from functools import partial
+from functools import lru_cache, partial
 from typing import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +70,7 @@ def derived_id(*parts: object) -> str:
     return "h" + digest.hexdigest()
 
 
+@lru_cache(maxsize=8)
 def _author_hasher(salt: str) -> Callable[[str], str | None]:
     """``hash_author`` with the keyed BLAKE2b state built once and copied per id.
 
@@ -93,16 +94,21 @@ def _author_hasher(salt: str) -> Callable[[str], str | None]:
     return fast
 
 
-def hash_authors(raw_ids: pa.Array | list, salt: str | None) -> pa.Array:
-    """``hash_author`` over a column, hashing each distinct raw id once."""
-    raw = raw_ids if isinstance(raw_ids, pa.Array) else pa.array(raw_ids, pa.string())
-    if not salt or len(raw) == 0:
-        return pa.nulls(len(raw), pa.string())
-    if raw.type != pa.string():
-        raw = pc.cast(raw, pa.string())
-    encoded = pc.dictionary_encode(raw)
-    hashed = pa.array(list(map(_author_hasher(salt), encoded.dictionary.to_pylist())), pa.string())
-    return pc.take(hashed, encoded.indices)
+def hash_authors(raw_ids: pa.Array | pa.ChunkedArray, salt: str | None) -> pa.Array:
+    """``hash_author`` over a column, hashing each distinct raw id once.
+
+    Run once per file over the whole column (not per batch): the same users comment all
+    through a video, so a file has far fewer distinct authors than comments.
+    """
+    if isinstance(raw_ids, pa.ChunkedArray):
+        raw_ids = raw_ids.combine_chunks()
+    if not salt or len(raw_ids) == 0:
+        return pa.nulls(len(raw_ids), pa.string())
+    if raw_ids.type != pa.string():
+        raw_ids = pc.cast(raw_ids, pa.string())
+    encoded = pc.dictionary_encode(raw_ids)
+    hashed = list(map(_author_hasher(salt), encoded.dictionary.to_pylist()))
+    return pc.take(pa.array(hashed, pa.string()), encoded.indices)
 
 
 def make_batch(ctx: ParseContext, columns: dict[str, object]) -> pa.RecordBatch:
@@ -165,7 +171,6 @@ class ColumnLists:
 
     def flush(self, ctx: ParseContext) -> pa.RecordBatch:
         cols = self.cols
-        cols["author"] = hash_authors(cols["author"], ctx.salt)
         cols["posted_at"] = pa.array(cols["posted_at"], pa.int64())  # unix seconds
         batch = make_batch(ctx, cols)
         self.cols = {name: [] for name in self.NAMES}

@@ -22,17 +22,19 @@ Decisions (documented for users of the corpus):
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from lcaffect_pipeline.bili_proto import DmSegMobileReply
 
-from ._common import BILI_MODES, ParseContext, derived_id, hash_authors, make_batch
+from ._common import BILI_MODES, ParseContext, derived_id, make_batch
 from ._xml import stream_elements
 
 _FLOAT_RE = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
@@ -45,7 +47,7 @@ _P_FIELDS = (
     ("color", pa.int64(), _INT_RE),
     ("posted_at", pa.int64(), _INT_RE),
     ("pool", pa.int32(), _INT_RE),
-)
+)  # fields 6 (user hash) and 7 (dmid) are text; 8 (weight) is an optional int
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OverflowError)
 
 
@@ -55,44 +57,99 @@ _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError
 def parse_xml(ctx: ParseContext, fh: BinaryIO) -> list[pa.RecordBatch]:
     batches = []
     for (ps,), texts in stream_elements(ctx, fh, "d", ("p",)):
-        batch = _xml_batch(ctx, pa.array(ps, pa.string()), pa.array(texts, pa.string()))
+        typed = _p_fields_fast(ps)
+        if typed is not None:
+            typed = typed.append_column("text", pa.array(texts, pa.string()))
+            batch = _assemble(ctx, typed, lambda rows, ps=ps: [ps[i] for i in rows])
+        else:
+            batch = _xml_batch_checked(ctx, pa.array(ps, pa.string()), pa.array(texts, pa.string()))
         if batch.num_rows:
             batches.append(batch)
     return batches
 
 
-def _xml_batch(ctx: ParseContext, p: pa.Array, text: pa.Array) -> pa.RecordBatch:
+_CSV_TYPES = {"f0": pa.float64(), "f1": pa.int32(), "f2": pa.int32(), "f3": pa.int64(), "f4": pa.int64(),
+              "f5": pa.int32(), "f6": pa.string(), "f7": pa.string(), "f8": pa.int32()}
+
+
+def _p_fields_fast(ps: list) -> pa.Table | None:
+    """Typed ``p`` fields for a batch in which every ``p`` is well formed, else None.
+
+    The ``p`` strings are comma-separated values, so Arrow's CSV reader parses and converts the
+    whole batch in C++ (about four times faster than splitting and casting column by column).
+    Any irregularity (a missing ``p``, a line break inside one, rows of different lengths, a
+    value that does not convert) returns None and the checked path takes the batch.
+    """
+    if not ps or not isinstance(ps[0], str):
+        return None
+    width = ps[0].count(",") + 1
+    if not 7 <= width <= 9:
+        return None
+    names = [f"f{i}" for i in range(width)]
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer("\n".join(ps).encode("utf-8")),
+            read_options=pacsv.ReadOptions(column_names=names, use_threads=False, block_size=1 << 30),
+            parse_options=pacsv.ParseOptions(quote_char=False, escape_char=False, newlines_in_values=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: _CSV_TYPES[n] for n in names},
+                null_values=[""], strings_can_be_null=False, quoted_strings_can_be_null=False,
+            ),
+        )
+        if table.num_rows != len(ps):  # an empty or multi-line p shifted the rows
+            return None
+        return _typed(
+            time_s=table["f0"], mode=table["f1"], font_size=table["f2"], color=table["f3"],
+            posted_at=table["f4"], pool=table["f5"], author=table["f6"],
+            dmid=table["f7"] if width > 7 else pa.repeat(pa.scalar("", pa.string()), len(ps)),
+            weight=table["f8"] if width > 8 else pa.nulls(len(ps), pa.int32()),
+        )
+    except (*_ARROW_ERRORS, TypeError, UnicodeError):  # TypeError: a None among the p values
+        return None
+
+
+def _typed(time_s, mode, font_size, color, posted_at, pool, author, dmid, weight) -> pa.Table:
+    """The converted ``p`` fields; raises an Arrow error if a time is not finite or too large."""
+    offset_ms = pc.cast(pc.round(pc.multiply(time_s, 1000.0)), pa.int64())
+    return pa.table({
+        "offset_ms": offset_ms, "mode": mode, "font_size": font_size, "color": color,
+        "posted_at": posted_at, "pool": pool, "author": author, "dmid": dmid, "weight": weight,
+    })
+
+
+def _xml_batch_checked(ctx: ParseContext, p: pa.Array, text: pa.Array) -> pa.RecordBatch:
+    """The batch through split-and-cast, skipping and counting the rows that do not convert."""
     # Two commas appended so that fields 7 (dmid) and 8 (weight) exist, empty, on short rows.
     parts = pc.split_pattern(pc.binary_join_element_wise(p, ",,", ""), ",")
     enough = pc.fill_null(pc.greater_equal(pc.list_value_length(parts), 9), False)  # >= 7 real
-    fields = pa.table({f"f{i}": pc.list_element(parts.filter(enough), i) for i in range(9)})
-    fields = fields.append_column("p", p.filter(enough)).append_column("text", text.filter(enough))
-    ctx.skipped += len(p) - fields.num_rows
-    converted = _convert_robustly(ctx, fields)
-    if converted.num_rows == 0:
+    if not pc.all(enough).as_py():
+        parts, p, text = parts.filter(enough), p.filter(enough), text.filter(enough)
+    fields = pa.table({f"f{i}": pc.list_element(parts, i) for i in range(9)})
+    fields = fields.append_column("p", p).append_column("text", text)
+    ctx.skipped += len(enough) - fields.num_rows
+    typed = _convert_robustly(ctx, fields)
+    if typed.num_rows == 0:
         return make_batch(ctx, {"comment_id": []})
-    return _assemble(ctx, converted)
+    return _assemble(ctx, typed, lambda rows: typed["p"].take(rows).to_pylist())
 
 
 def _convert(fields: pa.Table) -> pa.Table:
-    """Cast the numeric ``p`` fields; raises an Arrow error if any row does not parse."""
-    out = {}
-    for i, (name, typ, _regex) in enumerate(_P_FIELDS):
-        out[name] = pc.cast(fields[f"f{i}"], typ)
-    out["offset_ms"] = pc.cast(pc.round(pc.multiply(out.pop("time_s"), 1000.0)), pa.int64())
+    """Cast the ``p`` fields from strings; raises an Arrow error if any row does not convert."""
+    cast = {name: pc.cast(fields[f"f{i}"], typ) for i, (name, typ, _regex) in enumerate(_P_FIELDS)}
     weight = fields["f8"]
-    out["weight"] = pc.cast(pc.if_else(pc.equal(weight, ""), pa.scalar(None, pa.string()), weight), pa.int32())
-    for name in ("f6", "f7", "p", "text"):
-        out[name] = fields[name]
-    return pa.table(out)
+    typed = _typed(
+        **cast, author=fields["f6"], dmid=fields["f7"],
+        weight=pc.cast(pc.if_else(pc.equal(weight, ""), pa.scalar(None, pa.string()), weight), pa.int32()),
+    )
+    return typed.append_column("p", fields["p"]).append_column("text", fields["text"])
 
 
 def _convert_robustly(ctx: ParseContext, fields: pa.Table) -> pa.Table:
     """``_convert``, skipping (and counting) the rows it cannot convert.
 
-    The whole batch is tried first (the normal case costs nothing extra); on failure rows whose
-    fields do not look numeric are dropped with one regex pass, and whatever still fails (an
-    int32 overflow, say) is isolated by bisection.
+    The whole batch is tried first; on failure rows whose fields do not look numeric are dropped
+    with one regex pass, and whatever still fails (an int32 overflow, a time too large for
+    int64 ms) is isolated by bisection.
     """
     try:
         return _convert(fields)
@@ -119,22 +176,22 @@ def _bisect(ctx: ParseContext, fields: pa.Table) -> pa.Table:
     return pa.concat_tables([_bisect(ctx, fields.slice(0, half)), _bisect(ctx, fields.slice(half))])
 
 
-def _assemble(ctx: ParseContext, c: pa.Table) -> pa.RecordBatch:
+def _assemble(ctx: ParseContext, c: pa.Table, p_of_rows) -> pa.RecordBatch:
+    """The batch from typed fields; ``p_of_rows(rows)`` gives raw ``p`` strings (for derived ids)."""
     mode_num = c["mode"].combine_chunks()
     payload = pc.fill_null(c["text"].combine_chunks(), "")
     text, raw = _positioned_text(mode_num, payload)
-    comment_id = _fill_missing_ids(c["f7"].combine_chunks(), c["p"].combine_chunks(), payload)
     return make_batch(
         ctx,
         {
-            "comment_id": comment_id,
+            "comment_id": _fill_missing_ids(c["dmid"].combine_chunks(), p_of_rows, payload),
             "offset_ms": c["offset_ms"],
             "text": pc.replace_substring(text, "/n", "\n"),
             "mode": _mode_names(mode_num),
             "color": c["color"],
             "font_size": c["font_size"],
             "posted_at": c["posted_at"],
-            "author": hash_authors(c["f6"].combine_chunks(), ctx.salt),
+            "author": c["author"],  # raw ids: the reader hashes them
             "weight": c["weight"],
             "pool": c["pool"],
             "raw": raw,
@@ -170,19 +227,53 @@ def positioned_text(payload: str) -> str:
     return payload
 
 
-def _fill_missing_ids(dmid: pa.Array, p: pa.Array, text: pa.Array) -> pa.Array:
+def _fill_missing_ids(dmid: pa.Array, p_of_rows, text: pa.Array) -> pa.Array:
     missing = pc.or_(pc.equal(dmid, ""), pc.equal(dmid, "0"))
     rows = pc.indices_nonzero(missing)
     if len(rows) == 0:
         return dmid
-    made = [derived_id(pp, tt) for pp, tt in zip(p.take(rows).to_pylist(), text.take(rows).to_pylist())]
+    row_list = rows.to_pylist()
+    made = [derived_id(pp, tt) for pp, tt in zip(p_of_rows(row_list), text.take(rows).to_pylist())]
     return pc.replace_with_mask(dmid, missing, pa.array(made, pa.string()))
 
 
 # --------------------------------------------------------------------------------- protobuf
 
+_ELEM_COLUMNS = ("id", "progress", "mode", "fontsize", "color", "midHash", "content", "ctime", "weight", "pool")
+
+
 def parse_protobuf(ctx: ParseContext, data: bytes) -> list[pa.RecordBatch]:
     """One ``seg.so`` body (``DmSegMobileReply``) into a batch; unknown fields are ignored."""
+    columns = _columns_with_ptars(data)
+    if columns is None:
+        columns = _columns_with_protobuf(ctx, data)
+    if columns is None:
+        return []
+    mode_num = columns["mode"]
+    text, raw = _positioned_text(mode_num, columns["content"])
+    return [
+        make_batch(
+            ctx,
+            {
+                # ``id`` rather than ``idStr``: the same dmid, and old segments lack ``idStr``.
+                "comment_id": pc.cast(columns["id"], pa.string()),
+                "offset_ms": columns["progress"],
+                "text": pc.replace_substring(text, "/n", "\n"),
+                "mode": _mode_names(mode_num),
+                "color": columns["color"],
+                "font_size": columns["fontsize"],
+                "posted_at": columns["ctime"],
+                "author": columns["midHash"],  # raw ids: the reader hashes them
+                "weight": columns["weight"],
+                "pool": columns["pool"],
+                "raw": raw,
+            },
+        )
+    ]
+
+
+def _columns_with_protobuf(ctx: ParseContext, data: bytes) -> dict[str, pa.Array] | None:
+    """Decode with the protobuf runtime (upb); None for a valid segment without comments."""
     reply = DmSegMobileReply()
     try:
         reply.ParseFromString(data)
@@ -193,27 +284,42 @@ def parse_protobuf(ctx: ParseContext, data: bytes) -> list[pa.RecordBatch]:
         raise ctx.error("not a Bilibili protobuf segment: no comments and only unknown fields")
     elems = list(reply.elems)  # one wrapper per element, reused by every column below
     if not elems:
-        return []
-    # One comprehension per field: attribute access is the cost; Arrow converts each list once.
-    # ``id`` rather than ``idStr``: the same dmid, and old segments lack ``idStr``.
-    mode_num = pa.array([e.mode for e in elems], pa.int32())
-    content = pa.array([e.content for e in elems], pa.string())
-    text, raw = _positioned_text(mode_num, content)
-    return [
-        make_batch(
-            ctx,
-            {
-                "comment_id": pc.cast(pa.array([e.id for e in elems], pa.int64()), pa.string()),
-                "offset_ms": pa.array([e.progress for e in elems], pa.int64()),
-                "text": pc.replace_substring(text, "/n", "\n"),
-                "mode": _mode_names(mode_num),
-                "color": pa.array([e.color for e in elems], pa.int64()),
-                "font_size": pa.array([e.fontsize for e in elems], pa.int32()),
-                "posted_at": pa.array([e.ctime for e in elems], pa.int64()),
-                "author": hash_authors(pa.array([e.midHash for e in elems], pa.string()), ctx.salt),
-                "weight": pa.array([e.weight for e in elems], pa.int32()),
-                "pool": pa.array([e.pool for e in elems], pa.int32()),
-                "raw": raw,
-            },
-        )
-    ]
+        return None
+    # One comprehension per field (attribute access is the cost); Arrow converts each list once.
+    return {
+        name: pa.array([getattr(e, name) for e in elems], _ELEM_TYPES[name]) for name in _ELEM_COLUMNS
+    }
+
+
+_ELEM_TYPES = {
+    "id": pa.int64(), "progress": pa.int64(), "mode": pa.int32(), "fontsize": pa.int32(),
+    "color": pa.int64(), "midHash": pa.string(), "content": pa.string(), "ctime": pa.int64(),
+    "weight": pa.int32(), "pool": pa.int32(),
+}
+
+
+@functools.cache
+def _ptars_handler():
+    """ptars decodes whole segments straight into Arrow columns in Rust, from the same message
+    descriptor; about 4x faster than per-element attribute access. Optional: without it the
+    protobuf runtime does the work."""
+    try:
+        from ptars import HandlerPool
+    except ImportError:
+        return None
+    return HandlerPool([DmSegMobileReply.DESCRIPTOR.file]).get_for_message(DmSegMobileReply.DESCRIPTOR)
+
+
+def _columns_with_ptars(data: bytes) -> dict[str, pa.Array] | None:
+    """Columns via ptars, or None to let the protobuf runtime decide (errors, empty segments)."""
+    handler = _ptars_handler()
+    if handler is None:
+        return None
+    try:
+        batch = handler.list_to_record_batch([data])
+    except Exception:  # noqa: BLE001 - any ptars failure: the protobuf runtime gives the verdict
+        return None
+    elems = batch.column("elems").flatten()
+    if len(elems) == 0:
+        return None
+    return {name: pc.cast(elems.field(name), _ELEM_TYPES[name]) for name in _ELEM_COLUMNS}

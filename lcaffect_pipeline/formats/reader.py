@@ -24,7 +24,7 @@ from lcaffect_pipeline.schema import COMMENTS_SCHEMA, PLATFORMS
 from lcaffect_pipeline.schema import author_salt as author_salt_of
 
 from . import acfun, bilibili, niconico, youtube
-from ._common import CommentFormatError, ParseContext
+from ._common import CommentFormatError, ParseContext, hash_authors
 from ._xml import XML_ERRORS, xml_root_tag
 
 FORMAT_PLATFORM = {
@@ -204,13 +204,23 @@ def parse_file(
     (by default those give the comments that parsed, with counts in the schema metadata).
     """
     _check_platform(platform)
-    return _combine([_parse_one(Path(path), platform, video_id, author_salt_of(author_salt), strict)])
+    salt = author_salt_of(author_salt)
+    return _combine([_parse_one(Path(path), platform, video_id, salt, strict)], salt)
 
 
-def _parse_one(path: Path, platform: str | None, video_id: str | None, salt: str | None, strict: bool):
-    """(table, context) for one file, not yet deduplicated."""
+def _parse_one(path: Path, platform: str | None, video_id: str | None, salt: str | None, strict: bool,
+               in_segment_set: bool = False):
+    """(table, context) for one file, not yet deduplicated, raw user ids still in ``author``.
+
+    ``in_segment_set``: the file is one of several read together; there a 0-byte segment file
+    is an empty ``DmSegMobileReply`` (a window without comments), not an error.
+    """
     with _open(path) as fh:
-        fmt, items = _sniff(path, fh)
+        if in_segment_set and _SEGMENT_NAME.search(path.name) and not fh.read(1):
+            fmt, items = "bilibili_protobuf", None
+        else:
+            fh.seek(0)
+            fmt, items = _sniff(path, fh)
         ctx = ParseContext(
             path=path,
             platform=platform or FORMAT_PLATFORM[fmt],
@@ -267,7 +277,9 @@ def read_comments(
     """
     _check_platform(platform)
     salt = author_salt_of(author_salt)
-    return _combine([_parse_one(path, platform, vid, salt, strict) for path, vid in _expand(source, video_id)])
+    paths = _expand(source, video_id)
+    several = len(paths) > 1
+    return _combine([_parse_one(path, platform, vid, salt, strict, several) for path, vid in paths], salt)
 
 
 def _expand(source, video_id: str | None) -> list[tuple[Path, str | None]]:
@@ -297,12 +309,19 @@ def _table(batches: list[pa.RecordBatch]) -> pa.Table:
     return pa.Table.from_batches(batches, schema=COMMENTS_SCHEMA)
 
 
-def _combine(parsed: list[tuple[pa.Table, ParseContext]]) -> pa.Table:
-    """Concatenate, deduplicate once, and record what was left out in the schema metadata."""
+def _combine(parsed: list[tuple[pa.Table, ParseContext]], salt: str | None) -> pa.Table:
+    """Concatenate, deduplicate once, hash authors, record what was left out in the metadata.
+
+    Parsers leave raw user ids in ``author``; they become salted hashes here, in one pass over
+    the column (the same users comment all through a video and across its segments), so raw
+    ids never leave this module.
+    """
     tables = [table for table, _ctx in parsed]
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
     single_video = len({(ctx.platform, ctx.video_id) for _t, ctx in parsed}) == 1
     deduped = _dedupe_ids(table) if single_video else dedupe(table)
+    author = deduped.schema.get_field_index("author")
+    deduped = deduped.set_column(author, COMMENTS_SCHEMA.field("author"), hash_authors(deduped["author"], salt))
     metadata = dict(COMMENTS_SCHEMA.metadata)
     metadata[META_SKIPPED] = str(sum(ctx.skipped for _t, ctx in parsed)).encode()
     metadata[META_DUPLICATES] = str(table.num_rows - deduped.num_rows).encode()

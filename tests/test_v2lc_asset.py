@@ -1,0 +1,96 @@
+"""The v2lc_encoder asset: the training program through Dagster Pipes, reuse, retry-resume."""
+
+import json
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS_ASSETS
+from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS_ASSETS
+from lcaffect_pipeline.defs.model_assets import ASSETS as MODEL_ASSETS
+from lcaffect_pipeline.defs.model_assets import k8s_pod_spec, launch_command
+from lcaffect_pipeline.defs.resources import (
+    CatalogueResource,
+    CleaningResource,
+    ClipsResource,
+    CrawlerResource,
+    LakeJsonIOManager,
+    LakeResource,
+    RunScope,
+    V2LCTrainingResource,
+)
+
+from conftest import need_ffmpeg
+
+
+def resources(root: Path, training: V2LCTrainingResource) -> dict:
+    lake = LakeResource(root=str(root), author_salt="t")
+    return {
+        "lake": lake,
+        "scope": RunScope(),
+        "catalogue": CatalogueResource(demo=True, demo_videos=4),
+        "crawler": CrawlerResource(min_interval_s=0),
+        "cleaning": CleaningResource(),
+        "clips": ClipsResource(size=32, frames_per_segment=4),
+        "v2lc_training": training,
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "io_manager": LakeJsonIOManager(lake=lake),
+    }
+
+
+def tiny(**kw) -> V2LCTrainingResource:
+    return V2LCTrainingResource(max_steps=6, batch_size=4, warmup_steps=1, checkpoint_every=2, num_workers=0, eval_fraction=0.25, **kw)
+
+
+def mat(result, key="v2lc_encoder"):
+    return [e.materialization for e in result.get_asset_materialization_events() if e.materialization.asset_key.to_user_string() == key]
+
+
+@pytest.fixture(scope="module")
+def shards_lake(tmp_path_factory):
+    need_ffmpeg()
+    root = tmp_path_factory.mktemp("lake")
+    assert dg.materialize([*CORPUS_ASSETS, *CLIPS_ASSETS], resources=resources(root, tiny())).success
+    return root
+
+
+def test_training_through_pipes_then_reuse(shards_lake: Path) -> None:
+    res = resources(shards_lake, tiny())
+    first = dg.materialize([*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS], resources=res, selection=["v2lc_encoder"])
+    assert first.success
+    (m,) = mat(first)
+    assert {"v2c_r1", "c2v_r1", "chance_r1", "steps"} <= set(m.metadata)
+    assert m.metadata["steps"].value == 6
+    checks = first.get_asset_check_evaluations()
+    assert [c.check_name for c in checks] == ["retrieval_above_chance"]
+    out = Path(m.metadata["checkpoint"].value).parents[1]  # output_dir/checkpoints/step-N
+    assert (out / "model.safetensors").exists() and (out / "metrics.json").exists()
+    second = dg.materialize([*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS], resources=res, selection=["v2lc_encoder"])
+    (m2,) = mat(second)
+    assert m2.metadata["reused"].value is True
+    assert m2.tags["dagster/data_version"] == m.tags["dagster/data_version"]
+
+
+def test_a_retried_step_resumes_from_its_checkpoint(shards_lake: Path, tmp_path: Path) -> None:
+    # The first attempt is killed (SIGKILL) right after step 4; the step's retry resumes there.
+    marker = tmp_path / "killed-once"
+    train = f"{sys.executable} -m lcaffect_ml.train_v2lc"
+    script = f'if [ -e {marker} ]; then exec {train} "$@"; else touch {marker}; exec {train} --stop-after-step 4 "$@"; fi'
+    cmd = ["bash", "-c", script, "train"]
+    res = resources(shards_lake, tiny(seed=1, command=cmd))
+    result = dg.materialize([*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS], resources=res, selection=["v2lc_encoder"], raise_on_error=False)
+    assert result.success
+    (m,) = mat(result)
+    metrics = json.loads((Path(m.metadata["checkpoint"].value).parents[1] / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == 4 and metrics["steps"] == 6
+
+
+def test_launch_variants() -> None:
+    cfg = Path("/x/train_config.yaml")
+    assert launch_command(V2LCTrainingResource(), cfg)[1:] == ["-m", "lcaffect_ml.train_v2lc", "--config", str(cfg)]
+    multi = launch_command(V2LCTrainingResource(gpus=4), cfg)
+    assert "torch.distributed.run" in multi and "--nproc_per_node=4" in multi
+    spec = k8s_pod_spec(2)
+    assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
