@@ -61,7 +61,7 @@ Testing only
 Command-line debug flag ``--stop-after-step N`` kills the process (SIGKILL, as a crash would) right
 after step N, to test resuming.
 
-Outputs in ``output_dir``: ``model.safetensors`` + ``config.json`` + tokenizer files
+Outputs in ``output_dir``: ``model.safetensors`` + ``config.json`` + ``tokenizer/``
 (``V2LCModel.from_pretrained(output_dir)``), ``metrics.json`` (v2c_r1, v2c_r5, v2c_r10, v2c_medr,
 c2v_*, chance_r1, steps, clips_per_s, peak_memory_mb, final_loss, train/test video counts, …),
 ``loss_curve.png`` and ``checkpoints/step-N/``.
@@ -412,7 +412,6 @@ def train(cfg: TrainConfig, reporter: TrainingReporter | None = None, stop_after
 
         bar = tqdm(total=cfg.max_steps, initial=state.step, desc="v2lc", unit="step", dynamic_ncols=True)
     batches = iter(loader)
-    last_ckpt = manager.latest()
     try:
         while state.step < cfg.max_steps:
             t0 = time.perf_counter()
@@ -435,7 +434,7 @@ def train(cfg: TrainConfig, reporter: TrainingReporter | None = None, stop_after
             if cfg.eval_every and state.step % cfg.eval_every == 0 and test_shards and state.step < cfg.max_steps:
                 _periodic_eval(model, test_shards, cfg, device, precision, state, dist)
             if state.step == cfg.max_steps or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
-                last_ckpt = _save_checkpoint(manager, model, optimizer, scheduler, scaler, state, cfg, dist) or last_ckpt
+                _save_checkpoint(manager, model, optimizer, scheduler, scaler, state, cfg, dist)
             if stop_after_step is not None and state.step >= stop_after_step:
                 sys.stderr.flush()
                 os.kill(os.getpid(), signal.SIGKILL)  # a crash, not a clean exit: tests resume from it
@@ -443,7 +442,7 @@ def train(cfg: TrainConfig, reporter: TrainingReporter | None = None, stop_after
         if bar is not None:
             bar.close()
         del batches  # shut the loader's workers down
-    return _finish(model, test_shards, cfg, device, precision, state, dist, reporter, manager.latest() or last_ckpt,
+    return _finish(model, test_shards, cfg, device, precision, state, dist, reporter, manager.latest(),
                    n_train_videos, n_test_videos, len(train_shards), len(test_shards))
 
 
@@ -533,13 +532,13 @@ def _finish(model, test_shards, cfg, device, precision, state: TrainerState, dis
     })
     atomic_write_json(out_dir / "metrics.json", metrics)
     _plot_loss(out_dir / "loss_curve.png", state)
+    result = reporter.report_training_result(metrics, out_dir, checkpoint)
     if "v2c_r1" in metrics:
-        result = reporter.report_training_result(metrics, out_dir, checkpoint)
         log.info("held-out v2c R@1 %.3f (chance %.3f): %s; model sha256 %s", metrics["v2c_r1"],
                  metrics["chance_r1"], "above chance" if result["passed"] else "NOT above chance",
                  result["data_version"][:16])
     else:
-        log.warning("no held-out videos (eval_fraction=0): no retrieval metrics, nothing reported to Dagster")
+        log.warning("no held-out videos (eval_fraction=0): no retrieval metrics")
     if dist.distributed:
         torch.distributed.barrier()
     return metrics

@@ -12,7 +12,7 @@ Encoders are named by a preset (``tiny``: a few-layer config built in code, for 
 offline demo; ``base``: TimeSformer-base / BERT-base dimensions, randomly initialised), or by a
 hub name or local path (``facebook/timesformer-base-finetuned-k400``, ``hfl/chinese-roberta-wwm-ext``).
 ``save_pretrained`` writes ``model.safetensors`` + ``config.json`` (which holds the full encoder
-configs, so ``from_pretrained`` rebuilds the architecture with no hub access) + tokenizer files.
+configs, so ``from_pretrained`` rebuilds the architecture with no hub access) + ``tokenizer/``.
 Save/load are written here rather than through ``PreTrainedModel`` so that the only weight format
 ever read is safetensors (no pickle fallback, no remote code).
 """
@@ -37,6 +37,7 @@ from .trainutil import CheckpointFormatError, atomic_file, atomic_write_json
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+TOKENIZER_DIR = "tokenizer"
 # TimeSformer was trained on ImageNet-normalised frames (transformers' TimesformerVideoProcessor).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -283,7 +284,7 @@ class V2LCModel(nn.Module):
     # ------------------------------------------------------------------ persistence
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``model.safetensors``, ``config.json`` and the tokenizer files, each atomically."""
+        """Write ``model.safetensors``, ``config.json`` and ``tokenizer/``, each file atomically."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -294,11 +295,14 @@ class V2LCModel(nn.Module):
             # sha256 is the model's data version, so identical weights must give identical bytes
             save_file(tensors, str(tmp), metadata={"format": "pt"})
         if self.tokenizer is not None:
-            # tokenizers write several files by name: stage them, then move each into place atomically
+            # in a subfolder: AutoTokenizer reads a config.json beside it and would take ours for its own.
+            # Tokenizers write several files by name: stage them, then move each into place atomically.
+            tok_dir = directory / TOKENIZER_DIR
+            tok_dir.mkdir(exist_ok=True)
             with tempfile.TemporaryDirectory(dir=directory, prefix=".tok-") as staging:
                 self.tokenizer.save_pretrained(staging)
                 for name in sorted(os.listdir(staging)):
-                    with atomic_file(directory / name) as tmp:
+                    with atomic_file(tok_dir / name) as tmp:
                         shutil.copyfile(Path(staging) / name, tmp)
         atomic_write_json(directory / CONFIG_NAME, self.config.to_dict())
         return directory / WEIGHTS_NAME
@@ -322,10 +326,10 @@ class V2LCModel(nn.Module):
         except (ValueError, TypeError) as exc:
             raise CheckpointFormatError(f"{cfg_path}: {exc}") from exc
         tokenizer = None
-        if (directory / "tokenizer.json").is_file() or (directory / "tokenizer_config.json").is_file():
+        if (directory / TOKENIZER_DIR).is_dir():
             from .tokenizer import load_tokenizer
 
-            tokenizer = load_tokenizer(directory)
+            tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
         model = cls.from_config(config, tokenizer)
         try:
             model.load_state_dict(load_file(str(weights), device=str(map_location)), strict=True)

@@ -19,6 +19,18 @@ from lcaffect_ml.trainutil import EXIT_NON_FINITE
 from lcaffect_ml.v2lc import V2LCModel
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models on a 2-core machine shared with other runs: one intra-op thread is faster and
+    steadier (OpenMP threads spin at barriers against other processes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 RETRIEVAL_KEYS = ("v2c_r1", "v2c_r5", "v2c_r10", "v2c_medr", "c2v_r1", "c2v_r5", "c2v_r10", "c2v_medr", "chance_r1")
 BASE = dict(batch_size=8, grad_accum=2, max_steps=10, checkpoint_every=3, eval_every=5, warmup_steps=2, lr=2e-3,
             num_workers=0, embed_dim=32, eval_fraction=0.25, log_every=5, progress=False, eval_batch_size=16)
@@ -53,6 +65,21 @@ def _train(config: Path, *args: str, env: dict[str, str] | None = None, timeout:
     full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "lcaffect_ml.train_v2lc", "--config", str(config), *args],
                           cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def _run_group(cmd: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run in a new session; on timeout kill the whole group (torchrun's workers too)."""
+    import signal
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{cmd} timed out after {timeout}s: {err[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _messages(path: Path) -> list[dict]:
@@ -188,9 +215,9 @@ def test_ddp_under_torchrun_on_two_cpu_ranks(index, tmp_path):
     cfg = _config(tmp_path / "v2lc.yaml", shards=str(index), output_dir=str(out),
                   **{**BASE, "max_steps": 4, "checkpoint_every": 2, "eval_every": 0})
     torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "0", "-m",
-                           "lcaffect_ml.train_v2lc", "--config", str(cfg)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    # --standalone: a local rendezvous on a free port
+    proc = _run_group([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "lcaffect_ml.train_v2lc",
+                       "--config", str(cfg)], env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["clips_seen"] == 4 * 2 * 8 * 2
@@ -235,7 +262,6 @@ def test_cross_rank_gather_keeps_gradients():
     mp.spawn(_gather_worker, args=(2, port), nprocs=2)
 
 
-@pytest.mark.slow
 def test_dagster_pipes_subprocess_client_sees_materialization_and_check(index, tmp_path):
     import dagster as dg
 
@@ -243,10 +269,13 @@ def test_dagster_pipes_subprocess_client_sees_materialization_and_check(index, t
     cfg = _config(tmp_path / "v2lc.yaml", shards=str(index), output_dir=str(out),
                   **{**BASE, "max_steps": 3, "checkpoint_every": 0, "eval_every": 0})
 
-    @dg.asset(check_specs=[dg.AssetCheckSpec("retrieval_above_chance", asset="v2lc_encoder")])
-    def v2lc_encoder(context: dg.AssetExecutionContext, pipes: dg.PipesSubprocessClient):
-        return pipes.run(command=[sys.executable, "-m", "lcaffect_ml.train_v2lc", "--config", str(cfg)],
-                         context=context, cwd=str(ROOT), env={"PYTHONPATH": str(ROOT)}).get_results()
+    # no annotations: this module uses postponed (string) annotations, which Dagster cannot resolve locally
+    @dg.asset(check_specs=[dg.AssetCheckSpec("retrieval_above_chance", asset="v2lc_encoder")],
+              required_resource_keys={"pipes"})
+    def v2lc_encoder(context):
+        return context.resources.pipes.run(command=[sys.executable, "-m", "lcaffect_ml.train_v2lc", "--config", str(cfg)],
+                         context=context, cwd=str(ROOT),
+                                           env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}).get_results()
 
     result = dg.materialize([v2lc_encoder], resources={"pipes": dg.PipesSubprocessClient()})
     assert result.success

@@ -22,6 +22,17 @@ from lcaffect_ml.tokenizer import build_char_tokenizer, load_tokenizer, tokenize
 from lcaffect_ml.trainutil import CheckpointFormatError, load_state, save_state
 from lcaffect_ml.v2lc import IMAGENET_MEAN, IMAGENET_STD, V2LCConfig, V2LCModel
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models on a 2-core machine shared with other runs: one intra-op thread is faster and
+    steadier (OpenMP threads spin at barriers against other processes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 COMMENTS = [["红火热", "燃爆了"], ["蓝天", "海洋好冷静", "哈哈"], ["绿草"]]
 
 
@@ -111,7 +122,8 @@ def test_freezing_a_tower_stops_its_gradients(tokenizer, tower):
 def test_save_load_round_trip(model, tmp_path):
     model.eval()
     model.save_pretrained(tmp_path)
-    assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(os.listdir(tmp_path))
+    assert {"model.safetensors", "config.json", "tokenizer"} <= set(os.listdir(tmp_path))
+    assert (tmp_path / "tokenizer" / "tokenizer.json").is_file()
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no temporary files left
     loaded = V2LCModel.from_pretrained(tmp_path).eval()
     ref, got = model.state_dict(), loaded.state_dict()

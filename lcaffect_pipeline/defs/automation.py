@@ -70,3 +70,10 @@ pretrain_job = dg.define_asset_job(
     description="Pretrain the V2LC encoder on the current training shards (a GPU step).",
 )
 JOBS.append(pretrain_job)
+
+downstream_job = dg.define_asset_job(
+    "downstream_job",
+    selection=dg.AssetSelection.groups("downstream"),
+    description="Features and fusion with and without live-comment features for every configured task, and the ablation report.",
+)
+JOBS.append(downstream_job)

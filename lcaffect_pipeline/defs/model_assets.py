@@ -92,6 +92,7 @@ def v2lc_encoder(context: dg.AssetExecutionContext, lake: LakeResource, v2lc_tra
     cfg["output_dir"] = str(out)
     if (done := finished_result(out)) is not None:
         context.log.info(f"training already finished in {out}: reusing it")
+        mark_latest(lake, out)
         return done
     config_path = out / "train_config.yaml"
     atomic_write_bytes(config_path, yaml.safe_dump(cfg, sort_keys=True).encode())
@@ -100,13 +101,21 @@ def v2lc_encoder(context: dg.AssetExecutionContext, lake: LakeResource, v2lc_tra
     if v2lc_training.launcher == "k8s":
         from dagster_k8s import PipesK8sClient  # optional: pip install dagster-k8s
 
-        return PipesK8sClient().run(
+        results = PipesK8sClient().run(
             context=context, image=v2lc_training.k8s_image, command=launch_command(v2lc_training, config_path),
             namespace=v2lc_training.k8s_namespace, base_pod_spec=k8s_pod_spec(v2lc_training.gpus),
         ).get_results()
-    return pipes_subprocess_client.run(
-        command=launch_command(v2lc_training, config_path), context=context, env={"PYTHONUNBUFFERED": "1"},
-    ).get_results()
+    else:
+        results = pipes_subprocess_client.run(
+            command=launch_command(v2lc_training, config_path), context=context, env={"PYTHONUNBUFFERED": "1"},
+        ).get_results()
+    mark_latest(lake, out)
+    return results
+
+
+def mark_latest(lake: LakeResource, out: Path) -> None:
+    """Point downstream feature extraction at this finished encoder (written only after success)."""
+    atomic_write_bytes(Path(str(lake.path("models", "v2lc", "latest.json"))), json.dumps({"output_dir": str(out)}).encode())
 
 
 ASSETS = [v2lc_encoder]

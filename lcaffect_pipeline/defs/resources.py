@@ -147,3 +147,31 @@ class V2LCTrainingResource(dg.ConfigurableResource):
 
 
 V2LCTrainingResource.LAUNCH_FIELDS = ("launcher", "gpus", "command", "k8s_image", "k8s_namespace")
+
+
+class DownstreamResource(dg.ConfigurableResource):
+    """Where the downstream datasets are, how their media are prepared, and how fusion is trained."""
+
+    demo: bool = Field(default=False, description="Generate stand-in datasets in the official layouts into the lake")
+    chsims2_root: Optional[str] = Field(default=None, description="CH-SIMS v2 folder (label.csv, Raw/)")
+    meld_root: Optional[str] = Field(default=None, description="MELD.Raw folder ({train,dev,test}_sent_emo.csv and the split folders)")
+    mustard_root: Optional[str] = Field(default=None, description="MUStARD folder (sarcasm_data.json, utterances_final/)")
+    media_policy: str = Field(default="skip", description='Utterances whose media are missing: "skip" them (reported) or "fail"')
+    frames: int = Field(default=8, description="Frames per utterance")
+    size: int = Field(default=224, description="Frame size (the V2LC video encoder's image size)")
+    text_model: str = "tiny"
+    audio_model: str = "tiny"
+    vision_model: str = "tiny"
+    seeds: list[int] = Field(default=[0, 1, 2], description="Fusion training seeds (mean and spread are reported)")
+    mustard_protocol: str = Field(default="speaker_independent", description='"speaker_independent" (Friends held out) or "speaker_dependent" (5-fold)')
+    fusion_extra_json: str = Field(default="{}", description="Other train_fusion options, as a JSON object")
+
+    def root_for(self, task: str, demo_root) -> "Path | None":
+        explicit = getattr(self, f"{task}_root")
+        if explicit:
+            return Path(explicit)
+        if self.demo:
+            from ..downstream import generate_demo_downstream
+
+            return Path(generate_demo_downstream(Path(str(demo_root)))[task])
+        return None

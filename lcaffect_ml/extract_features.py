@@ -1,0 +1,406 @@
+"""Extract the downstream features of one dataset: text, acoustic, visual and synthetic live comments.
+
+Run::
+
+    python -m lcaffect_ml.extract_features --config features.yaml [--set key=value ...]
+
+Writes, in ``output_dir`` (the contract, §3): ``base_features.safetensors`` (``text``, ``audio``,
+``visual`` and their ``*_len``), ``lc_features.safetensors`` (``lc``, ``lc_len``) and
+``features.json`` (``utterance_ids``, ``skipped``, ``dims``, versions, models). Rows follow the
+utterance table's order; utterances without prepared media (``media_npz`` null) or whose npz is
+unreadable are left out and listed in ``skipped`` with a reason in ``skip_reasons`` (never a row
+of zeros standing in for missing media). Utterances whose video has no audio track keep their
+row with ``audio_len = 0`` and are listed in ``no_audio``.
+
+Caching: the base features are keyed by a hash of the utterance table's feature inputs (ids,
+texts, media paths and each media file's size and mtime) and the base model options; the LC
+features by the V2LC checkpoint's data version (sha256 of ``model.safetensors``), ``lc_source``
+and the media. A run whose keys match the files on disk recomputes nothing; a new V2LC
+checkpoint recomputes only ``lc_features.safetensors``. Each safetensors file carries its key as
+metadata ``version`` (see ``features.load_features``, which checks them against ``features.json``).
+
+Config options (YAML or JSON mapping; ``--set key=value`` overrides, value parsed as YAML):
+
+  utterances          utterance table (Parquet, contract §1) (required)
+  output_dir          the dataset's features folder (required)
+  v2lc_checkpoint     folder written by ``V2LCModel.save_pretrained`` (required)
+  text_model          "tiny" or a hub name/local path (hfl/chinese-roberta-wwm-ext, roberta-base)
+  audio_model         "tiny" (log-mel) or a hub name/local path (facebook/wav2vec2-base, facebook/hubert-base-ls960)
+  vision_model        "tiny" or a hub name/local path (openai/clip-vit-base-patch32, google/vit-base-patch16-224-in21k)
+  text_max_length     tokens per utterance (128)
+  max_audio_frames    acoustic steps after window-mean pooling (64)
+  n_mels              log-mel bands of the tiny acoustic features (80)
+  lc_source           "post_projection" (the V2LC space, length 1) or "pre_projection" (CLS + per-frame tokens)
+  seed                initialisation seed of the tiny text/vision stand-ins (0)
+  batch_size          utterances per forward pass (16)
+  device              "auto", "cuda" or "cpu";  precision: "auto" (bf16 on CUDA), "bf16", "fp32"
+  progress            tqdm progress bar (true)
+  pipes_asset_key     asset key to report under Dagster Pipes
+  comment_bank        optional Parquet with a ``text`` column (the clean live-comment corpus): the nearest
+                      real comments to the first ``nearest_examples`` utterances' synthetic features
+                      go into features.json and the materialization (``nearest_k`` each, bank capped
+                      at ``comment_bank_limit`` unique comments)
+
+Exit status: 0 done; 2 bad config or unreadable utterance table/checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .features import (BASE_FILE, FEATURES_CODE_VERSION, LC_FILE, LC_SOURCES, META_FILE, TINY, TINY_TEXT,
+                       TINY_VISION, AudioFeaturizer, FeatureFileError, MediaFormatError, SyntheticLCFeaturizer,
+                       TextFeaturizer, Utterance, VisualFeaturizer, digest, load_media, local_weights_digest,
+                       media_fingerprint, pad_sequences, read_utterances)
+from .pipes import TrainingReporter, pipes_metadata, pipes_session, sha256_file
+from .trainutil import (ConfigError, CheckpointFormatError, atomic_file, atomic_write_json, load_config,
+                        parse_override, resolve_precision)
+
+log = logging.getLogger("lcaffect_ml.extract_features")
+
+
+@dataclass
+class ExtractConfig:
+    utterances: str
+    output_dir: str
+    v2lc_checkpoint: str
+    text_model: str = TINY
+    audio_model: str = TINY
+    vision_model: str = TINY
+    text_max_length: int = 128
+    max_audio_frames: int = 64
+    n_mels: int = 80
+    lc_source: str = "post_projection"
+    seed: int = 0
+    batch_size: int = 16
+    device: str = "auto"
+    precision: str = "auto"
+    progress: bool = True
+    pipes_asset_key: str | None = None
+    comment_bank: str | None = None
+    nearest_k: int = 5
+    nearest_examples: int = 8
+    comment_bank_limit: int = 200_000
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ExtractConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown}; known: {sorted(known)}")
+        missing = [k for k in ("utterances", "output_dir", "v2lc_checkpoint") if not data.get(k)]
+        if missing:
+            raise ConfigError(f"missing required option(s) {missing}")
+        cfg = cls(**data)
+        for name in ("text_max_length", "max_audio_frames", "n_mels", "batch_size", "nearest_k"):
+            if int(getattr(cfg, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+        if cfg.lc_source not in LC_SOURCES:
+            raise ConfigError(f"lc_source must be one of {LC_SOURCES}, not {cfg.lc_source!r}")
+        return cfg
+
+
+# ----------------------------------------------------------------------------- cache keys
+
+
+def _base_key(cfg: ExtractConfig, utts: Sequence[Utterance], precision: str) -> str:
+    """Everything the base features depend on; labels and splits deliberately left out."""
+    def model(name: str, **options: Any) -> dict[str, Any]:
+        return {"name": name, "weights": local_weights_digest(name), **options}
+
+    return digest({
+        "code": FEATURES_CODE_VERSION, "precision": precision,
+        "table": [[u.utterance_id, u.text, u.media_npz, media_fingerprint(u.media_npz)] for u in utts],
+        "text": model(cfg.text_model, max_length=cfg.text_max_length,
+                      tiny=[cfg.seed, TINY_TEXT] if cfg.text_model == TINY else None),
+        "audio": model(cfg.audio_model, max_frames=cfg.max_audio_frames,
+                       n_mels=cfg.n_mels if cfg.audio_model == TINY else None),
+        "vision": model(cfg.vision_model, tiny=[cfg.seed, TINY_VISION] if cfg.vision_model == TINY else None),
+    })
+
+
+def _lc_key(v2lc_sha256: str, lc_source: str, utts: Sequence[Utterance], precision: str) -> str:
+    """The V2LC data version and the media: not the texts nor the base models."""
+    return digest({"code": FEATURES_CODE_VERSION, "precision": precision, "v2lc": v2lc_sha256,
+                   "lc_source": lc_source,
+                   "media": [[u.utterance_id, u.media_npz, media_fingerprint(u.media_npz)] for u in utts]})
+
+
+def _file_version(path: Path) -> str | None:
+    """The ``version`` metadata of a features file, None when absent or unreadable."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return (fh.metadata() or {}).get("version")
+    except Exception:  # absent, truncated or foreign: treated as a cache miss
+        return None
+
+
+def _previous(out_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out_dir / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+# ---------------------------------------------------------------------------- extraction
+
+
+def _run_pass(rows: Sequence[Utterance], featurizers: dict[str, Any], batch_size: int, progress: bool,
+              desc: str) -> tuple[list[str], dict[str, str], dict[str, list]]:
+    """Load each utterance's media once and run the given featurizers over it, batch by batch.
+
+    Returns the ids that were featurised, ``{id: reason}`` for the unreadable ones (logged, the
+    batch goes on), and ``{modality: [array per kept id]}``.
+    """
+    from tqdm.auto import tqdm
+
+    kept: list[str] = []
+    bad: dict[str, str] = {}
+    outputs: dict[str, list] = {name: [] for name in featurizers}
+    with tqdm(total=len(rows), desc=desc, unit="utt", dynamic_ncols=True, disable=not progress) as bar:
+        for start in range(0, len(rows), batch_size):
+            batch, media = [], []
+            for u in rows[start:start + batch_size]:
+                try:
+                    media.append(load_media(u.media_npz))
+                    batch.append(u)
+                except MediaFormatError as exc:
+                    log.warning("skipping utterance %s: %s", u.utterance_id, exc)
+                    bad[u.utterance_id] = str(exc)
+            if batch:
+                inputs = {"text": [u.text for u in batch], "audio": [m.audio for m in media],
+                          "visual": [m.frames for m in media], "lc": [m.frames for m in media]}
+                for name, featurize in featurizers.items():
+                    outputs[name].extend(featurize(inputs[name]))
+                kept.extend(u.utterance_id for u in batch)
+            bar.update(len(rows[start:start + batch_size]))
+    return kept, bad, outputs
+
+
+def _write_tensors(path: Path, tensors: dict[str, torch.Tensor], version: str) -> str:
+    """Atomically write a features file carrying its version; returns the file's sha256.
+
+    One metadata key only: safetensors writes a metadata map in hash order, and identical features
+    should give identical bytes (the file hash is the reported data version).
+    """
+    from safetensors.torch import save_file
+
+    with atomic_file(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"version": version})
+    return sha256_file(path)
+
+
+def _padded(name: str, seqs: list, dim: int) -> dict[str, torch.Tensor]:
+    values, lengths = pad_sequences(seqs, dim)
+    return {name: values, f"{name}_len": lengths}
+
+
+def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dict[str, Any]:
+    """Extract (or reuse) one dataset's features; returns a summary (also written to features.json)."""
+    reporter = reporter or TrainingReporter()
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    precision = resolve_precision(cfg.precision, device)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = Path(cfg.v2lc_checkpoint)
+    if not (ckpt / "model.safetensors").is_file():
+        raise CheckpointFormatError(f"{ckpt}: no model.safetensors (a V2LC save_pretrained folder is needed)")
+
+    utts = read_utterances(cfg.utterances)
+    with_media = [u for u in utts if u.media_npz is not None]
+    skip_reasons = {u.utterance_id: f"no prepared media (media_status={u.media_status or 'unknown'})"
+                    for u in utts if u.media_npz is None}
+    prev = _previous(out_dir)
+    base_key = _base_key(cfg, utts, precision)
+    v2lc_sha = sha256_file(ckpt / "model.safetensors")
+    lc_key = _lc_key(v2lc_sha, cfg.lc_source, with_media, precision)
+    base_hit = prev.get("base_version") == base_key and _file_version(out_dir / BASE_FILE) == base_key
+    lc_hit = prev.get("lc_version") == lc_key and _file_version(out_dir / LC_FILE) == lc_key
+    log.info("%d utterances (%d without prepared media); base features %s, LC features %s", len(utts),
+             len(skip_reasons), "cached" if base_hit else "to compute", "cached" if lc_hit else "to compute")
+
+    def make_lc() -> SyntheticLCFeaturizer:
+        return SyntheticLCFeaturizer(ckpt, cfg.lc_source, device=device, precision=precision)
+
+    meta: dict[str, Any] = {k: prev[k] for k in ("utterance_ids", "dims", "models", "base_sha256", "lc_sha256")
+                            if k in prev and base_hit}
+    meta.setdefault("dims", {})
+    meta.setdefault("models", {})
+    lc_outputs: list | None = None
+    lc_featurizer = None
+    if not base_hit:
+        log.info("computing base features (text %s, audio %s, vision %s) for %d utterances on %s (%s)",
+                 cfg.text_model, cfg.audio_model, cfg.vision_model, len(with_media), device, precision)
+        featurizers: dict[str, Any] = {
+            "text": TextFeaturizer(cfg.text_model, [u.text for u in utts], cfg.text_max_length, cfg.seed,
+                                   device, precision),
+            "audio": AudioFeaturizer(cfg.audio_model, cfg.max_audio_frames, cfg.n_mels, device, precision),
+            "visual": VisualFeaturizer(cfg.vision_model, cfg.seed, device, precision),
+        }
+        if not lc_hit:  # share the media reads with the LC pass
+            featurizers["lc"] = lc_featurizer = make_lc()
+        kept, bad, outputs = _run_pass(with_media, featurizers, cfg.batch_size, cfg.progress, "features")
+        if not kept:
+            raise FeatureFileError(f"{cfg.utterances}: no utterance has readable prepared media")
+        tensors: dict[str, torch.Tensor] = {}
+        for name in ("text", "audio", "visual"):
+            meta["dims"][name] = featurizers[name].dim
+            meta["models"][name] = featurizers[name].spec()
+            tensors.update(_padded(name, outputs[name], featurizers[name].dim))
+        meta["base_sha256"] = _write_tensors(out_dir / BASE_FILE, tensors, base_key)
+        lc_outputs = outputs.get("lc")
+        if lc_hit and kept != prev.get("utterance_ids"):
+            lc_hit = False  # the rows changed under cached LC features: recompute them
+        meta["utterance_ids"], meta["skip_reasons"] = kept, {**skip_reasons, **bad}
+    else:
+        meta["skip_reasons"] = prev.get("skip_reasons", skip_reasons)
+    kept = meta["utterance_ids"]
+    if lc_hit:
+        meta["lc_sha256"] = prev["lc_sha256"]
+        meta["dims"]["lc"], meta["models"]["v2lc"] = prev["dims"]["lc"], prev["models"]["v2lc"]
+    else:
+        lc_featurizer = lc_featurizer or make_lc()
+        if lc_outputs is None:
+            log.info("computing synthetic live-comment features (V2LC %s, %s) for %d utterances",
+                     v2lc_sha[:12], cfg.lc_source, len(kept))
+            by_id = {u.utterance_id: u for u in utts}
+            got, bad, outputs = _run_pass([by_id[i] for i in kept], {"lc": lc_featurizer}, cfg.batch_size,
+                                          cfg.progress, "lc features")
+            if bad:
+                raise MediaFormatError(f"media changed since the base features were extracted: {bad}")
+            lc_outputs = outputs["lc"]
+        meta["dims"]["lc"] = lc_featurizer.dim
+        meta["models"]["v2lc"] = lc_featurizer.spec()
+        meta["lc_sha256"] = _write_tensors(out_dir / LC_FILE, _padded("lc", lc_outputs, lc_featurizer.dim), lc_key)
+
+    ids_order = [u.utterance_id for u in utts]
+    skipped = [i for i in ids_order if i in meta["skip_reasons"]]
+    meta.update({
+        "utterances": str(Path(cfg.utterances).resolve()), "n_utterances_table": len(utts),
+        "skipped": skipped, "base_version": base_key, "lc_version": lc_key, "lc_source": cfg.lc_source,
+        "v2lc_sha256": v2lc_sha, "precision": precision, "code_version": FEATURES_CODE_VERSION,
+        "data_version": digest([meta["base_sha256"], meta["lc_sha256"]]),
+        "base_recomputed": not base_hit, "lc_recomputed": lc_outputs is not None,
+    })
+    meta["no_audio"] = _no_audio(out_dir, kept) if not base_hit or "no_audio" not in prev else prev["no_audio"]
+    if cfg.comment_bank:
+        meta["nearest_version"], meta["nearest_comments"] = _nearest(cfg, utts, kept, lc_key, prev, device,
+                                                                     precision)
+    # features.json last: a reader sees the new ids only once both tensor files are in place
+    atomic_write_json(out_dir / META_FILE, meta)
+    log.info("features for %d utterances (%d skipped) in %s: base %s, LC %s", len(kept), len(skipped), out_dir,
+             "recomputed" if meta["base_recomputed"] else "cached", "recomputed" if meta["lc_recomputed"] else "cached")
+    _report(reporter, meta, out_dir)
+    return meta
+
+
+def _no_audio(out_dir: Path, kept: list[str]) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(out_dir / BASE_FILE), framework="pt") as fh:
+        lengths = fh.get_tensor("audio_len").tolist()
+    return [i for i, n in zip(kept, lengths) if n == 0]
+
+
+def _nearest(cfg: ExtractConfig, utts: Sequence[Utterance], kept: list[str], lc_key: str,
+             prev: dict[str, Any], device: torch.device, precision: str) -> tuple[str, list[dict[str, Any]]]:
+    """Top-k real comments for the first few utterances, reused while inputs are unchanged."""
+    import pyarrow.parquet as pq
+
+    from .nearest import nearest_comments_for_media, unique_texts
+
+    bank_path = Path(cfg.comment_bank)
+    version = digest([lc_key, str(bank_path.resolve()), media_fingerprint(str(bank_path)), cfg.nearest_k,
+                      cfg.nearest_examples, cfg.comment_bank_limit])
+    cached = prev.get("nearest_comments")
+    if prev.get("nearest_version") == version and cached is not None:
+        return version, cached
+    try:
+        texts = pq.read_table(bank_path, columns=["text"]).column("text").to_pylist()
+    except (OSError, ValueError, KeyError) as exc:
+        raise FeatureFileError(f"{bank_path}: cannot read a `text` column ({exc})") from exc
+    bank = unique_texts(texts)[: cfg.comment_bank_limit]
+    by_id = {u.utterance_id: u for u in utts}
+    chosen = [by_id[i] for i in kept[: cfg.nearest_examples]]
+    found = nearest_comments_for_media(cfg.v2lc_checkpoint, bank, [u.media_npz for u in chosen], k=cfg.nearest_k,
+                                       device=device, precision=precision)
+    log.info("nearest live comments for %d utterances from a bank of %d comments", len(chosen), len(bank))
+    return version, [{"utterance_id": u.utterance_id, "text": u.text,
+                      "comments": [[t, round(s, 4)] for t, s in hits]} for u, hits in zip(chosen, found)]
+
+
+def _report(reporter: TrainingReporter, meta: dict[str, Any], out_dir: Path) -> None:
+    """One materialization: counts, dims, versions, paths (and the nearest comments as a table)."""
+    if not reporter.active:
+        return
+    values: dict[str, Any] = {
+        "n_utterances": len(meta["utterance_ids"]), "n_skipped": len(meta["skipped"]),
+        "n_no_audio": len(meta["no_audio"]), "base_version": meta["base_version"], "lc_version": meta["lc_version"],
+        "v2lc_sha256": meta["v2lc_sha256"], "lc_source": meta["lc_source"], "precision": meta["precision"],
+        "base_recomputed": meta["base_recomputed"], "lc_recomputed": meta["lc_recomputed"],
+        **{f"dim_{k}": int(v) for k, v in meta["dims"].items()},
+        **{f"{k}_model": str(meta["models"][k]["name"]) for k in ("text", "audio", "visual")},
+    }
+    metadata = pipes_metadata(values)
+    metadata["features_dir"] = {"raw_value": str(out_dir.resolve()), "type": "path"}
+    if meta.get("nearest_comments"):
+        rows = ["| utterance | text | nearest live comments |", "|---|---|---|"]
+        for item in meta["nearest_comments"]:
+            hits = ", ".join(f"{t} ({s:.2f})" for t, s in item["comments"])
+            rows.append(f"| {item['utterance_id']} | {item['text'][:40]} | {hits} |".replace("\n", " "))
+        metadata["nearest_comments"] = {"raw_value": "\n".join(rows), "type": "md"}
+    reporter.context.report_asset_materialization(metadata=metadata, data_version=meta["data_version"],
+                                                  asset_key=reporter.asset_key)
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m lcaffect_ml.extract_features",
+                                     description="downstream feature extraction (see the module docstring)")
+    parser.add_argument("--config", required=True, help="YAML or JSON config file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config option (value parsed as YAML); repeatable")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        data = load_config(args.config)
+        for item in args.overrides:
+            key, value = parse_override(item)
+            data[key] = value
+        cfg = ExtractConfig.from_dict(data)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with pipes_session(asset_key=cfg.pipes_asset_key) as reporter:
+            meta = extract(cfg, reporter)
+    except (ConfigError, CheckpointFormatError, FeatureFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: meta[k] for k in ("data_version", "base_recomputed", "lc_recomputed", "dims")}
+                     | {"n_utterances": len(meta["utterance_ids"]), "n_skipped": len(meta["skipped"])}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

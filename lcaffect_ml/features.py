@@ -1,0 +1,512 @@
+"""Per-utterance features for the downstream tasks (CH-SIMS v2, MELD, MUStARD).
+
+Four modalities, each a padded sequence per utterance (contract: ``base_features.safetensors``
+and ``lc_features.safetensors``, rows in the order of ``features.json["utterance_ids"]``):
+
+* text: token-level last hidden states of a BERT-style encoder. A hub name or local path
+  (``hfl/chinese-roberta-wwm-ext`` for CH-SIMS v2, ``roberta-base``/``bert-base-uncased`` for MELD
+  and MUStARD) is loaded with ``AutoTokenizer``/``AutoModel``; ``"tiny"`` builds a small
+  ``BertModel`` in code (fixed seed) over a character tokenizer trained offline on the dataset's own
+  texts (``lcaffect_ml.tokenizer.build_char_tokenizer``).
+* acoustic: hidden states over time of a speech model (wav2vec 2.0, HuBERT, WavLM: any
+  ``AutoModel`` that takes raw 16 kHz ``input_values``), or for ``"tiny"`` an 80-band log-mel
+  spectrogram (25 ms Hann window, 10 ms hop, Slaney mel scale; ``transformers.audio_utils``, since
+  torchaudio is not a dependency). Either is mean-pooled over contiguous windows to at most
+  ``max_audio_frames`` steps, so an utterance of any length costs a bounded sequence.
+  An utterance whose video has no audio track (``audio`` of length 0) gets ``audio_len = 0``.
+* visual: one vector per sampled frame from an image model (``AutoModel``: the image embedding of
+  CLIP/SigLIP-style models, else ``pooler_output``, else [CLS]); ``"tiny"`` is a randomly
+  initialised 2-layer ViT built with a fixed seed (its features are a deterministic random
+  projection of the frames, a stand-in that exercises every shape without any download).
+* synthetic live comments: the V2LC *video* tower over the utterance's frames (sampled/repeated to
+  the encoder's ``num_frames`` and resized to its ``image_size`` by ``V2LCModel.preprocess_frames``).
+  ``post_projection`` (default) is the L2-normalised projected embedding as a length-1 sequence:
+  that is the space the contrastive loss aligned with real live comments, so it is the paper's
+  "synthetic live comment" and the vector ``nearest.py`` reads comments back from.
+  ``pre_projection`` keeps more detail: TimeSformer's [CLS] followed by the mean patch token of
+  each frame (1 + num_frames tokens of the encoder width), for a fusion model that learns its own
+  projection; the full patch grid (1 + 8x196 tokens for the base model) would be ~5 MB per
+  utterance, too much to store for MELD.
+
+Every extractor runs in eval mode under ``torch.no_grad`` (bf16 autocast on CUDA when asked) and
+returns float32 NumPy arrays, one per utterance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+# Bump when a change here alters the features computed from the same inputs (invalidates caches).
+FEATURES_CODE_VERSION = "1"
+SAMPLE_RATE = 16_000
+LC_SOURCES = ("post_projection", "pre_projection")
+TINY = "tiny"
+# The tiny stand-in encoders: small enough to run in tests, fixed so that cached features stay valid.
+TINY_TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+TINY_VISION = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                   num_attention_heads=2, intermediate_size=64)
+
+
+class MediaFormatError(ValueError):
+    """A prepared media file (npz) is unreadable or does not follow the contract."""
+
+
+class FeatureFileError(ValueError):
+    """A features folder is incomplete, or its files come from different extractions."""
+
+
+# ------------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Utterance:
+    utterance_id: str
+    text: str
+    media_npz: str | None  # resolved path, None when the media could not be prepared
+    media_status: str
+
+
+@dataclass(frozen=True)
+class Media:
+    frames: np.ndarray  # uint8 (T, H, W, 3) RGB
+    frame_times_ms: np.ndarray  # int64 (T,)
+    audio: np.ndarray  # float32 (N,), 16 kHz mono; N may be 0 (no audio track)
+    sr: int
+
+
+def read_utterances(path: str | os.PathLike) -> list[Utterance]:
+    """The utterance table (Parquet, contract §1), in file order.
+
+    A relative ``media_npz`` is resolved against the table's folder, so a dataset folder can move.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        table = pq.read_table(path, columns=["utterance_id", "text", "media_npz", "media_status"])
+    except (OSError, ValueError, KeyError) as exc:  # pyarrow raises ArrowInvalid (a ValueError)
+        raise FeatureFileError(f"{path}: cannot read the utterance table: {exc}") from exc
+    rows = table.to_pylist()
+    ids = [r["utterance_id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise FeatureFileError(f"{path}: duplicate utterance_id(s) {dup}")
+    out = []
+    for r in rows:
+        npz = r["media_npz"]
+        if npz is not None and not Path(npz).is_absolute():
+            npz = str(path.parent / npz)
+        out.append(Utterance(r["utterance_id"], r["text"] or "", npz, r["media_status"] or ""))
+    return out
+
+
+def load_media(path: str | os.PathLike) -> Media:
+    """Read and validate one prepared media file (contract §2); never unpickles."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in ("frames", "frame_times_ms", "audio", "sr") if k not in npz.files]
+            if missing:
+                raise MediaFormatError(f"{path}: missing array(s) {missing}")
+            frames, times, audio, sr = (npz[k] for k in ("frames", "frame_times_ms", "audio", "sr"))
+    except MediaFormatError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise MediaFormatError(f"{path}: not a readable npz file ({exc})") from exc
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+        raise MediaFormatError(f"{path}: frames must be uint8 (T>0, H, W, 3), got {frames.dtype} {frames.shape}")
+    if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating):
+        raise MediaFormatError(f"{path}: audio must be a 1-D float array, got {audio.dtype} {audio.shape}")
+    if int(sr) != SAMPLE_RATE:
+        raise MediaFormatError(f"{path}: audio sample rate {int(sr)} Hz, expected {SAMPLE_RATE}")
+    if audio.size and not np.isfinite(audio).all():
+        raise MediaFormatError(f"{path}: audio holds NaN/inf samples")
+    return Media(frames, times.astype(np.int64), audio.astype(np.float32, copy=False), int(sr))
+
+
+def media_fingerprint(path: str | None) -> str:
+    """Size and modification time of a media file: a cheap cache key (re-reading every npz to hash
+    it would cost as much I/O as extraction); files are written atomically, so a rewrite changes it."""
+    if path is None:
+        return "none"
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "absent"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def digest(obj: Any) -> str:
+    """sha256 of a JSON-serialisable object (sorted keys): cache keys and versions."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def local_weights_digest(name: str) -> str | None:
+    """For a model given as a local folder, a hash of its weight files (so retrained weights under
+    the same path invalidate the cache); None for hub names (their revision is the name)."""
+    folder = Path(name)
+    if not folder.is_dir():
+        return None
+    from .pipes import sha256_file
+
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    return digest([[p.name, sha256_file(p)] for p in files])
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int):
+    """Build a randomly initialised module reproducibly without touching the global RNG stream."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def pool_frames(x: np.ndarray, max_frames: int) -> np.ndarray:
+    """Mean over contiguous windows so a (L, D) sequence has at most ``max_frames`` steps."""
+    if x.shape[0] <= max_frames:
+        return x
+    pooled = F.adaptive_avg_pool1d(torch.from_numpy(np.ascontiguousarray(x.T))[None], max_frames)
+    return pooled[0].T.contiguous().numpy()
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_filters(sr: int, n_mels: int, n_fft: int) -> np.ndarray:
+    from transformers.audio_utils import mel_filter_bank
+
+    return mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels, min_frequency=0.0,
+                           max_frequency=sr / 2, sampling_rate=sr, norm="slaney", mel_scale="slaney")
+
+
+def log_mel(audio: np.ndarray, sr: int = SAMPLE_RATE, n_mels: int = 80, win_ms: float = 25.0,
+            hop_ms: float = 10.0) -> np.ndarray:
+    """(frames, n_mels) log10 mel power spectrogram; frames = 1 + len(audio) // hop (centred)."""
+    from transformers.audio_utils import optimal_fft_length, spectrogram, window_function
+
+    win, hop = int(sr * win_ms / 1000), int(sr * hop_ms / 1000)
+    n_fft = optimal_fft_length(win)
+    if audio.size == 0:
+        return np.zeros((0, n_mels), dtype=np.float32)
+    if audio.size < win:  # centring reflects half a window: pad very short clips with silence
+        audio = np.pad(audio, (0, win - audio.size))
+    spec = spectrogram(audio.astype(np.float64), window_function(win, "hann"), frame_length=win,
+                       hop_length=hop, fft_length=n_fft, power=2.0, mel_filters=_mel_filters(sr, n_mels, n_fft),
+                       log_mel="log10", mel_floor=1e-10)
+    return spec.T.astype(np.float32)
+
+
+def pad_sequences(seqs: Sequence[np.ndarray], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, Lmax, D) float32 zero-padded (Lmax >= 1, so empty sequences still have a shape) and
+    (N,) int64 lengths."""
+    lengths = torch.tensor([s.shape[0] for s in seqs], dtype=torch.int64)
+    width = max([1, *lengths.tolist()])
+    out = torch.zeros((len(seqs), width, dim), dtype=torch.float32)
+    for i, s in enumerate(seqs):
+        if s.shape[0]:
+            out[i, : s.shape[0]] = torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32))
+    return out, lengths
+
+
+class _Runner:
+    """Device, precision and no-grad for an encoder; every output comes back as float32 CPU."""
+
+    def __init__(self, device: torch.device, precision: str):
+        self.device, self.precision = device, precision
+
+    @contextlib.contextmanager
+    def infer(self):
+        from .trainutil import autocast
+
+        with torch.no_grad(), autocast(self.device, self.precision):
+            yield
+
+
+# --------------------------------------------------------------------------------- text
+
+
+class TextFeaturizer:
+    """Token-level hidden states (L_i, Dt) per utterance, [CLS]/[SEP] (or <s>/</s>) included."""
+
+    def __init__(self, name: str, texts: Iterable[str], max_length: int = 128, seed: int = 0,
+                 device: torch.device | str = "cpu", precision: str = "fp32"):
+        self.name, self.max_length, self.seed = name, int(max_length), int(seed)
+        self.run = _Runner(torch.device(device), precision)
+        if name == TINY:
+            from transformers import BertConfig, BertModel
+
+            from .tokenizer import build_char_tokenizer
+
+            self.tokenizer = build_char_tokenizer(list(texts), model_max_length=self.max_length)
+            cfg = BertConfig(vocab_size=len(self.tokenizer), pad_token_id=self.tokenizer.pad_token_id,
+                             max_position_embeddings=self.max_length, **TINY_TEXT)
+            with seeded_init(self.seed):
+                self.model = BertModel(cfg, add_pooling_layer=False)
+        else:
+            from transformers import AutoModel, AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(name)
+            self.model = AutoModel.from_pretrained(name)
+        self.model.to(self.run.device).eval()
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def spec(self) -> dict[str, Any]:
+        spec = {"name": self.name, "max_length": self.max_length, "dim": self.dim}
+        if self.name == TINY:
+            spec.update(seed=self.seed, config=TINY_TEXT, vocab_size=len(self.tokenizer))
+        elif weights := local_weights_digest(self.name):
+            spec["weights"] = weights
+        return spec
+
+    def __call__(self, texts: Sequence[str]) -> list[np.ndarray]:
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        ids = enc["input_ids"].to(self.run.device)
+        mask = enc["attention_mask"].to(self.run.device)
+        with self.run.infer():
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = hidden.float().cpu().numpy()
+        return [hidden[i, : int(n)] for i, n in enumerate(mask.sum(1).tolist())]
+
+
+# -------------------------------------------------------------------------------- audio
+
+
+class AudioFeaturizer:
+    """Acoustic frames (La_i <= max_frames, Da) per utterance; (0, Da) for a silent video."""
+
+    def __init__(self, name: str, max_frames: int = 64, n_mels: int = 80, device: torch.device | str = "cpu",
+                 precision: str = "fp32"):
+        self.name, self.max_frames, self.n_mels = name, int(max_frames), int(n_mels)
+        self.run = _Runner(torch.device(device), precision)
+        if name != TINY:
+            from transformers import AutoFeatureExtractor, AutoModel
+
+            self.extractor = AutoFeatureExtractor.from_pretrained(name)
+            self.model = AutoModel.from_pretrained(name).to(self.run.device).eval()
+
+    @property
+    def dim(self) -> int:
+        return self.n_mels if self.name == TINY else int(self.model.config.hidden_size)
+
+    def spec(self) -> dict[str, Any]:
+        spec = {"name": self.name, "max_frames": self.max_frames, "dim": self.dim}
+        if self.name == TINY:
+            spec.update(kind="log_mel", n_mels=self.n_mels, win_ms=25.0, hop_ms=10.0)
+        elif weights := local_weights_digest(self.name):
+            spec["weights"] = weights
+        return spec
+
+    def one(self, audio: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
+        if audio.size == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if self.name == TINY:
+            return pool_frames(log_mel(audio, sr, self.n_mels), self.max_frames)
+        # one clip per forward pass: wav2vec2-base normalises without an attention mask, so padding
+        # a batch would change every clip's features with its neighbours' lengths
+        min_len = 400  # the convolutional front end's receptive field (25 ms)
+        if audio.size < min_len:
+            audio = np.pad(audio, (0, min_len - audio.size))
+        inputs = self.extractor(audio, sampling_rate=sr, return_tensors="pt")
+        inputs = {k: v.to(self.run.device) for k, v in inputs.items()}
+        with self.run.infer():
+            hidden = self.model(**inputs).last_hidden_state[0]
+        return pool_frames(hidden.float().cpu().numpy(), self.max_frames)
+
+    def __call__(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [self.one(a) for a in clips]
+
+
+# ------------------------------------------------------------------------------- visual
+
+
+class VisualFeaturizer:
+    """One vector per sampled frame: (T_i, Dv) per utterance."""
+
+    def __init__(self, name: str, seed: int = 0, device: torch.device | str = "cpu", precision: str = "fp32"):
+        self.name, self.seed = name, int(seed)
+        self.run = _Runner(torch.device(device), precision)
+        if name == TINY:
+            from transformers import ViTConfig, ViTModel
+
+            with seeded_init(self.seed):
+                self.model = ViTModel(ViTConfig(**TINY_VISION), add_pooling_layer=False)
+            self.processor = None
+        else:
+            from transformers import AutoImageProcessor, AutoModel
+
+            self.processor = AutoImageProcessor.from_pretrained(name)
+            self.model = AutoModel.from_pretrained(name)
+        self.model.to(self.run.device).eval()
+        self._dim: int | None = None
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:  # CLIP-style projections differ from hidden_size: measure once
+            probe = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+            self._dim = int(self._encode([probe]).shape[-1])
+        return self._dim
+
+    def spec(self) -> dict[str, Any]:
+        spec = {"name": self.name, "dim": self.dim}
+        if self.name == TINY:
+            spec.update(seed=self.seed, config=TINY_VISION, normalise="0.5/0.5")
+        elif weights := local_weights_digest(self.name):
+            spec["weights"] = weights
+        return spec
+
+    def _pixels(self, clips: Sequence[np.ndarray]) -> torch.Tensor:
+        if self.processor is not None:  # the model's own resizing/cropping/normalisation
+            return self.processor(images=[f for c in clips for f in c], return_tensors="pt")["pixel_values"]
+        size, out = TINY_VISION["image_size"], []
+        for c in clips:
+            x = torch.from_numpy(c).permute(0, 3, 1, 2).float() / 255.0
+            if x.shape[-2:] != (size, size):
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            out.append((x - 0.5) / 0.5)
+        return torch.cat(out)
+
+    def _encode(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+        pixels = self._pixels(clips).to(self.run.device)
+        with self.run.infer():
+            if hasattr(self.model, "get_image_features"):  # CLIP/SigLIP: the image embedding
+                out = self.model.get_image_features(pixel_values=pixels)
+                feats = out if isinstance(out, torch.Tensor) else out.pooler_output
+            else:
+                out = self.model(pixel_values=pixels)
+                pooled = getattr(out, "pooler_output", None)
+                feats = pooled if pooled is not None else out.last_hidden_state[:, 0]
+        return feats.float().cpu().numpy()
+
+    def __call__(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """All frames of a batch of utterances in one forward pass, split back per utterance."""
+        if not clips:
+            return []
+        feats = self._encode(clips)
+        return np.split(feats, np.cumsum([c.shape[0] for c in clips])[:-1])
+
+
+# ------------------------------------------------------------------ synthetic live comments
+
+
+class SyntheticLCFeaturizer:
+    """The V2LC video tower over an utterance's frames: the synthetic live-comment features."""
+
+    def __init__(self, checkpoint_dir: str | os.PathLike, source: str = "post_projection",
+                 device: torch.device | str = "cpu", precision: str = "fp32"):
+        from .pipes import sha256_file
+        from .v2lc import WEIGHTS_NAME, V2LCModel
+
+        if source not in LC_SOURCES:
+            raise ValueError(f"lc_source must be one of {LC_SOURCES}, not {source!r}")
+        self.checkpoint_dir, self.source = Path(checkpoint_dir), source
+        self.run = _Runner(torch.device(device), precision)
+        self.model = V2LCModel.from_pretrained(self.checkpoint_dir, map_location=self.run.device).eval()
+        self.sha256 = sha256_file(self.checkpoint_dir / WEIGHTS_NAME)  # the V2LC data version
+
+    @property
+    def dim(self) -> int:
+        if self.source == "post_projection":
+            return int(self.model.config.embed_dim)
+        return int(self.model.video.config.hidden_size)
+
+    @property
+    def length(self) -> int:
+        return 1 if self.source == "post_projection" else 1 + self.model.num_frames
+
+    def spec(self) -> dict[str, Any]:
+        cfg = self.model.config
+        return {"checkpoint": str(self.checkpoint_dir.resolve()), "sha256": self.sha256,
+                "lc_source": self.source, "dim": self.dim, "length": self.length,
+                "video_encoder": cfg.video_encoder, "embed_dim": cfg.embed_dim,
+                "num_frames": self.model.num_frames, "image_size": self.model.image_size}
+
+    def _encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, H, W, 3) uint8 → (B, length, dim)."""
+        model = self.model
+        with self.run.infer():
+            if self.source == "post_projection":
+                return model.encode_video(frames, projected=True, normalize=True).float()[:, None]
+            hidden = model.video(pixel_values=model.preprocess_frames(frames)).last_hidden_state.float()
+        b, n = hidden.shape[0], model.num_frames
+        # TimeSformer lays its patch tokens out patch-major, frame-minor: (patches, frames)
+        per_frame = hidden[:, 1:].reshape(b, -1, n, hidden.shape[-1]).mean(1)
+        return torch.cat([hidden[:, :1], per_frame], dim=1)
+
+    def __call__(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Clips of the same shape go through in one batch (the prepared media usually share one)."""
+        out: list[np.ndarray | None] = [None] * len(clips)
+        groups: dict[tuple, list[int]] = {}
+        for i, c in enumerate(clips):
+            groups.setdefault(c.shape, []).append(i)
+        for idx in groups.values():
+            frames = torch.from_numpy(np.stack([clips[i] for i in idx])).to(self.run.device)
+            feats = self._encode(frames).cpu().numpy()
+            for j, i in enumerate(idx):
+                out[i] = feats[j]
+        return out  # type: ignore[return-value]
+
+
+# -------------------------------------------------------------------------------- reading
+
+
+BASE_FILE = "base_features.safetensors"
+LC_FILE = "lc_features.safetensors"
+META_FILE = "features.json"
+
+
+def load_features(features_dir: str | os.PathLike, with_lc: bool = True) -> dict[str, Any]:
+    """Read a features folder and check that its files belong together.
+
+    Each safetensors file records the version it was written for (its one metadata key,
+    ``version``); a reader that races a re-extraction, or a folder assembled by hand, would
+    otherwise pair rows of one extraction with the ids of another. Returns ``features.json``'s
+    content plus ``"base"`` (and ``"lc"``): dicts of tensors.
+    """
+    from safetensors import safe_open
+
+    folder = Path(features_dir)
+    meta_path = folder / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FeatureFileError(f"{meta_path}: cannot read ({exc})") from exc
+    parts = [("base", BASE_FILE, meta.get("base_version"))]
+    if with_lc:
+        parts.append(("lc", LC_FILE, meta.get("lc_version")))
+    n = len(meta.get("utterance_ids", []))
+    for key, name, version in parts:
+        path = folder / name
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                written = (fh.metadata() or {}).get("version")
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        except Exception as exc:  # safetensors raises its own error types and OSError
+            raise FeatureFileError(f"{path}: cannot read ({exc})") from exc
+        if written != version:
+            raise FeatureFileError(f"{path}: written for version {written}, but {meta_path} says {version} "
+                                   "(an extraction is in progress or the folder is mixed)")
+        bad = {k: tuple(v.shape) for k, v in tensors.items() if v.shape[0] != n}
+        if bad:
+            raise FeatureFileError(f"{path}: {bad} rows, {meta_path} lists {n} utterances")
+        meta[key] = tensors
+    return meta

@@ -1,0 +1,161 @@
+"""Downstream metrics for CH-SIMS v2, MELD and MUStARD, defined as the published baselines compute them.
+
+CH-SIMS v2 (regression, labels in [-1, 1]) follows ``MetricsTop.__eval_sims_regression`` of the
+official CH-SIMS v2 code (github.com/thuiar/ch-sims-v2, ``utils/metricsTop.py``; MMSA's
+``src/MMSA/utils/metricsTop.py`` is the same without the weak variant):
+
+- predictions and labels are first clipped to [-1, 1]; every metric below uses the clipped values;
+- ``acc2``: 2-class accuracy over the bins [-1, 0] and (0, 1] (MMSA's ``ms_2 = [-1.01, 0.0, 1.01]``
+  with ``lo < x <= hi``): a value of exactly 0 counts with the negatives, i.e. *non-positive vs
+  positive*;
+- ``acc2_weak``: the same 2-class accuracy restricted to the weak-sentiment samples, those whose
+  (clipped) label lies in [-0.4, 0.4] (``Mult_acc_2_weak``); NaN when the set has no such sample;
+- ``acc3``: bins [-1, -0.1], (-0.1, 0.1], (0.1, 1];
+- ``acc5``: bins [-1, -0.7], (-0.7, -0.1], (-0.1, 0.1], (0.1, 0.7], (0.7, 1];
+- ``f1``: weighted F1 (sklearn ``average="weighted"``) of the ``acc2`` decision;
+- ``mae``: mean absolute error; ``corr``: Pearson correlation, 0.0 when either side is constant
+  (as MMSA's current ``__safe_corr``; numpy would give NaN).
+
+MELD (7 emotions, ``MELD_EMOTIONS`` order): ``accuracy`` and ``weighted_f1`` (sklearn, weights = true
+support per class). MUStARD (sarcastic = 1): ``weighted_precision``, ``weighted_recall``,
+``weighted_f1`` from ``precision_recall_fscore_support(average="weighted")``, as the MUStARD
+baseline reports them. Undefined precision/recall/F1 of a class (no predictions of it) count 0.
+
+Classification ``preds`` may be class indices (N,) or scores/logits (N, C) (argmax taken).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+TASKS = ("chsims2", "meld", "mustard")
+MELD_EMOTIONS = ("neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear")
+NUM_CLASSES = {"chsims2": 1, "meld": len(MELD_EMOTIONS), "mustard": 2}
+METRIC_NAMES = {
+    "chsims2": ("acc2", "acc2_weak", "acc3", "acc5", "f1", "mae", "corr"),
+    "meld": ("weighted_f1", "accuracy"),
+    "mustard": ("weighted_precision", "weighted_recall", "weighted_f1"),
+}
+# Which way is better, for model selection on the validation split.
+LOWER_IS_BETTER = frozenset({"mae"})
+
+# Inner bin edges of the MMSA discretisation (the outer ones, +-1.01, only frame the clipped range).
+SIMS_EDGES_2 = (0.0,)
+SIMS_EDGES_3 = (-0.1, 0.1)
+SIMS_EDGES_5 = (-0.7, -0.1, 0.1, 0.7)
+SIMS_WEAK_LIMIT = 0.4
+
+
+class MetricInputError(ValueError):
+    """Predictions and labels that cannot be scored (shape mismatch, empty, unknown task)."""
+
+
+def sims_bins(values: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
+    """Class index per value for the bins (-inf, e0], (e0, e1], ... (MMSA's ``lo < x <= hi``)."""
+    return np.digitize(values, np.asarray(edges, dtype=np.float64), right=True)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size < 2 or np.std(a) < 1e-8 or np.std(b) < 1e-8:
+        return 0.0
+    corr = float(np.corrcoef(a, b)[0, 1])
+    return 0.0 if np.isnan(corr) else corr
+
+
+def chsims2_metrics(preds: Any, labels: Any) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    p = np.clip(_as_1d_float(preds), -1.0, 1.0)
+    y = np.clip(_as_1d_float(labels), -1.0, 1.0)
+    _same_length(p, y)
+    p2, y2 = sims_bins(p, SIMS_EDGES_2), sims_bins(y, SIMS_EDGES_2)
+    weak = np.abs(y) <= SIMS_WEAK_LIMIT
+    return {
+        "acc2": float(accuracy_score(y2, p2)),
+        "acc2_weak": float(accuracy_score(y2[weak], p2[weak])) if weak.any() else float("nan"),
+        "acc3": float(accuracy_score(sims_bins(y, SIMS_EDGES_3), sims_bins(p, SIMS_EDGES_3))),
+        "acc5": float(accuracy_score(sims_bins(y, SIMS_EDGES_5), sims_bins(p, SIMS_EDGES_5))),
+        "f1": float(f1_score(y2, p2, average="weighted", zero_division=0)),
+        "mae": float(np.mean(np.abs(p - y))),
+        "corr": _pearson(p, y),
+    }
+
+
+def meld_metrics(preds: Any, labels: Any) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    p, y = _class_preds(preds), _as_labels(labels)
+    _same_length(p, y)
+    return {
+        "weighted_f1": float(f1_score(y, p, average="weighted", zero_division=0)),
+        "accuracy": float(accuracy_score(y, p)),
+    }
+
+
+def mustard_metrics(preds: Any, labels: Any) -> dict[str, float]:
+    from sklearn.metrics import precision_recall_fscore_support
+
+    p, y = _class_preds(preds), _as_labels(labels)
+    _same_length(p, y)
+    precision, recall, f1, _ = precision_recall_fscore_support(y, p, average="weighted", zero_division=0)
+    return {"weighted_precision": float(precision), "weighted_recall": float(recall), "weighted_f1": float(f1)}
+
+
+_BY_TASK: dict[str, Callable[[Any, Any], dict[str, float]]] = {
+    "chsims2": chsims2_metrics,
+    "meld": meld_metrics,
+    "mustard": mustard_metrics,
+}
+
+
+def task_metrics(task: str, preds: Any, labels: Any) -> dict[str, float]:
+    """The metrics of ``task`` (keys ``METRIC_NAMES[task]``) for one evaluation set."""
+    if task not in _BY_TASK:
+        raise MetricInputError(f"unknown task {task!r}; known: {list(_BY_TASK)}")
+    return _BY_TASK[task](preds, labels)
+
+
+def is_better(metric: str, candidate: float, best: float | None) -> bool:
+    """``candidate`` beats ``best`` (None: nothing yet) in the direction that is better for ``metric``."""
+    if candidate is None or np.isnan(candidate):
+        return False
+    if best is None:
+        return True
+    return candidate < best if metric in LOWER_IS_BETTER else candidate > best
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor, without importing torch here
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def _as_1d_float(x: Any) -> np.ndarray:
+    arr = _to_numpy(x).astype(np.float64).reshape(-1)
+    if arr.size == 0:
+        raise MetricInputError("no predictions/labels to score")
+    return arr
+
+
+def _as_labels(x: Any) -> np.ndarray:
+    arr = _as_1d_float(x)
+    if not np.all(arr == np.round(arr)):
+        raise MetricInputError("class labels must be whole numbers")
+    return arr.astype(np.int64)
+
+
+def _class_preds(x: Any) -> np.ndarray:
+    arr = _to_numpy(x)
+    if arr.ndim == 2:
+        arr = arr.argmax(axis=1)
+    return _as_labels(arr)
+
+
+def _same_length(a: np.ndarray, b: np.ndarray) -> None:
+    if a.shape != b.shape:
+        raise MetricInputError(f"{a.shape[0]} predictions for {b.shape[0]} labels")

@@ -1,0 +1,787 @@
+"""Downstream fusion training on CH-SIMS v2, MELD or MUStARD, with or without the live-comment features.
+
+Run::
+
+    python -m lcaffect_ml.train_fusion --config fusion.yaml [--set key=value ...]
+
+Reads the utterance table (Parquet, ``UTTERANCES_SCHEMA`` columns) and a features folder
+(``base_features.safetensors``, ``lc_features.safetensors``, ``features.json``), joins them by
+``utterance_id``, and trains one ``FusionModel`` per seed (and per fold for MUStARD's
+speaker-dependent protocol). Rows whose ``media_status`` is not ``ok``, that have no features, or
+whose label is unusable are skipped and counted (``metrics.json`` → ``skipped``).
+
+Splits: CH-SIMS v2 and MELD use the official ``split`` column (train/valid/test; the model of the
+epoch with the best validation ``select_metric`` is tested). MUStARD has no official split:
+``protocol: speaker_dependent`` is a stratified ``folds``-fold cross-validation over all rows (fixed
+``split_seed``, the same folds for every seed; a seed's metrics are the mean over its folds);
+``speaker_independent`` trains on every show but ``held_out_show`` (FRIENDS, case-insensitive) and
+tests on it. Without a validation split the last epoch's model is tested.
+
+Re-running the same command resumes: finished runs (``runs/<run>/result.json`` with a matching
+fingerprint of the config and the input data) are reused, an unfinished one continues from its
+newest checkpoint in ``checkpoints/<run>/step-N`` (model, optimiser, scheduler, grad scaler, RNG
+states, best-so-far weights); on CPU a killed and resumed run ends with identical weights. A run
+whose fingerprint changed (other options, a new V2LC checkpoint's features) starts again.
+
+Config options (YAML or JSON; ``--set key=value`` overrides, value parsed as YAML):
+
+Data
+  task                chsims2 | meld | mustard (required)
+  utterances          utterance table Parquet path (required)
+  features_dir        features folder (required)
+  output_dir          where everything is written (required)
+  use_lc              include the synthetic live-comment tokens (true); false is the ablation
+  seeds               list of seeds ([0]); model init, dropout and data order
+  protocol            MUStARD only: speaker_dependent (default) | speaker_independent
+  folds (5), split_seed (0), held_out_show ("FRIENDS")
+Model (``FusionConfig``)
+  d_model (128), num_layers (2), num_heads (4), ff_dim (256), dropout (0.1)
+  regression_activation  linear (default; predictions are clipped to [-1, 1] when scored) | tanh
+Optimisation
+  epochs (30), batch_size (32), lr (5e-4), weight_decay (0.01; none on biases/norms/embeddings),
+  betas ([0.9, 0.999]), eps (1e-8), warmup_ratio (0.1 of all steps), min_lr_ratio (0.0), grad_clip (1.0)
+  regression_loss     l1 (default: MMSA's regression criterion, and MAE is the reported error) | mse
+  class_weights       null | "balanced" (sklearn's n / (k * count) over the training labels) | list
+  select_metric       validation metric for model selection (chsims2: mae, lower is better;
+                      meld and mustard: weighted_f1)
+  eval_every          epochs between validation evaluations (1)
+  eval_batch_size (256), precision (auto: bf16 on CUDA, else fp32 | bf16 | fp16 | fp32), device (auto)
+Checkpoints, reporting
+  checkpoint_every    optimiser steps between checkpoints (0: at the end of every epoch); one is
+                      always written at a run's last step
+  keep_checkpoints (2), log_every (epochs between progress lines, 10)
+  pipes_asset_key     asset key of the materialization reported under Dagster Pipes
+Testing only
+  debug_nan_at_step   poison the loss with NaN at that step of each run (exercises the NaN stop)
+
+Command-line debug flag ``--stop-after-step N`` SIGKILLs the process after the N-th optimiser step
+it takes (counted over all its runs), as a crash would, to test resuming.
+
+Outputs in ``output_dir``: ``metrics.json`` ({"task", "use_lc", "protocol", "seeds": {seed:
+{metric: value}}, "mean", "std" (population std over seeds), "folds", "valid", "skipped",
+"counts", "features", "runs"}), ``model.safetensors`` + ``config.json`` of the last run (last
+seed, last fold), ``runs/<run>/`` (each run's selected model and result), ``checkpoints/<run>/``.
+Under Dagster Pipes one materialization carries the mean metrics as numeric metadata.
+
+Exit status: 0 done; 65 (``EXIT_NON_FINITE``) loss or gradient norm NaN/inf (no checkpoint of
+those weights is written); 2 bad config or unusable input files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .fusion import BASE_MODALITIES, LC_MODALITY, FusionConfig, FusionModel
+from .metrics import METRIC_NAMES, NUM_CLASSES, TASKS, is_better, task_metrics
+from .pipes import TrainingReporter, pipes_session, report_model_materialization, sha256_file
+from .trainutil import (COMPLETE_MARKER, EXIT_NON_FINITE, CheckpointManager, ConfigError, NonFiniteLossError,
+                        adamw_param_groups, atomic_write_json, autocast, capture_rng_state,
+                        cosine_schedule_with_warmup, load_config, load_state, parse_override, resolve_precision,
+                        restore_rng_state, save_state, seed_everything)
+
+log = logging.getLogger("lcaffect_ml.train_fusion")
+
+PROTOCOLS = ("speaker_dependent", "speaker_independent")
+DEFAULT_SELECT = {"chsims2": "mae", "meld": "weighted_f1", "mustard": "weighted_f1"}
+# Options that do not change a run's result: left out of its fingerprint.
+NON_RESULT_KEYS = ("output_dir", "utterances", "features_dir", "seeds", "checkpoint_every", "keep_checkpoints",
+                   "log_every", "pipes_asset_key", "eval_batch_size", "device", "debug_nan_at_step")
+
+
+class DownstreamDataError(ConfigError):
+    """The utterance table or a feature file named by the config is unreadable or inconsistent."""
+
+
+@dataclass
+class FusionTrainConfig:
+    task: str
+    utterances: str
+    features_dir: str
+    output_dir: str
+    use_lc: bool = True
+    seeds: list = field(default_factory=lambda: [0])
+    protocol: str | None = None
+    folds: int = 5
+    split_seed: int = 0
+    held_out_show: str = "FRIENDS"
+    d_model: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    ff_dim: int = 256
+    dropout: float = 0.1
+    regression_activation: str = "linear"
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_ratio: float = 0.1
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    regression_loss: str = "l1"
+    class_weights: Any = None
+    select_metric: str | None = None
+    eval_every: int = 1
+    eval_batch_size: int = 256
+    precision: str = "auto"
+    device: str = "auto"
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    pipes_asset_key: str | None = None
+    debug_nan_at_step: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FusionTrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown}; known: {sorted(known)}")
+        missing = [k for k in ("task", "utterances", "features_dir", "output_dir") if k not in data]
+        if missing:
+            raise ConfigError(f"missing required option(s) {missing}")
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {TASKS}, not {self.task!r}")
+        if isinstance(self.seeds, int):
+            self.seeds = [self.seeds]
+        if (not self.seeds or len(set(self.seeds)) != len(self.seeds)
+                or not all(isinstance(s, int) and s >= 0 for s in self.seeds)):
+            raise ConfigError(f"seeds must be a non-empty list of distinct integers >= 0, got {self.seeds}")
+        if self.task == "mustard":
+            self.protocol = self.protocol or "speaker_dependent"
+            if self.protocol not in PROTOCOLS:
+                raise ConfigError(f"protocol must be one of {PROTOCOLS}, not {self.protocol!r}")
+        elif self.protocol not in (None, "official"):
+            raise ConfigError(f"protocol applies to mustard only ({self.task} uses its official split)")
+        for name in ("epochs", "batch_size", "eval_every", "eval_batch_size", "keep_checkpoints", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.task == "mustard" and self.protocol == "speaker_dependent" and self.folds < 2:
+            raise ConfigError(f"folds must be >= 2, got {self.folds}")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"lr must be > 0 and warmup_ratio in [0, 1), got {self.lr}, {self.warmup_ratio}")
+        if self.regression_loss not in ("l1", "mse"):
+            raise ConfigError(f"regression_loss must be l1 or mse, not {self.regression_loss!r}")
+        self.select_metric = self.select_metric or DEFAULT_SELECT[self.task]
+        if self.select_metric not in METRIC_NAMES[self.task]:
+            raise ConfigError(f"select_metric {self.select_metric!r} is not a {self.task} metric "
+                              f"{METRIC_NAMES[self.task]}")
+        cw = self.class_weights
+        if cw is not None and cw != "balanced" and not (isinstance(cw, list) and len(cw) == NUM_CLASSES[self.task]):
+            raise ConfigError(f"class_weights must be null, 'balanced' or {NUM_CLASSES[self.task]} numbers")
+
+    def model_config(self, input_dims: dict[str, int], max_positions: int) -> FusionConfig:
+        return FusionConfig(input_dims=dict(input_dims), num_outputs=NUM_CLASSES[self.task], task=self.task,
+                            use_lc=self.use_lc, d_model=self.d_model, num_layers=self.num_layers,
+                            num_heads=self.num_heads, ff_dim=self.ff_dim, dropout=self.dropout,
+                            max_positions=max_positions, regression_activation=self.regression_activation)
+
+
+# ------------------------------------------------------------------------------ data
+
+
+@dataclass
+class FusionData:
+    ids: list[str]
+    labels: np.ndarray  # float64 (N,)
+    split: np.ndarray  # str (N,)
+    show: np.ndarray  # str (N,), "" when absent
+    inputs: dict[str, torch.Tensor]  # "text", "text_len", ... aligned with ids
+    skipped: dict[str, int]
+    feature_info: dict[str, Any]
+    fingerprint: str  # content identity of the inputs this run reads
+
+    @property
+    def input_dims(self) -> dict[str, int]:
+        return {k: int(v.shape[-1]) for k, v in self.inputs.items() if not k.endswith("_len")}
+
+    @property
+    def max_positions(self) -> int:
+        return max(1, *(int(v.shape[1]) for k, v in self.inputs.items() if not k.endswith("_len")))
+
+
+def _read_features(path: Path, names: tuple[str, ...], n_rows: int) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise DownstreamDataError(f"{path}: feature file is missing")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise DownstreamDataError(f"{path}: not a safetensors file ({exc})") from exc
+    out = {}
+    for m in names:
+        x, lengths = tensors.get(m), tensors.get(f"{m}_len")
+        if x is None or lengths is None:
+            raise DownstreamDataError(f"{path}: lacks {m!r} or {m + '_len'!r} (has {sorted(tensors)})")
+        if x.ndim != 3 or x.shape[0] != n_rows or lengths.shape != (n_rows,):
+            raise DownstreamDataError(f"{path}: {m} has shape {tuple(x.shape)}, {m}_len {tuple(lengths.shape)}; "
+                                      f"features.json lists {n_rows} utterances")
+        if bool((lengths < 0).any()) or bool((lengths > x.shape[1]).any()):
+            raise DownstreamDataError(f"{path}: {m}_len outside [0, {x.shape[1]}]")
+        out[m], out[f"{m}_len"] = x.float(), lengths.long()
+    return out
+
+
+def _read_table(path: Path, task: str) -> dict[str, list]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types (OSError, ArrowInvalid)
+        raise DownstreamDataError(f"{path}: cannot read the utterance table: {exc}") from exc
+    missing = [c for c in ("utterance_id", "split", "label", "media_status") if c not in table.column_names]
+    if missing:
+        raise DownstreamDataError(f"{path}: utterance table lacks column(s) {missing}")
+    cols = {c: table.column(c).to_pylist() for c in table.column_names
+            if c in ("dataset", "utterance_id", "split", "label", "media_status", "show")}
+    if "dataset" in cols:
+        keep = [i for i, d in enumerate(cols["dataset"]) if d == task]
+        if not keep:
+            raise DownstreamDataError(f"{path}: no {task} rows (datasets {sorted(set(cols['dataset']))})")
+        cols = {c: [v[i] for i in keep] for c, v in cols.items()}
+    return cols
+
+
+def _label_ok(task: str, value: Any) -> bool:
+    if value is None or not math.isfinite(float(value)):
+        return False
+    if task == "chsims2":
+        return True
+    return float(value).is_integer() and 0 <= int(value) < NUM_CLASSES[task]
+
+
+def load_data(cfg: FusionTrainConfig) -> FusionData:
+    """Join the utterance table with the features; count the rows that cannot be used."""
+    features_dir = Path(cfg.features_dir)
+    meta_path = features_dir / "features.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        feature_ids = [str(u) for u in meta["utterance_ids"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DownstreamDataError(f"{meta_path}: unreadable features index ({exc})") from exc
+    row_of = {u: i for i, u in enumerate(feature_ids)}
+    feats = _read_features(features_dir / "base_features.safetensors", BASE_MODALITIES, len(feature_ids))
+    if cfg.use_lc:
+        feats.update(_read_features(features_dir / "lc_features.safetensors", (LC_MODALITY,), len(feature_ids)))
+
+    table_path = Path(cfg.utterances)
+    cols = _read_table(table_path, cfg.task)
+    skipped = {"media_not_ok": 0, "no_features": 0, "bad_label": 0, "duplicate_id": 0}
+    keep, seen = [], set()
+    for i, uid in enumerate(cols["utterance_id"]):
+        if cols["media_status"][i] != "ok":
+            skipped["media_not_ok"] += 1
+        elif uid not in row_of:
+            skipped["no_features"] += 1
+        elif not _label_ok(cfg.task, cols["label"][i]):
+            skipped["bad_label"] += 1
+            log.warning("%s: utterance %s has an unusable %s label %r: skipped", table_path, uid, cfg.task,
+                        cols["label"][i])
+        elif uid in seen:
+            skipped["duplicate_id"] += 1
+        else:
+            seen.add(uid)
+            keep.append(i)
+    if sum(skipped.values()):
+        log.warning("skipped %d of %d utterances: %s", sum(skipped.values()), len(cols["utterance_id"]), skipped)
+    if not keep:
+        raise DownstreamDataError(f"{table_path}: no usable utterance (skipped: {skipped})")
+    rows = torch.tensor([row_of[cols["utterance_id"][i]] for i in keep], dtype=torch.long)
+    shows = cols.get("show") or [None] * len(cols["utterance_id"])
+    info = {k: meta.get(k) for k in ("base_version", "lc_version", "lc_source", "dims")}
+    return FusionData(
+        ids=[cols["utterance_id"][i] for i in keep],
+        labels=np.asarray([float(cols["label"][i]) for i in keep], dtype=np.float64),
+        split=np.asarray([str(cols["split"][i]) for i in keep]),
+        show=np.asarray([str(shows[i] or "") for i in keep]),
+        inputs={k: v.index_select(0, rows).contiguous() for k, v in feats.items()},
+        skipped=skipped, feature_info=info,
+        fingerprint=_data_fingerprint(table_path, features_dir, meta, cfg.use_lc))
+
+
+def _data_fingerprint(table: Path, features_dir: Path, meta: dict[str, Any], use_lc: bool) -> str:
+    """The table's bytes and the feature versions the extractor recorded (the files' bytes without)."""
+    parts = [sha256_file(table), meta.get("base_version") or sha256_file(features_dir / "base_features.safetensors")]
+    if use_lc:  # a new V2LC checkpoint changes only lc_version: the ablation keeps its results
+        parts.append(meta.get("lc_version") or sha256_file(features_dir / "lc_features.safetensors"))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------ splits
+
+
+@dataclass
+class RunSplit:
+    fold: int | None
+    train: np.ndarray
+    valid: np.ndarray | None
+    test: np.ndarray
+
+
+def make_splits(data: FusionData, cfg: FusionTrainConfig) -> list[RunSplit]:
+    if cfg.task == "mustard":
+        return _mustard_splits(data, cfg)
+    parts = {name: np.flatnonzero(data.split == name) for name in ("train", "valid", "test")}
+    if not len(parts["train"]) or not len(parts["test"]):
+        raise DownstreamDataError(f"{cfg.utterances}: {cfg.task} needs train and test rows in the split column "
+                                  f"(found {dict(zip(*np.unique(data.split, return_counts=True)))})")
+    return [RunSplit(None, parts["train"], parts["valid"] if len(parts["valid"]) else None, parts["test"])]
+
+
+def _mustard_splits(data: FusionData, cfg: FusionTrainConfig) -> list[RunSplit]:
+    if cfg.protocol == "speaker_independent":
+        held_out = np.char.upper(data.show.astype(str)) == cfg.held_out_show.upper()
+        train, test = np.flatnonzero(~held_out), np.flatnonzero(held_out)
+        if not len(train) or not len(test):
+            raise DownstreamDataError(f"{cfg.utterances}: speaker-independent protocol needs rows of "
+                                      f"{cfg.held_out_show} and of other shows ({len(test)} and {len(train)})")
+        return [RunSplit(None, train, None, test)]
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = StratifiedKFold(n_splits=cfg.folds, shuffle=True, random_state=cfg.split_seed)
+    try:
+        return [RunSplit(k, train, None, test)
+                for k, (train, test) in enumerate(folds.split(np.zeros(len(data.labels)), data.labels))]
+    except ValueError as exc:  # fewer rows of a class than folds
+        raise DownstreamDataError(f"{cfg.utterances}: cannot make {cfg.folds} stratified folds: {exc}") from exc
+
+
+# ---------------------------------------------------------------------- one training run
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    best_value: float | None = None
+    best_epoch: int | None = None
+    best_valid: dict | None = None
+    history: list = field(default_factory=list)  # {"epoch", "train_loss", "valid": {...}}
+    epoch_loss_sum: float = 0.0
+    epoch_batches: int = 0
+    train_time_s: float = 0.0
+    resumed_from: int | None = None
+
+
+class StepBudget:
+    """The ``--stop-after-step`` debug kill, counted over every run of this process."""
+
+    def __init__(self, stop_after: int | None):
+        self.stop_after, self.taken = stop_after, 0
+
+    def tick(self) -> None:
+        self.taken += 1
+        if self.stop_after is not None and self.taken >= self.stop_after:
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGKILL)  # a crash, not a clean exit
+
+
+def run_name(seed: int, fold: int | None) -> str:
+    return f"seed-{seed}" + (f"-fold-{fold}" if fold is not None else "")
+
+
+def run_fingerprint(cfg: FusionTrainConfig, data: FusionData, seed: int, fold: int | None) -> str:
+    options = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NON_RESULT_KEYS}
+    blob = json.dumps({"options": options, "seed": seed, "fold": fold, "data": data.fingerprint}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def feature_stats(inputs: dict[str, torch.Tensor], rows: np.ndarray, modalities) -> dict[str, tuple]:
+    """Per-dimension mean/std over the valid tokens of the training rows (float64 accumulation)."""
+    idx = torch.as_tensor(rows, dtype=torch.long)
+    stats = {}
+    for m in modalities:
+        x, lengths = inputs[m].index_select(0, idx), inputs[f"{m}_len"].index_select(0, idx)
+        valid = torch.arange(x.shape[1])[None, :] < lengths[:, None]
+        tokens = x[valid].double()
+        if tokens.shape[0] == 0:
+            stats[m] = (torch.zeros(x.shape[-1]), torch.ones(x.shape[-1]))
+        else:
+            stats[m] = (tokens.mean(0).float(), tokens.std(0, unbiased=False).float())
+    return stats
+
+
+def _batch(inputs: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows ``idx``, each modality cut to the longest sequence in the batch (padding is masked anyway)."""
+    out = {}
+    for key, value in inputs.items():
+        if key.endswith("_len"):
+            continue
+        lengths = inputs[f"{key}_len"].index_select(0, idx)
+        longest = int(lengths.max()) if lengths.numel() else 0
+        out[key] = value.index_select(0, idx)[:, :longest]
+        out[f"{key}_len"] = lengths
+    return out
+
+
+def _class_weights(cfg: FusionTrainConfig, labels: np.ndarray, device: torch.device) -> torch.Tensor | None:
+    if cfg.class_weights is None or cfg.task == "chsims2":
+        return None
+    if cfg.class_weights != "balanced":
+        return torch.tensor([float(w) for w in cfg.class_weights], device=device)
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels.astype(np.int64))
+    weights = np.zeros(NUM_CLASSES[cfg.task])  # a class absent from training gets no weight
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels.astype(np.int64))
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def _loss(cfg: FusionTrainConfig, out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None):
+    out = out.float()
+    if cfg.task == "chsims2":
+        fn = F.l1_loss if cfg.regression_loss == "l1" else F.mse_loss
+        return fn(out.squeeze(-1), target.float())
+    return F.cross_entropy(out, target.long(), weight=weight)
+
+
+@torch.no_grad()
+def predict(model: FusionModel, inputs: dict[str, torch.Tensor], rows: np.ndarray, batch_size: int,
+            device: torch.device, precision: str) -> np.ndarray:
+    """Regression values (N,) or class indices (N,) for ``rows``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    try:
+        for start in range(0, len(rows), batch_size):
+            idx = torch.as_tensor(rows[start:start + batch_size], dtype=torch.long, device=device)
+            with autocast(device, precision):
+                out = model(_batch(inputs, idx)).float()
+            outs.append(out.squeeze(-1) if model.config.is_regression else out.argmax(-1))
+    finally:
+        model.train(was_training)
+    return torch.cat(outs).cpu().numpy()
+
+
+def _epoch_order(seed: int, fold: int | None, epoch: int, n: int) -> np.ndarray:
+    """The training order of an epoch, a function of (seed, fold, epoch) only, so a resume replays it."""
+    return np.random.default_rng([seed, 0 if fold is None else fold + 1, epoch, 0xF05]).permutation(n)
+
+
+class FusionRun:
+    """One training run (a seed, and a fold for k-fold protocols): train, select, test."""
+
+    def __init__(self, cfg: FusionTrainConfig, data: FusionData, split: RunSplit, seed: int,
+                 device: torch.device, precision: str, budget: StepBudget):
+        self.cfg, self.data, self.split, self.seed = cfg, data, split, seed
+        self.device, self.precision, self.budget = device, precision, budget
+        self.name = run_name(seed, split.fold)
+        out = Path(cfg.output_dir)
+        self.run_dir = out / "runs" / self.name
+        self.manager = CheckpointManager(out / "checkpoints" / self.name, keep=cfg.keep_checkpoints)
+        self.fingerprint = run_fingerprint(cfg, data, seed, split.fold)
+        self.steps_per_epoch = math.ceil(len(split.train) / cfg.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+
+    # ------------------------------------------------------------------ entry point
+
+    def run(self) -> dict[str, Any]:
+        done = self._finished_result()
+        if done is not None:
+            log.info("%s: finished earlier with this configuration; reusing %s", self.name, self.run_dir)
+            return done
+        self._start_clean_if_config_changed()
+        latest = self.manager.latest()
+        seed_everything(self.seed)
+        cfg = self.cfg
+        model = FusionModel(cfg.model_config(self.data.input_dims, self.data.max_positions))
+        model.set_feature_stats(feature_stats(self.data.inputs, self.split.train, model.config.modalities))
+        model.to(self.device).train()
+        optimizer = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                      betas=tuple(cfg.betas), eps=cfg.eps)
+        scheduler = cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * self.total_steps),
+                                                self.total_steps, cfg.min_lr_ratio)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        state, best_weights = RunState(), None
+        if latest is not None:
+            state, best_weights = self._load_checkpoint(latest, model, optimizer, scheduler, scaler)
+            log.info("%s: resuming from %s", self.name, latest)
+        best_weights = self._train(model, optimizer, scheduler, scaler, state, best_weights)
+        return self._finish(model, state, best_weights)
+
+    # --------------------------------------------------------------------- training
+
+    def _train(self, model, optimizer, scheduler, scaler, state: RunState, best_weights):
+        cfg, data, device = self.cfg, self.data, self.device
+        inputs = {k: v.to(device) for k, v in data.inputs.items()}
+        labels = torch.as_tensor(data.labels, dtype=torch.float32, device=device)
+        weight = _class_weights(cfg, data.labels[self.split.train], device)
+        while state.step < self.total_steps:
+            epoch, position = divmod(state.step, self.steps_per_epoch)
+            order = self.split.train[_epoch_order(self.seed, self.split.fold, epoch, len(self.split.train))]
+            rows = order[position * cfg.batch_size:(position + 1) * cfg.batch_size]
+            idx = torch.as_tensor(rows, dtype=torch.long, device=device)
+            t0 = time.perf_counter()
+            loss = self._step(model, optimizer, scheduler, scaler, _batch(inputs, idx), labels[idx], weight,
+                              state.step + 1)
+            state.train_time_s += time.perf_counter() - t0
+            state.step += 1
+            state.epoch_loss_sum += loss
+            state.epoch_batches += 1
+            if state.step % self.steps_per_epoch == 0:
+                best_weights = self._end_epoch(model, inputs, state, epoch + 1, best_weights)
+            if state.step == self.total_steps or (
+                    cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or (
+                    not cfg.checkpoint_every and state.step % self.steps_per_epoch == 0):
+                self._save_checkpoint(model, optimizer, scheduler, scaler, state, best_weights)
+            self.budget.tick()
+        return best_weights
+
+    def _step(self, model, optimizer, scheduler, scaler, batch, target, weight, step: int) -> float:
+        with autocast(self.device, self.precision):
+            out = model(batch)
+        loss = _loss(self.cfg, out, target, weight)
+        if self.cfg.debug_nan_at_step is not None and step == self.cfg.debug_nan_at_step:
+            loss = loss * float("nan")
+        scaler.scale(loss).backward()
+        if scaler.is_enabled():
+            scaler.unscale_(optimizer)
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        loss_value, norm_value = torch.stack([loss.detach().float(), norm.float()]).tolist()
+        if not math.isfinite(loss_value):
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(step, f"{self.name} loss", loss_value)
+        if not math.isfinite(norm_value) and not scaler.is_enabled():  # fp16's scaler skips such steps itself
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(step, f"{self.name} gradient norm", norm_value)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss_value
+
+    def _end_epoch(self, model, inputs, state: RunState, epoch: int, best_weights):
+        cfg = self.cfg
+        entry: dict[str, Any] = {"epoch": epoch, "train_loss": state.epoch_loss_sum / max(1, state.epoch_batches)}
+        state.epoch_loss_sum, state.epoch_batches = 0.0, 0
+        valid = self.split.valid
+        if valid is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+            preds = predict(model, inputs, valid, cfg.eval_batch_size, self.device, self.precision)
+            metrics = task_metrics(cfg.task, preds, self.data.labels[valid])
+            entry["valid"] = metrics
+            if is_better(cfg.select_metric, metrics[cfg.select_metric], state.best_value):
+                state.best_value, state.best_epoch, state.best_valid = metrics[cfg.select_metric], epoch, metrics
+                best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        state.history.append(entry)
+        if epoch % cfg.log_every == 0 or epoch == cfg.epochs:
+            extra = f", valid {cfg.select_metric} {entry['valid'][cfg.select_metric]:.4f}" if "valid" in entry else ""
+            log.info("%s epoch %d/%d: train loss %.4f%s", self.name, epoch, cfg.epochs, entry["train_loss"], extra)
+        return best_weights
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save_checkpoint(self, model, optimizer, scheduler, scaler, state: RunState, best_weights) -> None:
+        def write(folder: Path) -> None:
+            model.save_pretrained(folder)
+            save_state(folder, "optimizer", optimizer.state_dict())
+            save_state(folder, "scheduler", scheduler.state_dict())
+            save_state(folder, "scaler", scaler.state_dict())
+            save_state(folder, "rng", capture_rng_state())
+            if best_weights is not None:
+                save_state(folder, "best", best_weights)
+            atomic_write_json(folder / COMPLETE_MARKER, {**dataclasses.asdict(state), "run": self.name,
+                                                         "fingerprint": self.fingerprint,
+                                                         "config": dataclasses.asdict(self.cfg)})
+
+        self.manager.save(state.step, write)
+
+    def _load_checkpoint(self, path: Path, model, optimizer, scheduler, scaler):
+        from safetensors.torch import load_file
+
+        saved = json.loads((path / COMPLETE_MARKER).read_text(encoding="utf-8"))
+        model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(self.device)))
+        optimizer.load_state_dict(load_state(path, "optimizer"))
+        scheduler.load_state_dict(load_state(path, "scheduler"))
+        scaler.load_state_dict(load_state(path, "scaler"))
+        restore_rng_state(load_state(path, "rng"))
+        best = load_state(path, "best") if (path / "best.safetensors").is_file() else None
+        state = RunState(**{k: saved[k] for k in dataclasses.asdict(RunState()) if k in saved})
+        state.resumed_from = saved["step"]
+        return state, best
+
+    def _finished_result(self) -> dict[str, Any] | None:
+        path = self.run_dir / "result.json"
+        if not path.is_file() or not (self.run_dir / "model.safetensors").is_file():
+            return None
+        result = json.loads(path.read_text(encoding="utf-8"))
+        return result if result.get("fingerprint") == self.fingerprint else None
+
+    def _start_clean_if_config_changed(self) -> None:
+        for stale in self.manager.clean_stale():
+            log.warning("removed %s, left by a run killed while writing a checkpoint", stale)
+        latest = self.manager.latest()
+        if latest is None:
+            return
+        saved = json.loads((latest / COMPLETE_MARKER).read_text(encoding="utf-8"))
+        if saved.get("fingerprint") != self.fingerprint:
+            log.warning("%s: checkpoints in %s come from another configuration or other input data: "
+                        "training this run again from scratch", self.name, self.manager.root)
+            shutil.rmtree(self.manager.root)
+
+    # ----------------------------------------------------------------------- result
+
+    def _finish(self, model: FusionModel, state: RunState, best_weights) -> dict[str, Any]:
+        cfg = self.cfg
+        if best_weights is not None:  # the epoch with the best validation score
+            model.load_state_dict(best_weights)
+        test = self.split.test
+        preds = predict(model, {k: v.to(self.device) for k, v in self.data.inputs.items()}, test,
+                        cfg.eval_batch_size, self.device, self.precision)
+        metrics = task_metrics(cfg.task, preds, self.data.labels[test])
+        model.save_pretrained(self.run_dir)
+        result = {
+            "run": self.name, "seed": self.seed, "fold": self.split.fold, "test": metrics,
+            "valid": state.best_valid, "selected_epoch": state.best_epoch if best_weights is not None else cfg.epochs,
+            "selection": "best_valid" if best_weights is not None else "last_epoch",
+            "steps": state.step, "train_time_s": state.train_time_s,
+            "resumed_from_step": state.resumed_from if state.resumed_from is not None else -1,
+            "n_train": int(len(self.split.train)), "n_valid": int(len(self.split.valid) if self.split.valid is not None else 0),
+            "n_test": int(len(test)), "history": state.history, "fingerprint": self.fingerprint,
+            "checkpoint": str(self.manager.latest()) if self.manager.latest() else None,
+        }
+        atomic_write_json(self.run_dir / "result.json", result)
+        log.info("%s: test %s", self.name, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        return result
+
+
+# ------------------------------------------------------------------------- all runs
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def aggregate(cfg: FusionTrainConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-seed metrics (the mean over folds for k-fold), then mean and population std over seeds."""
+    names = METRIC_NAMES[cfg.task]
+    per_seed, folds, valid = {}, {}, {}
+    for seed in cfg.seeds:
+        runs = [r for r in results if r["seed"] == seed]
+        per_seed[str(seed)] = {k: float(np.mean([r["test"][k] for r in runs])) for k in names}
+        if runs[0]["fold"] is not None:
+            folds[str(seed)] = [r["test"] for r in runs]
+        if runs[0]["valid"] is not None:
+            valid[str(seed)] = runs[0]["valid"]
+    table = np.asarray([[per_seed[str(s)][k] for k in names] for s in cfg.seeds], dtype=np.float64)
+    return {
+        "task": cfg.task, "use_lc": cfg.use_lc, "protocol": cfg.protocol or "official",
+        "seeds": per_seed,
+        "mean": dict(zip(names, table.mean(axis=0).tolist())),
+        "std": dict(zip(names, table.std(axis=0).tolist())),
+        **({"folds": folds} if folds else {}),
+        **({"valid": valid} if valid else {}),
+    }
+
+
+def train(cfg: FusionTrainConfig, reporter: TrainingReporter | None = None,
+          stop_after_step: int | None = None) -> dict[str, Any]:
+    reporter = reporter or TrainingReporter()
+    device = _resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = load_data(cfg)
+    splits = make_splits(data, cfg)
+    log.info("%s: %d utterances used (%d skipped), %d run(s) per seed, %d seed(s), use_lc=%s, %s on %s",
+             cfg.task, len(data.ids), sum(data.skipped.values()), len(splits), len(cfg.seeds), cfg.use_lc,
+             precision, device)
+    budget = StepBudget(stop_after_step)
+    results = [FusionRun(cfg, data, split, seed, device, precision, budget).run()
+               for seed in cfg.seeds for split in splits]
+    metrics = aggregate(cfg, results)
+    metrics.update({
+        "skipped": data.skipped,
+        "counts": {"utterances_used": len(data.ids), **{str(s): int((data.split == s).sum()) for s in np.unique(data.split)}},
+        "features": data.feature_info,
+        "runs": [{k: r[k] for k in ("run", "seed", "fold", "selection", "selected_epoch", "steps", "train_time_s",
+                                    "resumed_from_step", "n_train", "n_valid", "n_test")} for r in results],
+        "model_run": results[-1]["run"], "precision": precision, "device": str(device),
+    })
+    last = out_dir / "runs" / results[-1]["run"]
+    FusionModel.from_pretrained(last).save_pretrained(out_dir)  # byte-identical copy, written atomically
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    report_model_materialization(reporter, _pipes_summary(metrics), out_dir, results[-1]["checkpoint"])
+    return metrics
+
+
+def _pipes_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    summary: dict[str, Any] = dict(metrics["mean"])
+    summary.update({f"{k}_std": v for k, v in metrics["std"].items()})
+    summary.update({"task": metrics["task"], "use_lc": metrics["use_lc"], "protocol": metrics["protocol"],
+                    "n_seeds": len(metrics["seeds"]), "utterances_used": metrics["counts"]["utterances_used"],
+                    "skipped_rows": sum(metrics["skipped"].values()),
+                    "lc_version": str(metrics["features"].get("lc_version") or "")})
+    return summary
+
+
+# ------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m lcaffect_ml.train_fusion",
+                                     description="Downstream fusion training (see the module docstring for options)")
+    parser.add_argument("--config", required=True, help="YAML or JSON config file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config option (value parsed as YAML); repeatable")
+    parser.add_argument("--stop-after-step", type=int, default=None,
+                        help="debug: SIGKILL this process after its N-th optimiser step (to test resuming)")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> FusionTrainConfig:
+    data = load_config(args.config)
+    for item in args.overrides:
+        key, value = parse_override(item)
+        data[key] = value
+    return FusionTrainConfig.from_dict(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        with pipes_session(asset_key=cfg.pipes_asset_key) as reporter:
+            metrics = train(cfg, reporter=reporter, stop_after_step=args.stop_after_step)
+    except NonFiniteLossError as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NON_FINITE
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"task": metrics["task"], "use_lc": metrics["use_lc"], "mean": metrics["mean"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
