@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lcaffect_ml.data import SegmentStream, load_shard_index, make_loader, read_comments, write_synthetic_shards  # noqa: E402
 from lcaffect_ml.losses import v2lc_loss  # noqa: E402
 from lcaffect_ml.tokenizer import build_char_tokenizer  # noqa: E402
-from lcaffect_ml.train_v2lc import TrainConfig, TrainerState, _train_step  # noqa: E402
-from lcaffect_ml.trainutil import DistInfo, adamw_param_groups, cosine_schedule_with_warmup  # noqa: E402
+from lcaffect_ml.train_v2lc import Run, TrainConfig, _train_step  # noqa: E402
+from lcaffect_ml.trainutil import (CheckpointManager, DistInfo, adamw_param_groups,  # noqa: E402
+                                   cosine_schedule_with_warmup)
 from lcaffect_ml.v2lc import V2LCConfig, V2LCModel  # noqa: E402
 
 
@@ -41,14 +42,12 @@ def _optimiser(model, cfg: TrainConfig):
     return opt, cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.max_steps)
 
 
-def project_steps(model, opt, sched, cfg, batch, steps: int) -> float:
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    state, dist = TrainerState(), DistInfo(0, 1, 0, torch.device("cpu"))
+def project_steps(run: Run, batch, steps: int) -> float:
     batches = itertools.repeat(batch)
     t0 = time.perf_counter()
     for _ in range(steps):
-        _train_step(model, model, batches, opt, sched, scaler, cfg, state, dist.device, "fp32", dist)
-        state.step += 1
+        _train_step(run, batches)
+        run.state.step += 1
     return steps / (time.perf_counter() - t0)
 
 
@@ -104,14 +103,16 @@ def main(argv=None) -> dict:
         proj_model, bare_model = copy.deepcopy(model0), copy.deepcopy(model0)
         proj_opt, proj_sched = _optimiser(proj_model, cfg)
         bare_opt, _ = _optimiser(bare_model, cfg)
-        project_steps(proj_model, proj_opt, proj_sched, cfg, batch, 2)  # warm-up (allocator, lazy init)
+        run = Run(cfg, DistInfo(0, 1, 0, torch.device("cpu")), "fp32", proj_model, proj_opt, proj_sched,
+                  torch.amp.GradScaler("cpu", enabled=False), CheckpointManager(tmp), [], [], net=proj_model)
+        project_steps(run, batch, 2)  # warm-up (allocator, lazy init)
         bare_steps(bare_model, bare_opt, batch, 2)
         proj, bare = [], []
         for r in range(args.rounds):
             order = [("p", proj), ("b", bare)] if r % 2 == 0 else [("b", bare), ("p", proj)]
             for which, sink in order:
                 if which == "p":
-                    sink.append(project_steps(proj_model, proj_opt, proj_sched, cfg, batch, args.steps))
+                    sink.append(project_steps(run, batch, args.steps))
                 else:
                     sink.append(bare_steps(bare_model, bare_opt, batch, args.steps))
         # best-of-rounds is the least disturbed estimate of each loop's own speed (as timeit advises);

@@ -83,7 +83,8 @@ def load_shard_index(source: str | os.PathLike | Sequence[Any]) -> list[ShardSpe
     """Shards from an ``index.json`` path/URL, a folder holding one, or a list of URLs/entries.
 
     A bare URL's video is its parent folder's name (the contract puts each video's shards in
-    ``shards/{safe_name(video_id)}/``). Relative URLs in an index are relative to the index.
+    ``shards/{safe_name(video_id)}/``). Relative URLs in an index are relative to the index's folder
+    (or, failing that, to the lake root above it).
     """
     if isinstance(source, (list, tuple)):
         entries, base = list(source), None
@@ -130,10 +131,20 @@ def _as_spec(entry: Any, base: str | None, position: int) -> ShardSpec:
     if isinstance(entry, dict) and isinstance(entry.get("url"), str) and entry.get("video_id") is not None:
         url = entry["url"]
         if base is not None and "://" not in url and not url.startswith("pipe:") and not os.path.isabs(url):
-            url = f"{base}/{url}"
+            url = _resolve_relative(url, base)
         samples = entry.get("samples")
         return ShardSpec(url, str(entry["video_id"]), int(samples) if samples is not None else None)
     raise ShardIndexError(f"shard entry {position} is not a URL or a {{url, video_id}} object: {entry!r}")
+
+
+def _resolve_relative(url: str, base: str) -> str:
+    """A relative shard path is taken relative to the index's folder, or else to the lake root
+    above it (``{lake}/shards/index.json`` may list ``shards/...`` paths)."""
+    beside = f"{base}/{url}"
+    if "://" in base or Path(beside).exists():
+        return beside
+    above = Path(base).parent / url
+    return str(above) if above.exists() else beside
 
 
 def split_by_video(shards: Sequence[ShardSpec], eval_fraction: float, seed: int = 0

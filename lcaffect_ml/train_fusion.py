@@ -660,9 +660,10 @@ class FusionRun:
             "selection": "best_valid" if best_weights is not None else "last_epoch",
             "steps": state.step, "train_time_s": state.train_time_s,
             "resumed_from_step": state.resumed_from if state.resumed_from is not None else -1,
-            "n_train": int(len(self.split.train)), "n_valid": int(len(self.split.valid) if self.split.valid is not None else 0),
-            "n_test": int(len(test)), "history": state.history, "fingerprint": self.fingerprint,
-            "checkpoint": str(self.manager.latest()) if self.manager.latest() else None,
+            "n_train": len(self.split.train), "n_test": len(test),
+            "n_valid": len(self.split.valid) if self.split.valid is not None else 0,
+            "history": state.history, "fingerprint": self.fingerprint,
+            "checkpoint": str(latest) if (latest := self.manager.latest()) else None,
         }
         atomic_write_json(self.run_dir / "result.json", result)
         log.info("%s: test %s", self.name, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -718,7 +719,8 @@ def train(cfg: FusionTrainConfig, reporter: TrainingReporter | None = None,
     metrics = aggregate(cfg, results)
     metrics.update({
         "skipped": data.skipped,
-        "counts": {"utterances_used": len(data.ids), **{str(s): int((data.split == s).sum()) for s in np.unique(data.split)}},
+        "counts": {"utterances_used": len(data.ids),
+                   **{str(s): int((data.split == s).sum()) for s in np.unique(data.split)}},
         "features": data.feature_info,
         "runs": [{k: r[k] for k in ("run", "seed", "fold", "selection", "selected_epoch", "steps", "train_time_s",
                                     "resumed_from_step", "n_train", "n_valid", "n_test")} for r in results],

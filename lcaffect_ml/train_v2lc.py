@@ -237,6 +237,36 @@ def _batch_to(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor
     return tuple(batch[k].to(device, non_blocking=nb) for k in ("frames", "input_ids", "attention_mask", "comment_mask"))
 
 
+@dataclass
+class Run:
+    """What one process of a training run holds."""
+
+    cfg: TrainConfig
+    dist: DistInfo
+    precision: str
+    model: V2LCModel
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    manager: CheckpointManager
+    train_shards: list[ShardSpec]
+    test_shards: list[ShardSpec]
+    state: TrainerState = field(default_factory=TrainerState)
+    net: torch.nn.Module | None = None  # the DDP wrapper, or the model itself
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    @property
+    def clips_per_step(self) -> int:
+        return self.cfg.batch_size * self.cfg.grad_accum * self.dist.world_size
+
+    def clips_per_s(self) -> float:
+        st = self.state
+        return self.clips_per_step * st.timed_steps / st.train_time_s if st.train_time_s else 0.0
+
+
 # ------------------------------------------------------------------------- evaluation
 
 
@@ -269,53 +299,60 @@ def evaluate(model: V2LCModel, shards: list[ShardSpec], cfg: TrainConfig, device
     return retrieval_metrics(torch.cat(videos), torch.cat(comments), torch.cat(segments))
 
 
+def _periodic_eval(run: Run) -> None:
+    if run.dist.is_main:
+        metrics = evaluate(run.model, run.test_shards, run.cfg, run.device, run.precision)
+        run.state.eval_history.append({"step": run.state.step, **{k: metrics[k] for k in
+                                       ("v2c_r1", "v2c_r5", "c2v_r1", "chance_r1")}})
+        log.info("step %d held-out: v2c R@1 %.3f R@5 %.3f, c2v R@1 %.3f (chance %.3f)", run.state.step,
+                 metrics["v2c_r1"], metrics["v2c_r5"], metrics["c2v_r1"], metrics["chance_r1"])
+    if run.dist.distributed:
+        torch.distributed.barrier()
+
+
 # ---------------------------------------------------------------------- checkpointing
 
 
-def _save_checkpoint(manager: CheckpointManager, model: V2LCModel, optimizer, scheduler, scaler,
-                     state: TrainerState, cfg: TrainConfig, dist: DistInfo) -> Path | None:
+def _save_checkpoint(run: Run) -> Path | None:
     rng = capture_rng_state()
-    if dist.distributed:  # every rank's RNG, so dropout streams resume per rank
-        gathered: list[Any] = [None] * dist.world_size
+    gathered: list[Any] = [rng]
+    if run.dist.distributed:  # every rank's RNG, so dropout streams resume per rank
+        gathered = [None] * run.dist.world_size
         torch.distributed.all_gather_object(gathered, rng)
-    else:
-        gathered = [rng]
     path = None
-    if dist.is_main:
+    if run.dist.is_main:
         def write(folder: Path) -> None:
-            model.save_pretrained(folder)
-            save_state(folder, "optimizer", optimizer.state_dict())
-            save_state(folder, "scheduler", scheduler.state_dict())
-            save_state(folder, "scaler", scaler.state_dict())
+            run.model.save_pretrained(folder)
+            save_state(folder, "optimizer", run.optimizer.state_dict())
+            save_state(folder, "scheduler", run.scheduler.state_dict())
+            save_state(folder, "scaler", run.scaler.state_dict())
             save_state(folder, "rng", {"ranks": gathered})
-            atomic_write_json(folder / COMPLETE_MARKER, {
-                **dataclasses.asdict(state), "world_size": dist.world_size,
-                "samples_seen": state.micro_batches * cfg.batch_size * dist.world_size,
-                "config": dataclasses.asdict(cfg)})
+            atomic_write_json(folder / COMPLETE_MARKER, {  # written last: marks the folder complete
+                **dataclasses.asdict(run.state), "world_size": run.dist.world_size,
+                "samples_seen": run.state.micro_batches * run.cfg.batch_size * run.dist.world_size,
+                "config": dataclasses.asdict(run.cfg)})
 
-        path = manager.save(state.step, write)
+        path = run.manager.save(run.state.step, write)
         log.info("checkpoint %s written", path)
-    if dist.distributed:
+    if run.dist.distributed:
         torch.distributed.barrier()
     return path
 
 
-def _load_checkpoint(path: Path, model: V2LCModel, optimizer, scheduler, scaler, cfg: TrainConfig,
-                     dist: DistInfo) -> TrainerState:
+def _load_checkpoint(run: Run, path: Path) -> None:
     saved = json.loads((path / COMPLETE_MARKER).read_text(encoding="utf-8"))
-    _check_resume_config(saved.get("config", {}), cfg)
-    optimizer.load_state_dict(load_state(path, "optimizer"))
-    scheduler.load_state_dict(load_state(path, "scheduler"))
-    scaler.load_state_dict(load_state(path, "scaler"))
+    _check_resume_config(saved.get("config", {}), run.cfg)
+    run.optimizer.load_state_dict(load_state(path, "optimizer"))
+    run.scheduler.load_state_dict(load_state(path, "scheduler"))
+    run.scaler.load_state_dict(load_state(path, "scaler"))
     ranks = load_state(path, "rng")["ranks"]
-    if len(ranks) == dist.world_size:
-        restore_rng_state(ranks[dist.rank])
+    if len(ranks) == run.dist.world_size:
+        restore_rng_state(ranks[run.dist.rank])
     else:
-        log.warning("checkpoint from %d rank(s), now %d: RNG streams reseeded", len(ranks), dist.world_size)
-        seed_everything(cfg.seed + 1000 * dist.rank + saved["step"])
-    state = TrainerState(**{k: saved[k] for k in dataclasses.asdict(TrainerState()) if k in saved})
-    state.resumed_from = saved["step"]
-    return state
+        log.warning("checkpoint from %d rank(s), now %d: RNG streams reseeded", len(ranks), run.dist.world_size)
+        seed_everything(run.cfg.seed + 1000 * run.dist.rank + saved["step"])
+    run.state = TrainerState(**{k: saved[k] for k in dataclasses.asdict(TrainerState()) if k in saved})
+    run.state.resumed_from = saved["step"]
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -345,33 +382,70 @@ def _plot_loss(path: Path, state: TrainerState) -> None:
     plt.close(fig)
 
 
+def _finish(run: Run, reporter: TrainingReporter) -> dict[str, Any]:
+    """Final weights, held-out metrics, metrics.json, loss curve and the Pipes report (rank 0)."""
+    cfg, state = run.cfg, run.state
+    peak, peak_kind = peak_memory_mb(run.device)
+    if not run.dist.is_main:
+        if run.dist.distributed:
+            torch.distributed.barrier()
+        return {}
+    out_dir = Path(cfg.output_dir)
+    run.model.save_pretrained(out_dir)
+    metrics: dict[str, Any] = {}
+    if run.test_shards:
+        metrics.update(evaluate(run.model, run.test_shards, cfg, run.device, run.precision))
+    recent = [loss for _, loss in state.loss_history[-10:]]
+    metrics.update({
+        "steps": state.step,
+        "clips_per_s": run.clips_per_s(),
+        "peak_memory_mb": peak,
+        "peak_memory_kind": peak_kind,
+        "final_loss": state.loss_history[-1][1] if state.loss_history else float("nan"),
+        "final_loss_mean10": sum(recent) / len(recent) if recent else float("nan"),
+        "train_videos": len({s.video_id for s in run.train_shards}),
+        "test_videos": len({s.video_id for s in run.test_shards}),
+        "train_shards": len(run.train_shards),
+        "test_shards": len(run.test_shards),
+        "clips_seen": state.micro_batches * cfg.batch_size * run.dist.world_size,
+        "world_size": run.dist.world_size,
+        "precision": run.precision,
+        "device": str(run.device),
+        "logit_scale": float(run.model.scale().detach()),
+        "resumed_from_step": state.resumed_from if state.resumed_from is not None else -1,
+    })
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    _plot_loss(out_dir / "loss_curve.png", state)
+    result = reporter.report_training_result(metrics, out_dir, run.manager.latest())
+    if "v2c_r1" in metrics:
+        log.info("held-out v2c R@1 %.3f (chance %.3f): %s; model sha256 %s", metrics["v2c_r1"],
+                 metrics["chance_r1"], "above chance" if result["passed"] else "NOT above chance",
+                 result["data_version"][:16])
+    else:
+        log.warning("no held-out videos (eval_fraction=0): no retrieval metrics")
+    if run.dist.distributed:
+        torch.distributed.barrier()
+    return metrics
+
+
 # -------------------------------------------------------------------------------- train
 
 
-def train(cfg: TrainConfig, reporter: TrainingReporter | None = None, stop_after_step: int | None = None,
-          dist: DistInfo | None = None) -> dict[str, Any]:
-    reporter = reporter or TrainingReporter()
-    dist = dist or init_distributed(cfg.device)
-    device = dist.device
-    precision = resolve_precision(cfg.precision, device)
+def setup_run(cfg: TrainConfig, dist: DistInfo, reporter: TrainingReporter) -> Run:
+    """Split the shards, then build a new run or restore the newest checkpoint's."""
+    precision = resolve_precision(cfg.precision, dist.device)
     out_dir = Path(cfg.output_dir)
     manager = CheckpointManager(out_dir / "checkpoints", keep=cfg.keep_checkpoints)
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in manager.clean_stale():
             log.warning("removed %s, left by a run killed while writing a checkpoint", stale)
-    if cfg.num_workers > 0:
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers + forked workers
-
-    shards = load_shard_index(cfg.shards)
-    train_shards, test_shards = split_by_video(shards, cfg.eval_fraction, cfg.split_seed)
+    train_shards, test_shards = split_by_video(load_shard_index(cfg.shards), cfg.eval_fraction, cfg.split_seed)
     if not train_shards:
         raise ConfigError("no training videos after the split")
-    n_train_videos = len({s.video_id for s in train_shards})
-    n_test_videos = len({s.video_id for s in test_shards})
-    log.info("%d shards: %d train videos, %d held-out videos; precision %s on %s, world size %d",
-             len(shards), n_train_videos, n_test_videos, precision, device, dist.world_size)
-
+    log.info("%d train videos, %d held-out videos; precision %s on %s, world size %d",
+             len({s.video_id for s in train_shards}), len({s.video_id for s in test_shards}), precision,
+             dist.device, dist.world_size)
     latest = manager.latest()
     if latest is not None:
         log.info("resuming from %s%s", latest,
@@ -380,61 +454,66 @@ def train(cfg: TrainConfig, reporter: TrainingReporter | None = None, stop_after
         model.set_freeze(video=cfg.freeze_video, text=cfg.freeze_text)
     else:
         model = _build_model(cfg, train_shards, dist)
-    model.to(device)
-    model.train()
-
+    model.to(dist.device).train()
     optimizer = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                   betas=tuple(cfg.betas), eps=cfg.eps)
-    scheduler = cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    state = TrainerState()
+    run = Run(cfg, dist, precision, model, optimizer,
+              cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio),
+              torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16"), manager,
+              train_shards, test_shards)
     seed_everything(cfg.seed + 1000 * dist.rank)  # per-rank dropout streams
     if latest is not None:
-        state = _load_checkpoint(latest, model, optimizer, scheduler, scaler, cfg, dist)
+        _load_checkpoint(run, latest)
+    run.net = model
+    if dist.distributed:
+        run.net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    return run
 
-    stream = SegmentStream(train_shards, batch_size=cfg.batch_size, tokenizer=model.tokenizer,
+
+def _train_loader(run: Run) -> torch.utils.data.DataLoader:
+    cfg, dist = run.cfg, run.dist
+    stream = SegmentStream(run.train_shards, batch_size=cfg.batch_size, tokenizer=run.model.tokenizer,
                            max_comments=cfg.max_comments, max_length=cfg.text_max_length, seed=cfg.seed,
                            shuffle_buffer=cfg.shuffle_buffer, open_shards=cfg.open_shards,
-                           start_batch=state.micro_batches, rank=dist.rank, world_size=dist.world_size,
+                           start_batch=run.state.micro_batches, rank=dist.rank, world_size=dist.world_size,
                            on_error=cfg.on_error)
-    loader = make_loader(stream, num_workers=cfg.num_workers, pin_memory=device.type == "cuda", seed=cfg.seed)
-    net: torch.nn.Module = model
-    if dist.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return make_loader(stream, num_workers=cfg.num_workers, pin_memory=dist.device.type == "cuda", seed=cfg.seed)
 
-    clips_per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+
+def train(cfg: TrainConfig, reporter: TrainingReporter | None = None, stop_after_step: int | None = None,
+          dist: DistInfo | None = None) -> dict[str, Any]:
+    """Train (or resume) to ``max_steps`` and write the outputs; returns the final metrics (rank 0)."""
+    reporter = reporter or TrainingReporter()
+    dist = dist or init_distributed(cfg.device)
+    if cfg.num_workers > 0:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers + forked workers
+    run = setup_run(cfg, dist, reporter)
+    state = run.state
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
+    todo = state.step < cfg.max_steps
     bar = None
-    if cfg.progress and dist.is_main and state.step < cfg.max_steps:
+    if cfg.progress and dist.is_main and todo:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.max_steps, initial=state.step, desc="v2lc", unit="step", dynamic_ncols=True)
-    batches = iter(loader)
+    batches = iter(_train_loader(run)) if todo else iter(())  # a finished run only re-evaluates
     try:
         while state.step < cfg.max_steps:
             t0 = time.perf_counter()
-            loss_value = _train_step(net, model, batches, optimizer, scheduler, scaler, cfg, state, device,
-                                     precision, dist)
+            loss_value = _train_step(run, batches)
             step_time = time.perf_counter() - t0
             state.step += 1
-            if state.step > 1 or cfg.max_steps == 1:  # the first step pays for warm-up and compilation
+            if state.step > 1 or cfg.max_steps == 1:  # the first step pays for warm-up and lazy init
                 state.train_time_s += step_time
                 state.timed_steps += 1
             state.loss_history.append([state.step, loss_value])
-            clips_s = clips_per_step * state.timed_steps / state.train_time_s if state.train_time_s else 0.0
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", clips_s=f"{clips_s:.1f}",
-                                lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if state.step % cfg.log_every == 0:
-                log.info("step %d/%d loss %.4f lr %.3e %.1f clips/s", state.step, cfg.max_steps, loss_value,
-                         scheduler.get_last_lr()[0], clips_s)
-            if cfg.eval_every and state.step % cfg.eval_every == 0 and test_shards and state.step < cfg.max_steps:
-                _periodic_eval(model, test_shards, cfg, device, precision, state, dist)
+            _report_progress(run, bar, loss_value)
+            if cfg.eval_every and state.step % cfg.eval_every == 0 and run.test_shards and state.step < cfg.max_steps:
+                _periodic_eval(run)
             if state.step == cfg.max_steps or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
-                _save_checkpoint(manager, model, optimizer, scheduler, scaler, state, cfg, dist)
+                _save_checkpoint(run)
             if stop_after_step is not None and state.step >= stop_after_step:
                 sys.stderr.flush()
                 os.kill(os.getpid(), signal.SIGKILL)  # a crash, not a clean exit: tests resume from it
@@ -442,36 +521,47 @@ def train(cfg: TrainConfig, reporter: TrainingReporter | None = None, stop_after
         if bar is not None:
             bar.close()
         del batches  # shut the loader's workers down
-    return _finish(model, test_shards, cfg, device, precision, state, dist, reporter, manager.latest(),
-                   n_train_videos, n_test_videos, len(train_shards), len(test_shards))
+    return _finish(run, reporter)
 
 
-def _train_step(net, model: V2LCModel, batches, optimizer, scheduler, scaler, cfg: TrainConfig,
-                state: TrainerState, device: torch.device, precision: str, dist: DistInfo) -> float:
+def _report_progress(run: Run, bar, loss_value: float) -> None:
+    lr = run.scheduler.get_last_lr()[0]
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}", clips_s=f"{run.clips_per_s():.1f}", lr=f"{lr:.2e}")
+    if run.state.step % run.cfg.log_every == 0:
+        log.info("step %d/%d loss %.4f lr %.3e %.1f clips/s", run.state.step, run.cfg.max_steps, loss_value, lr,
+                 run.clips_per_s())
+
+
+def _train_step(run: Run, batches) -> float:
     """One optimiser step over ``grad_accum`` micro-batches; raises before stepping on NaN/inf."""
-    step = state.step + 1
+    cfg, device = run.cfg, run.device
+    step = run.state.step + 1
     loss_sum = torch.zeros((), device=device)
     for micro in range(cfg.grad_accum):
         frames, ids, attn, mask = _batch_to(next(batches), device)
-        state.micro_batches += 1
+        run.state.micro_batches += 1
         last = micro == cfg.grad_accum - 1
-        sync = contextlib.nullcontext() if (last or not dist.distributed) else net.no_sync()
+        sync = contextlib.nullcontext() if (last or not run.dist.distributed) else run.net.no_sync()
         with sync:
-            with autocast(device, precision):
-                out = net(frames, ids, attn, mask)
+            with autocast(device, run.precision):
+                out = run.net(frames, ids, attn, mask)
             loss = v2lc_loss(out.video_embeds, out.comment_embeds, out.comment_segment, out.logit_scale,
                              positives=cfg.positives).loss
             if cfg.debug_nan_at_step is not None and step == cfg.debug_nan_at_step:
                 loss = loss * float("nan")
-            scaler.scale(loss / cfg.grad_accum).backward()
+            run.scaler.scale(loss / cfg.grad_accum).backward()
         loss_sum += loss.detach()
+    optimizer, scaler = run.optimizer, run.scaler
     if scaler.is_enabled():
         scaler.unscale_(optimizer)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in run.model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-    loss_value, norm_value = (x / d for x, d in zip(torch.stack([loss_sum, grad_norm.float()]).tolist(),
-                                                     (cfg.grad_accum, 1)))
-    # the loss is global (gathered across ranks), so every rank takes this branch together
+    # one device sync per step for both checks
+    loss_total, norm_value = torch.stack([loss_sum, grad_norm.float()]).tolist()
+    loss_value = loss_total / cfg.grad_accum
+    # the loss is global (gathered across ranks), so every rank takes these branches together
     if not math.isfinite(loss_value):
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteLossError(step, "loss", loss_value)
@@ -480,68 +570,10 @@ def _train_step(net, model: V2LCModel, batches, optimizer, scheduler, scaler, cf
         raise NonFiniteLossError(step, "gradient norm", norm_value)
     scaler.step(optimizer)
     scaler.update()
-    scheduler.step()
+    run.scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    model.clamp_logit_scale_()
+    run.model.clamp_logit_scale_()
     return loss_value
-
-
-def _periodic_eval(model, test_shards, cfg, device, precision, state: TrainerState, dist: DistInfo) -> None:
-    if dist.is_main:
-        metrics = evaluate(model, test_shards, cfg, device, precision)
-        state.eval_history.append({"step": state.step, **{k: metrics[k] for k in
-                                   ("v2c_r1", "v2c_r5", "c2v_r1", "chance_r1")}})
-        log.info("step %d held-out: v2c R@1 %.3f R@5 %.3f, c2v R@1 %.3f (chance %.3f)", state.step,
-                 metrics["v2c_r1"], metrics["v2c_r5"], metrics["c2v_r1"], metrics["chance_r1"])
-    if dist.distributed:
-        torch.distributed.barrier()
-
-
-def _finish(model, test_shards, cfg, device, precision, state: TrainerState, dist: DistInfo,
-            reporter: TrainingReporter, checkpoint: Path | None, n_train_videos: int, n_test_videos: int,
-            n_train_shards: int, n_test_shards: int) -> dict[str, Any]:
-    peak, peak_kind = peak_memory_mb(device)
-    if not dist.is_main:
-        if dist.distributed:
-            torch.distributed.barrier()
-        return {}
-    out_dir = Path(cfg.output_dir)
-    model.save_pretrained(out_dir)
-    metrics: dict[str, Any] = {}
-    if test_shards:
-        metrics.update(evaluate(model, test_shards, cfg, device, precision))
-    clips_per_step = cfg.batch_size * cfg.grad_accum * dist.world_size
-    recent = [loss for _, loss in state.loss_history[-10:]]
-    metrics.update({
-        "steps": state.step,
-        "clips_per_s": clips_per_step * state.timed_steps / state.train_time_s if state.train_time_s else 0.0,
-        "peak_memory_mb": peak,
-        "peak_memory_kind": peak_kind,
-        "final_loss": state.loss_history[-1][1] if state.loss_history else float("nan"),
-        "final_loss_mean10": sum(recent) / len(recent) if recent else float("nan"),
-        "train_videos": n_train_videos,
-        "test_videos": n_test_videos,
-        "train_shards": n_train_shards,
-        "test_shards": n_test_shards,
-        "clips_seen": state.micro_batches * cfg.batch_size * dist.world_size,
-        "world_size": dist.world_size,
-        "precision": precision,
-        "device": str(device),
-        "logit_scale": float(model.scale().detach()),
-        "resumed_from_step": state.resumed_from if state.resumed_from is not None else -1,
-    })
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    _plot_loss(out_dir / "loss_curve.png", state)
-    result = reporter.report_training_result(metrics, out_dir, checkpoint)
-    if "v2c_r1" in metrics:
-        log.info("held-out v2c R@1 %.3f (chance %.3f): %s; model sha256 %s", metrics["v2c_r1"],
-                 metrics["chance_r1"], "above chance" if result["passed"] else "NOT above chance",
-                 result["data_version"][:16])
-    else:
-        log.warning("no held-out videos (eval_fraction=0): no retrieval metrics")
-    if dist.distributed:
-        torch.distributed.barrier()
-    return metrics
 
 
 # ------------------------------------------------------------------------------- main

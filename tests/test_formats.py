@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,6 +19,7 @@ from conftest import fixture_path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import lcaffect_pipeline.formats._xml as xml_reader
 import lcaffect_pipeline.formats.bilibili as bili
 from lcaffect_pipeline.bili_proto import DmSegConfig, DmSegMobileReply, DmWebViewReply
 from lcaffect_pipeline.formats import (
@@ -36,8 +37,8 @@ from lcaffect_pipeline.schema import COMMENTS_SCHEMA, MODES, hash_author
 SALT = "test-salt"
 
 
-def utc(ts: int) -> datetime:
-    return datetime.fromtimestamp(ts, timezone.utc)
+def utc(seconds: int, ms: int = 0) -> datetime:
+    return datetime.fromtimestamp(seconds, timezone.utc) + timedelta(milliseconds=ms)
 
 
 def rows_by_id(table: pa.Table) -> dict[str, dict]:
@@ -348,6 +349,7 @@ def test_niconico_legacy_json():
     assert first["posted_at"] == utc(1361103390)
     easy = rows["1173108780:38651:2"]  # fork 2 numbers its comments apart from the main thread
     assert (easy["text"], easy["offset_ms"]) == ("88888888", 0)
+    assert easy["posted_at"] == utc(1638078089, 639)  # date + date_usec
     styled = [r for r in table.to_pylist() if r["font_size"] == 36 and r["color"] == 0x00FFFF]
     assert styled  # "naka big cyan 184 device:Switch"
 
@@ -383,7 +385,7 @@ def test_youtube_live_chat_replay():
     first = table.to_pylist()[0]
     assert (first["offset_ms"], first["text"], first["mode"]) == (101308, "や", "scroll")
     assert first["comment_id"] == "CjoKGkNMYXBzZTdudHVVQ0Zjc0IxZ0FkTnFnQjVREhxDSnlBNHV2bnR1VUNGV0dnd2dvZDd3NE5aZy0w"
-    assert first["posted_at"] == utc(1571985910)
+    assert first["posted_at"] == utc(1571985910, 682)  # timestampUsec, to the millisecond
     paid = [r for r in table.to_pylist() if r["superchat"]]
     assert [(r["offset_ms"], r["text"]) for r in paid] == [(3269119, "Hello from Czech Republic")]
 
@@ -536,6 +538,59 @@ def test_fast_and_checked_xml_paths_agree(monkeypatch):
     monkeypatch.setattr(bili, "_p_fields_fast", lambda ps: None)
     for p, table in zip(paths, fast):
         assert read_comments(p, author_salt=SALT).equals(table), p
+
+
+def _safe_reader_only(*_args, **_kwargs):
+    raise xml_reader.FastPathAbandoned("forced by the test")
+    yield  # a generator, like the real one
+
+
+@pytest.mark.parametrize("name", ["1176840.xml", "285968687.xml", "boss.xml", "scripting_tsubasa.xml",
+                                  "invalid_no_closing.xml", "synthetic_BilibiliFormat.xml"])
+def test_fast_and_safe_xml_readers_agree(name, monkeypatch):
+    folder = "xml" if name[0].isdigit() else "legacy"
+    path = fixture_path("bilibili", folder, name)
+    fast = read_comments(path, author_salt=SALT)
+    monkeypatch.setattr(bili, "stream_children_fast", _safe_reader_only)
+    safe = read_comments(path, author_salt=SALT)
+    assert fast.equals(safe) and fast.schema.metadata == safe.schema.metadata
+
+
+@pytest.mark.parametrize(
+    "body, texts",
+    [
+        ('<d p="1,1,25,1,1,0,u,1,1"><![CDATA[a<b]]></d><d p="2,1,25,1,1,0,u,2,1">c</d>', ["a<b", "c"]),
+        ('<d p="1,1,25,1,1,0,u,1,1">a<!-- note -->b</d>', ["ab"]),
+        ('<d p="1,1,25,1,1,0,u,1,1">a<b>bold</b>c</d><d p="2,1,25,1,1,0,u,2,1"></d>', ["a", ""]),
+        ('<d p="1,1,25,1,1,0,u,1,1"></d><d p="2,1,25,1,1,0,u,2,1">x</d><d>no p</d>', ["", "x"]),
+        ('<d p="1,1,25,1,1,0,u,1,1">x</d ><d p="2,1,25,1,1,0,u,2,1">y</d >', ["x", "y"]),
+    ],
+)
+def test_xml_shapes_the_fast_reader_hands_over(tmp_path, body, texts, monkeypatch):
+    path = write(tmp_path, "shape.xml", f'<?xml version="1.0"?><i><chatid>1</chatid>{body}</i>')
+    table = read_comments(path)
+    check_contract(table)
+    assert table["text"].to_pylist() == texts
+    monkeypatch.setattr(bili, "stream_children_fast", _safe_reader_only)
+    assert read_comments(path).equals(table)
+
+
+def test_positioned_regex_matches_json_reading():
+    payloads = [r for name in ("boss.xml", "scripting_tsubasa.xml")
+                for r in read_comments(fixture_path("bilibili", "legacy", name))["raw"].to_pylist() if r]
+    payloads += ['[1,2,"a",3,"t\\"q"]', '[1,2,"a",3,4]', '[1,2,"a",3,"x",]', '[01,2,"a",3,"x"]',
+                 ' [ 1 , 2 , "a" , 3 , "x" ] ', '[NaN,Infinity,"a",-Infinity,"x"]', '[1,2,"a\x01",3,"x"]',
+                 '[1,2,"a",3,"\\u00e9"]', '[1,2,[1],3,"x"]', '[true,false,null,1e5,"ok"]', '[1,2,"\\z",3,"x"]']
+    modes = pa.array([7] * len(payloads), pa.int32())
+    shown, raw = bili._positioned_text(modes, pa.array(payloads, pa.string()))
+    assert shown.to_pylist() == [positioned_text(p) for p in payloads]
+    assert raw.to_pylist() == payloads
+
+
+def test_post_time_out_of_range_is_null(tmp_path):
+    xml = '<i><d p="1,1,25,1,99999999999999999,0,u,1,1">far future</d><d p="2,1,25,1,1300000000,0,u,2,1">ok</d></i>'
+    rows = read_comments(write(tmp_path, "t.xml", xml)).to_pylist()
+    assert [r["posted_at"] for r in rows] == [None, utc(1300000000)]
 
 
 def test_control_characters_and_entities(tmp_path):

@@ -27,8 +27,9 @@ from lcaffect_pipeline.schema import UTTERANCES_SCHEMA
 ROOT = Path(__file__).resolve().parents[1]
 DIMS = {"text": (6, 8), "audio": (5, 6), "visual": (4, 5), "lc": (3, 8)}  # (max length, width)
 SHOWS = ("FRIENDS", "BBT", "GOLDENGIRLS", "SARCASMAHOLICS")
-FAST = dict(d_model=32, num_layers=1, num_heads=2, ff_dim=64, dropout=0.0, batch_size=16, lr=3e-3,
-            epochs=20, log_every=100)
+# checkpoints cost more than training steps here (fsync): only at each run's end unless a test asks
+FAST = dict(d_model=32, num_layers=1, num_heads=2, ff_dim=64, dropout=0.1, batch_size=16, lr=3e-3,
+            epochs=20, log_every=100, checkpoint_every=1000)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -116,7 +117,7 @@ def chsims(tmp_path_factory):
 def chsims_runs(chsims, tmp_path_factory):
     table, features = chsims
     out = tmp_path_factory.mktemp("chsims_out")
-    with_lc = train(_config("chsims2", table, features, out / "with_lc", use_lc=True))
+    with_lc = train(_config("chsims2", table, features, out / "with_lc", use_lc=True, checkpoint_every=40))
     without = train(_config("chsims2", table, features, out / "without_lc", use_lc=False))
     return out, with_lc, without
 
@@ -247,7 +248,7 @@ def test_chsims2_outputs_and_skipped_rows(chsims_runs):
     assert model.config.use_lc and model.config.input_dims["lc"] == 8
     run_weights = (folder / "runs" / "seed-0" / "model.safetensors").read_bytes()
     assert (folder / "model.safetensors").read_bytes() == run_weights
-    assert sorted(p.name for p in (folder / "checkpoints" / "seed-0").iterdir()) == ["step-76", "step-80"]
+    assert sorted(p.name for p in (folder / "checkpoints" / "seed-0").iterdir()) == ["step-40", "step-80"]
     assert (folder / "checkpoints" / "seed-0" / "step-80" / "best.safetensors").is_file()
     assert not list(folder.rglob(".*"))  # no temporary files left
     ablation = FusionModel.from_pretrained(out / "without_lc")
@@ -259,7 +260,7 @@ def test_finished_runs_are_reused_and_a_changed_config_retrains(chsims, chsims_r
     table, features = chsims
     result = out / "with_lc" / "runs" / "seed-0" / "result.json"
     stamp = result.stat().st_mtime_ns
-    again = train(_config("chsims2", table, features, out / "with_lc", use_lc=True))
+    again = train(_config("chsims2", table, features, out / "with_lc", use_lc=True, checkpoint_every=40))
     assert again["mean"] == metrics["mean"] and result.stat().st_mtime_ns == stamp
     changed = train(_config("chsims2", table, features, out / "with_lc", use_lc=True, epochs=2))
     assert changed["runs"][0]["steps"] == 8 and result.stat().st_mtime_ns != stamp
@@ -359,9 +360,8 @@ def _run_program(config: Path, *args: str, env: dict[str, str] | None = None):
 
 def test_killed_program_resumes_to_identical_weights_and_reports_through_pipes(chsims, tmp_path):
     table, features = chsims
-    options = dict(task="chsims2", utterances=str(table), features_dir=str(features), **FAST,
-                   seeds=[0, 1], epochs=4, checkpoint_every=3, pipes_asset_key="fusion_chsims2")
-    options["dropout"] = 0.1  # the dropout stream must resume too
+    options = {**FAST, **dict(task="chsims2", utterances=str(table), features_dir=str(features), seeds=[0, 1],
+                              epochs=4, checkpoint_every=3, pipes_asset_key="fusion_chsims2")}
     reference = train(FusionTrainConfig.from_dict({**options, "output_dir": str(tmp_path / "ref")}))
     config = tmp_path / "fusion.yaml"
     config.write_text(yaml.safe_dump({**options, "output_dir": str(tmp_path / "out")}), encoding="utf-8")
@@ -398,8 +398,8 @@ def test_program_exit_codes(chsims, tmp_path):
 
     table, features = chsims
     config = tmp_path / "c.json"
-    config.write_text(json.dumps(dict(task="chsims2", utterances=str(table), features_dir=str(features),
-                                      output_dir=str(tmp_path / "o"), **FAST, epochs=1, debug_nan_at_step=2)))
+    config.write_text(json.dumps({**FAST, **dict(task="chsims2", utterances=str(table), features_dir=str(features),
+                                                 output_dir=str(tmp_path / "o"), epochs=1, debug_nan_at_step=2)}))
     assert main(["--config", str(config)]) == EXIT_NON_FINITE
     assert main(["--config", str(config), "--set", "task=iemocap"]) == 2
     assert main(["--config", str(config), "--set", "protocol=speaker_dependent"]) == 2  # mustard only

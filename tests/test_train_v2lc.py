@@ -32,8 +32,10 @@ def _one_torch_thread():
 
 
 RETRIEVAL_KEYS = ("v2c_r1", "v2c_r5", "v2c_r10", "v2c_medr", "c2v_r1", "c2v_r5", "c2v_r10", "c2v_medr", "chance_r1")
-BASE = dict(batch_size=8, grad_accum=2, max_steps=10, checkpoint_every=3, eval_every=5, warmup_steps=2, lr=2e-3,
-            num_workers=0, embed_dim=32, eval_fraction=0.25, log_every=5, progress=False, eval_batch_size=16)
+# grad_accum 3 x checkpoint_every 3 = 9 micro-batches at the resumed checkpoint: with 2 loader workers the
+# resumed loader must start from worker 1's stream (the data-position rotation is exercised)
+BASE = dict(batch_size=8, grad_accum=3, max_steps=10, checkpoint_every=3, eval_every=5, warmup_steps=2, lr=2e-3,
+            num_workers=2, embed_dim=32, eval_fraction=0.25, log_every=5, progress=False, eval_batch_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +115,7 @@ def test_training_writes_every_output(reference):
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-10", "step-9"]  # newest two kept
     state = json.loads((out / "checkpoints" / "step-10" / "trainer_state.json").read_text())
-    assert state["step"] == 10 and state["micro_batches"] == 20 and len(state["loss_history"]) == 10
+    assert state["step"] == 10 and state["micro_batches"] == 30 and len(state["loss_history"]) == 10
     assert [e["step"] for e in state["eval_history"]] == [5]
     final, ckpt = _weights(out), _weights(out / "checkpoints" / "step-10")
     assert final.keys() == ckpt.keys() and all(torch.equal(final[k], ckpt[k]) for k in final)
@@ -191,6 +193,19 @@ def test_bad_config_is_refused_with_exit_2(tmp_path, capsys):
     assert "unknown option(s) ['batchsize']" in capsys.readouterr().err
 
 
+def test_every_option_is_documented_and_overridable(tmp_path):
+    import dataclasses
+
+    import lcaffect_ml.train_v2lc as program
+
+    undocumented = [f.name for f in dataclasses.fields(program.TrainConfig) if f.name not in program.__doc__]
+    assert not undocumented
+    cfg = _config(tmp_path / "c.yaml", shards="s", output_dir="o", lr=1e-3)
+    parsed = program.config_from_args(program.parse_args(
+        ["--config", str(cfg), "--set", "lr=0.5", "--set", "betas=[0.8, 0.9]", "--set", "freeze_text=true"]))
+    assert parsed.lr == 0.5 and parsed.betas == [0.8, 0.9] and parsed.freeze_text is True
+
+
 # ------------------------------------------------------------------------------ slow
 
 
@@ -220,7 +235,7 @@ def test_ddp_under_torchrun_on_two_cpu_ranks(index, tmp_path):
                        "--config", str(cfg)], env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
-    assert m["world_size"] == 2 and m["clips_seen"] == 4 * 2 * 8 * 2
+    assert m["world_size"] == 2 and m["clips_seen"] == 4 * 3 * 8 * 2
     rng = json.loads((out / "checkpoints" / "step-4" / "rng.json").read_text())
     assert len(rng["__dict__"][0][1]) == 2  # both ranks' RNG streams saved
 

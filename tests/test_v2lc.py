@@ -8,6 +8,7 @@ import math
 import os
 import pickle
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -291,7 +292,7 @@ def shards(tmp_path_factory):
     return load_shard_index(index)
 
 
-def test_index_and_split_are_by_video(shards, tmp_path):
+def test_index_and_split_are_by_video(shards):
     assert len(shards) == 12 and len({s.video_id for s in shards}) == 6
     assert sum(s.samples for s in shards) == 36
     train, test = split_by_video(shards, 0.34, seed=0)
@@ -301,6 +302,14 @@ def test_index_and_split_are_by_video(shards, tmp_path):
     # a list of bare URLs takes each video from the shard's folder name
     urls = load_shard_index([s.url for s in shards])
     assert [u.video_id for u in urls] == [s.video_id for s in shards]
+    # relative URLs: beside the index, or from the lake root above it
+    index_dir = Path(shards[0].url).parents[1]
+    entries = [{"url": str(Path(s.url).relative_to(index_dir)), "video_id": s.video_id} for s in shards[:2]]
+    entries += [{"url": str(Path(s.url).relative_to(index_dir.parent)), "video_id": s.video_id} for s in shards[2:4]]
+    rel_index = index_dir / "relative-index.json"
+    rel_index.write_text(json.dumps(entries))
+    assert [s.url for s in load_shard_index(rel_index)] == [s.url for s in shards[:4]]
+    rel_index.unlink()
 
 
 def _collect(stream, n, workers=0):

@@ -3,16 +3,18 @@
 Every parser turns one file into Arrow record batches of ``COMMENTS_SCHEMA``. Values are
 collected per column (plain lists or Arrow arrays) and turned into arrays once per batch, so a
 million comments cost a few list appends each rather than a dict or object per comment.
+Parsers leave the raw user id in ``author``; the reader replaces it by a salted hash before a
+table leaves the package.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from functools import lru_cache, partial
-from typing import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache, partial
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -49,7 +51,6 @@ class ParseContext:
     path: Path
     platform: str
     video_id: str
-    salt: str | None
     source_file: str
     skipped: int = 0  # bad elements skipped inside an otherwise good file
     notes: dict[str, str] = field(default_factory=dict)  # extra schema metadata (e.g. xml_error)
@@ -115,34 +116,40 @@ def make_batch(ctx: ParseContext, columns: dict[str, object]) -> pa.RecordBatch:
     """A ``COMMENTS_SCHEMA`` batch from the given columns; the per-file constants are filled in.
 
     Columns may be lists or Arrow arrays; absent nullable columns become nulls and an absent
-    ``superchat`` becomes False.
+    ``superchat`` becomes False. ``platform``, ``video_id`` and ``source_file`` come from ``ctx``
+    unless given (a batch that spans several files gives them).
     """
+    arrays = [a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a for a in _columns(ctx, columns)]
+    return pa.RecordBatch.from_arrays(arrays, schema=COMMENTS_SCHEMA)
+
+
+def make_table(ctx: ParseContext, columns: dict[str, object]) -> pa.Table:
+    """``make_batch`` for chunked columns, without copying them into one piece."""
+    return pa.Table.from_arrays(_columns(ctx, columns), schema=COMMENTS_SCHEMA)
+
+
+def _columns(ctx: ParseContext, columns: dict[str, object]) -> list:
     n = len(columns["comment_id"])
     constants = {"platform": ctx.platform, "video_id": ctx.video_id, "source_file": ctx.source_file}
     arrays = []
     for fld in COMMENTS_SCHEMA:
-        if fld.name in constants:
-            arrays.append(pa.repeat(pa.scalar(constants[fld.name], fld.type), n))
-            continue
         value = columns.get(fld.name)
-        if value is None:
+        if value is None and fld.name in constants:
+            value = pa.repeat(pa.scalar(constants[fld.name], fld.type), n)
+        elif value is None:
             value = pa.repeat(pa.scalar(False), n) if fld.name == "superchat" else pa.nulls(n, fld.type)
         elif not isinstance(value, (pa.Array, pa.ChunkedArray)):
             value = pa.array(value, fld.type)
         elif value.type != fld.type:
-            if pa.types.is_timestamp(fld.type) and pa.types.is_integer(value.type):
-                value = pc.cast(value, pa.timestamp("s", tz="UTC"))  # parsers give unix seconds
             value = pc.cast(value, fld.type)
-        if isinstance(value, pa.ChunkedArray):
-            value = value.combine_chunks()
         arrays.append(value)
-    return pa.RecordBatch.from_arrays(arrays, schema=COMMENTS_SCHEMA)
+    return arrays
 
 
 class ColumnLists:
     """Per-column lists for the row-at-a-time parsers (JSON formats, Niconico XML)."""
 
-    NAMES = ("comment_id", "offset_ms", "text", "mode", "color", "font_size", "posted_at",
+    NAMES = ("comment_id", "offset_ms", "text", "mode", "color", "font_size", "posted_ms",
              "author", "weight", "score", "pool", "superchat", "raw")
 
     def __init__(self) -> None:
@@ -152,7 +159,7 @@ class ColumnLists:
         return len(self.cols["comment_id"])
 
     def append(self, comment_id, offset_ms, text, mode, color=None, font_size=None,
-               posted_at=None, author=None, weight=None, score=None, pool=None,
+               posted_ms=None, author=None, weight=None, score=None, pool=None,
                superchat=False, raw=None) -> None:
         c = self.cols
         c["comment_id"].append(comment_id)
@@ -161,7 +168,7 @@ class ColumnLists:
         c["mode"].append(mode)
         c["color"].append(color)
         c["font_size"].append(font_size)
-        c["posted_at"].append(posted_at)
+        c["posted_ms"].append(posted_ms)
         c["author"].append(None if author is None or author == "" else str(author))
         c["weight"].append(weight)
         c["score"].append(score)
@@ -171,10 +178,25 @@ class ColumnLists:
 
     def flush(self, ctx: ParseContext) -> pa.RecordBatch:
         cols = self.cols
-        cols["posted_at"] = pa.array(cols["posted_at"], pa.int64())  # unix seconds
+        cols["posted_at"] = posted_from_ms(pa.array(cols.pop("posted_ms"), pa.int64()))
         batch = make_batch(ctx, cols)
         self.cols = {name: [] for name in self.NAMES}
         return batch
+
+
+_MAX_SECONDS = (2**63 - 1) // 1000
+
+
+def posted_from_seconds(seconds: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Unix seconds (int64) as ``posted_at`` timestamps; values out of range become null."""
+    in_range = pc.less_equal(pc.abs(seconds), _MAX_SECONDS)
+    seconds = pc.if_else(in_range, seconds, pa.scalar(None, pa.int64()))
+    return posted_from_ms(pc.multiply(seconds, 1000))
+
+
+def posted_from_ms(ms: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Unix milliseconds (int64) as ``posted_at`` timestamps (the schema's unit, UTC)."""
+    return pc.cast(pc.cast(ms, pa.int64()).cast(pa.timestamp("ms", tz="UTC")), COMMENTS_SCHEMA.field("posted_at").type)
 
 
 _INT_BOUNDS = {32: (-(2**31), 2**31 - 1), 64: (-(2**63), 2**63 - 1)}

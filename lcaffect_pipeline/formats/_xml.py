@@ -215,16 +215,8 @@ def _has_markers(data: bytes, prolog: bool) -> bool:
 
 def _drain(parser: etree.XMLPullParser, attrs: tuple[str, ...], cols: list[list], texts: list):
     """Move queued elements' attributes and text into the column lists; return the last one."""
-    events = parser.read_events()
     last = None
-    if len(attrs) == 1:  # the Bilibili hot path: one attribute, no inner loop
-        col = cols[0]
-        name = attrs[0]
-        for _event, last in events:
-            col.append(last.get(name))
-            texts.append(last.text)
-        return last
-    for _event, last in events:
+    for _event, last in parser.read_events():
         get = last.get
         for col, name in zip(cols, attrs):
             col.append(get(name))

@@ -57,7 +57,7 @@ def parse(ctx: ParseContext, items: list) -> list[pa.RecordBatch]:
                 mode=_MODE_NAMES[mode] if 0 <= mode < len(_MODE_NAMES) else "other",
                 color=to_int(fields[1]),
                 font_size=to_int(fields[3], 32),
-                posted_at=to_int(fields[5]) if len(fields) > 5 and fields[5] else None,
+                posted_ms=to_int(to_float(fields[5]) * 1000) if len(fields) > 5 and fields[5] else None,
                 author=None if user in ("", "guest") else user,
                 raw=raw,
             )

@@ -2,8 +2,14 @@
 and the protobuf segments (``x/v2/dm/web/seg.so``).
 
 XML: ``<d p="time_s,mode,size,color,sent_unix,pool,user_hash,dmid[,weight]">text</d>``. The
-``p`` strings of a batch are split and converted with Arrow compute kernels, column at a time;
-Python only touches the rare rows that need it (mode 7 JSON, ids derived from content, bad rows).
+``p`` strings of a batch are comma-separated values, so Arrow's CSV reader parses and converts
+them in one C++ call; a batch with any irregular row goes through split-and-cast instead, which
+skips and counts the rows that do not convert. Python touches only the rare rows that need it
+(mode 7 payloads that are not plain, ids derived from content).
+
+Protobuf: the protobuf runtime parses each segment (``bili_proto``); the columns come from
+ptars (Rust, straight into Arrow) when it is installed, else from the parsed messages. The
+segments of one call are assembled into rows together.
 
 Decisions (documented for users of the corpus):
 
@@ -26,6 +32,7 @@ import functools
 import json
 from typing import BinaryIO
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -34,7 +41,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from lcaffect_pipeline.bili_proto import DmSegMobileReply
 
-from ._common import BILI_MODES, ParseContext, derived_id, make_batch
+from ._common import BILI_MODES, ParseContext, derived_id, make_batch, make_table, posted_from_seconds
 from ._xml import FastPathAbandoned, stream_children_fast, stream_elements
 
 _FLOAT_RE = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
@@ -91,7 +98,7 @@ def _p_fields_fast(ps: list) -> pa.Table | None:
     try:
         table = pacsv.read_csv(
             pa.py_buffer("\n".join(ps).encode("utf-8")),
-            read_options=pacsv.ReadOptions(column_names=names, use_threads=False, block_size=1 << 30),
+            read_options=pacsv.ReadOptions(column_names=names, use_threads=True, block_size=1 << 20),
             parse_options=pacsv.ParseOptions(quote_char=False, escape_char=False, newlines_in_values=False),
             convert_options=pacsv.ConvertOptions(
                 column_types={n: _CSV_TYPES[n] for n in names},
@@ -115,7 +122,7 @@ def _typed(time_s, mode, font_size, color, posted_at, pool, author, dmid, weight
     offset_ms = pc.cast(pc.round(pc.multiply(time_s, 1000.0)), pa.int64())
     return pa.table({
         "offset_ms": offset_ms, "mode": mode, "font_size": font_size, "color": color,
-        "posted_at": posted_at, "pool": pool, "author": author, "dmid": dmid, "weight": weight,
+        "posted_at": posted_from_seconds(posted_at), "pool": pool, "author": author, "dmid": dmid, "weight": weight,
     })
 
 
@@ -223,11 +230,11 @@ _POSITIONED_RE = (
 def _positioned_text(mode_num: pa.Array, text: pa.Array) -> tuple[pa.Array, pa.Array]:
     """Mode 7: text becomes element [4] of the JSON array; the payload moves to ``raw``."""
     is_positioned = pc.equal(mode_num, 7)
-    raw = pc.if_else(is_positioned, text, pa.scalar(None, pa.string()))
     rows = pc.indices_nonzero(is_positioned)
     if len(rows) == 0:
-        return text, raw
+        return text, pa.nulls(len(text), pa.string())
     payloads = text.take(rows)
+    raw = pc.replace_with_mask(pa.nulls(len(text), pa.string()), is_positioned, payloads)
     shown = pc.struct_field(pc.extract_regex(payloads, _POSITIONED_RE), [0])
     if shown.null_count:
         unmatched = pc.indices_nonzero(pc.is_null(shown))
@@ -264,51 +271,70 @@ _ELEM_COLUMNS = ("id", "progress", "mode", "fontsize", "color", "midHash", "cont
 
 def parse_protobuf(ctx: ParseContext, data: bytes) -> list[pa.RecordBatch]:
     """One ``seg.so`` body (``DmSegMobileReply``) into a batch; unknown fields are ignored."""
-    columns = _columns_with_ptars(data)
-    if columns is None:
-        columns = _columns_with_protobuf(ctx, data)
-    if columns is None:
-        return []
-    mode_num = columns["mode"]
-    text, raw = _positioned_text(mode_num, columns["content"])
-    return [
-        make_batch(
-            ctx,
-            {
-                # ``id`` rather than ``idStr``: the same dmid, and old segments lack ``idStr``.
-                "comment_id": pc.cast(columns["id"], pa.string()),
-                "offset_ms": columns["progress"],
-                "text": pc.replace_substring(text, "/n", "\n"),
-                "mode": _mode_names(mode_num),
-                "color": columns["color"],
-                "font_size": columns["fontsize"],
-                "posted_at": columns["ctime"],
-                "author": columns["midHash"],  # raw ids: the reader hashes them
-                "weight": columns["weight"],
-                "pool": columns["pool"],
-                "raw": raw,
-            },
-        )
-    ]
+    return assemble_segments([(ctx, decode_segment(ctx, data))]).to_batches()
 
 
-def _columns_with_protobuf(ctx: ParseContext, data: bytes) -> dict[str, pa.Array] | None:
-    """Decode with the protobuf runtime (upb); None for a valid segment without comments."""
+def decode_segment(ctx: ParseContext, data: bytes) -> pa.Table:
+    """The comment fields of one ``seg.so`` body, as columns (see ``assemble_segments``).
+
+    The protobuf runtime parses (and so validates) every segment: it alone decides what is a
+    segment. The columns then come from ptars when it is installed (the same values, decoded
+    into Arrow in Rust), else from the parsed message.
+    """
     reply = DmSegMobileReply()
     try:
         reply.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise ctx.error(f"not a Bilibili protobuf segment (DmSegMobileReply): {exc}") from None
-    if not reply.elems and len(UnknownFieldSet(reply)):
-        # Junk bytes often decode as protobuf made only of unknown fields: refuse those.
-        raise ctx.error("not a Bilibili protobuf segment: no comments and only unknown fields")
-    elems = list(reply.elems)  # one wrapper per element, reused by every column below
-    if not elems:
-        return None
-    # One comprehension per field (attribute access is the cost); Arrow converts each list once.
-    return {
-        name: pa.array([getattr(e, name) for e in elems], _ELEM_TYPES[name]) for name in _ELEM_COLUMNS
-    }
+    if not reply.elems:
+        if len(UnknownFieldSet(reply)):
+            # Junk bytes often decode as protobuf made only of unknown fields: refuse those.
+            raise ctx.error("not a Bilibili protobuf segment: no comments and only unknown fields")
+        return _SEGMENT_SCHEMA.empty_table()  # a window without comments
+    return pa.table(_columns_with_ptars(data, len(reply.elems)) or _columns_of(reply), schema=_SEGMENT_SCHEMA)
+
+
+def assemble_segments(parts: list[tuple[ParseContext, pa.Table]]) -> pa.Table:
+    """``COMMENTS_SCHEMA`` rows from decoded segments, in one pass over all of them.
+
+    The segments of a video are assembled together rather than one by one: each Arrow call
+    then runs once per video instead of once per 6-minute window.
+    """
+    columns = pa.concat_tables([table for _ctx, table in parts])
+    owner = pa.array(np.repeat(np.arange(len(parts)), [table.num_rows for _ctx, table in parts]))
+
+    def per_file(values: list[str]) -> pa.Array:
+        return pc.take(pa.array(values, pa.string()), owner)
+
+    mode_num = columns["mode"].combine_chunks()
+    text, raw = _positioned_text(mode_num, columns["content"].combine_chunks())
+    return make_table(
+        parts[0][0],
+        {
+            "platform": per_file([ctx.platform for ctx, _t in parts]),
+            "video_id": per_file([ctx.video_id for ctx, _t in parts]),
+            "source_file": per_file([ctx.source_file for ctx, _t in parts]),
+            # ``id`` rather than ``idStr``: the same dmid, and old segments lack ``idStr``.
+            "comment_id": pc.cast(columns["id"], pa.string()),
+            "offset_ms": columns["progress"],
+            "text": pc.replace_substring(text, "/n", "\n"),
+            "mode": _mode_names(mode_num),
+            "color": columns["color"],
+            "font_size": columns["fontsize"],
+            "posted_at": posted_from_seconds(columns["ctime"]),
+            "author": columns["midHash"],  # raw ids: the reader hashes them
+            "weight": columns["weight"],
+            "pool": columns["pool"],
+            "raw": raw,
+        },
+    )
+
+
+def _columns_of(reply) -> dict[str, pa.Array]:
+    """Columns from the parsed message: one comprehension per field (attribute access is the
+    cost), each list converted to Arrow once."""
+    elems = list(reply.elems)  # one wrapper per element, reused by every column
+    return {name: pa.array([getattr(e, name) for e in elems], _ELEM_TYPES[name]) for name in _ELEM_COLUMNS}
 
 
 _ELEM_TYPES = {
@@ -316,12 +342,13 @@ _ELEM_TYPES = {
     "color": pa.int64(), "midHash": pa.string(), "content": pa.string(), "ctime": pa.int64(),
     "weight": pa.int32(), "pool": pa.int32(),
 }
+_SEGMENT_SCHEMA = pa.schema([(name, _ELEM_TYPES[name]) for name in _ELEM_COLUMNS])
 
 
 @functools.cache
 def _ptars_handler():
-    """ptars decodes whole segments straight into Arrow columns in Rust; about 4x faster than
-    per-element attribute access. Optional: without it the protobuf runtime does the work.
+    """ptars decodes whole segments straight into Arrow columns in Rust, several times faster
+    than attribute access on the parsed message. Optional: without it the message is read.
 
     It is given a slim copy of ``DmSegMobileReply`` holding only the fields read here (same
     numbers and types, other fields unknown and skipped), so no column is built for nothing.
@@ -352,16 +379,16 @@ def _ptars_handler():
     return HandlerPool([reply.DESCRIPTOR.file]).get_for_message(reply.DESCRIPTOR)
 
 
-def _columns_with_ptars(data: bytes) -> dict[str, pa.Array] | None:
-    """Columns via ptars, or None to let the protobuf runtime decide (errors, empty segments)."""
+def _columns_with_ptars(data: bytes, count: int) -> dict[str, pa.Array] | None:
+    """Columns via ptars; None (use the parsed message) if it is missing, fails or disagrees
+    on the number of comments."""
     handler = _ptars_handler()
     if handler is None:
         return None
     try:
-        batch = handler.list_to_record_batch([data])
-    except Exception:  # noqa: BLE001 - any ptars failure: the protobuf runtime gives the verdict
+        elems = handler.list_to_record_batch([data]).column("elems").flatten()
+    except Exception:  # noqa: BLE001 - any ptars failure: the parsed message is the answer
         return None
-    elems = batch.column("elems").flatten()
-    if len(elems) == 0:
+    if len(elems) != count:
         return None
     return {name: pc.cast(elems.field(name), _ELEM_TYPES[name]) for name in _ELEM_COLUMNS}

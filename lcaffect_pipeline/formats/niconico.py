@@ -14,11 +14,12 @@ Legacy comments marked ``deleted`` carry no text and are skipped (counted).
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from string import hexdigits
 from typing import BinaryIO
 
 import pyarrow as pa
 
-from ._common import ROW_ERRORS, ColumnLists, BATCH_ROWS, ParseContext, optional_int, to_int
+from ._common import BATCH_ROWS, ROW_ERRORS, ColumnLists, ParseContext, optional_int, to_int
 from ._xml import stream_elements
 
 _POSITIONS = {"ue": "top", "shita": "bottom", "naka": "scroll"}
@@ -33,7 +34,7 @@ _COLORS = {
     "cyan2": 0x00CCCC, "blue2": 0x3399FF, "marineblue": 0x3399FF,
     "purple2": 0x6633CC, "nobleviolet": 0x6633CC, "black2": 0x666666,
 }
-_LEGACY_ATTRS = ("thread", "no", "vpos", "date", "mail", "user_id", "score", "fork", "deleted")
+_LEGACY_ATTRS = ("thread", "no", "vpos", "date", "date_usec", "mail", "user_id", "score", "fork", "deleted")
 
 
 def commands_style(words: list[str]) -> tuple[str, int, int]:
@@ -47,11 +48,8 @@ def commands_style(words: list[str]) -> tuple[str, int, int]:
             size = _SIZES[lowered]
         elif lowered in _COLORS:
             color = _COLORS[lowered]
-        elif len(word) == 7 and word.startswith("#"):
-            try:
-                color = int(word[1:], 16)
-            except ValueError:
-                pass
+        elif len(word) == 7 and word.startswith("#") and all(c in hexdigits for c in word[1:]):
+            color = int(word[1:], 16)
     return mode, size, color
 
 
@@ -69,7 +67,7 @@ def _add_legacy(rows: ColumnLists, chat: dict, text: object) -> None:
         mode=mode,
         color=color,
         font_size=size,
-        posted_at=optional_int(chat.get("date")),
+        posted_ms=_legacy_ms(chat.get("date"), chat.get("date_usec")),
         author=chat.get("user_id"),
         score=optional_int(chat.get("score"), 32),
     )
@@ -116,11 +114,17 @@ def parse_legacy_json(ctx: ParseContext, items: list) -> list[pa.RecordBatch]:
     return batches
 
 
-def _iso_seconds(value: str) -> int:
+def _iso_ms(value: str) -> int:
     moment = datetime.fromisoformat(value)
     if moment.tzinfo is None:  # the API always sends an offset; assume UTC if one is missing
         moment = moment.replace(tzinfo=timezone.utc)
-    return int(moment.timestamp())
+    return round(moment.timestamp() * 1000)
+
+
+def _legacy_ms(date: object, usec: object) -> int | None:
+    if date in (None, ""):
+        return None
+    return to_int(to_int(date) * 1000 + (to_int(usec) // 1000 if usec not in (None, "") else 0))
 
 
 def parse_comments_json(ctx: ParseContext, items: list) -> list[pa.RecordBatch]:
@@ -140,7 +144,7 @@ def parse_comments_json(ctx: ParseContext, items: list) -> list[pa.RecordBatch]:
                 mode=mode,
                 color=color,
                 font_size=size,
-                posted_at=_iso_seconds(posted) if posted else None,
+                posted_ms=_iso_ms(posted) if posted else None,
                 author=item.get("userId"),
                 score=optional_int(item.get("score"), 32),
             )

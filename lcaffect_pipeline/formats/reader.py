@@ -133,8 +133,8 @@ def detect_format(path: str | os.PathLike) -> str:
         fmt, _items = _sniff(path, fh)
         if fmt == "bilibili_protobuf":
             fh.seek(0)
-            ctx = ParseContext(path, "bilibili", "", None, str(path))
-            bilibili.parse_protobuf(ctx, _read_all(path, fh))
+            ctx = ParseContext(path, "bilibili", "", str(path))
+            bilibili.decode_segment(ctx, _read_all(path, fh))
         return fmt
 
 
@@ -205,11 +205,10 @@ def parse_file(
     """
     _check_platform(platform)
     salt = author_salt_of(author_salt)
-    return _combine([_parse_one(Path(path), platform, video_id, salt, strict)], salt)
+    return _combine([_parse_one(Path(path), platform, video_id, strict)], salt)
 
 
-def _parse_one(path: Path, platform: str | None, video_id: str | None, salt: str | None, strict: bool,
-               in_segment_set: bool = False):
+def _parse_one(path: Path, platform: str | None, video_id: str | None, strict: bool, in_segment_set: bool = False):
     """(table, context) for one file, not yet deduplicated, raw user ids still in ``author``.
 
     ``in_segment_set``: the file is one of several read together; there a 0-byte segment file
@@ -225,7 +224,6 @@ def _parse_one(path: Path, platform: str | None, video_id: str | None, salt: str
             path=path,
             platform=platform or FORMAT_PLATFORM[fmt],
             video_id=str(video_id) if video_id is not None else video_id_from_path(path),
-            salt=salt,
             source_file=str(path),
         )
         ctx.notes["format"] = fmt
@@ -238,15 +236,17 @@ def _parse_one(path: Path, platform: str | None, video_id: str | None, salt: str
     if strict and (ctx.skipped or "xml_error" in ctx.notes):
         detail = ctx.notes.get("xml_error") or f"{ctx.skipped} malformed comments"
         raise CommentFormatError(path, f"strict: {detail}")
-    return _table(batches), ctx
+    return (batches if isinstance(batches, pa.Table) else _table(batches)), ctx
 
 
-def _parse(fmt: str, ctx: ParseContext, fh: BinaryIO, items: object) -> list[pa.RecordBatch]:
+def _parse(fmt: str, ctx: ParseContext, fh: BinaryIO, items: object) -> list[pa.RecordBatch] | pa.Table:
+    """Batches of ``COMMENTS_SCHEMA``; for a protobuf segment its decoded columns, which
+    ``_combine`` assembles together with the other segments of the call."""
     if fmt == "bilibili_xml":
         return bilibili.parse_xml(ctx, fh)
     if fmt == "bilibili_protobuf":
         fh.seek(0)
-        return bilibili.parse_protobuf(ctx, _read_all(ctx.path, fh))
+        return bilibili.decode_segment(ctx, _read_all(ctx.path, fh))
     if fmt == "niconico_xml":
         return niconico.parse_legacy_xml(ctx, fh)
     if fmt == "youtube_live_chat":
@@ -279,7 +279,7 @@ def read_comments(
     salt = author_salt_of(author_salt)
     paths = _expand(source, video_id)
     several = len(paths) > 1
-    return _combine([_parse_one(path, platform, vid, salt, strict, several) for path, vid in paths], salt)
+    return _combine([_parse_one(path, platform, vid, strict, several) for path, vid in paths], salt)
 
 
 def _expand(source, video_id: str | None) -> list[tuple[Path, str | None]]:
@@ -316,7 +316,7 @@ def _combine(parsed: list[tuple[pa.Table, ParseContext]], salt: str | None) -> p
     the column (the same users comment all through a video and across its segments), so raw
     ids never leave this module.
     """
-    tables = [table for table, _ctx in parsed]
+    tables = _assembled(parsed)
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
     single_video = len({(ctx.platform, ctx.video_id) for _t, ctx in parsed}) == 1
     deduped = _dedupe_ids(table) if single_video else dedupe(table)
@@ -329,6 +329,25 @@ def _combine(parsed: list[tuple[pa.Table, ParseContext]], salt: str | None) -> p
     errors = [f"{ctx.path}: {ctx.notes['xml_error']}" for _t, ctx in parsed if "xml_error" in ctx.notes]
     metadata[META_XML_ERRORS] = json.dumps(errors, ensure_ascii=False).encode()
     return deduped.replace_schema_metadata(metadata)
+
+
+def _assembled(parsed: list[tuple[pa.Table, ParseContext]]) -> list[pa.Table]:
+    """The parsed tables in order, each run of protobuf segments assembled in one go."""
+    out: list[pa.Table] = []
+    run: list[tuple[ParseContext, pa.Table]] = []
+    for table, ctx in parsed + [(None, None)]:  # a sentinel ends the last run
+        if ctx is not None and ctx.notes["format"] == "bilibili_protobuf":
+            run.append((ctx, table))
+            continue
+        if run:
+            try:
+                out.append(bilibili.assemble_segments(run))
+            except _CONTENT_ERRORS as exc:
+                raise CommentFormatError(run[0][0].path, f"malformed protobuf content: {exc}") from None
+            run = []
+        if table is not None:
+            out.append(table)
+    return out
 
 
 def dedupe(table: pa.Table) -> pa.Table:

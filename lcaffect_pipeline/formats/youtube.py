@@ -68,7 +68,7 @@ def _add_line(rows: ColumnLists, record: dict) -> None:
                 offset_ms=offset_ms,
                 text=text,
                 mode="scroll",
-                posted_at=to_int(usec) // 1_000_000 if usec is not None else None,
+                posted_ms=to_int(usec) // 1000 if usec is not None else None,
                 author=author,
                 superchat=superchat,
             )

@@ -1,0 +1,88 @@
+"""Downstream assets end to end on the demo: features through Pipes, fusion with/without LC, ablation."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS_ASSETS
+from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS_ASSETS
+from lcaffect_pipeline.defs.downstream_assets import ASSETS as DOWNSTREAM_ASSETS
+from lcaffect_pipeline.defs.model_assets import ASSETS as MODEL_ASSETS
+from lcaffect_pipeline.defs.resources import (
+    CatalogueResource,
+    CleaningResource,
+    ClipsResource,
+    CrawlerResource,
+    DownstreamResource,
+    LakeJsonIOManager,
+    LakeResource,
+    RunScope,
+    V2LCTrainingResource,
+)
+
+from conftest import need_ffmpeg
+
+ALL = [*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS, *DOWNSTREAM_ASSETS]
+
+
+def resources(root: Path, downstream: DownstreamResource) -> dict:
+    lake = LakeResource(root=str(root), author_salt="t")
+    return {
+        "lake": lake,
+        "scope": RunScope(),
+        "catalogue": CatalogueResource(demo=True, demo_videos=4),
+        "crawler": CrawlerResource(min_interval_s=0),
+        "cleaning": CleaningResource(),
+        "clips": ClipsResource(size=32, frames_per_segment=4),
+        "v2lc_training": V2LCTrainingResource(max_steps=4, batch_size=4, warmup_steps=1, checkpoint_every=4, num_workers=0, eval_fraction=0.25),
+        "downstream": downstream,
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "io_manager": LakeJsonIOManager(lake=lake),
+    }
+
+
+FAST = '{"epochs": 5, "batch_size": 32}'
+
+
+@pytest.fixture(scope="module")
+def downstream_run(tmp_path_factory):
+    need_ffmpeg()
+    root = tmp_path_factory.mktemp("lake")
+    ds = DownstreamResource(demo=True, frames=4, size=32, seeds=[0, 1], fusion_extra_json=FAST)
+    result = dg.materialize(ALL, resources=resources(root, ds))
+    assert result.success
+    return root, result
+
+
+def test_ablation_report_has_every_task(downstream_run) -> None:
+    root, result = downstream_run
+    ablation = json.loads((root / "ablation.json").read_text())
+    assert set(ablation) == {"chsims2", "meld", "mustard"}
+    assert set(ablation["chsims2"]) >= {"acc2", "acc5", "mae", "corr"}
+    assert set(ablation["meld"]) == {"weighted_f1", "accuracy"}
+    for task in ablation.values():
+        for metric in task.values():
+            assert metric["difference"] == pytest.approx(metric["with"] - metric["without"])
+    md = (root / "ablation.md").read_text()
+    assert "| meld | weighted_f1 |" in md
+
+
+def test_features_report_nearest_comments(downstream_run) -> None:
+    root, result = downstream_run
+    mats = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
+    meta = mats["meld_features"].metadata
+    assert meta["n_utterances"].value > 0
+    assert "nearest_comments" in meta
+
+
+def test_a_task_without_data_is_not_available_and_others_run(tmp_path: Path, downstream_run) -> None:
+    root, _ = downstream_run
+    demo = root / "demo_downstream"
+    ds = DownstreamResource(meld_root=str(demo / "meld"), frames=4, size=32, seeds=[0], fusion_extra_json=FAST)
+    result = dg.materialize(ALL, resources=resources(root, ds), selection=[a for a in ["chsims2_utterances", "chsims2_features", "meld_utterances"]])
+    assert result.success
+    mats = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
+    assert mats["chsims2_features"].metadata["available"].value is False
+    assert mats["meld_utterances"].metadata["available"].value is True
