@@ -128,7 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="comments to generate")
     parser.add_argument("--per-segment", type=int, default=10_000, help="comments per 6-minute segment")
-    parser.add_argument("--repeat", type=int, default=2, help="best of this many timings (the first warms up)")
+    parser.add_argument("--repeat", type=int, default=3, help="best of this many timings (the first warms up)")
     parser.add_argument("--salt", default="bench-salt", help="author salt ('' drops authors)")
     args = parser.parse_args()
 

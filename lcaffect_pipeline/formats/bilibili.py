@@ -32,7 +32,6 @@ import functools
 import json
 from typing import BinaryIO
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -301,10 +300,11 @@ def assemble_segments(parts: list[tuple[ParseContext, pa.Table]]) -> pa.Table:
     then runs once per video instead of once per 6-minute window.
     """
     columns = pa.concat_tables([table for _ctx, table in parts])
-    owner = pa.array(np.repeat(np.arange(len(parts)), [table.num_rows for _ctx, table in parts]))
 
-    def per_file(values: list[str]) -> pa.Array:
-        return pc.take(pa.array(values, pa.string()), owner)
+    def per_file(values: list[str]) -> pa.ChunkedArray:
+        return pa.chunked_array(
+            [pa.repeat(pa.scalar(v, pa.string()), t.num_rows) for v, (_ctx, t) in zip(values, parts)], pa.string()
+        )
 
     mode_num = columns["mode"].combine_chunks()
     text, raw = _positioned_text(mode_num, columns["content"].combine_chunks())

@@ -390,15 +390,14 @@ def _select(table: pa.Table, keep: np.ndarray) -> pa.Table:
 def _as_integers(key: pa.Array) -> pa.Array:
     """Decimal ids (Bilibili dmids, ...) as int64 when that maps them one to one: hashing
     integers costs a third of hashing strings. Anything else is returned unchanged."""
-    if not pa.types.is_string(key.type):
+    if not pa.types.is_string(key.type) or not pc.all(pc.ascii_is_decimal(key)).as_py():
         return key
+    if pc.any(pc.and_(pc.starts_with(key, "0"), pc.greater(pc.binary_length(key), 1))).as_py():
+        return key  # a leading zero: "007" and "7" must stay apart
     try:
-        numbers = pc.cast(key, pa.int64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return pc.cast(key, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # more digits than int64 holds
         return key
-    if pc.all(pc.equal(pc.cast(numbers, pa.string()), key)).as_py():  # "007" and "7" stay apart
-        return numbers
-    return key
 
 
 def comment_stats(table: pa.Table) -> dict[str, object]:
