@@ -46,7 +46,6 @@ Exit status: 0 done; 2 bad config or unreadable utterance table/checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -62,8 +61,8 @@ from .features import (BASE_FILE, FEATURES_CODE_VERSION, LC_FILE, LC_SOURCES, ME
                        TextFeaturizer, Utterance, VisualFeaturizer, digest, load_media, local_weights_digest,
                        media_fingerprint, pad_sequences, read_utterances)
 from .pipes import TrainingReporter, pipes_metadata, pipes_session, sha256_file
-from .trainutil import (ConfigError, CheckpointFormatError, atomic_file, atomic_write_json, load_config,
-                        parse_override, resolve_precision)
+from .trainutil import (ConfigError, CheckpointFormatError, atomic_file, atomic_write_json,
+                        resolve_precision, config_with_overrides, program_args, setup_logging)
 
 log = logging.getLogger("lcaffect_ml.extract_features")
 
@@ -368,26 +367,15 @@ def _report(reporter: TrainingReporter, meta: dict[str, Any], out_dir: Path) -> 
 # ------------------------------------------------------------------------------------ main
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lcaffect_ml.extract_features",
-                                     description="downstream feature extraction (see the module docstring)")
-    parser.add_argument("--config", required=True, help="YAML or JSON config file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config option (value parsed as YAML); repeatable")
-    return parser.parse_args(argv)
+def parse_args(argv: list[str] | None = None):
+    return program_args("lcaffect_ml.extract_features", "Downstream feature extraction", argv, stop_after_step=False)
 
 
 def main(argv: list[str] | None = None) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args = parse_args(argv)
     try:
-        data = load_config(args.config)
-        for item in args.overrides:
-            key, value = parse_override(item)
-            data[key] = value
-        cfg = ExtractConfig.from_dict(data)
+        cfg = config_with_overrides(args, ExtractConfig)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

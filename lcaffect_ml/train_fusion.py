@@ -69,7 +69,6 @@ those weights is written); 2 bad config or unusable input files.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -93,8 +92,9 @@ from .metrics import METRIC_NAMES, NUM_CLASSES, TASKS, is_better, task_metrics
 from .pipes import TrainingReporter, pipes_session, report_model_materialization, sha256_file
 from .trainutil import (COMPLETE_MARKER, EXIT_NON_FINITE, CheckpointManager, ConfigError, NonFiniteLossError,
                         adamw_param_groups, atomic_write_json, autocast, capture_rng_state,
-                        cosine_schedule_with_warmup, load_config, load_state, parse_override, resolve_precision,
-                        restore_rng_state, save_state, seed_everything)
+                        cosine_schedule_with_warmup, load_state, resolve_precision,
+                        restore_rng_state, save_state, seed_everything,
+                        config_with_overrides, program_args, setup_logging)
 
 log = logging.getLogger("lcaffect_ml.train_fusion")
 
@@ -746,29 +746,16 @@ def _pipes_summary(metrics: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lcaffect_ml.train_fusion",
-                                     description="Downstream fusion training (see the module docstring for options)")
-    parser.add_argument("--config", required=True, help="YAML or JSON config file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config option (value parsed as YAML); repeatable")
-    parser.add_argument("--stop-after-step", type=int, default=None,
-                        help="debug: SIGKILL this process after its N-th optimiser step (to test resuming)")
-    return parser.parse_args(argv)
+def parse_args(argv: list[str] | None = None):
+    return program_args("lcaffect_ml.train_fusion", "Downstream fusion training", argv)
 
 
-def config_from_args(args: argparse.Namespace) -> FusionTrainConfig:
-    data = load_config(args.config)
-    for item in args.overrides:
-        key, value = parse_override(item)
-        data[key] = value
-    return FusionTrainConfig.from_dict(data)
+def config_from_args(args) -> FusionTrainConfig:
+    return config_with_overrides(args, FusionTrainConfig)
 
 
 def main(argv: list[str] | None = None) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args = parse_args(argv)
     try:
         cfg = config_from_args(args)

@@ -72,7 +72,6 @@ run stops before that optimiser step, so no checkpoint holds poisoned weights; 2
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -95,9 +94,10 @@ from .pipes import TrainingReporter, pipes_session
 from .retrieval import retrieval_metrics
 from .trainutil import (EXIT_NON_FINITE, COMPLETE_MARKER, CheckpointManager, ConfigError, DistInfo,
                         NonFiniteLossError, adamw_param_groups, atomic_file, atomic_write_json, autocast,
-                        capture_rng_state, cosine_schedule_with_warmup, init_distributed, load_config,
-                        load_state, parse_override, peak_memory_mb, resolve_precision, restore_rng_state,
-                        save_state, seed_everything)
+                        capture_rng_state, cosine_schedule_with_warmup, init_distributed,
+                        load_state, peak_memory_mb, resolve_precision, restore_rng_state,
+                        save_state, seed_everything,
+                        config_with_overrides, program_args, setup_logging)
 from .v2lc import TEXT_PRESETS, V2LCConfig, V2LCModel
 
 log = logging.getLogger("lcaffect_ml.train_v2lc")
@@ -579,29 +579,16 @@ def _train_step(run: Run, batches) -> float:
 # ------------------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lcaffect_ml.train_v2lc",
-                                     description="V2LC pretraining (see the module docstring for options)")
-    parser.add_argument("--config", required=True, help="YAML or JSON config file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config option (value parsed as YAML); repeatable")
-    parser.add_argument("--stop-after-step", type=int, default=None,
-                        help="debug: SIGKILL this process right after that step (to test resuming)")
-    return parser.parse_args(argv)
+def parse_args(argv: list[str] | None = None):
+    return program_args("lcaffect_ml.train_v2lc", "V2LC pretraining", argv)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    data = load_config(args.config)
-    for item in args.overrides:
-        key, value = parse_override(item)
-        data[key] = value
-    return TrainConfig.from_dict(data)
+def config_from_args(args) -> TrainConfig:
+    return config_with_overrides(args, TrainConfig)
 
 
 def main(argv: list[str] | None = None) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args = parse_args(argv)
     try:
         cfg = config_from_args(args)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 import os
 import random
 import re
@@ -418,3 +419,34 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss"
+
+
+# ------------------------------------------------------------------------- the programs' command line
+
+
+def program_args(prog: str, description: str, argv: list[str] | None = None, *, stop_after_step: bool = True):
+    """``--config FILE [--set key=value ...] [--stop-after-step N]``: one command line for every program."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=f"{description} (see the module docstring for options)")
+    parser.add_argument("--config", required=True, help="YAML or JSON config file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config option (value parsed as YAML); repeatable")
+    if stop_after_step:
+        parser.add_argument("--stop-after-step", type=int, default=None,
+                            help="debug: SIGKILL this process right after that optimiser step (to test resuming)")
+    return parser.parse_args(argv)
+
+
+def config_with_overrides(args, config_cls):
+    """The program's config dataclass from ``--config`` with ``--set`` overrides applied."""
+    data = load_config(args.config)
+    for item in args.overrides:
+        key, value = parse_override(item)
+        data[key] = value
+    return config_cls.from_dict(data)
+
+
+def setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -87,9 +87,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and not exc.filename:
+            # A full disk says "No space left on device" without a path: name the file.
+            raise OSError(exc.errno, exc.strerror, str(final)) from exc
         raise
 
 

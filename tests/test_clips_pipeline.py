@@ -22,7 +22,7 @@ from lcaffect_pipeline.defs.resources import (
 )
 from lcaffect_pipeline.demo import SEGMENTS_PER_VIDEO
 
-from conftest import ROOT, need_ffmpeg
+from conftest import need_ffmpeg
 
 N = 3
 ALL = [*CORPUS_ASSETS, *CLIPS_ASSETS]

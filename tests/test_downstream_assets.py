@@ -86,3 +86,13 @@ def test_a_task_without_data_is_not_available_and_others_run(tmp_path: Path, dow
     mats = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
     assert mats["chsims2_features"].metadata["available"].value is False
     assert mats["meld_utterances"].metadata["available"].value is True
+
+
+def test_headline_report_names_results(downstream_run) -> None:
+    from lcaffect_pipeline.report import headline
+
+    root, _ = downstream_run
+    text = headline(root)
+    assert "Corpus: 4 videos" in text
+    assert "V2LC encoder: held-out video->comment R@1" in text and "vs chance" in text
+    assert "| meld | weighted_f1 |" in text

@@ -1,4 +1,5 @@
-"""Jobs, the daily corpus refresh, and the sensor that notices a changed catalogue."""
+"""Jobs, the daily corpus refresh, the sensor that notices a changed catalogue, and the
+declarative automation of the expensive stages (retrain / re-extract only on new data)."""
 
 
 import hashlib
@@ -7,6 +8,35 @@ from pathlib import Path
 import dagster as dg
 
 from .resources import CatalogueResource
+
+AC = dg.AutomationCondition
+
+# Runs that hold GPU steps carry this tag; configs/instance/dagster.postgres.yaml caps how many
+# such runs the queue lets through at once (the `gpu` pool caps their steps).
+GPU_RUN_TAGS = {"lcaffect/gpu": "true"}
+
+# Why not ``AutomationCondition.eager()``: eager's ``any_deps_updated()`` is built on
+# ``newly_updated()``, which is true for *every* new materialisation of a dependency, so the
+# daily re-crawl (which re-materialises training_shards with the same content) would retrain
+# the encoder every day. ``data_version_changed()`` is true only when a dependency's newest
+# materialisation carries a data version different from the one before it; every asset here
+# reports a content-derived data version, so "same bytes" means "no trigger".
+# As in eager: ignore a dependency's update made by a run that also targeted this asset
+# (``executed_with_root_target``), and follow a dependency requested on the same tick
+# (``will_be_requested``) so one tick can chain shards → encoder → features → fusion.
+ANY_DEP_DATA_CHANGED = AC.any_deps_match(
+    (AC.data_version_changed() & ~AC.executed_with_root_target()) | AC.will_be_requested()
+).with_label("any_dep_data_changed")
+
+# Materialise when missing (once its dependencies exist) or when a dependency's data changed
+# since this asset was last requested or updated (``since_last_handled``); never while a
+# dependency is missing or in flight, or while this asset is already running.
+ON_NEW_DATA = (
+    (AC.newly_missing() | ANY_DEP_DATA_CHANGED).since_last_handled()
+    & ~AC.any_deps_missing()
+    & ~AC.any_deps_in_progress()
+    & ~AC.in_progress()
+).with_label("on_new_data")
 
 corpus_job = dg.define_asset_job(
     "corpus_job",
@@ -18,6 +48,7 @@ full_pipeline = dg.define_asset_job(
     "full_pipeline",
     selection=dg.AssetSelection.all(),
     description="Everything, from the catalogue to the latest stage (the README's main command).",
+    tags=GPU_RUN_TAGS,
 )
 
 JOBS = [corpus_job, full_pipeline]
@@ -55,7 +86,20 @@ def catalogue_changed(context: dg.SensorEvaluationContext, catalogue: CatalogueR
 
 
 SCHEDULES = [daily_corpus_refresh]
-SENSORS = [catalogue_changed]
+
+# Evaluates every asset's automation condition (only the model and downstream assets carry
+# one: ON_NEW_DATA). Targeting all assets means Dagster adds no default automation sensor of
+# its own; this one ships stopped like the schedule (turn it on in the UI, with the daemon).
+retrain_on_new_data = dg.AutomationConditionSensorDefinition(
+    "retrain_on_new_data",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    minimum_interval_seconds=300,
+    run_tags={"lcaffect/trigger": "automation", **GPU_RUN_TAGS},  # it only requests GPU assets
+    description="Retrain V2LC when the training shards' data version changes, and re-extract features / re-train fusion when their inputs' data change.",
+)
+
+SENSORS = [catalogue_changed, retrain_on_new_data]
 
 clips_job = dg.define_asset_job(
     "clips_job",
@@ -68,6 +112,7 @@ pretrain_job = dg.define_asset_job(
     "pretrain_job",
     selection=dg.AssetSelection.assets("v2lc_encoder"),
     description="Pretrain the V2LC encoder on the current training shards (a GPU step).",
+    tags=GPU_RUN_TAGS,
 )
 JOBS.append(pretrain_job)
 
@@ -75,5 +120,6 @@ downstream_job = dg.define_asset_job(
     "downstream_job",
     selection=dg.AssetSelection.groups("downstream"),
     description="Features and fusion with and without live-comment features for every configured task, and the ablation report.",
+    tags=GPU_RUN_TAGS,
 )
 JOBS.append(downstream_job)

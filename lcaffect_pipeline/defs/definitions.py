@@ -1,5 +1,12 @@
-"""The one ``Definitions`` object: assets, checks, jobs, schedules, sensors, resources."""
+"""The one ``Definitions`` object: assets, checks, jobs, schedules, sensors, resources.
 
+The executor is chosen by configuration, not code: ``LCAFFECT_EXECUTOR`` = ``multiprocess``
+(Dagster's default: steps as local processes), ``in_process``, or ``k8s`` (every step, e.g. each
+fan-out chunk or the training step, as its own Kubernetes Job; needs ``pip install .[scale]``
+and a K8sRunLauncher instance, see README "Operating at scale").
+"""
+
+import os
 
 import dagster as dg
 
@@ -11,6 +18,22 @@ from .corpus_assets import ASSETS as CORPUS_ASSETS
 from .downstream_assets import ASSETS as DOWNSTREAM_ASSETS
 from .model_assets import ASSETS as MODEL_ASSETS
 from .resources import CatalogueResource, ClipsResource, DownstreamResource, CleaningResource, CrawlerResource, LakeJsonIOManager, LakeResource, RunScope, V2LCTrainingResource
+
+
+def build_executor(kind: str | None = None) -> dg.ExecutorDefinition | None:
+    """The executor named by ``LCAFFECT_EXECUTOR``; None keeps Dagster's default."""
+    kind = (kind if kind is not None else os.environ.get("LCAFFECT_EXECUTOR", "")).strip().lower()
+    if kind in ("", "default"):
+        return None
+    if kind == "multiprocess":
+        return dg.multiprocess_executor
+    if kind == "in_process":
+        return dg.in_process_executor
+    if kind == "k8s":
+        from dagster_k8s import k8s_job_executor  # optional dependency: imported only when chosen
+
+        return k8s_job_executor
+    raise ValueError(f"LCAFFECT_EXECUTOR={kind!r}: expected multiprocess, in_process or k8s")
 
 
 def build_resources() -> dict:
@@ -36,4 +59,5 @@ defs = dg.Definitions(
     schedules=SCHEDULES,
     sensors=SENSORS,
     resources=build_resources(),
+    executor=build_executor(),
 )

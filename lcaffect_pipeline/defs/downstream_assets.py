@@ -14,6 +14,7 @@ import dagster as dg
 import yaml
 
 from ..lake import atomic_write_bytes
+from .automation import ON_NEW_DATA
 from .resources import DownstreamResource, LakeResource
 
 GROUP = "downstream"
@@ -70,6 +71,7 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
 
     @dg.asset(name=f"{task}_features", group_name=GROUP, code_version="1", kinds={"pytorch", "safetensors"}, pool="gpu",
               ins={"utts": dg.AssetIn(f"{task}_utterances")}, deps=["v2lc_encoder"],
+              automation_condition=ON_NEW_DATA,
               description=f"{task}: text, acoustic, visual and synthetic live-comment features (V2LC video encoder), via `python -m lcaffect_ml.extract_features` through Pipes; a new V2LC checkpoint re-extracts only the live-comment features.")
     def features(context: dg.AssetExecutionContext, lake: LakeResource, downstream: DownstreamResource,
                  pipes_subprocess_client: dg.PipesSubprocessClient, utts: dict):
@@ -87,6 +89,7 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
 
         @dg.asset(name=name, group_name=GROUP, code_version="1", kinds={"pytorch", "safetensors"}, pool="gpu",
                   ins={"utts": dg.AssetIn(f"{task}_utterances")}, deps=[f"{task}_features"],
+                  automation_condition=ON_NEW_DATA,
                   description=f"{task}: the fusion encoder {'with' if use_lc else 'without'} the synthetic live-comment tokens, trained over several seeds by `python -m lcaffect_ml.train_fusion`.")
         def fusion_asset(context: dg.AssetExecutionContext, lake: LakeResource, downstream: DownstreamResource,
                          pipes_subprocess_client: dg.PipesSubprocessClient, utts: dict):
@@ -177,6 +180,7 @@ def ablation_table(lake: LakeResource) -> tuple[dict, str]:
 
 @dg.asset(group_name=GROUP, code_version="1", kinds={"markdown", "json"},
           deps=[f"{t}_fusion_{w}_lc" for t in TASKS for w in ("with", "without")],
+          automation_condition=ON_NEW_DATA,
           description="The ablation: every task's metrics with and without the synthetic live-comment features (ablation.json in the lake).")
 def ablation_report(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     table, markdown = ablation_table(lake)

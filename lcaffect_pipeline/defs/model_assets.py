@@ -9,6 +9,7 @@ import dagster as dg
 import yaml
 
 from ..lake import atomic_write_bytes
+from .automation import ON_NEW_DATA
 from .resources import LakeResource, V2LCTrainingResource
 
 GROUP = "model"
@@ -82,6 +83,7 @@ def finished_result(out: Path) -> dg.MaterializeResult | None:
     ins={"shards": dg.AssetIn("training_shards")},
     check_specs=[dg.AssetCheckSpec(CHECK, asset="v2lc_encoder", description="Held-out video→comment R@1 is above the chance level of its candidate pool")],
     retry_policy=dg.RetryPolicy(max_retries=1),
+    automation_condition=ON_NEW_DATA,  # retrain only when the shards' data version changed
     description="The V2LC encoder (TimeSformer video tower + comment tower, symmetric multi-positive InfoNCE), trained by `python -m lcaffect_ml.train_v2lc` through Dagster Pipes; resumes from its last checkpoint on retry.",
 )
 def v2lc_encoder(context: dg.AssetExecutionContext, lake: LakeResource, v2lc_training: V2LCTrainingResource, pipes_subprocess_client: dg.PipesSubprocessClient, shards: dict):

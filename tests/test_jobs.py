@@ -1,0 +1,111 @@
+"""Named jobs, their example configs, schedules and sensors; re-running one downstream task from the shell."""
+
+import os
+from datetime import datetime
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from conftest import ROOT, need_ffmpeg
+
+CONFIGS = ROOT / "configs"
+JOB_CONFIGS = {  # job → the example configs that must be valid for it (merged in order, like -c a -c b)
+    "corpus_job": [["corpus.example.yaml"], ["corpus.example.yaml", "rerun_one.yaml"]],
+    "clips_job": [["clips.example.yaml"]],
+    "pretrain_job": [["pretrain.example.yaml"]],
+    "downstream_job": [["downstream.example.yaml"]],
+    "full_pipeline": [["demo.yaml"], ["demo.yaml", "rerun_one.yaml"]],
+}
+
+
+def load(*names: str) -> dict:
+    """Merge configs as `dagster job execute -c a -c b` does (deep merge, later wins)."""
+    from dagster._utils.merger import deep_merge_dicts
+
+    merged: dict = {}
+    for name in names:
+        merged = deep_merge_dicts(merged, yaml.safe_load((CONFIGS / name).read_text()) or {})
+    return merged
+
+
+@pytest.fixture(scope="module")
+def defs() -> dg.Definitions:
+    from lcaffect_pipeline import defs
+
+    return defs
+
+
+def test_every_job_schedule_and_sensor_resolves(defs) -> None:
+    jobs = {j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__")}
+    assert jobs == set(JOB_CONFIGS)
+    for name in jobs:
+        assert defs.resolve_job_def(name).asset_layer.executable_asset_keys  # every job selects assets
+    schedule = defs.resolve_schedule_def("daily_corpus_refresh")
+    assert schedule.job_name == "corpus_job" and schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    sensors = {s.name: defs.resolve_sensor_def(s.name) for s in defs.sensors}
+    assert set(sensors) == {"catalogue_changed", "retrain_on_new_data"}
+    assert all(s.default_status == dg.DefaultSensorStatus.STOPPED for s in sensors.values())
+    assert {k.to_user_string() for k in defs.resolve_job_def("pretrain_job").asset_layer.executable_asset_keys} == {"v2lc_encoder"}
+
+
+@pytest.mark.parametrize("job,names", [(j, n) for j, ns in JOB_CONFIGS.items() for n in ns], ids=lambda v: v if isinstance(v, str) else "+".join(v))
+def test_example_config_is_valid_for_its_job(defs, job: str, names: list[str]) -> None:
+    dg.validate_run_config(defs.resolve_job_def(job), load(*names))
+
+
+def test_a_misspelt_option_is_rejected(defs) -> None:
+    """The validation above could fail: a wrong field name (an old spelling) is an error naming it."""
+    bad = load("corpus.example.yaml")
+    bad["resources"]["crawler"]["config"]["max_attempts"] = 6
+    with pytest.raises(dg.DagsterInvalidConfigError, match="max_attempts"):
+        dg.validate_run_config(defs.resolve_job_def("corpus_job"), bad)
+
+
+def test_schedule_run_config_is_valid_for_its_job(defs) -> None:
+    schedule = defs.resolve_schedule_def("daily_corpus_refresh")
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 1, 2, 4))
+    request = schedule.evaluate_tick(context).run_requests[0]
+    assert request.run_key == "refresh-2026-01-02"
+    from dagster._utils.merger import deep_merge_dicts
+
+    config = deep_merge_dicts(load("corpus.example.yaml"), request.run_config)
+    assert config["resources"]["scope"]["config"]["refresh"] is True
+    dg.validate_run_config(defs.resolve_job_def("corpus_job"), config)
+
+
+def test_example_configs_point_at_files_that_exist() -> None:
+    for name in ("corpus.example.yaml", "clips.example.yaml"):
+        assert (ROOT / load(name)["resources"]["catalogue"]["config"]["path"]).is_file()
+
+
+@pytest.mark.slow
+def test_rerun_one_downstream_task_from_the_shell(tmp_path: Path) -> None:
+    """`dagster asset materialize --select meld_utterances`: that task's asset only, in one run."""
+    need_ffmpeg()
+    cfg = tmp_path / "meld.yaml"
+    cfg.write_text(yaml.safe_dump({"resources": {"downstream": {"config": {"demo": True, "frames": 2, "size": 16}}}}))
+    home, lake = tmp_path / "home", tmp_path / "lake"
+    home.mkdir()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "LCAFFECT_LAKE": str(lake)}
+    dagster = Path(sys.executable).with_name("dagster")
+    proc = subprocess.run([str(dagster), "asset", "materialize", "-m", "lcaffect_pipeline", "--select", "meld_utterances", "-c", str(cfg)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (lake / "downstream" / "meld" / "utterances.parquet").is_file()
+    assert not (lake / "downstream" / "chsims2").exists()  # the other tasks were not touched
+    code = (
+        "import dagster as dg\n"
+        "i = dg.DagsterInstance.get()\n"
+        "for k in ('meld_utterances', 'chsims2_utterances', 'meld_features'):\n"
+        "    e = i.get_latest_materialization_event(dg.AssetKey(k))\n"
+        "    print(k, e.asset_materialization.tags.get('dagster/data_version') if e else None)\n"
+        "print(len(i.get_runs()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split("\n")
+    meld, chsims, features, runs = out[0].split(), out[1].split(), out[2].split(), out[3]
+    assert len(meld[1]) >= 16 and meld[1] != "None"  # content-derived data version
+    assert chsims[1] == "None" and features[1] == "None" and runs == "1"

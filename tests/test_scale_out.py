@@ -1,0 +1,143 @@
+"""Scale-out configuration loads: the Postgres instance file, the k8s executor variant, s3:// lakes.
+
+Nothing here talks to a database or a cluster (none is available to the tests): the instance
+file is checked against Dagster's instance schema and its Postgres block resolved to a URL;
+the k8s variant is loaded in a fresh process and its run config validated.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from conftest import ROOT
+
+POSTGRES_YAML = ROOT / "configs" / "instance" / "dagster.postgres.yaml"
+PG_ENV = {"DAGSTER_PG_USERNAME": "lcaffect", "DAGSTER_PG_PASSWORD": "p@ss word", "DAGSTER_PG_HOST": "pg.internal", "DAGSTER_PG_DB": "dagster"}
+needs = {m: importlib.util.find_spec(m) is None for m in ("dagster_postgres", "dagster_k8s")}
+
+
+def instance_config(tmp_path: Path, text: str) -> dict:
+    from dagster._core.instance.config import dagster_instance_config
+
+    (tmp_path / "dagster.yaml").write_text(text)
+    config, _ = dagster_instance_config(str(tmp_path))
+    return dict(config)
+
+
+def test_postgres_instance_file_matches_the_instance_schema(tmp_path: Path, monkeypatch) -> None:
+    from dagster._core.instance.config import validate_concurrency_config
+
+    for k, v in PG_ENV.items():
+        monkeypatch.setenv(k, v)
+    config = instance_config(tmp_path, POSTGRES_YAML.read_text())
+    validate_concurrency_config(config)
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert config["concurrency"]["pools"]["default_limit"] == 1  # the same pools policy as ./dagster.yaml
+    local = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    assert config["concurrency"]["pools"] == local["concurrency"]["pools"]
+    assert config["run_retries"] == local["run_retries"]
+    gpu_limit = [t for t in config["concurrency"]["runs"]["tag_concurrency_limits"] if t["key"] == "lcaffect/gpu"]
+    assert gpu_limit and gpu_limit[0]["limit"] >= 1
+
+
+def test_the_run_coordinator_class_resolves() -> None:
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+    from dagster._serdes.config_class import ConfigurableClassData
+
+    block = yaml.safe_load(POSTGRES_YAML.read_text())["run_coordinator"]
+    coordinator = ConfigurableClassData(block["module"], block["class"], yaml.safe_dump(block.get("config") or {})).rehydrate(as_type=QueuedRunCoordinator)
+    assert isinstance(coordinator, QueuedRunCoordinator)
+
+
+def test_gpu_jobs_carry_the_tag_the_queue_limits() -> None:
+    from lcaffect_pipeline import defs
+
+    limit = yaml.safe_load(POSTGRES_YAML.read_text())["concurrency"]["runs"]["tag_concurrency_limits"][0]
+    for job in ("pretrain_job", "downstream_job", "full_pipeline"):
+        assert defs.resolve_job_def(job).tags.get(limit["key"]) == limit["value"]
+    assert "lcaffect/gpu" not in defs.resolve_job_def("corpus_job").tags  # CPU work is not held back
+    assert defs.resolve_sensor_def("retrain_on_new_data").run_tags.get(limit["key"]) == limit["value"]
+
+
+def test_a_misspelt_storage_key_is_rejected(tmp_path: Path) -> None:
+    """The schema check above can fail: an unknown key in the storage block is rejected."""
+    bad = yaml.safe_load(POSTGRES_YAML.read_text())
+    bad["storage"]["postgres"]["postgres_db"]["hostnme"] = "typo"
+    with pytest.raises(dg.DagsterInvalidConfigError, match="hostnme"):
+        instance_config(tmp_path, yaml.safe_dump(bad))
+
+
+@pytest.mark.skipif(needs["dagster_postgres"], reason="dagster-postgres not installed (pip install .[scale])")
+def test_postgres_block_resolves_from_the_environment(monkeypatch) -> None:
+    from dagster._config import process_config
+    from dagster_postgres import DagsterPostgresStorage
+    from dagster_postgres.utils import pg_url_from_config
+
+    block = yaml.safe_load(POSTGRES_YAML.read_text())["storage"]["postgres"]
+    for k, v in PG_ENV.items():
+        monkeypatch.setenv(k, v)
+    result = process_config(DagsterPostgresStorage.config_type(), block)
+    assert result.success, result.errors
+    url = pg_url_from_config(result.value)
+    assert url == "postgresql://lcaffect:p%40ss%20word@pg.internal:5432/dagster"  # secrets come from the env, escaped
+    monkeypatch.delenv("DAGSTER_PG_PASSWORD")
+    assert not process_config(DagsterPostgresStorage.config_type(), block).success  # a missing secret is an error
+
+
+K8S_PROBE = """
+import json, yaml, dagster as dg
+from lcaffect_pipeline import defs
+job = defs.resolve_job_def("full_pipeline")
+merged = {**yaml.safe_load(open("configs/demo.yaml")), "execution": yaml.safe_load(open("configs/k8s.example.yaml"))["execution"]}
+dg.validate_run_config(job, merged)
+k8s_resources = yaml.safe_load(open("configs/k8s.example.yaml"))["resources"]
+dg.validate_run_config(job, {"resources": k8s_resources})
+print(json.dumps({j: defs.resolve_job_def(j).executor_def.name for j in ("full_pipeline", "corpus_job", "pretrain_job")}))
+"""
+
+
+def load_with_executor(kind: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LCAFFECT_EXECUTOR": kind, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-c", K8S_PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(needs["dagster_k8s"], reason="dagster-k8s not installed (pip install .[scale])")
+def test_k8s_executor_variant_loads_and_its_run_config_validates() -> None:
+    proc = load_with_executor("k8s")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert set(json.loads(proc.stdout.strip().splitlines()[-1]).values()) == {"k8s"}
+
+
+def test_unknown_executor_is_a_clear_error() -> None:
+    from lcaffect_pipeline.defs.definitions import build_executor
+
+    with pytest.raises(ValueError, match="LCAFFECT_EXECUTOR='kubernetes'"):
+        build_executor("kubernetes")
+    assert build_executor("") is None and build_executor("in_process") is dg.in_process_executor
+
+
+def test_lake_root_accepts_an_fsspec_url() -> None:
+    """A URL root goes through universal-pathlib; memory:// stands in for a bucket, written atomically."""
+    from lcaffect_pipeline import lake
+    from lcaffect_pipeline.defs.resources import LakeResource
+
+    path = LakeResource(root="memory://lcaffect-test/prod").path("_manifests", "x.json")
+    lake.atomic_write_bytes(path, b"{}")
+    assert path.read_bytes() == b"{}" and str(path) == "memory://lcaffect-test/prod/_manifests/x.json"
+
+
+def test_lake_root_accepts_an_s3_url() -> None:
+    """s3:// resolves to an S3 path (no bucket is contacted)."""
+    pytest.importorskip("s3fs", reason="s3fs not installed (pip install .[scale])")
+    from lcaffect_pipeline.defs.resources import LakeResource
+
+    path = LakeResource(root="s3://lcaffect-lake/prod").path("clean_comments", "v1.parquet")
+    assert str(path) == "s3://lcaffect-lake/prod/clean_comments/v1.parquet"
