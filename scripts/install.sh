@@ -20,5 +20,11 @@ if [ ! -f "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # torch is pinned to 2.13.0 in pyproject: pip takes the CPU wheel on this machine.
   "$VENV/bin/python" -m pip install -q -e ".[test]"
+  # The scale-out integrations, so their definitions are tested. dagster-k8s/-postgres
+  # 0.29.27 (the newest on the index) pin dagster==1.13.27; resolving them normally would
+  # downgrade dagster and protobuf, so they go in without their pins and their own needs
+  # are installed explicitly. See README, "Operating at scale".
+  "$VENV/bin/python" -m pip install -q --no-deps "dagster-k8s==0.29.27" "dagster-postgres==0.29.27"
+  "$VENV/bin/python" -m pip install -q "kubernetes>=30" "psycopg2-binary>=2.9" "google-auth>=2"
   touch "$stamp"
 fi
