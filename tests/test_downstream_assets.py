@@ -96,3 +96,21 @@ def test_headline_report_names_results(downstream_run) -> None:
     assert "Corpus: 4 videos" in text
     assert "V2LC encoder: held-out video->comment R@1" in text and "vs chance" in text
     assert "| meld | weighted_f1 |" in text
+
+
+def test_rerun_with_nothing_changed_reuses_the_expensive_steps(downstream_run) -> None:
+    root, first = downstream_run
+    ds = DownstreamResource(demo=True, frames=4, size=32, seeds=[0, 1], fusion_extra_json=FAST)
+    again = dg.materialize(ALL, resources=resources(root, ds))
+    assert again.success
+    mats = {e.materialization.asset_key.to_user_string(): e.materialization for e in again.get_asset_materialization_events()}
+    assert mats["v2lc_encoder"].metadata["reused"].value is True
+    for task in ("chsims2", "meld", "mustard"):
+        assert mats[f"{task}_features"].metadata["base_recomputed"].value is False
+        assert mats[f"{task}_features"].metadata["lc_recomputed"].value is False
+        for kind in ("with", "without"):
+            assert mats[f"{task}_fusion_{kind}_lc"].metadata["reused"].value is True
+    before = {e.materialization.asset_key.to_user_string(): e.materialization.tags.get("dagster/data_version")
+              for e in first.get_asset_materialization_events()}
+    for key in ("raw_comments", "clean_comments", "segments", "training_shards", "v2lc_encoder", "ablation_report"):
+        assert mats[key].tags.get("dagster/data_version") == before[key], key
