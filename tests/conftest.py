@@ -38,3 +38,33 @@ def lake_root(tmp_path: Path) -> Path:
     root = tmp_path / "lake"
     root.mkdir()
     return root
+
+
+def demo_resources(root: Path, **overrides) -> dict:
+    """Every pipeline resource, set for a small, fast demo in ``root``; override any by key."""
+    import dagster as dg
+
+    from lcaffect_pipeline.defs import resources as r
+
+    lake = overrides.pop("lake", None) or r.LakeResource(root=str(root), author_salt="test-salt")
+    defaults = {
+        "lake": lake,
+        "scope": r.RunScope(),
+        "catalogue": r.CatalogueResource(demo=True, demo_videos=4),
+        "crawler": r.CrawlerResource(min_interval_s=0),
+        "cleaning": r.CleaningResource(),
+        "clips": r.ClipsResource(size=32, frames_per_segment=4),
+        "v2lc_training": r.V2LCTrainingResource(max_steps=4, batch_size=4, warmup_steps=1, checkpoint_every=4,
+                                                num_workers=0, eval_fraction=0.25),
+        "downstream": r.DownstreamResource(demo=True, frames=4, size=32, seeds=[0]),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "io_manager": r.LakeJsonIOManager(lake=lake),
+    }
+    return {**defaults, **overrides}
+
+
+def manifest(root: Path, name: str) -> dict:
+    """An asset's JSON manifest as the pipeline stored it in the lake."""
+    import json
+
+    return json.loads((root / "_manifests" / f"{name}.json").read_text())

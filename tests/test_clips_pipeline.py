@@ -11,38 +11,21 @@ from lcaffect_pipeline.defs.checks import CHECKS
 from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS_ASSETS
 from lcaffect_pipeline.defs.clips_assets import CHECKS as CLIPS_CHECKS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS_ASSETS
-from lcaffect_pipeline.defs.resources import (
-    CatalogueResource,
-    CleaningResource,
-    ClipsResource,
-    CrawlerResource,
-    LakeJsonIOManager,
-    LakeResource,
-    RunScope,
-)
+from lcaffect_pipeline.defs.resources import CatalogueResource, ClipsResource, RunScope
 from lcaffect_pipeline.demo import SEGMENTS_PER_VIDEO
 
-from conftest import need_ffmpeg
+from conftest import demo_resources, manifest, need_ffmpeg
 
 N = 3
 ALL = [*CORPUS_ASSETS, *CLIPS_ASSETS]
 
 
 def resources(root: Path, catalogue: CatalogueResource | None = None, **scope) -> dict:
-    lake = LakeResource(root=str(root), author_salt="test-salt")
-    return {
-        "lake": lake,
-        "scope": RunScope(**scope),
-        "catalogue": catalogue or CatalogueResource(demo=True, demo_videos=N),
-        "crawler": CrawlerResource(min_interval_s=0),
-        "cleaning": CleaningResource(),
-        "clips": ClipsResource(size=32, frames_per_segment=4, max_shard_bytes=200_000),
-        "io_manager": LakeJsonIOManager(lake=lake),
-    }
+    return demo_resources(root, scope=RunScope(**scope), catalogue=catalogue or CatalogueResource(demo=True, demo_videos=N),
+                          clips=ClipsResource(size=32, frames_per_segment=4, max_shard_bytes=200_000))
 
 
-def manifest(root: Path, name: str) -> dict:
-    return json.loads((root / "_manifests" / f"{name}.json").read_text())
+
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """The corpus assets through the real Dagster machinery: materialize, checks, re-runs, CLI."""
 
-import json
 import os
 import subprocess
 import sys
@@ -14,35 +13,19 @@ from lcaffect_pipeline import defs
 from lcaffect_pipeline.defs.automation import catalogue_changed, daily_corpus_refresh
 from lcaffect_pipeline.defs.checks import CHECKS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS
-from lcaffect_pipeline.defs.resources import (
-    CatalogueResource,
-    CleaningResource,
-    CrawlerResource,
-    LakeJsonIOManager,
-    LakeResource,
-    RunScope,
-)
+from lcaffect_pipeline.defs.resources import CatalogueResource, RunScope
 from lcaffect_pipeline.demo import demo_comments
 
-from conftest import ROOT, need_ffmpeg
+from conftest import ROOT, demo_resources, manifest, need_ffmpeg
 
 N_VIDEOS = 5
 
 
 def resources(root: Path, **scope) -> dict:
-    lake = LakeResource(root=str(root), author_salt="test-salt")
-    return {
-        "lake": lake,
-        "scope": RunScope(**scope),
-        "catalogue": CatalogueResource(demo=True, demo_videos=N_VIDEOS),
-        "crawler": CrawlerResource(min_interval_s=0),
-        "cleaning": CleaningResource(),
-        "io_manager": LakeJsonIOManager(lake=lake),
-    }
+    return demo_resources(root, scope=RunScope(**scope), catalogue=CatalogueResource(demo=True, demo_videos=N_VIDEOS))
 
 
-def manifest(root: Path, name: str) -> dict:
-    return json.loads((root / "_manifests" / f"{name}.json").read_text())
+
 
 
 def versions(result) -> dict[str, str]:

@@ -10,37 +10,15 @@ from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS_ASSETS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS_ASSETS
 from lcaffect_pipeline.defs.downstream_assets import ASSETS as DOWNSTREAM_ASSETS
 from lcaffect_pipeline.defs.model_assets import ASSETS as MODEL_ASSETS
-from lcaffect_pipeline.defs.resources import (
-    CatalogueResource,
-    CleaningResource,
-    ClipsResource,
-    CrawlerResource,
-    DownstreamResource,
-    LakeJsonIOManager,
-    LakeResource,
-    RunScope,
-    V2LCTrainingResource,
-)
+from lcaffect_pipeline.defs.resources import DownstreamResource
 
-from conftest import need_ffmpeg
+from conftest import demo_resources, need_ffmpeg
 
 ALL = [*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS, *DOWNSTREAM_ASSETS]
 
 
 def resources(root: Path, downstream: DownstreamResource) -> dict:
-    lake = LakeResource(root=str(root), author_salt="t")
-    return {
-        "lake": lake,
-        "scope": RunScope(),
-        "catalogue": CatalogueResource(demo=True, demo_videos=4),
-        "crawler": CrawlerResource(min_interval_s=0),
-        "cleaning": CleaningResource(),
-        "clips": ClipsResource(size=32, frames_per_segment=4),
-        "v2lc_training": V2LCTrainingResource(max_steps=4, batch_size=4, warmup_steps=1, checkpoint_every=4, num_workers=0, eval_fraction=0.25),
-        "downstream": downstream,
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
-        "io_manager": LakeJsonIOManager(lake=lake),
-    }
+    return demo_resources(root, downstream=downstream)
 
 
 FAST = '{"epochs": 5, "batch_size": 32}'

@@ -8,7 +8,6 @@ the k8s variant is loaded in a fresh process and its run config validated.
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -11,33 +11,13 @@ from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS_ASSETS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS_ASSETS
 from lcaffect_pipeline.defs.model_assets import ASSETS as MODEL_ASSETS
 from lcaffect_pipeline.defs.model_assets import k8s_pod_spec, launch_command
-from lcaffect_pipeline.defs.resources import (
-    CatalogueResource,
-    CleaningResource,
-    ClipsResource,
-    CrawlerResource,
-    LakeJsonIOManager,
-    LakeResource,
-    RunScope,
-    V2LCTrainingResource,
-)
+from lcaffect_pipeline.defs.resources import V2LCTrainingResource
 
-from conftest import need_ffmpeg
+from conftest import demo_resources, need_ffmpeg
 
 
 def resources(root: Path, training: V2LCTrainingResource) -> dict:
-    lake = LakeResource(root=str(root), author_salt="t")
-    return {
-        "lake": lake,
-        "scope": RunScope(),
-        "catalogue": CatalogueResource(demo=True, demo_videos=4),
-        "crawler": CrawlerResource(min_interval_s=0),
-        "cleaning": CleaningResource(),
-        "clips": ClipsResource(size=32, frames_per_segment=4),
-        "v2lc_training": training,
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
-        "io_manager": LakeJsonIOManager(lake=lake),
-    }
+    return demo_resources(root, v2lc_training=training)
 
 
 def tiny(**kw) -> V2LCTrainingResource:
