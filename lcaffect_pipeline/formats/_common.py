@@ -183,6 +183,17 @@ class ColumnLists:
         self.cols = {name: [] for name in self.NAMES}
         return batch
 
+    def flush_if_full(self, ctx: ParseContext, batches: list[pa.RecordBatch]) -> None:
+        """Move a full batch of rows into ``batches`` (bounded memory on big files)."""
+        if len(self) >= BATCH_ROWS:
+            batches.append(self.flush(ctx))
+
+    def finish(self, ctx: ParseContext, batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
+        """Move the remaining rows into ``batches`` and return them."""
+        if len(self):
+            batches.append(self.flush(ctx))
+        return batches
+
 
 _MAX_SECONDS = (2**63 - 1) // 1000
 

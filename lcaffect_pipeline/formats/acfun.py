@@ -13,7 +13,7 @@ import json
 
 import pyarrow as pa
 
-from ._common import BATCH_ROWS, ROW_ERRORS, ColumnLists, ParseContext, derived_id, to_float, to_int
+from ._common import ROW_ERRORS, ColumnLists, ParseContext, derived_id, to_float, to_int
 
 _MODE_NAMES = ("other", "scroll", "scroll", "scroll", "bottom", "top", "reverse", "positioned", "code", "code")
 
@@ -63,8 +63,5 @@ def parse(ctx: ParseContext, items: list) -> list[pa.RecordBatch]:
             )
         except ROW_ERRORS:
             ctx.skipped += 1
-        if len(rows) >= BATCH_ROWS:
-            batches.append(rows.flush(ctx))
-    if len(rows):
-        batches.append(rows.flush(ctx))
-    return batches
+        rows.flush_if_full(ctx, batches)
+    return rows.finish(ctx, batches)

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import pyarrow as pa
 
-from ._common import BATCH_ROWS, ROW_ERRORS, ColumnLists, ParseContext, optional_int, to_int
+from ._common import ROW_ERRORS, ColumnLists, ParseContext, optional_int, to_int
 from ._xml import stream_elements
 
 _POSITIONS = {"ue": "top", "shita": "bottom", "naka": "scroll"}
@@ -86,11 +86,8 @@ def parse_legacy_xml(ctx: ParseContext, fh: BinaryIO) -> list[pa.RecordBatch]:
                 _add_legacy(rows, chat, text)
             except ROW_ERRORS:
                 ctx.skipped += 1
-        if len(rows) >= BATCH_ROWS:
-            batches.append(rows.flush(ctx))
-    if len(rows):
-        batches.append(rows.flush(ctx))
-    return batches
+        rows.flush_if_full(ctx, batches)
+    return rows.finish(ctx, batches)
 
 
 def parse_legacy_json(ctx: ParseContext, items: list) -> list[pa.RecordBatch]:
@@ -107,11 +104,8 @@ def parse_legacy_json(ctx: ParseContext, items: list) -> list[pa.RecordBatch]:
             _add_legacy(rows, chat, chat.get("content"))
         except ROW_ERRORS:
             ctx.skipped += 1
-        if len(rows) >= BATCH_ROWS:
-            batches.append(rows.flush(ctx))
-    if len(rows):
-        batches.append(rows.flush(ctx))
-    return batches
+        rows.flush_if_full(ctx, batches)
+    return rows.finish(ctx, batches)
 
 
 def _iso_ms(value: str) -> int:
@@ -150,8 +144,5 @@ def parse_comments_json(ctx: ParseContext, items: list) -> list[pa.RecordBatch]:
             )
         except ROW_ERRORS:
             ctx.skipped += 1
-        if len(rows) >= BATCH_ROWS:
-            batches.append(rows.flush(ctx))
-    if len(rows):
-        batches.append(rows.flush(ctx))
-    return batches
+        rows.flush_if_full(ctx, batches)
+    return rows.finish(ctx, batches)

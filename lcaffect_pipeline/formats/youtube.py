@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import pyarrow as pa
 
-from ._common import BATCH_ROWS, ROW_ERRORS, ColumnLists, ParseContext, derived_id, to_int
+from ._common import ROW_ERRORS, ColumnLists, ParseContext, derived_id, to_int
 
 _RENDERERS = (("liveChatTextMessageRenderer", False), ("liveChatPaidMessageRenderer", True))
 
@@ -98,13 +98,10 @@ def parse_live_chat(ctx: ParseContext, fh: BinaryIO) -> list[pa.RecordBatch]:
         except ROW_ERRORS:
             _truncate(rows, mark)  # a half-added line must not leave ragged columns
             ctx.skipped += 1
-        if len(rows) >= BATCH_ROWS:
-            batches.append(rows.flush(ctx))
+        rows.flush_if_full(ctx, batches)
     if not good_lines:
         raise ctx.error("no JSON line in the file: not a YouTube live chat")
-    if len(rows):
-        batches.append(rows.flush(ctx))
-    return batches
+    return rows.finish(ctx, batches)
 
 
 def _truncate(rows: ColumnLists, length: int) -> None:
