@@ -18,6 +18,7 @@ from .automation import ON_NEW_DATA
 from .resources import DownstreamResource, LakeResource
 
 GROUP = "downstream"
+OWNERS = ["team:lcaffect-ml"]
 TASKS = ("chsims2", "meld", "mustard")
 HEADLINE = {"chsims2": ("acc2", "acc2_weak", "acc3", "acc5", "f1", "mae", "corr"), "meld": ("weighted_f1", "accuracy"),
             "mustard": ("weighted_precision", "weighted_recall", "weighted_f1")}
@@ -45,7 +46,7 @@ def _pipes_run(context, client: dg.PipesSubprocessClient, module: str, cfg: dict
 def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
     """utterances, features, fusion_with_lc, fusion_without_lc for one task."""
 
-    @dg.asset(name=f"{task}_utterances", group_name=GROUP, code_version="1", kinds={"parquet"},
+    @dg.asset(name=f"{task}_utterances", group_name=GROUP, owners=OWNERS, code_version="1", kinds={"parquet"},
               description=f"{task}: the dataset in its official layout as one utterance table, with prepared frames and 16 kHz audio per utterance.")
     def utterances(context: dg.AssetExecutionContext, lake: LakeResource, downstream: DownstreamResource) -> dg.Output:
         from ..downstream import check_media, load_dataset, prepare_media
@@ -69,7 +70,7 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
                       "media": dg.MetadataValue.json(_jsonable(media_report)), "prepared": dg.MetadataValue.json(_jsonable(prep_report))},
         )
 
-    @dg.asset(name=f"{task}_features", group_name=GROUP, code_version="1", kinds={"pytorch", "safetensors"}, pool="gpu",
+    @dg.asset(name=f"{task}_features", group_name=GROUP, owners=OWNERS, code_version="1", kinds={"pytorch", "safetensors"}, pool="gpu",
               ins={"utts": dg.AssetIn(f"{task}_utterances")}, deps=["v2lc_encoder"],
               automation_condition=ON_NEW_DATA,
               description=f"{task}: text, acoustic, visual and synthetic live-comment features (V2LC video encoder), via `python -m lcaffect_ml.extract_features` through Pipes; a new V2LC checkpoint re-extracts only the live-comment features.")
@@ -87,7 +88,7 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
     def fusion(use_lc: bool):
         name = f"{task}_fusion_{'with' if use_lc else 'without'}_lc"
 
-        @dg.asset(name=name, group_name=GROUP, code_version="1", kinds={"pytorch", "safetensors"}, pool="gpu",
+        @dg.asset(name=name, group_name=GROUP, owners=OWNERS, code_version="1", kinds={"pytorch", "safetensors"}, pool="gpu",
                   ins={"utts": dg.AssetIn(f"{task}_utterances")}, deps=[f"{task}_features"],
                   automation_condition=ON_NEW_DATA,
                   description=f"{task}: the fusion encoder {'with' if use_lc else 'without'} the synthetic live-comment tokens, trained over several seeds by `python -m lcaffect_ml.train_fusion`.")
@@ -178,7 +179,7 @@ def ablation_table(lake: LakeResource) -> tuple[dict, str]:
     return result, "\n".join(lines)
 
 
-@dg.asset(group_name=GROUP, code_version="1", kinds={"markdown", "json"},
+@dg.asset(group_name=GROUP, owners=OWNERS, code_version="1", kinds={"markdown", "json"},
           deps=[f"{t}_fusion_{w}_lc" for t in TASKS for w in ("with", "without")],
           automation_condition=ON_NEW_DATA,
           description="The ablation: every task's metrics with and without the synthetic live-comment features (ablation.json in the lake).")

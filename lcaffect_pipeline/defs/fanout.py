@@ -115,6 +115,7 @@ def per_video_asset(
         code_version=code_version,
         group_name=group_name,
         kinds=kinds,
+        owners=["team:lcaffect-data"],
         ins={arg: dg.AssetIn(key=n) for arg, n in zip("ab", names)},
         automation_condition=automation_condition,
     )
