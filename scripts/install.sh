@@ -25,6 +25,6 @@ if [ ! -f "$stamp" ]; then
   # downgrade dagster and protobuf, so they go in without their pins and their own needs
   # are installed explicitly. See README, "Operating at scale".
   "$VENV/bin/python" -m pip install -q --no-deps "dagster-k8s==0.29.27" "dagster-postgres==0.29.27"
-  "$VENV/bin/python" -m pip install -q "kubernetes>=30" "psycopg2-binary>=2.9" "google-auth>=2"
+  "$VENV/bin/python" -m pip install -q "kubernetes>=30,<37" "psycopg2-binary>=2.9" "google-auth>=2"
   touch "$stamp"
 fi
