@@ -736,3 +736,13 @@ def test_100mb_single_line_xml_in_bounded_memory(tmp_path):
     assert (rows, skipped_small, skipped_big) == (0, n_small, n_big)
     assert grown_small < 200, f"parsing 30 MB grew the process by {grown_small} MiB"
     assert grown_more < 32, f"a 100 MB file took {grown_more} MiB more than a 30 MB one"
+
+
+def test_column_author_hash_equals_the_reference() -> None:
+    import pyarrow as pa
+
+    from lcaffect_pipeline.formats._common import hash_authors
+
+    ids = ["12345", "é漢字", "UCx", "", None, "12345", "a" * 300, "f22be95d"]
+    assert hash_authors(pa.array(ids), "sälty").to_pylist() == [hash_author(i, "sälty") for i in ids]
+    assert hash_authors(pa.array(ids), None).null_count == len(ids)
