@@ -380,3 +380,27 @@ def test_bad_samples_are_skipped_with_their_names(tmp_path, caplog):
 def test_read_comments_for_the_tokenizer(shards):
     texts = read_comments(shards, limit=10)
     assert len(texts) == 10 and all(isinstance(t, str) and t for t in texts)
+
+
+def test_shards_stream_from_an_fsspec_location(tmp_path) -> None:
+    """The shard index and tars are read through fsspec (here memory://, as for s3://)."""
+    import json
+
+    import fsspec
+
+    from lcaffect_ml.data import iter_raw_samples, load_shard_index, write_synthetic_shards
+
+    index = write_synthetic_shards(tmp_path / "shards", n_videos=2, segments_per_video=3)
+    fs = fsspec.filesystem("memory")
+    entries = json.loads(index.read_text())
+    remote = []
+    for i, entry in enumerate(entries):
+        url = f"memory://lcaffect-test/shards/{i}.tar"
+        local = entry["url"] if Path(entry["url"]).is_absolute() else str(index.parent / entry["url"])
+        fs.pipe(url.removeprefix("memory://"), Path(local).read_bytes())
+        remote.append({**entry, "url": url})
+    fs.pipe("lcaffect-test/shards/index.json", json.dumps(remote).encode())
+    specs = load_shard_index("memory://lcaffect-test/shards/index.json")
+    assert [s.url for s in specs] == [r["url"] for r in remote]
+    samples = [s for spec in specs for s in iter_raw_samples(spec.url)]
+    assert len(samples) == 6
