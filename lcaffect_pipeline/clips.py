@@ -49,24 +49,24 @@ def fetch_video(video: dict[str, Any], prev: dict | None, *, root, opts: ClipOpt
         raise ValueError("the catalogue gives no video for this entry")
     have = existing_video(videos_dir(root), vid)
     if "://" in src:
+        fingerprint = f"url:{src}"
+        if have is not None and prev and prev.get("fingerprint") == fingerprint:
+            raise Skip
         if have is None:
             have = download_video(src, videos_dir(root), vid, max_height=opts.max_height, cookiefile=opts.cookie_file,
                                   rate_limit=opts.rate_limit, max_duration_s=opts.max_duration_s,
-                                  archive=str(lake.as_path(root) / "videos" / "download-archive.txt"))
-        fingerprint = f"url:{src}"
+                                  archive=str(videos_dir(root) / "download-archive.txt"))
     else:
         source = Path(src)
         if not source.is_file():
             raise FileNotFoundError(f"{src}: video file not found")
         fingerprint = lake.file_hash(source)
-        if prev and prev.get("fingerprint") == fingerprint and have is not None:
+        if have is not None and prev and prev.get("fingerprint") == fingerprint:
             raise Skip
         dest = lake.under(videos_dir(root), f"{vid}{source.suffix.lower() or '.mp4'}")
         with lake.atomic_write(dest) as out, open(source, "rb") as inp:
             shutil.copyfileobj(inp, out, 1 << 20)
         have = existing_video(videos_dir(root), vid)
-    if prev and prev.get("fingerprint") == fingerprint and prev.get("output_hash"):
-        raise Skip
     return VideoResult(vid, "done", fingerprint, lake.file_hash(have.path), 1, metrics={"path": str(have.path), "bytes": have.path.stat().st_size})
 
 

@@ -79,11 +79,11 @@ def _catalogue_row(path: Path, i: int, row: Any) -> dict[str, Any]:
 
 
 def _resolve_local(catalogue: Path, value: str | None) -> str | None:
-    if not value or "://" in value or value.startswith(("BV", "av")):
+    """A path relative to the catalogue's folder, made absolute when it exists there; URLs and
+    platform ids (BV…, av…, sm…) are left as they are."""
+    if not value or "://" in value:
         return value
-    candidate = Path(value)
-    if not candidate.is_absolute():
-        candidate = catalogue.parent / candidate
+    candidate = Path(value) if Path(value).is_absolute() else catalogue.parent / value
     return str(candidate.resolve()) if candidate.exists() else value
 
 

@@ -90,5 +90,6 @@ def test_rerun_with_nothing_changed_reuses_the_expensive_steps(downstream_run) -
             assert mats[f"{task}_fusion_{kind}_lc"].metadata["reused"].value is True
     before = {e.materialization.asset_key.to_user_string(): e.materialization.tags.get("dagster/data_version")
               for e in first.get_asset_materialization_events()}
-    for key in ("raw_comments", "clean_comments", "segments", "training_shards", "v2lc_encoder", "ablation_report"):
+    for key in ("raw_comments", "clean_comments", "segments", "training_shards", "v2lc_encoder", "ablation_report",
+                "meld_fusion_with_lc", "mustard_fusion_without_lc"):
         assert mats[key].tags.get("dagster/data_version") == before[key], key

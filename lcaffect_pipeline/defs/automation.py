@@ -51,7 +51,27 @@ full_pipeline = dg.define_asset_job(
     tags=GPU_RUN_TAGS,
 )
 
-JOBS = [corpus_job, full_pipeline]
+clips_job = dg.define_asset_job(
+    "clips_job",
+    selection=dg.AssetSelection.groups("clips"),
+    description="Videos to training clips: download, probe, audio, segments and shards (needs the corpus).",
+)
+
+pretrain_job = dg.define_asset_job(
+    "pretrain_job",
+    selection=dg.AssetSelection.assets("v2lc_encoder"),
+    description="Pretrain the V2LC encoder on the current training shards (a GPU step).",
+    tags=GPU_RUN_TAGS,
+)
+
+downstream_job = dg.define_asset_job(
+    "downstream_job",
+    selection=dg.AssetSelection.groups("downstream"),
+    description="Features and fusion with and without live-comment features for every configured task, and the ablation report.",
+    tags=GPU_RUN_TAGS,
+)
+
+JOBS = [corpus_job, clips_job, pretrain_job, downstream_job, full_pipeline]
 
 
 @dg.schedule(job=corpus_job, cron_schedule="0 4 * * *", execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.STOPPED)
@@ -100,26 +120,3 @@ retrain_on_new_data = dg.AutomationConditionSensorDefinition(
 )
 
 SENSORS = [catalogue_changed, retrain_on_new_data]
-
-clips_job = dg.define_asset_job(
-    "clips_job",
-    selection=dg.AssetSelection.groups("clips"),
-    description="Videos to training clips: download, probe, audio, segments and shards (needs the corpus).",
-)
-JOBS.append(clips_job)
-
-pretrain_job = dg.define_asset_job(
-    "pretrain_job",
-    selection=dg.AssetSelection.assets("v2lc_encoder"),
-    description="Pretrain the V2LC encoder on the current training shards (a GPU step).",
-    tags=GPU_RUN_TAGS,
-)
-JOBS.append(pretrain_job)
-
-downstream_job = dg.define_asset_job(
-    "downstream_job",
-    selection=dg.AssetSelection.groups("downstream"),
-    description="Features and fusion with and without live-comment features for every configured task, and the ablation report.",
-    tags=GPU_RUN_TAGS,
-)
-JOBS.append(downstream_job)

@@ -2,7 +2,9 @@
 
 import dagster as dg
 
-from .. import clips, lake, plots, stages
+from .. import clips, plots, stages
+from ..clips import shards_dir
+from ..lake import combine_hashes, read_parquet
 from .fanout import keyed, per_video_asset
 from .resources import ClipsResource, LakeResource
 
@@ -97,46 +99,37 @@ segments = per_video_asset(
 def training_shards(context: dg.AssetExecutionContext, lake: LakeResource, segs: dict) -> dg.Output:
     from ..shards import update_shard_index
 
-    index = update_shard_index(clips.shards_dir(lake.path()))
-    entries = index
-    total_bytes = sum(e.get("bytes", 0) for e in entries)
-    version = lake_hash({e["url"]: e.get("sha256", "") for e in entries})
+    index_path = shards_dir(lake.path()) / "index.json"
+    entries = update_shard_index(shards_dir(lake.path()))
+    samples = sum(e.get("samples", 0) for e in entries)
+    version = combine_hashes({e["url"]: e.get("sha256", "") for e in entries})
     return dg.Output(
-        {"index": str(clips.shards_dir(lake.path()) / "index.json"), "shards": len(entries),
-         "samples": sum(e.get("samples", 0) for e in entries), "data_version": version},
+        {"index": str(index_path), "shards": len(entries), "samples": samples, "data_version": version},
         data_version=dg.DataVersion(version),
         metadata={
-            "index": dg.MetadataValue.path(str(clips.shards_dir(lake.path()) / "index.json")),
+            "index": dg.MetadataValue.path(str(index_path)),
             "shards": len(entries),
-            "samples": sum(e.get("samples", 0) for e in entries),
-            "bytes": dg.MetadataValue.int(total_bytes),
+            "samples": samples,
+            "bytes": dg.MetadataValue.int(sum(e.get("bytes", 0) for e in entries)),
         },
     )
 
 
-def lake_hash(parts):
-    return lake.combine_hashes(parts)
-
-
 @dg.asset_check(asset=training_shards, description="Every segment has frames of the declared shape and the shard index matches the segments table")
 def shards_match_segments(lake: LakeResource, clips: ClipsResource) -> dg.AssetCheckResult:
-    from .. import clips as clips_mod
-    from ..shards import verify_shards
-
-    tables = [lake_read(p) for p in sorted((lake.path() / "segments").glob("*.parquet"))] if (lake.path() / "segments").exists() else []
     import pyarrow as pa
 
-    table = pa.concat_tables(tables) if tables else None
-    problems = verify_shards(table, clips_mod.shards_dir(lake.path())) if table is not None else []
-    if table is not None:
-        problems += [f"{r['video_id']}#{r['segment_index']}: {len(r['frame_times_ms'])} frames, declared {clips.frames_per_segment}"
-                     for r in table.select(["video_id", "segment_index", "frame_times_ms"]).to_pylist()
-                     if len(r["frame_times_ms"]) != clips.frames_per_segment]
-    return dg.AssetCheckResult(passed=not problems, metadata={"segments": 0 if table is None else table.num_rows, "problems": "\n".join(problems[:20])})
+    from ..shards import verify_shards
 
-
-def lake_read(path):
-    return lake.read_parquet(path)
+    files = sorted((lake.path() / "segments").glob("*.parquet")) if (lake.path() / "segments").exists() else []
+    if not files:
+        return dg.AssetCheckResult(passed=True, metadata={"segments": 0})
+    table = pa.concat_tables([read_parquet(f) for f in files])
+    problems = verify_shards(table, shards_dir(lake.path()))
+    problems += [f"{r['video_id']}#{r['segment_index']}: {len(r['frame_times_ms'])} frames, declared {clips.frames_per_segment}"
+                 for r in table.select(["video_id", "segment_index", "frame_times_ms"]).to_pylist()
+                 if len(r["frame_times_ms"]) != clips.frames_per_segment]
+    return dg.AssetCheckResult(passed=not problems, metadata={"segments": table.num_rows, "problems": "\n".join(problems[:20])})
 
 
 ASSETS = [videos, video_probes, audio, segments, training_shards]

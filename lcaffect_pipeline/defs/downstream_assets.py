@@ -13,6 +13,8 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
+from lcaffect_ml.pipes import sha256_file
+
 from ..lake import atomic_write_bytes
 from .automation import ON_NEW_DATA
 from .resources import DownstreamResource, LakeResource
@@ -147,7 +149,7 @@ def _reuse_fusion(out: Path) -> dg.MaterializeResult:
     metrics = json.loads((out / "metrics.json").read_text())
     values = {f"{k}": float(v) for k, v in metrics.get("mean", {}).items()}
     return dg.MaterializeResult(metadata={**values, "output_dir": dg.MetadataValue.path(str(out)), "reused": True},
-                                data_version=dg.DataVersion(_config_key(metrics)))
+                                data_version=dg.DataVersion(sha256_file(out / "model.safetensors")))  # as through Pipes
 
 
 def fusion_metrics(lake: LakeResource, task: str, use_lc: bool) -> dict | None:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import dagster as dg
 
-from .. import lake, stages
+from .. import stages
 from ..corpus import load_catalogue_from_lake
 from .resources import LakeResource, RunScope
 
@@ -146,5 +146,3 @@ def per_video_table(results: dict[str, dict], limit: int = 200) -> str:
 def keyed(manifest: dict[str, Any]) -> dict[str, dict]:
     return manifest.get("results", {}) if manifest else {}
 
-
-__all__ = ["per_video_asset", "keyed", "lake"]

@@ -8,6 +8,8 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
+from lcaffect_ml.pipes import sha256_file
+
 from ..lake import atomic_write_bytes
 from .automation import ON_NEW_DATA
 from .resources import LakeResource, V2LCTrainingResource
@@ -46,15 +48,6 @@ def k8s_pod_spec(gpus: int) -> dict:
     }
 
 
-def weights_version(path: Path) -> str:
-    """sha256 of the weights: the same data version the training program reports through Pipes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def latest_checkpoint(out: Path) -> Path:
     steps = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     return steps[-1] if steps else out
@@ -69,7 +62,7 @@ def finished_result(out: Path) -> dg.MaterializeResult | None:
     passed = float(metrics.get("v2c_r1", 0)) > float(metrics.get("chance_r1", 1))
     return dg.MaterializeResult(
         metadata={**{k: float(metrics[k]) for k in METRIC_KEYS if k in metrics}, "checkpoint": dg.MetadataValue.path(str(latest_checkpoint(out))), "reused": True},
-        data_version=dg.DataVersion(weights_version(weights)),
+        data_version=dg.DataVersion(sha256_file(weights)),  # as the program reports it through Pipes
         check_results=[dg.AssetCheckResult(check_name=CHECK, passed=passed, metadata={"v2c_r1": float(metrics.get("v2c_r1", 0)), "chance_r1": float(metrics.get("chance_r1", 0))})],
     )
 
