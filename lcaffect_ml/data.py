@@ -10,9 +10,21 @@ opening a tar (``split_by_video``).
 
 * The stream of each *slot* (rank × loader worker) is endless, one epoch after another. In epoch
   ``e`` the shard list is permuted with a seed derived from (seed, e) and dealt out to the slots;
-  a slot reads ``open_shards`` of its shards interleaved (shards hold one video each, and
-  interleaving keeps consecutive segments of one video out of the same batch) through a shuffle
-  buffer seeded by (seed, e, slot) and flushed at the end of the epoch.
+  a slot reads ``open_shards`` of its shards interleaved (one segment of each in turn; shards hold
+  one video each, and by default a slot keeps ``batch_size`` of them open) through a shuffle buffer
+  seeded by (seed, e, slot) and flushed at the end of the epoch.
+* Batches are drawn across many videos: a batch takes at most ``max_per_video`` segments (2) of
+  one video; a segment over the cap waits for a later batch. Neighbouring segments of a video
+  share content and often comments, and every other segment of a batch is a negative in the
+  contrastive loss, so a batch full of one video's segments teaches the model to tell apart
+  things that are alike. The cap holds whenever a slot has at least ``batch_size /
+  max_per_video`` videos; when it has fewer (a tiny corpus, many workers) and the waiting
+  segments reach ``4 × batch_size``, they are let through rather than stall the run.
+* Shards keep every comment of a segment (up to the clips' cap, 32 by default); each time a
+  segment is read, ``max_comments`` of them (5) are sampled with a generator seeded by (seed,
+  epoch, shard, sample key), so over epochs the model sees all reactions of a busy segment, and a
+  resumed run sees exactly the samples of an uninterrupted one. Old shards with 5 comments load
+  as they are (they just have fewer to sample from).
 * A ``DataLoader`` fetches from its workers round-robin, in order, and endless workers never drop
   out of the rotation, so micro-batch ``n`` always comes from logical worker ``n % W``. Resuming
   after ``n`` micro-batches therefore starts each worker ``n // W`` (or one more) batches in,
@@ -263,8 +275,9 @@ class SegmentStream(IterableDataset):
 
     def __init__(self, shards: Sequence[ShardSpec], *, batch_size: int, tokenizer=None, max_comments: int = 5,
                  max_length: int = 32, seed: int = 0, shuffle: bool = True, infinite: bool = True,
-                 shuffle_buffer: int = 64, open_shards: int = 4, start_batch: int = 0, rank: int = 0,
-                 world_size: int = 1, on_error: str = "warn", max_segments: int | None = None):
+                 shuffle_buffer: int = 64, open_shards: int | None = None, start_batch: int = 0, rank: int = 0,
+                 world_size: int = 1, on_error: str = "warn", max_segments: int | None = None,
+                 max_per_video: int | None = 2):
         super().__init__()
         if not shards:
             raise ShardIndexError("SegmentStream needs at least one shard")
@@ -274,7 +287,10 @@ class SegmentStream(IterableDataset):
         self.batch_size, self.tokenizer = int(batch_size), tokenizer
         self.max_comments, self.max_length = int(max_comments), int(max_length)
         self.seed, self.shuffle, self.infinite = int(seed), bool(shuffle), bool(infinite)
-        self.shuffle_buffer, self.open_shards = max(1, int(shuffle_buffer)), max(1, int(open_shards))
+        self.shuffle_buffer = max(1, int(shuffle_buffer))
+        self.open_shards = max(1, int(open_shards if open_shards is not None else batch_size))
+        # the per-video cap shapes training batches only; evaluation reads every segment in order
+        self.max_per_video = int(max_per_video) if max_per_video and shuffle else None
         self.start_batch, self.rank, self.world_size = int(start_batch), int(rank), int(world_size)
         self.on_error, self.max_segments = on_error, max_segments
 
@@ -348,8 +364,9 @@ class SegmentStream(IterableDataset):
                     continue
                 meta = raw["meta"]
                 produced += 1
+                comments = self.sample_comments(meta["comments"], epoch, raw["__url__"], raw["__key__"])
                 yield Segment(str(meta.get("video_id", "")), int(meta.get("segment_index", -1)), frames,
-                              meta["comments"][: self.max_comments], raw["__key__"], raw["__url__"])
+                              comments, raw["__key__"], raw["__url__"])
             if not self.infinite:
                 return
             if produced == 0:
@@ -357,7 +374,52 @@ class SegmentStream(IterableDataset):
                                       f"from {len(mine)} shard(s) (no comments, or unreadable)")
             epoch += 1
 
+    def sample_comments(self, comments: list[str], epoch: int, url: str, key: str) -> list[str]:
+        """``max_comments`` of a segment's comments, in their order of appearance; which ones is a
+        pure function of (seed, epoch, shard, key), so a resumed run draws the same."""
+        if len(comments) <= self.max_comments:
+            return list(comments)
+        rng = random.Random(f"{self.seed}:comments:{epoch}:{url}:{key}")
+        return [comments[i] for i in sorted(rng.sample(range(len(comments)), self.max_comments))]
+
     # -- batching
+
+    def batches(self, segments: Iterable[Segment]) -> Iterator[list[Segment]]:
+        """Group the slot's segments into batches of at most ``max_per_video`` segments per video
+        (module docstring); a pure function of the segment stream, so resuming replays it."""
+        cap, hold_limit = self.max_per_video, 4 * self.batch_size
+        held: list[Segment] = []
+        stream, exhausted, emitted = iter(segments), False, 0
+        while self.max_segments is None or emitted < self.max_segments:
+            size = self.batch_size if self.max_segments is None else min(self.batch_size, self.max_segments - emitted)
+            batch: list[Segment] = []
+            counts: dict[str, int] = {}
+
+            def take(seg: Segment, force: bool = False) -> bool:
+                """Put ``seg`` in the batch (or drop it if unusable); False when the cap holds it back."""
+                if batch and seg.frames.shape != batch[0].frames.shape:
+                    self._failed(ShardSampleError(seg.url, seg.key, f"frames {seg.frames.shape} differ from "
+                                                  f"{batch[0].frames.shape} of the batch"))
+                    return True
+                if cap is not None and not force and counts.get(seg.video_id, 0) >= cap:
+                    return False
+                batch.append(seg)
+                counts[seg.video_id] = counts.get(seg.video_id, 0) + 1
+                return True
+
+            held = [seg for seg in held if len(batch) == size or not take(seg)]  # waiting ones first
+            while len(batch) < size and not exhausted:
+                seg = next(stream, None)
+                if seg is None:
+                    exhausted = True
+                elif not take(seg, force=len(held) >= hold_limit):
+                    held.append(seg)
+            while exhausted and held and len(batch) < size:  # a finite stream's end: no cap left to keep
+                take(held.pop(0), force=True)
+            if not batch or (len(batch) < size and self.infinite):
+                return
+            emitted += len(batch)
+            yield batch
 
     def collate(self, segments: list[Segment]) -> dict[str, Any]:
         shape = segments[0].frames.shape
@@ -386,26 +448,9 @@ class SegmentStream(IterableDataset):
         logical = (worker + self.start_batch) % n_workers  # the worker due next plays DataLoader worker 0
         skip_batches = len(range(logical, self.start_batch, n_workers))
         slot, n_slots = self.rank * n_workers + logical, self.world_size * n_workers
-        segments = self.slot_segments(slot, n_slots)
-        for _ in range(skip_batches * self.batch_size):
-            if next(segments, None) is None:
-                return
-        pending: list[Segment] = []
-        emitted = 0
-        for seg in segments:
-            if self.max_segments is not None and emitted >= self.max_segments:
-                break
-            if pending and seg.frames.shape != pending[0].frames.shape:
-                self._failed(ShardSampleError(seg.url, seg.key, f"frames {seg.frames.shape} differ from "
-                                              f"{pending[0].frames.shape} of the batch"))
-                continue
-            pending.append(seg)
-            emitted += 1
-            if len(pending) == self.batch_size:
-                yield self.collate(pending)
-                pending = []
-        if pending and not self.infinite:
-            yield self.collate(pending)
+        for i, batch in enumerate(self.batches(self.slot_segments(slot, n_slots))):
+            if i >= skip_batches:  # batches already trained on are rebuilt, never collated
+                yield self.collate(batch)
 
 
 def make_loader(stream: SegmentStream, num_workers: int = 0, pin_memory: bool = False,
@@ -432,7 +477,7 @@ FILLER = "的了啊吧呀哈"
 def write_synthetic_shards(root: str | os.PathLike, n_videos: int = 12, segments_per_video: int = 8,
                            n_classes: int = 6, frames: int = 4, size: int = 32, max_comments: int = 5,
                            seed: int = 0, empty_fraction: float = 0.05, noise: float = 25.0,
-                           max_shard_samples: int | None = None) -> Path:
+                           max_shard_samples: int | None = None, min_comments: int = 1) -> Path:
     """Learnable toy shards in the contract's layout; returns the ``index.json`` path.
 
     Each segment draws a class: its frames are that class's colour plus noise, its 0-5 comments
@@ -457,8 +502,8 @@ def write_synthetic_shards(root: str | os.PathLike, n_videos: int = 12, segments
             count = 0
             with wds.TarWriter(str(tmp)) as sink:
                 for s in range(first, min(first + per_shard, segments_per_video)):
-                    sink.write(_synthetic_sample(rng, video_id, s, n_classes, frames, size, max_comments,
-                                                 empty_fraction, noise))
+                    sink.write(_synthetic_sample(rng, video_id, s, n_classes, frames, size,
+                                                 (min_comments, max_comments), empty_fraction, noise))
                     count += 1
             os.replace(tmp, path)
             data = path.read_bytes()
@@ -472,12 +517,12 @@ def write_synthetic_shards(root: str | os.PathLike, n_videos: int = 12, segments
 
 
 def _synthetic_sample(rng: np.random.Generator, video_id: str, s: int, n_classes: int, frames: int,
-                      size: int, max_comments: int, empty_fraction: float, noise: float) -> dict[str, Any]:
+                      size: int, n_range: tuple[int, int], empty_fraction: float, noise: float) -> dict[str, Any]:
     cls = int(rng.integers(n_classes))
     colour = np.array(PALETTE[cls], dtype=np.float32)
     shade = rng.uniform(0.7, 1.1, size=(frames, 1, 1, 1))
     pixels = colour * shade + rng.normal(0.0, noise, size=(frames, size, size, 3))
-    n_comments = 0 if rng.random() < empty_fraction else int(rng.integers(1, max_comments + 1))
+    n_comments = 0 if rng.random() < empty_fraction else int(rng.integers(n_range[0], n_range[1] + 1))
     words, comments = CLASS_WORDS[cls], []
     for _ in range(n_comments):
         length = int(rng.integers(2, 6))

@@ -19,7 +19,9 @@ Data
   split_seed          seed of the video split (0), independent of ``seed``
   num_workers         DataLoader worker processes (2); keep it unchanged across a resume
   shuffle_buffer      samples in each worker's shuffle buffer (64; frames are held as raw bytes)
-  open_shards         shards each worker reads interleaved (4)
+  open_shards         shards (videos) each worker reads interleaved (default: batch_size)
+  max_per_video       at most this many segments of one video in a batch (2; 0 disables), since
+                      segments of one video are alike and all others in a batch are negatives
   on_error            "warn" (skip a bad sample/shard, naming it) or "raise"
 Model
   video_encoder       "tiny", "base" (TimeSformer-base shape, random init) or a hub name/local path,
@@ -30,7 +32,8 @@ Model
   tokenizer_vocab_size  cap for that built vocabulary (8000)
   video_overrides, text_overrides  dicts passed to the encoder configs (e.g. {num_frames: 8})
   embed_dim           shared embedding width (256)
-  max_comments        comments per segment used as positives (5)
+  max_comments        comments per segment used as positives (5), sampled at every step from the
+                      segment's stored comments (up to 32) with a generator seeded by (seed, epoch, sample)
   text_max_length     tokens per comment (32)
   text_pooling        "cls" or "mean"
   positives           multi-positive video→comment form, "sum" or "mean" (see lcaffect_ml.losses)
@@ -111,7 +114,8 @@ class TrainConfig:
     split_seed: int = 0
     num_workers: int = 2
     shuffle_buffer: int = 64
-    open_shards: int = 4
+    open_shards: int | None = None
+    max_per_video: int = 2
     on_error: str = "warn"
     video_encoder: str = "tiny"
     text_encoder: str = "tiny"
@@ -477,7 +481,7 @@ def _train_loader(run: Run) -> torch.utils.data.DataLoader:
                            max_comments=cfg.max_comments, max_length=cfg.text_max_length, seed=cfg.seed,
                            shuffle_buffer=cfg.shuffle_buffer, open_shards=cfg.open_shards,
                            start_batch=run.state.micro_batches, rank=dist.rank, world_size=dist.world_size,
-                           on_error=cfg.on_error)
+                           on_error=cfg.on_error, max_per_video=cfg.max_per_video)
     return make_loader(stream, num_workers=cfg.num_workers, pin_memory=dist.device.type == "cuda", seed=cfg.seed)
 
 

@@ -26,7 +26,7 @@ from .stages import Skip, VideoResult
 @dataclasses.dataclass(frozen=True)
 class ClipOptions:
     segment_s: float = 8.0
-    comments_per_segment: int = 5
+    comments_per_segment: int = 32
     frames_per_segment: int = 8
     size: int = 224
     max_shard_bytes: int = 1_000_000_000
@@ -34,6 +34,7 @@ class ClipOptions:
     cookie_file: str | None = None
     rate_limit: int | None = None
     max_duration_s: float | None = None
+    demote_filler: bool = False
 
 
 def videos_dir(root):
@@ -111,7 +112,7 @@ def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict |
     if not probe or probe.get("status") == "failed" or not probe.get("output_hash"):
         raise RuntimeError("video was not probed successfully")
     fingerprint = lake.combine_hashes({"video": probe["fingerprint"], "comments": str(comments_hash),
-                                       "opts": str(dataclasses.astuple(opts)[:5])})
+                                       "opts": str((*dataclasses.astuple(opts)[:5], opts.demote_filler))})
     seg_path = segments_path(root, vid)
     if prev and prev.get("fingerprint") == fingerprint and seg_path.exists():
         raise Skip
@@ -121,7 +122,8 @@ def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict |
         comments = lake.read_parquet(cpath, schema.CLEAN_COMMENTS_SCHEMA)
     table, frames = segment_video(probe["metrics"]["path"], comments, segment_s=opts.segment_s,
                                   comments_per_segment=opts.comments_per_segment,
-                                  frames_per_segment=opts.frames_per_segment, size=opts.size, video_id=vid)
+                                  frames_per_segment=opts.frames_per_segment, size=opts.size, video_id=vid,
+                                  demote_filler=opts.demote_filler)
     table = write_shards(table, frames, shards_dir(root), vid, max_shard_bytes=opts.max_shard_bytes)
     digest = lake.write_parquet(table, seg_path)
     with_comments = int(np.count_nonzero(np.asarray(table.column("comment_count").to_numpy()) > 0)) if table.num_rows else 0

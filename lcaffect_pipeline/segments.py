@@ -24,12 +24,15 @@ Policies (each one a documented choice):
   its declared duration (more than ``max(1 s, 5 %)`` short of the last sample time) is truncated:
   ``VideoDecodeError``.
 * Comments (``assign_comments_duckdb``): a comment belongs to the segment with
-  ``start_ms <= offset_ms < end_ms``. Up to K are chosen by one deterministic rule: exact
-  duplicate texts within the segment are dropped (the earliest is kept); pure laughter or filler
-  (``哈哈哈``, ``233``, ``www``, ``草``, ``lol``, ``666``, single characters, punctuation or emoji
-  only) ranks after every informative comment; then more distinct characters first, then longer
-  texts, then earlier offset, then comment_id. ``comments`` lists them in that rank order;
-  ``comment_count`` is every comment in the window before any of this.
+  ``start_ms <= offset_ms < end_ms``. Exact duplicate texts within the segment are dropped (the
+  earliest is kept), then up to K (``comments_per_segment``, 32 by default) are kept **in order of
+  appearance** (offset, then comment_id). The V2LC loader samples the few it trains on from these
+  at every step (``lcaffect_ml.data``), so a busy segment shows the model all of its reactions over
+  an epoch. Laughter and filler (``哈哈哈``, ``233``, ``www``, ``草``, ``awsl``) are affect signal for
+  this task and are kept; ``demote_filler=True`` restores the older ranking instead: pure laughter
+  or filler (also single characters, punctuation or emoji only) after every informative comment,
+  then more distinct characters, then longer texts, then earlier. ``comment_count`` is every
+  comment in the window before any of this.
 """
 
 from __future__ import annotations
@@ -104,10 +107,11 @@ def segment_video(
     comments: pa.Table | None = None,
     *,
     segment_s: float = 8.0,
-    comments_per_segment: int = 5,
+    comments_per_segment: int = 32,
     frames_per_segment: int = 8,
     size: int = 224,
     video_id: str | None = None,
+    demote_filler: bool = False,
 ) -> tuple[pa.Table, np.ndarray]:
     """Segments table (SEGMENTS_SCHEMA, ``shard``/``sample_key`` null) and frames
     ``uint8 (n_segments, frames_per_segment, size, size, 3)`` RGB.
@@ -128,7 +132,7 @@ def segment_video(
         frames = np.zeros((0, frames_per_segment, size, size, 3), dtype=np.uint8)
     table = _segments_table(video_id, spans, times)
     if comments is not None and comments.num_rows:
-        table = assign_comments_duckdb(comments, table, k=comments_per_segment)
+        table = assign_comments_duckdb(comments, table, k=comments_per_segment, demote_filler=demote_filler)
     return table, frames
 
 
@@ -169,7 +173,8 @@ def assign_comments_duckdb(
     comments: pa.Table | str | os.PathLike | Sequence[str],
     segments: pa.Table | str | os.PathLike | Sequence[str],
     *,
-    k: int = 5,
+    k: int = 32,
+    demote_filler: bool = False,
     con: duckdb.DuckDBPyConnection | None = None,
 ) -> pa.Table:
     """Fill ``comments``, ``comment_ids`` and ``comment_count`` of ``segments`` (the rule in the
@@ -183,7 +188,8 @@ def assign_comments_duckdb(
     try:
         _register(con, "lc_comments", comments)
         _register(con, "lc_segments", segments)
-        rel = con.sql(_ASSIGN_SQL, params={"k": int(k), "filler": f"^(?:{FILLER_PATTERN})$"})
+        rel = con.sql(_ASSIGN_SQL, params={"k": int(k), "demote": bool(demote_filler),
+                                           "filler": f"^(?:{FILLER_PATTERN})$"})
         # DuckDB 2.x names it to_arrow_table; 1.x arrow().
         result = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
     finally:
@@ -219,9 +225,9 @@ ranked AS (
     SELECT video_id, segment_index, comment_id, text,
            row_number() OVER (
                PARTITION BY video_id, segment_index
-               ORDER BY (length(core) <= 1 OR regexp_matches(lower(core), $filler)),
-                        length(list_distinct(string_split(core, ''))) DESC,
-                        length(core) DESC, offset_ms, comment_id
+               ORDER BY CASE WHEN $demote THEN length(core) <= 1 OR regexp_matches(lower(core), $filler) END,
+                        CASE WHEN $demote THEN -length(list_distinct(string_split(core, ''))) END,
+                        CASE WHEN $demote THEN -length(core) END, offset_ms, comment_id
            ) AS rk
     FROM distinct_texts
     QUALIFY rk <= $k

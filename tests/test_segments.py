@@ -223,25 +223,40 @@ def test_comments_go_to_the_segment_holding_their_offset():
         ("v2", "g", 100, "别的视频"),
     ])
     out = assign_comments_duckdb(comments, segs).to_pylist()
-    assert [r["comment_ids"] for r in out] == [["b", "a"], ["c"], ["d"]]
+    assert [r["comment_ids"] for r in out] == [["a", "b"], ["c"], ["d"]]  # order of appearance
     assert [r["comment_count"] for r in out] == [2, 1, 1]
     assert [r["frame_times_ms"] for r in out] == [[0], [8000], [16000]]  # passes through
 
 
-def test_selection_prefers_informative_comments():
-    segs = _segments("v", [(0, 8000)])
-    comments = _comments([
+def _busy_segment_comments():
+    return _comments([
         ("v", "01", 100, "哈哈哈哈哈哈"), ("v", "02", 200, "233"), ("v", "03", 300, "草"),
         ("v", "04", 400, "这个镜头太美了"), ("v", "05", 500, "这个镜头太美了"),  # exact duplicate
         ("v", "06", 600, "lol"), ("v", "07", 700, "www"), ("v", "08", 800, "画面真好看"),
         ("v", "09", 900, "好"), ("v", "10", 1000, "主角出场！！"), ("v", "11", 1100, "😂😂😂"),
     ], schema=CLEAN_COMMENTS_SCHEMA)
-    (row,) = assign_comments_duckdb(comments, segs, k=5).to_pylist()
+
+
+def test_default_keeps_every_comment_in_order_of_appearance_laughter_included():
+    segs = _segments("v", [(0, 8000)])
+    (row,) = assign_comments_duckdb(_busy_segment_comments(), segs).to_pylist()
+    # laughter and filler are the affect signal: kept, in the order viewers wrote them; only the
+    # exact duplicate (05) goes
+    assert row["comment_ids"] == ["01", "02", "03", "04", "06", "07", "08", "09", "10", "11"]
+    assert row["comments"][:3] == ["哈哈哈哈哈哈", "233", "草"]
+    (row,) = assign_comments_duckdb(_busy_segment_comments(), segs, k=3).to_pylist()
+    assert row["comment_ids"] == ["01", "02", "03"]  # the cap keeps the earliest
+
+
+def test_selection_can_demote_filler_as_an_option():
+    segs = _segments("v", [(0, 8000)])
+    comments = _busy_segment_comments()
+    (row,) = assign_comments_duckdb(comments, segs, k=5, demote_filler=True).to_pylist()
     # informative by distinct characters (7, 5, 4), then filler: "233" and "lol" (2 distinct) by offset,
     assert row["comments"] == ["这个镜头太美了", "画面真好看", "主角出场！！", "233", "lol"]
     assert row["comment_ids"] == ["04", "08", "10", "02", "06"]
     assert row["comment_count"] == 11  # every comment in the window, duplicates included
-    (row,) = assign_comments_duckdb(comments, segs, k=20).to_pylist()
+    (row,) = assign_comments_duckdb(comments, segs, k=20, demote_filler=True).to_pylist()
     assert len(row["comments"]) == 10 and "05" not in row["comment_ids"]  # the duplicate is gone
     assert row["comment_ids"][-5:] == ["01", "07", "03", "09", "11"]  # filler: longer first, then offset
 
@@ -249,8 +264,9 @@ def test_selection_prefers_informative_comments():
 def test_ties_break_by_offset_then_comment_id():
     segs = _segments("v", [(0, 8000)])
     comments = _comments([("v", "z", 500, "甲乙丙丁"), ("v", "b", 300, "一二三四"), ("v", "a", 300, "五六七八")])
-    (row,) = assign_comments_duckdb(comments, segs).to_pylist()
-    assert row["comment_ids"] == ["a", "b", "z"]
+    for demote in (False, True):
+        (row,) = assign_comments_duckdb(comments, segs, demote_filler=demote).to_pylist()
+        assert row["comment_ids"] == ["a", "b", "z"]
 
 
 def test_segment_without_comments_has_empty_lists():

@@ -106,7 +106,8 @@ class ClipsResource(dg.ConfigurableResource):
     """How videos become training clips (segment length, comments per segment, frames, shards)."""
 
     segment_s: float = 8.0
-    comments_per_segment: int = 5
+    comments_per_segment: int = Field(default=32, description="Comments kept per segment in order of appearance "
+                                      "(after exact duplicates); training samples its few from these")
     frames_per_segment: int = 8
     size: int = Field(default=224, description="Frames are size x size RGB")
     max_shard_bytes: int = Field(default=1_000_000_000, description="Split a video's shards at this size")
@@ -114,6 +115,7 @@ class ClipsResource(dg.ConfigurableResource):
     cookie_file: Optional[str] = Field(default=None, description="cookies.txt for yt-dlp (a secret)")
     rate_limit: Optional[int] = Field(default=None, description="Download rate limit, bytes/s")
     max_duration_s: Optional[float] = Field(default=None, description="Skip videos longer than this")
+    demote_filler: bool = Field(default=False, description="Rank laughter/filler comments last (off: they are affect signal)")
 
     def options(self):
         from ..clips import ClipOptions
