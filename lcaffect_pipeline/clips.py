@@ -12,7 +12,6 @@ Plain functions the clips assets wrap. Lake layout:
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +41,14 @@ def videos_dir(root):
 
 
 def fetch_video(video: dict[str, Any], prev: dict | None, *, root, opts: ClipOptions) -> VideoResult:
-    """Copy a local video into the lake, or download it with yt-dlp (skipped when present)."""
-    from .videos import download_video, existing_video
+    """Copy a local video into the lake, or download it with yt-dlp.
+
+    A URL is downloaded once and kept until the catalogue gives the video another URL (then it
+    is downloaded again, also under ``force``). A local file is checked on every run, because
+    that costs nothing: size and modification time first, its content hash only when they
+    differ; a file whose content changed is copied again.
+    """
+    from .videos import download_video, existing_video, source_key
 
     vid, src = video["video_id"], video.get("video")
     if not src:
@@ -51,24 +56,35 @@ def fetch_video(video: dict[str, Any], prev: dict | None, *, root, opts: ClipOpt
     have = existing_video(videos_dir(root), vid)
     if "://" in src:
         fingerprint = f"url:{src}"
-        if have is not None and prev and prev.get("fingerprint") == fingerprint:
+        if have is not None and have.source_key == source_key(src) and prev and prev.get("fingerprint") == fingerprint:
             raise Skip
-        if have is None:
-            have = download_video(src, videos_dir(root), vid, max_height=opts.max_height, cookiefile=opts.cookie_file,
-                                  rate_limit=opts.rate_limit, max_duration_s=opts.max_duration_s,
-                                  archive=str(videos_dir(root) / "download-archive.txt"))
-    else:
-        source = Path(src)
-        if not source.is_file():
-            raise FileNotFoundError(f"{src}: video file not found")
-        fingerprint = lake.file_hash(source)
-        if have is not None and prev and prev.get("fingerprint") == fingerprint:
-            raise Skip
-        dest = lake.under(videos_dir(root), f"{vid}{source.suffix.lower() or '.mp4'}")
-        with lake.atomic_write(dest) as out, open(source, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-        have = existing_video(videos_dir(root), vid)
-    return VideoResult(vid, "done", fingerprint, lake.file_hash(have.path), 1, metrics={"path": str(have.path), "bytes": have.path.stat().st_size})
+        have = download_video(src, videos_dir(root), vid, max_height=opts.max_height, cookiefile=opts.cookie_file,
+                              rate_limit=opts.rate_limit, max_duration_s=opts.max_duration_s,
+                              archive=str(videos_dir(root) / "download-archive.txt"))
+        return _fetched(vid, fingerprint, have)
+    return _copy_if_changed(vid, Path(src), have, prev, root)
+
+
+def _copy_if_changed(vid: str, source: Path, have, prev: dict | None, root) -> VideoResult:
+    from .videos import copy_local_video
+
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: video file not found")
+    st = source.stat()
+    seen = [str(source), st.st_size, st.st_mtime_ns]  # taken before reading: a later write shows next run
+    last = (prev or {}).get("metrics", {})
+    if have is not None and last.get("source_stat") == seen:
+        raise Skip
+    fingerprint = lake.file_hash(source)
+    if have is not None and prev and prev.get("fingerprint") == fingerprint:
+        # Touched or copied over with the same bytes: keep the copy, remember the new stat.
+        return VideoResult(**{**prev, "status": "skipped", "reason": None, "metrics": {**last, "source_stat": seen}})
+    return _fetched(vid, fingerprint, copy_local_video(source, videos_dir(root), vid), source_stat=seen)
+
+
+def _fetched(vid: str, fingerprint: str, have, **metrics) -> VideoResult:
+    return VideoResult(vid, "done", fingerprint, lake.file_hash(have.path), 1,
+                       metrics={"path": str(have.path), "bytes": have.path.stat().st_size, **metrics})
 
 
 def probe_one(video: dict[str, Any], prev: dict | None, *, root, video_hash: str | None) -> VideoResult:

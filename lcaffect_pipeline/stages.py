@@ -37,7 +37,12 @@ class VideoResult:
 
 
 class Skip(Exception):
-    """Raised by a stage function: the inputs are unchanged, keep the previous output."""
+    """Raised by a stage function: the inputs are unchanged, keep the previous output.
+
+    A function may instead *return* a ``skipped`` result: the output is kept as well, and the
+    result's state is saved (say, the new modification time of a touched but unchanged file,
+    so that the next run need not read it again).
+    """
 
 
 def state_path(root, stage: str, video_id: str):
@@ -79,8 +84,9 @@ def run_stage(
         vid = video["video_id"]
         prev = None if force else load_state(root, stage, vid)
         started = time.perf_counter()
+        returned = False
         try:
-            result = fn(video, prev)
+            result, returned = fn(video, prev), True
         except Skip:
             assert prev is not None, f"stage {stage} skipped {vid} without a previous state"
             result = VideoResult(**{**prev, "status": "skipped", "reason": None, "seconds": 0.0})
@@ -93,7 +99,7 @@ def run_stage(
                 result.output_hash = prev["output_hash"]
                 result.rows = prev.get("rows", 0)
         result.seconds = round(time.perf_counter() - started, 3)
-        if result.status == "done":
+        if result.status == "done" or (returned and result.status == "skipped"):
             save_state(root, stage, result)
         results.append(result)
     return results

@@ -7,10 +7,15 @@ videos records the reason and goes on with the others.
 Files appear under their final name only when complete: a download lands in a hidden
 temporary folder next to its destination and is renamed into place; audio is written to a
 hidden temporary name and renamed.
+
+Each video in the lake has a ``{name}.info.json`` sidecar naming its file and a hash of where it
+came from (the URL or the local path), so that a catalogue entry that now points elsewhere is
+fetched again instead of keeping the old file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.cookiejar
 import json
 import logging
@@ -67,6 +72,13 @@ class VideoFile:
     path: Path
     video_id: str
     info: dict[str, Any] = field(default_factory=dict)
+    source_key: str | None = None  # source_key() of the URL or path it came from, where known
+
+
+def source_key(source: str | os.PathLike) -> str:
+    """A short hash of where a video came from: sidecars compare it without storing the URL
+    (a URL may carry a token)."""
+    return hashlib.sha256(str(source).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -108,7 +120,7 @@ def duration_filter(min_duration_s: float | None, max_duration_s: float | None) 
 
 
 def existing_video(dest_dir: str | os.PathLike, video_id: str) -> VideoFile | None:
-    """The video already downloaded for ``video_id`` under ``dest_dir``, if any (no network)."""
+    """The video already in ``dest_dir`` for ``video_id``, if any (no network)."""
     root = lake.under(dest_dir)
     stem = lake.safe_name(video_id)
     sidecar = root / f"{stem}{_INFO_SUFFIX}"
@@ -117,16 +129,47 @@ def existing_video(dest_dir: str | os.PathLike, video_id: str) -> VideoFile | No
             meta = json.loads(sidecar.read_text())
             path = root / meta["file"]
             if path.exists() and path.stat().st_size > 0:
-                return VideoFile(Path(str(path)), video_id, meta.get("info", {}))
+                info = meta.get("info", {})
+                # Sidecars written before source_sha256 existed still name yt-dlp's original_url.
+                key = meta.get("source_sha256") or (source_key(info["original_url"]) if info.get("original_url") else None)
+                return VideoFile(Path(str(path)), video_id, info, key)
         except (OSError, ValueError, KeyError):
             pass  # a damaged sidecar only costs a look at the files themselves
     if not root.exists():
         return None
-    for path in sorted(root.glob(f"{stem}.*")):
-        ext = path.name[len(stem) + 1:]
-        if _EXT.fullmatch(ext) and path.stat().st_size > 0:
+    for path in _copies(root, stem):
+        if path.stat().st_size > 0:
             return VideoFile(Path(str(path)), video_id, {})
     return None
+
+
+def _copies(root, stem: str) -> list:
+    """Every video file named ``{stem}.{ext}`` in ``root`` (not the sidecar, not other ids)."""
+    return [p for p in sorted(root.glob(f"{stem}.*")) if _EXT.fullmatch(p.name[len(stem) + 1:])]
+
+
+def _record(root, video_id: str, final, info: dict[str, Any], source: str | os.PathLike) -> VideoFile:
+    """Write the sidecar for ``final`` and remove older copies of the video under another
+    extension (a replaced ``.mkv`` must not shadow the new ``.mp4``)."""
+    key = source_key(source)
+    sidecar = {"video_id": video_id, "file": final.name, "source_sha256": key, "info": info}
+    lake.atomic_write_bytes(root / f"{lake.safe_name(video_id)}{_INFO_SUFFIX}",
+                            json.dumps(sidecar, ensure_ascii=False, indent=1).encode())
+    for old in _copies(root, lake.safe_name(video_id)):
+        if old.name != final.name:
+            old.unlink()
+    return VideoFile(Path(str(final)), video_id, info, key)
+
+
+def copy_local_video(source: str | os.PathLike, dest_dir: str | os.PathLike, video_id: str) -> VideoFile:
+    """Copy a local video file to ``dest_dir / f"{safe_name(video_id)}.{ext}"`` atomically."""
+    source = Path(source)
+    ext = source.suffix.lstrip(".").lower()
+    root = lake.under(dest_dir)
+    final = root / f"{lake.safe_name(video_id)}.{ext if _EXT.fullmatch(ext) else 'mp4'}"
+    with lake.atomic_write(final) as out, open(source, "rb") as inp:
+        shutil.copyfileobj(inp, out, 1 << 20)
+    return _record(root, video_id, final, {}, source.resolve())
 
 
 def download_video(
@@ -144,7 +187,8 @@ def download_video(
 ) -> VideoFile:
     """Download ``url`` to ``dest_dir / f"{safe_name(video_id)}.{ext}"`` through yt-dlp.
 
-    A video already present is returned as it is, without touching the network. The file is
+    A video already downloaded from this same ``url`` is returned as it is, without touching the
+    network; one that came from elsewhere (the catalogue's URL changed) is replaced. The file is
     downloaded into a hidden temporary folder and renamed into place, then a small
     ``{name}.info.json`` sidecar keeps the useful part of yt-dlp's info dict. ``rate_limit`` is
     in bytes per second. ``cookiefile`` (Netscape format) is copied to a private temporary file
@@ -154,9 +198,12 @@ def download_video(
     duration and after download (with ffprobe) where it does not.
     """
     found = existing_video(dest_dir, video_id)
-    if found is not None:
+    if found is not None and found.source_key == source_key(url):
         log.info("video %s already present at %s", video_id, found.path)
         return found
+    if found is not None:
+        log.info("video %s: %s came from another source; downloading the catalogue's URL", video_id, found.path)
+        archive = None  # the archive may list the new URL's id already: this download is wanted
     root = lake.under(dest_dir)
     secrets = _cookie_values(cookiefile, video_id) if cookiefile else []
     redact = _redactor(secrets)
@@ -194,11 +241,8 @@ def download_video(
         _publish(downloaded, final)
     kept = {k: info[k] for k in INFO_KEYS if info.get(k) is not None}
     kept = json.loads(redact(json.dumps(kept, ensure_ascii=False, default=str)))
-    sidecar = {"video_id": video_id, "file": final.name, "info": kept}
-    lake.atomic_write_bytes(root / f"{lake.safe_name(video_id)}{_INFO_SUFFIX}",
-                            json.dumps(sidecar, ensure_ascii=False, indent=1).encode())
     log.info("downloaded video %s to %s", video_id, final)
-    return VideoFile(Path(str(final)), video_id, kept)
+    return _record(root, video_id, final, kept, url)
 
 
 def _ydl_options(tmp: Path, max_height: int, archive, retries: int, rate_limit, redact) -> dict[str, Any]:

@@ -66,3 +66,55 @@ def test_adding_a_video_processes_only_that_video(clips_run, tmp_path: Path) -> 
     after = {p.name: p.stat().st_mtime_ns for p in (root / "shards").rglob("*.tar")}
     assert all(after[name] == mtime for name, mtime in before.items())  # old shards untouched
     assert len(after) > len(before)
+
+
+def test_a_replaced_local_video_is_picked_up_by_the_next_run(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from conftest import fixture_path
+
+    need_ffmpeg()
+    video = tmp_path / "clip.mp4"
+    shutil.copy(fixture_path("video", "realshort.mp4"), video)  # 1.2 s, 320x240
+    catalogue = tmp_path / "catalogue.yaml"
+
+    def write_catalogue(path: Path) -> None:
+        comments = fixture_path("bilibili", "xml", "18678311.xml")
+        catalogue.write_text(f"videos:\n  - {{video_id: clip, platform: bilibili, source: {comments}, video: {path}}}\n")
+
+    write_catalogue(video)
+    root = tmp_path / "lake"
+    res = resources(root, CatalogueResource(path=str(catalogue)))
+
+    def run() -> tuple[dict, dict]:
+        result = dg.materialize(ALL, resources=res)
+        assert result.success
+        status = {a: manifest(root, a)["results"]["clip"]["status"] for a in ("videos", "video_probes", "segments")}
+        return status, {e.asset_key.to_user_string(): e.materialization.tags["dagster/data_version"]
+                        for e in result.get_asset_materialization_events()}
+
+    def probe() -> dict:
+        return manifest(root, "video_probes")["results"]["clip"]["metrics"]
+
+    first_status, first = run()
+    assert set(first_status.values()) == {"done"} and probe()["width"] == 320
+    status, again = run()  # nothing changed
+    assert set(status.values()) == {"skipped"} and again == first
+    os.utime(video, ns=(1, 1_000_000_000))  # touched, same bytes: hashed once, still skipped
+    status, again = run()
+    assert set(status.values()) == {"skipped"} and again == first
+    assert manifest(root, "videos")["results"]["clip"]["metrics"]["source_stat"][2] == 1_000_000_000
+
+    shutil.copy(fixture_path("video", "example.mp4"), video)  # replaced under the same name
+    status, replaced = run()
+    assert set(status.values()) == {"done"} and probe()["width"] == 640
+    assert replaced["videos"] != first["videos"] and replaced["training_shards"] != first["training_shards"]
+    assert manifest(root, "segments")["results"]["clip"]["rows"] == 2  # 16 s: two 8 s segments
+
+    other = tmp_path / "clip.webm"  # the catalogue now names a WebM: the old .mp4 must not shadow it
+    shutil.copy(fixture_path("video", "big_buck_bunny_432_433.webm"), other)
+    write_catalogue(other)
+    status, _ = run()
+    assert set(status.values()) == {"done"} and probe()["width"] == 1280
+    assert sorted(p.name for p in (root / "videos").iterdir() if not p.name.startswith(".")) == ["clip.info.json", "clip.webm"]

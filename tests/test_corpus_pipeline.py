@@ -142,3 +142,67 @@ def test_dagster_job_execute_from_the_shell(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / "lake" / "corpus.duckdb").exists()
     assert manifest(tmp_path / "lake", "clean_comments")["videos"] == 3
+
+
+def _add_xml_comments(path: Path, n: int) -> None:
+    """Append ``n`` new comments to a Bilibili XML file, the way a fresh download would differ."""
+    new = "".join(f'<d p="{i + 1}.5,1,25,16777215,1600000000,0,abcd{i:04d},9900000{i:03d},1">新的弹幕 {i}</d>' for i in range(n))
+    path.write_text(path.read_text(encoding="utf-8").replace("</i>", new + "</i>"), encoding="utf-8")
+
+
+def _pb_segment(n: int) -> bytes:
+    from lcaffect_pipeline.bili_proto import DmSegMobileReply
+
+    reply = DmSegMobileReply()
+    for i in range(n):
+        e = reply.elems.add()
+        e.id, e.idStr, e.progress, e.mode, e.content, e.ctime = 770000 + i, str(770000 + i), 1000 * (i + 1), 1, f"新段 {i}", 1600000000
+        e.weight = 10  # low-weight comments are cleaned away
+    return reply.SerializeToString()
+
+
+def test_a_changed_local_file_or_folder_is_picked_up_by_the_next_run(tmp_path: Path) -> None:
+    import shutil
+
+    from conftest import fixture_path
+
+    xml = tmp_path / "2170097.xml"
+    shutil.copy(fixture_path("bilibili", "xml", "2170097.xml"), xml)
+    folder = tmp_path / "18678311"
+    shutil.copytree(fixture_path("bilibili", "protobuf", "18678311"), folder)
+    catalogue = tmp_path / "catalogue.yaml"
+    catalogue.write_text(f"videos:\n  - {{source: {xml}, platform: bilibili}}\n  - {{source: {folder}, platform: bilibili}}\n")
+    res = resources(tmp_path / "lake")
+    res["catalogue"] = CatalogueResource(path=str(catalogue))
+    root = tmp_path / "lake"
+
+    def run():
+        result = dg.materialize([*ASSETS], resources=res)
+        assert result.success
+        raw, clean = manifest(root, "raw_comments")["results"], manifest(root, "clean_comments")["results"]
+        return ({v: (r["status"], r["rows"]) for v, r in raw.items()},
+                {v: r["status"] for v, r in clean.items()}, versions(result))
+
+    raw, _, first = run()
+    assert raw == {"2170097": ("done", 973), "18678311": ("done", 5)}
+
+    raw, clean, again = run()  # nothing changed: everything skips, same data versions
+    assert {s for s, _ in raw.values()} == {"skipped"} and set(clean.values()) == {"skipped"} and again == first
+
+    os.utime(xml, ns=(1, 1_000_000_000))  # touched, same bytes: re-read, still skipped
+    raw, clean, again = run()
+    assert {s for s, _ in raw.values()} == {"skipped"} and again == first
+
+    _add_xml_comments(xml, 20)
+    raw, clean, changed = run()
+    assert raw == {"2170097": ("done", 993), "18678311": ("skipped", 5)}
+    assert clean == {"2170097": "done", "18678311": "skipped"}
+    assert changed["raw_comments"] != first["raw_comments"] and changed["corpus_catalog"] != first["corpus_catalog"]
+
+    (folder / "18678311-3.pb").write_bytes(_pb_segment(3))  # one file inside the folder changes
+    raw, clean, changed_again = run()
+    assert raw == {"2170097": ("skipped", 993), "18678311": ("done", 8)}
+    assert clean == {"2170097": "skipped", "18678311": "done"}
+    assert changed_again["clean_comments"] != changed["clean_comments"]
+    con = duckdb.connect(str(root / "corpus.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM raw_comments").fetchone()[0] == 993 + 8

@@ -567,6 +567,9 @@ RELIABILITY = [
     ("Training killed and resumed", "1 kill", "identical weights", "tests/test_train_v2lc.py::test_killed_run_resumes_to_identical_weights"),
     ("NaN loss", "1", "stops before any poisoned checkpoint", "tests/test_train_v2lc.py::test_nan_loss_stops_before_any_poisoned_checkpoint"),
     ("Dagster step retry during training", "1", "resumes from its checkpoint", "tests/test_v2lc_asset.py::test_a_retried_step_resumes_from_its_checkpoint"),
+    ("Local comment file edited, file inside a local folder replaced, local file only touched, between two corpus runs", "1 file, 1 folder, 1 touch", "each change re-read and its data version changes downstream; a touch or no change skips with the same versions", "tests/test_corpus_pipeline.py::test_a_changed_local_file_or_folder_is_picked_up_by_the_next_run"),
+    ("Local video replaced under the same name, touched, or swapped for another container between two clips runs", "3 changes", "replaced video re-probed and re-segmented; the old copy never shadows the new one; a touch skips", "tests/test_clips_pipeline.py::test_a_replaced_local_video_is_picked_up_by_the_next_run"),
+    ("Catalogue video URL changed (new URL's id already in the download archive), with and without force", "2 runs", "downloaded again from the new URL; the old file is not kept", "tests/test_videos.py::test_a_changed_video_url_is_downloaded_again"),
 ]
 RELIABILITY_DOC = ROOT / "docs" / "RELIABILITY.md"
 

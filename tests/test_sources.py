@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import time
 import zlib
 from pathlib import Path
@@ -437,6 +438,22 @@ def test_local_file_and_folder_copy_with_skip_and_refresh(lake_root, tmp_path):
     shrunk = fetch_comments("local", str(src), dest, refresh=True)
     assert shrunk.changed is True and not (dest / "b.json").exists()  # dropped with the manifest
 
+
+
+def test_local_source_is_checked_on_every_run_without_refresh(lake_root, tmp_path):
+    src = tmp_path / "v.xml"
+    src.write_bytes(fixture_path("bilibili", "xml", "18678311.xml").read_bytes())
+    dest = lake_root / "v"
+    first = fetch_local(src, dest, platform="bilibili")
+    assert fetch_local(src, dest, platform="bilibili").status == "skipped"  # same size and mtime
+    os.utime(src, ns=(1, 1_000_000_000))  # touched: read again, same content, same data version
+    touched = fetch_local(src, dest, platform="bilibili")
+    assert (touched.status, touched.changed, touched.content_hash) == ("complete", False, first.content_hash)
+    assert fetch_local(src, dest, platform="bilibili").status == "skipped"  # the new mtime is remembered
+    src.write_bytes(src.read_bytes().replace(b"</i>", b'<d p="1.0,1,25,16777215,1600000000,0,ab,77,5">new</d></i>'))
+    changed = fetch_local(src, dest, platform="bilibili")
+    assert changed.changed is True and changed.content_hash != first.content_hash
+    assert (dest / "v.xml").read_bytes() == src.read_bytes()
 
 def test_dispatch_and_a_batch_that_goes_on_past_failures(bili, lake_root, tmp_path):
     assert choose_fetcher("bilibili", BVID) == "bilibili"

@@ -78,6 +78,41 @@ def test_direct_url_download_then_reuse_without_network(site, lake_root):
     assert len(site.requests) == before  # no network for a video already present
 
 
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_changed_video_url_is_downloaded_again(site, lake_root, force):
+    from lcaffect_pipeline import stages
+    from lcaffect_pipeline.clips import ClipOptions, fetch_video
+    from lcaffect_pipeline.videos import existing_video, source_key
+
+    # The new URL ends in the same file name, so yt-dlp's download archive already lists its id.
+    site.add("/mirror/example.mp4", site.small)
+    old_url, new_url = site.url("/example.mp4"), site.url("/mirror/example.mp4")
+
+    def run(url: str, force: bool = False) -> stages.VideoResult:
+        fn = lambda video, prev: fetch_video(video, prev, root=lake_root, opts=ClipOptions())  # noqa: E731
+        [result] = stages.run_stage(lake_root, "videos", [{"video_id": "v1", "video": url}], fn, force=force)
+        assert result.status != "failed", result.reason
+        return result
+
+    first = run(old_url)
+    assert run(old_url).status == "skipped"
+    before = len(site.requests)
+    second = run(new_url, force=force)
+    assert second.status == "done" and len(site.requests) > before
+    assert _sha(lake_root / "videos" / "v1.mp4") == _sha(site.small) and second.output_hash != first.output_hash
+    assert run(new_url).status == "skipped"
+    before = len(site.requests)
+    assert run(new_url, force=True).output_hash == second.output_hash  # same URL: force keeps the file
+    assert len(site.requests) == before
+
+    # A sidecar written before the source hash existed still tells where its file came from.
+    sidecar = lake_root / "videos" / "v1.info.json"
+    meta = json.loads(sidecar.read_text())
+    del meta["source_sha256"]
+    sidecar.write_text(json.dumps(meta))
+    assert existing_video(lake_root / "videos", "v1").source_key == source_key(new_url)
+
 def test_html_page_with_video_tag(site, lake_root):
     got = download_video(site.url("/page.html"), lake_root / "videos", "page-video")
     assert got.path.name == "page-video.mp4"

@@ -9,7 +9,8 @@ Each video gets one folder that the caller chooses (``{lake}/sources/{platform}/
 Work in progress is staged in a hidden sibling folder ``.{name}.staging`` (with a ``partial``
 manifest saying what is missing and why), so a failed or interrupted fetch leaves no file under a
 final name and no ``complete`` manifest; the next run reuses what was staged and fetches only the
-rest. A folder whose manifest says ``complete`` is skipped unless ``refresh=True``; a refresh
+rest. A web source's folder whose manifest says ``complete`` is skipped unless ``refresh=True`` (a
+local source is compared with its files on every run, see ``local``); a refresh
 fetches everything into staging and replaces only the files whose content changed, and
 ``FetchResult.changed`` says whether anything did, so data versions stay put when a re-crawl
 brings nothing new. Readers should take the file list from the manifest.

@@ -1,8 +1,13 @@
 """A local comment file or folder as a source: copied into the lake like a fetched one.
 
 A file is copied as it is; a folder contributes its visible top-level files (sub-folders and
-dot-files are not comment files). The copy gets the same manifest, skip and refresh rules as the
-web sources, so the rest of the pipeline never needs to know where the comments came from.
+dot-files are not comment files). The copy gets the same manifest as a web source, so the rest
+of the pipeline never needs to know where the comments came from.
+
+Unlike a web source (complete until a refresh), a local one is checked on every run, since that
+costs nothing: the manifest keeps each file's size and modification time, and when any of them
+differs (or a file came or went) the files are copied again. ``SourceFolder.commit`` compares
+contents by sha256, so a file that was only touched leaves the data version alone.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ def local_video_id(source: str | Path) -> str:
     return path.name.split(".")[0] if path.is_file() else path.name
 
 
+def _stats(files: list[Path]) -> dict[str, list[int]]:
+    """``{name: [size, mtime_ns]}``: what tells a changed local file without reading it."""
+    return {p.name: [(st := p.stat()).st_size, st.st_mtime_ns] for p in files}
+
+
 def fetch_local(
     source: str | Path,
     dest_dir: str | Path,
@@ -40,13 +50,20 @@ def fetch_local(
     video_id: str | None = None,
 ) -> FetchResult:
     folder = SourceFolder(dest_dir)
-    if not refresh and (done := folder.completed()):
-        return done
     files = local_files(source)
+    where = str(Path(str(source).removeprefix("file://")).expanduser().resolve())
+    stats = _stats(files)  # taken before reading: a write after this shows on the next run
+    done = folder.completed()
+    if not refresh and done and (done.metadata.get("source_path"), done.metadata.get("source_stats")) == (where, stats):
+        return done
     folder.begin(reuse=False)  # copying is cheap and local: always from scratch
     for path in files:
         folder.stage(path.name, path.read_bytes())
-    metadata = {"source_path": str(Path(str(source).removeprefix("file://")).expanduser().resolve()), "comment_source": "local"}
+    metadata = {
+        "source_path": where,
+        "comment_source": "local",
+        "source_stats": stats,
+    }
     return folder.commit(
         [p.name for p in files],
         platform=platform,
