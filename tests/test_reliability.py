@@ -567,6 +567,20 @@ RELIABILITY = [
     ("Training killed and resumed", "1 kill", "identical weights", "tests/test_train_v2lc.py::test_killed_run_resumes_to_identical_weights"),
     ("NaN loss", "1", "stops before any poisoned checkpoint", "tests/test_train_v2lc.py::test_nan_loss_stops_before_any_poisoned_checkpoint"),
     ("Dagster step retry during training", "1", "resumes from its checkpoint", "tests/test_v2lc_asset.py::test_a_retried_step_resumes_from_its_checkpoint"),
+    ("Gzip bomb (64 KiB inflating to 64 MiB) from the web", "1 reply, 1 MiB cap", "ResponseTooLarge, peak memory under 8 MiB, not retried", "tests/test_hostile_web.py::test_gzip_bomb_is_refused_in_bounded_memory"),
+    ("Reply over the size cap, with and without Content-Length", "2", "ResponseTooLarge before or while reading", "tests/test_hostile_web.py::test_raw_body_over_the_cap_is_refused_with_or_without_content_length"),
+    ("Raw-deflate XML bomb (with and without Content-Encoding)", "2", "fetch fails naming the cap; nothing committed", "tests/test_hostile_web.py::test_deflate_bomb_xml_is_not_committed"),
+    ("Server trickling one byte at a time (body, headers)", "2", "cut at the total deadline (deadline_s), not kept alive by the per-read timeout", "tests/test_hostile_web.py::test_a_trickling_server_is_cut_at_the_total_deadline"),
+    ("dm_sge.total of 10^6 with duration 0", "1", "refused by max_segments before any segment request", "tests/test_hostile_web.py::test_segment_total_without_a_duration_is_bounded"),
+    ("Video duration of 10^8 and 10^12 s", "2", "refused by max_segments; no file-name list built", "tests/test_hostile_web.py::test_segment_count_from_a_huge_duration_is_refused_before_any_segment"),
+    ("Parallel chunk steps crawling one host", "3 processes x 4 requests", "spacing held across processes (lock files per host)", "tests/test_hostile_web.py::test_host_spacing_holds_across_processes"),
+    ("Redirect chains, redirect loop, redirect to another host", "3", "every hop spaced; loop cut at max_redirects; other host refused unless in redirect_hosts", "tests/test_hostile_web.py::test_redirect_hops_are_spaced_loops_cut_and_other_hosts_refused"),
+    ("Segment holding only an unknown protobuf field", "1 video", "not committed; the next run fetches that segment again", "tests/test_hostile_web.py::test_a_segment_that_does_not_parse_is_not_committed_and_is_fetched_again"),
+    ("HTTP 429 on every segment (XML sample fallback)", "1 video, 2 runs", "sample committed as incomplete; next run fetches the full history", "tests/test_hostile_web.py::test_xml_sample_after_a_rate_limit_is_incomplete_and_the_next_run_gets_the_history"),
+    ("View JSON of any shape (data list/string, code null, bare list, deep nesting)", "5 named + 60 generated + 1 nested 200k deep", "only FetchError, with an actionable message", "tests/test_hostile_web.py::test_any_json_shape_gives_a_result_never_another_exception"),
+    ("Cookie echoed by the server (JSON error message, redirect URL) through a Dagster run", "4 videos, every lake and Dagster file, events, python log", "masked everywhere", "tests/test_hostile_web.py::test_a_cookie_echoed_by_the_server_leaves_no_trace_in_a_dagster_run"),
+    ("AcFun records without an id (real ACFun.json)", "155 records x 3 user ids", "derived comment_id independent of the user id", "tests/test_hostile_web.py::test_derived_acfun_ids_do_not_depend_on_the_user_id"),
+    ("YouTube rows without an id (real live chat)", "50 lines x 2 channel ids", "derived comment_id independent of the channel id", "tests/test_hostile_web.py::test_derived_youtube_ids_do_not_depend_on_the_channel_id"),
 ]
 RELIABILITY_DOC = ROOT / "docs" / "RELIABILITY.md"
 
