@@ -364,6 +364,7 @@ class PoliteSession(requests.Session):
                 max_bytes=self.max_bytes,
                 deadline=deadline,
             )
+            deadline.check()  # a cut socket can look like a short, complete answer
             self._check_length(resp)
         finally:
             resp.close()

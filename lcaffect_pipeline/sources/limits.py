@@ -6,7 +6,8 @@
   about the cap in memory, not the gigabyte. ``inflate`` does the same for a whole body.
 - ``Deadline``: a total time limit for one request. Per-read timeouts never stop a server that
   sends one byte every half second; when the deadline passes, a timer shuts down the request's
-  socket, whatever phase (connecting, headers, body) the request is in. ``DeadlineAdapter``
+  socket, whatever phase (connecting, headers, body) the request is in. The clock starts with
+  the first connection, so waiting for the host's slot does not eat into it. ``DeadlineAdapter``
   gives requests' connections the hook that tells the timer which socket that is.
 - ``HostSlots``: start-to-start spacing of requests to one host, booked under a lock file per
   host, so every thread and every process that uses the same folder (the parallel chunk steps
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import tempfile
 import threading
@@ -150,7 +152,6 @@ class Deadline:
     def __enter__(self) -> "Deadline":
         self._outer = getattr(_current, "deadline", None)
         _current.deadline = self
-        self._timer.start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -159,6 +160,8 @@ class Deadline:
 
     def watch(self, conn) -> None:
         with self._lock:
+            if not self._conns:
+                self._timer.start()  # the clock runs from the first connection
             self._conns.append(conn)
             expired = self.expired
         if expired:
@@ -240,7 +243,7 @@ class HostSlots:
 
     def __init__(self, min_interval_s: float, folder: str | Path | None = None, sleep: Callable[[float], None] = time.sleep):
         self.min_interval_s = float(min_interval_s)
-        self.folder = Path(folder) if folder else Path(tempfile.gettempdir()) / "lcaffect-host-slots"
+        self.folder = Path(folder) if folder else Path(tempfile.gettempdir()) / f"lcaffect-host-slots-{getattr(os, 'getuid', lambda: 'user')()}"
         self._sleep = sleep
 
     def wait(self, url: str) -> None:
