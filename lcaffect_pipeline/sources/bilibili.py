@@ -107,6 +107,9 @@ class BilibiliClient:
         self.comment_base = comment_base.rstrip("/")
         self.session = session or PoliteSession()
         self.max_segments = int(max_segments)
+        # Redirects between the two configured endpoints are expected; to other hosts, refused.
+        bases = {urlsplit(b).hostname for b in (self.api_base, self.comment_base)}
+        self.session.redirect_hosts = self.session.redirect_hosts | {h.lower() for h in bases if h}
         # Bilibili answers requests without a bilibili.com Referer with 412 more often.
         self._headers = {"Referer": REFERER}
 
