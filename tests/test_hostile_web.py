@@ -24,12 +24,11 @@ from hypothesis import strategies as st
 
 from conftest import ROOT, fixture_path
 from fault_server import Fault, FaultServer, Response
-from lcaffect_pipeline.bili_proto import DmSegMobileReply
 from lcaffect_pipeline.formats import read_comments
 from lcaffect_pipeline.sources import MANIFEST, SourceFolder, fetch_comments
 from lcaffect_pipeline.sources.bilibili import BilibiliClient
 from lcaffect_pipeline.sources.http import FetchError, PoliteSession, RedirectRefused, ResponseTooLarge
-from test_sources import AID, BVID, CID, SEG, bili, client, config, dm_view_reply, manifest, raw_deflate, segments, view_json  # noqa: F401
+from test_sources import AID, BVID, CID, SEG, bili, config, dm_view_reply, manifest, raw_deflate, segments, view_json  # noqa: F401
 
 MiB = 1024 * 1024
 VIEW = f"/x/web-interface/view?bvid={BVID}"
