@@ -141,7 +141,7 @@ class FaultServer:
         self._plans: dict[str, tuple[list[Fault], Fault | None]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._httpd = ThreadingHTTPServer((host, 0), _Handler)
+        self._httpd = _QuietServer((host, 0), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.owner = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
@@ -314,6 +314,14 @@ class FaultServer:
             handler.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             handler.close_connection = True  # the client gave up (its timeout); nothing to do
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)  # a client that hung up is no error
 
 
 class _Handler(BaseHTTPRequestHandler):
