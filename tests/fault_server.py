@@ -56,6 +56,7 @@ import mimetypes
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -318,8 +319,6 @@ class FaultServer:
 
 class _QuietServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address) -> None:
-        import sys
-
         if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
             super().handle_error(request, client_address)  # a client that hung up is no error
 
