@@ -36,6 +36,14 @@ Faults (``plan(key, faults, then=None)``): the next requests to ``key`` (same ma
         send the headers with the full Content-Length but only half the body, then close
     ``"ok"``
         serve normally (useful in the middle of a plan)
+    ``"trickle"``
+        send headers with a huge Content-Length (``Fault.trickle(declared=, every_s=)``), then
+        one byte every ``every_s`` until the client gives up or the server closes
+    ``"trickle_headers"``
+        send the status line, then one header byte every ``every_s``, never ending the headers
+
+A ``Response(..., send_length=False)`` goes without Content-Length and ends by closing the
+connection (a body whose size the client learns only by reading it).
 
 Every request is recorded (``srv.requests``): method, path, query, headers (lower-case names),
 ``time`` (``time.monotonic()`` when it arrived) and the fault applied, so tests can count
@@ -48,6 +56,7 @@ import mimetypes
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -62,13 +71,16 @@ class Response:
     body: bytes = b""
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
+    send_length: bool = True
 
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # "status", "reset", "stall", "truncate", "ok"
+    kind: str  # "status", "reset", "stall", "truncate", "ok", "trickle", "trickle_headers"
     status: int = 200
     retry_after: float | None = None
+    declared: int = 2_000_000_000  # trickle: the Content-Length announced
+    every_s: float = 0.5  # trickle: seconds between bytes
 
     @classmethod
     def parse(cls, spec: Union["Fault", str, int]) -> "Fault":
@@ -77,9 +89,13 @@ class Fault:
         spec = str(spec).strip().lower()
         if re.fullmatch(r"\d{3}", spec):
             return cls("status", status=int(spec))
-        if spec in ("reset", "stall", "truncate", "ok"):
+        if spec in ("reset", "stall", "truncate", "ok", "trickle", "trickle_headers"):
             return cls(spec)
-        raise ValueError(f"unknown fault {spec!r}: use a 3-digit status, reset, stall, truncate or ok")
+        raise ValueError(f"unknown fault {spec!r}: use a 3-digit status, reset, stall, truncate, trickle or ok")
+
+    @classmethod
+    def trickle(cls, declared: int = 2_000_000_000, every_s: float = 0.5, headers: bool = False) -> "Fault":
+        return cls("trickle_headers" if headers else "trickle", declared=declared, every_s=every_s)
 
     @classmethod
     def with_status(cls, code: int, retry_after: float | None = None) -> "Fault":
@@ -126,7 +142,7 @@ class FaultServer:
         self._plans: dict[str, tuple[list[Fault], Fault | None]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._httpd = ThreadingHTTPServer((host, 0), _Handler)
+        self._httpd = _QuietServer((host, 0), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.owner = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
@@ -237,11 +253,29 @@ class FaultServer:
         elif fault.kind == "stall":
             self._stop.wait(self.stall_s)
             handler.close_connection = True
+        elif fault.kind in ("trickle", "trickle_headers"):
+            self._trickle(handler, fault)
         elif fault.kind == "truncate":
             resp = self._resolve(rec)
             keep = max(0, min(len(resp.body) - 1, len(resp.body) // 2))
             self._send(handler, resp, head, send_bytes=keep)
             handler.close_connection = True
+
+    def _trickle(self, handler: "_Handler", fault: Fault) -> None:
+        """One byte every ``fault.every_s`` until the client leaves or the server closes."""
+        handler.close_connection = True
+        try:
+            handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            if fault.kind == "trickle":
+                handler.wfile.write(f"Content-Length: {fault.declared}\r\nContent-Type: text/xml\r\n\r\n".encode())
+            handler.wfile.flush()
+            for _ in range(fault.declared):
+                if self._stop.wait(fault.every_s):
+                    return
+                handler.wfile.write(b"X" if fault.kind == "trickle_headers" else b"<")
+                handler.wfile.flush()
+        except OSError:
+            return  # the client gave up: what a deadline is for
 
     @staticmethod
     def _ranged(resp: Response, range_header: str | None) -> Response:
@@ -270,13 +304,23 @@ class FaultServer:
                 handler.send_header("Content-Type", "application/octet-stream")
             if "accept-ranges" not in names:
                 handler.send_header("Accept-Ranges", "bytes")
-            handler.send_header("Content-Length", str(len(resp.body)))
+            if resp.send_length:
+                handler.send_header("Content-Length", str(len(resp.body)))
+            else:
+                handler.send_header("Connection", "close")
+                handler.close_connection = True
             handler.end_headers()
             if not head:
                 handler.wfile.write(resp.body if send_bytes is None else resp.body[:send_bytes])
             handler.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             handler.close_connection = True  # the client gave up (its timeout); nothing to do
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)  # a client that hung up is no error
 
 
 class _Handler(BaseHTTPRequestHandler):

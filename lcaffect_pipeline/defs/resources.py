@@ -60,6 +60,12 @@ class CrawlerResource(dg.ConfigurableResource):
     backoff_max_s: float = 60.0
     timeout_s: float = 20.0
     cookie_file: Optional[str] = Field(default=None, description="Netscape cookies.txt (SESSDATA) for full history; a secret")
+    max_response_bytes: int = Field(default=64 * 1024 * 1024, description="Largest reply accepted, on the wire and after decompression (bytes)")
+    deadline_s: float = Field(default=120.0, description="Whole-answer deadline per request attempt (timeout_s is per read)")
+    max_segments: int = Field(default=1000, description="Most Bilibili 6-minute comment segments per video; more is refused")
+    max_redirects: int = 5
+    redirect_hosts: list[str] = Field(default=[], description="Hosts a redirect may lead to besides the one asked (others are refused)")
+    rate_limit_dir: Optional[str] = Field(default=None, description="Folder of per-host lock files that pace every process; default a temp folder (point it at a shared one for several machines)")
 
     def source_config(self):
         from ..sources import SourceConfig

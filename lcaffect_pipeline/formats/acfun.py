@@ -4,7 +4,9 @@
 Modes follow Bilibili's numbering. Mode 7 is a JSON object whose ``n`` is the displayed text; the
 payload is kept in ``raw`` (a payload that is not JSON keeps its raw text). Other texts use
 ``\\r`` or ``/n`` for line breaks; both become ``\\n``. Old dumps have no comment id: one is
-derived from ``c`` and ``m``, so verbatim repeats deduplicate. The user ``guest`` is no user.
+derived from ``c`` without its user field, and ``m``, so verbatim repeats deduplicate and the id
+reveals nothing about the user (an unsalted hash over the user id could be reversed by trying
+candidate ids). The user ``guest`` is no user.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def parse(ctx: ParseContext, items: list) -> list[pa.RecordBatch]:
             text, raw = _text(mode, message)
             user = fields[4]
             rows.append(
-                comment_id=fields[6] if len(fields) > 6 and fields[6] else derived_id(item["c"], message),
+                comment_id=fields[6] if len(fields) > 6 and fields[6] else derived_id(*fields[:4], *fields[5:], message),
                 offset_ms=to_int(to_float(fields[0]) * 1000),
                 text=text,
                 mode=_MODE_NAMES[mode] if 0 <= mode < len(_MODE_NAMES) else "other",

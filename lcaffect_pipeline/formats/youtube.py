@@ -64,7 +64,9 @@ def _add_line(rows: ColumnLists, record: dict) -> None:
             author = renderer.get("authorExternalChannelId")
             usec = renderer.get("timestampUsec")
             rows.append(
-                comment_id=str(renderer.get("id") or derived_id(offset_ms, author, text)),
+                # Without an id: from the offset, send time and text, never the author (an
+                # unsalted hash over the channel id could be reversed by trying candidates).
+                comment_id=str(renderer.get("id") or derived_id(offset_ms, usec, text)),
                 offset_ms=offset_ms,
                 text=text,
                 mode="scroll",

@@ -9,7 +9,11 @@ Each video gets one folder that the caller chooses (``{lake}/sources/{platform}/
 Work in progress is staged in a hidden sibling folder ``.{name}.staging`` (with a ``partial``
 manifest saying what is missing and why), so a failed or interrupted fetch leaves no file under a
 final name and no ``complete`` manifest; the next run reuses what was staged and fetches only the
-rest. A web source's folder whose manifest says ``complete`` is skipped unless ``refresh=True`` (a
+rest. Web fetchers commit only what parses (``commit(validate=True)``): a stored reply the
+parser would reject is dropped and the fetch fails, so that the next run fetches it again. A
+fetch that got only a stand-in for the data (Bilibili's capped XML sample after a passing
+failure) is committed with status ``incomplete``: readable now, fetched again by the next run.
+A web source's folder whose manifest says ``complete`` is skipped unless ``refresh=True`` (a
 local source is compared with its files on every run, see ``local``); a refresh
 fetches everything into staging and replaces only the files whose content changed, and
 ``FetchResult.changed`` says whether anything did, so data versions stay put when a re-crawl
@@ -28,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,14 +41,17 @@ from urllib.parse import urlsplit
 from lcaffect_pipeline.lake import as_path, atomic_write_bytes, combine_hashes, is_local
 from lcaffect_pipeline.schema import PLATFORMS
 from lcaffect_pipeline.sources.http import (
+    DEFAULT_MAX_BYTES,
     DEFAULT_USER_AGENT,
     FetchError,
     PoliteSession,
+    mask_obj,
     mask_text,
+    masked_logger,
     utc_now_iso,
 )
 
-log = logging.getLogger(__name__)
+log = masked_logger(__name__)
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -145,17 +151,28 @@ class SourceFolder:
             "updated_at": utc_now_iso(),
             "staged": staged,
             "missing": [n for n in expected if n not in staged],
-            "error": error,
-            "metadata": metadata,
+            "error": mask_text(error),
+            "metadata": mask_obj(metadata),
         }
         atomic_write_bytes(self.staging / MANIFEST, _dump(man))
 
     # -- committing ----------------------------------------------------------------------------
-    def commit(self, names: list[str], *, platform: str, video_id: str, source: str, metadata: dict) -> FetchResult:
+    def commit(
+        self, names: list[str], *, platform: str, video_id: str, source: str, metadata: dict,
+        incomplete: str | None = None, validate: bool = False,
+    ) -> FetchResult:
         """Move staged ``names`` into the folder (only those whose content changed), then the
-        manifest, then drop files the manifest no longer lists and the staging folder."""
+        manifest, then drop files the manifest no longer lists and the staging folder.
+
+        ``validate``: first parse the staged files as the pipeline will; a file that does not
+        parse is dropped from staging and FetchError raised (a partial manifest says why).
+        ``incomplete``: why this is not all of the data; the manifest says ``incomplete`` and
+        the next run fetches again.
+        """
+        if validate:
+            self._check_parses(names, platform=platform, video_id=video_id, source=source, metadata=metadata)
         old = self.manifest() or {}
-        old_files = old.get("files", {}) if old.get("status") == "complete" else {}
+        old_files = old.get("files", {}) if old.get("status") in ("complete", "incomplete") else {}
         entries: dict[str, dict] = {}
         changed = set(old_files) != set(names)
         for name in names:
@@ -169,9 +186,11 @@ class SourceFolder:
                 atomic_write_bytes(final, data)
             entries[name] = {"sha256": digest, "bytes": len(data)}
         now = utc_now_iso()
+        if incomplete:
+            metadata = {**metadata, "incomplete": incomplete}
         man = {
             "manifest_version": MANIFEST_VERSION,
-            "status": "complete",
+            "status": "incomplete" if incomplete else "complete",
             "platform": platform,
             "video_id": video_id,
             "source": mask_text(source),
@@ -181,12 +200,28 @@ class SourceFolder:
             "checked_at": now,
             "content_hash": combine_hashes({n: e["sha256"] for n, e in entries.items()}),
             "files": entries,
-            "metadata": metadata,
+            "metadata": mask_obj(metadata),
         }
         atomic_write_bytes(self.path / MANIFEST, _dump(man))
         self._drop_unlisted(set(names))
         self.discard_staging()
         return self._result(man, status="complete", changed=changed)
+
+    def _check_parses(self, names: list[str], *, platform: str, video_id: str, source: str, metadata: dict) -> None:
+        from lcaffect_pipeline.formats import CommentFormatError, read_comments
+        from lcaffect_pipeline.schema import PLATFORMS
+
+        if not is_local(self.staging) or not names:
+            return  # the readers take local paths; remote lakes are checked when parsed
+        try:
+            read_comments([str(self.staging / n) for n in names], platform=platform if platform in PLATFORMS else None, video_id=video_id)
+        except CommentFormatError as exc:
+            bad = Path(exc.path).name
+            if bad in names:
+                (self.staging / bad).unlink(missing_ok=True)
+            reason = f"{bad} was fetched but does not parse ({exc.reason}); not kept, the next run fetches it again"
+            self.record_failure(platform=platform, video_id=video_id, source=source, expected=names, error=reason, metadata=metadata)
+            raise FetchError(mask_text(source), reason) from None
 
     def _drop_unlisted(self, keep: set[str]) -> None:
         for child in self.path.iterdir():
@@ -222,6 +257,12 @@ class SourceConfig:
     cookie_file: str | None = None
     refresh: bool = False
     tracks: tuple[str, ...] = DEFAULT_TRACKS
+    max_response_bytes: int = DEFAULT_MAX_BYTES  # per reply, on the wire and after decompression
+    deadline_s: float = 120.0  # per request attempt, whole answer (timeout_s is per read)
+    max_segments: int = 1000  # Bilibili 6-minute segments per video (100 hours)
+    max_redirects: int = 5
+    redirect_hosts: tuple[str, ...] = ()  # hosts a redirect may lead to besides the one asked
+    rate_limit_dir: str | None = None  # lock files pacing each host; default: a temp folder
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> "SourceConfig":
@@ -230,8 +271,9 @@ class SourceConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown source config keys {unknown}; known: {sorted(known)}")
-        if "tracks" in values:
-            values["tracks"] = tuple(values["tracks"])
+        for key in ("tracks", "redirect_hosts"):
+            if key in values:
+                values[key] = tuple(values[key])
         return cls(**values)
 
     def session(self) -> PoliteSession:
@@ -245,6 +287,11 @@ class SourceConfig:
             retry_after_max_s=self.retry_after_max_s,
             user_agent=self.user_agent,
             cookie_file=self.cookie_file,
+            max_bytes=self.max_response_bytes,
+            deadline_s=self.deadline_s,
+            max_redirects=self.max_redirects,
+            redirect_hosts=self.redirect_hosts,
+            slots_dir=self.rate_limit_dir,
         )
 
 
@@ -296,7 +343,7 @@ def fetch_comments(
         if kind == "bilibili":
             from lcaffect_pipeline.sources.bilibili import BilibiliClient
 
-            client = BilibiliClient(cfg.api_base, cfg.comment_base, session=session or cfg.session())
+            client = BilibiliClient(cfg.api_base, cfg.comment_base, session=session or cfg.session(), max_segments=cfg.max_segments)
             return client.fetch(source, dest_dir, refresh=refresh)
         if kind == "ytdlp":
             from lcaffect_pipeline.sources.ytdlp_comments import fetch_ytdlp_comments

@@ -12,16 +12,15 @@ yt-dlp is used rather than our own clients because it follows each site's extrac
 
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from lcaffect_pipeline.sources import DEFAULT_TRACKS, FetchResult, SourceFolder
-from lcaffect_pipeline.sources.http import FetchError, load_cookie_file, mask_text
+from lcaffect_pipeline.sources.http import FetchError, load_cookie_file, mask_text, masked_logger
 
-log = logging.getLogger(__name__)
+log = masked_logger(__name__)
 
 
 class _MaskingLogger:
@@ -138,7 +137,9 @@ def fetch_ytdlp_comments(
         "comment_source": "yt-dlp",
     }
     video_id = str(info.get("id") or shown)
-    return folder.commit(names, platform=platform or _platform_of(info), video_id=video_id, source=url, metadata=metadata)
+    return folder.commit(
+        names, platform=platform or _platform_of(info), video_id=video_id, source=url, metadata=metadata, validate=True
+    )
 
 
 def _entries(info: Mapping[str, Any]) -> list[Mapping[str, Any]]:
