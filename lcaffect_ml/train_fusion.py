@@ -47,8 +47,11 @@ Optimisation
   eval_every          epochs between validation evaluations (1)
   eval_batch_size (256), precision (auto: bf16 on CUDA, else fp32 | bf16 | fp16 | fp32), device (auto)
 Checkpoints, reporting
-  checkpoint_every    optimiser steps between checkpoints (0: at the end of every epoch); one is
-                      always written at a run's last step
+  checkpoint_every    optimiser steps between checkpoints (0: by time, below); one is always
+                      written at a run's last step
+  checkpoint_every_s  with checkpoint_every 0: at the first epoch end this many seconds after the
+                      last checkpoint (120). A checkpoint per epoch cost more than the training of
+                      a small run; a killed run loses at most this much work
   keep_checkpoints (2), log_every (epochs between progress lines, 10)
   pipes_asset_key     asset key of the materialization reported under Dagster Pipes
 Testing only
@@ -88,7 +91,7 @@ import torch
 import torch.nn.functional as F
 
 from .fusion import BASE_MODALITIES, LC_MODALITY, FusionConfig, FusionModel
-from .metrics import METRIC_NAMES, NUM_CLASSES, TASKS, is_better, task_metrics
+from .metrics import METRIC_NAMES, NUM_CLASSES, TASKS, is_better, selection_metric, task_metrics
 from .pipes import TrainingReporter, pipes_session, report_model_materialization, sha256_file
 from .trainutil import (COMPLETE_MARKER, EXIT_NON_FINITE, CheckpointManager, ConfigError, NonFiniteLossError,
                         adamw_param_groups, atomic_write_json, autocast, capture_rng_state,
@@ -101,7 +104,8 @@ log = logging.getLogger("lcaffect_ml.train_fusion")
 PROTOCOLS = ("speaker_dependent", "speaker_independent")
 DEFAULT_SELECT = {"chsims2": "mae", "meld": "weighted_f1", "mustard": "weighted_f1"}
 # Options that do not change a run's result: left out of its fingerprint.
-NON_RESULT_KEYS = ("output_dir", "utterances", "features_dir", "seeds", "checkpoint_every", "keep_checkpoints",
+NON_RESULT_KEYS = ("output_dir", "utterances", "features_dir", "seeds", "checkpoint_every", "checkpoint_every_s",
+                   "keep_checkpoints",
                    "log_every", "pipes_asset_key", "eval_batch_size", "device", "debug_nan_at_step")
 
 
@@ -144,6 +148,7 @@ class FusionTrainConfig:
     precision: str = "auto"
     device: str = "auto"
     checkpoint_every: int = 0
+    checkpoint_every_s: float = 120.0
     keep_checkpoints: int = 2
     log_every: int = 10
     pipes_asset_key: str | None = None
@@ -496,6 +501,7 @@ class FusionRun:
         self.fingerprint = run_fingerprint(cfg, data, seed, split.fold)
         self.steps_per_epoch = math.ceil(len(split.train) / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.last_checkpoint = time.monotonic()
 
     # ------------------------------------------------------------------ entry point
 
@@ -544,12 +550,20 @@ class FusionRun:
             state.epoch_batches += 1
             if state.step % self.steps_per_epoch == 0:
                 best_weights = self._end_epoch(model, inputs, state, epoch + 1, best_weights)
-            if state.step == self.total_steps or (
-                    cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or (
-                    not cfg.checkpoint_every and state.step % self.steps_per_epoch == 0):
+            if self._checkpoint_due(state):
                 self._save_checkpoint(model, optimizer, scheduler, scaler, state, best_weights)
+                self.last_checkpoint = time.monotonic()
             self.budget.tick()
         return best_weights
+
+    def _checkpoint_due(self, state: RunState) -> bool:
+        cfg = self.cfg
+        if state.step == self.total_steps:
+            return True
+        if cfg.checkpoint_every:
+            return state.step % cfg.checkpoint_every == 0
+        return (state.step % self.steps_per_epoch == 0
+                and time.monotonic() - self.last_checkpoint >= cfg.checkpoint_every_s)
 
     def _step(self, model, optimizer, scheduler, scaler, batch, target, weight, step: int) -> float:
         with autocast(self.device, self.precision):
@@ -582,10 +596,11 @@ class FusionRun:
         valid = self.split.valid
         if valid is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
             preds = predict(model, inputs, valid, cfg.eval_batch_size, self.device, self.precision)
-            metrics = task_metrics(cfg.task, preds, self.data.labels[valid])
-            entry["valid"] = metrics
-            if is_better(cfg.select_metric, metrics[cfg.select_metric], state.best_value):
-                state.best_value, state.best_epoch, state.best_valid = metrics[cfg.select_metric], epoch, metrics
+            value = selection_metric(cfg.task, cfg.select_metric, preds, self.data.labels[valid])
+            entry["valid"] = {cfg.select_metric: value}
+            if is_better(cfg.select_metric, value, state.best_value):  # every metric only for a new best
+                state.best_value, state.best_epoch = value, epoch
+                state.best_valid = task_metrics(cfg.task, preds, self.data.labels[valid])
                 best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         state.history.append(entry)
         if epoch % cfg.log_every == 0 or epoch == cfg.epochs:

@@ -124,3 +124,21 @@ def test_is_better_knows_the_direction():
     assert is_better("mae", 0.2, 0.3) and not is_better("mae", 0.4, 0.3)
     assert is_better("weighted_f1", 0.6, 0.5) and not is_better("weighted_f1", 0.5, 0.5)
     assert is_better("acc2", 0.1, None) and not is_better("acc2", float("nan"), None)
+
+
+def test_selection_metric_equals_the_reported_one():
+    """The cheap per-epoch selection metric is the benchmark's metric, not an approximation."""
+    from lcaffect_ml.metrics import selection_metric, task_metrics
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        n = int(rng.integers(1, 60))
+        for task, k in (("meld", 7), ("mustard", 2)):
+            logits = rng.normal(size=(n, k))
+            labels = rng.integers(0, k if trial % 3 else 2, size=n)  # some classes absent, some never predicted
+            assert selection_metric(task, "weighted_f1", logits, labels) == pytest.approx(
+                task_metrics(task, logits, labels)["weighted_f1"], abs=1e-12)
+        preds, labels = rng.uniform(-1.5, 1.5, n), rng.choice(np.round(np.arange(-1, 1.01, 0.2), 1), n)
+        assert selection_metric("chsims2", "mae", preds, labels) == pytest.approx(
+            task_metrics("chsims2", preds, labels)["mae"], abs=1e-12)
+        assert selection_metric("chsims2", "acc2", preds, labels) == task_metrics("chsims2", preds, labels)["acc2"]
