@@ -37,14 +37,18 @@ def downstream_run(tmp_path_factory):
 def test_ablation_report_has_every_task(downstream_run) -> None:
     root, result = downstream_run
     ablation = json.loads((root / "ablation.json").read_text())
-    assert set(ablation) == {"chsims2", "meld", "mustard"}
-    assert set(ablation["chsims2"]) >= {"acc2", "acc5", "mae", "corr"}
-    assert set(ablation["meld"]) == {"weighted_f1", "accuracy"}
-    for task in ablation.values():
-        for metric in task.values():
+    tasks = ablation["tasks"]
+    assert set(tasks) == {"chsims2", "meld", "mustard"} and ablation["demo"] is True
+    assert set(tasks["chsims2"]["metrics"]) >= {"acc2", "acc5", "mae", "corr"}
+    assert set(tasks["meld"]["metrics"]) == {"weighted_f1", "accuracy"}
+    for task in tasks.values():
+        assert set(task["stand_in_encoders"]) == {"text", "audio", "vision", "v2lc"}
+        for metric in task["metrics"].values():
             assert metric["difference"] == pytest.approx(metric["with"] - metric["without"])
+            assert set(metric["seeds_with"]) == set(metric["seeds_without"]) == {"0", "1"}  # per-seed values kept
+            assert metric["with"] == pytest.approx(sum(metric["seeds_with"].values()) / 2)
     md = (root / "ablation.md").read_text()
-    assert "| meld | weighted_f1 |" in md
+    assert "| meld | **weighted_f1** |" in md and "Demo world" in md
 
 
 def test_features_report_nearest_comments(downstream_run) -> None:
@@ -73,7 +77,7 @@ def test_headline_report_names_results(downstream_run) -> None:
     text = headline(root)
     assert "Corpus: 4 videos" in text
     assert "V2LC encoder: held-out video->comment R@1" in text and "vs chance" in text
-    assert "| meld | weighted_f1 |" in text
+    assert "| meld | **weighted_f1** |" in text
 
 
 def test_rerun_with_nothing_changed_reuses_the_expensive_steps(downstream_run) -> None:

@@ -1,0 +1,87 @@
+"""The ablation: each task's metrics with and without the synthetic live-comment (LC) features.
+
+A plain function of the fusion programs' ``metrics.json`` files (``lcaffect_ml.train_fusion``:
+per-seed values, mean and population std over seeds) and of the features' ``features.json``
+(which encoders made them). The report keeps every per-seed value, so anyone can recompute the
+margin, and says the difference in units of the larger of the two spreads over seeds: a gain
+inside the spread is not evidence of anything.
+
+Stand-in encoders (``tiny``: random projections built in code, for tests and the demo) are never
+used silently: a task whose features came from one is flagged in the JSON and in the Markdown
+with words a reader cannot miss, unless the run is the demo, which is made of stand-ins.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+HEADLINE = {"chsims2": "acc2", "meld": "weighted_f1", "mustard": "weighted_f1"}
+METRICS = {"chsims2": ("acc2", "acc2_weak", "acc3", "acc5", "f1", "mae", "corr"), "meld": ("weighted_f1", "accuracy"),
+           "mustard": ("weighted_precision", "weighted_recall", "weighted_f1")}
+LOWER_IS_BETTER = {"mae"}
+TINY = "tiny"
+
+
+def stand_ins(features_meta: Mapping[str, Any] | None) -> list[str]:
+    """Modalities whose features came from a stand-in encoder (``features.json["models"]``)."""
+    models = (features_meta or {}).get("models", {})
+    out = [name for name, spec in sorted(models.items()) if isinstance(spec, dict) and spec.get("name") == TINY]
+    v2lc = models.get("v2lc") or {}
+    if v2lc.get("video_encoder") == TINY:
+        out.append("v2lc")
+    return out
+
+
+def metric_row(metric: str, with_lc: Mapping[str, Any], without: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Per-seed values, mean ± std per arm, the difference and the margin in spreads, for one metric."""
+    seeds_w = {str(s): v[metric] for s, v in with_lc.get("seeds", {}).items() if metric in v}
+    seeds_wo = {str(s): v[metric] for s, v in without.get("seeds", {}).items() if metric in v}
+    if not seeds_w or not seeds_wo:
+        return None
+    mean_w, std_w = _mean_std(seeds_w.values())
+    mean_wo, std_wo = _mean_std(seeds_wo.values())
+    diff = mean_w - mean_wo
+    gain = -diff if metric in LOWER_IS_BETTER else diff
+    spread = max(std_w, std_wo)
+    return {"with": mean_w, "without": mean_wo, "std_with": std_w, "std_without": std_wo, "difference": diff,
+            "gain_over_spread": (gain / spread) if spread > 0 else (math.inf if gain > 0 else 0.0),
+            "lower_is_better": metric in LOWER_IS_BETTER, "seeds_with": seeds_w, "seeds_without": seeds_wo}
+
+
+def ablation_table(results: Mapping[str, Mapping[str, Any] | None], *, demo: bool = False) -> tuple[dict, str]:
+    """``results``: task → {"with": metrics.json, "without": metrics.json, "features": features.json}
+    (None or a missing arm: not available). Returns the JSON payload and its Markdown."""
+    table: dict[str, Any] = {}
+    lines = ["| task | metric | without LC | with LC | difference | gain / larger std | seeds |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    warnings = []
+    for task in METRICS:
+        entry = results.get(task) or {}
+        with_lc, without = entry.get("with"), entry.get("without")
+        if not with_lc or not without:
+            lines.append(f"| {task} | not available | | | | | |")
+            continue
+        flagged = stand_ins(entry.get("features"))
+        rows = {m: row for m in METRICS[task] if (row := metric_row(m, with_lc, without)) is not None}
+        table[task] = {"headline": HEADLINE[task], "metrics": rows, "stand_in_encoders": flagged,
+                       "protocol": with_lc.get("protocol")}
+        if flagged and not demo:
+            warnings.append(f"**WARNING — {task}: features from STAND-IN encoders ({', '.join(flagged)}), "
+                            "random projections built for tests, not real models. These numbers say nothing "
+                            "about live comments.**")
+        for metric, r in rows.items():
+            name = f"**{metric}**" if metric == HEADLINE[task] else metric
+            lines.append(f"| {task} | {name}{' (lower is better)' if r['lower_is_better'] else ''} | "
+                         f"{r['without']:.4f} ± {r['std_without']:.4f} | {r['with']:.4f} ± {r['std_with']:.4f} | "
+                         f"{r['difference']:+.4f} | {r['gain_over_spread']:.1f} | {', '.join(r['seeds_with'])} |")
+    if demo:
+        warnings.append("Demo world: stand-in datasets and encoders (README, \"Demo world\"); not real data.")
+    return ({"tasks": table, "demo": demo, "warnings": warnings},
+            "\n\n".join([*warnings, "\n".join(lines)]) if warnings else "\n".join(lines))
+
+
+def _mean_std(values) -> tuple[float, float]:
+    vals = [float(v) for v in values]
+    mean = sum(vals) / len(vals)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))  # population std, as train_fusion
