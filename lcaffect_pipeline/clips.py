@@ -12,6 +12,7 @@ Plain functions the clips assets wrap. Lake layout:
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,17 @@ def fetch_video(video: dict[str, Any], prev: dict | None, *, root, opts: ClipOpt
         fingerprint = lake.file_hash(source)
         if have is not None and prev and prev.get("fingerprint") == fingerprint:
             raise Skip
-        dest = lake.under(videos_dir(root), f"{vid}{source.suffix.lower() or '.mp4'}")
+        dest = lake.under(videos_dir(root), vid, ext=_video_ext(source))
         with lake.atomic_write(dest) as out, open(source, "rb") as inp:
             shutil.copyfileobj(inp, out, 1 << 20)
         have = existing_video(videos_dir(root), vid)
     return VideoResult(vid, "done", fingerprint, lake.file_hash(have.path), 1, metrics={"path": str(have.path), "bytes": have.path.stat().st_size})
+
+
+def _video_ext(source: Path) -> str:
+    """The local file's extension when it is a plain one (``existing_video`` finds it), else ``.video``."""
+    ext = source.suffix.lower()
+    return ext if re.fullmatch(r"\.[a-z0-9]{1,8}", ext) else (".video" if ext else ".mp4")
 
 
 def probe_one(video: dict[str, Any], prev: dict | None, *, root, video_hash: str | None) -> VideoResult:
@@ -93,7 +100,7 @@ def audio_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict | N
     if not probe or probe.get("status") == "failed" or not probe.get("output_hash"):
         raise RuntimeError("video was not probed successfully")
     fingerprint = probe["fingerprint"]
-    dest = lake.under(lake.as_path(root) / "audio", f"{vid}.wav")
+    dest = lake.under(lake.as_path(root) / "audio", vid, ext=".wav")
     if prev and prev.get("fingerprint") == fingerprint and (dest.exists() or not prev.get("metrics", {}).get("has_audio")):
         raise Skip
     out = extract_audio(probe["metrics"]["path"], dest)
@@ -134,7 +141,7 @@ def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict |
 
 
 def segments_path(root, video_id: str):
-    return lake.under(lake.as_path(root) / "segments", f"{video_id}.parquet")
+    return lake.under(lake.as_path(root) / "segments", video_id, ext=".parquet")
 
 
 def shards_dir(root):

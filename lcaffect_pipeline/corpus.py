@@ -103,11 +103,11 @@ def check_unique_ids(table: pa.Table, path: str) -> None:
 
 
 def raw_path(root, platform: str, video_id: str):
-    return lake.under(root, "raw_comments", platform, f"{video_id}.parquet")
+    return lake.under(root, "raw_comments", platform, video_id, ext=".parquet")
 
 
 def clean_path(root, platform: str, video_id: str):
-    return lake.under(root, "clean_comments", platform, f"{video_id}.parquet")
+    return lake.under(root, "clean_comments", platform, video_id, ext=".parquet")
 
 
 def source_dir(root, platform: str, video_id: str):
