@@ -12,10 +12,12 @@ Lake layout (all under one root):
 
 from __future__ import annotations
 
+import collections
 import csv
 import hashlib
 import json
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ def load_catalogue(path: str | os.PathLike) -> pa.Table:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # spreadsheet exports start with a byte-order mark
     except OSError as exc:
         raise CatalogueError(f"{path}: cannot read catalogue: {exc}") from exc
     if path.suffix.lower() == ".csv":
@@ -88,13 +90,24 @@ def _resolve_local(catalogue: Path, value: str | None) -> str | None:
 
 
 def _default_video_id(source: str) -> str:
-    tail = source.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
-    return tail.split(".")[0] or hashlib.sha1(source.encode()).hexdigest()[:12]
+    """The file or page name (``弹幕测试`` for ``…/弹幕测试.xml``, ``BV1xx`` for ``…/video/BV1xx/``),
+    the ``v`` of a YouTube ``watch?v=`` URL, with ``_p{n}`` for a Bilibili part ``?p=n`` (n > 1)."""
+    if "://" in source:
+        source = urllib.parse.urlsplit(source)._replace(fragment="").geturl()
+    path, _, query_text = source.partition("?")
+    query = urllib.parse.parse_qs(query_text)
+    tail = path.rstrip("/").rsplit("/", 1)[-1].split(".")[0]
+    if query.get("v", [""])[0]:
+        tail = query["v"][0]
+    part = query.get("p", [""])[0]
+    if tail and part.isascii() and part.isdigit() and int(part) > 1:
+        tail = f"{tail}_p{int(part)}"
+    return tail or hashlib.sha1(source.encode()).hexdigest()[:12]
 
 
 def check_unique_ids(table: pa.Table, path: str) -> None:
-    ids = table.column("video_id").to_pylist()
-    dupes = sorted({v for v in ids if ids.count(v) > 1})
+    counts = collections.Counter(table.column("video_id").to_pylist())  # linear: catalogues have 10^5 entries
+    dupes = sorted(v for v, n in counts.items() if n > 1)
     if dupes:
         raise CatalogueError(f"{path}: duplicate video_id {', '.join(dupes[:5])}")
 
