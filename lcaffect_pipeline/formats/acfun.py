@@ -5,6 +5,8 @@ Modes follow Bilibili's numbering. Mode 7 is a JSON object whose ``n`` is the di
 payload is kept in ``raw`` (a payload that is not JSON keeps its raw text). Other texts use
 ``\\r`` or ``/n`` for line breaks; both become ``\\n``. Old dumps have no comment id: one is
 derived from ``c`` and ``m``, so verbatim repeats deduplicate. The user ``guest`` is no user.
+``m`` should be a string; a number, object or list (some dumps store a mode-7 payload as an
+object) is kept as its JSON text, and a record whose ``m`` is null is skipped and counted.
 """
 
 from __future__ import annotations
@@ -29,6 +31,15 @@ def flatten(items: list) -> list:
     return items
 
 
+def _message(m: object) -> str:
+    """A string as it is; a number, object or list as its JSON text, never Python's repr."""
+    if isinstance(m, str):
+        return m
+    if m is None:
+        raise ValueError("comment without text ('m' is null)")
+    return json.dumps(m, ensure_ascii=False)
+
+
 def _text(mode: int, message: str) -> tuple[str, str | None]:
     if mode != 7:
         return message.replace("\r\n", "\n").replace("\r", "\n").replace("/n", "\n"), None
@@ -46,7 +57,7 @@ def parse(ctx: ParseContext, items: list) -> list[pa.RecordBatch]:
     for item in flatten(items):
         try:
             fields = str(item["c"]).split(",")
-            message = str(item["m"])
+            message = _message(item["m"])
             mode = to_int(fields[2], 32)
             text, raw = _text(mode, message)
             user = fields[4]
