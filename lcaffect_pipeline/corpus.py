@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import csv
 import hashlib
+import io
 import json
 import os
 import urllib.parse
@@ -44,11 +45,15 @@ def load_catalogue(path: str | os.PathLike) -> pa.Table:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")  # spreadsheet exports start with a byte-order mark
+        # Bytes, not read_text(): newlines inside quoted CSV fields stay as written. utf-8-sig:
+        # spreadsheet exports start with a byte-order mark.
+        text = path.read_bytes().decode("utf-8-sig")
     except OSError as exc:
         raise CatalogueError(f"{path}: cannot read catalogue: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise CatalogueError(f"{path}: not UTF-8: {exc}") from None
     if path.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))  # not splitlines(): it splits quoted fields at \x85
     else:
         try:
             doc = yaml.safe_load(text) or {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import time
 from pathlib import Path
 
@@ -19,6 +20,16 @@ def test_a_csv_catalogue_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
     assert table.column("source").to_pylist() == ["BV1xx411c7mD", "sm9"]
     assert table.column("video_id").to_pylist() == ["BV1xx411c7mD", "n9"]
     assert table.column("title").to_pylist()[0] == "弹幕"
+
+
+def test_csv_fields_keep_their_line_breaks(tmp_path: Path) -> None:
+    ids = ["a\rb", "c\x85d", "e\u2028f", "g\r\nh"]  # quoted fields: splitlines() or universal newlines broke them
+    path = tmp_path / "catalogue.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["video_id", "source"])
+        writer.writerows([[v, f"s{i}"] for i, v in enumerate(ids)])
+    assert corpus.load_catalogue(path).column("video_id").to_pylist() == ids
 
 
 @pytest.mark.parametrize(("sources", "expected"), [

@@ -571,6 +571,7 @@ RELIABILITY = [
     ("Video ids with spaces, CJK (`弹幕测试` from `弹幕测试.xml`), hash look-alikes, `CON`, full-width, through corpus and clips", "8 ids, then a re-run", "every id's comments counted in corpus.duckdb, segments and shards made, offsets check sees every duration; re-run skips all", "tests/test_naming.py::test_ids_with_spaces_cjk_and_hashed_look_alikes_go_through_corpus_and_clips"),
     ("Arbitrary Unicode video ids, catalogue to corpus to clips", "hypothesis, 4 lists of 2-3 ids", "same as above for every id", "tests/test_naming.py::test_any_unicode_ids_go_through_corpus_and_clips"),
     ("CSV catalogue with a byte-order mark (spreadsheet export)", "1", "loads", "tests/test_catalogue.py::test_a_csv_catalogue_with_a_byte_order_mark_loads"),
+    ("CSV catalogue ids holding `\\r`, NEL, U+2028, CRLF in quoted fields", "4 ids", "kept exactly", "tests/test_catalogue.py::test_csv_fields_keep_their_line_breaks"),
     ("Two YouTube watch URLs; two `?p=` parts of one Bilibili video", "3 pairs", "distinct default ids (`v`; `BV…_p2`)", "tests/test_catalogue.py::test_default_ids_of_distinct_urls_differ"),
     ("40,000-entry catalogue", "1 load + 1 duplicate check", "linear time (quadratic check took 31 s)", "tests/test_catalogue.py::test_a_40k_entry_catalogue_loads_and_checks_in_linear_time"),
     ("UTF-16 XML (BOM, LE and BE with a declaration)", "3 encodings", "parsed like the UTF-8 original, not tried as protobuf", "tests/test_formats_input.py::test_utf16_xml_parses_like_its_utf8_original"),
