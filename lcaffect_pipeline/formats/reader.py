@@ -5,7 +5,8 @@ element, ``<i>`` or ``<packet>``, says whose), ``[`` a JSON array (its first rec
 ``{`` JSON lines (YouTube live chat), anything else is tried as a Bilibili protobuf segment.
 A Bilibili segment starts with byte 0x0A (a newline); the text patterns below also ask for the
 character after the opening one, which a protobuf length byte followed by a field tag never
-provides, so segments are not mistaken for text.
+provides, so segments are not mistaken for text. UTF-16/32 text (a byte-order mark, or XML whose
+``<`` comes with NUL bytes) is decoded before these patterns, so UTF-16 XML is read as XML.
 """
 
 from __future__ import annotations
