@@ -68,6 +68,8 @@ def fetch_video(video: dict[str, Any], prev: dict | None, *, root, opts: ClipOpt
         with lake.atomic_write(dest) as out, open(source, "rb") as inp:
             shutil.copyfileobj(inp, out, 1 << 20)
         have = existing_video(videos_dir(root), vid)
+        if have is None:  # the writer and the reader must share one naming rule
+            raise RuntimeError(f"{dest}: copied, but not found again under the video's name")
     return VideoResult(vid, "done", fingerprint, lake.file_hash(have.path), 1, metrics={"path": str(have.path), "bytes": have.path.stat().st_size})
 
 
