@@ -110,7 +110,7 @@ def audio_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict | N
     if not probe or probe.get("status") == "failed" or not probe.get("output_hash"):
         raise RuntimeError("video was not probed successfully")
     fingerprint = probe["fingerprint"]
-    dest = lake.under(lake.as_path(root) / "audio", f"{vid}.wav")
+    dest = lake.under(lake.as_path(root) / "audio", vid, ext=".wav")
     if prev and prev.get("fingerprint") == fingerprint and (dest.exists() or not prev.get("metrics", {}).get("has_audio")):
         raise Skip
     out = extract_audio(probe["metrics"]["path"], dest)
@@ -152,7 +152,7 @@ def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict |
 
 
 def segments_path(root, video_id: str):
-    return lake.under(lake.as_path(root) / "segments", f"{video_id}.parquet")
+    return lake.under(lake.as_path(root) / "segments", video_id, ext=".parquet")
 
 
 def shards_dir(root):

@@ -12,10 +12,13 @@ Lake layout (all under one root):
 
 from __future__ import annotations
 
+import collections
 import csv
 import hashlib
+import io
 import json
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +45,15 @@ def load_catalogue(path: str | os.PathLike) -> pa.Table:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # Bytes, not read_text(): newlines inside quoted CSV fields stay as written. utf-8-sig:
+        # spreadsheet exports start with a byte-order mark.
+        text = path.read_bytes().decode("utf-8-sig")
     except OSError as exc:
         raise CatalogueError(f"{path}: cannot read catalogue: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise CatalogueError(f"{path}: not UTF-8: {exc}") from None
     if path.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))  # not splitlines(): it splits quoted fields at \x85
     else:
         try:
             doc = yaml.safe_load(text) or {}
@@ -88,13 +95,24 @@ def _resolve_local(catalogue: Path, value: str | None) -> str | None:
 
 
 def _default_video_id(source: str) -> str:
-    tail = source.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
-    return tail.split(".")[0] or hashlib.sha1(source.encode()).hexdigest()[:12]
+    """The file or page name (``弹幕测试`` for ``…/弹幕测试.xml``, ``BV1xx`` for ``…/video/BV1xx/``),
+    the ``v`` of a YouTube ``watch?v=`` URL, with ``_p{n}`` for a Bilibili part ``?p=n`` (n > 1)."""
+    if "://" in source:
+        source = urllib.parse.urlsplit(source)._replace(fragment="").geturl()
+    path, _, query_text = source.partition("?")
+    query = urllib.parse.parse_qs(query_text)
+    tail = path.rstrip("/").rsplit("/", 1)[-1].split(".")[0]
+    if query.get("v", [""])[0]:
+        tail = query["v"][0]
+    part = query.get("p", [""])[0]
+    if tail and part.isascii() and part.isdigit() and int(part) > 1:
+        tail = f"{tail}_p{int(part)}"
+    return tail or hashlib.sha1(source.encode()).hexdigest()[:12]
 
 
 def check_unique_ids(table: pa.Table, path: str) -> None:
-    ids = table.column("video_id").to_pylist()
-    dupes = sorted({v for v in ids if ids.count(v) > 1})
+    counts = collections.Counter(table.column("video_id").to_pylist())  # linear: catalogues have 10^5 entries
+    dupes = sorted(v for v, n in counts.items() if n > 1)
     if dupes:
         raise CatalogueError(f"{path}: duplicate video_id {', '.join(dupes[:5])}")
 
@@ -103,11 +121,11 @@ def check_unique_ids(table: pa.Table, path: str) -> None:
 
 
 def raw_path(root, platform: str, video_id: str):
-    return lake.under(root, "raw_comments", platform, f"{video_id}.parquet")
+    return lake.under(root, "raw_comments", platform, video_id, ext=".parquet")
 
 
 def clean_path(root, platform: str, video_id: str):
-    return lake.under(root, "clean_comments", platform, f"{video_id}.parquet")
+    return lake.under(root, "clean_comments", platform, video_id, ext=".parquet")
 
 
 def source_dir(root, platform: str, video_id: str):

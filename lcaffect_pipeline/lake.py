@@ -23,7 +23,12 @@ import pyarrow.parquet as pq
 from upath import UPath
 
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_UNSAFE = {True: re.compile(r"[^A-Za-z0-9._-]+"), False: re.compile(r"[^A-Za-z0-9_-]+")}
+_PLAIN = {True: re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*"), False: re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")}
+_EXT = re.compile(r"(\.[A-Za-z0-9]{1,10}){0,2}")
+HASH_LEN = 16
+_HASHED = re.compile(rf".*-[0-9a-f]{{{HASH_LEN}}}")
+MAX_STEM = 100  # leaves room for an extension (".info.json") under MAX_NAME
 MAX_NAME = 120
 
 
@@ -31,23 +36,38 @@ class LakePathError(ValueError):
     """A path built from outside input would leave the lake root."""
 
 
-def safe_name(raw: str) -> str:
-    """A file-name-safe, collision-resistant form of an id that came from the web.
+def safe_name(raw: str, ext: str = "", *, dots: bool = True) -> str:
+    """The one file name of an id (a video id from the web, a catalogue entry), plus ``ext``.
 
-    Keeps ``[A-Za-z0-9._-]`` (NFKC-folded first, so look-alike letters map to ASCII or are
-    replaced), never starts with a dot, is never a Windows reserved name, and is at most
-    ``MAX_NAME`` characters. Whenever anything was changed, a short hash of the original is
-    appended so that two different ids can never map to one file.
+    An id that is already a plain name is kept as it is: ``[A-Za-z0-9._-]`` starting with a
+    letter, digit or ``_``, at most ``MAX_STEM`` characters, not a Windows reserved name, and
+    not ending like a hashed name. Any other id becomes a readable, NFKC-folded stand-in
+    followed by ``-`` and 16 hex digits of the SHA-1 of the original. So the rule is
+    injective: a hashed name always ends in ``-<16 hex>`` and a kept name never does, kept
+    names are the ids themselves, and hashed names differ with their hashes. The extension
+    comes last (``弹幕测试`` + ``.parquet`` -> ``_-<hash>.parquet``), so a glob on ``*.parquet``
+    finds every file. ``dots=False`` also treats ``.`` as unsafe (WebDataset keys split there).
     """
     raw = str(raw)
-    folded = unicodedata.normalize("NFKC", raw)
-    name = _UNSAFE.sub("_", folded).strip("._") or "_"
-    if name.split(".")[0].lower() in _WINDOWS_RESERVED:
-        name = "_" + name
-    if name != raw or len(name) > MAX_NAME:
-        digest = hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:10]
-        name = f"{name[: MAX_NAME - 11]}-{digest}"
-    return name
+    if not _EXT.fullmatch(ext):
+        raise ValueError(f"not a file extension: {ext!r}")
+    if not _is_plain(raw, dots):
+        digest = hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_LEN]
+        stem = _UNSAFE[dots].sub("_", unicodedata.normalize("NFKC", raw)).strip("._-") or "_"
+        stem = stem[: MAX_STEM - HASH_LEN - 1]
+        if _reserved(stem):
+            stem = "_" + stem
+        raw = f"{stem}-{digest}"
+    return raw + ext
+
+
+def _is_plain(raw: str, dots: bool) -> bool:
+    return (len(raw) <= MAX_STEM and _PLAIN[dots].fullmatch(raw) is not None
+            and not _HASHED.fullmatch(raw) and not _reserved(raw))
+
+
+def _reserved(name: str) -> bool:
+    return name.split(".")[0].lower() in _WINDOWS_RESERVED
 
 
 def as_path(root: str | os.PathLike) -> UPath:
@@ -58,10 +78,17 @@ def is_local(path: UPath) -> bool:
     return getattr(path, "protocol", "") in ("", "file", "local")
 
 
-def under(root: str | os.PathLike, *parts: str) -> UPath:
-    """``root / parts`` with each part made safe, checked to stay under ``root``."""
+def under(root: str | os.PathLike, *parts: str, ext: str = "") -> UPath:
+    """``root / parts`` with each part made safe (``ext`` after the last), kept under ``root``.
+
+    ``under(root, "raw_comments", platform, video_id, ext=".parquet")``: the extension is
+    never part of the id, so the name is ``safe_name(video_id) + ".parquet"``.
+    """
     root_p = as_path(root)
-    path = root_p.joinpath(*(safe_name(p) for p in parts))
+    names = [safe_name(p) for p in parts]
+    if ext:
+        names[-1] = safe_name(parts[-1], ext)
+    path = root_p.joinpath(*names)
     if is_local(root_p):
         base = Path(str(root_p)).resolve()
         resolved = Path(str(path)).resolve()

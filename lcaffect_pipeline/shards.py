@@ -43,7 +43,7 @@ USTAR_NAME = 100  # longer member names take a PAX extended header (a header and
 
 def sample_key(video_id: str, segment_index: int) -> str:
     """WebDataset ``__key__``: no dots, since WebDataset splits keys at the first dot."""
-    return f"{lake.safe_name(video_id).replace('.', '_')}_{int(segment_index):06d}"
+    return f"{lake.safe_name(video_id, dots=False)}_{int(segment_index):06d}"
 
 
 def video_shard_dir(shards_root: str | os.PathLike, video_id: str):

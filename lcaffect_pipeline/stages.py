@@ -46,7 +46,7 @@ class Skip(Exception):
 
 
 def state_path(root, stage: str, video_id: str):
-    return lake.under(root, "_state", stage, f"{video_id}.json")
+    return lake.under(root, "_state", stage, video_id, ext=".json")
 
 
 def load_state(root, stage: str, video_id: str) -> dict[str, Any] | None:

@@ -1,8 +1,11 @@
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lcaffect_pipeline import lake
 from lcaffect_pipeline.schema import hash_author
@@ -25,6 +28,46 @@ def test_safe_name_stays_under_root(tmp_path: Path, raw: str) -> None:
 def test_safe_name_is_injective_for_changed_ids() -> None:
     assert lake.safe_name("a/b") != lake.safe_name("a_b")
     assert lake.safe_name("BV1xx411c7mD") == "BV1xx411c7mD"  # clean ids stay readable
+    assert lake.safe_name("_state") == "_state"  # the lake's own folders keep their names
+
+
+def test_a_hashed_name_never_equals_another_ids_kept_name() -> None:
+    hashed = lake.safe_name("my video")
+    assert hashed.startswith("my_video-") and len(hashed) == len("my_video-") + lake.HASH_LEN
+    assert lake.safe_name(hashed) != hashed  # an id that looks hashed is hashed again
+    assert lake.safe_name("my_video-22175423d8") != lake.safe_name("my video")  # the old collision
+    assert lake.safe_name("a.b", dots=False) != lake.safe_name("a_b", dots=False) == "a_b"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.text(max_size=140) | st.from_regex(r"[A-Za-z0-9_.-]{0,90}(-[0-9a-f]{16})?", fullmatch=True),
+                min_size=2, max_size=6, unique=True))
+def test_safe_name_is_injective(ids: list[str]) -> None:
+    for ext in ("", ".parquet", ".info.json"):
+        names = [lake.safe_name(i, ext) for i in ids]
+        assert len(set(names)) == len(ids), dict(zip(ids, names))
+    keys = [lake.safe_name(i, dots=False) for i in ids]
+    assert len(set(keys)) == len(ids) and not any("." in k for k in keys)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200), st.sampled_from(["", ".json", ".parquet", ".wav", ".mp4", ".info.json"]))
+def test_the_extension_comes_last_and_the_stem_does_not_depend_on_it(raw: str, ext: str) -> None:
+    name = lake.safe_name(raw, ext)
+    assert name == lake.safe_name(raw) + ext and len(name) <= lake.MAX_NAME
+    if ext:  # "my video.parquet" -> "my_video-<hash>.parquet", never "my_video.parquet-<hash>"
+        assert Path(name).suffix == "." + ext.rsplit(".", 1)[-1]
+    stem = name[: len(name) - len(ext)]
+    assert stem == raw or re.fullmatch(rf".*-[0-9a-f]{{{lake.HASH_LEN}}}", stem)
+    assert not name.startswith((".", "-"))
+    path = lake.under("/lake", "raw_comments", "bilibili", raw, ext=ext)
+    assert path.name == name and path.parent.name == "bilibili"
+
+
+def test_an_extension_must_be_plain() -> None:
+    for bad in ("parquet", ".a/b", "./..", ".弹幕"):
+        with pytest.raises(ValueError, match="not a file extension"):
+            lake.safe_name("x", bad)
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:

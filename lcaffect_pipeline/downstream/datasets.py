@@ -28,7 +28,11 @@ as cp1252 (``"â€™"``) is decoded back when that round trip is exact. The co
 
 Media: a loader never fails for a missing media file; the row gets ``media_status`` "missing" and
 ``check_media`` applies the caller's policy. A malformed annotation file raises ``DatasetError``
-naming the file and the reason.
+naming the file, the row (or JSON entry) and the reason: a value that is not what its column
+holds, an id that would put a media path outside the dataset folder (``../../etc/passwd``), a
+duplicate CSV column, JSON key or utterance id, JSON nested too deeply. A split without any
+utterance is reported (a warning naming the file, and ``lcaffect.empty_splits`` in the table's
+schema metadata); a dataset without any utterance is an error.
 """
 
 from __future__ import annotations
@@ -119,6 +123,9 @@ def read_csv_rows(dataset: str, path: Path, columns: Iterable[str], fallback: st
     reader = csv.DictReader(io.StringIO(read_text_file(dataset, path, fallback), newline=""))
     header = [h.strip() for h in (reader.fieldnames or [])]
     reader.fieldnames = header
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:  # DictReader would silently keep the last of them
+        raise DatasetError(dataset, path, f"columns {twice} appear more than once in the header")
     missing = [c for c in columns if c not in header]
     if missing:
         raise DatasetError(dataset, path, f"missing columns {missing} (header: {header})")
@@ -150,13 +157,39 @@ def utterance_row(dataset: str, utterance_id: str, split: str, text: str, label:
     }
 
 
-def utterance_table(dataset: str, path: Path, rows: list[dict[str, Any]]) -> pa.Table:
+def utterance_table(dataset: str, path: Path, rows: list[dict[str, Any]],
+                    splits: dict[str, Path] | None = None) -> pa.Table:
+    """The table of ``rows``; ``splits`` maps each split the dataset should have to its file."""
     ids = [r["utterance_id"] for r in rows]
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
         dup = next(i for i in ids if i in seen or seen.add(i))
         raise DatasetError(dataset, path, f"utterance id {dup!r} appears more than once")
-    return pa.Table.from_pylist(rows, schema=UTTERANCES_SCHEMA)
+    if not rows:
+        raise DatasetError(dataset, path, "no utterances: every split is empty")
+    present = {r["split"] for r in rows}
+    empty = [s for s in (splits or {}) if s not in present]
+    for split in empty:
+        log.warning("%s (%s): split %r is empty (no utterances)", dataset, splits[split], split)
+    table = pa.Table.from_pylist(rows, schema=UTTERANCES_SCHEMA)
+    return table.replace_schema_metadata({b"lcaffect.empty_splits": json.dumps(empty).encode()}) if empty else table
+
+
+def _unique_ids(dataset: str, path: Path, rows: list[dict[str, Any]], first_row: int = 2) -> None:
+    """Refuse an utterance id seen twice in one annotation file, naming both rows."""
+    seen: dict[str, int] = {}
+    for i, r in enumerate(rows, start=first_row):
+        if r["utterance_id"] in seen:
+            raise DatasetError(dataset, path, f"row {i}: utterance id {r['utterance_id']!r} appears more than once "
+                                              f"(first in row {seen[r['utterance_id']]})")
+        seen[r["utterance_id"]] = i
+
+
+def _path_part(dataset: str, path: Path, where: str, name: str, value: str) -> str:
+    """``value`` as one file or folder name inside the dataset folder, or a ``DatasetError``."""
+    if value in ("", ".", "..") or any(c in value for c in "/\\\0") or os.path.isabs(value):
+        raise DatasetError(dataset, path, f"{where}: {name} {value!r} would put a media path outside the dataset folder")
+    return value
 
 
 def _number(dataset: str, path: Path, row: int, name: str, value: str) -> float:
@@ -172,7 +205,7 @@ def _number(dataset: str, path: Path, row: int, name: str, value: str) -> float:
 def _int_text(dataset: str, path: Path, row: int, name: str, value: str) -> str:
     """An id column holding an integer, as its canonical text ("07" -> "7", "3.0" is refused)."""
     value = value.strip()
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # "²".isdigit() is true, int("²") fails
         raise DatasetError(dataset, path, f"row {row}: {name} {value!r} is not a non-negative integer")
     return str(int(value))
 
@@ -189,6 +222,8 @@ def load_chsims2(root: str | os.PathLike) -> pa.Table:
         vid, clip = r["video_id"].strip(), r["clip_id"].strip()
         if not vid or not clip:
             raise DatasetError("chsims2", path, f"row {i}: empty video_id or clip_id")
+        _path_part("chsims2", path, f"row {i}", "video_id", vid)
+        _path_part("chsims2", path, f"row {i}", "clip_id", clip)
         mode = CHSIMS_MODES.get(r["mode"].strip().lower())
         if mode is None:
             raise DatasetError("chsims2", path, f"row {i}: mode {r['mode']!r} is not train/valid/test")
@@ -200,7 +235,8 @@ def load_chsims2(root: str | os.PathLike) -> pa.Table:
         rows.append(utterance_row("chsims2", f"{vid}_{clip}", mode, repair_text(r["text"]), labels["label"],
                                   _chsims_media(root, vid, clip), label_name=r["annotation"].strip() or None,
                                   extra=extra))
-    return utterance_table("chsims2", path, rows)
+    _unique_ids("chsims2", path, rows)
+    return utterance_table("chsims2", path, rows, {s: path for s in ("train", "valid", "test")})
 
 
 def _chsims_media(root: Path, video_id: str, clip_id: str) -> Path:
@@ -221,12 +257,15 @@ def load_meld(root: str | os.PathLike) -> pa.Table:
     """MELD from the MELD.Raw folder: the three ``*_sent_emo.csv`` and the split media folders."""
     root = Path(root)
     rows: list[dict[str, Any]] = []
+    files = {split: root / f"{official}_sent_emo.csv" for official, split in MELD_SPLITS.items()}
     for official, split in MELD_SPLITS.items():
-        path = root / f"{official}_sent_emo.csv"
+        path = files[split]
         media_dir = meld_media_dir(root, official)
-        for i, r in enumerate(read_csv_rows("meld", path, MELD_COLUMNS, "cp1252"), start=2):
-            rows.append(_meld_row(path, i, r, official, split, media_dir))
-    return utterance_table("meld", root, rows)
+        split_rows = [_meld_row(path, i, r, official, split, media_dir)
+                      for i, r in enumerate(read_csv_rows("meld", path, MELD_COLUMNS, "cp1252"), start=2)]
+        _unique_ids("meld", path, split_rows)
+        rows += split_rows
+    return utterance_table("meld", root, rows, files)
 
 
 def meld_media_dir(root: Path, official: str) -> Path:
@@ -261,18 +300,37 @@ def load_mustard(root: str | os.PathLike) -> pa.Table:
     root = Path(root)
     path = root / "sarcasm_data.json"
     try:
-        data = json.loads(read_text_file("mustard", path, "cp1252"))
+        data = json.loads(read_text_file("mustard", path, "cp1252"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise DatasetError("mustard", path, str(exc)) from None
     except json.JSONDecodeError as exc:
         raise DatasetError("mustard", path, f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise DatasetError("mustard", path, "not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise DatasetError("mustard", path, f"top level is a {type(data).__name__}, expected an object of utterances")
     rows = [_mustard_row(root, path, uid, entry) for uid, entry in data.items()]
-    return utterance_table("mustard", path, rows)
+    return utterance_table("mustard", path, rows, {"all": path})
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key that appears twice (``json`` would keep the last silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"key {key!r} appears more than once in one object")
+        out[key] = value
+    return out
 
 
 def _mustard_row(root: Path, path: Path, uid: str, e: Any) -> dict[str, Any]:
     if not isinstance(e, dict):
         raise DatasetError("mustard", path, f"entry {uid!r} is a {type(e).__name__}, expected an object")
+    _path_part("mustard", path, f"entry {uid!r}", "id", uid)
     missing = [k for k in MUSTARD_KEYS if k not in e]
     if missing:
         raise DatasetError("mustard", path, f"entry {uid!r} lacks {missing}")

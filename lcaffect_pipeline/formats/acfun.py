@@ -6,7 +6,9 @@ payload is kept in ``raw`` (a payload that is not JSON keeps its raw text). Othe
 ``\\r`` or ``/n`` for line breaks; both become ``\\n``. Old dumps have no comment id: one is
 derived from ``c`` without its user field, and ``m``, so verbatim repeats deduplicate and the id
 reveals nothing about the user (an unsalted hash over the user id could be reversed by trying
-candidate ids). The user ``guest`` is no user.
+candidate ids). The user ``guest`` is no user. ``m`` should be a string; a number, object or list
+(some dumps store a mode-7 payload as an object) is kept as its JSON text, and a record whose
+``m`` is null is skipped and counted.
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ def flatten(items: list) -> list:
     return items
 
 
+def _message(m: object) -> str:
+    """A string as it is; a number, object or list as its JSON text, never Python's repr."""
+    if isinstance(m, str):
+        return m
+    if m is None:
+        raise ValueError("comment without text ('m' is null)")
+    return json.dumps(m, ensure_ascii=False)
+
+
 def _text(mode: int, message: str) -> tuple[str, str | None]:
     if mode != 7:
         return message.replace("\r\n", "\n").replace("\r", "\n").replace("/n", "\n"), None
@@ -48,7 +59,7 @@ def parse(ctx: ParseContext, items: list) -> list[pa.RecordBatch]:
     for item in flatten(items):
         try:
             fields = str(item["c"]).split(",")
-            message = str(item["m"])
+            message = _message(item["m"])
             mode = to_int(fields[2], 32)
             text, raw = _text(mode, message)
             user = fields[4]

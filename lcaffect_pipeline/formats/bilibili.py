@@ -17,7 +17,8 @@ Decisions (documented for users of the corpus):
   the comment cannot be placed on the video, and inventing 0 s would pile such rows into the
   first segment. A row whose numeric fields do not parse is skipped and counted the same way.
 - Files older than the dmid (7 fields) or rows whose dmid is empty or ``0`` get an id derived
-  from ``p`` and the text, so verbatim-repeated elements deduplicate to one.
+  from ``p`` and the text, so verbatim-repeated elements deduplicate to one. Protobuf
+  elements with ``id`` 0 likewise get one derived from their fields (not the user hash).
 - The 8-field form has no weight: ``weight`` is null (not 0, which is a real weight).
 - ``/n`` is Bilibili's newline and becomes ``\\n``; XML entities are decoded by the parser.
 - Mode 7 (positioned): the text is element [4] of the JSON array and the payload is kept in
@@ -315,7 +316,7 @@ def assemble_segments(parts: list[tuple[ParseContext, pa.Table]]) -> pa.Table:
             "video_id": per_file([ctx.video_id for ctx, _t in parts]),
             "source_file": per_file([ctx.source_file for ctx, _t in parts]),
             # ``id`` rather than ``idStr``: the same dmid, and old segments lack ``idStr``.
-            "comment_id": pc.cast(columns["id"], pa.string()),
+            "comment_id": _segment_ids(columns),
             "offset_ms": columns["progress"],
             "text": pc.replace_substring(text, "/n", "\n"),
             "mode": _mode_names(mode_num),
@@ -328,6 +329,23 @@ def assemble_segments(parts: list[tuple[ParseContext, pa.Table]]) -> pa.Table:
             "raw": raw,
         },
     )
+
+
+def _segment_ids(columns: pa.Table) -> pa.Array:
+    """The dmid as text; a dmid of 0 (unset) gets an id derived from the comment, as in XML, so
+    distinct comments stay distinct and verbatim repeats deduplicate. The user hash is left out
+    of the derivation: an id must not reveal its author."""
+    ids = columns["id"].combine_chunks()
+    missing = pc.equal(ids, 0)
+    text = pc.cast(ids, pa.string())
+    if not pc.any(missing).as_py():
+        return text
+    rows = columns.filter(missing).select(list(_DERIVED_ID_FIELDS)).to_pylist()
+    made = [derived_id("pb", *(r[k] for k in _DERIVED_ID_FIELDS)) for r in rows]
+    return pc.replace_with_mask(text, missing, pa.array(made, pa.string()))
+
+
+_DERIVED_ID_FIELDS = ("progress", "mode", "fontsize", "color", "content", "ctime", "weight", "pool")
 
 
 def _columns_of(reply) -> dict[str, pa.Array]:

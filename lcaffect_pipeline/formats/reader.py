@@ -5,7 +5,8 @@ element, ``<i>`` or ``<packet>``, says whose), ``[`` a JSON array (its first rec
 ``{`` JSON lines (YouTube live chat), anything else is tried as a Bilibili protobuf segment.
 A Bilibili segment starts with byte 0x0A (a newline); the text patterns below also ask for the
 character after the opening one, which a protobuf length byte followed by a field tag never
-provides, so segments are not mistaken for text.
+provides, so segments are not mistaken for text. UTF-16/32 text (a byte-order mark, or XML whose
+``<`` comes with NUL bytes) is decoded before these patterns, so UTF-16 XML is read as XML.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ _XML_START = re.compile(rb"<[?!A-Za-z_]")
 _ARRAY_START = re.compile(rb"\[\s*[\[{\]]")
 _OBJECT_START = re.compile(rb'\{\s*["}]')
 _BOM = b"\xef\xbb\xbf"
+_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+              (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
 HEAD_BYTES = 1 << 16
 
 META_SKIPPED = b"lcaffect.skipped"
@@ -77,8 +80,11 @@ def _sniff(path: Path, fh: BinaryIO) -> tuple[str, object]:
         raise CommentFormatError(path, f"cannot read the file: {exc}") from None
     if not head:
         raise CommentFormatError(path, "empty file")
-    text = head[len(_BOM):] if head.startswith(_BOM) else head
+    wide = _wide_text(head)
+    text = wide if wide is not None else (head[len(_BOM):] if head.startswith(_BOM) else head)
     text = text.lstrip(b" \t\r\n")
+    if wide is not None and not _XML_START.match(text):
+        raise CommentFormatError(path, "UTF-16/32 text that is not XML (only XML comment files may be UTF-16/32)")
     if _XML_START.match(text):
         root = xml_root_tag(path, fh)
         if root not in _XML_ROOTS:
@@ -90,6 +96,24 @@ def _sniff(path: Path, fh: BinaryIO) -> tuple[str, object]:
     if _OBJECT_START.match(text):
         return "youtube_live_chat", None
     return "bilibili_protobuf", None
+
+
+def _wide_text(head: bytes) -> bytes | None:
+    """The head of a UTF-16/32 file as UTF-8 (the XML parser reads the file itself), or None.
+
+    Without this, the NUL bytes of ``<\x00?\x00x\x00m\x00l\x00`` fail every text pattern and
+    the file is tried, and rejected, as protobuf. Without a byte-order mark, the file counts as
+    UTF-16 only if it then starts like XML (a protobuf segment starts with 0x0A).
+    """
+    for bom, enc in _WIDE_BOMS:
+        if head.startswith(bom):
+            return head[len(bom):].decode(enc, "ignore").encode("utf-8")
+    if b"\x00" in head[:4]:
+        for enc in ("utf-16-le", "utf-16-be"):
+            text = head.decode(enc, "ignore").lstrip().encode("utf-8", "ignore")
+            if _XML_START.match(text):
+                return text
+    return None
 
 
 def _load_json(path: Path, fh: BinaryIO) -> object:

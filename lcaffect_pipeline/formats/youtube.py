@@ -8,19 +8,21 @@ deletions) is not a comment and is passed over without counting.
 
 Message runs are joined: text runs as they are; a standard emoji as its character (``emojiId``
 is the character itself, which text models read), a channel's custom emoji as its shortcut
-(``:_name:``), else its image label. The file is read line by line, so memory stays bounded.
-A line that is not JSON (a truncated last line, say) is skipped and counted.
+(``:_name:``), else its image label. The file is read line by line, so memory stays bounded:
+a line over ``MAX_LINE_BYTES`` (one chat action takes a few KiB) is skipped and counted without
+ever being held whole. A line that is not JSON (a truncated last line, say) is skipped and counted.
 """
 
 from __future__ import annotations
 
 import json
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import pyarrow as pa
 
 from ._common import ROW_ERRORS, ColumnLists, ParseContext, derived_id, to_int
 
+MAX_LINE_BYTES = 8 << 20
 _RENDERERS = (("liveChatTextMessageRenderer", False), ("liveChatPaidMessageRenderer", True))
 
 
@@ -81,7 +83,7 @@ def parse_live_chat(ctx: ParseContext, fh: BinaryIO) -> list[pa.RecordBatch]:
     rows = ColumnLists()
     batches = []
     good_lines = 0
-    for line in fh:
+    for line in _lines(ctx, fh):
         line = line.strip()
         if not line:
             continue
@@ -102,8 +104,22 @@ def parse_live_chat(ctx: ParseContext, fh: BinaryIO) -> list[pa.RecordBatch]:
             ctx.skipped += 1
         rows.flush_if_full(ctx, batches)
     if not good_lines:
-        raise ctx.error("no JSON line in the file: not a YouTube live chat")
+        long = ctx.notes.get("long_lines")
+        raise ctx.error("no JSON line in the file: not a YouTube live chat"
+                        + (f" ({long} lines over {MAX_LINE_BYTES >> 20} MiB skipped)" if long else ""))
     return rows.finish(ctx, batches)
+
+
+def _lines(ctx: ParseContext, fh: BinaryIO) -> Iterator[bytes]:
+    """The file's lines; one longer than ``MAX_LINE_BYTES`` is counted and read past in 1 MiB steps."""
+    while line := fh.readline(MAX_LINE_BYTES + 1):
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            ctx.skipped += 1
+            ctx.notes["long_lines"] = str(int(ctx.notes.get("long_lines", "0")) + 1)
+            while (rest := fh.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            continue
+        yield line
 
 
 def _truncate(rows: ColumnLists, length: int) -> None:
