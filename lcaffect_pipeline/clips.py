@@ -60,6 +60,8 @@ def fetch_video(video: dict[str, Any], prev: dict | None, *, root, opts: ClipOpt
         source = Path(src)
         if not source.is_file():
             raise FileNotFoundError(f"{src}: video file not found")
+        if opts.max_duration_s is not None:  # what yt-dlp's duration filter does for downloads
+            _check_max_duration(source, opts.max_duration_s)
         fingerprint = lake.file_hash(source)
         if have is not None and prev and prev.get("fingerprint") == fingerprint:
             raise Skip
@@ -68,6 +70,14 @@ def fetch_video(video: dict[str, Any], prev: dict | None, *, root, opts: ClipOpt
             shutil.copyfileobj(inp, out, 1 << 20)
         have = existing_video(videos_dir(root), vid)
     return VideoResult(vid, "done", fingerprint, lake.file_hash(have.path), 1, metrics={"path": str(have.path), "bytes": have.path.stat().st_size})
+
+
+def _check_max_duration(source: Path, max_duration_s: float) -> None:
+    from .videos import probe_video
+
+    duration = probe_video(source).duration_s
+    if duration > max_duration_s:
+        raise ValueError(f"{source}: the video is {duration:.1f} s long, over max_duration_s = {max_duration_s:g} s")
 
 
 def probe_one(video: dict[str, Any], prev: dict | None, *, root, video_hash: str | None) -> VideoResult:
@@ -104,8 +114,8 @@ def audio_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict | N
 
 def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict | None, comments_hash: str | None, opts: ClipOptions) -> VideoResult:
     """Segments, selected comments and sampled frames of one video, written as its own shards."""
-    from .segments import segment_video
-    from .shards import write_shards
+    from .segments import segment_video_stream
+    from .shards import write_shard_stream
 
     vid, platform = video["video_id"], video["platform"]
     if not probe or probe.get("status") == "failed" or not probe.get("output_hash"):
@@ -119,16 +129,18 @@ def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict |
     cpath = clean_path(root, platform, vid)
     if comments_hash and cpath.exists():
         comments = lake.read_parquet(cpath, schema.CLEAN_COMMENTS_SCHEMA)
-    table, frames = segment_video(probe["metrics"]["path"], comments, segment_s=opts.segment_s,
-                                  comments_per_segment=opts.comments_per_segment,
-                                  frames_per_segment=opts.frames_per_segment, size=opts.size, video_id=vid)
-    table = write_shards(table, frames, shards_dir(root), vid, max_shard_bytes=opts.max_shard_bytes)
+    # Frames stream from the decoder into the shards one segment at a time: memory stays bounded
+    # however long the video.
+    table, stacks = segment_video_stream(probe["metrics"]["path"], comments, segment_s=opts.segment_s,
+                                         comments_per_segment=opts.comments_per_segment,
+                                         frames_per_segment=opts.frames_per_segment, size=opts.size, video_id=vid)
+    table = write_shard_stream(table, stacks, shards_dir(root), vid, max_shard_bytes=opts.max_shard_bytes)
     digest = lake.write_parquet(table, seg_path)
     with_comments = int(np.count_nonzero(np.asarray(table.column("comment_count").to_numpy()) > 0)) if table.num_rows else 0
     return VideoResult(vid, "done", fingerprint, digest, table.num_rows, metrics={
         "segments": table.num_rows,
         "segments_with_comments": with_comments,
-        "frames_bytes": int(frames.nbytes),
+        "frames_bytes": table.num_rows * opts.frames_per_segment * opts.size * opts.size * 3,
         "duration_s": probe["metrics"].get("duration_s"),
     })
 
