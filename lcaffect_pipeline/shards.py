@@ -157,9 +157,9 @@ def _samples(video_id: str, rows: list[dict[str, Any]],
         if item is None:
             raise ValueError(f"frame stacks ended before segment {row['segment_index']} of {len(rows)} segments")
         frames, taken = item
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) != len(taken):
-            raise ValueError(f"segment {row['segment_index']}: frames must be uint8 (T, H, W, 3) with T times, "
-                             f"got {frames.dtype} {frames.shape} and {len(taken)} times")
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"segment {row['segment_index']}: frames must be uint8 (T, H, W, 3), "
+                             f"got {frames.dtype} {frames.shape}")
         row = {**row, "frame_times_ms": [int(t) for t in taken]}
         yield _encode_sample(video_id, row, frames), row["frame_times_ms"]
     if next(stacks, None) is not None:
