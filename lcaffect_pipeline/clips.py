@@ -34,6 +34,7 @@ class ClipOptions:
     cookie_file: str | None = None
     rate_limit: int | None = None
     max_duration_s: float | None = None
+    exact_frames: bool = False  # decode every frame (frames.py): slower, frame times exactly as planned
 
 
 def videos_dir(root):
@@ -121,7 +122,7 @@ def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict |
     if not probe or probe.get("status") == "failed" or not probe.get("output_hash"):
         raise RuntimeError("video was not probed successfully")
     fingerprint = lake.combine_hashes({"video": probe["fingerprint"], "comments": str(comments_hash),
-                                       "opts": str(dataclasses.astuple(opts)[:5])})
+                                       "opts": str(dataclasses.astuple(opts)[:5] + (opts.exact_frames,))})
     seg_path = segments_path(root, vid)
     if prev and prev.get("fingerprint") == fingerprint and seg_path.exists():
         raise Skip
@@ -133,7 +134,8 @@ def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict |
     # however long the video.
     table, stacks = segment_video_stream(probe["metrics"]["path"], comments, segment_s=opts.segment_s,
                                          comments_per_segment=opts.comments_per_segment,
-                                         frames_per_segment=opts.frames_per_segment, size=opts.size, video_id=vid)
+                                         frames_per_segment=opts.frames_per_segment, size=opts.size, video_id=vid,
+                                         exact=opts.exact_frames)
     table = write_shard_stream(table, stacks, shards_dir(root), vid, max_shard_bytes=opts.max_shard_bytes)
     digest = lake.write_parquet(table, seg_path)
     with_comments = int(np.count_nonzero(np.asarray(table.column("comment_count").to_numpy()) > 0)) if table.num_rows else 0

@@ -140,3 +140,19 @@ def test_rotated_video_keeps_its_aspect(tmp_path):
     down = {tuple(int(v) > 127 for v in frame[y, 16]) for y in range(32)}
     across = {tuple(int(v) > 127 for v in frame[8, x]) for x in range(32)}
     assert len(down) == 2 and len(across) == 1  # two bands, one above the other (not four)
+
+
+def test_clips_stage_exact_frames_option(videos, tmp_path):
+    from lcaffect_pipeline import clips, lake
+
+    probe = {"status": "done", "output_hash": "h", "fingerprint": "f", "metrics": {"path": str(videos["web"])}}
+    planned = _planned(videos["web"]).tolist()
+    recorded, fingerprints = {}, set()
+    for exact in (False, True):
+        opts = clips.ClipOptions(size=16, frames_per_segment=8, exact_frames=exact)
+        result = clips.segment_one({"video_id": "web", "platform": "local"}, None, root=tmp_path, probe=probe,
+                                   comments_hash=None, opts=opts)
+        fingerprints.add(result.fingerprint)
+        recorded[exact] = lake.read_parquet(clips.segments_path(tmp_path, "web")).column("frame_times_ms").to_pylist()
+    assert recorded[True] == planned and recorded[False] != planned
+    assert len(fingerprints) == 2  # switching the option re-runs the segments

@@ -114,6 +114,8 @@ class ClipsResource(dg.ConfigurableResource):
     cookie_file: Optional[str] = Field(default=None, description="cookies.txt for yt-dlp (a secret)")
     rate_limit: Optional[int] = Field(default=None, description="Download rate limit, bytes/s")
     max_duration_s: Optional[float] = Field(default=None, description="Skip videos longer than this")
+    exact_frames: bool = Field(default=False, description="Decode every frame: frame times exactly as planned, "
+                               "instead of the nearest kept frame within 100 ms (slower)")
 
     def options(self):
         from ..clips import ClipOptions
