@@ -34,6 +34,7 @@ class ClipOptions:
     rate_limit: int | None = None
     max_duration_s: float | None = None
     demote_filler: bool = False
+    exact_frames: bool = False  # decode every frame (frames.py): slower, frame times exactly as planned
 
 
 def videos_dir(root):
@@ -62,10 +63,10 @@ def fetch_video(video: dict[str, Any], prev: dict | None, *, root, opts: ClipOpt
                               rate_limit=opts.rate_limit, max_duration_s=opts.max_duration_s,
                               archive=str(videos_dir(root) / "download-archive.txt"))
         return _fetched(vid, fingerprint, have)
-    return _copy_if_changed(vid, Path(src), have, prev, root)
+    return _copy_if_changed(vid, Path(src), have, prev, root, opts.max_duration_s)
 
 
-def _copy_if_changed(vid: str, source: Path, have, prev: dict | None, root) -> VideoResult:
+def _copy_if_changed(vid: str, source: Path, have, prev: dict | None, root, max_duration_s: float | None) -> VideoResult:
     from .videos import copy_local_video
 
     if not source.is_file():
@@ -75,6 +76,8 @@ def _copy_if_changed(vid: str, source: Path, have, prev: dict | None, root) -> V
     last = (prev or {}).get("metrics", {})
     if have is not None and last.get("source_stat") == seen:
         raise Skip
+    if max_duration_s is not None:  # what yt-dlp's duration filter does for downloads
+        _check_max_duration(source, max_duration_s)
     fingerprint = lake.file_hash(source)
     if have is not None and prev and prev.get("fingerprint") == fingerprint:
         # Touched or copied over with the same bytes: keep the copy, remember the new stat.
@@ -85,6 +88,14 @@ def _copy_if_changed(vid: str, source: Path, have, prev: dict | None, root) -> V
 def _fetched(vid: str, fingerprint: str, have, **metrics) -> VideoResult:
     return VideoResult(vid, "done", fingerprint, lake.file_hash(have.path), 1,
                        metrics={"path": str(have.path), "bytes": have.path.stat().st_size, **metrics})
+
+
+def _check_max_duration(source: Path, max_duration_s: float) -> None:
+    from .videos import probe_video
+
+    duration = probe_video(source).duration_s
+    if duration > max_duration_s:
+        raise ValueError(f"{source}: the video is {duration:.1f} s long, over max_duration_s = {max_duration_s:g} s")
 
 
 def probe_one(video: dict[str, Any], prev: dict | None, *, root, video_hash: str | None) -> VideoResult:
@@ -121,14 +132,14 @@ def audio_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict | N
 
 def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict | None, comments_hash: str | None, opts: ClipOptions) -> VideoResult:
     """Segments, selected comments and sampled frames of one video, written as its own shards."""
-    from .segments import segment_video
-    from .shards import write_shards
+    from .segments import segment_video_stream
+    from .shards import write_shard_stream
 
     vid, platform = video["video_id"], video["platform"]
     if not probe or probe.get("status") == "failed" or not probe.get("output_hash"):
         raise RuntimeError("video was not probed successfully")
     fingerprint = lake.combine_hashes({"video": probe["fingerprint"], "comments": str(comments_hash),
-                                       "opts": str((*dataclasses.astuple(opts)[:5], opts.demote_filler))})
+                                       "opts": str(dataclasses.astuple(opts)[:5] + (opts.exact_frames, opts.demote_filler))})
     seg_path = segments_path(root, vid)
     if prev and prev.get("fingerprint") == fingerprint and seg_path.exists():
         raise Skip
@@ -136,17 +147,20 @@ def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict |
     cpath = clean_path(root, platform, vid)
     if comments_hash and cpath.exists():
         comments = lake.read_parquet(cpath, schema.CLEAN_COMMENTS_SCHEMA)
-    table, frames = segment_video(probe["metrics"]["path"], comments, segment_s=opts.segment_s,
-                                  comments_per_segment=opts.comments_per_segment,
-                                  frames_per_segment=opts.frames_per_segment, size=opts.size, video_id=vid,
-                                  demote_filler=opts.demote_filler)
-    table = write_shards(table, frames, shards_dir(root), vid, max_shard_bytes=opts.max_shard_bytes)
+    # Frames stream from the decoder into the shards one segment at a time: memory stays bounded
+    # however long the video.
+    table, stacks = segment_video_stream(probe["metrics"]["path"], comments, segment_s=opts.segment_s,
+                                         comments_per_segment=opts.comments_per_segment,
+                                         frames_per_segment=opts.frames_per_segment, size=opts.size, video_id=vid,
+                                         exact=opts.exact_frames,
+                                         demote_filler=opts.demote_filler)
+    table = write_shard_stream(table, stacks, shards_dir(root), vid, max_shard_bytes=opts.max_shard_bytes)
     digest = lake.write_parquet(table, seg_path)
     with_comments = int(np.count_nonzero(np.asarray(table.column("comment_count").to_numpy()) > 0)) if table.num_rows else 0
     return VideoResult(vid, "done", fingerprint, digest, table.num_rows, metrics={
         "segments": table.num_rows,
         "segments_with_comments": with_comments,
-        "frames_bytes": int(frames.nbytes),
+        "frames_bytes": table.num_rows * opts.frames_per_segment * opts.size * opts.size * 3,
         "duration_s": probe["metrics"].get("duration_s"),
     })
 

@@ -12,17 +12,15 @@ Policies (each one a documented choice):
   least ``MIN_VIDEO_S`` (0.5 s) long, and no segment otherwise (an empty table, not an error). The
   duration is the video stream's (see ``videos.probe_video``).
 * Frame times: ``frames_per_segment`` instants at the centres of equal slices of the segment,
-  so every time lies strictly inside it; ``frame_times_ms`` records them, relative to the first
-  video frame. The picture sampled for an instant is the frame on screen then (the last frame
-  whose timestamp is not after it).
-* Resize: the short side is scaled to ``size`` (by the decoder), then the centre is cropped to
-  ``size x size``; the aspect ratio is kept and the edges of wide videos are lost.
-* Decoding: decord, with its own resize, reading every needed frame index of the whole video,
-  sorted, in one forward pass. PyAV decodes sequentially (one pass, in order) when decord refuses
-  the file (WebM without a duration) or reports something impossible (no frames, timestamps out
-  of order, frames ending well before the probed duration). A file whose frames stop well before
-  its declared duration (more than ``max(1 s, 5 %)`` short of the last sample time) is truncated:
-  ``VideoDecodeError``.
+  so every time lies strictly inside it, relative to the first video frame. ``frame_times_ms``
+  records the time of each frame taken: the instant itself (exact decoding), or the start of
+  the frame taken when non-reference frames are skipped (the default, at most
+  ``FRAME_TOLERANCE_MS`` before the instant and never before its slice). Either way the stored
+  picture is what a full decode shows at the recorded time (policies in ``frames``).
+* Resize and decoding: ``frames.iter_frames`` (PyAV; short side scaled to ``size``, centre
+  crop, rotation honoured, truncated files are ``VideoDecodeError``).
+* Streaming: ``segment_video_stream`` gives the table and the frames one segment at a time, so
+  an hour-long video never holds more than a segment of frames (``shards.write_shard_stream``).
 * Comments (``assign_comments_duckdb``): a comment belongs to the segment with
   ``start_ms <= offset_ms < end_ms``. Exact duplicate texts within the segment are dropped (the
   earliest is kept), then up to K (``comments_per_segment``, 32 by default) are kept **in order of
@@ -39,26 +37,23 @@ from __future__ import annotations
 
 import logging
 import os
-import re
+from itertools import islice
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .frames import FRAME_TOLERANCE_MS, iter_frames, resize_dims, sample_frames  # noqa: F401 (re-exported)
 from .schema import SEGMENTS_SCHEMA
-from .videos import VideoDecodeError, VideoProbe, probe_video
+from .videos import VideoProbe, probe_video
 
 log = logging.getLogger(__name__)
 
 MIN_TAIL_FRACTION = 0.5
 MIN_VIDEO_S = 0.5
-DECODE_CHUNK = 128  # frames per decord get_batch call: bounds memory, keeps one forward pass
-# A frame whose timestamp is within this of a sample time counts as on screen at that time
-# (timestamps are rationals seen through floats: 1.0 s may read 0.9999999 or 1.0000001).
-TIME_EPS_MS = 0.5
 
 # Filler: matched (RE2, case-folded) against the text with whitespace, punctuation and symbols
 # (emoji included) removed. Single characters and empty remainders are filler too.
@@ -111,29 +106,79 @@ def segment_video(
     frames_per_segment: int = 8,
     size: int = 224,
     video_id: str | None = None,
+    exact: bool = False,
+    threads: int = 0,
     demote_filler: bool = False,
 ) -> tuple[pa.Table, np.ndarray]:
     """Segments table (SEGMENTS_SCHEMA, ``shard``/``sample_key`` null) and frames
-    ``uint8 (n_segments, frames_per_segment, size, size, 3)`` RGB.
+    ``uint8 (n_segments, frames_per_segment, size, size, 3)`` RGB, all in memory (a long video
+    is better served by ``segment_video_stream``).
 
     ``comments`` is a table in COMMENTS_SCHEMA or CLEAN_COMMENTS_SCHEMA (None: no comments).
     ``video_id`` defaults to the one video id in ``comments``, else the file name's stem.
-    Raises ``VideoDecodeError`` for a file that cannot be decoded.
+    ``exact`` decodes every frame (``frame_times_ms`` are then the planned instants);
+    ``threads``: decoder threads (0: FFmpeg's choice). Raises ``VideoDecodeError`` for a file
+    that cannot be decoded.
     """
+    table, stacks = segment_video_stream(
+        video_path, comments, segment_s=segment_s, comments_per_segment=comments_per_segment,
+        frames_per_segment=frames_per_segment, size=size, video_id=video_id, exact=exact, threads=threads,
+        demote_filler=demote_filler)
+    frames = np.zeros((table.num_rows, frames_per_segment, size, size, 3), dtype=np.uint8)
+    taken = np.zeros((table.num_rows, frames_per_segment), dtype=np.int64)
+    for i, (stack, times) in enumerate(stacks):
+        frames[i], taken[i] = stack, times
+    return with_frame_times(table, taken), frames
+
+
+def segment_video_stream(
+    video_path: str | os.PathLike,
+    comments: pa.Table | None = None,
+    *,
+    segment_s: float = 8.0,
+    comments_per_segment: int = 32,
+    frames_per_segment: int = 8,
+    size: int = 224,
+    video_id: str | None = None,
+    exact: bool = False,
+    threads: int = 0,
+    demote_filler: bool = False,
+) -> tuple[pa.Table, Iterator[tuple[np.ndarray, np.ndarray]]]:
+    """Like ``segment_video``, but the frames come one segment at a time, in table order, as
+    ``(uint8 (frames_per_segment, size, size, 3), taken_ms int64 (frames_per_segment,))``,
+    decoded while the iterator is consumed; decoding errors surface there. The table holds the
+    planned instants: ``shards.write_shard_stream`` records the times taken."""
     probe = probe_video(video_path)
     video_id = _resolve_video_id(video_id, comments, video_path)
     spans = plan_segments(probe.duration_s, segment_s)
     times = frame_times(spans, frames_per_segment)
-    if spans:
-        flat = sample_frames(video_path, times.ravel(), size, probe=probe)
-        frames = flat.reshape(len(spans), frames_per_segment, size, size, 3)
-    else:
+    if not spans:
         log.warning("video %s is %.2f s long: shorter than %.1f s, no segment", video_path, probe.duration_s, MIN_VIDEO_S)
-        frames = np.zeros((0, frames_per_segment, size, size, 3), dtype=np.uint8)
     table = _segments_table(video_id, spans, times)
     if comments is not None and comments.num_rows:
         table = assign_comments_duckdb(comments, table, k=comments_per_segment, demote_filler=demote_filler)
-    return table, frames
+    tolerance = 0.0 if exact or not spans else min(FRAME_TOLERANCE_MS, _slice_margin_ms(spans, frames_per_segment))
+    return table, _segment_stacks(video_path, times, size, probe, max(tolerance, 0.0), threads)
+
+
+def _slice_margin_ms(spans: Sequence[tuple[int, int]], frames_per_segment: int) -> int:
+    """How far before its instant a frame may start and still lie inside its slice of the segment."""
+    return min(e - s for s, e in spans) // (2 * frames_per_segment) - 1
+
+
+def _segment_stacks(path, times: np.ndarray, size: int, probe: VideoProbe, tolerance_ms: float,
+                    threads: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    frames = iter_frames(path, times.ravel(), size, probe=probe, threads=threads, tolerance_ms=tolerance_ms)
+    for row in times:
+        taken = list(islice(frames, len(row)))
+        yield np.stack([rgb for rgb, _ in taken]), np.array([t for _, t in taken], dtype=np.int64)
+
+
+def with_frame_times(table: pa.Table, taken_ms: np.ndarray | Sequence[Sequence[int]]) -> pa.Table:
+    """``table`` with ``frame_times_ms`` replaced by the times of the frames taken."""
+    field = SEGMENTS_SCHEMA.field("frame_times_ms")
+    column = pa.array([[int(t) for t in row] for row in taken_ms], field.type)
+    return table.set_column(table.schema.get_field_index(field.name), field, column)
 
 
 def _resolve_video_id(video_id: str | None, comments: pa.Table | None, video_path) -> str:
@@ -247,141 +292,3 @@ LEFT JOIN picked p USING (video_id, segment_index)
 LEFT JOIN counted n USING (video_id, segment_index)
 ORDER BY s.video_id, s.segment_index
 """
-
-
-# ------------------------------------------------------------------------------ frames
-
-
-class _DecoderRefused(Exception):
-    """decord cannot be trusted with this file; the PyAV path decides."""
-
-
-def _decord_reason(exc: Exception) -> str:
-    """decord's message without its ``[time] source.cc:line:`` prefix."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return re.sub(r"^\[[^\]]*\]\s*\S+:\d+:\s*", "", first)[:300]
-
-
-def sample_frames(
-    path: str | os.PathLike,
-    times_ms: np.ndarray,
-    size: int,
-    *,
-    probe: VideoProbe | None = None,
-    backend: str = "auto",
-    threads: int = 0,
-) -> np.ndarray:
-    """``uint8 (len(times_ms), size, size, 3)``: the picture on screen at each time (ms from the
-    first frame), short side scaled to ``size`` then centre-cropped. ``backend``: auto | decord |
-    pyav; ``threads``: decoder threads (0: as many as the decoder likes, ffmpeg's default).
-    """
-    probe = probe or probe_video(path)
-    times_ms = np.asarray(times_ms, dtype=np.int64)
-    if backend not in ("auto", "decord", "pyav"):
-        raise ValueError(f"unknown backend {backend!r}")
-    if times_ms.size == 0:
-        return np.zeros((0, size, size, 3), dtype=np.uint8)
-    if backend in ("auto", "decord"):
-        try:
-            return _sample_decord(Path(path), times_ms, size, probe, threads)
-        except _DecoderRefused as exc:
-            if backend == "decord":
-                raise VideoDecodeError(path, f"decord: {exc}") from None
-            log.info("decord refused %s (%s): decoding with PyAV", path, exc)
-    return _sample_pyav(Path(path), times_ms, size, probe, threads)
-
-
-def resize_dims(width: int, height: int, size: int) -> tuple[int, int]:
-    """Width and height with the short side scaled to ``size`` (the long side at least ``size``)."""
-    scale = size / min(width, height)
-    return max(size, round(width * scale)), max(size, round(height * scale))
-
-
-def _center_crop(batch: np.ndarray, size: int) -> np.ndarray:
-    h, w = batch.shape[-3:-1]
-    y, x = (h - size) // 2, (w - size) // 2
-    return batch[..., y:y + size, x:x + size, :]
-
-
-def _coverage_tolerance_ms(probe: VideoProbe) -> float:
-    return max(1000.0, 0.05 * probe.duration_s * 1000)
-
-
-def _sample_decord(path: Path, times_ms: np.ndarray, size: int, probe: VideoProbe, threads: int) -> np.ndarray:
-    import decord
-
-    decord.logging.set_level(decord.logging.QUIET)
-    w, h = resize_dims(probe.width, probe.height, size)
-    try:
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=w, height=h, num_threads=threads)
-        n = len(vr)
-        if n <= 0:
-            raise _DecoderRefused("no frames")
-        starts_ms = vr.get_frame_timestamp(np.arange(n))[:, 0] * 1000.0
-        starts_ms = starts_ms - starts_ms[0]  # times count from the first frame (as with PyAV)
-    except decord.DECORDError as exc:
-        raise _DecoderRefused(_decord_reason(exc)) from None
-    if not np.all(np.isfinite(starts_ms)) or np.any(np.diff(starts_ms) < -1):
-        raise _DecoderRefused("frame timestamps out of order")
-    frame_ms = 1000.0 / probe.fps if probe.fps else 0.0
-    if starts_ms[-1] + frame_ms < times_ms.max() - _coverage_tolerance_ms(probe):
-        raise _DecoderRefused(f"frames end at {starts_ms[-1] / 1000:.2f} s of {probe.duration_s:.2f} s")
-    # The frame on screen at t: the last frame starting at or before t.
-    wanted = np.clip(np.searchsorted(starts_ms, times_ms + TIME_EPS_MS, side="right") - 1, 0, n - 1)
-    unique, inverse = np.unique(wanted, return_inverse=True)
-    out = np.empty((len(unique), size, size, 3), dtype=np.uint8)
-    try:
-        for lo in range(0, len(unique), DECODE_CHUNK):  # sorted indices: one forward pass
-            batch = vr.get_batch(unique[lo:lo + DECODE_CHUNK].tolist()).asnumpy()
-            out[lo:lo + len(batch)] = _center_crop(batch, size)
-    except decord.DECORDError as exc:
-        raise _DecoderRefused(_decord_reason(exc)) from None
-    return out[inverse]
-
-
-def _sample_pyav(path: Path, times_ms: np.ndarray, size: int, probe: VideoProbe, threads: int) -> np.ndarray:
-    import av
-
-    w, h = resize_dims(probe.width, probe.height, size)
-    order = np.argsort(times_ms, kind="stable")
-    out = np.empty((len(times_ms), size, size, 3), dtype=np.uint8)
-    j, prev, prev_rgb, first_ms, last_ms, count = 0, None, None, None, None, 0
-
-    def rgb(frame) -> np.ndarray:
-        return _center_crop(frame.to_ndarray(width=w, height=h, format="rgb24"), size)
-
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"  # frame and slice threads, as the ffmpeg CLI uses
-            stream.thread_count = threads
-            for frame in container.decode(stream):
-                t = frame.time if frame.time is not None else count / (probe.fps or 25.0)
-                count += 1
-                t_ms = t * 1000.0
-                first_ms = t_ms if first_ms is None else first_ms
-                rel = t_ms - first_ms
-                # Every requested time before this frame's start shows the previous frame.
-                while j < len(order) and times_ms[order[j]] + TIME_EPS_MS < rel and prev is not None:
-                    prev_rgb = rgb(prev) if prev_rgb is None else prev_rgb
-                    out[order[j]] = prev_rgb
-                    j += 1
-                prev, prev_rgb, last_ms = frame, None, rel
-                if j == len(order):
-                    break
-            if prev is None:
-                raise VideoDecodeError(path, "no decodable video frame")
-    except av.error.FFmpegError as exc:
-        if prev is None:
-            raise VideoDecodeError(path, f"PyAV: {exc}") from None
-        log.warning("decoding %s stopped at %.2f s: %s", path, (last_ms or 0) / 1000, exc)
-    if j < len(order):
-        frame_ms = 1000.0 / probe.fps if probe.fps else 0.0
-        if last_ms + frame_ms < times_ms[order[-1]] - _coverage_tolerance_ms(probe):
-            raise VideoDecodeError(
-                path, f"truncated: decodable frames end at {last_ms / 1000:.2f} s "
-                      f"but the file declares {probe.duration_s:.2f} s")
-        last_rgb = rgb(prev)
-        for i in order[j:]:
-            out[i] = last_rgb
-    return out

@@ -12,13 +12,15 @@ and mode), so an unchanged segment table and frames give byte-identical shards a
 They are written with the standard library's ``tarfile`` (PAX format, so member names longer
 than 100 bytes survive): a WebDataset shard is a plain tar, and importing ``webdataset`` would
 import torch (seconds per Dagster step); the tests read the shards back with ``webdataset``.
-Each shard is written under a temporary name and renamed; shards of an earlier, longer version of
-the video are removed. The per-video ``shards.json`` keeps the index cheap: ``update_shard_index``
+Samples stream in one segment at a time (``write_shard_stream``); a video's shards are written
+under temporary names and renamed together once the last is complete; shards of an earlier,
+longer version of the video are removed. The per-video ``shards.json`` keeps the index cheap: ``update_shard_index``
 merges those small files instead of re-reading every tar.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -26,7 +28,7 @@ import os
 import re
 import tarfile
 from collections import defaultdict
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -73,42 +75,95 @@ def write_shards(
 ) -> pa.Table:
     """Write one video's segments as WebDataset shards under ``dest_dir`` (the shards root).
 
-    ``frames[i]`` belongs to row ``i`` of ``segments_table``. A new shard starts when the next
-    sample would push the current one past ``max_shard_bytes`` (a single larger sample gets a
-    shard to itself). Returns the table with ``shard`` and ``sample_key`` filled in.
+    ``frames[i]`` (uint8 ``(n, T, H, W, 3)``, all in memory) belongs to row ``i`` of
+    ``segments_table``; ``write_shard_stream`` takes them one segment at a time. Returns the
+    table with ``shard`` and ``sample_key`` filled in.
     """
     _check_inputs(segments_table, frames, video_id)
-    rows = segments_table.to_pylist()
-    samples = [_encode_sample(video_id, row, frames[i]) for i, row in enumerate(rows)]
-    groups = _split(samples, max_shard_bytes)
-    entries, shard_of_row = [], []
-    for n, group in enumerate(groups):
-        path = shard_path(dest_dir, video_id, n)
-        nbytes, digest = _write_tar(path, group)
-        entries.append({"url": _url(path), "video_id": video_id, "samples": len(group),
-                        "bytes": nbytes, "sha256": digest})
-        shard_of_row += [_url(path)] * len(group)
-    _remove_stale(dest_dir, video_id, keep=len(groups))
+    times = segments_table.column("frame_times_ms").to_pylist()
+    return write_shard_stream(segments_table, zip(frames, times), dest_dir, video_id, max_shard_bytes=max_shard_bytes)
+
+
+def write_shard_stream(
+    segments_table: pa.Table,
+    stacks: Iterable[tuple[np.ndarray, Sequence[int]]],
+    dest_dir: str | os.PathLike,
+    video_id: str,
+    *,
+    max_shard_bytes: int = 1_000_000_000,
+) -> pa.Table:
+    """Write one video's segments as shards, taking the frames one segment at a time.
+
+    ``stacks`` gives, for each row in order, ``(frames uint8 (T, H, W, 3), frame_times_ms)``:
+    the times of the frames taken, which replace the row's (``segments.segment_video_stream``
+    gives both). Memory holds one sample, so an hour-long video streams through. A new shard
+    starts when the next sample would push the current one past ``max_shard_bytes`` (a single
+    larger sample gets a shard to itself). Every shard keeps a temporary name until the last
+    one is complete, so a failure part-way (a decoding error, a full disk) leaves the previous
+    version of the video's shards whole. Returns the table with ``shard``, ``sample_key`` and
+    ``frame_times_ms`` filled in.
+    """
+    _check_table(segments_table, video_id)
+    samples = _samples(video_id, segments_table.to_pylist(), stacks)
+    entries, shard_of_row, keys, times = [], [], [], []
+    with contextlib.ExitStack() as finished:  # on success the shards are renamed into place together
+        sample = next(samples, None)
+        while sample is not None:
+            path = shard_path(dest_dir, video_id, len(entries))
+            out = _HashingWriter(finished.enter_context(lake.atomic_write(path, "wb")))
+            size, count = 0, 0
+            with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                while sample is not None and (not count or size + _tar_bytes(sample[0]) + TAR_END <= max_shard_bytes):
+                    _add_sample(tar, sample[0])
+                    size, count = size + _tar_bytes(sample[0]), count + 1
+                    keys.append(sample[0]["__key__"])
+                    times.append(sample[1])
+                    sample = next(samples, None)
+            entries.append({"url": _url(path), "video_id": video_id, "samples": count,
+                            "bytes": out.bytes, "sha256": out.sha.hexdigest()})
+            shard_of_row += [_url(path)] * count
+    _remove_stale(dest_dir, video_id, keep=len(entries))
     sidecar = {"video_id": video_id, "shards": entries}
     lake.atomic_write_bytes(video_shard_dir(dest_dir, video_id) / VIDEO_SHARDS_NAME,
                             json.dumps(sidecar, ensure_ascii=False, indent=1).encode())
-    keys = [s["__key__"] for s in samples]
-    out = segments_table.set_column(segments_table.schema.get_field_index("shard"), "shard",
-                                    pa.array(shard_of_row, pa.string()))
-    out = out.set_column(out.schema.get_field_index("sample_key"), "sample_key", pa.array(keys, pa.string()))
+    out = segments_table
+    for name, values in (("shard", shard_of_row), ("sample_key", keys), ("frame_times_ms", times)):
+        out = out.set_column(out.schema.get_field_index(name), name, pa.array(values, SEGMENTS_SCHEMA.field(name).type))
     return out.cast(SEGMENTS_SCHEMA)
 
 
-def _check_inputs(table: pa.Table, frames: np.ndarray, video_id: str) -> None:
+def _check_table(table: pa.Table, video_id: str) -> None:
     if not table.schema.remove_metadata().equals(SEGMENTS_SCHEMA.remove_metadata()):
         table.cast(SEGMENTS_SCHEMA)  # raises with the mismatch where the columns differ
+    others = set(table.column("video_id").to_pylist()) - {video_id}
+    if others:
+        raise ValueError(f"segments of other videos {sorted(others)[:3]} passed for {video_id!r}")
+
+
+def _check_inputs(table: pa.Table, frames: np.ndarray, video_id: str) -> None:
     if frames.dtype != np.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 (n, T, H, W, 3), got {frames.dtype} {frames.shape}")
     if frames.shape[0] != table.num_rows:
         raise ValueError(f"{frames.shape[0]} frame stacks for {table.num_rows} segments")
-    others = set(table.column("video_id").to_pylist()) - {video_id}
-    if others:
-        raise ValueError(f"segments of other videos {sorted(others)[:3]} passed for {video_id!r}")
+    _check_table(table, video_id)
+
+
+def _samples(video_id: str, rows: list[dict[str, Any]],
+             stacks: Iterable[tuple[np.ndarray, Sequence[int]]]) -> Iterator[tuple[dict[str, Any], list[int]]]:
+    """Encoded samples with their frame times, one row at a time; the stacks must match the rows."""
+    stacks = iter(stacks)
+    for row in rows:
+        item = next(stacks, None)
+        if item is None:
+            raise ValueError(f"frame stacks ended before segment {row['segment_index']} of {len(rows)} segments")
+        frames, taken = item
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"segment {row['segment_index']}: frames must be uint8 (T, H, W, 3), "
+                             f"got {frames.dtype} {frames.shape}")
+        row = {**row, "frame_times_ms": [int(t) for t in taken]}
+        yield _encode_sample(video_id, row, frames), row["frame_times_ms"]
+    if next(stacks, None) is not None:
+        raise ValueError(f"more frame stacks than the {len(rows)} segments")
 
 
 def _encode_sample(video_id: str, row: dict[str, Any], frames: np.ndarray) -> dict[str, Any]:
@@ -146,19 +201,6 @@ def _members_of(sample: dict[str, Any]) -> list[tuple[str, bytes]]:
     return sorted((k, v) for k, v in sample.items() if k != "__key__")
 
 
-def _split(samples: list[dict[str, Any]], max_bytes: int) -> list[list[dict[str, Any]]]:
-    groups: list[list[dict[str, Any]]] = []
-    size = 0
-    for s in samples:
-        b = _tar_bytes(s)
-        if not groups or (groups[-1] and size + b + TAR_END > max_bytes):
-            groups.append([])
-            size = 0
-        groups[-1].append(s)
-        size += b
-    return groups
-
-
 class _HashingWriter:
     """A write-only file that hashes and counts what passes through it."""
 
@@ -174,17 +216,12 @@ class _HashingWriter:
         self.fh.flush()
 
 
-def _write_tar(path, samples: list[dict[str, Any]]) -> tuple[int, str]:
-    with lake.atomic_write(path, "wb") as fh:
-        out = _HashingWriter(fh)
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for sample in samples:
-                for ext, data in _members_of(sample):
-                    info = tarfile.TarInfo(f"{sample['__key__']}.{ext}")
-                    # Fixed metadata: the same samples always give the same bytes (and sha256).
-                    info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "", ""
-                    tar.addfile(info, io.BytesIO(data))
-    return out.bytes, out.sha.hexdigest()
+def _add_sample(tar: tarfile.TarFile, sample: dict[str, Any]) -> None:
+    for ext, data in _members_of(sample):
+        info = tarfile.TarInfo(f"{sample['__key__']}.{ext}")
+        # Fixed metadata: the same samples always give the same bytes (and sha256).
+        info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "", ""
+        tar.addfile(info, io.BytesIO(data))
 
 
 def _remove_stale(shards_root, video_id: str, keep: int) -> None:

@@ -45,7 +45,8 @@ def test_demo_videos_become_shards(clips_run) -> None:
     entries = index if isinstance(index, list) else index["shards"]
     assert sum(e["samples"] for e in entries) == N * SEGMENTS_PER_VIDEO
     table = pq.read_table(root / "segments" / "demo_00.parquet")
-    assert all(1 <= n <= 5 for n in (len(c) for c in table.column("comments").to_pylist()))
+    counts = [len(c) for c in table.column("comments").to_pylist()]
+    assert all(1 <= n <= 32 for n in counts) and max(counts) > 5  # every distinct comment, not a top 5
     assert all(Path(s).exists() for s in table.column("shard").to_pylist())
     audio = manifest(root, "audio")
     assert audio["failed"] == 0 and (root / "audio" / "demo_00.wav").exists()

@@ -1,5 +1,5 @@
 """Downstream datasets: loaders on the real annotation files, the media policy, media preparation
-(real ffmpeg/decord on generated clips, a corrupt and a silent one) and the demo stand-ins."""
+(real ffmpeg/PyAV on generated clips, a corrupt and a silent one) and the demo stand-ins."""
 
 from __future__ import annotations
 

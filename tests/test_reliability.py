@@ -603,6 +603,11 @@ RELIABILITY = [
     ("Downstream ids that leave the dataset folder (`../../../../etc/passwd`, `/`, `\\`, NUL)", "6 MUStARD + 4 CH-SIMS", "refused, naming the file and row", "tests/test_downstream_hostile.py::test_a_mustard_id_that_leaves_the_folder_is_refused"),
     ("Duplicate JSON keys, CSV columns, utterance ids", "4 files", "DatasetError naming the key (and both rows)", "tests/test_downstream_hostile.py::test_duplicate_keys_are_reported"),
     ("Empty split; empty dataset", "3 files", "warning naming the file and split, `lcaffect.empty_splits` metadata; no utterances at all is an error", "tests/test_downstream_hostile.py::test_an_empty_split_is_reported_and_an_empty_dataset_refused"),
+    ("Rotated video (64x32 stored, display matrix turning it 90 degrees)", "1 video", "picture turned as ffmpeg shows it: 2 bands in the centre crop, not 4", "tests/test_frames.py::test_rotated_video_keeps_its_aspect"),
+    ("One-hour video through the clips segment step (450 segments, 135 MB of 112 px frames)", "1 video", "frames stream into 4 shards that verify; peak memory growth under 48 MiB", "tests/test_streaming.py::test_hour_long_video_streams_into_shards_in_bounded_memory"),
+    ("Local video longer than max_duration_s", "1 video", "refused, naming the file, its length and the limit; not copied", "tests/test_streaming.py::test_max_duration_applies_to_local_videos"),
+    ("Frame stream failing part-way through a video's shards", "1 stream", "previous shards and shards.json byte-identical; no temporary file", "tests/test_streaming.py::test_stream_failing_part_way_keeps_the_previous_shards"),
+    ("16 non-reference B-frames in a row (frame tolerance cannot be met)", "1 video", "the rest decoded exactly; every frame matches a full decode at its recorded time", "tests/test_frames.py::test_unmet_tolerance_falls_back_to_exact_decoding"),
 ]
 RELIABILITY_DOC = ROOT / "docs" / "RELIABILITY.md"
 

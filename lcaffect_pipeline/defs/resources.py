@@ -122,6 +122,8 @@ class ClipsResource(dg.ConfigurableResource):
     rate_limit: Optional[int] = Field(default=None, description="Download rate limit, bytes/s")
     max_duration_s: Optional[float] = Field(default=None, description="Skip videos longer than this")
     demote_filler: bool = Field(default=False, description="Rank laughter/filler comments last (off: they are affect signal)")
+    exact_frames: bool = Field(default=False, description="Decode every frame: frame times exactly as planned, "
+                               "instead of the nearest kept frame within 100 ms (slower)")
 
     def options(self):
         from ..clips import ClipOptions

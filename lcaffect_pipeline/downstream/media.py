@@ -4,7 +4,7 @@ The npz (numpy ``savez``, uncompressed, written atomically) holds the contract's
 
 * ``frames`` uint8 ``(T, S, S, 3)`` RGB at the centres of ``T`` equal slices of the whole
   utterance (``segments.frame_times`` over one span), short side scaled to ``S`` and centre-cropped
-  (``segments.sample_frames``: decord, PyAV where decord refuses the file);
+  (``frames.sample_frames``: PyAV, exact);
 * ``frame_times_ms`` int64 ``(T,)``;
 * ``audio`` float32 ``(N,)`` mono at ``sr`` Hz in [-1, 1], decoded by ffmpeg into memory; ``N`` is
   0 when the video has no audio track (normal for some clips, not an error);
@@ -61,7 +61,7 @@ def prepare_media(table: pa.Table, out_dir: str | os.PathLike, *, frames: int = 
 
     Each distinct source file (by content hash) is decoded once per call: utterances sharing a
     file (the demo's hard-linked clips) get the same arrays without decoding it again.
-    ``workers`` threads hash and decode in parallel (the work runs in ffmpeg/decord, not Python).
+    ``workers`` threads hash and decode in parallel (the work runs in ffmpeg/PyAV, not Python).
     """
     params = {"version": PREP_VERSION, "frames": int(frames), "size": int(size), "sr": int(sr)}
     jobs = [(r["utterance_id"], r["media_path"]) for r in table.select(["utterance_id", "media_path"]).to_pylist()]
