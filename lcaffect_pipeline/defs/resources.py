@@ -145,6 +145,7 @@ class V2LCTrainingResource(dg.ConfigurableResource):
     eval_fraction: float = 0.1
     checkpoint_every: int = 500
     num_workers: int = 2
+    max_per_video: int = Field(default=2, description="At most this many segments of one video per batch (0: no cap)")
     seed: int = 0
     precision: str = "auto"
     extra_json: str = Field(default="{}", description="Any other training option, as a JSON object")
