@@ -19,11 +19,12 @@ if [ ! -x "$PGBIN/initdb" ]; then
   exit 2
 fi
 
-as_db_user() {  # run a server program as an unprivileged user
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
+# Server programs run as an unprivileged user. setpriv execs (no wrapper process), so $! below
+# is the server itself and our signals reach it.
+AS_DB=()
 if [ "$(id -u)" -eq 0 ]; then
   id postgres >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin postgres
+  AS_DB=(setpriv --reuid=postgres --regid=postgres --clear-groups)
   chown postgres "$STATE"
 fi
 
@@ -32,6 +33,8 @@ cleanup() {
   trap - EXIT INT TERM
   if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
     kill -INT "$PID" 2>/dev/null || true   # SIGINT = PostgreSQL's "fast shutdown"
+    for _ in $(seq 1 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$PID" 2>/dev/null || true
     wait "$PID" 2>/dev/null || true
   fi
   rm -rf "$STATE"
@@ -44,25 +47,25 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 printf '%s\n' "$PASSWORD" > "$STATE/pwfile"
 [ "$(id -u)" -ne 0 ] || chown postgres "$STATE/pwfile"
-as_db_user "$PGBIN/initdb" -D "$STATE/data" -U dagster --pwfile="$STATE/pwfile" \
+"${AS_DB[@]}" "$PGBIN/initdb" -D "$STATE/data" -U dagster --pwfile="$STATE/pwfile" \
   --auth-host=scram-sha-256 --auth-local=trust -E UTF8 --locale=C.UTF-8 >"$STATE/initdb.log" 2>&1 \
   || { cat "$STATE/initdb.log" >&2; exit 1; }
 rm -f "$STATE/pwfile"
 
 # Loopback only; the Unix socket lives in the state folder (not /var/run/postgresql).
 # fsync off: the data is thrown away, and it keeps a busy CI machine fast.
-as_db_user "$PGBIN/postgres" -D "$STATE/data" -h 127.0.0.1 -p "$PORT" -k "$STATE" \
+"${AS_DB[@]}" "$PGBIN/postgres" -D "$STATE/data" -h 127.0.0.1 -p "$PORT" -k "$STATE" \
   -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
   >"$STATE/postgres.log" 2>&1 &
 PID=$!
 
 for _ in $(seq 1 120); do
-  if as_db_user "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PORT"; then break; fi
+  if "${AS_DB[@]}" "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PORT"; then break; fi
   kill -0 "$PID" 2>/dev/null || { cat "$STATE/postgres.log" >&2; exit 1; }
   sleep 0.5
 done
-as_db_user "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" || { echo "postgres did not start" >&2; exit 1; }
-as_db_user "$PGBIN/createdb" -h "$STATE" -p "$PORT" -U dagster dagster
+"${AS_DB[@]}" "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" || { echo "postgres did not start" >&2; exit 1; }
+"${AS_DB[@]}" "$PGBIN/createdb" -h "$STATE" -p "$PORT" -U dagster dagster
 
 cat >"$STATE/env.sh.tmp" <<ENV
 export DAGSTER_PG_HOST=127.0.0.1

@@ -26,8 +26,9 @@ PID=""
 cleanup() {
   trap - EXIT INT TERM
   if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
+    # weed can take long to exit on SIGTERM; its data is thrown away, so a short grace is enough.
     kill -TERM "$PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.2; done
+    for _ in $(seq 1 15); do kill -0 "$PID" 2>/dev/null || break; sleep 0.2; done
     kill -KILL "$PID" 2>/dev/null || true
     wait "$PID" 2>/dev/null || true
   fi

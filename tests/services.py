@@ -10,6 +10,7 @@ both servers (scripts/install.sh), so a missing one is a broken machine, not an 
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import signal
@@ -30,6 +31,14 @@ def unavailable(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set: the server must run here; see scripts/install.sh)")
     pytest.skip(reason)
+
+
+def require_module(name: str):
+    """Import a module the servers' clients need (installed by scripts/install.sh)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        unavailable(f"{name} is not installed ({e}); run scripts/install.sh")
 
 
 def read_env(path: Path) -> dict[str, str]:

@@ -20,7 +20,7 @@ import dagster as dg
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from services import ROOT, running
+from services import ROOT, require_module, running
 
 pytestmark = pytest.mark.timeout(900)
 INSTANCE_FILE = ROOT / "configs" / "instance" / "dagster.postgres.yaml"
@@ -42,7 +42,7 @@ class Daemon:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory) -> Daemon:
-    pytest.importorskip("dagster_postgres")
+    require_module("dagster_postgres")
     with running("postgres_server.sh") as pg:
         home = tmp_path_factory.mktemp("dagster_home")
         shutil.copy(INSTANCE_FILE, home / "dagster.yaml")

@@ -584,6 +584,9 @@ RELIABILITY = [
     ("Cookie echoed by the server (JSON error message, redirect URL) through a Dagster run", "4 videos, every lake and Dagster file, events, python log", "masked everywhere", "tests/test_hostile_web.py::test_a_cookie_echoed_by_the_server_leaves_no_trace_in_a_dagster_run"),
     ("AcFun records without an id (real ACFun.json)", "155 records x 3 user ids", "derived comment_id independent of the user id", "tests/test_hostile_web.py::test_derived_acfun_ids_do_not_depend_on_the_user_id"),
     ("YouTube rows without an id (real live chat)", "50 lines x 2 channel ids", "derived comment_id independent of the channel id", "tests/test_hostile_web.py::test_derived_youtube_ids_do_not_depend_on_the_channel_id"),
+    ("Run worker SIGKILLed mid-step, Postgres instance with a real dagster-daemon", "1 run", "run marked failed (signal 9 in its log), retried by the daemon, retry succeeds", "tests/test_daemon_postgres.py::test_a_run_killed_with_sigkill_is_marked_failed_and_retried"),
+    ("Object-store multipart upload read before it completes (SeaweedFS S3)", "1 object, 2 parts", "nothing visible under the final key until complete; then byte-exact", "tests/test_s3_server.py::test_multipart_upload_is_invisible_until_complete"),
+    ("Object-store request with a wrong secret key", "1", "refused (PermissionError), nothing written", "tests/test_s3_server.py::test_wrong_secret_is_refused"),
 ]
 RELIABILITY_DOC = ROOT / "docs" / "RELIABILITY.md"
 
