@@ -8,12 +8,12 @@
 # appears only once the bucket is there, so a caller can wait for it. Runs in the foreground
 # until SIGTERM/SIGINT (Ctrl-C), then stops the server and deletes STATE_DIR, also on failure.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 STATE=${1:-$(mktemp -d -t lcaffect-s3.XXXXXX)}
 BUCKET=${LCAFFECT_S3_BUCKET:-lcaffect}
 mkdir -p "$STATE/data"
-PY=${PYTHON:-.venv/bin/python}
+PY=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 WEED=${WEED:-$(dirname "$PY")/weed}
 [ -x "$WEED" ] || WEED=$(command -v weed || true)
