@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install everything on a fresh Debian/Ubuntu machine: ffmpeg from Debian, a virtualenv in
-# .venv, and the project with its test extras. Safe to run again (it skips what is there).
+# Install everything on a fresh Debian/Ubuntu machine: ffmpeg and PostgreSQL from Debian, a
+# virtualenv in .venv, and the project with its test extras (which bring the `weed` S3
+# server). Safe to run again (it skips what is there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -9,6 +10,8 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 need_apt=()
 command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || need_apt+=(ffmpeg)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# PostgreSQL for the scale-out tests (scripts/postgres_server.sh starts a throw-away server).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null

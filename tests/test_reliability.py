@@ -608,6 +608,9 @@ RELIABILITY = [
     ("Local video longer than max_duration_s", "1 video", "refused, naming the file, its length and the limit; not copied", "tests/test_streaming.py::test_max_duration_applies_to_local_videos"),
     ("Frame stream failing part-way through a video's shards", "1 stream", "previous shards and shards.json byte-identical; no temporary file", "tests/test_streaming.py::test_stream_failing_part_way_keeps_the_previous_shards"),
     ("16 non-reference B-frames in a row (frame tolerance cannot be met)", "1 video", "the rest decoded exactly; every frame matches a full decode at its recorded time", "tests/test_frames.py::test_unmet_tolerance_falls_back_to_exact_decoding"),
+    ("Run worker SIGKILLed mid-step, Postgres instance with a real dagster-daemon", "1 run", "run marked failed (signal 9 in its log), retried by the daemon, retry succeeds", "tests/test_daemon_postgres.py::test_a_run_killed_with_sigkill_is_marked_failed_and_retried"),
+    ("Object-store multipart upload read before it completes (SeaweedFS S3)", "1 object, 2 parts", "nothing visible under the final key until complete; then byte-exact", "tests/test_s3_server.py::test_multipart_upload_is_invisible_until_complete"),
+    ("Object-store request with a wrong secret key", "1", "refused (PermissionError), nothing written", "tests/test_s3_server.py::test_wrong_secret_is_refused"),
 ]
 RELIABILITY_DOC = ROOT / "docs" / "RELIABILITY.md"
 

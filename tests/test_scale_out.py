@@ -19,7 +19,7 @@ import yaml
 from conftest import ROOT
 
 POSTGRES_YAML = ROOT / "configs" / "instance" / "dagster.postgres.yaml"
-PG_ENV = {"DAGSTER_PG_USERNAME": "lcaffect", "DAGSTER_PG_PASSWORD": "p@ss word", "DAGSTER_PG_HOST": "pg.internal", "DAGSTER_PG_DB": "dagster"}
+PG_ENV = {"DAGSTER_PG_USERNAME": "lcaffect", "DAGSTER_PG_PASSWORD": "p@ss word", "DAGSTER_PG_HOST": "pg.internal", "DAGSTER_PG_PORT": "5432", "DAGSTER_PG_DB": "dagster"}
 needs = {m: importlib.util.find_spec(m) is None for m in ("dagster_postgres", "dagster_k8s")}
 
 
@@ -86,7 +86,7 @@ def test_postgres_block_resolves_from_the_environment(monkeypatch) -> None:
     result = process_config(DagsterPostgresStorage.config_type(), block)
     assert result.success, result.errors
     url = pg_url_from_config(result.value)
-    assert url == "postgresql://lcaffect:p%40ss%20word@pg.internal:5432/dagster"  # secrets come from the env, escaped
+    assert url == "postgresql+psycopg2://lcaffect:p%40ss%20word@pg.internal:5432/dagster"  # secrets come from the env, escaped
     monkeypatch.delenv("DAGSTER_PG_PASSWORD")
     assert not process_config(DagsterPostgresStorage.config_type(), block).success  # a missing secret is an error
 

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Run a throw-away PostgreSQL server on 127.0.0.1 for Dagster (tests, CI, the scale-out demo).
+#   scripts/postgres_server.sh [STATE_DIR]
+# Initialises a cluster in STATE_DIR/data (a new temporary folder by default), starts the server
+# on a free port, creates the `dagster` database, then writes STATE_DIR/env.sh (the DAGSTER_PG_*
+# variables that configs/instance/dagster.postgres.yaml reads) and prints it. The file appears
+# only once the server accepts connections, so a caller can wait for it. Runs in the foreground
+# until SIGTERM/SIGINT (Ctrl-C), then stops the server and deletes STATE_DIR, also on failure.
+# The server refuses to run as root: as root it runs as the `postgres` user (from Debian's
+# `postgresql` package, which scripts/install.sh installs).
+set -euo pipefail
+
+STATE=${1:-$(mktemp -d -t lcaffect-pg.XXXXXX)}
+mkdir -p "$STATE"
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
+[ -n "$PGBIN" ] || PGBIN=$(dirname "$(command -v initdb || echo /nonexistent/initdb)")
+if [ ! -x "$PGBIN/initdb" ]; then
+  echo "postgres_server.sh: no PostgreSQL server found (apt-get install postgresql, or scripts/install.sh)" >&2
+  exit 2
+fi
+
+# Server programs run as an unprivileged user. setpriv execs (no wrapper process), so $! below
+# is the server itself and our signals reach it.
+AS_DB=()
+if [ "$(id -u)" -eq 0 ]; then
+  id postgres >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin postgres
+  AS_DB=(setpriv --reuid=postgres --regid=postgres --clear-groups)
+  chown postgres "$STATE"
+fi
+
+PID=""
+cleanup() {
+  trap - EXIT INT TERM
+  if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
+    kill -INT "$PID" 2>/dev/null || true   # SIGINT = PostgreSQL's "fast shutdown"
+    for _ in $(seq 1 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+  fi
+  rm -rf "$STATE"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+printf '%s\n' "$PASSWORD" > "$STATE/pwfile"
+[ "$(id -u)" -ne 0 ] || chown postgres "$STATE/pwfile"
+"${AS_DB[@]}" "$PGBIN/initdb" -D "$STATE/data" -U dagster --pwfile="$STATE/pwfile" \
+  --auth-host=scram-sha-256 --auth-local=trust -E UTF8 --locale=C.UTF-8 >"$STATE/initdb.log" 2>&1 \
+  || { cat "$STATE/initdb.log" >&2; exit 1; }
+rm -f "$STATE/pwfile"
+
+# Loopback only; the Unix socket lives in the state folder (not /var/run/postgresql).
+# fsync off: the data is thrown away, and it keeps a busy CI machine fast.
+"${AS_DB[@]}" "$PGBIN/postgres" -D "$STATE/data" -h 127.0.0.1 -p "$PORT" -k "$STATE" \
+  -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
+  >"$STATE/postgres.log" 2>&1 &
+PID=$!
+
+for _ in $(seq 1 120); do
+  if "${AS_DB[@]}" "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PORT"; then break; fi
+  kill -0 "$PID" 2>/dev/null || { cat "$STATE/postgres.log" >&2; exit 1; }
+  sleep 0.5
+done
+"${AS_DB[@]}" "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" || { echo "postgres did not start" >&2; exit 1; }
+"${AS_DB[@]}" "$PGBIN/createdb" -h "$STATE" -p "$PORT" -U dagster dagster
+
+cat >"$STATE/env.sh.tmp" <<ENV
+export DAGSTER_PG_HOST=127.0.0.1
+export DAGSTER_PG_PORT=$PORT
+export DAGSTER_PG_USERNAME=dagster
+export DAGSTER_PG_PASSWORD=$PASSWORD
+export DAGSTER_PG_DB=dagster
+ENV
+mv "$STATE/env.sh.tmp" "$STATE/env.sh"
+cat "$STATE/env.sh"
+echo "postgres_server.sh: PostgreSQL on 127.0.0.1:$PORT (state in $STATE); Ctrl-C stops it" >&2
+wait "$PID"
