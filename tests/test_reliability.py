@@ -608,6 +608,10 @@ RELIABILITY = [
     ("Local video longer than max_duration_s", "1 video", "refused, naming the file, its length and the limit; not copied", "tests/test_streaming.py::test_max_duration_applies_to_local_videos"),
     ("Frame stream failing part-way through a video's shards", "1 stream", "previous shards and shards.json byte-identical; no temporary file", "tests/test_streaming.py::test_stream_failing_part_way_keeps_the_previous_shards"),
     ("16 non-reference B-frames in a row (frame tolerance cannot be met)", "1 video", "the rest decoded exactly; every frame matches a full decode at its recorded time", "tests/test_frames.py::test_unmet_tolerance_falls_back_to_exact_decoding"),
+    ("decord backend on a WebM without a container duration (decord refuses it)", "1 video", "PyAV decodes it exactly; the log names the file and decord's reason", "tests/test_frames.py::test_decord_refusal_falls_back_to_pyav_and_says_why"),
+    ("decord backend on a truncated WebM (declares 30 s, frames stop near 13 s)", "1 video", "decord's impossible view logged; VideoDecodeError \"truncated\" as with PyAV", "tests/test_frames.py::test_decord_on_a_truncated_file_says_why_and_pyav_reports_the_cut"),
+    ("decord backend on videos turned by 90, 180, 270 degrees (decord 0.6 resizes them wrongly)", "3 videos", "PyAV decodes them, the log says why; the same pictures as the PyAV backend", "tests/test_frames.py::test_rotated_video_same_picture_from_either_backend"),
+    ("Clips run with `frame_backend: decord` over a file decord refuses", "2 videos", "both done (the refused one by PyAV, reason logged); exact frame times", "tests/test_clips_pipeline.py::test_clips_assets_with_the_decord_frame_backend"),
 ]
 RELIABILITY_DOC = ROOT / "docs" / "RELIABILITY.md"
 
