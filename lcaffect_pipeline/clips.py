@@ -35,6 +35,13 @@ class ClipOptions:
     max_duration_s: float | None = None
     demote_filler: bool = False
     exact_frames: bool = False  # decode every frame (frames.py): slower, frame times exactly as planned
+    frame_backend: str = "auto"  # auto | pyav | decord (frames.py; decord decodes every frame)
+
+    def __post_init__(self):
+        from .frames import BACKENDS
+
+        if self.frame_backend not in BACKENDS:
+            raise ValueError(f"frame_backend {self.frame_backend!r}: one of {' | '.join(BACKENDS)}")
 
 
 def videos_dir(root):
@@ -139,7 +146,8 @@ def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict |
     if not probe or probe.get("status") == "failed" or not probe.get("output_hash"):
         raise RuntimeError("video was not probed successfully")
     fingerprint = lake.combine_hashes({"video": probe["fingerprint"], "comments": str(comments_hash),
-                                       "opts": str(dataclasses.astuple(opts)[:5] + (opts.exact_frames, opts.demote_filler))})
+                                       "opts": str(dataclasses.astuple(opts)[:5] + (opts.exact_frames, opts.demote_filler,
+                                                                    opts.frame_backend))})
     seg_path = segments_path(root, vid)
     if prev and prev.get("fingerprint") == fingerprint and seg_path.exists():
         raise Skip
@@ -152,7 +160,7 @@ def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict |
     table, stacks = segment_video_stream(probe["metrics"]["path"], comments, segment_s=opts.segment_s,
                                          comments_per_segment=opts.comments_per_segment,
                                          frames_per_segment=opts.frames_per_segment, size=opts.size, video_id=vid,
-                                         exact=opts.exact_frames,
+                                         exact=opts.exact_frames, backend=opts.frame_backend,
                                          demote_filler=opts.demote_filler)
     table = write_shard_stream(table, stacks, shards_dir(root), vid, max_shard_bytes=opts.max_shard_bytes)
     digest = lake.write_parquet(table, seg_path)

@@ -26,6 +26,13 @@ Policies (each one a documented choice):
   ``max(1 s, 5 %)`` short of the last time) is ``VideoDecodeError("truncated ...")``; times a
   little past the last frame take the last frame. A decoder error after some frames ends the
   video there (logged); before any frame it is a ``VideoDecodeError``.
+* Backends (``backend=``): "auto" and "pyav" are the PyAV decoding above. "decord" decodes
+  exactly with decord: every needed frame index, sorted, in one forward pass (``get_batch`` in
+  chunks of ``DECORD_CHUNK``), decord's own resize, then the same centre crop. Where decord
+  refuses a file (a WebM without a duration) or reports something impossible (no frames,
+  timestamps out of order, frames ending well before the probed duration), or fails part way,
+  PyAV decodes the rest exactly and the reason is logged. A turned picture (display matrix) goes
+  to PyAV too: decord 0.6 turns it but then resizes it to the wrong shape or fails.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -48,6 +56,8 @@ FRAME_TOLERANCE_MS = 100.0
 # A frame whose timestamp is within this of a sample time counts as on screen at that time
 # (timestamps are rationals seen through floats: 1.0 s may read 0.9999999 or 1.0000001).
 TIME_EPS_MS = 0.5
+BACKENDS = ("auto", "pyav", "decord")
+DECORD_CHUNK = 128  # frames per decord get_batch call: bounds memory, keeps one forward pass
 
 
 def sample_frames(
@@ -62,15 +72,14 @@ def sample_frames(
 ) -> np.ndarray:
     """``uint8 (len(times_ms), size, size, 3)`` RGB: the picture on screen at each time (any
     order). Exact unless ``tolerance_ms`` is given (then use ``iter_frames`` for the times
-    taken). ``threads``: decoder threads (0: as many as FFmpeg likes). ``backend`` is kept for
-    callers of the decord era: "auto" and "pyav" are the same decoder.
+    taken). ``threads``: decoder threads (0: as many as FFmpeg likes). ``backend``: auto |
+    pyav | decord (module doc; decord is always exact).
     """
-    if backend not in ("auto", "pyav"):
-        raise ValueError(f"unknown backend {backend!r}: frames are decoded with PyAV (auto | pyav)")
     times_ms = np.asarray(times_ms, dtype=np.int64)
     order = np.argsort(times_ms, kind="stable")
     out = np.empty((len(times_ms), size, size, 3), dtype=np.uint8)
-    frames = iter_frames(path, times_ms[order], size, probe=probe, threads=threads, tolerance_ms=tolerance_ms)
+    frames = iter_frames(path, times_ms[order], size, probe=probe, threads=threads, tolerance_ms=tolerance_ms,
+                         backend=backend)
     for i, (rgb, _taken) in zip(order, frames):
         out[i] = rgb
     return out
@@ -84,14 +93,21 @@ def iter_frames(
     probe: VideoProbe | None = None,
     threads: int = 0,
     tolerance_ms: float = FRAME_TOLERANCE_MS,
+    backend: str = "auto",
 ) -> Iterator[tuple[np.ndarray, int]]:
     """``(rgb uint8 (size, size, 3), taken_ms)`` for each of ``times_ms`` (ascending), in order,
     decoded as they are consumed. ``taken_ms`` is a time at which the picture is on screen: the
-    time asked for (exact) or the start of the kept frame taken (fast; module doc)."""
+    time asked for (exact, and always with ``backend="decord"``) or the start of the kept frame
+    taken (fast; module doc)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown frame backend {backend!r}: one of {' | '.join(BACKENDS)}")
     times = np.asarray(times_ms, dtype=np.int64)
     if times.size and np.any(np.diff(times) < 0):
         raise ValueError("times_ms must be ascending")
     probe = probe or probe_video(path)
+    if backend == "decord":
+        yield from _iter_decord(Path(path), times, size, probe, threads)
+        return
     done = 0
     if tolerance_ms > 0:
         for item in _decode(Path(path), times, 0, size, probe, threads, tolerance_ms):
@@ -235,3 +251,71 @@ def _decode(path: Path, times: np.ndarray, first: int, size: int, probe: VideoPr
                 raise VideoDecodeError(path, f"PyAV: {exc}") from None
             log.warning("decoding %s stopped at %.2f s: %s", path, sampler.prev_ms / 1000, exc)
         yield from sampler.finish(path, probe)
+
+
+# ------------------------------------------------------------------------------ decord
+
+
+class _DecoderRefused(Exception):
+    """decord cannot be trusted with this file; PyAV decides."""
+
+
+def _decord_reason(exc: Exception) -> str:
+    """decord's message without its ``[time] source.cc:line:`` prefix."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r"^\[[^\]]*\]\s*\S+:\d+:\s*", "", first)[:300]
+
+
+def _iter_decord(path: Path, times: np.ndarray, size: int, probe: VideoProbe,
+                 threads: int) -> Iterator[tuple[np.ndarray, int]]:
+    """Exact frames for ``times`` (ascending) from decord; PyAV (exact) takes over where decord
+    refuses the file or fails part way, with the reason logged."""
+    import decord
+
+    done = 0
+    if not len(times):
+        return
+    try:
+        reader, wanted = _decord_plan(path, times, size, probe, threads)
+        indices = np.unique(wanted)
+        for lo in range(0, len(indices), DECORD_CHUNK):  # sorted indices: one forward pass
+            chunk = indices[lo:lo + DECORD_CHUNK]
+            try:
+                batch = _center_crop(reader.get_batch(chunk.tolist()).asnumpy(), size)
+            except decord.DECORDError as exc:
+                raise _DecoderRefused(_decord_reason(exc)) from None
+            while done < len(times) and wanted[done] <= chunk[-1]:
+                yield batch[np.searchsorted(chunk, wanted[done])], int(times[done])
+                done += 1
+    except _DecoderRefused as exc:
+        log.warning("decord refused %s (%s): decoding %s with PyAV", path, exc,
+                    "it" if done == 0 else f"the times from {times[done]} ms")
+        yield from _decode(path, times, done, size, probe, threads, 0.0)
+
+
+def _decord_plan(path: Path, times: np.ndarray, size: int, probe: VideoProbe, threads: int):
+    """decord's reader and the frame index on screen at each time: the last frame starting at or
+    before it. ``_DecoderRefused`` for a turned picture, or where decord's view of the file is
+    impossible."""
+    import decord
+
+    if probe.rotation:  # decord 0.6 turns the picture but then resizes it to the wrong shape, or fails
+        raise _DecoderRefused(f"the picture is turned by {probe.rotation} degrees, which decord resizes wrongly")
+    decord.logging.set_level(decord.logging.QUIET)
+    w, h = resize_dims(probe.width, probe.height, size)
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), width=w, height=h, num_threads=threads)
+        n = len(reader)
+        if n <= 0:
+            raise _DecoderRefused("no frames")
+        starts_ms = reader.get_frame_timestamp(np.arange(n))[:, 0] * 1000.0
+    except decord.DECORDError as exc:
+        raise _DecoderRefused(_decord_reason(exc)) from None
+    starts_ms = starts_ms - starts_ms[0]  # times count from the first frame (as with PyAV)
+    if not np.all(np.isfinite(starts_ms)) or np.any(np.diff(starts_ms) < -1):
+        raise _DecoderRefused("frame timestamps out of order")
+    frame_ms = 1000.0 / probe.fps if probe.fps else 0.0
+    if len(times) and starts_ms[-1] + frame_ms < times[-1] - _coverage_tolerance_ms(probe):
+        raise _DecoderRefused(f"frames end at {starts_ms[-1] / 1000:.2f} s of {probe.duration_s:.2f} s")
+    wanted = np.clip(np.searchsorted(starts_ms, times + TIME_EPS_MS, side="right") - 1, 0, n - 1)
+    return reader, wanted

@@ -18,7 +18,9 @@ Policies (each one a documented choice):
   ``FRAME_TOLERANCE_MS`` before the instant and never before its slice). Either way the stored
   picture is what a full decode shows at the recorded time (policies in ``frames``).
 * Resize and decoding: ``frames.iter_frames`` (PyAV; short side scaled to ``size``, centre
-  crop, rotation honoured, truncated files are ``VideoDecodeError``).
+  crop, rotation honoured, truncated files are ``VideoDecodeError``). ``backend="decord"``
+  decodes with decord instead, exactly (``frame_times_ms`` are the planned instants), PyAV
+  taking over where decord refuses a file.
 * Streaming: ``segment_video_stream`` gives the table and the frames one segment at a time, so
   an hour-long video never holds more than a segment of frames (``shards.write_shard_stream``).
 * Comments (``assign_comments_duckdb``): a comment belongs to the segment with
@@ -46,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .frames import FRAME_TOLERANCE_MS, iter_frames, resize_dims, sample_frames  # noqa: F401 (re-exported)
+from .frames import BACKENDS, FRAME_TOLERANCE_MS, iter_frames, resize_dims, sample_frames  # noqa: F401 (re-exported)
 from .schema import SEGMENTS_SCHEMA
 from .videos import VideoProbe, probe_video
 
@@ -109,6 +111,7 @@ def segment_video(
     exact: bool = False,
     threads: int = 0,
     demote_filler: bool = False,
+    backend: str = "auto",
 ) -> tuple[pa.Table, np.ndarray]:
     """Segments table (SEGMENTS_SCHEMA, ``shard``/``sample_key`` null) and frames
     ``uint8 (n_segments, frames_per_segment, size, size, 3)`` RGB, all in memory (a long video
@@ -117,13 +120,14 @@ def segment_video(
     ``comments`` is a table in COMMENTS_SCHEMA or CLEAN_COMMENTS_SCHEMA (None: no comments).
     ``video_id`` defaults to the one video id in ``comments``, else the file name's stem.
     ``exact`` decodes every frame (``frame_times_ms`` are then the planned instants);
-    ``threads``: decoder threads (0: FFmpeg's choice). Raises ``VideoDecodeError`` for a file
-    that cannot be decoded.
+    ``threads``: decoder threads (0: FFmpeg's choice). ``backend``: auto | pyav | decord
+    (``frames``; decord decodes exactly). Raises ``VideoDecodeError`` for a file that cannot be
+    decoded.
     """
     table, stacks = segment_video_stream(
         video_path, comments, segment_s=segment_s, comments_per_segment=comments_per_segment,
         frames_per_segment=frames_per_segment, size=size, video_id=video_id, exact=exact, threads=threads,
-        demote_filler=demote_filler)
+        demote_filler=demote_filler, backend=backend)
     frames = np.zeros((table.num_rows, frames_per_segment, size, size, 3), dtype=np.uint8)
     taken = np.zeros((table.num_rows, frames_per_segment), dtype=np.int64)
     for i, (stack, times) in enumerate(stacks):
@@ -143,11 +147,14 @@ def segment_video_stream(
     exact: bool = False,
     threads: int = 0,
     demote_filler: bool = False,
+    backend: str = "auto",
 ) -> tuple[pa.Table, Iterator[tuple[np.ndarray, np.ndarray]]]:
     """Like ``segment_video``, but the frames come one segment at a time, in table order, as
     ``(uint8 (frames_per_segment, size, size, 3), taken_ms int64 (frames_per_segment,))``,
     decoded while the iterator is consumed; decoding errors surface there. The table holds the
     planned instants: ``shards.write_shard_stream`` records the times taken."""
+    if backend not in BACKENDS:  # before any work, not when the frames are consumed
+        raise ValueError(f"unknown frame backend {backend!r}: one of {' | '.join(BACKENDS)}")
     probe = probe_video(video_path)
     video_id = _resolve_video_id(video_id, comments, video_path)
     spans = plan_segments(probe.duration_s, segment_s)
@@ -157,8 +164,9 @@ def segment_video_stream(
     table = _segments_table(video_id, spans, times)
     if comments is not None and comments.num_rows:
         table = assign_comments_duckdb(comments, table, k=comments_per_segment, demote_filler=demote_filler)
+    exact = exact or backend == "decord"
     tolerance = 0.0 if exact or not spans else min(FRAME_TOLERANCE_MS, _slice_margin_ms(spans, frames_per_segment))
-    return table, _segment_stacks(video_path, times, size, probe, max(tolerance, 0.0), threads)
+    return table, _segment_stacks(video_path, times, size, probe, max(tolerance, 0.0), threads, backend)
 
 
 def _slice_margin_ms(spans: Sequence[tuple[int, int]], frames_per_segment: int) -> int:
@@ -167,8 +175,9 @@ def _slice_margin_ms(spans: Sequence[tuple[int, int]], frames_per_segment: int) 
 
 
 def _segment_stacks(path, times: np.ndarray, size: int, probe: VideoProbe, tolerance_ms: float,
-                    threads: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    frames = iter_frames(path, times.ravel(), size, probe=probe, threads=threads, tolerance_ms=tolerance_ms)
+                    threads: int, backend: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    frames = iter_frames(path, times.ravel(), size, probe=probe, threads=threads, tolerance_ms=tolerance_ms,
+                         backend=backend)
     for row in times:
         taken = list(islice(frames, len(row)))
         yield np.stack([rgb for rgb, _ in taken]), np.array([t for _, t in taken], dtype=np.int64)

@@ -93,6 +93,9 @@ class VideoProbe:
     nb_frames: int | None  # declared or counted; None where neither is available
     start_s: float = 0.0  # container start time: frame times are relative to it
     duration_source: str = "container"  # stream | container | packets: how duration was found
+    # Display matrix, degrees counter-clockwise (portrait phone videos): width and height are
+    # the stored picture's, before this turn.
+    rotation: int = 0
 
 
 # ------------------------------------------------------------------------------ download
@@ -429,8 +432,18 @@ def probe_video(path: str | os.PathLike) -> VideoProbe:
         duration_s=float(duration), fps=fps, width=width, height=height, has_audio=audio is not None,
         video_codec=str(v.get("codec_name") or "unknown"),
         audio_codec=None if audio is None else str(audio.get("codec_name") or "unknown"),
-        nb_frames=nb_frames, start_s=start, duration_source=source,
+        nb_frames=nb_frames, start_s=start, duration_source=source, rotation=_rotation(v),
     )
+
+
+def _rotation(stream: dict[str, Any]) -> int:
+    """The display matrix's turn (ffprobe's side data), else the ``rotate`` tag of older files
+    (clockwise, hence the sign)."""
+    for side in stream.get("side_data_list") or []:
+        if _float(side.get("rotation")) is not None:
+            return round(_float(side["rotation"])) % 360
+    tag = _float((stream.get("tags") or {}).get("rotate"))
+    return round(-tag) % 360 if tag is not None else 0
 
 
 def _existing_file(path: str | os.PathLike) -> Path:

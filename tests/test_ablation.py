@@ -14,9 +14,9 @@ def _metrics(values: dict[int, float], metric="weighted_f1") -> dict:
 
 
 REAL = {"models": {"text": {"name": "roberta-base"}, "audio": {"name": "facebook/wav2vec2-base"},
-                   "vision": {"name": "openai/clip-vit-base-patch32"}, "v2lc": {"video_encoder": "base"}}}
+                   "visual": {"name": "openai/clip-vit-base-patch32"}, "v2lc": {"video_encoder": "base"}}}
 TINY = {"models": {"text": {"name": "tiny"}, "audio": {"name": "facebook/wav2vec2-base"},
-                   "vision": {"name": "tiny"}, "v2lc": {"video_encoder": "tiny"}}}
+                   "visual": {"name": "tiny"}, "v2lc": {"video_encoder": "tiny"}}}
 
 
 def test_row_keeps_every_seed_and_measures_the_gain_in_spreads():
@@ -37,10 +37,10 @@ def test_lower_is_better_metrics_count_a_drop_as_a_gain():
 
 def test_stand_in_encoders_are_flagged_outside_the_demo_and_named():
     assert stand_ins(REAL) == []
-    assert stand_ins(TINY) == ["text", "vision", "v2lc"]
+    assert stand_ins(TINY) == ["text", "visual", "v2lc"]
     results = {"meld": {"with": _metrics({0: 0.7}), "without": _metrics({0: 0.6}), "features": TINY}}
     table, md = ablation_table(results)
-    assert table["tasks"]["meld"]["stand_in_encoders"] == ["text", "vision", "v2lc"]
+    assert table["tasks"]["meld"]["stand_in_encoders"] == ["text", "visual", "v2lc"]
     assert "WARNING" in md and "STAND-IN" in md and "meld" in table["warnings"][0]
     table, md = ablation_table({"meld": {**results["meld"], "features": REAL}})
     assert table["warnings"] == [] and "WARNING" not in md

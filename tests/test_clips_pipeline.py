@@ -119,3 +119,35 @@ def test_a_replaced_local_video_is_picked_up_by_the_next_run(tmp_path: Path) -> 
     status, _ = run()
     assert set(status.values()) == {"done"} and probe()["width"] == 1280
     assert sorted(p.name for p in (root / "videos").iterdir() if not p.name.startswith(".")) == ["clip.info.json", "clip.webm"]
+
+
+def test_clips_assets_with_the_decord_frame_backend(tmp_path: Path, caplog) -> None:
+    """frame_backend: decord through Dagster: exact frame times, decord's frames in the shards, and a
+    file decord refuses (WebM without a duration) done by PyAV instead of failing."""
+    import io
+    import tarfile
+
+    import numpy as np
+
+    from conftest import fixture_path
+    from lcaffect_pipeline.frames import sample_frames
+
+    need_ffmpeg()
+    comments = fixture_path("bilibili", "xml", "18678311.xml")
+    videos = {"ex": fixture_path("video", "example.mp4"), "nodur": fixture_path("video", "no_duration.webm")}
+    catalogue = tmp_path / "catalogue.yaml"
+    catalogue.write_text("videos:\n" + "".join(
+        f"  - {{video_id: {vid}, platform: bilibili, source: {comments}, video: {path}}}\n" for vid, path in videos.items()))
+    root = tmp_path / "lake"
+    res = resources(root, CatalogueResource(path=str(catalogue)))
+    res["clips"] = ClipsResource(size=32, frames_per_segment=4, frame_backend="decord")
+    assert dg.materialize(ALL, resources=res).success
+    assert {v["status"] for v in manifest(root, "segments")["results"].values()} == {"done"}
+    assert "decord refused" in caplog.text and "nodur.webm" in caplog.text and "broken metadata" in caplog.text
+    table = pq.read_table(root / "segments" / "ex.parquet")
+    assert table.column("frame_times_ms").to_pylist() == [[1000, 3000, 5000, 7000], [9000, 11000, 13000, 15000]]
+    row = table.slice(0, 1).to_pylist()[0]
+    with tarfile.open(row["shard"]) as tar:
+        stored = np.load(io.BytesIO(tar.extractfile(f"{row['sample_key']}.frames.npy").read()))
+    pyav = sample_frames(videos["ex"], np.array(row["frame_times_ms"]), 32, backend="pyav")
+    assert np.abs(stored.astype(int) - pyav).mean() < 3  # decord's frames, the same pictures as PyAV's

@@ -42,7 +42,7 @@ def test_ablation_report_has_every_task(downstream_run) -> None:
     assert set(tasks["chsims2"]["metrics"]) >= {"acc2", "acc5", "mae", "corr"}
     assert set(tasks["meld"]["metrics"]) == {"weighted_f1", "accuracy"}
     for task in tasks.values():
-        assert set(task["stand_in_encoders"]) == {"text", "audio", "vision", "v2lc"}
+        assert set(task["stand_in_encoders"]) == {"text", "audio", "visual", "v2lc"}
         for metric in task["metrics"].values():
             assert metric["difference"] == pytest.approx(metric["with"] - metric["without"])
             assert set(metric["seeds_with"]) == set(metric["seeds_without"]) == {"0", "1"}  # per-seed values kept

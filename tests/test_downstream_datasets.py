@@ -316,6 +316,14 @@ def test_prepare_media_frames_audio_corrupt_silent_missing_and_incremental(tmp_p
     # changed parameters rewrite every file
     _, report4 = prepare_media(table, out, frames=2, size=16)
     assert sorted(report4.prepared) == ["red", "silent"]
+    # decord frames: a parameter too (the same pictures, decoded and resized by another library)
+    decorded, report5 = prepare_media(table, out, frames=2, size=16, backend="decord")
+    assert sorted(report5.prepared) == ["red", "silent"] and report5.unreadable.keys() == {"corrupt"}
+    with np.load(by_id(decorded)["red"]["media_npz"]) as z:
+        assert z["frames"].shape == (2, 16, 16, 3) and z["frames"].reshape(-1, 3).mean(axis=0)[1] > 200
+        assert json.loads(str(z["prep"]))["backend"] == "decord"
+    with pytest.raises(ValueError, match="unknown frame backend"):
+        prepare_media(table, out, backend="opencv")
     with pytest.raises(DatasetError, match=r"1 of 4 media files missing and 1 unreadable"):
         check_media(third, "fail")
 

@@ -1,5 +1,5 @@
 """frames.py: fast sampling (non-reference frames and idle GOPs skipped) against a full decode,
-the exact fallback, and rotated videos."""
+the exact fallback, rotated videos, and the decord backend against PyAV's exact frames."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from conftest import fixture_path, need_ffmpeg
 from lcaffect_pipeline import frames as frames_module
 from lcaffect_pipeline.frames import FRAME_TOLERANCE_MS, iter_frames, sample_frames
 from lcaffect_pipeline.segments import frame_times, plan_segments, segment_video
+from lcaffect_pipeline.videos import VideoDecodeError, probe_video
 
 FPS = 30
 
@@ -49,8 +50,6 @@ def videos(tmp_path_factory):
 
 
 def _planned(path: Path, frames_per_segment: int = 8) -> np.ndarray:
-    from lcaffect_pipeline.videos import probe_video
-
     return frame_times(plan_segments(probe_video(path).duration_s), frames_per_segment)
 
 
@@ -120,18 +119,26 @@ def test_fixture_videos_fast_frames_match_a_full_decode(name):
     assert np.array_equal(frames.reshape(exact.shape), exact)
 
 
-def test_rotated_video_keeps_its_aspect(tmp_path):
-    need_ffmpeg()
-    # 64x32 stored, four 16 px vertical stripes (red, lime, blue, white), shown turned by 90
-    # degrees: 32x64 on screen with four horizontal bands. The centre 32x32 crop holds two bands.
-    plain, turned = tmp_path / "plain.mp4", tmp_path / "turned.mp4"
-    colours = ["red", "lime", "blue", "white"]
-    inputs = [a for c in colours for a in ("-f", "lavfi", "-i", f"color=c={c}:s=16x32:d=1:r=5")]
-    subprocess.run(["ffmpeg", "-v", "error", *inputs, "-filter_complex", "hstack=inputs=4", "-c:v", "libx264",
-                    "-qp", "0", "-pix_fmt", "yuv444p", str(plain)], check=True)
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(plain), "-c", "copy", "-metadata:s:v:0", "rotate=90",
+def _turned_video(folder: Path, rotate: int) -> Path:
+    """64x32 stored, four 16 px vertical stripes (red, lime, blue, white), shown turned by ``rotate``."""
+    plain, turned = folder / "plain.mp4", folder / f"turned{rotate}.mp4"
+    if not plain.exists():
+        colours = ["red", "lime", "blue", "white"]
+        inputs = [a for c in colours for a in ("-f", "lavfi", "-i", f"color=c={c}:s=16x32:d=1:r=5")]
+        subprocess.run(["ffmpeg", "-v", "error", *inputs, "-filter_complex", "hstack=inputs=4", "-c:v", "libx264",
+                        "-qp", "0", "-pix_fmt", "yuv444p", str(plain)], check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(plain), "-c", "copy", "-metadata:s:v:0", f"rotate={rotate}",
                     str(turned)], check=True)
-    frame = sample_frames(turned, np.array([100]), 32)[0]
+    return turned
+
+
+@pytest.mark.parametrize("backend", ["auto", "decord"])
+def test_rotated_video_keeps_its_aspect(tmp_path, backend, caplog):
+    need_ffmpeg()
+    # Turned by 90 degrees: 32x64 on screen with four horizontal bands. The centre 32x32 crop
+    # holds two bands.
+    turned = _turned_video(tmp_path, 90)
+    frame = sample_frames(turned, np.array([100]), 32, backend=backend)[0]
     # The ffmpeg command line turns the picture by the display matrix: the reference.
     raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(turned), "-frames:v", "1", "-vf", "crop=32:32",
                           "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
@@ -142,17 +149,80 @@ def test_rotated_video_keeps_its_aspect(tmp_path):
     assert len(down) == 2 and len(across) == 1  # two bands, one above the other (not four)
 
 
+@pytest.mark.parametrize("rotate", [90, 180, 270])
+def test_rotated_video_same_picture_from_either_backend(tmp_path, rotate, caplog):
+    need_ffmpeg()
+    turned = _turned_video(tmp_path, rotate)
+    assert probe_video(turned).rotation % 180 == rotate % 180
+    # 16 px: the turned picture is scaled (32x64 -> 16x32 when upright) before the centre crop.
+    pyav = sample_frames(turned, np.array([100, 900]), 16, backend="pyav")
+    decord = sample_frames(turned, np.array([100, 900]), 16, backend="decord")
+    # decord 0.6 turns the picture but resizes it wrongly: PyAV decodes it, and the log says why.
+    assert f"turned by {probe_video(turned).rotation} degrees" in caplog.text and "decord refused" in caplog.text
+    assert np.array_equal(decord, pyav)
+
+
 def test_clips_stage_exact_frames_option(videos, tmp_path):
     from lcaffect_pipeline import clips, lake
 
     probe = {"status": "done", "output_hash": "h", "fingerprint": "f", "metrics": {"path": str(videos["web"])}}
     planned = _planned(videos["web"]).tolist()
     recorded, fingerprints = {}, set()
-    for exact in (False, True):
-        opts = clips.ClipOptions(size=16, frames_per_segment=8, exact_frames=exact)
+    for exact, backend in ((False, "auto"), (True, "auto"), (False, "decord")):
+        opts = clips.ClipOptions(size=16, frames_per_segment=8, exact_frames=exact, frame_backend=backend)
         result = clips.segment_one({"video_id": "web", "platform": "local"}, None, root=tmp_path, probe=probe,
                                    comments_hash=None, opts=opts)
         fingerprints.add(result.fingerprint)
-        recorded[exact] = lake.read_parquet(clips.segments_path(tmp_path, "web")).column("frame_times_ms").to_pylist()
-    assert recorded[True] == planned and recorded[False] != planned
-    assert len(fingerprints) == 2  # switching the option re-runs the segments
+        recorded[exact, backend] = lake.read_parquet(clips.segments_path(tmp_path, "web")).column("frame_times_ms").to_pylist()
+    assert recorded[True, "auto"] == planned and recorded[False, "auto"] != planned
+    assert recorded[False, "decord"] == planned  # decord decodes exactly
+    assert len(fingerprints) == 3  # switching either option re-runs the segments
+    with pytest.raises(ValueError, match="frame_backend 'opencv'"):
+        clips.ClipOptions(frame_backend="opencv")
+
+
+# ------------------------------------------------------------------------------ decord
+
+
+@pytest.mark.parametrize("name", ["big_buck_bunny_0_30.webm", "example.mp4", "video_with_failing_audio.mp4",
+                                  "clip1024.flv", "realshort.mp4", "big_buck_bunny_432_433.webm"])
+def test_decord_frames_equal_pyav_exact_frames_on_fixture_videos(name, caplog):
+    need_ffmpeg()
+    path = fixture_path("video", name)
+    times = _planned(path, 4).ravel()
+    pyav = sample_frames(path, times, 32, backend="pyav").astype(int)
+    decord = sample_frames(path, times, 32, backend="decord")
+    assert "decord refused" not in caplog.text  # decord itself decoded them
+    # The same frames: the scalers differ by a few levels; the next frame differs by tens.
+    per_frame = np.abs(decord - pyav).mean(axis=(1, 2, 3))
+    assert per_frame.max() < 3, per_frame
+
+
+def test_decord_frames_are_the_ones_on_screen(videos, caplog):
+    times = _planned(videos["web"]).ravel()
+    table, frames = segment_video(videos["web"], size=32, frames_per_segment=8, backend="decord")
+    assert "decord refused" not in caplog.text
+    assert table.column("frame_times_ms").to_pylist() == _planned(videos["web"]).tolist()  # exact
+    assert _frame_numbers(frames) == [int(t * FPS // 1000) for t in times]
+    pyav = sample_frames(videos["web"], times, 32, backend="pyav")
+    assert np.abs(frames.reshape(pyav.shape).astype(int) - pyav).mean() < 3
+
+
+def test_decord_refusal_falls_back_to_pyav_and_says_why(caplog):
+    need_ffmpeg()
+    path = fixture_path("video", "no_duration.webm")  # no duration in the container
+    times = _planned(path, 4).ravel()
+    frames = sample_frames(path, times, 32, backend="decord")
+    assert "decord refused" in caplog.text and "no_duration.webm" in caplog.text
+    assert "broken metadata" in caplog.text  # decord's own reason, without its source-file prefix
+    assert "video_reader.cc" not in caplog.text
+    assert np.array_equal(frames, sample_frames(path, times, 32, backend="pyav"))
+
+
+def test_decord_on_a_truncated_file_says_why_and_pyav_reports_the_cut(tmp_path, caplog):
+    need_ffmpeg()
+    cut = tmp_path / "cut.webm"  # the container declares 30 s; the frames stop near 13 s
+    cut.write_bytes(fixture_path("video", "big_buck_bunny_0_30.webm").read_bytes()[:600_000])
+    with pytest.raises(VideoDecodeError, match="truncated"):
+        sample_frames(cut, _planned(cut, 4).ravel(), 32, backend="decord")
+    assert "decord refused" in caplog.text and "frames end at" in caplog.text

@@ -611,6 +611,10 @@ RELIABILITY = [
     ("Run worker SIGKILLed mid-step, Postgres instance with a real dagster-daemon", "1 run", "run marked failed (signal 9 in its log), retried by the daemon, retry succeeds", "tests/test_daemon_postgres.py::test_a_run_killed_with_sigkill_is_marked_failed_and_retried"),
     ("Object-store multipart upload read before it completes (SeaweedFS S3)", "1 object, 2 parts", "nothing visible under the final key until complete; then byte-exact", "tests/test_s3_server.py::test_multipart_upload_is_invisible_until_complete"),
     ("Object-store request with a wrong secret key", "1", "refused (PermissionError), nothing written", "tests/test_s3_server.py::test_wrong_secret_is_refused"),
+    ("decord backend on a WebM without a container duration (decord refuses it)", "1 video", "PyAV decodes it exactly; the log names the file and decord's reason", "tests/test_frames.py::test_decord_refusal_falls_back_to_pyav_and_says_why"),
+    ("decord backend on a truncated WebM (declares 30 s, frames stop near 13 s)", "1 video", "decord's impossible view logged; VideoDecodeError \"truncated\" as with PyAV", "tests/test_frames.py::test_decord_on_a_truncated_file_says_why_and_pyav_reports_the_cut"),
+    ("decord backend on videos turned by 90, 180, 270 degrees (decord 0.6 resizes them wrongly)", "3 videos", "PyAV decodes them, the log says why; the same pictures as the PyAV backend", "tests/test_frames.py::test_rotated_video_same_picture_from_either_backend"),
+    ("Clips run with `frame_backend: decord` over a file decord refuses", "2 videos", "both done (the refused one by PyAV, reason logged); exact frame times", "tests/test_clips_pipeline.py::test_clips_assets_with_the_decord_frame_backend"),
 ]
 RELIABILITY_DOC = ROOT / "docs" / "RELIABILITY.md"
 

@@ -166,9 +166,17 @@ def test_segment_video_frames_follow_frame_times(clock):
     assert _frame_numbers(frames) == (times // 100).ravel().tolist()
 
 
-def test_decord_backend_is_refused_with_the_reason():
-    with pytest.raises(ValueError, match="PyAV"):
-        sample_frames(fixture_path("video", "example.mp4"), np.array([100]), 32, backend="decord")
+@pytest.mark.parametrize("kind", ["mp4", "ts"])
+def test_decord_frame_is_the_one_on_screen(clock, kind, caplog):
+    times = np.array([0, 50, 99, 100, 101, 1000, 3333, 7999, 12345, 15950])
+    frames = sample_frames(clock[kind], times, 32, backend="decord")
+    assert "decord refused" not in caplog.text  # decord itself decoded them
+    assert _frame_numbers(frames) == [int(t // 100) for t in times]
+
+
+def test_unknown_frame_backend_is_refused():
+    with pytest.raises(ValueError, match=r"unknown frame backend .opencv.: one of auto \| pyav \| decord"):
+        sample_frames(fixture_path("video", "example.mp4"), np.array([100]), 32, backend="opencv")
 
 
 def test_resize_keeps_aspect_and_crops_the_centre(tmp_path):

@@ -58,7 +58,8 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
                              metadata={"available": False}, data_version=dg.DataVersion("not-available"))
         table = load_dataset(task, root)
         table, media_report = check_media(table, policy=downstream.media_policy)
-        table, prep_report = prepare_media(table, task_dir(lake, task) / "media", frames=downstream.frames, size=downstream.size)
+        table, prep_report = prepare_media(table, task_dir(lake, task) / "media", frames=downstream.frames,
+                                           size=downstream.size, backend=downstream.frame_backend)
         path = task_dir(lake, task) / "utterances.parquet"
         digest = write_parquet(table, path)
         splits = table.group_by("split").aggregate([("utterance_id", "count")]).to_pylist()

@@ -8,7 +8,7 @@ with ``dagster job execute -c`` (or the launchpad) sets it in one place: see ``c
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import dagster as dg
 from pydantic import Field
@@ -124,6 +124,9 @@ class ClipsResource(dg.ConfigurableResource):
     demote_filler: bool = Field(default=False, description="Rank laughter/filler comments last (off: they are affect signal)")
     exact_frames: bool = Field(default=False, description="Decode every frame: frame times exactly as planned, "
                                "instead of the nearest kept frame within 100 ms (slower)")
+    frame_backend: Literal["auto", "pyav", "decord"] = Field(
+        default="auto", description="Frame decoder: auto (PyAV, skipping what the samples do not need), "
+        "pyav, or decord (exact, every needed frame; PyAV where decord refuses a file)")
 
     def options(self):
         from ..clips import ClipOptions
@@ -170,6 +173,8 @@ class DownstreamResource(dg.ConfigurableResource):
     media_policy: str = Field(default="skip", description='Utterances whose media are missing: "skip" them (reported) or "fail"')
     frames: int = Field(default=8, description="Frames per utterance")
     size: int = Field(default=224, description="Frame size (the V2LC video encoder's image size)")
+    frame_backend: Literal["auto", "pyav", "decord"] = Field(default="auto", description="Frame decoder (exact "
+                                                             "either way): PyAV, or decord (PyAV where it refuses a file)")
     text_model: str = "tiny"
     audio_model: str = "tiny"
     vision_model: str = "tiny"

@@ -4,7 +4,7 @@ The npz (numpy ``savez``, uncompressed, written atomically) holds the contract's
 
 * ``frames`` uint8 ``(T, S, S, 3)`` RGB at the centres of ``T`` equal slices of the whole
   utterance (``segments.frame_times`` over one span), short side scaled to ``S`` and centre-cropped
-  (``frames.sample_frames``: PyAV, exact);
+  (``frames.sample_frames``: exact, with PyAV or, where ``backend="decord"``, decord);
 * ``frame_times_ms`` int64 ``(T,)``;
 * ``audio`` float32 ``(N,)`` mono at ``sr`` Hz in [-1, 1], decoded by ffmpeg into memory; ``N`` is
   0 when the video has no audio track (normal for some clips, not an error);
@@ -55,15 +55,22 @@ def npz_path(out_dir: str | os.PathLike, utterance_id: str) -> Path:
 
 
 def prepare_media(table: pa.Table, out_dir: str | os.PathLike, *, frames: int = 8, size: int = 32, sr: int = 16000,
-                  workers: int = 1) -> tuple[pa.Table, PrepareReport]:
+                  workers: int = 1, backend: str = "auto") -> tuple[pa.Table, PrepareReport]:
     """Prepare every utterance whose media file exists; returns the table with ``media_npz`` and
     ``media_status`` set, and the report (prepared, reused, missing, unreadable with reasons).
 
     Each distinct source file (by content hash) is decoded once per call: utterances sharing a
     file (the demo's hard-linked clips) get the same arrays without decoding it again.
     ``workers`` threads hash and decode in parallel (the work runs in ffmpeg/PyAV, not Python).
+    ``backend``: the frame decoder (``frames.sample_frames``: auto | pyav | decord).
     """
+    from ..frames import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown frame backend {backend!r}: one of {' | '.join(BACKENDS)}")
     params = {"version": PREP_VERSION, "frames": int(frames), "size": int(size), "sr": int(sr)}
+    if backend == "decord":  # auto and pyav decode exactly alike here: their npz stay valid
+        params["backend"] = backend
     jobs = [(r["utterance_id"], r["media_path"]) for r in table.select(["utterance_id", "media_path"]).to_pylist()]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         checked = list(pool.map(lambda job: _check_one(*job, out_dir, params), jobs))
@@ -115,7 +122,8 @@ def _prepare_group(source: str, group: list[tuple[str, str, Path]], params: dict
     """Decode one source file and write the npz of every utterance that uses it."""
     uid, media, _ = group[0]
     try:
-        frames, times, audio = decode_utterance(Path(media), params["frames"], params["size"], params["sr"])
+        frames, times, audio = decode_utterance(Path(media), params["frames"], params["size"], params["sr"],
+                                                backend=params.get("backend", "auto"))
     except Exception as exc:  # one bad file never stops the batch; the reason is kept
         reason = f"{type(exc).__name__}: {exc}"
         log.warning("utterance %s: media %s is unreadable: %s", uid, media, reason)
@@ -138,14 +146,15 @@ def read_prep(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def decode_utterance(path: Path, n_frames: int, size: int, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decode_utterance(path: Path, n_frames: int, size: int, sr: int,
+                     backend: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Frames ``uint8 (T, S, S, 3)``, their times (ms) and the mono audio of one utterance."""
     from ..segments import frame_times, sample_frames
     from ..videos import probe_video
 
     probe = probe_video(path)
     times = frame_times([(0, max(1, int(probe.duration_s * 1000)))], n_frames)[0]
-    frames = sample_frames(path, times, size, probe=probe)
+    frames = sample_frames(path, times, size, probe=probe, backend=backend)
     audio = decode_audio(path, sr) if probe.has_audio else np.zeros(0, dtype=np.float32)
     return frames, times.astype(np.int64), audio
 
