@@ -39,6 +39,7 @@ class RunScope(dg.ConfigurableResource):
     force: bool = Field(default=False, description="Recompute even when inputs are unchanged")
     refresh: bool = Field(default=False, description="Re-crawl comments of videos already fetched (new comments keep arriving)")
     chunk_size: int = Field(default=8, description="Videos per fan-out step; each step is one process (or pod)")
+    max_failed_share: float = Field(default=0.5, ge=0.0, le=1.0, description="A per-video asset fails its run when more than this share of the videos it worked on failed (all failed always fails)")
 
 
 class CatalogueResource(dg.ConfigurableResource):

@@ -1,0 +1,101 @@
+"""A run's outcome tells the truth: per-video assets fail their run when (nearly) every video
+failed, asset checks do not pass on nothing, and configuration is checked when the run starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from lcaffect_pipeline.defs.corpus_assets import ASSETS
+from lcaffect_pipeline.defs.fanout import error_type, failure_verdict
+from lcaffect_pipeline.defs.resources import CatalogueResource, RunScope
+
+from conftest import demo_resources, manifest
+
+GOOD_XML = ('<?xml version="1.0" encoding="UTF-8"?><i>'
+            + "".join(f'<d p="{i}.5,1,25,16777215,1300000000,0,u{i},{i},10">comment {i}</d>' for i in range(5))
+            + "</i>")
+
+
+def _results(statuses: list[str], reason: str = "TypeError: boom") -> dict[str, dict]:
+    return {f"v{i}": {"video_id": f"v{i}", "status": s, "reason": reason if s == "failed" else None}
+            for i, s in enumerate(statuses)}
+
+
+@pytest.mark.parametrize("statuses, share, fails", [
+    (["done"] * 4, 0.5, False),
+    (["done", "skipped", "done", "failed"], 0.5, False),  # one bad video among many goes on
+    (["done", "failed"], 0.5, False),  # exactly the share is allowed
+    (["done", "failed", "failed"], 0.5, True),  # more than the share
+    (["failed"], 1.0, True),  # all failed fails even when any share is allowed
+    (["failed", "failed", "skipped"], 0.8, False),  # a configured share holds
+    (["failed", "done", "done", "done"], 0.2, True),
+    ([], 0.5, False),  # an empty scope is not a failure of any video
+])
+def test_failure_verdict_forces_each_outcome(statuses, share, fails):
+    verdict = failure_verdict("raw_comments", _results(statuses), share)
+    assert (verdict is not None) is fails
+    if fails:
+        assert f"{statuses.count('failed')} of {len(statuses)} videos failed" in verdict
+
+
+def test_verdict_groups_reasons_by_error_type():
+    results = {**_results(["failed"] * 3, "TypeError: unexpected keyword 'min_length'"),
+               "w": {"video_id": "w", "status": "failed", "reason": "CommentFormatError: w.xml: not XML"},
+               "x": {"video_id": "x", "status": "failed", "reason": "no colon here"}}
+    verdict = failure_verdict("clean_comments", results, 0.5)
+    assert "- TypeError x3 (v0, v1, v2): e.g. TypeError: unexpected keyword 'min_length'" in verdict
+    assert "- CommentFormatError x1 (w)" in verdict and "- error x1 (x)" in verdict
+    assert error_type("sources.FetchError: 429") == "sources.FetchError"
+
+
+def _catalogue(tmp_path: Path, good: int, bad: int) -> Path:
+    rows = []
+    for i in range(good):
+        (tmp_path / f"good{i}.xml").write_text(GOOD_XML)
+        rows.append(f"  - {{video_id: good{i}, platform: bilibili, source: {tmp_path / f'good{i}.xml'}}}")
+    for i in range(bad):
+        (tmp_path / f"bad{i}.xml").write_bytes(b"\x00\x01 not a comment file")
+        rows.append(f"  - {{video_id: bad{i}, platform: bilibili, source: {tmp_path / f'bad{i}.xml'}}}")
+    path = tmp_path / "catalogue.yaml"
+    path.write_text("videos:\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _run(tmp_path: Path, catalogue: Path, **scope):
+    res = demo_resources(tmp_path / "lake", catalogue=CatalogueResource(path=str(catalogue)), scope=RunScope(**scope))
+    return dg.materialize(ASSETS[:2], resources=res, raise_on_error=False)
+
+
+def _failure_message(result) -> str:
+    return "\n".join(e.step_failure_data.error.message for e in result.get_step_failure_events())
+
+
+def test_a_run_whose_videos_all_failed_fails_with_reasons_grouped(tmp_path):
+    result = _run(tmp_path, _catalogue(tmp_path, good=0, bad=3))
+    assert not result.success
+    message = _failure_message(result)
+    assert "raw_comments: 3 of 3 videos failed" in message
+    assert "CommentFormatError x3 (bad0, bad1, bad2)" in message and "bad0.xml" in message
+
+
+def test_more_than_the_share_failing_fails_the_run_and_one_bad_video_does_not(tmp_path):
+    mostly_bad = _run(tmp_path / "a", _catalogue(_mkdir(tmp_path / "a"), good=1, bad=2))
+    assert not mostly_bad.success and "2 of 3 videos failed" in _failure_message(mostly_bad)
+    allowed = _run(tmp_path / "b", _catalogue(_mkdir(tmp_path / "b"), good=1, bad=2), max_failed_share=0.7)
+    assert allowed.success
+    one_bad = _run(tmp_path / "c", _catalogue(_mkdir(tmp_path / "c"), good=3, bad=1))
+    assert one_bad.success
+    raw = manifest(tmp_path / "c" / "lake", "raw_comments")
+    assert raw["results"]["bad0"]["status"] == "failed" and "bad0.xml" in raw["results"]["bad0"]["reason"]
+    assert raw["done"] == 3
+    per_video = next(e.materialization.metadata["per_video"] for e in one_bad.get_asset_materialization_events()
+                     if e.materialization.asset_key == dg.AssetKey("raw_comments"))
+    assert "bad0 | failed" in per_video.value
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
