@@ -62,7 +62,13 @@ def test_demo_corpus_materialises(demo_run) -> None:
     clean = manifest(root, "clean_comments")
     assert 0 < clean["rows"] < expected  # cleaning removed duplicates and noise, kept the rest
     checks = result.get_asset_check_evaluations()
-    assert checks and all(c.passed for c in checks), [(c.check_name, c.metadata) for c in checks if not c.passed]
+    # The comment files do not say how long the demo videos are, and no probe ran: the offsets
+    # check has nothing to compare with, so it says so instead of passing.
+    blind = [c for c in checks if c.check_name == "offsets_in_video"]
+    assert len(blind) == 2 and not any(c.passed for c in blind)
+    assert all("no comment has a known video duration" in c.metadata["reason"].value for c in blind)
+    others = [c for c in checks if c.check_name != "offsets_in_video"]
+    assert others and all(c.passed for c in others), [(c.check_name, c.asset_key, {k: v.value for k, v in c.metadata.items()}) for c in others if not c.passed]
     con = duckdb.connect(str(root / "corpus.duckdb"), read_only=True)
     assert con.execute("SELECT videos FROM dataset_card WHERE dimension='all'").fetchone()[0] == N_VIDEOS
     platforms = {r[0] for r in con.execute("SELECT value FROM dataset_card WHERE dimension='platform'").fetchall()}

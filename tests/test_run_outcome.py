@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pytest
 
 from lcaffect_pipeline.defs.corpus_assets import ASSETS
@@ -99,3 +100,78 @@ def test_more_than_the_share_failing_fails_the_run_and_one_bad_video_does_not(tm
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# ------------------------------------------------------------------ asset checks on nothing
+
+
+def _check(name: str, table: str = "raw_comments"):
+    from lcaffect_pipeline.defs.checks import CHECKS
+
+    return next(c for c in CHECKS if c.check_key.name == name and c.check_key.asset_key == dg.AssetKey(table))
+
+
+def _evaluate(check, root: Path) -> dg.AssetCheckResult:
+    from lcaffect_pipeline.defs.resources import LakeResource
+
+    return check(lake=LakeResource(root=str(root)))
+
+
+def test_checks_over_an_empty_lake_do_not_pass(tmp_path):
+    from lcaffect_pipeline import corpus
+    from lcaffect_pipeline.defs.clips_assets import shards_match_segments
+    from lcaffect_pipeline.defs.resources import ClipsResource, LakeResource
+
+    root = tmp_path / "lake"
+    cat = tmp_path / "c.yaml"
+    cat.write_text("videos:\n  - {video_id: v, platform: bilibili, source: v.xml}\n")
+    corpus.write_catalogue(root, corpus.load_catalogue(cat))
+    for name in ("schema", "unique_ids", "offsets_in_video"):
+        for table in ("raw_comments", "clean_comments"):
+            result = _evaluate(_check(name, table), root)
+            assert result.passed is False and "no " in result.metadata["reason"].text, (name, table)
+    shards = shards_match_segments(lake=LakeResource(root=str(root)), clips=ClipsResource())
+    assert shards.passed is False and shards.metadata["reason"].text == "no segments to check"
+
+
+def test_offsets_check_finds_the_probed_duration_and_fails_past_the_end(tmp_path):
+    from lcaffect_pipeline import stages
+
+    root = tmp_path / "lake"
+    result = _run(tmp_path, _catalogue(tmp_path, good=1, bad=0))  # offsets 0.5 .. 4.5 s
+    assert result.success
+    unknown = _evaluate(_check("offsets_in_video"), root)
+    assert unknown.passed is False and unknown.metadata["rows_with_known_duration"].value == 0
+    # the probe (clips stage) writes its state where the lake's naming rule puts it
+    stages.save_state(root, "video_probes", stages.VideoResult("good0", "done", metrics={"duration_s": 10.0}))
+    inside = _evaluate(_check("offsets_in_video"), root)
+    assert inside.passed is True and inside.metadata["rows_with_known_duration"].value == 5
+    stages.save_state(root, "video_probes", stages.VideoResult("good0", "done", metrics={"duration_s": 2.0}))
+    past = _evaluate(_check("offsets_in_video"), root)
+    assert past.passed is False and past.metadata["past_end"].value == 2  # 3.5 s and 4.5 s > 2 s + 1 s
+
+
+def test_unique_ids_check_fails_on_a_duplicate_and_passes_without(tmp_path):
+    from lcaffect_pipeline import corpus, lake
+
+    root = tmp_path / "lake"
+    assert _run(tmp_path, _catalogue(tmp_path, good=1, bad=0)).success
+    assert _evaluate(_check("unique_ids"), root).passed is True
+    path = corpus.raw_path(root, "bilibili", "good0")
+    table = lake.read_parquet(path)
+    lake.write_parquet(pa.concat_tables([table, table.slice(0, 1)]), path)
+    dup = _evaluate(_check("unique_ids"), root)
+    assert dup.passed is False and dup.metadata["duplicates"].value == 1
+
+
+@pytest.mark.parametrize("metrics, passed", [
+    ({"v2c_r1": 0.5, "chance_r1": 0.1}, True),
+    ({"v2c_r1": 0.05, "chance_r1": 0.1}, False),
+    ({"v2c_r1": 0.1, "chance_r1": 0.1}, False),  # at chance is not above it
+    ({"chance_r1": 0.1}, False),  # no held-out videos: the check is reported, not passed
+])
+def test_retrieval_check_is_decided_by_r1_against_chance(tmp_path, metrics, passed):
+    from lcaffect_ml.pipes import TrainingReporter
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    assert TrainingReporter().report_training_result(metrics, tmp_path, None)["passed"] is passed
