@@ -175,3 +175,43 @@ def test_retrieval_check_is_decided_by_r1_against_chance(tmp_path, metrics, pass
 
     (tmp_path / "model.safetensors").write_bytes(b"weights")
     assert TrainingReporter().report_training_result(metrics, tmp_path, None)["passed"] is passed
+
+
+# ------------------------------------------------------------------ configuration checked up front
+
+
+def test_an_unknown_cleaning_field_is_refused_at_launch_naming_the_valid_ones():
+    from lcaffect_pipeline import defs
+
+    job = defs.resolve_job_def("corpus_job")
+    with pytest.raises(dg.DagsterInvalidConfigError) as info:
+        job.execute_in_process(run_config={"resources": {"cleaning": {"config": {"options": {"min_length": 2}}}}})
+    assert "min_length" in str(info.value) and "min_chars" in str(info.value)
+
+
+def test_an_unknown_options_json_field_fails_the_run_before_any_video(tmp_path):
+    """The example once documented, {"min_length": 2}, made every video fail with a TypeError
+    in a green run; now nothing runs and the error names the field and the valid ones."""
+    from lcaffect_pipeline import defs
+
+    root = tmp_path / "lake"
+    run_config = {"resources": {"lake": {"config": {"root": str(root)}}, "catalogue": {"config": {"demo": True, "demo_videos": 2}},
+                                "cleaning": {"config": {"options_json": '{"min_length": 2}'}}}}
+    result = defs.resolve_job_def("corpus_job").execute_in_process(run_config=run_config, raise_on_error=False)
+    assert not result.success
+    events = [e for e in result.all_events if e.is_failure]
+    message = "\n".join(str(e.event_specific_data.error) for e in events if getattr(e.event_specific_data, "error", None))
+    assert "unknown field(s) 'min_length'" in message and "min_chars" in message, message[:2000]
+    assert not result.get_asset_materialization_events() and not (root / "raw_comments").exists()
+
+
+def test_cleaning_options_mirror_cleaning_config_and_reach_the_cleaner():
+    from lcaffect_pipeline.cleaning import CleaningConfig
+    from lcaffect_pipeline.defs.resources import CleaningOptions, CleaningResource
+
+    assert CleaningOptions().model_dump() == CleaningConfig().to_dict()
+    assert CleaningResource().options_dict() == {}  # defaults: the clean fingerprint stays as it was
+    chosen = CleaningResource(options=CleaningOptions(min_chars=2), options_json='{"max_chars": 50}').options_dict()
+    assert chosen == {"min_chars": 2, "max_chars": 50}
+    with pytest.raises(ValueError, match="must be at least 1"):
+        CleaningResource(options=CleaningOptions(max_repeat=0))

@@ -64,7 +64,7 @@ def _clean_work(context, chunk, upstream):
 
     def one(video, prev):
         raw_hash = (raw.get(video["video_id"]) or {}).get("output_hash")
-        return corpus.clean_one(video, prev, root=root, raw_hash=raw_hash, config=cleaning.options())
+        return corpus.clean_one(video, prev, root=root, raw_hash=raw_hash, config=cleaning.options_dict())
 
     return stages.run_stage(root, "clean_comments", chunk, one, force=context.resources.scope.force)
 
