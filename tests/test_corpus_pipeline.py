@@ -16,7 +16,7 @@ from lcaffect_pipeline.defs.corpus_assets import ASSETS
 from lcaffect_pipeline.defs.resources import CatalogueResource, RunScope
 from lcaffect_pipeline.demo import demo_comments
 
-from conftest import ROOT, demo_resources, manifest, need_ffmpeg
+from conftest import ROOT, demo_resources, fixture_path, manifest, need_ffmpeg
 
 N_VIDEOS = 5
 
@@ -99,9 +99,7 @@ def test_one_video_can_be_rerun_alone(demo_run) -> None:
 
 def test_bad_video_is_reported_and_the_batch_goes_on(tmp_path: Path) -> None:
     catalogue = tmp_path / "catalogue.yaml"
-    good = ROOT.parent / "shared" / "fixtures" / "bilibili" / "xml" / "18678311.xml"
-    if not good.exists():
-        pytest.skip("shared fixtures absent")
+    good = fixture_path("bilibili", "xml", "18678311.xml")
     broken = tmp_path / "broken.xml"
     broken.write_bytes(b"\x00\x01 not a comment file")
     catalogue.write_text(f"videos:\n  - {{video_id: good, platform: bilibili, source: {good}}}\n  - {{video_id: bad, platform: bilibili, source: {broken}}}\n")
