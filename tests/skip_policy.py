@@ -61,7 +61,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
         if bad:
             terminalreporter.write_line(f"CI: {len(bad)} test(s) skipped for something CI must provide: the session fails")
     else:
-        terminalreporter.write_line(f"{len(_skipped)} test(s) did not run here (reasons above); CI runs them all")
+        terminalreporter.write_line(f"{len(_skipped)} test(s) did not run here (reasons above); in CI only declared optional extras may skip")
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
