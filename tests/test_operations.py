@@ -3,6 +3,7 @@ collide, and a lake root holding a quote works."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import subprocess
@@ -113,3 +114,77 @@ def test_concurrent_builds_of_the_corpus_catalog_do_not_collide(tmp_path):
     assert _temps(root) == []
     con = duckdb.connect(str(root / "corpus.duckdb"), read_only=True)
     assert con.execute("SELECT comments FROM dataset_card WHERE dimension = 'all'").fetchone()[0] == 6
+
+
+# ------------------------------------------------------------------ a killed run
+
+
+def _group(pgid: int) -> set[int]:
+    """Live (not zombie) processes of a process group."""
+    members = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.add(int(entry.name))
+    return members
+
+
+def _snapshot(root: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} if root.exists() else {}
+
+
+@pytest.mark.slow
+def test_a_killed_run_leaves_no_step_behind_and_monitoring_fails_it(tmp_path):
+    """Kill a `dagster job execute` run's process group mid-fan-out: no step outlives it, nothing
+    is written after it died, and the daemon's run monitoring marks it failed (so the run-retry
+    policy applies) instead of leaving it STARTED."""
+    import logging
+    import signal
+
+    import dagster as dg
+    from dagster._daemon.monitoring.run_monitoring import monitor_started_run
+
+    from lcaffect_pipeline import stages
+    from conftest import need_ffmpeg
+
+    need_ffmpeg()
+    home, root = tmp_path / "home", tmp_path / "lake"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("resources:\n  catalogue:\n    config: {demo: true, demo_videos: 8}\n  lake:\n    config: {author_salt: s}\n"
+                   "  crawler:\n    config: {min_interval_s: 0}\n  scope:\n    config: {chunk_size: 1}\n")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "LCAFFECT_LAKE": str(root), "PYTHONPATH": str(ROOT)}
+    dagster = Path(sys.executable).with_name("dagster")
+    with open(tmp_path / "run.log", "wb") as log:
+        proc = subprocess.Popen([str(dagster), "job", "execute", "-m", "lcaffect_pipeline", "-j", "corpus_job", "-c", str(cfg)],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not stages.state_path(root, "raw_comments", "demo_00").exists():  # the fan-out has begun
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "run.log").read_text()[-3000:]
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # also when the wait above failed
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    deadline = time.time() + 20
+    while _group(proc.pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert _group(proc.pid) == set()  # no step, forkserver or tool survives the run
+    before = _snapshot(root)
+    time.sleep(5)
+    assert _snapshot(root) == before  # nothing materialises after the run died
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        (record,) = instance.get_run_records()
+        assert record.dagster_run.status == dg.DagsterRunStatus.STARTED  # what a killed run looks like
+        health = instance.run_launcher.check_run_worker_health(record.dagster_run)
+        assert health.status.value == "FAILED" and str(proc.pid) in health.msg
+        monitor_started_run(instance, None, record, logging.getLogger("run_monitoring"))
+        assert instance.get_run_by_id(record.dagster_run.run_id).status == dg.DagsterRunStatus.FAILURE
