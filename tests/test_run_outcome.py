@@ -215,3 +215,20 @@ def test_cleaning_options_mirror_cleaning_config_and_reach_the_cleaner():
     assert chosen == {"min_chars": 2, "max_chars": 50}
     with pytest.raises(ValueError, match="must be at least 1"):
         CleaningResource(options=CleaningOptions(max_repeat=0))
+
+
+# ------------------------------------------------------------------ fault injection stays in tests
+
+
+@pytest.mark.parametrize("module", ["lcaffect_ml.train_v2lc", "lcaffect_ml.train_fusion"])
+def test_shipped_programs_have_no_fault_injection_switch(module, tmp_path, capsys):
+    import importlib
+
+    main = importlib.import_module(module).main
+    config = tmp_path / "c.json"
+    config.write_text('{"output_dir": "%s", "debug_nan_at_step": 3}' % tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["--config", str(config), "--stop-after-step", "4"])
+    assert info.value.code == 2 and "unrecognized arguments: --stop-after-step" in capsys.readouterr().err
+    assert main(["--config", str(config)]) == 2  # not a configuration option either
+    assert "debug_nan_at_step" in capsys.readouterr().err
