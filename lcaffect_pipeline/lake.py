@@ -122,21 +122,22 @@ def sweep_stale_temps(folder: str | os.PathLike, *, force: bool = False) -> list
 def _stale(entry: os.DirEntry, match: re.Match) -> bool:
     host, pid = match.group(1), match.group(2)
     if host == _HOST:
-        return not _alive(int(pid))
+        return not process_alive(int(pid))
     try:
         return time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_UNOWNED_S
     except FileNotFoundError:
         return False
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs on this host (a zombie its parent has not reaped yet is gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    try:  # a killed process its parent has not reaped yet is a zombie: gone all the same
+    try:
         with open(f"/proc/{pid}/stat") as fh:
             return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
     except (OSError, IndexError):

@@ -14,10 +14,10 @@ health (``configs/instance/dagster.postgres.yaml``).
 
 from __future__ import annotations
 
-import os
-
 from dagster import DagsterEventType
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
+
+from .lake import process_alive
 
 
 class LocalRunLauncher(DefaultRunLauncher):
@@ -47,18 +47,3 @@ def run_worker_pid(instance, run_id: str) -> int | None:
         if pid is not None:
             return int(pid.value)
     return None
-
-
-def process_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie its parent has not reaped yet counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
