@@ -25,15 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from lcaffect_ml.fusion import FusionModel  # noqa: E402
-from lcaffect_ml.train_fusion import (FusionRun, FusionTrainConfig, StepBudget, _batch, _loss, load_data,  # noqa: E402
-                                      make_splits)
+from lcaffect_ml.train_fusion import FusionRun, FusionTrainConfig, _batch, _loss, load_data, make_splits  # noqa: E402
 from lcaffect_ml.trainutil import adamw_param_groups, seed_everything  # noqa: E402
 from test_fusion import write_dataset  # noqa: E402  (the tests' generator of contract-shaped feature folders)
 
 
 def project_run(cfg: FusionTrainConfig, data, split, out: Path) -> tuple[float, int]:
     cfg.output_dir = str(out)
-    run = FusionRun(cfg, data, split, seed=0, device=torch.device("cpu"), precision="fp32", budget=StepBudget(None))
+    run = FusionRun(cfg, data, split, seed=0, device=torch.device("cpu"), precision="fp32")
     t0 = time.perf_counter()
     run.run()
     return time.perf_counter() - t0, run.total_steps

@@ -118,8 +118,9 @@ def resume_check(work: Path, workers: int, device: str) -> dict:
                                        eval_fraction=0.25, num_workers=workers, progress=False, device=device)))
         codes = []
         for kill in kills:
-            cmd = [sys.executable, "-m", "lcaffect_ml.train_v2lc", "--config", str(cfg)]
-            cmd += ["--stop-after-step", str(kill)] if kill else []
+            # the kill comes from the tests' fault-injection wrapper, not a flag of the program
+            program = [sys.executable, str(ROOT / "tests" / "faults.py"), "--kill-after-step", str(kill)] if kill else [sys.executable, "-m"]
+            cmd = [*program, "lcaffect_ml.train_v2lc", "--config", str(cfg)]
             codes.append(subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300).returncode)
         outs[label] = (work / f"resume-{label}", codes)
     a = load_file(str(outs["uninterrupted"][0] / "model.safetensors"))

@@ -368,7 +368,7 @@ def _report(reporter: TrainingReporter, meta: dict[str, Any], out_dir: Path) -> 
 
 
 def parse_args(argv: list[str] | None = None):
-    return program_args("lcaffect_ml.extract_features", "Downstream feature extraction", argv, stop_after_step=False)
+    return program_args("lcaffect_ml.extract_features", "Downstream feature extraction", argv)
 
 
 def main(argv: list[str] | None = None) -> int:

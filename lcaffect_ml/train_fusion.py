@@ -54,11 +54,8 @@ Checkpoints, reporting
                       a small run; a killed run loses at most this much work
   keep_checkpoints (2), log_every (epochs between progress lines, 10)
   pipes_asset_key     asset key of the materialization reported under Dagster Pipes
-Testing only
-  debug_nan_at_step   poison the loss with NaN at that step of each run (exercises the NaN stop)
-
-Command-line debug flag ``--stop-after-step N`` SIGKILLs the process after the N-th optimiser step
-it takes (counted over all its runs), as a crash would, to test resuming.
+Tests inject a crash after a step or a NaN loss through ``trainutil.after_optimizer_step`` and
+``trainutil.loss_hook`` (tests/faults.py); no option or flag of the program does.
 
 Outputs in ``output_dir``: ``metrics.json`` ({"task", "use_lc", "protocol", "seeds": {seed:
 {metric: value}}, "mean", "std" (population std over seeds), "folds", "valid", "skipped",
@@ -77,9 +74,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -90,6 +85,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import trainutil
 from .fusion import BASE_MODALITIES, LC_MODALITY, FusionConfig, FusionModel
 from .metrics import METRIC_NAMES, NUM_CLASSES, TASKS, is_better, selection_metric, task_metrics
 from .pipes import TrainingReporter, pipes_session, report_model_materialization, sha256_file
@@ -105,8 +101,7 @@ PROTOCOLS = ("speaker_dependent", "speaker_independent")
 DEFAULT_SELECT = {"chsims2": "mae", "meld": "weighted_f1", "mustard": "weighted_f1"}
 # Options that do not change a run's result: left out of its fingerprint.
 NON_RESULT_KEYS = ("output_dir", "utterances", "features_dir", "seeds", "checkpoint_every", "checkpoint_every_s",
-                   "keep_checkpoints",
-                   "log_every", "pipes_asset_key", "eval_batch_size", "device", "debug_nan_at_step")
+                   "keep_checkpoints", "log_every", "pipes_asset_key", "eval_batch_size", "device")
 
 
 class DownstreamDataError(ConfigError):
@@ -152,7 +147,6 @@ class FusionTrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     pipes_asset_key: str | None = None
-    debug_nan_at_step: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FusionTrainConfig":
@@ -392,19 +386,6 @@ class RunState:
     resumed_from: int | None = None
 
 
-class StepBudget:
-    """The ``--stop-after-step`` debug kill, counted over every run of this process."""
-
-    def __init__(self, stop_after: int | None):
-        self.stop_after, self.taken = stop_after, 0
-
-    def tick(self) -> None:
-        self.taken += 1
-        if self.stop_after is not None and self.taken >= self.stop_after:
-            sys.stderr.flush()
-            os.kill(os.getpid(), signal.SIGKILL)  # a crash, not a clean exit
-
-
 def run_name(seed: int, fold: int | None) -> str:
     return f"seed-{seed}" + (f"-fold-{fold}" if fold is not None else "")
 
@@ -491,9 +472,9 @@ class FusionRun:
     """One training run (a seed, and a fold for k-fold protocols): train, select, test."""
 
     def __init__(self, cfg: FusionTrainConfig, data: FusionData, split: RunSplit, seed: int,
-                 device: torch.device, precision: str, budget: StepBudget):
+                 device: torch.device, precision: str):
         self.cfg, self.data, self.split, self.seed = cfg, data, split, seed
-        self.device, self.precision, self.budget = device, precision, budget
+        self.device, self.precision = device, precision
         self.name = run_name(seed, split.fold)
         out = Path(cfg.output_dir)
         self.run_dir = out / "runs" / self.name
@@ -553,7 +534,7 @@ class FusionRun:
             if self._checkpoint_due(state):
                 self._save_checkpoint(model, optimizer, scheduler, scaler, state, best_weights)
                 self.last_checkpoint = time.monotonic()
-            self.budget.tick()
+            trainutil.after_optimizer_step(state.step)
         return best_weights
 
     def _checkpoint_due(self, state: RunState) -> bool:
@@ -569,8 +550,7 @@ class FusionRun:
         with autocast(self.device, self.precision):
             out = model(batch)
         loss = _loss(self.cfg, out, target, weight)
-        if self.cfg.debug_nan_at_step is not None and step == self.cfg.debug_nan_at_step:
-            loss = loss * float("nan")
+        loss = trainutil.loss_hook(loss, step)
         scaler.scale(loss).backward()
         if scaler.is_enabled():
             scaler.unscale_(optimizer)
@@ -716,8 +696,7 @@ def aggregate(cfg: FusionTrainConfig, results: list[dict[str, Any]]) -> dict[str
     }
 
 
-def train(cfg: FusionTrainConfig, reporter: TrainingReporter | None = None,
-          stop_after_step: int | None = None) -> dict[str, Any]:
+def train(cfg: FusionTrainConfig, reporter: TrainingReporter | None = None) -> dict[str, Any]:
     reporter = reporter or TrainingReporter()
     device = _resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
@@ -728,8 +707,7 @@ def train(cfg: FusionTrainConfig, reporter: TrainingReporter | None = None,
     log.info("%s: %d utterances used (%d skipped), %d run(s) per seed, %d seed(s), use_lc=%s, %s on %s",
              cfg.task, len(data.ids), sum(data.skipped.values()), len(splits), len(cfg.seeds), cfg.use_lc,
              precision, device)
-    budget = StepBudget(stop_after_step)
-    results = [FusionRun(cfg, data, split, seed, device, precision, budget).run()
+    results = [FusionRun(cfg, data, split, seed, device, precision).run()
                for seed in cfg.seeds for split in splits]
     metrics = aggregate(cfg, results)
     metrics.update({
@@ -775,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         with pipes_session(asset_key=cfg.pipes_asset_key) as reporter:
-            metrics = train(cfg, reporter=reporter, stop_after_step=args.stop_after_step)
+            metrics = train(cfg, reporter=reporter)
     except NonFiniteLossError as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)

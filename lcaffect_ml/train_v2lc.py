@@ -58,11 +58,8 @@ Evaluation, checkpoints, output
   keep_checkpoints    newest checkpoints kept (2)
   log_every (10), progress (true: tqdm bar with clips/s)
   pipes_asset_key     asset key to report under Pipes when the step has several assets
-Testing only
-  debug_nan_at_step   poison the loss with NaN at this step, to exercise the non-finite stop
-
-Command-line debug flag ``--stop-after-step N`` kills the process (SIGKILL, as a crash would) right
-after step N, to test resuming.
+Tests inject a crash after a step or a NaN loss through ``trainutil.after_optimizer_step`` and
+``trainutil.loss_hook`` (tests/faults.py); no option or flag of the program does.
 
 Outputs in ``output_dir``: ``model.safetensors`` + ``config.json`` + ``tokenizer/``
 (``V2LCModel.from_pretrained(output_dir)``), ``metrics.json`` (v2c_r1, v2c_r5, v2c_r10, v2c_medr,
@@ -81,7 +78,6 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -92,6 +88,7 @@ import torch
 
 from .data import (ShardSpec, SegmentStream, load_shard_index, make_loader, read_comments,
                    split_by_video)
+from . import trainutil
 from .losses import v2lc_loss
 from .pipes import TrainingReporter, pipes_session
 from .retrieval import retrieval_metrics
@@ -152,7 +149,6 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     pipes_asset_key: str | None = None
-    debug_nan_at_step: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -485,7 +481,7 @@ def _train_loader(run: Run) -> torch.utils.data.DataLoader:
     return make_loader(stream, num_workers=cfg.num_workers, pin_memory=dist.device.type == "cuda", seed=cfg.seed)
 
 
-def train(cfg: TrainConfig, reporter: TrainingReporter | None = None, stop_after_step: int | None = None,
+def train(cfg: TrainConfig, reporter: TrainingReporter | None = None,
           dist: DistInfo | None = None) -> dict[str, Any]:
     """Train (or resume) to ``max_steps`` and write the outputs; returns the final metrics (rank 0)."""
     reporter = reporter or TrainingReporter()
@@ -518,9 +514,7 @@ def train(cfg: TrainConfig, reporter: TrainingReporter | None = None, stop_after
                 _periodic_eval(run)
             if state.step == cfg.max_steps or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
                 _save_checkpoint(run)
-            if stop_after_step is not None and state.step >= stop_after_step:
-                sys.stderr.flush()
-                os.kill(os.getpid(), signal.SIGKILL)  # a crash, not a clean exit: tests resume from it
+            trainutil.after_optimizer_step(state.step)
     finally:
         if bar is not None:
             bar.close()
@@ -553,8 +547,7 @@ def _train_step(run: Run, batches) -> float:
                 out = run.net(frames, ids, attn, mask)
             loss = v2lc_loss(out.video_embeds, out.comment_embeds, out.comment_segment, out.logit_scale,
                              positives=cfg.positives).loss
-            if cfg.debug_nan_at_step is not None and step == cfg.debug_nan_at_step:
-                loss = loss * float("nan")
+            loss = trainutil.loss_hook(loss, step)
             run.scaler.scale(loss / cfg.grad_accum).backward()
         loss_sum += loss.detach()
     optimizer, scaler = run.optimizer, run.scaler
@@ -602,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     dist = init_distributed(cfg.device)
     try:
         with pipes_session(rank=dist.rank, asset_key=cfg.pipes_asset_key) as reporter:
-            metrics = train(cfg, reporter=reporter, stop_after_step=args.stop_after_step, dist=dist)
+            metrics = train(cfg, reporter=reporter, dist=dist)
     except NonFiniteLossError as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)

@@ -424,18 +424,29 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
 # ------------------------------------------------------------------------- the programs' command line
 
 
-def program_args(prog: str, description: str, argv: list[str] | None = None, *, stop_after_step: bool = True):
-    """``--config FILE [--set key=value ...] [--stop-after-step N]``: one command line for every program."""
+def program_args(prog: str, description: str, argv: list[str] | None = None, **_ignored):
+    """``--config FILE [--set key=value ...]``: one command line for every program."""
     import argparse
 
     parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=f"{description} (see the module docstring for options)")
     parser.add_argument("--config", required=True, help="YAML or JSON config file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config option (value parsed as YAML); repeatable")
-    if stop_after_step:
-        parser.add_argument("--stop-after-step", type=int, default=None,
-                            help="debug: SIGKILL this process right after that optimiser step (to test resuming)")
     return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------------- fault-injection points
+# No-ops here. Tests replace them (tests/faults.py, or monkeypatch in-process) to crash a run right
+# after a step or poison a loss; nothing on the command line or in a config reaches them.
+
+
+def after_optimizer_step(step: int) -> None:
+    """Called after every optimiser step, once its checkpoint (if any) is written."""
+
+
+def loss_hook(loss: torch.Tensor, step: int) -> torch.Tensor:
+    """The loss of optimiser step ``step``, just before it is back-propagated."""
+    return loss
 
 
 def config_with_overrides(args, config_cls):

@@ -192,15 +192,19 @@ def build_corpus_catalog(root, durations: dict[str, float] | None = None) -> dic
     """
     root_p = Path(str(lake.as_path(root)))
     db_path = root_p / "corpus.duckdb"
-    tmp = db_path.with_name(f".{db_path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    con = duckdb.connect(str(tmp))
+    lake.sweep_stale_temps(root_p)
+    tmp = lake.temp_path(db_path)  # one per build: two runs building at once do not collide
     try:
-        _create_catalog(con, root_p, durations or {})
-        card = _dataset_card(con)
+        con = duckdb.connect(str(tmp))
+        try:
+            _create_catalog(con, root_p, durations or {})
+            card = _dataset_card(con)
+        finally:
+            con.close()
+        os.replace(tmp, db_path)
     finally:
-        con.close()
-    os.replace(tmp, db_path)
+        for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+            leftover.unlink(missing_ok=True)
     return {"path": str(db_path), **card}
 
 
@@ -208,12 +212,18 @@ def _glob(root: Path, table: str) -> str:
     return str(root / table / "*" / "*.parquet")
 
 
+def _sql_string(value: str) -> str:
+    """A SQL string literal. Views are stored in the database, so their paths cannot be bound
+    as parameters; quoting keeps a lake root holding ``'`` working (and inert)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def _create_catalog(con, root: Path, durations: dict[str, float]) -> None:
     cat = root / "catalogue.parquet"
-    con.execute(f"CREATE VIEW catalogue AS SELECT * FROM read_parquet('{cat}')")
+    con.execute(f"CREATE VIEW catalogue AS SELECT * FROM read_parquet({_sql_string(cat)})")
     for table, sch in (("raw_comments", schema.COMMENTS_SCHEMA), ("clean_comments", schema.CLEAN_COMMENTS_SCHEMA)):
         if any((root / table).glob("*/*.parquet")):
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{_glob(root, table)}', union_by_name=true)")
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_sql_string(_glob(root, table))}, union_by_name=true)")
         else:
             con.register(f"_{table}_empty", sch.empty_table())
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_empty")

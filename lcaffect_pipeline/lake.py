@@ -3,7 +3,8 @@
 Every file the pipeline writes goes through ``atomic_write``: it is written under a hidden
 temporary name in the same folder and renamed into place, so a reader (or a crashed run)
 never sees a half-written file under its final name. On object stores a single PUT is
-already atomic, so the temporary step is skipped there.
+already atomic, so the temporary step is skipped there. A temporary name carries its writer
+(host and process id), so the next write into the folder removes what a killed run left.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import hashlib
 import io
 import os
 import re
+import shutil
+import socket
+import time
 import unicodedata
 import uuid
 from pathlib import Path
@@ -97,6 +101,76 @@ def under(root: str | os.PathLike, *parts: str, ext: str = "") -> UPath:
     return path
 
 
+# ---------------------------------------------------------------- temporaries
+
+
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+# ".{final name}.tmp-{host}-{pid}-{random}" (and DuckDB's ".wal" next to it); older versions
+# wrote ".{final name}.tmp-{random}", which names no writer.
+_TEMP = re.compile(r"^\..+\.tmp-(?:([0-9a-f]{6})-(\d+)-)?[0-9a-f]{8}")
+STALE_UNOWNED_S = 3600.0  # a temporary that names no live writer here is stale after this long
+_swept: set[str] = set()
+
+
+def temp_path(final: str | os.PathLike) -> Path:
+    """A hidden sibling of ``final`` that names its writer (see ``sweep_stale_temps``)."""
+    final = Path(str(final))
+    return final.with_name(f".{final.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def sweep_stale_temps(folder: str | os.PathLike, *, force: bool = False) -> list[Path]:
+    """Remove the temporaries that writers killed mid-write left in ``folder``.
+
+    A temporary is stale when its writer ran on this host and is gone, or when it names no
+    writer here and has not been touched for ``STALE_UNOWNED_S``; a live writer's is never
+    touched, so concurrent runs are safe. Done once per folder per process (``force`` again).
+    """
+    key = str(folder)
+    if key in _swept and not force:
+        return []
+    _swept.add(key)
+    try:
+        entries = list(os.scandir(key))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if match and _stale(entry, match):
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _stale(entry: os.DirEntry, match: re.Match) -> bool:
+    host, pid = match.group(1), match.group(2)
+    if host == _HOST:
+        return not process_alive(int(pid))
+    try:
+        return time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_UNOWNED_S
+    except FileNotFoundError:
+        return False
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs on this host (a zombie its parent has not reaped yet is gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open ``path`` for writing; it appears under its name only when the block succeeds."""
@@ -107,7 +181,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         return
     final = Path(str(path))
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    sweep_stale_temps(final.parent)
+    tmp = temp_path(final)
     try:
         with open(tmp, mode) as fh:
             yield fh

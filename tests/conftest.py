@@ -6,6 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from skip_policy import missing
+from skip_policy import pytest_runtest_logreport, pytest_sessionfinish, pytest_terminal_summary  # noqa: F401 (hooks)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -14,23 +16,23 @@ DATA = SHARED / "data"
 
 
 def fixture_path(*parts: str) -> Path:
-    """Path to a shared fixture; skips the test (with the reason) where it is absent."""
+    """Path to a shared fixture; where it is absent the test skips (with the reason), or fails in CI."""
     path = FIXTURES.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"shared fixture {path} is absent (see ../shared/fixtures/README.md)")
+        missing(f"shared fixture {path} is absent (see ../shared/fixtures/README.md)")
     return path
 
 
 def data_path(*parts: str) -> Path:
     path = DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"shared annotation file {path} is absent (see ../shared/fixtures/README.md)")
+        missing(f"shared annotation file {path} is absent (see ../shared/fixtures/README.md)")
     return path
 
 
 def need_ffmpeg() -> None:
     if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
-        pytest.skip("ffmpeg/ffprobe not installed (apt-get install ffmpeg)")
+        missing("ffmpeg/ffprobe not installed (apt-get install ffmpeg)")
 
 
 @pytest.fixture

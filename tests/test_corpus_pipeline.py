@@ -16,7 +16,7 @@ from lcaffect_pipeline.defs.corpus_assets import ASSETS
 from lcaffect_pipeline.defs.resources import CatalogueResource, RunScope
 from lcaffect_pipeline.demo import demo_comments
 
-from conftest import ROOT, demo_resources, manifest, need_ffmpeg
+from conftest import ROOT, demo_resources, fixture_path, manifest, need_ffmpeg
 
 N_VIDEOS = 5
 
@@ -62,7 +62,13 @@ def test_demo_corpus_materialises(demo_run) -> None:
     clean = manifest(root, "clean_comments")
     assert 0 < clean["rows"] < expected  # cleaning removed duplicates and noise, kept the rest
     checks = result.get_asset_check_evaluations()
-    assert checks and all(c.passed for c in checks), [(c.check_name, c.metadata) for c in checks if not c.passed]
+    # The comment files do not say how long the demo videos are, and no probe ran: the offsets
+    # check has nothing to compare with, so it says so instead of passing.
+    blind = [c for c in checks if c.check_name == "offsets_in_video"]
+    assert len(blind) == 2 and not any(c.passed for c in blind)
+    assert all("no comment has a known video duration" in c.metadata["reason"].value for c in blind)
+    others = [c for c in checks if c.check_name != "offsets_in_video"]
+    assert others and all(c.passed for c in others), [(c.check_name, c.asset_key, {k: v.value for k, v in c.metadata.items()}) for c in others if not c.passed]
     con = duckdb.connect(str(root / "corpus.duckdb"), read_only=True)
     assert con.execute("SELECT videos FROM dataset_card WHERE dimension='all'").fetchone()[0] == N_VIDEOS
     platforms = {r[0] for r in con.execute("SELECT value FROM dataset_card WHERE dimension='platform'").fetchall()}
@@ -93,9 +99,7 @@ def test_one_video_can_be_rerun_alone(demo_run) -> None:
 
 def test_bad_video_is_reported_and_the_batch_goes_on(tmp_path: Path) -> None:
     catalogue = tmp_path / "catalogue.yaml"
-    good = ROOT.parent / "shared" / "fixtures" / "bilibili" / "xml" / "18678311.xml"
-    if not good.exists():
-        pytest.skip("shared fixtures absent")
+    good = fixture_path("bilibili", "xml", "18678311.xml")
     broken = tmp_path / "broken.xml"
     broken.write_bytes(b"\x00\x01 not a comment file")
     catalogue.write_text(f"videos:\n  - {{video_id: good, platform: bilibili, source: {good}}}\n  - {{video_id: bad, platform: bilibili, source: {broken}}}\n")

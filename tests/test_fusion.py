@@ -23,6 +23,8 @@ from lcaffect_ml.fusion import FusionConfig, FusionModel
 from lcaffect_ml.train_fusion import FusionTrainConfig, load_data, train
 from lcaffect_ml.trainutil import EXIT_NON_FINITE, CheckpointFormatError, NonFiniteLossError
 from lcaffect_pipeline.schema import UTTERANCES_SCHEMA
+from faults import command as faults_command
+from faults import inject
 
 ROOT = Path(__file__).resolve().parents[1]
 DIMS = {"text": (6, 8), "audio": (5, 6), "visual": (4, 5), "lc": (3, 8)}  # (max length, width)
@@ -312,9 +314,10 @@ def test_the_same_seed_gives_the_same_weights(chsims, tmp_path):
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
-def test_nan_loss_stops_before_a_checkpoint_of_poisoned_weights(chsims, tmp_path):
+def test_nan_loss_stops_before_a_checkpoint_of_poisoned_weights(chsims, tmp_path, monkeypatch):
     table, features = chsims
-    cfg = _config("chsims2", table, features, tmp_path / "out", epochs=2, checkpoint_every=1, debug_nan_at_step=3)
+    cfg = _config("chsims2", table, features, tmp_path / "out", epochs=2, checkpoint_every=1)
+    inject(monkeypatch, nan_at_step=3)
     with pytest.raises(NonFiniteLossError, match="step 3"):
         train(cfg)
     steps = sorted(p.name for p in (tmp_path / "out" / "checkpoints" / "seed-0").iterdir())
@@ -352,9 +355,10 @@ def _pipes_env(folder: Path, retry: int) -> tuple[dict[str, str], Path]:
     return env, messages
 
 
-def _run_program(config: Path, *args: str, env: dict[str, str] | None = None):
+def _run_program(config: Path, *args: str, env: dict[str, str] | None = None, **faults):
     full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "lcaffect_ml.train_fusion", "--config", str(config), *args],
+    program = faults_command("lcaffect_ml.train_fusion", **faults) if faults else [sys.executable, "-m", "lcaffect_ml.train_fusion"]
+    return subprocess.run([*program, "--config", str(config), *args],
                           cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300)
 
 
@@ -366,7 +370,7 @@ def test_killed_program_resumes_to_identical_weights_and_reports_through_pipes(c
     config = tmp_path / "fusion.yaml"
     config.write_text(yaml.safe_dump({**options, "output_dir": str(tmp_path / "out")}), encoding="utf-8")
     # 16 steps per seed: the kill lands at step 7 of seed 1, whose last checkpoint is step 6
-    killed = _run_program(config, "--stop-after-step", "23")
+    killed = _run_program(config, kill_after_step=23)
     assert killed.returncode == -9, killed.stderr[-2000:]
     out = tmp_path / "out"
     assert (out / "runs" / "seed-0" / "result.json").is_file() and not (out / "metrics.json").exists()
@@ -393,13 +397,14 @@ def test_killed_program_resumes_to_identical_weights_and_reports_through_pipes(c
     assert not [m for m in msgs if m["method"] == "report_asset_check"]
 
 
-def test_program_exit_codes(chsims, tmp_path):
+def test_program_exit_codes(chsims, tmp_path, monkeypatch):
     from lcaffect_ml.train_fusion import main
 
     table, features = chsims
     config = tmp_path / "c.json"
     config.write_text(json.dumps({**FAST, **dict(task="chsims2", utterances=str(table), features_dir=str(features),
-                                                 output_dir=str(tmp_path / "o"), epochs=1, debug_nan_at_step=2)}))
+                                                 output_dir=str(tmp_path / "o"), epochs=1)}))
+    inject(monkeypatch, nan_at_step=2)
     assert main(["--config", str(config)]) == EXIT_NON_FINITE
     assert main(["--config", str(config), "--set", "task=iemocap"]) == 2
     assert main(["--config", str(config), "--set", "protocol=speaker_dependent"]) == 2  # mustard only

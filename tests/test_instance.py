@@ -27,6 +27,7 @@ def test_instance_from_dagster_yaml(tmp_path: Path) -> None:
         "print(i.run_retries_enabled, i.run_retries_max_retries)\n"
         "print(i.get_settings('concurrency')['pools']['default_limit'])\n"
         "print(i.get_settings('telemetry'))\n"
+        "print(i.run_monitoring_enabled, i.run_monitoring_max_runtime_seconds > 0, i.run_monitoring_start_timeout_seconds)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
                          capture_output=True, text=True, check=True).stdout.splitlines()
@@ -34,6 +35,8 @@ def test_instance_from_dagster_yaml(tmp_path: Path) -> None:
     assert out[1] == "True 2"
     assert out[2] == "1"  # the gpu pool (and any other) runs one step at a time by default
     assert "False" in out[3]
+    # a killed run does not stay STARTED for ever: the daemon's run monitoring ends it
+    assert out[4] == "True True 180"
 
 
 def test_definitions_validate_without_dagster_home() -> None:

@@ -3,8 +3,8 @@ fixtures, a full disk during writes, secrets and raw user ids kept out of everyt
 pipeline writes, and the table in docs/RELIABILITY.md that lists every fault tried.
 
 The slow part (SIGKILL in the middle of writes) is tests/test_reliability_slow.py.
-Regenerate docs/RELIABILITY.md after changing ``RELIABILITY`` below with
-``LCAFFECT_WRITE_RELIABILITY=1 .venv/bin/python -m pytest tests/test_reliability.py -k table``.
+The rows of docs/RELIABILITY.md live in tests/reliability_cases.py; after changing them run
+``.venv/bin/python scripts/reliability_doc.py`` (a test here checks the doc is current).
 """
 
 from __future__ import annotations
@@ -543,103 +543,19 @@ def test_author_salt_is_configuration_not_code(monkeypatch, tmp_path):
 
 # (fault or hostile input, cases, outcome, test id). Counts of this file's cases come from the
 # registries above, so the table follows them.
-RELIABILITY = [
-    ("Hostile comment files per format (deep nesting, invalid UTF-8, NUL/control chars, negative/huge offsets, protobuf varint overflow, mode-7 not JSON, YouTube lines not JSON)", f"{len(HOSTILE)} files", "parsed with the contract kept or CommentFormatError naming the file; hostile element kept exactly or skipped and counted", "tests/test_reliability.py::test_hostile_file_parses_sensibly_or_raises_comment_format_error"),
-    ("Real fixtures mutated (bit flips, truncation, deletion, random and real-fixture insertions)", f"{len(FAMILIES)} families x {MUTATION_EXAMPLES} mutants", "only CommentFormatError escapes; each parse under 5 s", "tests/test_reliability.py::test_mutated_real_fixture_parses_or_raises_comment_format_error"),
-    ("Random bytes behind format prefixes", "250 inputs", "only CommentFormatError escapes", "tests/test_formats.py::test_random_bytes_parse_or_raise_comment_format_error"),
-    ("XML external entity, external DTD", "2 files", "refused (DOCTYPE), nothing read", "tests/test_formats.py::test_external_entity_is_refused"),
-    ("Billion laughs", "1 file", "refused (DOCTYPE)", "tests/test_formats.py::test_billion_laughs_is_refused"),
-    ("100 MB single-line XML", "1 file", "bounded memory", "tests/test_formats.py::test_100mb_single_line_xml_in_bounded_memory"),
-    ("Full disk (256 KiB tmpfs) writing Parquet and shards", "2 writers", "ENOSPC; no partial file under its final name, no temp file", "tests/test_reliability.py::test_full_tmpfs_parquet_shards_and_checkpoint_leave_nothing"),
-    ("Full disk writing a checkpoint", "1 writer", "no checkpoint published, nothing left", "tests/test_reliability.py::test_full_tmpfs_checkpoint_is_not_published"),
-    ("Simulated ENOSPC (no root needed) over an existing file", "1", "earlier version intact, temp removed", "tests/test_reliability.py::test_simulated_enospc_replaces_nothing_already_there"),
-    ("ENOSPC error names the file", "1", "clear error naming the final file", "tests/test_reliability.py::test_enospc_error_names_the_file"),
-    ("SIGKILL while writing Parquet, shards, checkpoints", "5 kills at random points", "every final-named file complete; re-run equals a clean run", "tests/test_reliability_slow.py::test_sigkill_during_parquet_shard_and_checkpoint_writes"),
-    ("Cookie (SESSDATA) and raw author ids through a Dagster corpus run", "5 videos, 40 ids, every lake file + event log", "absent from everything derived", "tests/test_reliability.py::test_corpus_run_leaks_neither_the_cookie_nor_raw_author_ids"),
-    ("Author salt is configuration", "4 settings", "hash depends on salt; no salt gives null authors", "tests/test_reliability.py::test_author_salt_is_configuration_not_code"),
-    ("HTTP 429/412/500, resets, stalls, truncated bodies", "every fault in a plan", "retried, then success", "tests/test_sources.py::test_retries_through_every_fault_then_succeeds"),
-    ("Retry budget exhausted", "1 video", "nothing partial visible; re-run fetches only the rest", "tests/test_sources.py::test_exhausted_budget_leaves_nothing_visible_and_the_rerun_fetches_only_the_rest"),
-    ("Cookies in logs, errors, manifests", "1 run", "masked", "tests/test_sources.py::test_cookies_reach_the_server_but_never_logs_errors_or_manifests"),
-    ("Hostile ids as lake paths", "hypothesis ids", "stay under the lake root", "tests/test_lake.py::test_safe_name_stays_under_root"),
-    ("Hostile video id on download", "1", "stays in its folder", "tests/test_videos.py::test_hostile_video_id_stays_in_the_folder"),
-    ("Truncated / zero-byte / wrong-container videos", "several files", "VideoDecodeError naming the file", "tests/test_segments.py::test_broken_files_raise_video_decode_error"),
-    ("Pickled checkpoint payloads", "1", "refused", "tests/test_v2lc.py::test_pickled_payloads_are_refused"),
-    ("Training killed and resumed", "1 kill", "identical weights", "tests/test_train_v2lc.py::test_killed_run_resumes_to_identical_weights"),
-    ("NaN loss", "1", "stops before any poisoned checkpoint", "tests/test_train_v2lc.py::test_nan_loss_stops_before_any_poisoned_checkpoint"),
-    ("Dagster step retry during training", "1", "resumes from its checkpoint", "tests/test_v2lc_asset.py::test_a_retried_step_resumes_from_its_checkpoint"),
-    ("Local comment file edited, file inside a local folder replaced, local file only touched, between two corpus runs", "1 file, 1 folder, 1 touch", "each change re-read and its data version changes downstream; a touch or no change skips with the same versions", "tests/test_corpus_pipeline.py::test_a_changed_local_file_or_folder_is_picked_up_by_the_next_run"),
-    ("Local video replaced under the same name, touched, or swapped for another container between two clips runs", "3 changes", "replaced video re-probed and re-segmented; the old copy never shadows the new one; a touch skips", "tests/test_clips_pipeline.py::test_a_replaced_local_video_is_picked_up_by_the_next_run"),
-    ("Catalogue video URL changed (new URL's id already in the download archive), with and without force", "2 runs", "downloaded again from the new URL; the old file is not kept", "tests/test_videos.py::test_a_changed_video_url_is_downloaded_again"),
-    ("Gzip bomb (64 KiB inflating to 64 MiB) from the web", "1 reply, 1 MiB cap", "ResponseTooLarge, peak memory under 8 MiB, not retried", "tests/test_hostile_web.py::test_gzip_bomb_is_refused_in_bounded_memory"),
-    ("Reply over the size cap, with and without Content-Length", "2", "ResponseTooLarge before or while reading", "tests/test_hostile_web.py::test_raw_body_over_the_cap_is_refused_with_or_without_content_length"),
-    ("Raw-deflate XML bomb (with and without Content-Encoding)", "2", "fetch fails naming the cap; nothing committed", "tests/test_hostile_web.py::test_deflate_bomb_xml_is_not_committed"),
-    ("Server trickling one byte at a time (body, headers)", "2", "cut at the total deadline (deadline_s), not kept alive by the per-read timeout", "tests/test_hostile_web.py::test_a_trickling_server_is_cut_at_the_total_deadline"),
-    ("dm_sge.total of 10^6 with duration 0", "1", "refused by max_segments before any segment request", "tests/test_hostile_web.py::test_segment_total_without_a_duration_is_bounded"),
-    ("Video duration of 10^8 and 10^12 s", "2", "refused by max_segments; no file-name list built", "tests/test_hostile_web.py::test_segment_count_from_a_huge_duration_is_refused_before_any_segment"),
-    ("Parallel chunk steps crawling one host", "3 processes x 4 requests", "spacing held across processes (lock files per host)", "tests/test_hostile_web.py::test_host_spacing_holds_across_processes"),
-    ("Redirect chains, redirect loop, redirect to another host", "3", "every hop spaced; loop cut at max_redirects; other host refused unless in redirect_hosts", "tests/test_hostile_web.py::test_redirect_hops_are_spaced_loops_cut_and_other_hosts_refused"),
-    ("Segment holding only an unknown protobuf field", "1 video", "not committed; the next run fetches that segment again", "tests/test_hostile_web.py::test_a_segment_that_does_not_parse_is_not_committed_and_is_fetched_again"),
-    ("HTTP 429 on every segment (XML sample fallback)", "1 video, 2 runs", "sample committed as incomplete; next run fetches the full history", "tests/test_hostile_web.py::test_xml_sample_after_a_rate_limit_is_incomplete_and_the_next_run_gets_the_history"),
-    ("View JSON of any shape (data list/string, code null, bare list, deep nesting)", "5 named + 60 generated + 1 nested 200k deep", "only FetchError, with an actionable message", "tests/test_hostile_web.py::test_any_json_shape_gives_a_result_never_another_exception"),
-    ("Cookie echoed by the server (JSON error message, redirect URL) through a Dagster run", "4 videos, every lake and Dagster file, events, python log", "masked everywhere", "tests/test_hostile_web.py::test_a_cookie_echoed_by_the_server_leaves_no_trace_in_a_dagster_run"),
-    ("AcFun records without an id (real ACFun.json)", "155 records x 3 user ids", "derived comment_id independent of the user id", "tests/test_hostile_web.py::test_derived_acfun_ids_do_not_depend_on_the_user_id"),
-    ("YouTube rows without an id (real live chat)", "50 lines x 2 channel ids", "derived comment_id independent of the channel id", "tests/test_hostile_web.py::test_derived_youtube_ids_do_not_depend_on_the_channel_id"),
-    ("Video ids that need a file-name stand-in (`my video` vs `my_video-<hash>`, `a.b` vs `a_b`, hash look-alikes)", "hypothesis id lists x 3 extensions", "one injective name each, hash before the extension; WebDataset keys injective too", "tests/test_lake.py::test_safe_name_is_injective"),
-    ("Video ids with spaces, CJK (`弹幕测试` from `弹幕测试.xml`), hash look-alikes, `CON`, full-width, through corpus and clips", "8 ids, then a re-run", "every id's comments counted in corpus.duckdb, segments and shards made, offsets check sees every duration; re-run skips all", "tests/test_naming.py::test_ids_with_spaces_cjk_and_hashed_look_alikes_go_through_corpus_and_clips"),
-    ("Arbitrary Unicode video ids, catalogue to corpus to clips", "hypothesis, 4 lists of 2-3 ids", "same as above for every id", "tests/test_naming.py::test_any_unicode_ids_go_through_corpus_and_clips"),
-    ("CSV catalogue with a byte-order mark (spreadsheet export)", "1", "loads", "tests/test_catalogue.py::test_a_csv_catalogue_with_a_byte_order_mark_loads"),
-    ("CSV catalogue ids holding `\\r`, NEL, U+2028, CRLF in quoted fields", "4 ids", "kept exactly", "tests/test_catalogue.py::test_csv_fields_keep_their_line_breaks"),
-    ("Two YouTube watch URLs; two `?p=` parts of one Bilibili video", "3 pairs", "distinct default ids (`v`; `BV…_p2`)", "tests/test_catalogue.py::test_default_ids_of_distinct_urls_differ"),
-    ("40,000-entry catalogue", "1 load + 1 duplicate check", "linear time (quadratic check took 31 s)", "tests/test_catalogue.py::test_a_40k_entry_catalogue_loads_and_checks_in_linear_time"),
-    ("UTF-16 XML (BOM, LE and BE with a declaration)", "3 encodings", "parsed like the UTF-8 original, not tried as protobuf", "tests/test_formats_input.py::test_utf16_xml_parses_like_its_utf8_original"),
-    ("UTF-16 XML without BOM or declaration", "1", "CommentFormatError about XML, not protobuf", "tests/test_formats_input.py::test_utf16_without_declaration_or_bom_is_an_xml_error_not_protobuf"),
-    ("AcFun `m` as object, list, number or null", "4 records", "JSON text (never Python repr; a mode-7 object shows its `n`); null skipped and counted", "tests/test_formats_input.py::test_acfun_text_that_is_an_object_is_json_not_python_text"),
-    ("Protobuf comments with id 0", "5 distinct + 1 verbatim repeat", "5 rows with stable derived ids (without the user hash); the repeat deduplicated", "tests/test_formats_input.py::test_protobuf_comments_without_an_id_stay_distinct"),
-    ("64 MiB single-line YouTube live chat (300 MiB peaked at 1,050 MiB)", "1 file", "process grows under half the file size (measured 16 MiB, was 237 MiB); the line is skipped, counted and named in the error", "tests/test_formats_input.py::test_a_single_line_youtube_chat_is_read_in_bounded_memory"),
-    ("Over-long line among good YouTube chat lines", "1 line of 1 MiB, cap lowered to 64 KiB", "skipped and counted; every other line read", "tests/test_formats_input.py::test_an_overlong_line_is_skipped_and_counted_and_the_rest_is_read"),
-    ("MELD `Dialogue_ID` of `²` (a Unicode digit)", "1", "DatasetError naming the file and row", "tests/test_downstream_hostile.py::test_a_meld_id_that_is_a_unicode_digit_names_file_and_row"),
-    ("Any value in any MELD / CH-SIMS column, any JSON in a MUStARD entry", "hypothesis, 3 x 150", "loads, or DatasetError naming the file and row (entry); media paths stay in the folder", "tests/test_downstream_hostile.py::test_any_bad_meld_value_names_file_and_row"),
-    ("MUStARD JSON nested 100,000 deep", "1", "DatasetError (not RecursionError)", "tests/test_downstream_hostile.py::test_deeply_nested_mustard_json_is_a_dataset_error"),
-    ("Downstream ids that leave the dataset folder (`../../../../etc/passwd`, `/`, `\\`, NUL)", "6 MUStARD + 4 CH-SIMS", "refused, naming the file and row", "tests/test_downstream_hostile.py::test_a_mustard_id_that_leaves_the_folder_is_refused"),
-    ("Duplicate JSON keys, CSV columns, utterance ids", "4 files", "DatasetError naming the key (and both rows)", "tests/test_downstream_hostile.py::test_duplicate_keys_are_reported"),
-    ("Empty split; empty dataset", "3 files", "warning naming the file and split, `lcaffect.empty_splits` metadata; no utterances at all is an error", "tests/test_downstream_hostile.py::test_an_empty_split_is_reported_and_an_empty_dataset_refused"),
-    ("Rotated video (64x32 stored, display matrix turning it 90 degrees)", "1 video", "picture turned as ffmpeg shows it: 2 bands in the centre crop, not 4", "tests/test_frames.py::test_rotated_video_keeps_its_aspect"),
-    ("One-hour video through the clips segment step (450 segments, 135 MB of 112 px frames)", "1 video", "frames stream into 4 shards that verify; peak memory growth under 48 MiB", "tests/test_streaming.py::test_hour_long_video_streams_into_shards_in_bounded_memory"),
-    ("Local video longer than max_duration_s", "1 video", "refused, naming the file, its length and the limit; not copied", "tests/test_streaming.py::test_max_duration_applies_to_local_videos"),
-    ("Frame stream failing part-way through a video's shards", "1 stream", "previous shards and shards.json byte-identical; no temporary file", "tests/test_streaming.py::test_stream_failing_part_way_keeps_the_previous_shards"),
-    ("16 non-reference B-frames in a row (frame tolerance cannot be met)", "1 video", "the rest decoded exactly; every frame matches a full decode at its recorded time", "tests/test_frames.py::test_unmet_tolerance_falls_back_to_exact_decoding"),
-    ("Run worker SIGKILLed mid-step, Postgres instance with a real dagster-daemon", "1 run", "run marked failed (signal 9 in its log), retried by the daemon, retry succeeds", "tests/test_daemon_postgres.py::test_a_run_killed_with_sigkill_is_marked_failed_and_retried"),
-    ("Object-store multipart upload read before it completes (SeaweedFS S3)", "1 object, 2 parts", "nothing visible under the final key until complete; then byte-exact", "tests/test_s3_server.py::test_multipart_upload_is_invisible_until_complete"),
-    ("Object-store request with a wrong secret key", "1", "refused (PermissionError), nothing written", "tests/test_s3_server.py::test_wrong_secret_is_refused"),
-    ("decord backend on a WebM without a container duration (decord refuses it)", "1 video", "PyAV decodes it exactly; the log names the file and decord's reason", "tests/test_frames.py::test_decord_refusal_falls_back_to_pyav_and_says_why"),
-    ("decord backend on a truncated WebM (declares 30 s, frames stop near 13 s)", "1 video", "decord's impossible view logged; VideoDecodeError \"truncated\" as with PyAV", "tests/test_frames.py::test_decord_on_a_truncated_file_says_why_and_pyav_reports_the_cut"),
-    ("decord backend on videos turned by 90, 180, 270 degrees (decord 0.6 resizes them wrongly)", "3 videos", "PyAV decodes them, the log says why; the same pictures as the PyAV backend", "tests/test_frames.py::test_rotated_video_same_picture_from_either_backend"),
-    ("Clips run with `frame_backend: decord` over a file decord refuses", "2 videos", "both done (the refused one by PyAV, reason logged); exact frame times", "tests/test_clips_pipeline.py::test_clips_assets_with_the_decord_frame_backend"),
-]
-RELIABILITY_DOC = ROOT / "docs" / "RELIABILITY.md"
-
-
-def render_reliability() -> str:
-    lines = [
-        "# Reliability: faults and hostile input tried",
-        "",
-        "Generated from `RELIABILITY` in `tests/test_reliability.py`; a test fails when this file",
-        "differs. Regenerate with",
-        "`LCAFFECT_WRITE_RELIABILITY=1 .venv/bin/python -m pytest tests/test_reliability.py -k table`.",
-        "",
-        "| fault / hostile input | cases | outcome | test |",
-        "|---|---|---|---|",
-    ]
-    lines += [f"| {f} | {c} | {o} | `{t}` |" for f, c, o, t in RELIABILITY]
-    return "\n".join(lines) + "\n"
-
-
 def test_reliability_table_matches_the_registry():
+    """docs/RELIABILITY.md is what scripts/reliability_doc.py makes of tests/reliability_cases.py."""
+    import importlib.util
+
+    from reliability_cases import RELIABILITY
+
     for *_rest, test_id in RELIABILITY:  # every row names a test that exists
         file, name = test_id.split("::")
         assert re.search(rf"^def {re.escape(name)}\(", (ROOT / file).read_text(), re.M), test_id
-    text = render_reliability()
-    if os.environ.get("LCAFFECT_WRITE_RELIABILITY"):
-        RELIABILITY_DOC.parent.mkdir(exist_ok=True)
-        lake.atomic_write_bytes(RELIABILITY_DOC, text.encode())
-    assert RELIABILITY_DOC.read_text() == text, "docs/RELIABILITY.md is stale: regenerate it (see its header)"
+    counts = {row[0].split(" (")[0]: row[1] for row in RELIABILITY}
+    assert counts["Hostile comment files per format"] == f"{len(HOSTILE)} files"
+    assert counts["Real fixtures mutated"] == f"{len(FAMILIES)} families x {MUTATION_EXAMPLES} mutants"
+    spec = importlib.util.spec_from_file_location("reliability_doc", ROOT / "scripts" / "reliability_doc.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.DOC.read_text() == script.render(RELIABILITY), "docs/RELIABILITY.md is stale: run scripts/reliability_doc.py"

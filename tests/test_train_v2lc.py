@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 from lcaffect_ml.data import write_synthetic_shards
 from lcaffect_ml.trainutil import EXIT_NON_FINITE
 from lcaffect_ml.v2lc import V2LCModel
+from faults import command as faults_command
+from faults import inject
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,11 +63,12 @@ def _pipes_env(folder: Path, retry: int) -> tuple[dict[str, str], Path]:
     return env, messages
 
 
-def _train(config: Path, *args: str, env: dict[str, str] | None = None, timeout: int = 300):
+def _train(config: Path, *args: str, env: dict[str, str] | None = None, timeout: int = 300, **faults):
     # one intra-op thread: tiny models, and a 2-core machine shared with other test runs (OpenMP
     # threads spinning at barriers against other processes make steps 30x slower)
     full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "lcaffect_ml.train_v2lc", "--config", str(config), *args],
+    program = faults_command("lcaffect_ml.train_v2lc", **faults) if faults else [sys.executable, "-m", "lcaffect_ml.train_v2lc"]
+    return subprocess.run([*program, "--config", str(config), *args],
                           cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -149,7 +152,7 @@ def test_killed_run_resumes_to_identical_weights(index, reference, tmp_path):
     ref_out = reference[0]
     out = tmp_path / "out"
     cfg = _config(tmp_path / "v2lc.yaml", shards=str(index), output_dir=str(out), **BASE)
-    killed = _train(cfg, "--stop-after-step", "5")
+    killed = _train(cfg, kill_after_step=5)
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL: no clean-up ran
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-3"]
     assert not (out / "metrics.json").exists()
@@ -171,12 +174,13 @@ def test_killed_run_resumes_to_identical_weights(index, reference, tmp_path):
     assert "Dagster retry 1" in logs and "resuming from" in logs and "step-3" in logs
 
 
-def test_nan_loss_stops_before_any_poisoned_checkpoint(index, tmp_path, capsys):
+def test_nan_loss_stops_before_any_poisoned_checkpoint(index, tmp_path, capsys, monkeypatch):
     from lcaffect_ml.train_v2lc import main
 
     out = tmp_path / "out"
     options = {**BASE, "grad_accum": 1, "max_steps": 8, "checkpoint_every": 2, "eval_every": 0}
-    cfg = _config(tmp_path / "v2lc.json", shards=str(index), output_dir=str(out), debug_nan_at_step=5, **options)
+    cfg = _config(tmp_path / "v2lc.json", shards=str(index), output_dir=str(out), **options)
+    inject(monkeypatch, nan_at_step=5)
     assert main(["--config", str(cfg)]) == EXIT_NON_FINITE
     assert "non-finite loss (nan) at step 5" in capsys.readouterr().err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4"]

@@ -11,6 +11,7 @@ from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS_ASSETS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS_ASSETS
 from lcaffect_pipeline.defs.model_assets import ASSETS as MODEL_ASSETS
 from lcaffect_pipeline.defs.model_assets import k8s_pod_spec, launch_command
+from faults import command as faults_command
 from lcaffect_pipeline.defs.resources import V2LCTrainingResource
 
 from conftest import demo_resources, need_ffmpeg
@@ -57,7 +58,8 @@ def test_a_retried_step_resumes_from_its_checkpoint(shards_lake: Path, tmp_path:
     # The first attempt is killed (SIGKILL) right after step 4; the step's retry resumes there.
     marker = tmp_path / "killed-once"
     train = f"{sys.executable} -m lcaffect_ml.train_v2lc"
-    script = f'if [ -e {marker} ]; then exec {train} "$@"; else touch {marker}; exec {train} --stop-after-step 4 "$@"; fi'
+    killed = " ".join(faults_command("lcaffect_ml.train_v2lc", kill_after_step=4))  # a test-only wrapper
+    script = f'if [ -e {marker} ]; then exec {train} "$@"; else touch {marker}; exec {killed} "$@"; fi'
     cmd = ["bash", "-c", script, "train"]
     res = resources(shards_lake, tiny(seed=1, command=cmd))
     result = dg.materialize([*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS], resources=res, selection=["v2lc_encoder"], raise_on_error=False)

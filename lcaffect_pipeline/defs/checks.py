@@ -3,9 +3,11 @@
 
 import duckdb
 import dagster as dg
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import lake, schema
+from .. import lake, schema, stages
+from ..corpus import CatalogueError, load_catalogue_from_lake
 from .resources import LakeResource
 
 
@@ -15,59 +17,73 @@ def _files(root, table: str) -> list[str]:
 
 
 def comments_checks(table: str, expected) -> list[dg.AssetChecksDefinition]:
-    @dg.asset_check(asset=table, name="schema", description=f"Every {table} file has the declared Arrow schema")
+    @dg.asset_check(asset=table, name="schema", description=f"Every {table} file has the declared Arrow schema (no files: not passed)")
     def schema_check(lake: LakeResource) -> dg.AssetCheckResult:
-        bad = [f for f in _files(lake.path(), table) if not pq.read_schema(f).remove_metadata().equals(expected.remove_metadata())]
-        return dg.AssetCheckResult(passed=not bad, metadata={"files": len(_files(lake.path(), table)), "mismatched": "\n".join(bad[:20])})
+        files = _files(lake.path(), table)
+        if not files:
+            return _nothing_to_check(f"no {table} files in the lake")
+        bad = [f for f in files if not pq.read_schema(f).remove_metadata().equals(expected.remove_metadata())]
+        return dg.AssetCheckResult(passed=not bad, metadata={"files": len(files), "mismatched": "\n".join(bad[:20])})
 
-    @dg.asset_check(asset=table, name="unique_ids", description="No comment id appears twice for a video")
+    @dg.asset_check(asset=table, name="unique_ids", description="No comment id appears twice for a video (no rows: not passed)")
     def unique_check(lake: LakeResource) -> dg.AssetCheckResult:
         files = _files(lake.path(), table)
-        if not files:
-            return dg.AssetCheckResult(passed=True, metadata={"duplicates": 0})
-        dupes = duckdb.execute(
-            f"SELECT count(*) FROM (SELECT platform, video_id, comment_id FROM read_parquet({files!r}) "
-            "GROUP BY ALL HAVING count(*) > 1)"
-        ).fetchone()[0]
-        return dg.AssetCheckResult(passed=dupes == 0, metadata={"duplicates": int(dupes)})
+        rows, dupes = (duckdb.execute(
+            "WITH c AS (SELECT platform, video_id, comment_id FROM read_parquet(?)) SELECT (SELECT count(*) FROM c), "
+            "(SELECT count(*) FROM (SELECT platform, video_id, comment_id FROM c GROUP BY ALL HAVING count(*) > 1))", [files]
+        ).fetchone() if files else (0, 0))
+        if not rows:
+            return _nothing_to_check(f"no {table} rows to check")
+        return dg.AssetCheckResult(passed=dupes == 0, metadata={"rows": int(rows), "duplicates": int(dupes)})
 
-    @dg.asset_check(asset=table, name="offsets_in_video", description="Offsets are >= 0 and within the video duration where it is known")
+    # After the probes where a run has them too: the probe is where a local video's duration is known.
+    @dg.asset_check(asset=table, name="offsets_in_video", additional_deps=["video_probes"],
+                    description="Offsets are >= 0 and within the video duration (no rows or no known duration: not passed)")
     def offsets_check(lake: LakeResource) -> dg.AssetCheckResult:
         files = _files(lake.path(), table)
+        durations = known_durations(lake.path())
         if not files:
-            return dg.AssetCheckResult(passed=True, metadata={"outside": 0})
-        durations = _known_durations(lake.path())
+            return _nothing_to_check(f"no {table} rows to check", severity=dg.AssetCheckSeverity.WARN)
         con = duckdb.connect()
         con.register("durations", durations)
-        outside = con.execute(
-            f"SELECT count(*) FROM read_parquet({files!r}) c LEFT JOIN durations d USING (video_id) "
-            "WHERE c.offset_ms < 0 OR (d.duration_ms IS NOT NULL AND c.offset_ms > d.duration_ms + 1000)"
-        ).fetchone()[0]
-        return dg.AssetCheckResult(
-            passed=outside == 0,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={"outside": int(outside), "videos_with_known_duration": durations.num_rows},
-        )
+        rows, negative, past_end, checked = con.execute(
+            "SELECT count(*), count(*) FILTER (c.offset_ms < 0), "
+            "count(*) FILTER (c.offset_ms > d.duration_ms + 1000), count(d.duration_ms) "
+            "FROM read_parquet(?) c LEFT JOIN durations d USING (video_id)", [files]
+        ).fetchone()
+        metadata = {"rows": int(rows), "negative": int(negative), "past_end": int(past_end), "outside": int(negative + past_end),
+                    "rows_with_known_duration": int(checked), "videos_with_known_duration": durations.num_rows}
+        if not checked:
+            metadata["reason"] = "no comment has a known video duration (crawl metadata or video_probes): nothing checked"
+        return dg.AssetCheckResult(passed=bool(checked) and negative + past_end == 0,
+                                   severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
 
     return [schema_check, unique_check, offsets_check]
 
 
-def _known_durations(root):
-    """Durations from the video probes (clips stage) or crawl metadata, as an Arrow table."""
-    import json
+def _nothing_to_check(reason: str, severity=dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
+    """A check that found nothing to check has not passed: it says so rather than passing."""
+    return dg.AssetCheckResult(passed=False, severity=severity, metadata={"reason": reason})
 
-    import pyarrow as pa
 
+def known_durations(root) -> pa.Table:
+    """Durations (ms) per catalogued video, from its video probe or else its crawl metadata.
+
+    Read through ``stages.load_state`` so the check finds the state files wherever the lake's
+    naming rule puts them (a hand-built ``_state/...`` path went blind when that rule renamed
+    the folder)."""
     out: dict[str, int] = {}
-    for stage in ("raw_comments", "video_probes"):
-        base = lake.as_path(root) / "_state" / stage
-        if not base.exists():
-            continue
-        for p in base.glob("*.json"):
-            state = json.loads(p.read_text())
-            dur = (state.get("metrics") or {}).get("duration_s")
+    try:
+        videos = load_catalogue_from_lake(root)
+    except CatalogueError:
+        videos = []
+    for video in videos:
+        vid = video["video_id"]
+        for stage in ("video_probes", "raw_comments"):
+            dur = ((stages.load_state(root, stage, vid) or {}).get("metrics") or {}).get("duration_s")
             if dur:
-                out[state["video_id"]] = int(float(dur) * 1000)
+                out[vid] = int(float(dur) * 1000)
+                break
     return pa.table({"video_id": pa.array(list(out), pa.string()), "duration_ms": pa.array(list(out.values()), pa.int64())})
 
 

@@ -123,7 +123,7 @@ def shards_match_segments(lake: LakeResource, clips: ClipsResource) -> dg.AssetC
 
     files = sorted((lake.path() / "segments").glob("*.parquet")) if (lake.path() / "segments").exists() else []
     if not files:
-        return dg.AssetCheckResult(passed=True, metadata={"segments": 0})
+        return dg.AssetCheckResult(passed=False, metadata={"segments": 0, "reason": "no segments to check"})
     table = pa.concat_tables([read_parquet(f) for f in files])
     problems = verify_shards(table, shards_dir(lake.path()))
     problems += [f"{r['video_id']}#{r['segment_index']}: {len(r['frame_times_ms'])} frames, declared {clips.frames_per_segment}"

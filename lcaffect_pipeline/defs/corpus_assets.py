@@ -64,7 +64,7 @@ def _clean_work(context, chunk, upstream):
 
     def one(video, prev):
         raw_hash = (raw.get(video["video_id"]) or {}).get("output_hash")
-        return corpus.clean_one(video, prev, root=root, raw_hash=raw_hash, config=cleaning.options())
+        return corpus.clean_one(video, prev, root=root, raw_hash=raw_hash, config=cleaning.options_dict())
 
     return stages.run_stage(root, "clean_comments", chunk, one, force=context.resources.scope.force)
 
@@ -72,7 +72,7 @@ def _clean_work(context, chunk, upstream):
 def _density_metadata(root, table: str) -> dict:
     glob = str(lake.as_path(root) / table / "*" / "*.parquet")
     try:
-        offsets = duckdb.execute(f"SELECT offset_ms FROM read_parquet('{glob}')").fetchnumpy()["offset_ms"]
+        offsets = duckdb.execute("SELECT offset_ms FROM read_parquet(?)", [glob]).fetchnumpy()["offset_ms"]
     except duckdb.Error:
         return {}
     return {"density": dg.MetadataValue.md(plots.markdown_image(plots.density_png(offsets), "comment density"))}

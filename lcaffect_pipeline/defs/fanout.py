@@ -77,6 +77,9 @@ def per_video_asset(
     @dg.op(name=f"{name}_collect", description=f"Merge per-video results of {name} into one materialisation")
     def collect(context: dg.OpExecutionContext, lake: LakeResource, scope: RunScope, results, upstream_manifest):
         new = {r["video_id"]: r for chunk in results for r in chunk}
+        verdict = failure_verdict(name, new, scope.max_failed_share)
+        if verdict:  # the good videos' outputs and states stay; the run says what went wrong
+            raise dg.Failure(description=verdict, metadata={"per_video": dg.MetadataValue.md(per_video_table(new))})
         manifest = merge_manifest(lake.path(), stage, new, scoped=bool(scope.videos))
         metadata = {
             "videos": manifest["videos"],
@@ -131,6 +134,30 @@ def merge_manifest(root, stage: str, new: dict[str, dict], *, scoped: bool) -> d
                 results[vid] = {**prev, "status": "skipped"}
     summary = stages.summarise([stages.VideoResult(**r) for r in results.values()])
     return {"stage": stage, **summary, "results": results}
+
+
+def failure_verdict(name: str, results: dict[str, dict], max_failed_share: float) -> str | None:
+    """Why this batch fails its run (all videos failed, or more than ``max_failed_share`` of
+    them), with the reasons grouped by error type; None when it may go on. One bad video among
+    many is not a verdict: it stays visible in the per-video table."""
+    failed = {vid: r for vid, r in results.items() if r["status"] == "failed"}
+    if not failed or (len(failed) < len(results) and len(failed) / len(results) <= max_failed_share):
+        return None
+    groups: dict[str, list[str]] = {}
+    for vid in sorted(failed):
+        groups.setdefault(error_type(failed[vid].get("reason")), []).append(vid)
+    lines = [f"{name}: {len(failed)} of {len(results)} videos failed "
+             f"(scope.max_failed_share allows {max_failed_share:.0%}); by error type:"]
+    for kind, vids in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        more = f" and {len(vids) - 5} more" if len(vids) > 5 else ""
+        lines.append(f"- {kind} x{len(vids)} ({', '.join(vids[:5])}{more}): e.g. {(failed[vids[0]].get('reason') or '')[:300]}")
+    return "\n".join(lines)
+
+
+def error_type(reason: str | None) -> str:
+    """``"TypeError: ..."`` -> ``"TypeError"`` (stages.run_stage writes reasons that way)."""
+    head = (reason or "").split(":", 1)[0].strip()
+    return head if re.fullmatch(r"[A-Za-z_][\w.]*", head) else "error"
 
 
 def per_video_table(results: dict[str, dict], limit: int = 200) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .. import lake, schema
 
@@ -39,6 +39,7 @@ class RunScope(dg.ConfigurableResource):
     force: bool = Field(default=False, description="Recompute even when inputs are unchanged")
     refresh: bool = Field(default=False, description="Re-crawl comments of videos already fetched (new comments keep arriving)")
     chunk_size: int = Field(default=8, description="Videos per fan-out step; each step is one process (or pod)")
+    max_failed_share: float = Field(default=0.5, ge=0.0, le=1.0, description="A per-video asset fails its run when more than this share of the videos it worked on failed (all failed always fails)")
 
 
 class CatalogueResource(dg.ConfigurableResource):
@@ -73,13 +74,82 @@ class CrawlerResource(dg.ConfigurableResource):
         return SourceConfig.from_mapping(self.model_dump())
 
 
+def _cleaning_default(name: str):
+    from ..cleaning import CleaningConfig
+
+    return CleaningConfig().to_dict()[name]
+
+
+class CleaningOptions(dg.Config):
+    """The fields of ``lcaffect_pipeline.cleaning.CleaningConfig`` as Dagster config, so that an
+    unknown field is refused when the run is launched, naming it and the valid ones."""
+
+    drop_code: bool = _cleaning_default("drop_code")
+    min_weight: Optional[int] = _cleaning_default("min_weight")
+    min_score: Optional[int] = _cleaning_default("min_score")
+    strip_control: bool = _cleaning_default("strip_control")
+    nfkc: bool = _cleaning_default("nfkc")
+    trim_whitespace: bool = _cleaning_default("trim_whitespace")
+    max_repeat: Optional[int] = _cleaning_default("max_repeat")
+    repeat_unit_max: int = _cleaning_default("repeat_unit_max")
+    t2s: bool = _cleaning_default("t2s")
+    t2s_platforms: Optional[list[str]] = _cleaning_default("t2s_platforms")
+    min_chars: Optional[int] = _cleaning_default("min_chars")
+    max_chars: Optional[int] = _cleaning_default("max_chars")
+    langid: bool = _cleaning_default("langid")
+    langid_min_letters: int = _cleaning_default("langid_min_letters")
+    langid_min_score: float = _cleaning_default("langid_min_score")
+    languages: Optional[list[str]] = _cleaning_default("languages")
+    keep_unknown_language: bool = _cleaning_default("keep_unknown_language")
+    dedup_ids: bool = _cleaning_default("dedup_ids")
+    dedup_exact: bool = _cleaning_default("dedup_exact")
+    dedup_near: bool = _cleaning_default("dedup_near")
+    dedup_window_ms: Optional[int] = _cleaning_default("dedup_window_ms")
+    batch_rows: int = _cleaning_default("batch_rows")
+    langid_cache_size: int = _cleaning_default("langid_cache_size")
+
+
 class CleaningResource(dg.ConfigurableResource):
-    """Cleaning options (see lcaffect_pipeline.cleaning.CleaningConfig); JSON object of overrides."""
+    """Cleaning options (see lcaffect_pipeline.cleaning.CleaningConfig): ``options`` field by
+    field, or ``options_json`` (a JSON object of overrides, applied on top)."""
 
-    options_json: str = Field(default="{}", description='Overrides of CleaningConfig fields as JSON, e.g. {"min_length": 2}')
+    options: CleaningOptions = Field(default_factory=CleaningOptions, description="CleaningConfig fields, e.g. {min_chars: 2}; unknown fields are refused at launch")
+    options_json: str = Field(default="{}", description='Overrides of CleaningConfig fields as JSON, e.g. {"min_chars": 2}; checked before any video is cleaned')
 
-    def options(self) -> dict[str, Any]:
-        return json.loads(self.options_json or "{}")
+    @model_validator(mode="after")
+    def _valid(self) -> "CleaningResource":
+        """Checked when the resource is built, before any video is cleaned."""
+        from ..cleaning import CleaningConfig
+
+        try:
+            CleaningConfig(**self.options_dict())
+        except TypeError as exc:
+            raise ValueError(f"cleaning: {exc}") from exc
+        return self
+
+    def options_dict(self) -> dict[str, Any]:
+        """The fields that differ from CleaningConfig's defaults (so the fingerprint of a
+        video cleaned with defaults stays what it was)."""
+        defaults = CleaningOptions().model_dump()
+        chosen = {k: v for k, v in self.options.model_dump().items() if v != defaults[k]}
+        return {**chosen, **cleaning_overrides(self.options_json)}
+
+
+def cleaning_overrides(options_json: str | None) -> dict[str, Any]:
+    """Parse and check ``options_json``: a ValueError names an unknown field and the valid ones."""
+    from ..cleaning import CleaningConfig
+
+    try:
+        overrides = json.loads(options_json or "{}")
+    except ValueError as exc:
+        raise ValueError(f"cleaning.options_json is not JSON: {exc}") from exc
+    if not isinstance(overrides, dict):
+        raise ValueError(f"cleaning.options_json must be a JSON object, not {type(overrides).__name__}")
+    valid = list(CleaningConfig().to_dict())
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ValueError(f"cleaning.options_json: unknown field(s) {', '.join(map(repr, unknown))}; valid fields: {', '.join(valid)}")
+    return overrides
 
 
 class LakeJsonIOManager(dg.ConfigurableIOManager):
