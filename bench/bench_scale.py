@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "bilibili" / "xml" / "2170097.xml"
-CODE_LOCATION = ["-m", "lcaffect_pipeline"]
+CODE_LOCATION = ["-m", "lcaffect_pipeline.definitions"]
 
 
 def make_corpus(folder: Path, n: int) -> Path:

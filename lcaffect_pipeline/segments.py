@@ -50,7 +50,7 @@ import pyarrow.compute as pc
 
 from .frames import BACKENDS, FRAME_TOLERANCE_MS, iter_frames, resize_dims, sample_frames  # noqa: F401 (re-exported)
 from .schema import SEGMENTS_SCHEMA
-from .videos import VideoProbe, probe_video
+from .videos import VideoDecodeError, VideoProbe, probe_video  # noqa: F401 (VideoDecodeError re-exported: users catch it here)
 
 log = logging.getLogger(__name__)
 

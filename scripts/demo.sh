@@ -7,5 +7,5 @@ export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/dagster_home}
 export LCAFFECT_LAKE=${LCAFFECT_LAKE:-$PWD/lake}
 mkdir -p "$DAGSTER_HOME"
 cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
-.venv/bin/dagster job execute -m lcaffect_pipeline -j full_pipeline -c configs/demo.yaml
+.venv/bin/dagster job execute -m lcaffect_pipeline.definitions -j full_pipeline -c configs/demo.yaml
 .venv/bin/python -m lcaffect_pipeline.report "$LCAFFECT_LAKE"

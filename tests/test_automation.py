@@ -89,7 +89,7 @@ def report(instance: dg.DagsterInstance, key: str, version: str) -> None:
 
 def test_project_definitions_react_to_shard_data_only() -> None:
     """The real asset graph (nothing executed: materialisations are reported with data versions)."""
-    from lcaffect_pipeline import defs
+    from lcaffect_pipeline.definitions import defs
 
     keys = [k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()]
     instance = dg.DagsterInstance.ephemeral()
@@ -122,13 +122,13 @@ def test_project_definitions_react_to_shard_data_only() -> None:
 
 @pytest.mark.parametrize("name", ["v2lc_encoder", "meld_features", "chsims2_fusion_with_lc", "mustard_fusion_without_lc", "ablation_report"])
 def test_expensive_assets_carry_the_condition(name: str) -> None:
-    from lcaffect_pipeline import defs
+    from lcaffect_pipeline.definitions import defs
 
     assert defs.resolve_assets_def(name).automation_conditions_by_key[dg.AssetKey(name)] == ON_NEW_DATA
 
 
 def test_automation_sensor_ships_stopped_and_covers_every_asset() -> None:
-    from lcaffect_pipeline import defs
+    from lcaffect_pipeline.definitions import defs
 
     sensor = defs.resolve_sensor_def("retrain_on_new_data")
     assert isinstance(sensor, dg.AutomationConditionSensorDefinition)

@@ -9,7 +9,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from lcaffect_pipeline import defs
+from lcaffect_pipeline.definitions import defs
 from lcaffect_pipeline.defs.automation import catalogue_changed, daily_corpus_refresh
 from lcaffect_pipeline.defs.checks import CHECKS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS
@@ -141,7 +141,7 @@ def test_dagster_job_execute_from_the_shell(tmp_path: Path) -> None:
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("resources:\n  catalogue:\n    config: {demo: true, demo_videos: 3}\n  lake:\n    config: {author_salt: s}\n  crawler:\n    config: {min_interval_s: 0}\n")
     dagster = Path(sys.executable).with_name("dagster")
-    proc = subprocess.run([str(dagster), "job", "execute", "-m", "lcaffect_pipeline", "-j", "corpus_job", "-c", str(cfg)],
+    proc = subprocess.run([str(dagster), "job", "execute", "-m", "lcaffect_pipeline.definitions", "-j", "corpus_job", "-c", str(cfg)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / "lake" / "corpus.duckdb").exists()

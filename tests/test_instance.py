@@ -15,7 +15,7 @@ def test_workspace_and_pyproject_name_the_same_module() -> None:
     workspace = yaml.safe_load((ROOT / "workspace.yaml").read_text())
     module = workspace["load_from"][0]["python_module"]["module_name"]
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert pyproject["tool"]["dagster"]["module_name"] == module == "lcaffect_pipeline"
+    assert pyproject["tool"]["dagster"]["module_name"] == module == "lcaffect_pipeline.definitions"
 
 
 def test_instance_from_dagster_yaml(tmp_path: Path) -> None:
@@ -42,6 +42,6 @@ def test_instance_from_dagster_yaml(tmp_path: Path) -> None:
 def test_definitions_validate_without_dagster_home() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
     dagster = Path(sys.executable).with_name("dagster")
-    proc = subprocess.run([str(dagster), "definitions", "validate", "-m", "lcaffect_pipeline"], cwd=ROOT, env=env,
+    proc = subprocess.run([str(dagster), "definitions", "validate", "-m", "lcaffect_pipeline.definitions"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

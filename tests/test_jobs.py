@@ -34,7 +34,7 @@ def load(*names: str) -> dict:
 
 @pytest.fixture(scope="module")
 def defs() -> dg.Definitions:
-    from lcaffect_pipeline import defs
+    from lcaffect_pipeline.definitions import defs
 
     return defs
 
@@ -92,7 +92,7 @@ def test_rerun_one_downstream_task_from_the_shell(tmp_path: Path) -> None:
     home.mkdir()
     env = {**os.environ, "DAGSTER_HOME": str(home), "LCAFFECT_LAKE": str(lake)}
     dagster = Path(sys.executable).with_name("dagster")
-    proc = subprocess.run([str(dagster), "asset", "materialize", "-m", "lcaffect_pipeline", "--select", "meld_utterances", "-c", str(cfg)],
+    proc = subprocess.run([str(dagster), "asset", "materialize", "-m", "lcaffect_pipeline.definitions", "--select", "meld_utterances", "-c", str(cfg)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (lake / "downstream" / "meld" / "utterances.parquet").is_file()

@@ -161,7 +161,7 @@ def test_a_killed_run_leaves_no_step_behind_and_monitoring_fails_it(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(home), "LCAFFECT_LAKE": str(root), "PYTHONPATH": str(ROOT)}
     dagster = Path(sys.executable).with_name("dagster")
     with open(tmp_path / "run.log", "wb") as log:
-        proc = subprocess.Popen([str(dagster), "job", "execute", "-m", "lcaffect_pipeline", "-j", "corpus_job", "-c", str(cfg)],
+        proc = subprocess.Popen([str(dagster), "job", "execute", "-m", "lcaffect_pipeline.definitions", "-j", "corpus_job", "-c", str(cfg)],
                                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 240

@@ -181,7 +181,7 @@ def test_retrieval_check_is_decided_by_r1_against_chance(tmp_path, metrics, pass
 
 
 def test_an_unknown_cleaning_field_is_refused_at_launch_naming_the_valid_ones():
-    from lcaffect_pipeline import defs
+    from lcaffect_pipeline.definitions import defs
 
     job = defs.resolve_job_def("corpus_job")
     with pytest.raises(dg.DagsterInvalidConfigError) as info:
@@ -192,7 +192,7 @@ def test_an_unknown_cleaning_field_is_refused_at_launch_naming_the_valid_ones():
 def test_an_unknown_options_json_field_fails_the_run_before_any_video(tmp_path):
     """The example once documented, {"min_length": 2}, made every video fail with a TypeError
     in a green run; now nothing runs and the error names the field and the valid ones."""
-    from lcaffect_pipeline import defs
+    from lcaffect_pipeline.definitions import defs
 
     root = tmp_path / "lake"
     run_config = {"resources": {"lake": {"config": {"root": str(root)}}, "catalogue": {"config": {"demo": True, "demo_videos": 2}},

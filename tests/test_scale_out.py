@@ -57,7 +57,7 @@ def test_the_run_coordinator_class_resolves() -> None:
 
 
 def test_gpu_jobs_carry_the_tag_the_queue_limits() -> None:
-    from lcaffect_pipeline import defs
+    from lcaffect_pipeline.definitions import defs
 
     limit = yaml.safe_load(POSTGRES_YAML.read_text())["concurrency"]["runs"]["tag_concurrency_limits"][0]
     for job in ("pretrain_job", "downstream_job", "full_pipeline"):
@@ -93,7 +93,7 @@ def test_postgres_block_resolves_from_the_environment(monkeypatch) -> None:
 
 K8S_PROBE = """
 import json, yaml, dagster as dg
-from lcaffect_pipeline import defs
+from lcaffect_pipeline.definitions import defs
 job = defs.resolve_job_def("full_pipeline")
 merged = {**yaml.safe_load(open("configs/demo.yaml")), "execution": yaml.safe_load(open("configs/k8s.example.yaml"))["execution"]}
 dg.validate_run_config(job, merged)

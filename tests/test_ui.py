@@ -72,12 +72,12 @@ def ui(tmp_path_factory) -> str:
     cfg.write_text(yaml.safe_dump(TINY_DEMO))
     env = {**os.environ, "DAGSTER_HOME": str(home), "LCAFFECT_LAKE": str(lake), "PYTHONWARNINGS": "ignore"}
     bin_dir = Path(sys.executable).parent
-    run = subprocess.run([str(bin_dir / "dagster"), "job", "execute", "-m", "lcaffect_pipeline", "-j", "full_pipeline", "-c", str(cfg)],
+    run = subprocess.run([str(bin_dir / "dagster"), "job", "execute", "-m", "lcaffect_pipeline.definitions", "-j", "full_pipeline", "-c", str(cfg)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     port = free_port()
     log = open(base / "webserver.log", "w")
-    proc = subprocess.Popen([str(bin_dir / "dagster-webserver"), "-m", "lcaffect_pipeline", "-h", "127.0.0.1", "-p", str(port)],
+    proc = subprocess.Popen([str(bin_dir / "dagster-webserver"), "-m", "lcaffect_pipeline.definitions", "-h", "127.0.0.1", "-p", str(port)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(f"http://127.0.0.1:{port}/server_info", proc)
@@ -115,7 +115,7 @@ def test_graphql_serves_assets_metadata_and_the_last_run(ui: str) -> None:
     }""")
     nodes = {tuple(n["assetKey"]["path"]): n["groupName"] for n in data["assetNodes"]}
     assert nodes[("v2lc_encoder",)] == "model" and nodes[("meld_utterances",)] == "downstream"
-    from lcaffect_pipeline import defs
+    from lcaffect_pipeline.definitions import defs
 
     assert set(nodes) == {tuple(k.path) for k in defs.resolve_asset_graph().get_all_asset_keys()}  # the whole graph is served
     mat = data["assetOrError"]["assetMaterializations"][0]
@@ -164,7 +164,7 @@ def open_page(browser, url: str, shot: str, ready: str):
 
 @pytest.mark.browser
 def test_catalog_page_lists_every_asset_as_materialized(ui: str, browser) -> None:
-    from lcaffect_pipeline import defs
+    from lcaffect_pipeline.definitions import defs
 
     names = sorted(k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys())
     page = open_page(browser, f"{ui}/assets", "catalog", "video_catalogue")
