@@ -114,3 +114,22 @@ def summarise(results: list[VideoResult]) -> dict[str, Any]:
         "data_version": lake.combine_hashes({r.video_id: r.output_hash for r in results if r.output_hash}),
         "failures": {r.video_id: r.reason for r in results if r.status == "failed"},
     }
+
+
+def plan_chunks(n_videos: int, *, workers: int, min_chunk: int = 16, max_chunk: int = 500,
+                chunk_size: int | None = None) -> list[tuple[int, int]]:
+    """``[start, end)`` index ranges that split ``n_videos`` into fan-out chunks.
+
+    Each chunk is one step, that is one process (or one pod), and starting one costs seconds
+    whatever it does; so by default there are just enough chunks to keep ``workers`` busy, none
+    smaller than ``min_chunk`` videos (start-up amortised) and none larger than ``max_chunk``
+    (bounded memory and a bounded loss when a step dies). ``chunk_size`` fixes the size instead.
+    """
+    if n_videos <= 0:
+        return [(0, 0)]
+    if chunk_size:
+        size = max(1, int(chunk_size))
+    else:
+        n_chunks = max(1, min(int(workers), n_videos // max(1, min_chunk)))
+        size = min(max(1, max_chunk), -(-n_videos // n_chunks))
+    return [(i, min(i + size, n_videos)) for i in range(0, n_videos, size)]

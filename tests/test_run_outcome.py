@@ -92,9 +92,13 @@ def test_more_than_the_share_failing_fails_the_run_and_one_bad_video_does_not(tm
     raw = manifest(tmp_path / "c" / "lake", "raw_comments")
     assert raw["results"]["bad0"]["status"] == "failed" and "bad0.xml" in raw["results"]["bad0"]["reason"]
     assert raw["done"] == 3
-    per_video = next(e.materialization.metadata["per_video"] for e in one_bad.get_asset_materialization_events()
-                     if e.materialization.asset_key == dg.AssetKey("raw_comments"))
-    assert "bad0 | failed" in per_video.value
+    meta = next(e.materialization.metadata for e in one_bad.get_asset_materialization_events()
+                if e.materialization.asset_key == dg.AssetKey("raw_comments"))
+    assert "1 failed" in meta["per_video"].value and "| bad0 | CommentFormatError" in meta["per_video"].value
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(meta["per_video_table"].value).to_pylist()  # every video, in the lake
+    assert {r["video_id"]: r["status"] for r in table} == {"bad0": "failed", "good0": "done", "good1": "done", "good2": "done"}
 
 
 def _mkdir(path: Path) -> Path:

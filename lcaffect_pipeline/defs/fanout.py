@@ -46,8 +46,12 @@ def per_video_asset(
 ) -> dg.AssetsDefinition:
     """Build the graph-backed asset ``name`` over the catalogue's videos."""
 
-    @dg.op(name=f"{name}_plan", out=dg.DynamicOut(), description=f"Split the catalogue into chunks for {name}")
-    def plan(context: dg.OpExecutionContext, lake: LakeResource, scope: RunScope, upstream_manifest):
+    names = (upstream,) if isinstance(upstream, str) else tuple(upstream)
+
+    @dg.op(name=f"{name}_plan", ins={n: dg.In() for n in names},
+           out={"chunks": dg.DynamicOut(), "upstream": dg.Out()},
+           description=f"Split the catalogue into chunks for {name}; pass the upstream manifests on")
+    def plan(context: dg.OpExecutionContext, lake: LakeResource, scope: RunScope, **manifests):
         videos = load_catalogue_from_lake(lake.path())
         if scope.videos:
             wanted = set(scope.videos)
@@ -55,11 +59,11 @@ def per_video_asset(
             if missing:
                 raise dg.Failure(f"videos not in the catalogue: {', '.join(sorted(missing))}")
             videos = [v for v in videos if v["video_id"] in wanted]
-        size = max(1, scope.chunk_size)
-        chunks = [videos[i : i + size] for i in range(0, len(videos), size)] or [[]]
+        chunks = scope.chunks(len(videos))
         context.log.info(f"{name}: {len(videos)} videos in {len(chunks)} chunk(s)")
-        for i, chunk in enumerate(chunks):
-            yield dg.DynamicOutput(chunk, mapping_key=_mapping_key(i))
+        yield dg.Output(dict(manifests), "upstream")
+        for i, (start, end) in enumerate(chunks):
+            yield dg.DynamicOutput(videos[start:end], mapping_key=_mapping_key(i), output_name="chunks")
 
     @dg.op(
         name=f"{name}_work",
@@ -79,34 +83,31 @@ def per_video_asset(
         new = {r["video_id"]: r for chunk in results for r in chunk}
         verdict = failure_verdict(name, new, scope.max_failed_share)
         if verdict:  # the good videos' outputs and states stay; the run says what went wrong
-            raise dg.Failure(description=verdict, metadata={"per_video": dg.MetadataValue.md(per_video_table(new))})
+            raise dg.Failure(description=verdict, metadata={"per_video": dg.MetadataValue.md(per_video_summary(new))})
         manifest = merge_manifest(lake.path(), stage, new, scoped=bool(scope.videos))
+        table_path = write_per_video_table(lake.path(), stage, manifest["results"])
         metadata = {
             "videos": manifest["videos"],
             "done": manifest["done"],
             "skipped": manifest["skipped"],
             "failed": manifest["failed"],
             "rows": dg.MetadataValue.int(manifest["rows"]),
-            "per_video": dg.MetadataValue.md(per_video_table(manifest["results"])),
+            "per_video": dg.MetadataValue.md(per_video_summary(manifest["results"])),
+            "per_video_table": dg.MetadataValue.path(str(table_path)),
             **finish(context, manifest, upstream_manifest),
         }
         return dg.Output(manifest, data_version=dg.DataVersion(manifest["data_version"]), metadata=metadata)
 
-    names = (upstream,) if isinstance(upstream, str) else tuple(upstream)
-
-    @dg.op(name=f"{name}_inputs", ins={n: dg.In() for n in names}, description="The upstream manifests, by asset name")
-    def gather(context, **manifests):
-        return dict(manifests)
-
-    def chain(manifests):
-        return collect(plan(manifests).map(lambda c: work_op(c, manifests)).collect(), manifests)
+    def chain(**inputs):
+        chunks, manifests = plan(**inputs)
+        return collect(chunks.map(lambda c: work_op(c, manifests)).collect(), manifests)
 
     if len(names) == 1:
         def compose(a):
-            return chain(gather(**{names[0]: a}))
+            return chain(**{names[0]: a})
     elif len(names) == 2:
         def compose(a, b):
-            return chain(gather(**{names[0]: a, names[1]: b}))
+            return chain(**{names[0]: a, names[1]: b})
     else:
         raise ValueError("per_video_asset takes one or two upstream assets")
 
@@ -160,14 +161,43 @@ def error_type(reason: str | None) -> str:
     return head if re.fullmatch(r"[A-Za-z_][\w.]*", head) else "error"
 
 
-def per_video_table(results: dict[str, dict], limit: int = 200) -> str:
-    lines = ["| video | status | rows | seconds | reason |", "|---|---|---:|---:|---|"]
-    for vid, r in sorted(results.items())[:limit]:
-        reason = re.sub(r"[|\n]", " ", r.get("reason") or "")[:160]
-        lines.append(f"| {vid} | {r['status']} | {r.get('rows', 0)} | {r.get('seconds', 0)} | {reason} |")
-    if len(results) > limit:
-        lines.append(f"| … {len(results) - limit} more | | | | |")
+def per_video_summary(results: dict[str, dict], failures: int = 50, slowest: int = 10) -> str:
+    """What the UI shows of a batch: the counts, the failures with their reasons, the slowest
+    videos. One row per video would be unreadable and heavy in the event log at corpus scale;
+    the full table is a Parquet file (``write_per_video_table``)."""
+    counts = {s: sum(r["status"] == s for r in results.values()) for s in ("done", "skipped", "failed")}
+    lines = [f"**{len(results)} videos**: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed", ""]
+    failed = sorted(vid for vid, r in results.items() if r["status"] == "failed")
+    if failed:
+        lines += ["| failed video | reason |", "|---|---|"]
+        lines += [f"| {vid} | {_cell(results[vid].get('reason'))} |" for vid in failed[:failures]]
+        if len(failed) > failures:
+            lines.append(f"| … {len(failed) - failures} more | (full table: per_video_table) |")
+        lines.append("")
+    worked = sorted((r for r in results.values() if r["status"] == "done"), key=lambda r: -(r.get("seconds") or 0))
+    if worked:
+        lines += ["| slowest video | seconds | rows |", "|---|---:|---:|"]
+        lines += [f"| {r['video_id']} | {r.get('seconds', 0)} | {r.get('rows', 0)} |" for r in worked[:slowest]]
     return "\n".join(lines)
+
+
+def _cell(text: str | None) -> str:
+    return re.sub(r"[|\n]", " ", text or "")[:160]
+
+
+def write_per_video_table(root, stage: str, results: dict[str, dict]):
+    """Every video's status, rows, seconds and reason as ``_reports/{stage}.parquet`` in the lake."""
+    import pyarrow as pa
+
+    from .. import lake
+
+    rows = [{"video_id": vid, "status": r["status"], "rows": int(r.get("rows") or 0),
+             "seconds": float(r.get("seconds") or 0.0), "reason": r.get("reason")} for vid, r in sorted(results.items())]
+    schema = pa.schema([("video_id", pa.string()), ("status", pa.string()), ("rows", pa.int64()),
+                        ("seconds", pa.float64()), ("reason", pa.string())])
+    path = lake.under(root, "_reports", stage, ext=".parquet")
+    lake.write_parquet(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
 
 
 def keyed(manifest: dict[str, Any]) -> dict[str, dict]:

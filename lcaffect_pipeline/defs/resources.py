@@ -38,8 +38,20 @@ class RunScope(dg.ConfigurableResource):
     videos: list[str] = Field(default=[], description="Only these video ids (empty: the whole catalogue)")
     force: bool = Field(default=False, description="Recompute even when inputs are unchanged")
     refresh: bool = Field(default=False, description="Re-crawl comments of videos already fetched (new comments keep arriving)")
-    chunk_size: int = Field(default=8, description="Videos per fan-out step; each step is one process (or pod)")
+    chunk_size: Optional[int] = Field(default=None, description="Videos per fan-out step (each step is one process, or pod); default: sized to the executor, below")
+    workers: Optional[int] = Field(default=None, description="Steps the executor runs at once, for sizing chunks (default: the CPU count; 16 under LCAFFECT_EXECUTOR=k8s)")
+    min_chunk: Optional[int] = Field(default=None, description="Fewest videos per chunk, so a step's start-up is amortised (default 16; 64 under k8s, where a step is a pod)")
+    max_chunk: int = Field(default=500, description="Most videos per chunk (memory, and what a dying step loses)")
     max_failed_share: float = Field(default=0.5, ge=0.0, le=1.0, description="A per-video asset fails its run when more than this share of the videos it worked on failed (all failed always fails)")
+
+    def chunks(self, n_videos: int) -> list[tuple[int, int]]:
+        from ..stages import plan_chunks
+
+        k8s = os.environ.get("LCAFFECT_EXECUTOR", "multiprocess") == "k8s"
+        workers = self.workers or (16 if k8s else os.cpu_count() or 1)
+        min_chunk = self.min_chunk or (64 if k8s else 16)
+        return plan_chunks(n_videos, workers=workers, min_chunk=min_chunk, max_chunk=self.max_chunk,
+                           chunk_size=self.chunk_size)
 
 
 class CatalogueResource(dg.ConfigurableResource):
