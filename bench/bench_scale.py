@@ -78,6 +78,7 @@ def folder_mib(path: Path) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--spawn", action="store_true", help="steps spawned, not forked (the executor's old default)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     if not FIXTURE.is_file():
@@ -93,7 +94,8 @@ def main(argv=None) -> int:
         config.write_text(json.dumps({"resources": {
             "catalogue": {"config": {"path": str(catalogue)}},
             "lake": {"config": {"root": str(folder / "lake"), "author_salt": "bench"}},
-            "crawler": {"config": {"min_interval_s": 0.0}}}}))
+            "crawler": {"config": {"min_interval_s": 0.0}}},
+            **({"execution": {"config": {"forkserver": False}}} if args.spawn else {})}))
         first = run_job(config, home)
         noop = run_job(config, home)
         peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

@@ -120,7 +120,8 @@ def test_unknown_executor_is_a_clear_error() -> None:
 
     with pytest.raises(ValueError, match="LCAFFECT_EXECUTOR='kubernetes'"):
         build_executor("kubernetes")
-    assert build_executor("") is None and build_executor("in_process") is dg.in_process_executor
+    assert build_executor("") is build_executor("multiprocess") is not None
+    assert build_executor("in_process") is dg.in_process_executor
 
 
 def test_lake_root_accepts_an_fsspec_url() -> None:
