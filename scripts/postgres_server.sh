@@ -28,20 +28,9 @@ if [ "$(id -u)" -eq 0 ]; then
   chown postgres "$STATE"
 fi
 
-PID=""
-cleanup() {
-  trap - EXIT INT TERM
-  if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
-    kill -INT "$PID" 2>/dev/null || true   # SIGINT = PostgreSQL's "fast shutdown"
-    for _ in $(seq 1 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "$PID" 2>/dev/null || true
-    wait "$PID" 2>/dev/null || true
-  fi
-  rm -rf "$STATE"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# SIGINT = PostgreSQL's "fast shutdown"
+STOP_SIGNAL=INT STOP_TRIES=50
+. "$(dirname "$0")/service_lib.sh"
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(16))')

@@ -22,21 +22,9 @@ if [ -z "$WEED" ] || [ ! -x "$WEED" ]; then
   exit 2
 fi
 
-PID=""
-cleanup() {
-  trap - EXIT INT TERM
-  if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
-    # weed can take long to exit on SIGTERM; its data is thrown away, so a short grace is enough.
-    kill -TERM "$PID" 2>/dev/null || true
-    for _ in $(seq 1 15); do kill -0 "$PID" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "$PID" 2>/dev/null || true
-    wait "$PID" 2>/dev/null || true
-  fi
-  rm -rf "$STATE"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# weed can take long to exit on SIGTERM; its data is thrown away, so a short grace is enough.
+STOP_SIGNAL=TERM STOP_TRIES=15
+. "$(dirname "$0")/service_lib.sh"
 
 # Eight free ports: master, volume, filer and S3, each with its gRPC port.
 read -r -a P <<<"$("$PY" - <<'PYEOF'
