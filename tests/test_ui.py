@@ -124,7 +124,7 @@ def test_graphql_serves_assets_metadata_and_the_last_run(ui: str) -> None:
     v2lc = {e["label"]: e.get("floatValue") for e in data["v2lc"]["assetMaterializations"][0]["metadataEntries"]}
     assert {"v2c_r1", "c2v_r1", "chance_r1"} <= set(v2lc) and 0 < v2lc["chance_r1"] <= 1
     ablation = {e["label"]: e.get("mdStr") for e in data["ablation"]["assetMaterializations"][0]["metadataEntries"]}
-    assert "| meld | weighted_f1 |" in ablation["ablation"]
+    assert "| meld | **weighted_f1** |" in ablation["ablation"]
     last = data["runsOrError"]["results"][0]
     assert last["status"] == "SUCCESS" and last["runId"] == mat["runId"]
 
@@ -199,5 +199,9 @@ def test_check_page_shows_the_recorded_check_status(ui: str, browser) -> None:
 @pytest.mark.browser
 def test_ablation_page_shows_the_table(ui: str, browser) -> None:
     page = open_page(browser, f"{ui}/assets/ablation_report", "ablation_report", "ablation")
-    for text in ("weighted_f1", "without LC"):
+    page.get_by_text("meld_weighted_f1_gain", exact=True).first.wait_for(timeout=30_000)  # the headline gains
+    show = page.get_by_text("[Show Markdown]", exact=True)
+    if show.count():  # the UI folds long Markdown behind a link, as a user sees it
+        show.first.click()
+    for text in ("without LC", "gain / larger std", "Demo world"):
         page.get_by_text(text, exact=False).first.wait_for(timeout=30_000)
