@@ -352,8 +352,14 @@ def _report(reporter: TrainingReporter, meta: dict[str, Any], out_dir: Path) -> 
         **{f"dim_{k}": int(v) for k, v in meta["dims"].items()},
         **{f"{k}_model": str(meta["models"][k]["name"]) for k in ("text", "audio", "visual")},
     }
+    stand_ins = [k for k in ("text", "audio", "visual") if meta["models"][k]["name"] == "tiny"]
+    stand_ins += ["v2lc"] if meta["models"].get("v2lc", {}).get("video_encoder") == "tiny" else []
+    values["stand_in_encoders"] = ", ".join(stand_ins) or "none"
     metadata = pipes_metadata(values)
     metadata["features_dir"] = {"raw_value": str(out_dir.resolve()), "type": "path"}
+    if stand_ins:  # random projections built in code: say so where a reader of this asset looks
+        metadata["WARNING"] = {"type": "text", "raw_value": f"features from STAND-IN encoders ({', '.join(stand_ins)}): "
+                               "random projections for tests and the demo, not real models"}
     if meta.get("nearest_comments"):
         rows = ["| utterance | text | nearest live comments |", "|---|---|---|"]
         for item in meta["nearest_comments"]:

@@ -56,6 +56,7 @@ def test_features_report_nearest_comments(downstream_run) -> None:
     mats = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
     meta = mats["meld_features"].metadata
     assert meta["n_utterances"].value > 0
+    assert meta["stand_in_encoders"].value == "text, audio, visual, v2lc" and "STAND-IN" in meta["WARNING"].value
     assert "nearest_comments" in meta
 
 
@@ -97,3 +98,17 @@ def test_rerun_with_nothing_changed_reuses_the_expensive_steps(downstream_run) -
     for key in ("raw_comments", "clean_comments", "segments", "training_shards", "v2lc_encoder", "ablation_report",
                 "meld_fusion_with_lc", "mustard_fusion_without_lc"):
         assert mats[key].tags.get("dagster/data_version") == before[key], key
+
+
+def test_a_failed_fusion_run_keeps_the_last_good_one(downstream_run) -> None:
+    """The ablation reads the last *finished* fusion run: a failure must not point it elsewhere."""
+    root, _ = downstream_run
+    pointer = root / "downstream" / "meld" / "meld_fusion_with_lc" / "latest.json"
+    before = pointer.read_text()
+    ds = DownstreamResource(demo=True, frames=4, size=32, seeds=[0, 1],
+                            fusion_extra_json='{"epochs": 5, "batch_size": 32, "no_such_option": 1}')
+    failed = dg.materialize(ALL, resources=resources(root, ds), selection=["meld_fusion_with_lc"], raise_on_error=False)
+    assert not failed.success
+    assert pointer.read_text() == before
+    ablation = json.loads((root / "ablation.json").read_text())
+    assert "meld" in ablation["tasks"]  # still reported from the good run

@@ -188,3 +188,19 @@ def test_a_killed_run_leaves_no_step_behind_and_monitoring_fails_it(tmp_path):
         assert health.status.value == "FAILED" and str(proc.pid) in health.msg
         monitor_started_run(instance, None, record, logging.getLogger("run_monitoring"))
         assert instance.get_run_by_id(record.dagster_run.run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+def test_comment_bank_works_under_a_lake_root_holding_a_quote(tmp_path):
+    """The downstream nearest-comment bank is built by DuckDB from the clean corpus: its paths are
+    bound or quoted, never pasted raw into SQL."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lcaffect_pipeline.defs.downstream_assets import _comment_bank
+    from lcaffect_pipeline.defs.resources import LakeResource
+
+    root = tmp_path / "it's a lake"
+    (root / "clean_comments" / "bilibili").mkdir(parents=True)
+    pq.write_table(pa.table({"text": ["好看", "哈哈哈", "好看"]}), root / "clean_comments" / "bilibili" / "v'1.parquet")
+    bank = _comment_bank(LakeResource(root=str(root), author_salt="s"))
+    assert pq.read_table(bank).column("text").to_pylist() == sorted({"好看", "哈哈哈"})

@@ -142,7 +142,10 @@ def _comment_bank(lake: LakeResource) -> str | None:
     out = root / "downstream" / "comment_bank.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    duckdb.execute(f"COPY (SELECT DISTINCT text FROM read_parquet({[str(f) for f in files]!r}) ORDER BY text) TO '{tmp}' (FORMAT parquet)")
+    # the file list is bound; COPY's target cannot be, so it is quoted as an SQL string (a lake root may hold ')
+    target = "'" + str(tmp).replace("'", "''") + "'"
+    duckdb.execute(f"COPY (SELECT DISTINCT text FROM read_parquet(?) ORDER BY text) TO {target} (FORMAT parquet)",
+                   [[str(f) for f in files]])
     tmp.replace(out)
     return str(out)
 
