@@ -91,4 +91,7 @@ RELIABILITY = [
     ("decord backend on a truncated WebM (declares 30 s, frames stop near 13 s)", "1 video", "decord's impossible view logged; VideoDecodeError \"truncated\" as with PyAV", "tests/test_frames.py::test_decord_on_a_truncated_file_says_why_and_pyav_reports_the_cut"),
     ("decord backend on videos turned by 90, 180, 270 degrees (decord 0.6 resizes them wrongly)", "3 videos", "PyAV decodes them, the log says why; the same pictures as the PyAV backend", "tests/test_frames.py::test_rotated_video_same_picture_from_either_backend"),
     ("Clips run with `frame_backend: decord` over a file decord refuses", "2 videos", "both done (the refused one by PyAV, reason logged); exact frame times", "tests/test_clips_pipeline.py::test_clips_assets_with_the_decord_frame_backend"),
+    ("Fusion run that fails (an unknown option) after a good one", "1 task", "the ablation keeps reading the last finished run; its pointer is unchanged", "tests/test_downstream_assets.py::test_a_failed_fusion_run_keeps_the_last_good_one"),
+    ("Lake root holding a quote, for the downstream comment bank", "1 lake", "DuckDB file list bound, target quoted; the bank is built", "tests/test_operations.py::test_comment_bank_works_under_a_lake_root_holding_a_quote"),
+    ("Features or ablation from stand-in (tiny) encoders outside the demo", "3 feature sets", "named in the features' metadata with a WARNING entry and in the ablation report's warnings", "tests/test_ablation.py::test_stand_in_encoders_are_flagged_outside_the_demo_and_named"),
 ]
