@@ -95,7 +95,7 @@ def main(argv=None) -> int:
             "catalogue": {"config": {"path": str(catalogue)}},
             "lake": {"config": {"root": str(folder / "lake"), "author_salt": "bench"}},
             "crawler": {"config": {"min_interval_s": 0.0}}},
-            **({"execution": {"config": {"forkserver": False}}} if args.spawn else {})}))
+            **({"execution": {"config": {"multiprocess": {"forkserver": False}}}} if args.spawn else {})}))
         first = run_job(config, home)
         noop = run_job(config, home)
         peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

@@ -21,18 +21,27 @@ from .model_assets import ASSETS as MODEL_ASSETS
 from .resources import CatalogueResource, ClipsResource, DownstreamResource, CleaningResource, CrawlerResource, LakeJsonIOManager, LakeResource, RunScope, V2LCTrainingResource
 
 
-@dg.configured(dg.multiprocess_executor, config_schema={
-    "max_concurrent": dg.Field(int, is_required=False, description="Steps at once (default: the CPU count)"),
-    "forkserver": dg.Field(bool, default_value=True, description="Fork steps from a server that preloaded the code location (false: spawn)"),
-})
+@dg.configured(dg.multi_or_in_process_executor, config_schema=dg.Field(dg.Selector({
+    "multiprocess": dg.Field({
+        "max_concurrent": dg.Field(int, is_required=False, description="Steps at once (default: the CPU count)"),
+        "forkserver": dg.Field(bool, default_value=True,
+                               description="Fork steps from a server that preloaded the code location (false: spawn)"),
+    }, is_required=False),
+    "in_process": dg.Field({}, is_required=False),
+}), default_value={"multiprocess": {}}))
 def local_multiprocess(config: dict) -> dict:
-    """Dagster's multiprocess executor, steps forked from a forkserver that has imported the code
-    location once: with spawn, every step re-imports Dagster and the code location (about 3 s
-    here), which at corpus scale cost more than the per-video work itself (bench/bench_scale.py:
-    200 videos 75 s -> 37 s, a no-op refresh 50 s -> 21 s)."""
-    start = ({"forkserver": {"preload_modules": ["lcaffect_pipeline.definitions"]}} if config["forkserver"]
+    """Dagster's default executor (``multiprocess`` or ``in_process`` by run config), with local
+    steps forked from a forkserver that has imported the code location once: spawned, every step
+    re-imports Dagster and the code location (about 3 s here), which at corpus scale cost more
+    than the per-video work itself (bench/bench_scale.py: 200 videos 75 s -> 28 s, a no-op
+    refresh 50 s -> 19 s)."""
+    if "in_process" in config:
+        return {"in_process": {}}
+    mp = config.get("multiprocess") or {}
+    start = ({"forkserver": {"preload_modules": ["lcaffect_pipeline.definitions"]}} if mp.get("forkserver", True)
              else {"spawn": {}})
-    return {"start_method": start, **({"max_concurrent": config["max_concurrent"]} if "max_concurrent" in config else {})}
+    return {"multiprocess": {"start_method": start,
+                             **({"max_concurrent": mp["max_concurrent"]} if "max_concurrent" in mp else {})}}
 
 
 def build_executor(kind: str | None = None) -> dg.ExecutorDefinition | None:
