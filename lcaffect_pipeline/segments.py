@@ -99,23 +99,12 @@ def frame_times(spans: Sequence[tuple[int, int]], frames_per_segment: int) -> np
 # ------------------------------------------------------------------------------ entry point
 
 
-def segment_video(
-    video_path: str | os.PathLike,
-    comments: pa.Table | None = None,
-    *,
-    segment_s: float = 8.0,
-    comments_per_segment: int = 32,
-    frames_per_segment: int = 8,
-    size: int = 224,
-    video_id: str | None = None,
-    exact: bool = False,
-    threads: int = 0,
-    demote_filler: bool = False,
-    backend: str = "auto",
-) -> tuple[pa.Table, np.ndarray]:
+def segment_video(video_path: str | os.PathLike, comments: pa.Table | None = None, **options) -> tuple[pa.Table, np.ndarray]:
     """Segments table (SEGMENTS_SCHEMA, ``shard``/``sample_key`` null) and frames
     ``uint8 (n_segments, frames_per_segment, size, size, 3)`` RGB, all in memory (a long video
-    is better served by ``segment_video_stream``).
+    is better served by ``segment_video_stream``, which takes the same keyword options:
+    ``segment_s``, ``comments_per_segment``, ``frames_per_segment``, ``size``, ``video_id``,
+    ``exact``, ``threads``, ``demote_filler``, ``backend``).
 
     ``comments`` is a table in COMMENTS_SCHEMA or CLEAN_COMMENTS_SCHEMA (None: no comments).
     ``video_id`` defaults to the one video id in ``comments``, else the file name's stem.
@@ -124,14 +113,11 @@ def segment_video(
     (``frames``; decord decodes exactly). Raises ``VideoDecodeError`` for a file that cannot be
     decoded.
     """
-    table, stacks = segment_video_stream(
-        video_path, comments, segment_s=segment_s, comments_per_segment=comments_per_segment,
-        frames_per_segment=frames_per_segment, size=size, video_id=video_id, exact=exact, threads=threads,
-        demote_filler=demote_filler, backend=backend)
-    frames = np.zeros((table.num_rows, frames_per_segment, size, size, 3), dtype=np.uint8)
-    taken = np.zeros((table.num_rows, frames_per_segment), dtype=np.int64)
-    for i, (stack, times) in enumerate(stacks):
-        frames[i], taken[i] = stack, times
+    table, stacks = segment_video_stream(video_path, comments, **options)
+    pairs = list(stacks)
+    t, size = options.get("frames_per_segment", 8), options.get("size", 224)
+    frames = np.stack([f for f, _ in pairs]) if pairs else np.zeros((0, t, size, size, 3), dtype=np.uint8)
+    taken = np.stack([ms for _, ms in pairs]) if pairs else np.zeros((0, t), dtype=np.int64)
     return with_frame_times(table, taken), frames
 
 
