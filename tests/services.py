@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -67,6 +68,11 @@ def running(script: str, timeout_s: float = 120) -> Iterator[dict[str, str]]:
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                pass
+        try:  # whatever the script left in its session (a server it could not stop) goes too
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        shutil.rmtree(state, ignore_errors=True)
         log.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from urllib.parse import urlparse
 
 import pytest
@@ -23,8 +24,15 @@ def s3():
         fs = s3fs.S3FileSystem(endpoint_url=env["LCAFFECT_S3_ENDPOINT"], key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"], skip_instance_cache=True)
         yield fs, env
     url = urlparse(env["LCAFFECT_S3_ENDPOINT"])
-    with pytest.raises(OSError):  # stopped: nothing listens on its port any more
-        socket.create_connection((url.hostname, url.port), timeout=2).close()
+    deadline = time.monotonic() + 15  # stopped: nothing listens on its port any more (a busy machine may take a moment)
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((url.hostname, url.port), timeout=2).close()
+        except OSError:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"something still listens on {url.netloc} 15 s after scripts/s3_server.sh stopped")
 
 
 def test_put_list_get_round_trip(s3) -> None:
