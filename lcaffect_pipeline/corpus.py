@@ -190,7 +190,7 @@ def build_corpus_catalog(root, durations: dict[str, float] | None = None) -> dic
     Hours per video come from the known duration (crawl metadata or the video probe) and
     fall back to the last comment's offset where no duration is known.
     """
-    root_p = Path(str(lake.as_path(root)))
+    root_p = lake.local_path(root, "the DuckDB corpus catalog")
     db_path = root_p / "corpus.duckdb"
     lake.sweep_stale_temps(root_p)
     tmp = lake.temp_path(db_path)  # one per build: two runs building at once do not collide

@@ -82,6 +82,21 @@ def is_local(path: UPath) -> bool:
     return getattr(path, "protocol", "") in ("", "file", "local")
 
 
+class RemoteLakeError(ValueError):
+    """A stage that needs local files was given a lake on an object store."""
+
+
+def local_path(path: str | os.PathLike, needed_by: str) -> Path:
+    """``path`` as a local ``pathlib.Path``, for the stages that still need local files (DuckDB's
+    database file, ffmpeg, the downstream folders). A remote lake is refused with the reason:
+    ``Path("s3://bucket/x")`` would silently become a local folder named ``s3:``."""
+    upath = as_path(path)
+    if not is_local(upath):
+        raise RemoteLakeError(f"{path}: {needed_by} needs the lake on a local or mounted file system; "
+                              f"a {upath.protocol}:// lake is not supported there yet (README, \"Operating at scale\")")
+    return Path(upath.path if getattr(upath, "protocol", "") else str(upath))
+
+
 def under(root: str | os.PathLike, *parts: str, ext: str = "") -> UPath:
     """``root / parts`` with each part made safe (``ext`` after the last), kept under ``root``.
 

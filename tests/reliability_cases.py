@@ -94,4 +94,5 @@ RELIABILITY = [
     ("Fusion run that fails (an unknown option) after a good one", "1 task", "the ablation keeps reading the last finished run; its pointer is unchanged", "tests/test_downstream_assets.py::test_a_failed_fusion_run_keeps_the_last_good_one"),
     ("Lake root holding a quote, for the downstream comment bank", "1 lake", "DuckDB file list bound, target quoted; the bank is built", "tests/test_operations.py::test_comment_bank_works_under_a_lake_root_holding_a_quote"),
     ("Features or ablation from stand-in (tiny) encoders outside the demo", "3 feature sets", "named in the features' metadata with a WARNING entry and in the ablation report's warnings", "tests/test_ablation.py::test_stand_in_encoders_are_flagged_outside_the_demo_and_named"),
+    ("Object-store lake root (s3://) given to a stage that needs local files", "1 root", "RemoteLakeError naming the stage; no local 's3:' folder", "tests/test_lake.py::test_local_path_refuses_an_object_store_lake_instead_of_making_an_s3_folder"),
 ]

@@ -94,3 +94,15 @@ def test_author_hash_needs_salt() -> None:
     assert hash_author("12345", None) is None
     a, b = hash_author("12345", "s1"), hash_author("12345", "s2")
     assert a and b and a != b and "12345" not in a
+
+
+def test_local_path_refuses_an_object_store_lake_instead_of_making_an_s3_folder(tmp_path):
+    from pathlib import Path
+
+    from lcaffect_pipeline.lake import RemoteLakeError, local_path
+
+    assert local_path(tmp_path / "x", "a test") == tmp_path / "x"
+    assert local_path(f"file://{tmp_path}/y", "a test") == Path(f"{tmp_path}/y")
+    with pytest.raises(RemoteLakeError, match=r"s3://bucket/lake.*DuckDB corpus catalog.*local or mounted"):
+        local_path("s3://bucket/lake", "the DuckDB corpus catalog")
+    assert not Path("s3:").exists()

@@ -15,7 +15,7 @@ import yaml
 
 from lcaffect_ml.pipes import sha256_file
 
-from ..lake import atomic_write_bytes
+from ..lake import atomic_write_bytes, local_path
 from .automation import ON_NEW_DATA
 from .resources import DownstreamResource, LakeResource
 
@@ -25,7 +25,7 @@ TASKS = ("chsims2", "meld", "mustard")
 
 
 def task_dir(lake: LakeResource, task: str) -> Path:
-    return Path(str(lake.path("downstream", task)))
+    return local_path(lake.path("downstream", task), "the downstream tasks")
 
 
 def _config_key(payload: dict) -> str:
@@ -125,7 +125,7 @@ def _jsonable(report) -> dict:
 
 
 def _latest_v2lc(lake: LakeResource) -> str:
-    pointer = Path(str(lake.path("models", "v2lc", "latest.json")))
+    pointer = local_path(lake.path("models", "v2lc", "latest.json"), "feature extraction")
     if not pointer.exists():
         raise dg.Failure("no V2LC encoder in this lake yet: materialise v2lc_encoder first")
     return json.loads(pointer.read_text())["output_dir"]
@@ -135,7 +135,7 @@ def _comment_bank(lake: LakeResource) -> str | None:
     """The clean corpus's texts as one Parquet (for the nearest-comment view), if there is a corpus."""
     import duckdb
 
-    root = Path(str(lake.path()))
+    root = local_path(lake.path(), "the comment bank")
     files = sorted(root.glob("clean_comments/*/*.parquet"))
     if not files:
         return None
@@ -180,7 +180,7 @@ def ablation_report(context: dg.AssetExecutionContext, lake: LakeResource, downs
     results = {t: {"with": fusion_metrics(lake, t, True), "without": fusion_metrics(lake, t, False),
                    "features": _features_meta(lake, t)} for t in TASKS}
     table, markdown = ablation_table(results, demo=downstream.demo)
-    path = Path(str(lake.path("ablation.json")))
+    path = local_path(lake.path("ablation.json"), "the ablation report")
     payload = json.dumps(table, indent=1, sort_keys=True).encode()
     atomic_write_bytes(path, payload)
     atomic_write_bytes(path.with_suffix(".md"), (markdown + "\n").encode())

@@ -10,7 +10,7 @@ import yaml
 
 from lcaffect_ml.pipes import sha256_file
 
-from ..lake import atomic_write_bytes
+from ..lake import atomic_write_bytes, local_path
 from .automation import ON_NEW_DATA
 from .resources import LakeResource, V2LCTrainingResource
 
@@ -29,7 +29,7 @@ def training_config(training: V2LCTrainingResource, shards_index: str, output_di
 def run_folder(lake: LakeResource, shards_version: str, cfg: dict):
     """One folder per (shard data, training config): a retry or re-run resumes there."""
     key = hashlib.sha256(json.dumps({"shards": shards_version, **{k: v for k, v in cfg.items() if k != "output_dir"}}, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(str(lake.path("models", "v2lc", key)))
+    return local_path(lake.path("models", "v2lc", key), "V2LC training")
 
 
 def launch_command(training: V2LCTrainingResource, config_path: Path) -> list[str]:
@@ -110,7 +110,7 @@ def v2lc_encoder(context: dg.AssetExecutionContext, lake: LakeResource, v2lc_tra
 
 def mark_latest(lake: LakeResource, out: Path) -> None:
     """Point downstream feature extraction at this finished encoder (written only after success)."""
-    atomic_write_bytes(Path(str(lake.path("models", "v2lc", "latest.json"))), json.dumps({"output_dir": str(out)}).encode())
+    atomic_write_bytes(local_path(lake.path("models", "v2lc", "latest.json"), "V2LC training"), json.dumps({"output_dir": str(out)}).encode())
 
 
 ASSETS = [v2lc_encoder]

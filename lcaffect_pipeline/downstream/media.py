@@ -51,7 +51,7 @@ class PrepareReport:
 
 
 def npz_path(out_dir: str | os.PathLike, utterance_id: str) -> Path:
-    return Path(str(lake.under(out_dir))) / f"{lake.safe_name(utterance_id)}.npz"
+    return lake.local_path(lake.under(out_dir), "media preparation") / f"{lake.safe_name(utterance_id)}.npz"
 
 
 def prepare_media(table: pa.Table, out_dir: str | os.PathLike, *, frames: int = 8, size: int = 32, sr: int = 16000,
