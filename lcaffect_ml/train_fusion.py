@@ -59,7 +59,9 @@ Tests inject a crash after a step or a NaN loss through ``trainutil.after_optimi
 
 Outputs in ``output_dir``: ``metrics.json`` ({"task", "use_lc", "protocol", "seeds": {seed:
 {metric: value}}, "mean", "std" (population std over seeds), "folds", "valid", "skipped",
-"counts", "features", "runs"}), ``model.safetensors`` + ``config.json`` of the last run (last
+"counts", "features", "runs", and with LC "lc_permuted": {"seeds": {seed: {metric: value}}}: the
+same models tested with the LC tokens shuffled across the test utterances, the wiring control
+that should fall back to about the without-LC figures}), ``model.safetensors`` + ``config.json`` of the last run (last
 seed, last fold), ``runs/<run>/`` (each run's selected model and result), ``checkpoints/<run>/``.
 Under Dagster Pipes one materialization carries the mean metrics as numeric metadata.
 
@@ -463,6 +465,18 @@ def predict(model: FusionModel, inputs: dict[str, torch.Tensor], rows: np.ndarra
     return torch.cat(outs).cpu().numpy()
 
 
+def permute_lc(inputs: dict[str, torch.Tensor], rows: np.ndarray, seed: int) -> dict[str, torch.Tensor]:
+    """``inputs`` with the live-comment tokens of ``rows`` shuffled among those rows (the wiring
+    control: a model that uses each utterance's own LC features loses what they added)."""
+    order = np.random.default_rng([seed, 0x1C]).permutation(len(rows))
+    src = torch.as_tensor(rows[order], dtype=torch.long, device=inputs[LC_MODALITY].device)
+    dst = torch.as_tensor(rows, dtype=torch.long, device=src.device)
+    out = dict(inputs)
+    for key in (LC_MODALITY, f"{LC_MODALITY}_len"):
+        out[key] = inputs[key].index_copy(0, dst, inputs[key].index_select(0, src))
+    return out
+
+
 def _epoch_order(seed: int, fold: int | None, epoch: int, n: int) -> np.ndarray:
     """The training order of an epoch, a function of (seed, fold, epoch) only, so a resume replays it."""
     return np.random.default_rng([seed, 0 if fold is None else fold + 1, epoch, 0xF05]).permutation(n)
@@ -645,12 +659,18 @@ class FusionRun:
         if best_weights is not None:  # the epoch with the best validation score
             model.load_state_dict(best_weights)
         test = self.split.test
-        preds = predict(model, {k: v.to(self.device) for k, v in self.data.inputs.items()}, test,
-                        cfg.eval_batch_size, self.device, self.precision)
+        inputs = {k: v.to(self.device) for k, v in self.data.inputs.items()}
+        preds = predict(model, inputs, test, cfg.eval_batch_size, self.device, self.precision)
         metrics = task_metrics(cfg.task, preds, self.data.labels[test])
+        permuted = None
+        if cfg.use_lc:
+            preds = predict(model, permute_lc(inputs, test, self.seed), test, cfg.eval_batch_size, self.device,
+                            self.precision)
+            permuted = task_metrics(cfg.task, preds, self.data.labels[test])
         model.save_pretrained(self.run_dir)
         result = {
             "run": self.name, "seed": self.seed, "fold": self.split.fold, "test": metrics,
+            "test_lc_permuted": permuted,
             "valid": state.best_valid, "selected_epoch": state.best_epoch if best_weights is not None else cfg.epochs,
             "selection": "best_valid" if best_weights is not None else "last_epoch",
             "steps": state.step, "train_time_s": state.train_time_s,
@@ -677,10 +697,12 @@ def _resolve_device(name: str) -> torch.device:
 def aggregate(cfg: FusionTrainConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-seed metrics (the mean over folds for k-fold), then mean and population std over seeds."""
     names = METRIC_NAMES[cfg.task]
-    per_seed, folds, valid = {}, {}, {}
+    per_seed, folds, valid, permuted = {}, {}, {}, {}
     for seed in cfg.seeds:
         runs = [r for r in results if r["seed"] == seed]
         per_seed[str(seed)] = {k: float(np.mean([r["test"][k] for r in runs])) for k in names}
+        if runs[0].get("test_lc_permuted"):
+            permuted[str(seed)] = {k: float(np.mean([r["test_lc_permuted"][k] for r in runs])) for k in names}
         if runs[0]["fold"] is not None:
             folds[str(seed)] = [r["test"] for r in runs]
         if runs[0]["valid"] is not None:
@@ -693,6 +715,8 @@ def aggregate(cfg: FusionTrainConfig, results: list[dict[str, Any]]) -> dict[str
         "std": dict(zip(names, table.std(axis=0).tolist())),
         **({"folds": folds} if folds else {}),
         **({"valid": valid} if valid else {}),
+        # the same models tested with the LC tokens shuffled across test utterances (per seed)
+        **({"lc_permuted": {"seeds": permuted}} if permuted else {}),
     }
 
 

@@ -1,20 +1,39 @@
 """The built-in offline demo world: comment files in the real formats, and videos made by ffmpeg.
 
-It is learnable on purpose: every 8-second segment of a demo video shows one of
-``DEMO_CLASSES`` (a colour under moving noise, with a tone of its own in the audio), and the
-live comments written in that segment come from that class's vocabulary, so a V2LC model can
-learn to retrieve a segment's comments from its frames. Laughter, "2333", traditional
-characters and duplicates are mixed in so that cleaning and comment selection have real work.
+A small copy of the paper's situation. Every 8-second segment of a demo video shows one of
+64 ``SCENES`` (a mosaic of 4 x 4 flat colour blocks, a stand-in for what a shot shows, under
+moving noise, with a tone of its own in the audio), and every scene has a ``mood`` (funny,
+amazing, scary or infuriating) that viewers react to. The mood is an arbitrary property of the
+scene, like a meme's or a jump scare's: it follows from nothing a frame or the audio shows (the
+block colours and the tone are random per scene, the moods shuffled over the scenes).
 
-Deterministic: the same arguments always write the same bytes (no wall-clock, fixed seeds).
+The live comments of a segment are mostly *reactions* in the mood's words ("哈哈哈哈哈",
+"吓死我了", "卧槽", "气死了"), plus a few that name what is on screen ("满屏的蓝"), so
+
+* the comment corpus, which covers every scene, teaches V2LC each scene's mood: a video's
+  embedding is pulled towards the reactions its comments share with every other scene of that
+  mood, so the mood becomes readable from the synthetic live-comment feature;
+* the downstream stand-ins (``lcaffect_pipeline.downstream.demo``) label utterances by their
+  text and the mood of their scene, and their test (and validation) utterances show scenes
+  their training utterances never show. From about a hundred labelled examples the generic
+  visual and acoustic features can only learn the moods of the training scenes; for a new
+  scene only the live-comment path, which learned all 64 from the corpus, knows the mood.
+
+Laughter, "2333", traditional characters and duplicates are in the comments so that cleaning
+has real work (laughter is signal here: it is the funny mood's reaction).
+
+Deterministic: the same arguments always write the same bytes (no wall-clock, fixed seeds), and
+video ``i`` does not depend on how many videos are generated.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -23,58 +42,106 @@ import yaml
 
 from . import lake
 
-DEMO_VERSION = "1"
+DEMO_VERSION = "2"
 SEGMENT_S = 8
 SEGMENTS_PER_VIDEO = 5
 BASE_TIME = 1_700_000_000  # posted_at of the first demo comment (fixed: output must not depend on today)
+MOOD_COMMENTS, SCENE_COMMENTS = 5, 3  # comments per segment: reactions, and naming the scene
 
 
 @dataclass(frozen=True)
-class DemoClass:
+class Mood:
     name: str
-    colour: str  # ffmpeg colour
-    tone_hz: int  # audio tone
-    words: tuple[str, ...]
+    valence: int  # +1 or -1
+    emotion: str  # the MELD emotion this mood reads as
+    words: tuple[str, ...]  # viewers' reactions
 
 
-DEMO_CLASSES = (
-    DemoClass("red", "0xD62828", 220, ("好红啊", "红红火火", "中国红", "番茄炒蛋", "火焰燃起来", "红色警报", "像辣椒一样", "热情似火")),
-    DemoClass("orange", "0xF77F00", 247, ("橘子汽水", "橙色真暖", "夕阳西下", "南瓜灯", "胡萝卜色", "秋天的叶子", "暖洋洋", "橘猫出没")),
-    DemoClass("yellow", "0xFCBF49", 262, ("金灿灿", "香蕉黄", "柠檬酸", "向日葵", "黄色小鸭", "阳光明媚", "鸡蛋黄", "皮卡丘")),
-    DemoClass("green", "0x2A9D8F", 294, ("绿油油", "草地好美", "森林氧吧", "青青草原", "抹茶味", "西瓜皮", "春天来了", "绿色环保")),
-    DemoClass("blue", "0x1D4ED8", 330, ("蓝天白云", "大海好蓝", "蓝色忧郁", "深海恐惧", "天空之城", "蓝莓果酱", "冰冷的蓝", "海军蓝")),
-    DemoClass("purple", "0x7B2CBF", 349, ("紫色梦幻", "薰衣草", "葡萄紫", "神秘紫", "紫禁城", "茄子色", "基佬紫", "魔法少女")),
-    DemoClass("pink", "0xFF70A6", 392, ("少女心", "粉红泡泡", "樱花飘落", "草莓牛奶", "桃花朵朵", "可爱粉", "恋爱的感觉", "棉花糖")),
-    DemoClass("white", "0xF1F1F1", 440, ("白茫茫", "下雪了", "纯白无瑕", "牛奶色", "白色相簿", "云朵软软", "闪瞎眼", "雪白一片")),
-    DemoClass("black", "0x111111", 494, ("黑漆漆", "关灯了", "黑夜降临", "屏幕坏了", "伸手不见五指", "黑咖啡", "深夜食堂", "午夜时分")),
-    DemoClass("cyan", "0x00E5FF", 523, ("青色清凉", "薄荷糖", "湖水碧绿", "冰淇淋", "清爽夏日", "蒂芙尼蓝", "青出于蓝", "游泳池")),
+MOODS = (
+    Mood("funny", 1, "joy", ("哈哈哈哈哈", "笑死我了", "2333333", "草", "绷不住了", "笑出声", "hhhhh", "乐死了")),
+    Mood("amazing", 1, "surprise", ("卧槽", "太强了", "牛逼", "震惊", "还能这样", "惊了", "神操作", "高手")),
+    Mood("scary", -1, "fear", ("好可怕", "吓死我了", "救命", "不敢看", "后背发凉", "毛骨悚然", "前方高能", "瑟瑟发抖")),
+    Mood("infuriating", -1, "anger", ("气死了", "太过分了", "无语", "真离谱", "血压上来了", "垃圾", "恶心", "退钱")),
 )
 
-NOISE_COMMENTS = ("哈哈哈哈哈哈哈", "2333333", "草草草草", "哈哈哈", "前方高能", "awsl")
-TRADITIONAL = {"红": "紅", "蓝": "藍", "绿": "綠", "黄": "黃", "鸡": "雞", "冰": "冰", "云": "雲", "梦": "夢", "爱": "愛", "乐": "樂"}
+
+@dataclass(frozen=True)
+class Scene:
+    name: str  # what the comments call it
+    blocks: tuple[str, ...]  # MOSAIC x MOSAIC ffmpeg colours, row by row
+    tone_hz: int  # audio tone
+    mood: int  # index into MOODS
+
+    @property
+    def valence(self) -> int:
+        return MOODS[self.mood].valence
+
+
+# A scene is drawn as a mosaic of flat colour blocks (each one patch of the tiny TimeSformer, so
+# a scene is a many-dimensional pattern it separates quickly); the name stands for what it shows.
+MOSAIC = 4
+SCENE_NAMES = tuple("猫狗鱼鸟山海花树车船雨雪星月云风灯门桥塔书琴茶酒糖面球剑马龙虎熊"
+                    "兔羊牛猪鸡鸭鹅蛇虫蝶草竹松梅兰菊石沙河湖城村楼窗钟伞鞋帽笔纸刀弓")
+SCENE_TEMPLATES = ("好多{n}", "满屏的{n}", "{n}{n}{n}", "这个{n}绝了", "{n}来了", "全是{n}",
+                   "{n}警告", "{n}党集合", "我爱{n}", "{n}yyds", "又见{n}", "{n}出现了")
+
+
+def _scenes() -> tuple[Scene, ...]:
+    """Random block colours per scene; moods shuffled with a fixed seed, 16 scenes each."""
+    moods = [i % len(MOODS) for i in range(len(SCENE_NAMES))]
+    random.Random("demo-moods-2").shuffle(moods)
+    out = []
+    for i, name in enumerate(SCENE_NAMES):
+        rng = random.Random(f"demo-scene-{i}")
+        blocks = tuple(f"0x{rng.randrange(1 << 24):06X}" for _ in range(MOSAIC * MOSAIC))
+        out.append(Scene(name, blocks, 200 + 11 * i, moods[i]))
+    return tuple(out)
+
+
+def scene_filter(scene: int, seconds: float, label: str, *, size: str = "160x120", fps: int = 10) -> str:
+    """An ffmpeg filtergraph (sources only, no input file) drawing ``scene`` into ``[label]``."""
+    width, height = (int(v) for v in size.split("x"))
+    w, h = width // MOSAIC, height // MOSAIC
+    n = MOSAIC * MOSAIC
+    parts = [f"color=c={c}:s={w}x{h}:r={fps}:d={seconds}[{label}b{k}]" for k, c in enumerate(SCENES[scene].blocks)]
+    layout = "|".join(f"{(k % MOSAIC) * w}_{(k // MOSAIC) * h}" for k in range(n))
+    blocks = "".join(f"[{label}b{k}]" for k in range(n))
+    return ";".join(parts) + f";{blocks}xstack=inputs={n}:layout={layout},format=yuv420p[{label}]"
+
+
+SCENES = _scenes()
+TRADITIONAL = {"猫": "貓", "鱼": "魚", "鸟": "鳥", "车": "車", "云": "雲", "风": "風", "灯": "燈", "门": "門", "桥": "橋",
+               "书": "書", "马": "馬", "龙": "龍", "猪": "豬", "鸡": "雞", "鸭": "鴨", "鹅": "鵝", "虫": "蟲", "兰": "蘭",
+               "楼": "樓", "钟": "鐘", "伞": "傘", "笔": "筆", "纸": "紙", "爱": "愛", "满": "滿", "这": "這", "来": "來",
+               "党": "黨", "见": "見", "现": "現"}
 
 # (platform, writer) by video index: every format the corpus reads appears in the demo.
 FORMATS = ("bilibili_xml", "bilibili_protobuf", "niconico", "youtube", "acfun")
 PLATFORM = {"bilibili_xml": "bilibili", "bilibili_protobuf": "bilibili", "niconico": "niconico", "youtube": "youtube", "acfun": "acfun"}
 
 
-def segment_classes(video_index: int, seed: int = 0) -> list[int]:
-    """The class of each segment of a demo video (deterministic)."""
-    rng = random.Random(f"classes-{seed}-{video_index}")
-    return [rng.randrange(len(DEMO_CLASSES)) for _ in range(SEGMENTS_PER_VIDEO)]
+def segment_scenes(video_index: int, seed: int = 0, segments: int = SEGMENTS_PER_VIDEO) -> list[int]:
+    """The scene of each segment of a demo video (deterministic)."""
+    rng = random.Random(f"scenes-{seed}-{video_index}")
+    return [rng.randrange(len(SCENES)) for _ in range(segments)]
 
 
-def demo_comments(video_index: int, seed: int = 0) -> list[dict]:
+def scene_comments(rng: random.Random, scene: int) -> list[str]:
+    """One segment's comments: reactions in the scene's mood, then a few naming the scene."""
+    s = SCENES[scene]
+    texts = [rng.choice(MOODS[s.mood].words) for _ in range(MOOD_COMMENTS)]
+    texts += [rng.choice(SCENE_TEMPLATES).format(n=s.name) for _ in range(SCENE_COMMENTS)]
+    if rng.random() < 0.5:  # traditional characters: OpenCC turns them back
+        texts.append("".join(TRADITIONAL.get(ch, ch) for ch in rng.choice(SCENE_TEMPLATES).format(n=s.name)))
+    return texts
+
+
+def demo_comments(video_index: int, seed: int = 0, segments: int = SEGMENTS_PER_VIDEO) -> list[dict]:
     """The comments of one demo video: ``offset_ms``, ``text``, ``author``, ``id``, ``posted``."""
     rng = random.Random(f"comments-{seed}-{video_index}")
     out = []
-    for seg, cls in enumerate(segment_classes(video_index, seed)):
-        words = DEMO_CLASSES[cls].words
-        texts = [rng.choice(words) for _ in range(6)]
-        texts.append(rng.choice(NOISE_COMMENTS))
-        if rng.random() < 0.5:  # traditional characters: OpenCC turns them back
-            texts.append("".join(TRADITIONAL.get(ch, ch) for ch in rng.choice(words)))
-        for text in texts:
+    for seg, scene in enumerate(segment_scenes(video_index, seed, segments)):
+        for text in scene_comments(rng, scene):
             offset = seg * SEGMENT_S * 1000 + rng.randrange(200, SEGMENT_S * 1000 - 200)
             out.append({"offset_ms": offset, "text": text, "author": f"user{rng.randrange(40)}"})
     out.sort(key=lambda c: c["offset_ms"])
@@ -174,18 +241,17 @@ def _iso(ts: int) -> str:
 # ---------------------------------------------------------------- videos
 
 
-def make_demo_video(path: Path, classes: list[int], *, size: str = "160x120", fps: int = 10) -> Path:
-    """Render one demo video: each segment a class colour under moving noise, with its tone."""
+def make_demo_video(path: Path, scenes: list[int], *, size: str = "160x120", fps: int = 10) -> Path:
+    """Render one demo video: each segment a scene's mosaic under moving noise, with its tone."""
     if shutil.which("ffmpeg") is None:
         raise RuntimeError("ffmpeg is not installed (apt-get install ffmpeg)")
     args = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y"]
-    for cls in classes:
-        c = DEMO_CLASSES[cls]
-        args += ["-f", "lavfi", "-i", f"color=c={c.colour}:s={size}:r={fps}:d={SEGMENT_S}"]
-        args += ["-f", "lavfi", "-i", f"sine=frequency={c.tone_hz}:sample_rate=16000:duration={SEGMENT_S}"]
-    n = len(classes)
-    pairs = "".join(f"[{2 * i}:v][{2 * i + 1}:a]" for i in range(n))
-    graph = f"{pairs}concat=n={n}:v=1:a=1[v0][a];[v0]noise=alls=30:allf=t+u[v]"
+    for scene in scenes:
+        args += ["-f", "lavfi", "-i", f"sine=frequency={SCENES[scene].tone_hz}:sample_rate=16000:duration={SEGMENT_S}"]
+    n = len(scenes)
+    sources = ";".join(scene_filter(scene, SEGMENT_S, f"s{i}", size=size, fps=fps) for i, scene in enumerate(scenes))
+    pairs = "".join(f"[s{i}][{i}:a]" for i in range(n))
+    graph = f"{sources};{pairs}concat=n={n}:v=1:a=1[v0][a];[v0]noise=alls=30:allf=t+u[v]"
     tmp = path.with_name(f".{path.name}.tmp.mp4")
     args += ["-filter_complex", graph, "-map", "[v]", "-map", "[a]", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "28"]
     args += ["-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "48k", "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact", str(tmp)]
@@ -198,7 +264,8 @@ def make_demo_video(path: Path, classes: list[int], *, size: str = "160x120", fp
 # ---------------------------------------------------------------- the world
 
 
-def generate_demo_world(root, n_videos: int = 16, *, seed: int = 0, with_videos: bool = True) -> Path:
+def generate_demo_world(root, n_videos: int = 16, *, segments: int = SEGMENTS_PER_VIDEO, seed: int = 0,
+                        with_videos: bool = True) -> Path:
     """Write the demo world under ``root`` and return its catalogue path (idempotent).
 
     A marker file records the parameters; a second call with the same ones does nothing.
@@ -206,14 +273,14 @@ def generate_demo_world(root, n_videos: int = 16, *, seed: int = 0, with_videos:
     root = Path(str(root))
     catalogue = root / "catalogue.yaml"
     marker = root / ".demo-world.json"
-    params = {"version": DEMO_VERSION, "n_videos": n_videos, "seed": seed, "with_videos": with_videos}
+    params = {"version": DEMO_VERSION, "n_videos": n_videos, "segments": segments, "seed": seed, "with_videos": with_videos}
     if catalogue.exists() and marker.exists() and json.loads(marker.read_text()) == params:
         return catalogue
-    entries = []
+    entries, renders = [], []
     for i in range(n_videos):
         fmt = FORMATS[i % len(FORMATS)]
         vid = f"demo_{i:02d}"
-        comments = demo_comments(i, seed)
+        comments = demo_comments(i, seed, segments)
         folder = root / "comments" / vid
         cid = 90_000_000 + i
         writer = {
@@ -229,15 +296,18 @@ def generate_demo_world(root, n_videos: int = 16, *, seed: int = 0, with_videos:
             "platform": PLATFORM[fmt],
             "source": str(source.relative_to(root)),
             "language": "zh",
-            "genre": "demo-colours",
+            "genre": "demo-scenes",
             "title": f"Demo video {i} ({fmt})",
         }
         if with_videos:
-            video = root / "videos" / f"{vid}-seed{seed}-v{DEMO_VERSION}.mp4"
-            if not video.exists():  # same index and seed, same content: keep the rendered file
-                make_demo_video(video, segment_classes(i, seed))
+            video = root / "videos" / f"{vid}-{segments}x-seed{seed}-v{DEMO_VERSION}.mp4"
+            if not video.exists():  # same index, length and seed, same content: keep the rendered file
+                renders.append((video, segment_scenes(i, seed, segments)))
             entry["video"] = str(video.relative_to(root))
         entries.append(entry)
+    # ffmpeg does the work: one render per core at once
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(lambda job: make_demo_video(*job), renders))
     lake.atomic_write_bytes(catalogue, yaml.safe_dump({"videos": entries}, allow_unicode=True, sort_keys=False).encode("utf-8"))
     lake.atomic_write_bytes(marker, json.dumps(params).encode())
     return catalogue

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lcaffect_pipeline.demo import DEMO_CLASSES
+from lcaffect_pipeline.demo import MOODS, MOSAIC, SCENES
 from lcaffect_pipeline.downstream import (
     MELD_EMOTIONS,
     DatasetError,
     check_media,
+    SCENE_SPLITS,
     demo_label,
     generate_demo_downstream,
     load_chsims2,
@@ -339,51 +340,56 @@ def demo_root(tmp_path_factory) -> Path:
     return root
 
 
-def _nearest_colour(path: Path) -> int:
-    frame = sample_frames(path, np.array([500]), 8)[0]
-    mean = frame.reshape(-1, 3).mean(axis=0)
-    rgb = np.array([[int(c.colour[2 + 2 * i:4 + 2 * i], 16) for i in range(3)] for c in DEMO_CLASSES])
-    return int(np.argmin(((rgb - mean) ** 2).sum(axis=1)))
+def _scene_of(path: Path) -> int:
+    """The scene a clip shows: the nearest scene by its 4 x 4 block colours."""
+    frame = sample_frames(path, np.array([500]), 32)[0].astype(np.float64)
+    blocks = frame.reshape(MOSAIC, 32 // MOSAIC, MOSAIC, 32 // MOSAIC, 3).mean(axis=(1, 3)).reshape(-1, 3)
+    palettes = np.array([[[int(c[2 + 2 * i:4 + 2 * i], 16) for i in range(3)] for c in s.blocks] for s in SCENES])
+    return int(np.argmin(((palettes - blocks) ** 2).sum(axis=(1, 2))))
 
 
 @pytest.mark.parametrize("task", ["chsims2", "meld", "mustard"])
-def test_demo_datasets_load_and_labels_follow_text_and_colour(demo_root: Path, task: str):
+def test_demo_datasets_load_and_labels_follow_text_and_scene(demo_root: Path, task: str):
     table = load_dataset(task, demo_root / task)
     assert set(table.column("media_status").to_pylist()) == {"ok"}
     splits = collections.Counter(table.column("split").to_pylist())
-    assert splits == ({"all": 120} if task == "mustard" else {"train": 72, "valid": 24, "test": 24})
-    colours: dict[tuple[int, int], int] = {}  # decode each distinct (hard-linked) clip once
-    by_cue, by_colour = collections.defaultdict(set), collections.defaultdict(set)
+    assert splits == ({"all": 176} if task == "mustard" else {"train": 96, "valid": 32, "test": 48})
+    scenes: dict[tuple[int, int], int] = {}  # decode each distinct (hard-linked) clip once
+    by_cue, by_scene = collections.defaultdict(set), collections.defaultdict(set)
+    scenes_by_split = collections.defaultdict(set)
     for row in table.to_pylist():
         st = os.stat(row["media_path"])
         key = (st.st_dev, st.st_ino)
-        if key not in colours:
-            colours[key] = _nearest_colour(Path(row["media_path"]))
-        colour, cue = colours[key], text_cue(task, row["text"])
+        if key not in scenes:
+            scenes[key] = _scene_of(Path(row["media_path"]))
+        scene, cue = scenes[key], text_cue(task, row["text"])
         label = {"chsims2": row["label"], "meld": row["label_name"], "mustard": bool(row["label"])}[task]
-        assert label == demo_label(task, cue, colour), row
+        assert label == demo_label(task, cue, scene), row
         by_cue[cue].add(label)
-        by_colour[colour].add(label)
-    # the label needs both: neither the text cue nor the colour alone determines it
-    assert any(len(v) > 1 for v in by_cue.values()) and any(len(v) > 1 for v in by_colour.values())
-    assert len(colours) <= 20  # clips are shared, not re-encoded per utterance
+        by_scene[scene].add(label)
+        split = ("test" if row["show"] == "FRIENDS" else "train") if task == "mustard" else row["split"]
+        scenes_by_split[split].add(scene)
+    # the label needs both: neither the text cue nor the scene alone determines it
+    assert any(len(v) > 1 for v in by_cue.values()) and any(len(v) > 1 for v in by_scene.values())
+    assert len(scenes) <= 2 * len(SCENES)  # clips are shared, not re-encoded per utterance
+    # no test utterance shows a scene a training utterance shows
+    assert scenes_by_split["test"] <= set(SCENE_SPLITS["test"]) and not scenes_by_split["test"] & scenes_by_split["train"]
     if task == "mustard":
         shows = collections.Counter(table.column("show").to_pylist())
-        assert shows["FRIENDS"] > 20 and len(shows) >= 3
+        assert shows["FRIENDS"] > 30 and len(shows) >= 3
         assert len(set(r["speaker"] for r in table.to_pylist() if r["show"] == "FRIENDS")) >= 3
-        assert 20 < sum(table.column("label").to_pylist()) < 60
+        assert 30 < sum(table.column("label").to_pylist()) < 90
 
 
 def test_demo_rule_instances():
-    colour = {c.name: i for i, c in enumerate(DEMO_CLASSES)}
-    assert demo_label("mustard", "praise", colour["black"]) is True
-    assert demo_label("mustard", "complaint", colour["black"]) is False
-    assert demo_label("mustard", "praise", colour["yellow"]) is False
-    assert demo_label("chsims2", 1, colour["yellow"]) == 1.0 and demo_label("chsims2", -1, colour["black"]) == -1.0
-    assert demo_label("chsims2", 1, colour["black"]) == -0.2 == grid(0.4 - 0.6)
-    assert {demo_label("meld", "neutral", c) for c in range(10)} == {"neutral"}
-    assert {demo_label("meld", "positive", c) for c in range(10)} == {"joy", "surprise"}
-    assert {demo_label("meld", "negative", c) for c in range(10)} == {"anger", "sadness", "disgust", "fear"}
+    by_mood = {MOODS[s.mood].name: i for i, s in enumerate(SCENES)}  # one scene of each mood
+    assert demo_label("mustard", "praise", by_mood["scary"]) is True
+    assert demo_label("mustard", "complaint", by_mood["scary"]) is False
+    assert demo_label("mustard", "praise", by_mood["funny"]) is False
+    assert demo_label("chsims2", 1, by_mood["amazing"]) == 1.0 and demo_label("chsims2", -1, by_mood["infuriating"]) == -1.0
+    assert demo_label("chsims2", 1, by_mood["scary"]) == -0.2 == grid(0.4 - 0.6)
+    assert {demo_label("meld", "neutral", s) for s in range(len(SCENES))} == {"neutral"}
+    assert {demo_label("meld", "emotional", s) for s in range(len(SCENES))} == {"joy", "surprise", "fear", "anger"}
 
 
 def test_demo_official_formats_idempotent_and_deterministic(demo_root: Path, tmp_path: Path):

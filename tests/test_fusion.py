@@ -20,7 +20,7 @@ import yaml
 from safetensors.torch import save_file
 
 from lcaffect_ml.fusion import FusionConfig, FusionModel
-from lcaffect_ml.train_fusion import FusionTrainConfig, load_data, train
+from lcaffect_ml.train_fusion import FusionTrainConfig, load_data, permute_lc, train
 from lcaffect_ml.trainutil import EXIT_NON_FINITE, CheckpointFormatError, NonFiniteLossError
 from lcaffect_pipeline.schema import UTTERANCES_SCHEMA
 from faults import command as faults_command
@@ -232,6 +232,22 @@ def test_chsims2_lc_features_beat_the_ablation(chsims_runs):
     assert with_lc["mean"]["acc2"] - without["mean"]["acc2"] >= 0.2
     assert without["mean"]["mae"] - with_lc["mean"]["mae"] >= 0.15
     assert with_lc["mean"]["corr"] >= 0.8 > 0.5 > without["mean"]["corr"]
+    # the wiring control: the same with-LC model, LC tokens shuffled across the test utterances
+    permuted = with_lc["lc_permuted"]["seeds"]["0"]
+    assert with_lc["mean"]["acc2"] - permuted["acc2"] >= 0.2 and permuted["corr"] < 0.5
+    assert "lc_permuted" not in without
+
+
+def test_permute_lc_shuffles_only_the_given_rows_and_keeps_tokens_with_their_lengths():
+    lc = torch.arange(6 * 2 * 3, dtype=torch.float32).view(6, 2, 3)
+    inputs = {"lc": lc, "lc_len": torch.tensor([1, 2, 1, 2, 1, 2]), "text": torch.zeros(6, 1, 1),
+              "text_len": torch.ones(6, dtype=torch.long)}
+    rows = np.array([1, 3, 4, 5])
+    out = permute_lc(inputs, rows, seed=0)
+    assert torch.equal(out["lc"][[0, 2]], lc[[0, 2]]) and out["text"] is inputs["text"]
+    sources = [int(torch.nonzero((lc == out["lc"][r]).all(-1).all(-1))[0]) for r in rows]
+    assert sorted(sources) == rows.tolist() and sources != rows.tolist()
+    assert [int(out["lc_len"][r]) for r in rows] == [int(inputs["lc_len"][s]) for s in sources]
 
 
 def test_chsims2_outputs_and_skipped_rows(chsims_runs):

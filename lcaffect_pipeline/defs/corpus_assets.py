@@ -25,7 +25,8 @@ def video_catalogue(context: dg.AssetExecutionContext, lake: LakeResource, catal
     if catalogue.demo:
         from ..demo import generate_demo_world
 
-        path = str(generate_demo_world(lake.path("demo_world"), n_videos=catalogue.demo_videos))
+        path = str(generate_demo_world(lake.path("demo_world"), n_videos=catalogue.demo_videos,
+                                       segments=catalogue.demo_segments))
     if not path:
         raise dg.Failure("no catalogue: set resources.catalogue.config.path (or demo: true)")
     table = corpus.load_catalogue(path)

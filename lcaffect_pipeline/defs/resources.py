@@ -60,6 +60,7 @@ class CatalogueResource(dg.ConfigurableResource):
     path: str = Field(default_factory=lambda: os.environ.get("LCAFFECT_CATALOGUE", ""), description="Catalogue YAML/CSV; default $LCAFFECT_CATALOGUE")
     demo: bool = Field(default=False, description="Generate the offline demo world into the lake and use its catalogue")
     demo_videos: int = Field(default=16, description="Number of demo videos")
+    demo_segments: int = Field(default=5, description="8-second segments per demo video")
 
 
 class CrawlerResource(dg.ConfigurableResource):

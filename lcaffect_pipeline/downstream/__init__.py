@@ -17,11 +17,11 @@ from .datasets import (
     load_mustard,
     repair_text,
 )
-from .demo import COLOUR_VALENCE, demo_label, generate_demo_downstream, text_cue
+from .demo import SCENE_SPLITS, demo_label, generate_demo_downstream, text_cue
 from .media import PrepareReport, decode_audio, npz_path, prepare_media
 
 __all__ = [
     "MELD_EMOTIONS", "DatasetError", "MediaReport", "check_media", "load_chsims2", "load_dataset", "load_meld",
-    "load_mustard", "repair_text", "COLOUR_VALENCE", "demo_label", "generate_demo_downstream", "text_cue",
+    "load_mustard", "repair_text", "SCENE_SPLITS", "demo_label", "generate_demo_downstream", "text_cue",
     "PrepareReport", "decode_audio", "npz_path", "prepare_media",
 ]

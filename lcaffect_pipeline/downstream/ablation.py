@@ -4,7 +4,9 @@ A plain function of the fusion programs' ``metrics.json`` files (``lcaffect_ml.t
 per-seed values, mean and population std over seeds) and of the features' ``features.json``
 (which encoders made them). The report keeps every per-seed value, so anyone can recompute the
 margin, and says the difference in units of the larger of the two spreads over seeds: a gain
-inside the spread is not evidence of anything.
+inside the spread is not evidence of anything. Where the with-LC runs also tested their models on
+LC features shuffled across the test utterances (``lc_permuted``), that control is reported next
+to them: a gain that survives the shuffle does not come from each utterance's own LC features.
 
 Stand-in encoders (``tiny``: random projections built in code, for tests and the demo) are never
 used silently: a task whose features came from one is flagged in the JSON and in the Markdown
@@ -44,23 +46,28 @@ def metric_row(metric: str, with_lc: Mapping[str, Any], without: Mapping[str, An
     diff = mean_w - mean_wo
     gain = -diff if metric in LOWER_IS_BETTER else diff
     spread = max(std_w, std_wo)
-    return {"with": mean_w, "without": mean_wo, "std_with": std_w, "std_without": std_wo, "difference": diff,
-            "gain_over_spread": (gain / spread) if spread > 0 else (math.inf if gain > 0 else 0.0),
-            "lower_is_better": metric in LOWER_IS_BETTER, "seeds_with": seeds_w, "seeds_without": seeds_wo}
+    row = {"with": mean_w, "without": mean_wo, "std_with": std_w, "std_without": std_wo, "difference": diff,
+           "gain_over_spread": (gain / spread) if spread > 0 else (math.inf if gain > 0 else 0.0),
+           "lower_is_better": metric in LOWER_IS_BETTER, "seeds_with": seeds_w, "seeds_without": seeds_wo}
+    permuted = {str(s): v[metric] for s, v in with_lc.get("lc_permuted", {}).get("seeds", {}).items() if metric in v}
+    if permuted:  # the with-LC models tested on LC features shuffled across utterances
+        row["permuted"], row["std_permuted"] = _mean_std(permuted.values())
+        row["seeds_permuted"] = permuted
+    return row
 
 
 def ablation_table(results: Mapping[str, Mapping[str, Any] | None], *, demo: bool = False) -> tuple[dict, str]:
     """``results``: task → {"with": metrics.json, "without": metrics.json, "features": features.json}
     (None or a missing arm: not available). Returns the JSON payload and its Markdown."""
     table: dict[str, Any] = {}
-    lines = ["| task | metric | without LC | with LC | difference | gain / larger std | seeds |",
-             "|---|---|---:|---:|---:|---:|---|"]
+    lines = ["| task | metric | without LC | with LC | difference | gain / larger std | LC permuted (control) | seeds |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
     warnings = []
     for task in METRICS:
         entry = results.get(task) or {}
         with_lc, without = entry.get("with"), entry.get("without")
         if not with_lc or not without:
-            lines.append(f"| {task} | not available | | | | | |")
+            lines.append(f"| {task} | not available | | | | | | |")
             continue
         flagged = stand_ins(entry.get("features"))
         rows = {m: row for m in METRICS[task] if (row := metric_row(m, with_lc, without)) is not None}
@@ -74,11 +81,16 @@ def ablation_table(results: Mapping[str, Mapping[str, Any] | None], *, demo: boo
             name = f"**{metric}**" if metric == HEADLINE[task] else metric
             lines.append(f"| {task} | {name}{' (lower is better)' if r['lower_is_better'] else ''} | "
                          f"{r['without']:.4f} ± {r['std_without']:.4f} | {r['with']:.4f} ± {r['std_with']:.4f} | "
-                         f"{r['difference']:+.4f} | {r['gain_over_spread']:.1f} | {', '.join(r['seeds_with'])} |")
+                         f"{r['difference']:+.4f} | {r['gain_over_spread']:.1f} | {_permuted(r)} | "
+                         f"{', '.join(r['seeds_with'])} |")
     if demo:
         warnings.append("Demo world: stand-in datasets and encoders (README, \"Demo world\"); not real data.")
     return ({"tasks": table, "demo": demo, "warnings": warnings},
             "\n\n".join([*warnings, "\n".join(lines)]) if warnings else "\n".join(lines))
+
+
+def _permuted(row: Mapping[str, Any]) -> str:
+    return f"{row['permuted']:.4f} ± {row['std_permuted']:.4f}" if "permuted" in row else "n/a"
 
 
 def _mean_std(values) -> tuple[float, float]:

@@ -1,25 +1,32 @@
 """Small stand-ins for CH-SIMS v2, MELD and MUStARD, in their official layouts, for the offline demo.
 
-Each utterance's video is a short clip (2 or 3 s, 160x120, 10 fps) of one of the demo colour
-classes (``lcaffect_pipeline.demo.DEMO_CLASSES``: the colour under moving noise with the class's
-tone), rendered like the V2LC demo videos, so the V2LC encoder has learned which live comments
-that colour draws. The text carries a second, weaker cue. The label is a fixed function of both,
-so a model that also sees the synthetic live-comment features can beat a text-only model:
+Each utterance's video is a short clip (2 or 3 s, 160x120, 10 fps) of one of the demo world's
+scenes (``lcaffect_pipeline.demo.SCENES``: the scene's mosaic under moving noise), rendered like
+the V2LC demo videos; its audio is a tone of the clip's length, not of the scene (an utterance's
+sound is its speaker's, not the shot's). The text carries one cue, the scene's mood (which only
+the live comments of the pretraining corpus reveal) another, and the label is a fixed function
+of both:
 
-* every colour has a valence ``COLOUR_VALENCE`` (five warm/bright colours positive, five
-  cold/dark ones negative);
-* CH-SIMS v2: the text cue has polarity ``t`` in {-1, 0, 1} (a Chinese phrase of ``CUES``);
-  ``label = round_to_0.2(0.4 * t + 0.6 * valence)``; ``label_T = 0.8 t``; ``label_A = label_V =
-  round_to_0.2(valence)``; ``annotation`` Positive/Neutral/Negative by the sign of ``label``;
-* MELD: the text cue is a sentiment (the CSV's ``Sentiment`` column); the emotion is taken from
-  that sentiment's group by the colour: ``MELD_GROUPS[sentiment][colour_index % len(group)]``
-  (neutral -> neutral; positive -> joy/surprise; negative -> anger/sadness/disgust/fear);
+* CH-SIMS v2: the text has polarity ``t`` in {-1, 0, 1} (a Chinese phrase of ``CUES``), the
+  scene's mood a valence ``v`` in {-1, 1}; ``label = round_to_0.2(0.4 t + 0.6 v)``, so acc2
+  (positive or not) is the mood's valence; ``label_T = 0.8 t``; ``label_A = label_V = v``;
+* MELD: the text is neutral or emotional; an emotional utterance has the mood's emotion (funny:
+  joy, amazing: surprise, scary: fear, infuriating: anger), a neutral one is neutral. The CSV's
+  ``Sentiment`` column follows the emotion, as in MELD;
 * MUStARD: the text is literal praise or a literal complaint; the utterance is sarcastic exactly
-  when praise is said over a negative-valence colour (incongruity); speakers and shows follow the
+  when praise is said over a scene of negative mood (incongruity); speakers and shows follow the
   real dataset (FRIENDS, BBT, GOLDENGIRLS, SARCASMOHOLICS) so both protocols run.
 
-``demo_label(task, cue, colour_index)`` is that function. Deterministic (seeded ``random.Random``,
-bit-exact ffmpeg flags); the clips are rendered once (10 colours x 2 lengths) into a pool and
+**Unseen scenes.** ``SCENE_SPLITS`` divides the 64 scenes, per mood, into 8 training, 2
+validation and 6 test scenes: CH-SIMS v2 and MELD utterances of a split show only that split's
+scenes, and MUStARD's FRIENDS utterances (the speaker-independent test show) only test scenes.
+So no labelled training example shows a test scene, and since a scene's mood is arbitrary,
+the text, visual and acoustic features cannot predict it there: only the synthetic live-comment
+features, from a V2LC encoder whose comment corpus covered every scene, carry it. This is the
+paper's situation in small: a large comment corpus teaches what a small labelled set cannot.
+
+``demo_label(task, cue, scene)`` is that function. Deterministic (seeded ``random.Random``,
+bit-exact ffmpeg flags); the clips are rendered once (64 scenes x 2 lengths) into a pool and
 hard-linked (copied where links fail) to every utterance, so generation takes a few seconds.
 """
 
@@ -33,30 +40,43 @@ import random
 import shutil
 import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping
 
 from .. import lake
-from ..demo import DEMO_CLASSES
+from ..demo import MOODS, SCENES, scene_filter
 from .datasets import MELD_MEDIA_DIRS, MELD_COLUMNS, CHSIMS_COLUMNS
 
-DEMO_DOWNSTREAM_VERSION = "1"
-CLIP_SECONDS = (2, 3)  # the two clip lengths rendered per colour
+DEMO_DOWNSTREAM_VERSION = "2"
+CLIP_SECONDS = (2, 3)  # the two clip lengths rendered per scene
 CLIP_SIZE, CLIP_FPS = "160x120", 10
-DEFAULT_N = {"train": 72, "valid": 24, "test": 24}
+DEFAULT_N = {"train": 96, "valid": 32, "test": 48}
+SPLIT_SCENES = {"train": 8, "valid": 2, "test": 6}  # scenes of each mood per split
+CLIP_TONES = (330, 440)  # Hz, by clip length: the audio says nothing about the scene
 
-COLOUR_VALENCE = {"red": -0.6, "orange": 0.6, "yellow": 1.0, "green": 0.2, "blue": -0.2,
-                  "purple": -0.6, "pink": 0.6, "white": 0.2, "black": -1.0, "cyan": -0.2}
-MELD_GROUPS = {"neutral": ("neutral",), "positive": ("joy", "surprise"),
-               "negative": ("anger", "sadness", "disgust", "fear")}
+
+def _scene_splits() -> dict[str, tuple[int, ...]]:
+    out: dict[str, list[int]] = {split: [] for split in SPLIT_SCENES}
+    rng = random.Random("demo-scene-splits-2")
+    for mood in range(len(MOODS)):
+        scenes = [i for i, s in enumerate(SCENES) if s.mood == mood]
+        rng.shuffle(scenes)
+        for split, n in SPLIT_SCENES.items():
+            out[split] += scenes[:n]
+            scenes = scenes[n:]
+    return {split: tuple(sorted(v)) for split, v in out.items()}
+
+
+SCENE_SPLITS = _scene_splits()
+MELD_SENTIMENT = {"neutral": "neutral", "joy": "positive", "surprise": "positive", "fear": "negative", "anger": "negative"}
 
 # The text cues: cue -> phrases carrying it.
 CUES: dict[str, dict[Any, tuple[str, ...]]] = {
     "chsims2": {1: ("今天真开心", "这个太棒了", "我很喜欢"), 0: ("就这样吧", "我看看", "还可以"),
                 -1: ("真让人难过", "太糟糕了", "我很失望")},
-    "meld": {"positive": ("This is great!", "I love it.", "Oh wow, really?"),
-             "neutral": ("Okay.", "I see.", "Let me check."),
-             "negative": ("This is terrible.", "I can't stand this.", "Go away.")},
+    "meld": {"emotional": ("Oh my god!", "I can't believe this!", "Look at that!"),
+             "neutral": ("Okay.", "I see.", "Let me check.")},
     "mustard": {"praise": ("Oh, that's just wonderful.", "What a brilliant idea.", "I'm so thrilled to be here."),
                 "complaint": ("This is a disaster.", "I really hate this.", "That was awful.")},
 }
@@ -74,16 +94,15 @@ def grid(x: float) -> float:
     return max(-1.0, min(1.0, round(round(x / 0.2) * 0.2, 1))) + 0.0  # + 0.0: no -0.0
 
 
-def demo_label(task: str, cue: Any, colour: int) -> Any:
-    """The label of a demo utterance from its text cue and its colour class index (module doc)."""
-    valence = COLOUR_VALENCE[DEMO_CLASSES[colour].name]
+def demo_label(task: str, cue: Any, scene: int) -> Any:
+    """The label of a demo utterance from its text cue and its scene index (module doc)."""
+    mood = MOODS[SCENES[scene].mood]
     if task == "chsims2":
-        return grid(0.4 * cue + 0.6 * valence)
+        return grid(0.4 * cue + 0.6 * mood.valence)
     if task == "meld":
-        group = MELD_GROUPS[cue]
-        return group[colour % len(group)]
+        return "neutral" if cue == "neutral" else mood.emotion
     if task == "mustard":
-        return cue == "praise" and valence < 0
+        return cue == "praise" and mood.valence < 0
     raise ValueError(f"unknown task {task!r}")
 
 
@@ -126,18 +145,19 @@ def generate_demo_downstream(root: str | os.PathLike, *, n_per_split: int | Mapp
     return folders
 
 
-def _draw(rng: random.Random, task: str, cue_weights: Mapping[Any, float] | None = None) -> tuple[Any, int, int, str]:
-    """(cue, colour, clip variant, text) of one utterance."""
+def _draw(rng: random.Random, task: str, scenes: tuple[int, ...],
+          cue_weights: Mapping[Any, float] | None = None) -> tuple[Any, int, int, str]:
+    """(cue, scene, clip variant, text) of one utterance showing one of ``scenes``."""
     cues = list(CUES[task])
     cue = rng.choices(cues, weights=[cue_weights[c] for c in cues] if cue_weights else None)[0]
-    colour, variant = rng.randrange(len(DEMO_CLASSES)), rng.randrange(len(CLIP_SECONDS))
+    scene, variant = rng.choice(scenes), rng.randrange(len(CLIP_SECONDS))
     filler, phrase = rng.choice(FILLERS[task]), rng.choice(CUES[task][cue])
     if task == "chsims2":
         text = f"{filler}，{phrase}。"
     else:  # "Well, this is great!" ("I" keeps its capital)
         keep = phrase.startswith(("I ", "I'"))
         text = f"{filler}, {phrase if keep else phrase[0].lower() + phrase[1:]}"
-    return cue, colour, variant, text
+    return cue, scene, variant, text
 
 
 # ------------------------------------------------------------------------------ per dataset
@@ -148,13 +168,13 @@ def _write_chsims2(folder: Path, counts: Mapping[str, int], seed: int, pool) -> 
     rows = []
     for split, n in counts.items():
         for i in range(n):
-            cue, colour, variant, text = _draw(rng, "chsims2")
+            cue, scene, variant, text = _draw(rng, "chsims2", SCENE_SPLITS[split])
             video_id, clip_id = f"demo_{split}_{i // 5:03d}", f"{i % 5 + 1:04d}"
-            label = demo_label("chsims2", cue, colour)
-            valence = grid(COLOUR_VALENCE[DEMO_CLASSES[colour].name])
+            label = demo_label("chsims2", cue, scene)
+            valence = float(SCENES[scene].valence)
             annotation = "Positive" if label > 0 else "Negative" if label < 0 else "Neutral"
             rows.append([video_id, clip_id, text, label, grid(0.8 * cue), valence, valence, annotation, split])
-            _place(pool, colour, variant, folder / "Raw" / video_id / f"{clip_id}.mp4")
+            _place(pool, scene, variant, folder / "Raw" / video_id / f"{clip_id}.mp4")
     _write_csv(folder / "label.csv", CHSIMS_COLUMNS, rows)
 
 
@@ -163,12 +183,13 @@ def _write_meld(folder: Path, counts: Mapping[str, int], seed: int, pool) -> Non
     for official, split in (("train", "train"), ("dev", "valid"), ("test", "test")):
         rows = []
         for i in range(counts[split]):
-            cue, colour, variant, text = _draw(rng, "meld")
+            cue, scene, variant, text = _draw(rng, "meld", SCENE_SPLITS[split])
             dia, utt = i // 4, i % 4
             start = 60 * dia + 5 * utt
-            rows.append([i + 1, text, rng.choice(MELD_SPEAKERS), demo_label("meld", cue, colour), cue, dia, utt,
+            emotion = demo_label("meld", cue, scene)
+            rows.append([i + 1, text, rng.choice(MELD_SPEAKERS), emotion, MELD_SENTIMENT[emotion], dia, utt,
                          1 + dia % 10, 1 + dia % 24, _srt_time(start), _srt_time(start + CLIP_SECONDS[variant])])
-            _place(pool, colour, variant, folder / MELD_MEDIA_DIRS[official] / f"dia{dia}_utt{utt}.mp4")
+            _place(pool, scene, variant, folder / MELD_MEDIA_DIRS[official] / f"dia{dia}_utt{utt}.mp4")
         _write_csv(folder / f"{official}_sent_emo.csv", MELD_COLUMNS, rows)
 
 
@@ -176,16 +197,18 @@ def _write_mustard(folder: Path, n: int, seed: int, pool) -> None:
     rng = random.Random(f"mustard-{seed}")
     data = {}
     for i in range(n):
-        # praise twice as often as complaints: a third of the utterances are sarcastic
-        cue, colour, variant, text = _draw(rng, "mustard", {"praise": 2.0, "complaint": 1.0})
+        # the show first: FRIENDS (the speaker-independent test show) shows only test scenes.
+        # Praise twice as often as complaints: a third of the utterances are sarcastic.
         show, prefix, speakers = rng.choices(MUSTARD_SHOWS, weights=(5, 4, 1, 1))[0]
+        scenes = SCENE_SPLITS["test"] if show == "FRIENDS" else SCENE_SPLITS["train"] + SCENE_SPLITS["valid"]
+        cue, scene, variant, text = _draw(rng, "mustard", scenes, {"praise": 2.0, "complaint": 1.0})
         speaker, other = rng.sample(speakers, 2)
         uid = f"{prefix}_{1000 + i}"
         data[uid] = {"utterance": text, "speaker": speaker,
                      "context": [f"{other}: did you see that?", "Yes, just now."],
                      "context_speakers": [other, speaker], "show": show,
-                     "sarcasm": demo_label("mustard", cue, colour)}
-        _place(pool, colour, variant, folder / "utterances_final" / f"{uid}.mp4")
+                     "sarcasm": demo_label("mustard", cue, scene)}
+        _place(pool, scene, variant, folder / "utterances_final" / f"{uid}.mp4")
     lake.atomic_write_bytes(folder / "sarcasm_data.json", json.dumps(data, indent=2, ensure_ascii=False).encode())
 
 
@@ -205,27 +228,29 @@ def _write_csv(path: Path, columns, rows) -> None:
 
 
 def _render_pool(folder: Path, seed: int) -> dict[tuple[int, int], Path]:
-    pool = {}
-    for c, cls in enumerate(DEMO_CLASSES):
+    pool, pending = {}, []
+    for c in range(len(SCENES)):
         for v, seconds in enumerate(CLIP_SECONDS):
-            path = folder / f"{cls.name}-{seconds}s-seed{seed}-v{DEMO_DOWNSTREAM_VERSION}.mp4"
+            path = folder / f"scene{c:02d}-{seconds}s-seed{seed}-v{DEMO_DOWNSTREAM_VERSION}.mp4"
             if not path.is_file():
-                _render_clip(path, c, seconds, noise_seed=1000 * seed + 10 * c + v)
+                pending.append((path, c, seconds, 1000 * seed + 10 * c + v))
             pool[(c, v)] = path
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as workers:  # ffmpeg does the work
+        list(workers.map(lambda job: _render_clip(job[0], job[1], job[2], noise_seed=job[3]), pending))
     return pool
 
 
-def _render_clip(path: Path, colour: int, seconds: int, noise_seed: int) -> None:
-    """One clip: the class colour under moving noise with its tone (as ``demo.make_demo_video``,
-    shorter), written to a temporary name and renamed."""
+def _render_clip(path: Path, scene: int, seconds: int, noise_seed: int) -> None:
+    """One clip: the scene's mosaic under moving noise (as ``demo.make_demo_video``, shorter) with
+    the tone of its length, written to a temporary name and renamed."""
     if shutil.which("ffmpeg") is None:
         raise RuntimeError("ffmpeg is not installed (apt-get install ffmpeg)")
-    cls = DEMO_CLASSES[colour]
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.mp4")
+    graph = (scene_filter(scene, seconds, "s", size=CLIP_SIZE, fps=CLIP_FPS)
+             + f";[s]noise=alls=30:allf=t+u:all_seed={noise_seed}[v]")
     args = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y",
-            "-f", "lavfi", "-i", f"color=c={cls.colour}:s={CLIP_SIZE}:r={CLIP_FPS}:d={seconds}",
-            "-f", "lavfi", "-i", f"sine=frequency={cls.tone_hz}:sample_rate=16000:duration={seconds}",
-            "-vf", f"noise=alls=30:allf=t+u:all_seed={noise_seed}", "-c:v", "libx264", "-preset", "ultrafast",
+            "-f", "lavfi", "-i", f"sine=frequency={CLIP_TONES[CLIP_SECONDS.index(seconds)]}:sample_rate=16000:duration={seconds}",
+            "-filter_complex", graph, "-map", "[v]", "-map", "0:a", "-c:v", "libx264", "-preset", "ultrafast",
             "-crf", "28", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "48k", "-fflags", "+bitexact",
             "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-shortest", str(tmp)]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -236,11 +261,11 @@ def _render_clip(path: Path, colour: int, seconds: int, noise_seed: int) -> None
         tmp.unlink(missing_ok=True)
 
 
-def _place(pool: dict[tuple[int, int], Path] | None, colour: int, variant: int, dest: Path) -> None:
+def _place(pool: dict[tuple[int, int], Path] | None, scene: int, variant: int, dest: Path) -> None:
     """Hard-link the pooled clip to ``dest`` (a copy across file systems), replacing atomically."""
     if pool is None:
         return
-    src = pool[(colour, variant)]
+    src = pool[(scene, variant)]
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_file() and os.path.samefile(src, dest):
         return
