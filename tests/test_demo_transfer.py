@@ -75,7 +75,8 @@ def runs(tmp_path_factory):
     pq.write_table(table, root / "utterances.parquet")
     ckpt = mood_encoder(root / "data" / ".clip-pool", root / "v2lc")
     extract(ExtractConfig(utterances=str(root / "utterances.parquet"), output_dir=str(root / "features"),
-                          v2lc_checkpoint=str(ckpt), device="cpu", precision="fp32", progress=False))
+                          v2lc_checkpoint=str(ckpt), max_audio_frames=16, device="cpu", precision="fp32",
+                          progress=False))  # as configs/demo.yaml
 
     def fusion(name: str, features: Path, use_lc: bool) -> dict:
         return train(FusionTrainConfig.from_dict(dict(

@@ -82,7 +82,8 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
         out = task_dir(lake, task) / "features"
         cfg = {"utterances": utts["path"], "output_dir": str(out), "v2lc_checkpoint": _latest_v2lc(lake),
                "text_model": downstream.text_model, "audio_model": downstream.audio_model, "vision_model": downstream.vision_model,
-               "pipes_asset_key": f"{task}_features", "progress": False, "comment_bank": _comment_bank(lake)}
+               "pipes_asset_key": f"{task}_features", "progress": False, "comment_bank": _comment_bank(lake),
+               **json.loads(downstream.features_extra_json or "{}")}
         out.mkdir(parents=True, exist_ok=True)
         return _pipes_run(context, pipes_subprocess_client, "lcaffect_ml.extract_features", {k: v for k, v in cfg.items() if v is not None}, out)
 

@@ -263,6 +263,7 @@ class DownstreamResource(dg.ConfigurableResource):
     vision_model: str = "tiny"
     seeds: list[int] = Field(default=[0, 1, 2], description="Fusion training seeds (mean and spread are reported)")
     mustard_protocol: str = Field(default="speaker_independent", description='"speaker_independent" (Friends held out) or "speaker_dependent" (5-fold)')
+    features_extra_json: str = Field(default="{}", description='Other extract_features options, as a JSON object (e.g. {"max_audio_frames": 16})')
     fusion_extra_json: str = Field(default="{}", description="Other train_fusion options, as a JSON object")
 
     def root_for(self, task: str, demo_root) -> "Path | None":
