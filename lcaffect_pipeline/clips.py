@@ -131,7 +131,7 @@ def audio_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict | N
     dest = lake.under(lake.as_path(root) / "audio", vid, ext=".wav")
     if prev and prev.get("fingerprint") == fingerprint and (dest.exists() or not prev.get("metrics", {}).get("has_audio")):
         raise Skip
-    out = extract_audio(probe["metrics"]["path"], dest)
+    out = extract_audio(probe["metrics"]["path"], dest, probe=recorded_probe(probe))
     if out is None:
         return VideoResult(vid, "done", fingerprint, "no-audio", 0, metrics={"has_audio": False})
     return VideoResult(vid, "done", fingerprint, lake.file_hash(out), 1, metrics={"has_audio": True, "path": str(out), "bytes": Path(str(out)).stat().st_size})
@@ -161,7 +161,7 @@ def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict |
                                          comments_per_segment=opts.comments_per_segment,
                                          frames_per_segment=opts.frames_per_segment, size=opts.size, video_id=vid,
                                          exact=opts.exact_frames, backend=opts.frame_backend,
-                                         demote_filler=opts.demote_filler)
+                                         demote_filler=opts.demote_filler, probe=recorded_probe(probe))
     table = write_shard_stream(table, stacks, shards_dir(root), vid, max_shard_bytes=opts.max_shard_bytes)
     digest = lake.write_parquet(table, seg_path)
     with_comments = int(np.count_nonzero(np.asarray(table.column("comment_count").to_numpy()) > 0)) if table.num_rows else 0
@@ -171,6 +171,19 @@ def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict |
         "frames_bytes": table.num_rows * opts.frames_per_segment * opts.size * opts.size * 3,
         "duration_s": probe["metrics"].get("duration_s"),
     })
+
+
+def recorded_probe(probe: dict | None):
+    """The ``VideoProbe`` that ``probe_one`` recorded, so that later stages do not run ffprobe on
+    the same file again (one subprocess per video and stage); None (probe again) when the record
+    lacks a field, e.g. one written before that field existed."""
+    from .videos import VideoProbe
+
+    metrics = (probe or {}).get("metrics") or {}
+    names = [f.name for f in dataclasses.fields(VideoProbe)]
+    if not all(name in metrics for name in names):
+        return None
+    return VideoProbe(**{name: metrics[name] for name in names})
 
 
 def segments_path(root, video_id: str):

@@ -104,7 +104,7 @@ def segment_video(video_path: str | os.PathLike, comments: pa.Table | None = Non
     ``uint8 (n_segments, frames_per_segment, size, size, 3)`` RGB, all in memory (a long video
     is better served by ``segment_video_stream``, which takes the same keyword options:
     ``segment_s``, ``comments_per_segment``, ``frames_per_segment``, ``size``, ``video_id``,
-    ``exact``, ``threads``, ``demote_filler``, ``backend``).
+    ``exact``, ``threads``, ``demote_filler``, ``backend``, ``probe``).
 
     ``comments`` is a table in COMMENTS_SCHEMA or CLEAN_COMMENTS_SCHEMA (None: no comments).
     ``video_id`` defaults to the one video id in ``comments``, else the file name's stem.
@@ -134,14 +134,16 @@ def segment_video_stream(
     threads: int = 0,
     demote_filler: bool = False,
     backend: str = "auto",
+    probe: VideoProbe | None = None,
 ) -> tuple[pa.Table, Iterator[tuple[np.ndarray, np.ndarray]]]:
     """Like ``segment_video``, but the frames come one segment at a time, in table order, as
     ``(uint8 (frames_per_segment, size, size, 3), taken_ms int64 (frames_per_segment,))``,
     decoded while the iterator is consumed; decoding errors surface there. The table holds the
-    planned instants: ``shards.write_shard_stream`` records the times taken."""
+    planned instants: ``shards.write_shard_stream`` records the times taken. ``probe``: the
+    file's ``probe_video``, when the caller has it (the pipeline probes each video once)."""
     if backend not in BACKENDS:  # before any work, not when the frames are consumed
         raise ValueError(f"unknown frame backend {backend!r}: one of {' | '.join(BACKENDS)}")
-    probe = probe_video(video_path)
+    probe = probe or probe_video(video_path)
     video_id = _resolve_video_id(video_id, comments, video_path)
     spans = plan_segments(probe.duration_s, segment_s)
     times = frame_times(spans, frames_per_segment)

@@ -509,7 +509,8 @@ def _rate(text: Any) -> float | None:
 # ------------------------------------------------------------------------------ audio
 
 
-def extract_audio(path: str | os.PathLike, dest_wav: str | os.PathLike, sr: int = 16000) -> Path | None:
+def extract_audio(path: str | os.PathLike, dest_wav: str | os.PathLike, sr: int = 16000, *,
+                  probe: VideoProbe | None = None) -> Path | None:
     """Write the first audio stream as 16-bit mono WAV at ``sr`` Hz, atomically.
 
     Returns ``dest_wav``, or ``None`` when the video has no audio stream (a silent video is
@@ -517,9 +518,10 @@ def extract_audio(path: str | os.PathLike, dest_wav: str | os.PathLike, sr: int 
     naming the file and ffmpeg's reason: ffmpeg's own tolerance applies (it skips a few bad
     packets and fails when most of them are bad), and a track that decodes to no samples at all
     is an error too. ``video_with_failing_audio.mp4`` (MoviePy's fixture) decodes completely with
-    ffmpeg, so it gives a WAV.
+    ffmpeg, so it gives a WAV. ``probe``: the file's ``probe_video``, when the caller has it
+    (the pipeline probes each video once).
     """
-    probe = probe_video(path)
+    probe = probe or probe_video(path)
     if not probe.has_audio:
         return None
     dest = lake.as_path(dest_wav)

@@ -56,14 +56,25 @@ def test_demo_videos_become_shards(clips_run) -> None:
     assert "contact_sheet" in mats["segments"].materialization.metadata
 
 
-def test_adding_a_video_processes_only_that_video(clips_run, tmp_path: Path) -> None:
+def test_adding_a_video_processes_only_that_video(clips_run, tmp_path: Path, monkeypatch) -> None:
+    from lcaffect_pipeline import videos
+
     root, _ = clips_run
     before = {p.name: p.stat().st_mtime_ns for p in (root / "shards").rglob("*.tar")}
+    probed: list[str] = []
+    real_ffprobe = videos._ffprobe
+    monkeypatch.setattr(videos, "_ffprobe", lambda path, **kw: (probed.append(Path(path).name), real_ffprobe(path, **kw))[1])
     # the demo world with one more video: the first N are byte-identical
-    result = dg.materialize(ALL, resources=resources(root, CatalogueResource(demo=True, demo_videos=N + 1)))
+    result = dg.materialize([*ALL, *CLIPS_CHECKS], resources=resources(root, CatalogueResource(demo=True, demo_videos=N + 1)))
     assert result.success
     segs = manifest(root, "segments")
     assert segs["done"] == 1 and segs["skipped"] == N
+    # One ffprobe per new video: audio and segments take the recorded probe, not their own.
+    assert probed == [f"demo_{N:02d}.mp4"], probed
+    # The shard check reads back the new video's samples only; the others against the index.
+    check = result.get_asset_check_evaluations()[0]
+    assert check.passed and check.metadata["segments_read_back"].value == SEGMENTS_PER_VIDEO
+    assert check.metadata["segments"].value == (N + 1) * SEGMENTS_PER_VIDEO
     after = {p.name: p.stat().st_mtime_ns for p in (root / "shards").rglob("*.tar")}
     assert all(after[name] == mtime for name, mtime in before.items())  # old shards untouched
     assert len(after) > len(before)
