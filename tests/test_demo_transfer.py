@@ -28,7 +28,7 @@ from lcaffect_pipeline.downstream.ablation import ablation_table, metric_row
 from lcaffect_pipeline.downstream.media import decode_utterance, prepare_media
 
 SEEDS = [0, 1, 2]
-FUSION = dict(d_model=64, ff_dim=128, epochs=60, batch_size=16, lr=1e-3,  # as configs/demo.yaml
+FUSION = dict(d_model=64, ff_dim=128, epochs=20, batch_size=16, lr=3e-3,  # as configs/demo.yaml
               log_every=100, checkpoint_every=1000, device="cpu", precision="fp32")
 
 
