@@ -55,6 +55,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .contracts.hashing import sha256_bytes
+
 log = logging.getLogger(__name__)
 
 
@@ -508,7 +510,7 @@ def write_synthetic_shards(root: str | os.PathLike, n_videos: int = 12, segments
             os.replace(tmp, path)
             data = path.read_bytes()
             index.append({"url": str(path), "video_id": video_id, "samples": count, "bytes": len(data),
-                          "sha256": hashlib.sha256(data).hexdigest()})
+                          "sha256": sha256_bytes(data)})
     index_path = root / "shards" / "index.json"
     tmp = index_path.with_name(".index.json.tmp")
     tmp.write_text(json.dumps(index, indent=1), encoding="utf-8")

@@ -49,6 +49,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .contracts.hashing import sha256_file
+
 log = logging.getLogger(__name__)
 
 # Bump when a change here alters the features computed from the same inputs (invalidates caches).
@@ -162,7 +164,6 @@ def local_weights_digest(name: str) -> str | None:
     folder = Path(name)
     if not folder.is_dir():
         return None
-    from .pipes import sha256_file
 
     files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
     return digest([[p.name, sha256_file(p)] for p in files])
@@ -413,7 +414,6 @@ class SyntheticLCFeaturizer:
 
     def __init__(self, checkpoint_dir: str | os.PathLike, source: str = "post_projection",
                  device: torch.device | str = "cpu", precision: str = "fp32"):
-        from .pipes import sha256_file
         from .v2lc import WEIGHTS_NAME, V2LCModel
 
         if source not in LC_SOURCES:

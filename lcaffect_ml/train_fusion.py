@@ -90,7 +90,8 @@ import torch.nn.functional as F
 from . import trainutil
 from .fusion import BASE_MODALITIES, LC_MODALITY, FusionConfig, FusionModel
 from .metrics import METRIC_NAMES, NUM_CLASSES, TASKS, is_better, selection_metric, task_metrics
-from .pipes import TrainingReporter, pipes_session, report_model_materialization, sha256_file
+from .contracts.hashing import sha256_file
+from .pipes import TrainingReporter, pipes_session, report_model_materialization
 from .trainutil import (COMPLETE_MARKER, EXIT_NON_FINITE, CheckpointManager, ConfigError, NonFiniteLossError,
                         adamw_param_groups, atomic_write_json, autocast, capture_rng_state,
                         cosine_schedule_with_warmup, load_state, resolve_precision,

@@ -26,6 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
+from lcaffect_ml.contracts import hashing
+
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
 _UNSAFE = {True: re.compile(r"[^A-Za-z0-9._-]+"), False: re.compile(r"[^A-Za-z0-9_-]+")}
 _PLAIN = {True: re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*"), False: re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")}
@@ -242,15 +244,12 @@ def table_hash(table: pa.Table) -> str:
         with pa.ipc.new_stream(sink, batch.schema) as writer:
             writer.write_batch(batch)
         h.update(sink.getvalue().to_pybytes())
-    return h.hexdigest()[:32]
+    return hashing.short_hash(h.hexdigest())
 
 
-def file_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with as_path(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()[:32]
+def file_hash(path: str | os.PathLike) -> str:
+    """The short (32 hex) content hash of a file: a prefix of its SHA-256 (``lcaffect_ml.contracts.hashing``)."""
+    return hashing.file_hash(as_path(path))
 
 
 def combine_hashes(hashes: dict[str, str]) -> str:
@@ -258,4 +257,4 @@ def combine_hashes(hashes: dict[str, str]) -> str:
     h = hashlib.sha256()
     for key in sorted(hashes):
         h.update(f"{key}={hashes[key]}\n".encode())
-    return h.hexdigest()[:32]
+    return hashing.short_hash(h.hexdigest())

@@ -33,6 +33,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
+from lcaffect_ml.contracts.hashing import sha256_file
+
 from . import lake
 from .schema import SEGMENTS_SCHEMA
 
@@ -306,7 +308,7 @@ def _verify_tar(url: str, expected: dict[str, dict], entry: dict | None, check_h
     problems: list[str] = []
     if entry is not None and path.stat().st_size != entry["bytes"]:
         problems.append(f"shard {url}: {path.stat().st_size} bytes, index says {entry['bytes']}")
-    if check_hashes and entry is not None and _sha256(path) != entry["sha256"]:
+    if check_hashes and entry is not None and sha256_file(path) != entry["sha256"]:
         problems.append(f"shard {url}: sha256 differs from index.json")
     seen: set[str] = set()
     try:
@@ -355,10 +357,3 @@ def _check_json(url: str, key: str, payload: bytes, row: dict) -> list[str]:
     wrong = [f for f in fields if meta.get(f) != row[f]]
     return [f"shard {url}: {key}.json differs from the table in {wrong}"] if wrong else []
 
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()

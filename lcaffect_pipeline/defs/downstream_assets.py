@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from lcaffect_ml.pipes import sha256_file
+from lcaffect_ml.contracts.hashing import sha256_file
 
 from ..lake import atomic_write_bytes, local_path
 from .automation import ON_NEW_DATA

@@ -30,7 +30,6 @@ The fetchers are imported lazily (yt-dlp alone takes a second to import).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from lcaffect_ml.contracts.hashing import sha256_bytes
 from lcaffect_pipeline.lake import as_path, atomic_write_bytes, combine_hashes, is_local
 from lcaffect_pipeline.schema import PLATFORMS
 from lcaffect_pipeline.sources.http import (
@@ -177,7 +177,7 @@ class SourceFolder:
         changed = set(old_files) != set(names)
         for name in names:
             data = (self.staging / _check_name(name)).read_bytes()
-            digest = hashlib.sha256(data).hexdigest()
+            digest = sha256_bytes(data)
             final = self.path / name
             same = old_files.get(name, {}).get("sha256") == digest
             if not same:
