@@ -20,3 +20,40 @@ def test_one_hash_convention_long_and_short(tmp_path) -> None:
     # The lake's short hash keeps its stored format (32 hex) and is a prefix of the full digest.
     assert lake.file_hash(path) == full[:32] == hashing.file_hash(str(path))
     assert hashing.sha256_file(lake.as_path(path)) == full  # a universal_pathlib path opens through .open
+
+
+def test_shard_layout_is_one_definition_for_writer_and_reader(tmp_path) -> None:
+    import numpy as np
+
+    from lcaffect_ml import data
+    from lcaffect_ml.contracts import shards as layout
+    from lcaffect_pipeline import shards
+
+    vid = "弹幕.测试"  # not a plain name: hashed folder and file names, a dot-free key
+    assert shards.shard_path(tmp_path, vid, 3).relative_to(tmp_path).as_posix() == \
+        f"{layout.video_dir_name(vid)}/{layout.shard_name(vid, 3)}"
+    assert layout.shard_number(vid, layout.shard_name(vid, 3)) == 3 and layout.shard_number("other", layout.shard_name(vid, 3)) is None
+    assert "." not in layout.sample_key(vid, 7)
+    frames = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    meta = {"video_id": vid, "segment_index": np.int32(7), "start_ms": 56000, "end_ms": 64000, "comments": ("好", "哈哈"),
+            "comment_ids": ["a", "b"], "comment_count": 2, "frame_times_ms": [57000, 61000], "shard": "ignored"}
+    sample = layout.encode_sample(meta, frames)
+    raw = {**sample, "__url__": "mem"}
+    assert sorted(data.parse_meta(raw)) == sorted(layout.META_FIELDS)  # the reader sees exactly the contract's fields
+    assert data.parse_meta(raw)["segment_index"] == 7 and data.parse_meta(raw)["comments"] == ["好", "哈哈"]
+    assert np.array_equal(data.decode_frames(raw), frames)
+
+
+def test_synthetic_shards_follow_the_layout(tmp_path) -> None:
+    import json
+
+    from lcaffect_ml.contracts import shards as layout
+    from lcaffect_ml.data import load_shard_index, write_synthetic_shards
+
+    index = write_synthetic_shards(tmp_path, n_videos=2, segments_per_video=2, frames=2, size=8)
+    assert index == tmp_path / layout.SHARDS_DIR / layout.INDEX_NAME
+    entries = json.loads(index.read_text())
+    assert all(sorted(e) == sorted(layout.INDEX_FIELDS) for e in entries)
+    assert [s.video_id for s in load_shard_index(index)] == [e["video_id"] for e in entries]
+    for e in entries:
+        assert e["url"].endswith(f"/{layout.video_dir_name(e['video_id'])}/{layout.shard_name(e['video_id'], 0)}")
