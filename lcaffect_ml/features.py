@@ -1,6 +1,6 @@
 """Per-utterance features for the downstream tasks (CH-SIMS v2, MELD, MUStARD).
 
-Four modalities, each a padded sequence per utterance (contract: ``base_features.safetensors``
+Four modalities, each a padded sequence per utterance (``lcaffect_ml.contracts.tables`` §3: ``base_features.safetensors``
 and ``lc_features.safetensors``, rows in the order of ``features.json["utterance_ids"]``):
 
 * text: token-level last hidden states of a BERT-style encoder. A hub name or local path
@@ -50,12 +50,12 @@ import torch
 import torch.nn.functional as F
 
 from .contracts.hashing import sha256_file
+from .contracts.tables import BASE_FILE, EXTRACT_COLUMNS, LC_FILE, MEDIA_ARRAYS, META_FILE, SAMPLE_RATE  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 # Bump when a change here alters the features computed from the same inputs (invalidates caches).
 FEATURES_CODE_VERSION = "1"
-SAMPLE_RATE = 16_000
 LC_SOURCES = ("post_projection", "pre_projection")
 TINY = "tiny"
 # The tiny stand-in encoders: small enough to run in tests, fixed so that cached features stay valid.
@@ -92,7 +92,7 @@ class Media:
 
 
 def read_utterances(path: str | os.PathLike) -> list[Utterance]:
-    """The utterance table (Parquet, contract §1), in file order.
+    """The utterance table (Parquet; ``lcaffect_ml.contracts.tables`` §1, docs/ARCHITECTURE.md), in file order.
 
     A relative ``media_npz`` is resolved against the table's folder, so a dataset folder can move.
     """
@@ -100,7 +100,7 @@ def read_utterances(path: str | os.PathLike) -> list[Utterance]:
 
     path = Path(path)
     try:
-        table = pq.read_table(path, columns=["utterance_id", "text", "media_npz", "media_status"])
+        table = pq.read_table(path, columns=list(EXTRACT_COLUMNS))
     except (OSError, ValueError, KeyError) as exc:  # pyarrow raises ArrowInvalid (a ValueError)
         raise FeatureFileError(f"{path}: cannot read the utterance table: {exc}") from exc
     rows = table.to_pylist()
@@ -118,14 +118,14 @@ def read_utterances(path: str | os.PathLike) -> list[Utterance]:
 
 
 def load_media(path: str | os.PathLike) -> Media:
-    """Read and validate one prepared media file (contract §2); never unpickles."""
+    """Read and validate one prepared media file (``lcaffect_ml.contracts.tables`` §2); never unpickles."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in ("frames", "frame_times_ms", "audio", "sr") if k not in npz.files]
+            missing = [k for k in MEDIA_ARRAYS if k not in npz.files]
             if missing:
                 raise MediaFormatError(f"{path}: missing array(s) {missing}")
-            frames, times, audio, sr = (npz[k] for k in ("frames", "frame_times_ms", "audio", "sr"))
+            frames, times, audio, sr = (npz[k] for k in MEDIA_ARRAYS)
     except MediaFormatError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -469,9 +469,6 @@ class SyntheticLCFeaturizer:
 # -------------------------------------------------------------------------------- reading
 
 
-BASE_FILE = "base_features.safetensors"
-LC_FILE = "lc_features.safetensors"
-META_FILE = "features.json"
 
 
 def load_features(features_dir: str | os.PathLike, with_lc: bool = True) -> dict[str, Any]:

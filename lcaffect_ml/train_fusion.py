@@ -91,6 +91,7 @@ from . import trainutil
 from .fusion import BASE_MODALITIES, LC_MODALITY, FusionConfig, FusionModel
 from .metrics import METRIC_NAMES, NUM_CLASSES, TASKS, is_better, selection_metric, task_metrics
 from .contracts.hashing import sha256_file
+from .contracts.tables import BASE_FILE, FUSION_COLUMNS, FUSION_REQUIRED, LC_FILE, MEDIA_OK, META_FILE
 from .pipes import TrainingReporter, pipes_session, report_model_materialization
 from .trainutil import (COMPLETE_MARKER, EXIT_NON_FINITE, CheckpointManager, ConfigError, NonFiniteLossError,
                         adamw_param_groups, atomic_write_json, autocast, capture_rng_state,
@@ -256,11 +257,11 @@ def _read_table(path: Path, task: str) -> dict[str, list]:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types (OSError, ArrowInvalid)
         raise DownstreamDataError(f"{path}: cannot read the utterance table: {exc}") from exc
-    missing = [c for c in ("utterance_id", "split", "label", "media_status") if c not in table.column_names]
+    missing = [c for c in FUSION_REQUIRED if c not in table.column_names]
     if missing:
         raise DownstreamDataError(f"{path}: utterance table lacks column(s) {missing}")
     cols = {c: table.column(c).to_pylist() for c in table.column_names
-            if c in ("dataset", "utterance_id", "split", "label", "media_status", "show")}
+            if c in FUSION_COLUMNS}
     if "dataset" in cols:
         keep = [i for i, d in enumerate(cols["dataset"]) if d == task]
         if not keep:
@@ -280,23 +281,23 @@ def _label_ok(task: str, value: Any) -> bool:
 def load_data(cfg: FusionTrainConfig) -> FusionData:
     """Join the utterance table with the features; count the rows that cannot be used."""
     features_dir = Path(cfg.features_dir)
-    meta_path = features_dir / "features.json"
+    meta_path = features_dir / META_FILE
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         feature_ids = [str(u) for u in meta["utterance_ids"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DownstreamDataError(f"{meta_path}: unreadable features index ({exc})") from exc
     row_of = {u: i for i, u in enumerate(feature_ids)}
-    feats = _read_features(features_dir / "base_features.safetensors", BASE_MODALITIES, len(feature_ids))
+    feats = _read_features(features_dir / BASE_FILE, BASE_MODALITIES, len(feature_ids))
     if cfg.use_lc:
-        feats.update(_read_features(features_dir / "lc_features.safetensors", (LC_MODALITY,), len(feature_ids)))
+        feats.update(_read_features(features_dir / LC_FILE, (LC_MODALITY,), len(feature_ids)))
 
     table_path = Path(cfg.utterances)
     cols = _read_table(table_path, cfg.task)
     skipped = {"media_not_ok": 0, "no_features": 0, "bad_label": 0, "duplicate_id": 0}
     keep, seen = [], set()
     for i, uid in enumerate(cols["utterance_id"]):
-        if cols["media_status"][i] != "ok":
+        if cols["media_status"][i] != MEDIA_OK:
             skipped["media_not_ok"] += 1
         elif uid not in row_of:
             skipped["no_features"] += 1
@@ -328,9 +329,9 @@ def load_data(cfg: FusionTrainConfig) -> FusionData:
 
 def _data_fingerprint(table: Path, features_dir: Path, meta: dict[str, Any], use_lc: bool) -> str:
     """The table's bytes and the feature versions the extractor recorded (the files' bytes without)."""
-    parts = [sha256_file(table), meta.get("base_version") or sha256_file(features_dir / "base_features.safetensors")]
+    parts = [sha256_file(table), meta.get("base_version") or sha256_file(features_dir / BASE_FILE)]
     if use_lc:  # a new V2LC checkpoint changes only lc_version: the ablation keeps its results
-        parts.append(meta.get("lc_version") or sha256_file(features_dir / "lc_features.safetensors"))
+        parts.append(meta.get("lc_version") or sha256_file(features_dir / LC_FILE))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 

@@ -3,8 +3,10 @@
 Every file the pipeline writes goes through ``atomic_write``: it is written under a hidden
 temporary name in the same folder and renamed into place, so a reader (or a crashed run)
 never sees a half-written file under its final name. On object stores a single PUT is
-already atomic, so the temporary step is skipped there. A temporary name carries its writer
-(host and process id), so the next write into the folder removes what a killed run left.
+already atomic, so the temporary step is skipped there. Local files go through
+``lcaffect_ml.atomic`` (the one atomic-write helper, which the training programs use too): a
+temporary name carries its writer (host and process id), so the next write into the folder
+removes what a killed run left.
 """
 
 from __future__ import annotations
@@ -13,11 +15,6 @@ import contextlib
 import hashlib
 import io
 import os
-import re
-import shutil
-import socket
-import time
-import uuid
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -25,6 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
+from lcaffect_ml.atomic import (STALE_UNOWNED_S, atomic_file, process_alive,  # noqa: F401  (the lake's names)
+                               sweep_stale_temps, temp_path)
 from lcaffect_ml.contracts import hashing
 from lcaffect_ml.contracts.naming import HASH_LEN, MAX_NAME, MAX_STEM, safe_name  # noqa: F401  (the lake's names)
 
@@ -77,73 +76,6 @@ def under(root: str | os.PathLike, *parts: str, ext: str = "") -> UPath:
 # ---------------------------------------------------------------- temporaries
 
 
-_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
-# ".{final name}.tmp-{host}-{pid}-{random}" (and DuckDB's ".wal" next to it); older versions
-# wrote ".{final name}.tmp-{random}", which names no writer.
-_TEMP = re.compile(r"^\..+\.tmp-(?:([0-9a-f]{6})-(\d+)-)?[0-9a-f]{8}")
-STALE_UNOWNED_S = 3600.0  # a temporary that names no live writer here is stale after this long
-_swept: set[str] = set()
-
-
-def temp_path(final: str | os.PathLike) -> Path:
-    """A hidden sibling of ``final`` that names its writer (see ``sweep_stale_temps``)."""
-    final = Path(str(final))
-    return final.with_name(f".{final.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def sweep_stale_temps(folder: str | os.PathLike, *, force: bool = False) -> list[Path]:
-    """Remove the temporaries that writers killed mid-write left in ``folder``.
-
-    A temporary is stale when its writer ran on this host and is gone, or when it names no
-    writer here and has not been touched for ``STALE_UNOWNED_S``; a live writer's is never
-    touched, so concurrent runs are safe. Done once per folder per process (``force`` again).
-    """
-    key = str(folder)
-    if key in _swept and not force:
-        return []
-    _swept.add(key)
-    try:
-        entries = list(os.scandir(key))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    removed = []
-    for entry in entries:
-        match = _TEMP.match(entry.name)
-        if match and _stale(entry, match):
-            with contextlib.suppress(FileNotFoundError):
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
-                removed.append(Path(entry.path))
-    return removed
-
-
-def _stale(entry: os.DirEntry, match: re.Match) -> bool:
-    host, pid = match.group(1), match.group(2)
-    if host == _HOST:
-        return not process_alive(int(pid))
-    try:
-        return time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_UNOWNED_S
-    except FileNotFoundError:
-        return False
-
-
-def process_alive(pid: int) -> bool:
-    """True while ``pid`` runs on this host (a zombie its parent has not reaped yet is gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open ``path`` for writing; it appears under its name only when the block succeeds."""
@@ -152,23 +84,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with path.open(mode) as fh:
             yield fh
         return
-    final = Path(str(path))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temps(final.parent)
-    tmp = temp_path(final)
-    try:
-        with open(tmp, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if isinstance(exc, OSError) and not exc.filename:
-            # A full disk says "No space left on device" without a path: name the file.
-            raise OSError(exc.errno, exc.strerror, str(final)) from exc
-        raise
+    with atomic_file(Path(str(path)), keep_suffix=False) as tmp, open(tmp, mode) as fh:
+        yield fh
+        fh.flush()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -57,3 +57,32 @@ def test_synthetic_shards_follow_the_layout(tmp_path) -> None:
     assert [s.video_id for s in load_shard_index(index)] == [e["video_id"] for e in entries]
     for e in entries:
         assert e["url"].endswith(f"/{layout.video_dir_name(e['video_id'])}/{layout.shard_name(e['video_id'], 0)}")
+
+
+def test_utterance_table_is_declared_once_and_read_by_its_columns() -> None:
+    from lcaffect_ml.contracts import tables
+    from lcaffect_pipeline import schema
+
+    assert schema.UTTERANCES_SCHEMA is tables.UTTERANCES_SCHEMA  # users keep importing it from schema
+    assert schema.DOWNSTREAM_TASKS is tables.DOWNSTREAM_TASKS
+    names = set(tables.UTTERANCES_SCHEMA.names)
+    assert set(tables.EXTRACT_COLUMNS) <= names and set(tables.FUSION_COLUMNS) <= names
+    assert set(tables.FUSION_REQUIRED) <= set(tables.FUSION_COLUMNS)
+    assert all(not tables.UTTERANCES_SCHEMA.field(c).nullable for c in tables.FUSION_REQUIRED)
+
+
+def test_one_atomic_write_helper_for_lake_and_training(tmp_path) -> None:
+    """The training programs' atomic files are the lake's: same temporary names, same sweeping."""
+    import os
+
+    from lcaffect_ml import atomic, trainutil
+
+    assert trainutil.atomic_file is atomic.atomic_file and lake.sweep_stale_temps is atomic.sweep_stale_temps
+    dead = tmp_path / f".w.json.tmp-{atomic._HOST}-999999999-0123abcd"  # this host, a writer long gone
+    dead.write_text("half")
+    trainutil.atomic_write_json(tmp_path / "w.json", {"a": 1})
+    assert sorted(os.listdir(tmp_path)) == ["w.json"]  # written, and the dead writer's temporary swept
+    with atomic.atomic_file(tmp_path / "fig.png") as tmp:
+        assert tmp.suffix == ".png" and tmp.name.startswith(".fig.png.tmp-")  # matplotlib picks the format by suffix
+        tmp.write_bytes(b"x")
+    assert (tmp_path / "fig.png").read_bytes() == b"x"

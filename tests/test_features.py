@@ -1,7 +1,7 @@
 """Downstream feature extraction and the nearest-live-comment view, on tiny models built here.
 
 The V2LC checkpoints are tiny TimeSformer/BERT models saved with ``save_pretrained``; the prepared
-media are npz files written per contract §2 (random frames, sine audio); the utterance table
+media are npz files written per ``lcaffect_ml.contracts.tables`` §2 (random frames, sine audio); the utterance table
 follows ``UTTERANCES_SCHEMA``. Nothing is downloaded.
 """
 
