@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import io
 import os
+import shutil
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -87,6 +88,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     with atomic_file(Path(str(path)), keep_suffix=False) as tmp, open(tmp, mode) as fh:
         yield fh
         fh.flush()
+
+
+def publish_file(src: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move a finished local file to its final place atomically (copy through atomic_write remotely)."""
+    if is_local(as_path(final)):
+        Path(str(final)).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, str(final))
+        return
+    with open(src, "rb") as fin, atomic_write(final, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
