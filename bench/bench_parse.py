@@ -33,7 +33,7 @@ from lxml import etree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from lcaffect_pipeline.bili_proto import DmSegMobileReply
+from lcaffect_pipeline.formats.bili_proto import DmSegMobileReply
 from lcaffect_pipeline.formats import bilibili, comment_stats, read_comments
 
 WINDOW_MS = 360_000

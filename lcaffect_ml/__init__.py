@@ -21,7 +21,7 @@ _EXPORTS = {
     "ShardSpec": "data",
     "load_shard_index": "data",
     "split_by_video": "data",
-    "write_synthetic_shards": "data",
+    "write_synthetic_shards": "synthetic",
     "build_char_tokenizer": "tokenizer",
     "load_tokenizer": "tokenizer",
     "TrainConfig": "train_v2lc",

@@ -1,4 +1,4 @@
-"""Streaming the V2LC training shards (WebDataset tars; format in the shard contract).
+"""Streaming the V2LC training shards (WebDataset tars; layout in ``lcaffect_ml.contracts.shards``).
 
 Each sample is one 8-second segment: ``frames.npy`` (uint8 (T, H, W, 3) RGB) and ``json``
 (video id, segment index, its live comments). The index (``{lake}/shards/index.json``) lists
@@ -55,6 +55,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .contracts.shards import FRAMES_MEMBER, INDEX_NAME, META_MEMBER
+
 log = logging.getLogger(__name__)
 
 
@@ -94,7 +96,7 @@ class Segment:
 def load_shard_index(source: str | os.PathLike | Sequence[Any]) -> list[ShardSpec]:
     """Shards from an ``index.json`` path/URL, a folder holding one, or a list of URLs/entries.
 
-    A bare URL's video is its parent folder's name (the contract puts each video's shards in
+    A bare URL's video is its parent folder's name (the shard contract puts each video's shards in
     ``shards/{safe_name(video_id)}/``). Relative URLs in an index are relative to the index's folder
     (or, failing that, to the lake root above it).
     """
@@ -103,7 +105,7 @@ def load_shard_index(source: str | os.PathLike | Sequence[Any]) -> list[ShardSpe
     else:
         text = str(source)
         if "://" not in text and Path(text).is_dir():
-            index = Path(text) / "index.json"
+            index = Path(text) / INDEX_NAME
             if index.is_file():
                 text = str(index)
             else:
@@ -219,10 +221,10 @@ def iter_raw_samples(url: str, select: Iterable[str] | None = None) -> Iterator[
 
 def parse_meta(raw: dict[str, Any]) -> dict[str, Any]:
     url, key = raw.get("__url__", "?"), raw.get("__key__")
-    if "json" not in raw:
+    if META_MEMBER not in raw:
         raise ShardSampleError(url, key, "sample has no json member")
     try:
-        meta = json.loads(raw["json"].decode("utf-8"))
+        meta = json.loads(raw[META_MEMBER].decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ShardSampleError(url, key, f"json member is not UTF-8 JSON: {exc}") from exc
     if not isinstance(meta, dict) or not isinstance(meta.get("comments", []), list):
@@ -233,10 +235,10 @@ def parse_meta(raw: dict[str, Any]) -> dict[str, Any]:
 
 def decode_frames(raw: dict[str, Any]) -> np.ndarray:
     url, key = raw.get("__url__", "?"), raw.get("__key__")
-    if "frames.npy" not in raw:
+    if FRAMES_MEMBER not in raw:
         raise ShardSampleError(url, key, "sample has no frames.npy member")
     try:
-        frames = np.load(io.BytesIO(raw["frames.npy"]), allow_pickle=False)  # never unpickle shard data
+        frames = np.load(io.BytesIO(raw[FRAMES_MEMBER]), allow_pickle=False)  # never unpickle shard data
     except (ValueError, OSError, EOFError) as exc:
         raise ShardSampleError(url, key, f"frames.npy is not a plain .npy array: {exc}") from exc
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
@@ -249,7 +251,7 @@ def read_comments(shards: Sequence[ShardSpec], limit: int = 50_000) -> list[str]
     texts: list[str] = []
     for shard in shards:
         try:
-            for raw in iter_raw_samples(shard.url, select=("json",)):
+            for raw in iter_raw_samples(shard.url, select=(META_MEMBER,)):
                 try:
                     texts.extend(parse_meta(raw)["comments"])
                 except ShardSampleError as exc:
@@ -304,7 +306,7 @@ class SegmentStream(IterableDataset):
     def _shard_metas(self, shard: ShardSpec, stride: tuple[int, int] | None) -> Iterator[dict[str, Any]]:
         """(raw sample with parsed meta) for each usable segment of one shard."""
         try:
-            for i, raw in enumerate(iter_raw_samples(shard.url, select=("frames.npy", "json"))):
+            for i, raw in enumerate(iter_raw_samples(shard.url, select=(FRAMES_MEMBER, META_MEMBER))):
                 if stride is not None and i % stride[1] != stride[0]:
                     continue
                 try:
@@ -464,77 +466,4 @@ def make_loader(stream: SegmentStream, num_workers: int = 0, pin_memory: bool = 
         persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None, in_order=True)
 
 
-# --------------------------------------------------------------- synthetic shards
-
-
-PALETTE = [(220, 40, 40), (40, 200, 60), (40, 70, 220), (230, 210, 40), (40, 210, 210), (200, 50, 200),
-           (240, 140, 30), (120, 120, 120)]
-CLASS_WORDS = ["红火热辣燃爆", "绿草森林清新", "蓝天海洋冷静", "黄金阳光灿烂", "青色湖水凉爽", "紫色梦幻神秘",
-               "橙子活力温暖", "灰色阴天沉闷"]
-FILLER = "的了啊吧呀哈"
-
-
-def write_synthetic_shards(root: str | os.PathLike, n_videos: int = 12, segments_per_video: int = 8,
-                           n_classes: int = 6, frames: int = 4, size: int = 32, max_comments: int = 5,
-                           seed: int = 0, empty_fraction: float = 0.05, noise: float = 25.0,
-                           max_shard_samples: int | None = None, min_comments: int = 1) -> Path:
-    """Learnable toy shards in the contract's layout; returns the ``index.json`` path.
-
-    Each segment draws a class: its frames are that class's colour plus noise, its 0-5 comments
-    are drawn from that class's characters (plus shared filler characters). Used by the tests,
-    the benchmarks and the GPU check (no network, no real video needed).
-    """
-    import webdataset as wds
-
-    if not 1 <= n_classes <= len(PALETTE):
-        raise ValueError(f"n_classes must be in 1..{len(PALETTE)}")
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    index = []
-    for v in range(n_videos):
-        video_id = f"synth-{seed}-{v:04d}"
-        folder = root / "shards" / video_id
-        folder.mkdir(parents=True, exist_ok=True)
-        per_shard = max_shard_samples or segments_per_video
-        for part, first in enumerate(range(0, segments_per_video, per_shard)):
-            path = folder / f"{video_id}-{part:05d}.tar"
-            tmp = path.with_name(f".{path.name}.tmp")
-            count = 0
-            with wds.TarWriter(str(tmp)) as sink:
-                for s in range(first, min(first + per_shard, segments_per_video)):
-                    sink.write(_synthetic_sample(rng, video_id, s, n_classes, frames, size,
-                                                 (min_comments, max_comments), empty_fraction, noise))
-                    count += 1
-            os.replace(tmp, path)
-            data = path.read_bytes()
-            index.append({"url": str(path), "video_id": video_id, "samples": count, "bytes": len(data),
-                          "sha256": hashlib.sha256(data).hexdigest()})
-    index_path = root / "shards" / "index.json"
-    tmp = index_path.with_name(".index.json.tmp")
-    tmp.write_text(json.dumps(index, indent=1), encoding="utf-8")
-    os.replace(tmp, index_path)
-    return index_path
-
-
-def _synthetic_sample(rng: np.random.Generator, video_id: str, s: int, n_classes: int, frames: int,
-                      size: int, n_range: tuple[int, int], empty_fraction: float, noise: float) -> dict[str, Any]:
-    cls = int(rng.integers(n_classes))
-    colour = np.array(PALETTE[cls], dtype=np.float32)
-    shade = rng.uniform(0.7, 1.1, size=(frames, 1, 1, 1))
-    pixels = colour * shade + rng.normal(0.0, noise, size=(frames, size, size, 3))
-    n_comments = 0 if rng.random() < empty_fraction else int(rng.integers(n_range[0], n_range[1] + 1))
-    words, comments = CLASS_WORDS[cls], []
-    for _ in range(n_comments):
-        length = int(rng.integers(2, 6))
-        chars = [words[int(rng.integers(len(words)))] if rng.random() < 0.75 else FILLER[int(rng.integers(len(FILLER)))]
-                 for _ in range(length)]
-        comments.append("".join(chars))
-    buf = io.BytesIO()
-    np.save(buf, np.clip(pixels, 0, 255).astype(np.uint8), allow_pickle=False)
-    start = s * 8000
-    meta = {"video_id": video_id, "segment_index": s, "start_ms": start, "end_ms": start + 8000,
-            "comments": comments, "comment_ids": [f"{video_id}-{s}-{i}" for i in range(n_comments)],
-            "comment_count": n_comments,
-            "frame_times_ms": [start + int((i + 0.5) * 8000 / frames) for i in range(frames)]}
-    return {"__key__": f"{video_id.replace('.', '_')}_{s:06d}", "frames.npy": buf.getvalue(),
-            "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
+from .synthetic import write_synthetic_shards  # noqa: E402,F401  (its public home since the split)

@@ -4,7 +4,7 @@ Run::
 
     python -m lcaffect_ml.extract_features --config features.yaml [--set key=value ...]
 
-Writes, in ``output_dir`` (the contract, §3): ``base_features.safetensors`` (``text``, ``audio``,
+Writes, in ``output_dir`` (``lcaffect_ml.contracts.tables`` §3): ``base_features.safetensors`` (``text``, ``audio``,
 ``visual`` and their ``*_len``), ``lc_features.safetensors`` (``lc``, ``lc_len``) and
 ``features.json`` (``utterance_ids``, ``skipped``, ``dims``, versions, models). Rows follow the
 utterance table's order; utterances without prepared media (``media_npz`` null) or whose npz is
@@ -21,7 +21,7 @@ metadata ``version`` (see ``features.load_features``, which checks them against 
 
 Config options (YAML or JSON mapping; ``--set key=value`` overrides, value parsed as YAML):
 
-  utterances          utterance table (Parquet, contract §1) (required)
+  utterances          utterance table (Parquet, contracts.tables §1) (required)
   output_dir          the dataset's features folder (required)
   v2lc_checkpoint     folder written by ``V2LCModel.save_pretrained`` (required)
   text_model          "tiny" or a hub name/local path (hfl/chinese-roberta-wwm-ext, roberta-base)
@@ -60,7 +60,8 @@ from .features import (BASE_FILE, FEATURES_CODE_VERSION, LC_FILE, LC_SOURCES, ME
                        TINY_VISION, AudioFeaturizer, FeatureFileError, MediaFormatError, SyntheticLCFeaturizer,
                        TextFeaturizer, Utterance, VisualFeaturizer, digest, load_media, local_weights_digest,
                        media_fingerprint, pad_sequences, read_utterances)
-from .pipes import TrainingReporter, pipes_metadata, pipes_session, sha256_file
+from .contracts.hashing import sha256_file
+from .pipes import TrainingReporter, pipes_metadata, pipes_session
 from .trainutil import (ConfigError, CheckpointFormatError, atomic_file, atomic_write_json,
                         resolve_precision, config_with_overrides, program_args, setup_logging)
 

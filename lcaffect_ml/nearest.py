@@ -81,7 +81,7 @@ def nearest_comments_for_media(checkpoint_dir: str | os.PathLike, comment_texts:
                                batch_size: int = 64, device: str | torch.device = "cpu",
                                precision: str = "fp32") -> list[list[tuple[str, float]]]:
     """Load a V2LC checkpoint, encode the comment corpus, and return the top-k real comments for
-    each example; an example is a prepared media npz (contract §2) or uint8 frames (T, H, W, 3).
+    each example; an example is a prepared media npz (``lcaffect_ml.contracts.tables`` §2) or uint8 frames (T, H, W, 3).
 
     For asset metadata ("what does this video's synthetic live comment say?").
     """

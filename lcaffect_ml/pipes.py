@@ -16,23 +16,16 @@ the only module of ``lcaffect_ml`` that touches Dagster at all.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from .contracts.hashing import sha256_file  # noqa: F401  (re-exported: the data version of a checkpoint)
+
 log = logging.getLogger(__name__)
 
 CHECK_NAME = "retrieval_above_chance"
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def launched_by_dagster() -> bool:

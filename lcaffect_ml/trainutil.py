@@ -4,9 +4,7 @@ Config loading (YAML or JSON), seeding and RNG capture, state dicts as safetenso
 pickle), atomic files and atomic checkpoint folders, the cosine schedule with warm-up, precision
 and autocast selection, DDP set-up under torchrun, and the typed error for a non-finite loss.
 
-``lcaffect_ml`` must not import ``lcaffect_pipeline`` (it runs on training machines without
-Dagster), so the small atomic-write helper here mirrors ``lcaffect_pipeline.lake.atomic_write``
-for local folders instead of importing it.
+Atomic files come from ``lcaffect_ml.atomic``, the one helper the pipeline's lake uses too.
 """
 
 from __future__ import annotations
@@ -22,10 +20,12 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from .atomic import atomic_file, atomic_open  # noqa: F401  (re-exported: the training programs import them from here)
 
 log = logging.getLogger(__name__)
 
@@ -215,33 +215,6 @@ def load_state(folder: str | os.PathLike, name: str, device: str | torch.device 
 
 
 # ---------------------------------------------------------------------- atomic files
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it is renamed to ``path`` only if the block succeeds.
-
-    For libraries that write to a filename themselves (safetensors, matplotlib).
-    """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}{final.suffix}")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    with atomic_file(path) as tmp:
-        kwargs = {"encoding": "utf-8"} if "b" not in mode else {}
-        with open(tmp, mode, **kwargs) as fh:
-            yield fh
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -3,8 +3,10 @@
 Every file the pipeline writes goes through ``atomic_write``: it is written under a hidden
 temporary name in the same folder and renamed into place, so a reader (or a crashed run)
 never sees a half-written file under its final name. On object stores a single PUT is
-already atomic, so the temporary step is skipped there. A temporary name carries its writer
-(host and process id), so the next write into the folder removes what a killed run left.
+already atomic, so the temporary step is skipped there. Local files go through
+``lcaffect_ml.atomic`` (the one atomic-write helper, which the training programs use too): a
+temporary name carries its writer (host and process id), so the next write into the folder
+removes what a killed run left.
 """
 
 from __future__ import annotations
@@ -13,12 +15,7 @@ import contextlib
 import hashlib
 import io
 import os
-import re
 import shutil
-import socket
-import time
-import unicodedata
-import uuid
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -26,52 +23,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
-_WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
-_UNSAFE = {True: re.compile(r"[^A-Za-z0-9._-]+"), False: re.compile(r"[^A-Za-z0-9_-]+")}
-_PLAIN = {True: re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*"), False: re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")}
-_EXT = re.compile(r"(\.[A-Za-z0-9]{1,10}){0,2}")
-HASH_LEN = 16
-_HASHED = re.compile(rf".*-[0-9a-f]{{{HASH_LEN}}}")
-MAX_STEM = 100  # leaves room for an extension (".info.json") under MAX_NAME
-MAX_NAME = 120
-
+from lcaffect_ml.atomic import (STALE_UNOWNED_S, atomic_file, process_alive,  # noqa: F401  (the lake's names)
+                               sweep_stale_temps, temp_path)
+from lcaffect_ml.contracts import hashing
+from lcaffect_ml.contracts.naming import HASH_LEN, MAX_NAME, MAX_STEM, safe_name  # noqa: F401  (the lake's names)
 
 class LakePathError(ValueError):
     """A path built from outside input would leave the lake root."""
-
-
-def safe_name(raw: str, ext: str = "", *, dots: bool = True) -> str:
-    """The one file name of an id (a video id from the web, a catalogue entry), plus ``ext``.
-
-    An id that is already a plain name is kept as it is: ``[A-Za-z0-9._-]`` starting with a
-    letter, digit or ``_``, at most ``MAX_STEM`` characters, not a Windows reserved name, and
-    not ending like a hashed name. Any other id becomes a readable, NFKC-folded stand-in
-    followed by ``-`` and 16 hex digits of the SHA-1 of the original. So the rule is
-    injective: a hashed name always ends in ``-<16 hex>`` and a kept name never does, kept
-    names are the ids themselves, and hashed names differ with their hashes. The extension
-    comes last (``弹幕测试`` + ``.parquet`` -> ``_-<hash>.parquet``), so a glob on ``*.parquet``
-    finds every file. ``dots=False`` also treats ``.`` as unsafe (WebDataset keys split there).
-    """
-    raw = str(raw)
-    if not _EXT.fullmatch(ext):
-        raise ValueError(f"not a file extension: {ext!r}")
-    if not _is_plain(raw, dots):
-        digest = hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_LEN]
-        stem = _UNSAFE[dots].sub("_", unicodedata.normalize("NFKC", raw)).strip("._-") or "_"
-        stem = stem[: MAX_STEM - HASH_LEN - 1]
-        if _reserved(stem):
-            stem = "_" + stem
-        raw = f"{stem}-{digest}"
-    return raw + ext
-
-
-def _is_plain(raw: str, dots: bool) -> bool:
-    return (len(raw) <= MAX_STEM and _PLAIN[dots].fullmatch(raw) is not None
-            and not _HASHED.fullmatch(raw) and not _reserved(raw))
-
-
-def _reserved(name: str) -> bool:
-    return name.split(".")[0].lower() in _WINDOWS_RESERVED
 
 
 def as_path(root: str | os.PathLike) -> UPath:
@@ -119,73 +77,6 @@ def under(root: str | os.PathLike, *parts: str, ext: str = "") -> UPath:
 # ---------------------------------------------------------------- temporaries
 
 
-_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
-# ".{final name}.tmp-{host}-{pid}-{random}" (and DuckDB's ".wal" next to it); older versions
-# wrote ".{final name}.tmp-{random}", which names no writer.
-_TEMP = re.compile(r"^\..+\.tmp-(?:([0-9a-f]{6})-(\d+)-)?[0-9a-f]{8}")
-STALE_UNOWNED_S = 3600.0  # a temporary that names no live writer here is stale after this long
-_swept: set[str] = set()
-
-
-def temp_path(final: str | os.PathLike) -> Path:
-    """A hidden sibling of ``final`` that names its writer (see ``sweep_stale_temps``)."""
-    final = Path(str(final))
-    return final.with_name(f".{final.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def sweep_stale_temps(folder: str | os.PathLike, *, force: bool = False) -> list[Path]:
-    """Remove the temporaries that writers killed mid-write left in ``folder``.
-
-    A temporary is stale when its writer ran on this host and is gone, or when it names no
-    writer here and has not been touched for ``STALE_UNOWNED_S``; a live writer's is never
-    touched, so concurrent runs are safe. Done once per folder per process (``force`` again).
-    """
-    key = str(folder)
-    if key in _swept and not force:
-        return []
-    _swept.add(key)
-    try:
-        entries = list(os.scandir(key))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    removed = []
-    for entry in entries:
-        match = _TEMP.match(entry.name)
-        if match and _stale(entry, match):
-            with contextlib.suppress(FileNotFoundError):
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
-                removed.append(Path(entry.path))
-    return removed
-
-
-def _stale(entry: os.DirEntry, match: re.Match) -> bool:
-    host, pid = match.group(1), match.group(2)
-    if host == _HOST:
-        return not process_alive(int(pid))
-    try:
-        return time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_UNOWNED_S
-    except FileNotFoundError:
-        return False
-
-
-def process_alive(pid: int) -> bool:
-    """True while ``pid`` runs on this host (a zombie its parent has not reaped yet is gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open ``path`` for writing; it appears under its name only when the block succeeds."""
@@ -194,23 +85,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with path.open(mode) as fh:
             yield fh
         return
-    final = Path(str(path))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temps(final.parent)
-    tmp = temp_path(final)
-    try:
-        with open(tmp, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if isinstance(exc, OSError) and not exc.filename:
-            # A full disk says "No space left on device" without a path: name the file.
-            raise OSError(exc.errno, exc.strerror, str(final)) from exc
-        raise
+    with atomic_file(Path(str(path)), keep_suffix=False) as tmp, open(tmp, mode) as fh:
+        yield fh
+        fh.flush()
+
+
+def publish_file(src: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move a finished local file to its final place atomically (copy through atomic_write remotely)."""
+    if is_local(as_path(final)):
+        Path(str(final)).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, str(final))
+        return
+    with open(src, "rb") as fin, atomic_write(final, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -242,15 +129,12 @@ def table_hash(table: pa.Table) -> str:
         with pa.ipc.new_stream(sink, batch.schema) as writer:
             writer.write_batch(batch)
         h.update(sink.getvalue().to_pybytes())
-    return h.hexdigest()[:32]
+    return hashing.short_hash(h.hexdigest())
 
 
-def file_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with as_path(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()[:32]
+def file_hash(path: str | os.PathLike) -> str:
+    """The short (32 hex) content hash of a file: a prefix of its SHA-256 (``lcaffect_ml.contracts.hashing``)."""
+    return hashing.file_hash(as_path(path))
 
 
 def combine_hashes(hashes: dict[str, str]) -> str:
@@ -258,4 +142,4 @@ def combine_hashes(hashes: dict[str, str]) -> str:
     h = hashlib.sha256()
     for key in sorted(hashes):
         h.update(f"{key}={hashes[key]}\n".encode())
-    return h.hexdigest()[:32]
+    return hashing.short_hash(h.hexdigest())

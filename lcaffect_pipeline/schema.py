@@ -11,6 +11,10 @@ import os
 
 import pyarrow as pa
 
+# Downstream benchmarks (CH-SIMS v2, MELD, MUStARD): one row per utterance, every dataset. The
+# table is the contract the training programs read, so it is declared in the lower layer.
+from lcaffect_ml.contracts.tables import DOWNSTREAM_TASKS, UTTERANCES_SCHEMA  # noqa: F401
+
 PLATFORMS = ("bilibili", "niconico", "youtube", "acfun", "local")
 
 # One mode enum across platforms (Bilibili 1/2/3 scroll, 4 bottom, 5 top, 6 reverse,
@@ -71,28 +75,6 @@ SEGMENTS_SCHEMA = pa.schema(
         pa.field("sample_key", pa.string()),  # WebDataset __key__ inside the shard
     ],
     metadata={"lcaffect.table": "segments", "lcaffect.schema_version": "1"},
-)
-
-# Downstream benchmarks (CH-SIMS v2, MELD, MUStARD): one row per utterance, every dataset.
-DOWNSTREAM_TASKS = ("chsims2", "meld", "mustard")
-
-UTTERANCES_SCHEMA = pa.schema(
-    [
-        pa.field("dataset", pa.string(), nullable=False),  # one of DOWNSTREAM_TASKS
-        pa.field("utterance_id", pa.string(), nullable=False),  # unique within the dataset
-        pa.field("split", pa.string(), nullable=False),  # train / valid / test (official)
-        pa.field("text", pa.string(), nullable=False),
-        pa.field("label", pa.float64(), nullable=False),  # regression target or class index
-        pa.field("label_name", pa.string()),  # class name (emotion, sarcastic/not)
-        pa.field("extra_labels", pa.string()),  # JSON: label_T/A/V, MELD sentiment, ...
-        pa.field("speaker", pa.string()),
-        pa.field("show", pa.string()),  # MUStARD show (speaker-independent protocol)
-        pa.field("context", pa.list_(pa.string())),  # MUStARD context utterances
-        pa.field("media_path", pa.string()),  # the official media file for this utterance
-        pa.field("media_status", pa.string(), nullable=False),  # ok | missing | unreadable
-        pa.field("media_npz", pa.string()),  # prepared frames + 16 kHz audio (npz)
-    ],
-    metadata={"lcaffect.table": "utterances", "lcaffect.schema_version": "1"},
 )
 
 AUTHOR_SALT_ENV = "LCAFFECT_AUTHOR_SALT"

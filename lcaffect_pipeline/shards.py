@@ -1,13 +1,8 @@
 """Training shards: WebDataset tars of segment frames plus JSON, one set per video.
 
-Layout (the shard contract shared with ``lcaffect_ml``'s reader):
-
-    {shards_root}/{safe_name(video_id)}/{safe_name(video_id)}-{n:05d}.tar
-    {shards_root}/{safe_name(video_id)}/shards.json    this video's shards (url, samples, bytes, sha256)
-    {shards_root}/index.json                           every shard of every video
-
-``shards_root`` is ``{lake}/shards``. A sample is one segment: ``{key}.frames.npy`` (np.save of a
-uint8 ``(T, H, W, 3)`` RGB array) and ``{key}.json``. Tars are reproducible (fixed mtime, owner
+The layout (folders, names, sample members, index fields) is the shard contract in
+``lcaffect_ml.contracts.shards``, which ``lcaffect_ml.data`` reads by. ``shards_root`` is
+``{lake}/shards``. Tars are reproducible (fixed mtime, owner
 and mode), so an unchanged segment table and frames give byte-identical shards and hashes.
 They are written with the standard library's ``tarfile`` (PAX format, so member names longer
 than 100 bytes survive): a WebDataset shard is a plain tar, and importing ``webdataset`` would
@@ -25,7 +20,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import tarfile
 from collections import defaultdict
 from typing import Any, Collection, Iterable, Iterator, Sequence
@@ -33,19 +27,16 @@ from typing import Any, Collection, Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
+from lcaffect_ml.contracts.hashing import sha256_file
+from lcaffect_ml.contracts.shards import (FRAMES_MEMBER, INDEX_NAME, META_FIELDS, META_MEMBER,  # noqa: F401
+                                          VIDEO_SHARDS_NAME, encode_sample, sample_key, shard_name, shard_number)
+
 from . import lake
 from .schema import SEGMENTS_SCHEMA
 
-INDEX_NAME = "index.json"
-VIDEO_SHARDS_NAME = "shards.json"
 TAR_BLOCK = 512
 TAR_END = 2 * TAR_BLOCK + 20 * TAR_BLOCK  # end-of-archive blocks plus the worst-case record padding
 USTAR_NAME = 100  # longer member names take a PAX extended header (a header and a data block)
-
-
-def sample_key(video_id: str, segment_index: int) -> str:
-    """WebDataset ``__key__``: no dots, since WebDataset splits keys at the first dot."""
-    return f"{lake.safe_name(video_id, dots=False)}_{int(segment_index):06d}"
 
 
 def video_shard_dir(shards_root: str | os.PathLike, video_id: str):
@@ -53,8 +44,7 @@ def video_shard_dir(shards_root: str | os.PathLike, video_id: str):
 
 
 def shard_path(shards_root: str | os.PathLike, video_id: str, n: int):
-    stem = lake.safe_name(video_id)
-    return video_shard_dir(shards_root, video_id) / f"{stem}-{n:05d}.tar"
+    return video_shard_dir(shards_root, video_id) / shard_name(video_id, n)
 
 
 def _url(path) -> str:
@@ -161,29 +151,9 @@ def _samples(video_id: str, rows: list[dict[str, Any]],
             raise ValueError(f"segment {row['segment_index']}: frames must be uint8 (T, H, W, 3), "
                              f"got {frames.dtype} {frames.shape}")
         row = {**row, "frame_times_ms": [int(t) for t in taken]}
-        yield _encode_sample(video_id, row, frames), row["frame_times_ms"]
+        yield encode_sample({**row, "video_id": video_id}, frames), row["frame_times_ms"]
     if next(stacks, None) is not None:
         raise ValueError(f"more frame stacks than the {len(rows)} segments")
-
-
-def _encode_sample(video_id: str, row: dict[str, Any], frames: np.ndarray) -> dict[str, Any]:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(frames), allow_pickle=False)
-    meta = {
-        "video_id": video_id,
-        "segment_index": int(row["segment_index"]),
-        "start_ms": int(row["start_ms"]),
-        "end_ms": int(row["end_ms"]),
-        "comments": list(row["comments"]),
-        "comment_ids": list(row["comment_ids"]),
-        "comment_count": int(row["comment_count"]),
-        "frame_times_ms": [int(t) for t in row["frame_times_ms"]],
-    }
-    return {
-        "__key__": sample_key(video_id, row["segment_index"]),
-        "frames.npy": buf.getvalue(),
-        "json": json.dumps(meta, ensure_ascii=False).encode("utf-8"),
-    }
 
 
 def _tar_bytes(sample: dict[str, Any]) -> int:
@@ -228,10 +198,9 @@ def _remove_stale(shards_root, video_id: str, keep: int) -> None:
     folder = video_shard_dir(shards_root, video_id)
     if not folder.exists():
         return
-    pattern = re.compile(re.escape(lake.safe_name(video_id)) + r"-(\d{5})\.tar")
     for p in folder.iterdir():
-        m = pattern.fullmatch(p.name)
-        if m and int(m.group(1)) >= keep:
+        n = shard_number(video_id, p.name)
+        if n is not None and n >= keep:
             p.unlink()
 
 
@@ -311,7 +280,7 @@ def _verify_tar(url: str, expected: dict[str, dict], entry: dict | None, check_h
     problems: list[str] = []
     if entry is not None and path.stat().st_size != entry["bytes"]:
         problems.append(f"shard {url}: {path.stat().st_size} bytes, index says {entry['bytes']}")
-    if check_hashes and entry is not None and _sha256(path) != entry["sha256"]:
+    if check_hashes and entry is not None and sha256_file(path) != entry["sha256"]:
         problems.append(f"shard {url}: sha256 differs from index.json")
     if not deep:
         return problems
@@ -323,9 +292,9 @@ def _verify_tar(url: str, expected: dict[str, dict], entry: dict | None, check_h
                 problems.append(f"shard {url}: unexpected sample {key}")
                 continue
             seen.add(key)
-            if name == "frames.npy":
+            if name == FRAMES_MEMBER:
                 problems += _check_frames(url, key, payload, len(row["frame_times_ms"]), sizes)
-            elif name == "json":
+            elif name == META_MEMBER:
                 problems += _check_json(url, key, payload, row)
     except (tarfile.TarError, OSError) as exc:
         problems.append(f"shard {url} is not a readable tar: {exc}")
@@ -357,15 +326,6 @@ def _check_json(url: str, key: str, payload: bytes, row: dict) -> list[str]:
         meta = json.loads(payload.decode("utf-8"))
     except ValueError as exc:
         return [f"shard {url}: {key}.json does not parse: {exc}"]
-    fields = ("video_id", "segment_index", "start_ms", "end_ms", "comments", "comment_ids",
-              "comment_count", "frame_times_ms")
-    wrong = [f for f in fields if meta.get(f) != row[f]]
+    wrong = [f for f in META_FIELDS if meta.get(f) != row[f]]
     return [f"shard {url}: {key}.json differs from the table in {wrong}"] if wrong else []
 
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()

@@ -35,6 +35,35 @@ def need_ffmpeg() -> None:
         missing("ffmpeg/ffprobe not installed (apt-get install ffmpeg)")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module of tiny models (``pytestmark =
+    pytest.mark.usefixtures("one_torch_thread")``): on a 2-core machine shared with other test runs,
+    OpenMP threads spinning at barriers cost more than they gain, and every run a test compares
+    for bit-identity (also ``OMP_NUM_THREADS=1`` subprocesses) uses the same thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def pipes_env(folder: Path, asset_key: str, *, job_name: str = "test-job", retry: int = 0,
+              messages_name: str = "pipes-messages.jsonl") -> tuple[dict[str, str], Path]:
+    """The environment ``PipesSubprocessClient`` gives a program it launches for ``asset_key``
+    (real ``dagster_pipes`` encoding; messages to a file), and that message file's path."""
+    from dagster_pipes import encode_param
+
+    messages = folder / messages_name
+    context = {"asset_keys": [asset_key], "code_version_by_asset_key": None, "provenance_by_asset_key": None,
+               "partition_key": None, "partition_key_range": None, "partition_time_window": None,
+               "run_id": "test-run", "job_name": job_name, "retry_number": retry, "extras": {}}
+    env = {"DAGSTER_PIPES_CONTEXT": encode_param({"data": context}),
+           "DAGSTER_PIPES_MESSAGES": encode_param({"path": str(messages)})}
+    return env, messages
+
+
 @pytest.fixture
 def lake_root(tmp_path: Path) -> Path:
     root = tmp_path / "lake"

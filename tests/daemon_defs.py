@@ -12,7 +12,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from lcaffect_pipeline.defs.automation import GPU_RUN_TAGS, ON_NEW_DATA
+from lcaffect_pipeline.defs.automation import ON_NEW_DATA
+from lcaffect_pipeline.defs.jobs import GPU_RUN_TAGS
 
 STATE = Path(os.environ.get("LCAFFECT_DAEMON_TEST_DIR", "."))
 GPU_STEP_SECONDS = 8.0

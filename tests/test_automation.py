@@ -9,7 +9,8 @@ import logging
 import dagster as dg
 import pytest
 
-from lcaffect_pipeline.defs.automation import ON_NEW_DATA, retrain_on_new_data
+from lcaffect_pipeline.defs.automation import ON_NEW_DATA
+from lcaffect_pipeline.defs.sensors import retrain_on_new_data
 
 logging.getLogger("dagster").setLevel(logging.WARNING)  # keep the run logs out of the test output
 

@@ -16,12 +16,7 @@ from lcaffect_ml.data import SegmentStream, load_shard_index, make_loader, write
 BATCH = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import duckdb
 import pytest
 
 from lcaffect_pipeline.definitions import defs
-from lcaffect_pipeline.defs.automation import catalogue_changed, daily_corpus_refresh
+from lcaffect_pipeline.defs.schedules import daily_corpus_refresh
+from lcaffect_pipeline.defs.sensors import catalogue_changed
 from lcaffect_pipeline.defs.checks import CHECKS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS
 from lcaffect_pipeline.defs.resources import CatalogueResource, RunScope
@@ -155,7 +156,7 @@ def _add_xml_comments(path: Path, n: int) -> None:
 
 
 def _pb_segment(n: int) -> bytes:
-    from lcaffect_pipeline.bili_proto import DmSegMobileReply
+    from lcaffect_pipeline.formats.bili_proto import DmSegMobileReply
 
     reply = DmSegMobileReply()
     for i in range(n):

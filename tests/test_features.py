@@ -1,7 +1,7 @@
 """Downstream feature extraction and the nearest-live-comment view, on tiny models built here.
 
 The V2LC checkpoints are tiny TimeSformer/BERT models saved with ``save_pretrained``; the prepared
-media are npz files written per contract §2 (random frames, sine audio); the utterance table
+media are npz files written per ``lcaffect_ml.contracts.tables`` §2 (random frames, sine audio); the utterance table
 follows ``UTTERANCES_SCHEMA``. Nothing is downloaded.
 """
 
@@ -29,20 +29,15 @@ from lcaffect_ml.tokenizer import build_char_tokenizer
 from lcaffect_ml.v2lc import V2LCConfig, V2LCModel
 from lcaffect_pipeline.schema import UTTERANCES_SCHEMA
 
+from conftest import pipes_env
+
 SR = 16_000
 COMMENTS = ["红火热", "燃爆了", "蓝天", "海洋好冷静", "哈哈", "绿草", "好看", "前方高能", "泪目", "awsl"]
 TEXTS = {"u0": "今天天气很好", "u1": "我不喜欢这个", "u2": "没有视频", "u3": "安静的画面",
          "u4": "坏掉的文件", "u5": "非常开心"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny models on a 2-core machine shared with other test runs: OpenMP spinning costs more than it
-    # gains; module-wide, so every run compared for bit-identity uses the same thread count
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sine(seconds: float, hz: float = 440.0) -> np.ndarray:
@@ -104,18 +99,12 @@ def _config(world, out: Path, **options) -> dict:
 @pytest.fixture(scope="module")
 def first_run(world, tmp_path_factory):
     """The command line, launched as Dagster Pipes launches it (real dagster_pipes message file)."""
-    from dagster_pipes import encode_param
-
     folder = tmp_path_factory.mktemp("run")
-    out, messages = folder / "features", folder / "pipes.jsonl"
+    out = folder / "features"
     cfg = folder / "features.json"
     cfg.write_text(json.dumps(_config(world, out, comment_bank=str(world["bank"]), nearest_k=3,
                                       pipes_asset_key="chsims2_features")))
-    context = {"asset_keys": ["chsims2_features"], "code_version_by_asset_key": None,
-               "provenance_by_asset_key": None, "partition_key": None, "partition_key_range": None,
-               "partition_time_window": None, "run_id": "t", "job_name": "j", "retry_number": 0, "extras": {}}
-    env = {"DAGSTER_PIPES_CONTEXT": encode_param({"data": context}),
-           "DAGSTER_PIPES_MESSAGES": encode_param({"path": str(messages)})}
+    env, messages = pipes_env(folder, "chsims2_features")
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import lcaffect_pipeline.formats._xml as xml_reader
 import lcaffect_pipeline.formats.bilibili as bili
-from lcaffect_pipeline.bili_proto import DmSegConfig, DmSegMobileReply, DmWebViewReply
+from lcaffect_pipeline.formats.bili_proto import DmSegConfig, DmSegMobileReply, DmWebViewReply
 from lcaffect_pipeline.formats import (
     CommentFormatError,
     comment_stats,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import fixture_path
 
-from lcaffect_pipeline.bili_proto import DmSegMobileReply
+from lcaffect_pipeline.formats.bili_proto import DmSegMobileReply
 from lcaffect_pipeline.formats import CommentFormatError, comment_stats, detect_format, read_comments
 from lcaffect_pipeline.formats import youtube
 

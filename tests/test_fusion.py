@@ -26,7 +26,7 @@ from lcaffect_pipeline.schema import UTTERANCES_SCHEMA
 from faults import command as faults_command
 from faults import inject
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, pipes_env
 DIMS = {"text": (6, 8), "audio": (5, 6), "visual": (4, 5), "lc": (3, 8)}  # (max length, width)
 SHOWS = ("FRIENDS", "BBT", "GOLDENGIRLS", "SARCASMAHOLICS")
 # checkpoints cost more than training steps here (fsync): only at each run's end unless a test asks
@@ -34,14 +34,7 @@ FAST = dict(d_model=32, num_layers=1, num_heads=2, ff_dim=64, dropout=0.1, batch
             epochs=20, log_every=100, checkpoint_every=1000)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models on a shared 2-core machine: one intra-op thread is fastest, and matches the
-    # OMP_NUM_THREADS=1 subprocesses bit for bit
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------ generated datasets
@@ -359,18 +352,6 @@ def test_unusable_inputs_raise_typed_errors(chsims, tmp_path):
 # ------------------------------------------------------ the program: kill, resume, Pipes
 
 
-def _pipes_env(folder: Path, retry: int) -> tuple[dict[str, str], Path]:
-    from dagster_pipes import encode_param
-
-    messages = folder / "pipes-messages.jsonl"
-    context = {"asset_keys": ["fusion_chsims2"], "code_version_by_asset_key": None, "provenance_by_asset_key": None,
-               "partition_key": None, "partition_key_range": None, "partition_time_window": None,
-               "run_id": "test-run", "job_name": "downstream", "retry_number": retry, "extras": {}}
-    env = {"DAGSTER_PIPES_CONTEXT": encode_param({"data": context}),
-           "DAGSTER_PIPES_MESSAGES": encode_param({"path": str(messages)})}
-    return env, messages
-
-
 def _run_program(config: Path, *args: str, env: dict[str, str] | None = None, **faults):
     full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     program = faults_command("lcaffect_ml.train_fusion", **faults) if faults else [sys.executable, "-m", "lcaffect_ml.train_fusion"]
@@ -391,7 +372,7 @@ def test_killed_program_resumes_to_identical_weights_and_reports_through_pipes(c
     out = tmp_path / "out"
     assert (out / "runs" / "seed-0" / "result.json").is_file() and not (out / "metrics.json").exists()
     assert sorted(p.name for p in (out / "checkpoints" / "seed-1").iterdir()) == ["step-3", "step-6"]
-    env, messages = _pipes_env(tmp_path, retry=1)
+    env, messages = pipes_env(tmp_path, "fusion_chsims2", job_name="downstream", retry=1)
     resumed = _run_program(config, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "seed-0: finished earlier" in resumed.stderr and "resuming from" in resumed.stderr

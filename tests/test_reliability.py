@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lcaffect_pipeline import lake
-from lcaffect_pipeline.bili_proto import DmSegMobileReply
+from lcaffect_pipeline.formats.bili_proto import DmSegMobileReply
 from lcaffect_pipeline.formats import CommentFormatError, comment_stats, read_comments
 from lcaffect_pipeline.schema import COMMENTS_SCHEMA, MODES, author_salt, hash_author
 

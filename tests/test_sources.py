@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from conftest import fixture_path
 from fault_server import Fault, FaultServer, Response
-from lcaffect_pipeline.bili_proto import DmSegConfig, DmSegMobileReply, DmWebViewReply
+from lcaffect_pipeline.formats.bili_proto import DmSegConfig, DmSegMobileReply, DmWebViewReply
 from lcaffect_pipeline.sources import MANIFEST, SourceConfig, SourceFolder, choose_fetcher, fetch_comments
 from lcaffect_pipeline.sources.bilibili import BilibiliClient, parse_bilibili_ref
 from lcaffect_pipeline.sources.http import FetchError, PoliteSession, RetryableError, mask_text, parse_retry_after

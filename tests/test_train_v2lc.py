@@ -20,17 +20,10 @@ from lcaffect_ml.v2lc import V2LCModel
 from faults import command as faults_command
 from faults import inject
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, pipes_env
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models on a 2-core machine shared with other runs: one intra-op thread is faster and
-    steadier (OpenMP threads spin at barriers against other processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 RETRIEVAL_KEYS = ("v2c_r1", "v2c_r5", "v2c_r10", "v2c_medr", "c2v_r1", "c2v_r5", "c2v_r10", "c2v_medr", "chance_r1")
@@ -49,18 +42,6 @@ def _config(path: Path, **options) -> Path:
     text = json.dumps(options) if path.suffix == ".json" else yaml.safe_dump(options)
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def _pipes_env(folder: Path, retry: int) -> tuple[dict[str, str], Path]:
-    from dagster_pipes import encode_param
-
-    messages = folder / "pipes-messages.jsonl"
-    context = {"asset_keys": ["v2lc_encoder"], "code_version_by_asset_key": None, "provenance_by_asset_key": None,
-               "partition_key": None, "partition_key_range": None, "partition_time_window": None,
-               "run_id": "test-run", "job_name": "pretrain", "retry_number": retry, "extras": {}}
-    env = {"DAGSTER_PIPES_CONTEXT": encode_param({"data": context}),
-           "DAGSTER_PIPES_MESSAGES": encode_param({"path": str(messages)})}
-    return env, messages
 
 
 def _train(config: Path, *args: str, env: dict[str, str] | None = None, timeout: int = 300, **faults):
@@ -96,7 +77,7 @@ def reference(index, tmp_path_factory):
     """One uninterrupted run, launched the way Dagster Pipes launches it."""
     folder = tmp_path_factory.mktemp("reference")
     cfg = _config(folder / "v2lc.yaml", shards=str(index), output_dir=str(folder / "out"), **BASE)
-    env, messages = _pipes_env(folder, retry=0)
+    env, messages = pipes_env(folder, "v2lc_encoder", job_name="pretrain", retry=0)
     proc = _train(cfg, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder / "out", messages, proc
@@ -157,7 +138,7 @@ def test_killed_run_resumes_to_identical_weights(index, reference, tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-3"]
     assert not (out / "metrics.json").exists()
     (out / "checkpoints" / ".tmp-step-6-deadbeef").mkdir()  # as if killed while writing a checkpoint
-    env, messages = _pipes_env(tmp_path, retry=1)
+    env, messages = pipes_env(tmp_path, "v2lc_encoder", job_name="pretrain", retry=1)
     resumed = _train(cfg, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     ref, got = _weights(ref_out), _weights(out)

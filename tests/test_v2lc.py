@@ -24,14 +24,7 @@ from lcaffect_ml.trainutil import CheckpointFormatError, load_state, save_state
 from lcaffect_ml.v2lc import IMAGENET_MEAN, IMAGENET_STD, V2LCConfig, V2LCModel
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models on a 2-core machine shared with other runs: one intra-op thread is faster and
-    steadier (OpenMP threads spin at barriers against other processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 COMMENTS = [["红火热", "燃爆了"], ["蓝天", "海洋好冷静", "哈哈"], ["绿草"]]

@@ -11,7 +11,9 @@ import os
 
 import dagster as dg
 
-from .automation import JOBS, SCHEDULES, SENSORS
+from .jobs import JOBS
+from .schedules import SCHEDULES
+from .sensors import SENSORS
 from .checks import CHECKS
 from .clips_assets import ASSETS as CLIPS_ASSETS
 from .clips_assets import CHECKS as CLIPS_CHECKS

@@ -1,7 +1,8 @@
 """One factory for per-video assets: plan → one step per chunk of videos → collect.
 
-Why fan-out inside one run rather than one dynamic partition per video (DESIGN.md weighs
-both): the README command, the daily refresh and a re-run of one video each stay one run
+Why fan-out inside one run rather than one dynamic partition per video (README, "Per-video
+work: fan-out inside one run, not partitions", weighs both; docs/ARCHITECTURE.md shows the
+graph): the README command, the daily refresh and a re-run of one video each stay one run
 (``dagster job execute`` has no partition flag, and thousands of partitions would mean
 thousands of runs per refresh). Each chunk is a step, so the multiprocess executor runs
 chunks in parallel here and ``k8s_job_executor`` runs each as its own pod at scale.

@@ -1,6 +1,7 @@
 """Media preparation: one ``{out}/{safe id}.npz`` per utterance, frames and 16 kHz audio.
 
-The npz (numpy ``savez``, uncompressed, written atomically) holds the contract's arrays:
+The npz (numpy ``savez``, uncompressed, written atomically) holds the arrays of the prepared-media
+contract (``lcaffect_ml.contracts.tables`` §2, ``MEDIA_ARRAYS``):
 
 * ``frames`` uint8 ``(T, S, S, 3)`` RGB at the centres of ``T`` equal slices of the whole
   utterance (``segments.frame_times`` over one span), short side scaled to ``S`` and centre-cropped

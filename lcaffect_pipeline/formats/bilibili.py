@@ -39,7 +39,7 @@ import pyarrow.csv as pacsv
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from lcaffect_pipeline.bili_proto import DmSegMobileReply
+from .bili_proto import DmSegMobileReply
 
 from ._common import BILI_MODES, ParseContext, derived_id, make_batch, make_table, posted_from_seconds
 from ._xml import FastPathAbandoned, stream_children_fast, stream_elements

@@ -31,8 +31,8 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 from google.protobuf.message import DecodeError
 
-from lcaffect_pipeline.bili_proto import DmSegMobileReply, DmWebViewReply
-from lcaffect_pipeline.sources import FetchResult, SourceFolder
+from lcaffect_pipeline.formats.bili_proto import DmSegMobileReply, DmWebViewReply
+from lcaffect_pipeline.sources.folder import FetchResult, SourceFolder
 from lcaffect_pipeline.sources.http import FetchError, PoliteSession, ResponseTooLarge, RetryableError, mask_obj, masked_logger
 from lcaffect_pipeline.sources.limits import LimitExceeded, inflate
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lcaffect_pipeline.sources import MANIFEST, FetchResult, SourceFolder
+from lcaffect_pipeline.sources.folder import MANIFEST, FetchResult, SourceFolder
 
 
 def local_files(source: str | Path) -> list[Path]:

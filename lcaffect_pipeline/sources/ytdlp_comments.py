@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from lcaffect_pipeline.sources import DEFAULT_TRACKS, FetchResult, SourceFolder
+from lcaffect_pipeline.sources.folder import DEFAULT_TRACKS, FetchResult, SourceFolder
 from lcaffect_pipeline.sources.http import FetchError, load_cookie_file, mask_text, masked_logger
 
 log = masked_logger(__name__)

@@ -1,0 +1,50 @@
+"""The tables and files the downstream programs read: what the pipeline writes for them.
+
+1. The utterance table (Parquet, ``UTTERANCES_SCHEMA``): one row per utterance of every dataset,
+   written by ``lcaffect_pipeline.downstream``; ``lcaffect_ml.extract_features`` reads
+   ``EXTRACT_COLUMNS``, ``lcaffect_ml.train_fusion`` reads ``FUSION_COLUMNS`` (of which
+   ``FUSION_REQUIRED`` must be present). ``lcaffect_pipeline.schema`` re-exports the schema.
+2. Prepared media (``media_npz``): an uncompressed ``np.savez`` with ``MEDIA_ARRAYS``: ``frames``
+   uint8 ``(T, S, S, 3)``, ``frame_times_ms`` int64 ``(T,)``, ``audio`` float32 mono at
+   ``SAMPLE_RATE`` (length 0 when the video has no audio) and ``sr``.
+3. The features folder: ``BASE_FILE`` (``text``, ``audio``, ``visual`` and their ``*_len``),
+   ``LC_FILE`` (``lc``, ``lc_len``) and ``META_FILE`` (``utterance_ids`` in row order, versions,
+   dims), written by ``lcaffect_ml.extract_features`` and read by ``lcaffect_ml.train_fusion``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+DOWNSTREAM_TASKS = ("chsims2", "meld", "mustard")
+
+UTTERANCES_SCHEMA = pa.schema(
+    [
+        pa.field("dataset", pa.string(), nullable=False),  # one of DOWNSTREAM_TASKS
+        pa.field("utterance_id", pa.string(), nullable=False),  # unique within the dataset
+        pa.field("split", pa.string(), nullable=False),  # train / valid / test (official)
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("label", pa.float64(), nullable=False),  # regression target or class index
+        pa.field("label_name", pa.string()),  # class name (emotion, sarcastic/not)
+        pa.field("extra_labels", pa.string()),  # JSON: label_T/A/V, MELD sentiment, ...
+        pa.field("speaker", pa.string()),
+        pa.field("show", pa.string()),  # MUStARD show (speaker-independent protocol)
+        pa.field("context", pa.list_(pa.string())),  # MUStARD context utterances
+        pa.field("media_path", pa.string()),  # the official media file for this utterance
+        pa.field("media_status", pa.string(), nullable=False),  # ok | missing | unreadable
+        pa.field("media_npz", pa.string()),  # prepared frames + 16 kHz audio (npz)
+    ],
+    metadata={"lcaffect.table": "utterances", "lcaffect.schema_version": "1"},
+)
+
+MEDIA_OK = "ok"  # media_status of a row whose media could be prepared
+EXTRACT_COLUMNS = ("utterance_id", "text", "media_npz", "media_status")
+FUSION_REQUIRED = ("utterance_id", "split", "label", "media_status")
+FUSION_COLUMNS = ("dataset", *FUSION_REQUIRED, "show")
+
+SAMPLE_RATE = 16_000
+MEDIA_ARRAYS = ("frames", "frame_times_ms", "audio", "sr")
+
+BASE_FILE = "base_features.safetensors"
+LC_FILE = "lc_features.safetensors"
+META_FILE = "features.json"

@@ -1,0 +1,302 @@
+"""The fusion trainer's input side: its configuration, the data contract it reads (the utterance
+table joined with the extracted features, ``lcaffect_ml.contracts.tables``) and the splits of
+each protocol (official splits; MUStARD speaker-dependent folds or the held-out show).
+
+``python -m lcaffect_ml.train_fusion`` (``lcaffect_ml.train_fusion``) trains on what ``load_data``
+and ``make_splits`` return; every name here is also importable from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .fusion import BASE_MODALITIES, LC_MODALITY, FusionConfig
+from .metrics import METRIC_NAMES, NUM_CLASSES, TASKS
+from .contracts.hashing import sha256_file
+from .contracts.tables import BASE_FILE, FUSION_COLUMNS, FUSION_REQUIRED, LC_FILE, MEDIA_OK, META_FILE
+from .trainutil import ConfigError
+
+# the program's logger: messages keep the name they had before the module was split
+log = logging.getLogger("lcaffect_ml.train_fusion")
+
+PROTOCOLS = ("speaker_dependent", "speaker_independent")
+DEFAULT_SELECT = {"chsims2": "mae", "meld": "weighted_f1", "mustard": "weighted_f1"}
+# Options that do not change a run's result: left out of its fingerprint.
+NON_RESULT_KEYS = ("output_dir", "utterances", "features_dir", "seeds", "checkpoint_every", "checkpoint_every_s",
+                   "keep_checkpoints", "log_every", "pipes_asset_key", "eval_batch_size", "device")
+
+
+class DownstreamDataError(ConfigError):
+    """The utterance table or a feature file named by the config is unreadable or inconsistent."""
+
+
+@dataclass
+class FusionTrainConfig:
+    task: str
+    utterances: str
+    features_dir: str
+    output_dir: str
+    use_lc: bool = True
+    seeds: list = field(default_factory=lambda: [0])
+    protocol: str | None = None
+    folds: int = 5
+    split_seed: int = 0
+    held_out_show: str = "FRIENDS"
+    d_model: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    ff_dim: int = 256
+    dropout: float = 0.1
+    regression_activation: str = "linear"
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_ratio: float = 0.1
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    regression_loss: str = "l1"
+    class_weights: Any = None
+    select_metric: str | None = None
+    eval_every: int = 1
+    eval_batch_size: int = 256
+    precision: str = "auto"
+    device: str = "auto"
+    checkpoint_every: int = 0
+    checkpoint_every_s: float = 120.0
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    pipes_asset_key: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FusionTrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown}; known: {sorted(known)}")
+        missing = [k for k in ("task", "utterances", "features_dir", "output_dir") if k not in data]
+        if missing:
+            raise ConfigError(f"missing required option(s) {missing}")
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {TASKS}, not {self.task!r}")
+        if isinstance(self.seeds, int):
+            self.seeds = [self.seeds]
+        if (not self.seeds or len(set(self.seeds)) != len(self.seeds)
+                or not all(isinstance(s, int) and s >= 0 for s in self.seeds)):
+            raise ConfigError(f"seeds must be a non-empty list of distinct integers >= 0, got {self.seeds}")
+        if self.task == "mustard":
+            self.protocol = self.protocol or "speaker_dependent"
+            if self.protocol not in PROTOCOLS:
+                raise ConfigError(f"protocol must be one of {PROTOCOLS}, not {self.protocol!r}")
+        elif self.protocol not in (None, "official"):
+            raise ConfigError(f"protocol applies to mustard only ({self.task} uses its official split)")
+        for name in ("epochs", "batch_size", "eval_every", "eval_batch_size", "keep_checkpoints", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.task == "mustard" and self.protocol == "speaker_dependent" and self.folds < 2:
+            raise ConfigError(f"folds must be >= 2, got {self.folds}")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"lr must be > 0 and warmup_ratio in [0, 1), got {self.lr}, {self.warmup_ratio}")
+        if self.regression_loss not in ("l1", "mse"):
+            raise ConfigError(f"regression_loss must be l1 or mse, not {self.regression_loss!r}")
+        self.select_metric = self.select_metric or DEFAULT_SELECT[self.task]
+        if self.select_metric not in METRIC_NAMES[self.task]:
+            raise ConfigError(f"select_metric {self.select_metric!r} is not a {self.task} metric "
+                              f"{METRIC_NAMES[self.task]}")
+        cw = self.class_weights
+        if cw is not None and cw != "balanced" and not (isinstance(cw, list) and len(cw) == NUM_CLASSES[self.task]):
+            raise ConfigError(f"class_weights must be null, 'balanced' or {NUM_CLASSES[self.task]} numbers")
+
+    def model_config(self, input_dims: dict[str, int], max_positions: int) -> FusionConfig:
+        return FusionConfig(input_dims=dict(input_dims), num_outputs=NUM_CLASSES[self.task], task=self.task,
+                            use_lc=self.use_lc, d_model=self.d_model, num_layers=self.num_layers,
+                            num_heads=self.num_heads, ff_dim=self.ff_dim, dropout=self.dropout,
+                            max_positions=max_positions, regression_activation=self.regression_activation)
+
+
+# ------------------------------------------------------------------------------ data
+
+
+@dataclass
+class FusionData:
+    ids: list[str]
+    labels: np.ndarray  # float64 (N,)
+    split: np.ndarray  # str (N,)
+    show: np.ndarray  # str (N,), "" when absent
+    inputs: dict[str, torch.Tensor]  # "text", "text_len", ... aligned with ids
+    skipped: dict[str, int]
+    feature_info: dict[str, Any]
+    fingerprint: str  # content identity of the inputs this run reads
+
+    @property
+    def input_dims(self) -> dict[str, int]:
+        return {k: int(v.shape[-1]) for k, v in self.inputs.items() if not k.endswith("_len")}
+
+    @property
+    def max_positions(self) -> int:
+        return max(1, *(int(v.shape[1]) for k, v in self.inputs.items() if not k.endswith("_len")))
+
+
+def _read_features(path: Path, names: tuple[str, ...], n_rows: int) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise DownstreamDataError(f"{path}: feature file is missing")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise DownstreamDataError(f"{path}: not a safetensors file ({exc})") from exc
+    out = {}
+    for m in names:
+        x, lengths = tensors.get(m), tensors.get(f"{m}_len")
+        if x is None or lengths is None:
+            raise DownstreamDataError(f"{path}: lacks {m!r} or {m + '_len'!r} (has {sorted(tensors)})")
+        if x.ndim != 3 or x.shape[0] != n_rows or lengths.shape != (n_rows,):
+            raise DownstreamDataError(f"{path}: {m} has shape {tuple(x.shape)}, {m}_len {tuple(lengths.shape)}; "
+                                      f"features.json lists {n_rows} utterances")
+        if bool((lengths < 0).any()) or bool((lengths > x.shape[1]).any()):
+            raise DownstreamDataError(f"{path}: {m}_len outside [0, {x.shape[1]}]")
+        out[m], out[f"{m}_len"] = x.float(), lengths.long()
+    return out
+
+
+def _read_table(path: Path, task: str) -> dict[str, list]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types (OSError, ArrowInvalid)
+        raise DownstreamDataError(f"{path}: cannot read the utterance table: {exc}") from exc
+    missing = [c for c in FUSION_REQUIRED if c not in table.column_names]
+    if missing:
+        raise DownstreamDataError(f"{path}: utterance table lacks column(s) {missing}")
+    cols = {c: table.column(c).to_pylist() for c in table.column_names
+            if c in FUSION_COLUMNS}
+    if "dataset" in cols:
+        keep = [i for i, d in enumerate(cols["dataset"]) if d == task]
+        if not keep:
+            raise DownstreamDataError(f"{path}: no {task} rows (datasets {sorted(set(cols['dataset']))})")
+        cols = {c: [v[i] for i in keep] for c, v in cols.items()}
+    return cols
+
+
+def _label_ok(task: str, value: Any) -> bool:
+    if value is None or not math.isfinite(float(value)):
+        return False
+    if task == "chsims2":
+        return True
+    return float(value).is_integer() and 0 <= int(value) < NUM_CLASSES[task]
+
+
+def load_data(cfg: FusionTrainConfig) -> FusionData:
+    """Join the utterance table with the features; count the rows that cannot be used."""
+    features_dir = Path(cfg.features_dir)
+    meta_path = features_dir / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        feature_ids = [str(u) for u in meta["utterance_ids"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DownstreamDataError(f"{meta_path}: unreadable features index ({exc})") from exc
+    row_of = {u: i for i, u in enumerate(feature_ids)}
+    feats = _read_features(features_dir / BASE_FILE, BASE_MODALITIES, len(feature_ids))
+    if cfg.use_lc:
+        feats.update(_read_features(features_dir / LC_FILE, (LC_MODALITY,), len(feature_ids)))
+
+    table_path = Path(cfg.utterances)
+    cols = _read_table(table_path, cfg.task)
+    skipped = {"media_not_ok": 0, "no_features": 0, "bad_label": 0, "duplicate_id": 0}
+    keep, seen = [], set()
+    for i, uid in enumerate(cols["utterance_id"]):
+        if cols["media_status"][i] != MEDIA_OK:
+            skipped["media_not_ok"] += 1
+        elif uid not in row_of:
+            skipped["no_features"] += 1
+        elif not _label_ok(cfg.task, cols["label"][i]):
+            skipped["bad_label"] += 1
+            log.warning("%s: utterance %s has an unusable %s label %r: skipped", table_path, uid, cfg.task,
+                        cols["label"][i])
+        elif uid in seen:
+            skipped["duplicate_id"] += 1
+        else:
+            seen.add(uid)
+            keep.append(i)
+    if sum(skipped.values()):
+        log.warning("skipped %d of %d utterances: %s", sum(skipped.values()), len(cols["utterance_id"]), skipped)
+    if not keep:
+        raise DownstreamDataError(f"{table_path}: no usable utterance (skipped: {skipped})")
+    rows = torch.tensor([row_of[cols["utterance_id"][i]] for i in keep], dtype=torch.long)
+    shows = cols.get("show") or [None] * len(cols["utterance_id"])
+    info = {k: meta.get(k) for k in ("base_version", "lc_version", "lc_source", "dims")}
+    return FusionData(
+        ids=[cols["utterance_id"][i] for i in keep],
+        labels=np.asarray([float(cols["label"][i]) for i in keep], dtype=np.float64),
+        split=np.asarray([str(cols["split"][i]) for i in keep]),
+        show=np.asarray([str(shows[i] or "") for i in keep]),
+        inputs={k: v.index_select(0, rows).contiguous() for k, v in feats.items()},
+        skipped=skipped, feature_info=info,
+        fingerprint=_data_fingerprint(table_path, features_dir, meta, cfg.use_lc))
+
+
+def _data_fingerprint(table: Path, features_dir: Path, meta: dict[str, Any], use_lc: bool) -> str:
+    """The table's bytes and the feature versions the extractor recorded (the files' bytes without)."""
+    parts = [sha256_file(table), meta.get("base_version") or sha256_file(features_dir / BASE_FILE)]
+    if use_lc:  # a new V2LC checkpoint changes only lc_version: the ablation keeps its results
+        parts.append(meta.get("lc_version") or sha256_file(features_dir / LC_FILE))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------ splits
+
+
+@dataclass
+class RunSplit:
+    fold: int | None
+    train: np.ndarray
+    valid: np.ndarray | None
+    test: np.ndarray
+
+
+def make_splits(data: FusionData, cfg: FusionTrainConfig) -> list[RunSplit]:
+    if cfg.task == "mustard":
+        return _mustard_splits(data, cfg)
+    parts = {name: np.flatnonzero(data.split == name) for name in ("train", "valid", "test")}
+    if not len(parts["train"]) or not len(parts["test"]):
+        raise DownstreamDataError(f"{cfg.utterances}: {cfg.task} needs train and test rows in the split column "
+                                  f"(found {dict(zip(*np.unique(data.split, return_counts=True)))})")
+    return [RunSplit(None, parts["train"], parts["valid"] if len(parts["valid"]) else None, parts["test"])]
+
+
+def _mustard_splits(data: FusionData, cfg: FusionTrainConfig) -> list[RunSplit]:
+    if cfg.protocol == "speaker_independent":
+        held_out = np.char.upper(data.show.astype(str)) == cfg.held_out_show.upper()
+        train, test = np.flatnonzero(~held_out), np.flatnonzero(held_out)
+        if not len(train) or not len(test):
+            raise DownstreamDataError(f"{cfg.utterances}: speaker-independent protocol needs rows of "
+                                      f"{cfg.held_out_show} and of other shows ({len(test)} and {len(train)})")
+        return [RunSplit(None, train, None, test)]
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = StratifiedKFold(n_splits=cfg.folds, shuffle=True, random_state=cfg.split_seed)
+    try:
+        return [RunSplit(k, train, None, test)
+                for k, (train, test) in enumerate(folds.split(np.zeros(len(data.labels)), data.labels))]
+    except ValueError as exc:  # fewer rows of a class than folds
+        raise DownstreamDataError(f"{cfg.utterances}: cannot make {cfg.folds} stratified folds: {exc}") from exc

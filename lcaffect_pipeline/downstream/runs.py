@@ -1,0 +1,133 @@
+"""Downstream runs, without Dagster: the asset names of each task, the run folders and reuse
+decisions of the fusion runs, the comment bank and the ablation report.
+
+``lcaffect_pipeline.defs.downstream_assets`` wraps these in assets. Folders under the lake root:
+
+    downstream/{task}/utterances.parquet, media/, features/
+    downstream/{task}/{task}_fusion_{with,without}_lc/{config key}/   one fusion run per configuration
+    downstream/{task}/{task}_fusion_{with,without}_lc/latest.json     the last finished run (for the ablation)
+    downstream/comment_bank.parquet                                    distinct clean comments (nearest-comment view)
+    ablation.json, ablation.md
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lcaffect_ml.contracts.hashing import sha256_bytes, sha256_file, short_hash
+from lcaffect_ml.contracts.tables import META_FILE
+
+from ..lake import atomic_write_bytes
+from ..models import latest_v2lc_dir  # noqa: F401  (the encoder the features read)
+
+TASKS = ("chsims2", "meld", "mustard")
+# Every downstream asset, named in full so that a search for "meld_features" finds it.
+TASK_ASSETS: dict[str, dict[str, str]] = {
+    "chsims2": {"utterances": "chsims2_utterances", "features": "chsims2_features",
+                "with_lc": "chsims2_fusion_with_lc", "without_lc": "chsims2_fusion_without_lc"},
+    "meld": {"utterances": "meld_utterances", "features": "meld_features",
+             "with_lc": "meld_fusion_with_lc", "without_lc": "meld_fusion_without_lc"},
+    "mustard": {"utterances": "mustard_utterances", "features": "mustard_features",
+                "with_lc": "mustard_fusion_with_lc", "without_lc": "mustard_fusion_without_lc"},
+}
+ABLATION_ASSET = "ablation_report"
+
+
+def fusion_name(task: str, use_lc: bool) -> str:
+    return TASK_ASSETS[task]["with_lc" if use_lc else "without_lc"]
+
+
+def task_dir(root: Path, task: str) -> Path:
+    return Path(root) / "downstream" / task
+
+
+def config_key(payload: dict[str, Any]) -> str:
+    """16 hex digits naming one run configuration (a run folder)."""
+    return sha256_bytes(json.dumps(payload, sort_keys=True, default=str).encode())[:16]
+
+
+def fusion_config(task: str, use_lc: bool, utterances: str, features_dir: Path, seeds: list[int],
+                  extra: dict[str, Any], mustard_protocol: str) -> dict[str, Any]:
+    """The ``lcaffect_ml.train_fusion`` configuration of one fusion asset (without ``output_dir``)."""
+    cfg = {"task": task, "utterances": utterances, "features_dir": str(features_dir), "use_lc": use_lc,
+           "seeds": list(seeds), "pipes_asset_key": fusion_name(task, use_lc), **extra}
+    if task == "mustard":
+        cfg["protocol"] = mustard_protocol
+    return cfg
+
+
+def fusion_run_dir(root: Path, task: str, cfg: dict[str, Any], utterances_version: str | None) -> Path:
+    """One folder per (configuration, feature versions, utterance table version): a re-run with
+    nothing changed finds its finished run there."""
+    feats = Path(cfg["features_dir"])
+    meta = json.loads((feats / META_FILE).read_text())
+    key = config_key({**cfg, "base": meta.get("base_version"), "lc": meta.get("lc_version"), "utt": utterances_version})
+    return task_dir(root, task) / cfg["pipes_asset_key"] / key
+
+
+def finished_fusion(out: Path) -> tuple[dict[str, float], str] | None:
+    """(mean metrics, data version) of a fusion run that already finished in ``out``, else None.
+    The data version is the weights' SHA-256, as the program reports it through Pipes."""
+    if not (out / "metrics.json").exists():
+        return None
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {k: float(v) for k, v in metrics.get("mean", {}).items()}, sha256_file(out / "model.safetensors")
+
+
+def mark_fusion_latest(root: Path, task: str, use_lc: bool, out: Path) -> None:
+    """Only a finished run becomes the one the ablation reads: a failed one keeps the last good one."""
+    atomic_write_bytes(task_dir(root, task) / fusion_name(task, use_lc) / "latest.json",
+                       json.dumps({"output_dir": str(out)}).encode())
+
+
+def fusion_metrics(root: Path, task: str, use_lc: bool) -> dict | None:
+    pointer = task_dir(root, task) / fusion_name(task, use_lc) / "latest.json"
+    if not pointer.exists():
+        return None
+    path = Path(json.loads(pointer.read_text())["output_dir"]) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def features_meta(root: Path, task: str) -> dict | None:
+    path = task_dir(root, task) / "features" / META_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def comment_bank(root: Path) -> str | None:
+    """The clean corpus's distinct texts as one Parquet (for the nearest-comment view), if there is a corpus."""
+    import duckdb
+
+    files = sorted(Path(root).glob("clean_comments/*/*.parquet"))
+    if not files:
+        return None
+    out = Path(root) / "downstream" / "comment_bank.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    # the file list is bound; COPY's target cannot be, so it is quoted as an SQL string (a lake root may hold ')
+    target = "'" + str(tmp).replace("'", "''") + "'"
+    duckdb.execute(f"COPY (SELECT DISTINCT text FROM read_parquet(?) ORDER BY text) TO {target} (FORMAT parquet)",
+                   [[str(f) for f in files]])
+    tmp.replace(out)
+    return str(out)
+
+
+def write_ablation(root: Path, demo: bool) -> dict[str, Any]:
+    """Every task's metrics with and without the LC features into ``ablation.json``/``.md``.
+
+    Returns the table, its markdown, the path, the headline gains per task and the data version
+    (short hash of the JSON written)."""
+    from .ablation import HEADLINE, ablation_table
+
+    results = {t: {"with": fusion_metrics(root, t, True), "without": fusion_metrics(root, t, False),
+                   "features": features_meta(root, t)} for t in TASKS}
+    table, markdown = ablation_table(results, demo=demo)
+    path = Path(root) / "ablation.json"
+    payload = json.dumps(table, indent=1, sort_keys=True).encode()
+    atomic_write_bytes(path, payload)
+    atomic_write_bytes(path.with_suffix(".md"), (markdown + "\n").encode())
+    headline = {f"{t}_{HEADLINE[t]}_gain": float(v["metrics"][HEADLINE[t]]["difference"])
+                for t, v in table["tasks"].items() if HEADLINE[t] in v["metrics"]}
+    return {"table": table, "markdown": markdown, "path": path, "headline": headline,
+            "data_version": short_hash(sha256_bytes(payload))}

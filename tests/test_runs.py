@@ -1,0 +1,115 @@
+"""Run folders, reuse decisions, the comment bank and the ablation as plain functions
+(``lcaffect_pipeline.models``, ``lcaffect_pipeline.downstream.runs``): no Dagster involved."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lcaffect_pipeline import models
+from lcaffect_pipeline.downstream import runs
+
+
+def _features(folder: Path, base: str = "b1", lc: str = "l1") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "features.json").write_text(json.dumps({"base_version": base, "lc_version": lc}))
+    return folder
+
+
+def test_every_downstream_asset_name_is_written_out() -> None:
+    for task in runs.TASKS:
+        names = runs.TASK_ASSETS[task]
+        assert names == {"utterances": f"{task}_utterances", "features": f"{task}_features",
+                         "with_lc": f"{task}_fusion_with_lc", "without_lc": f"{task}_fusion_without_lc"}
+        assert runs.fusion_name(task, True) == names["with_lc"] and runs.fusion_name(task, False) == names["without_lc"]
+
+
+def test_the_defs_use_those_names() -> None:
+    from lcaffect_pipeline.definitions import defs
+
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {n for t in runs.TASKS for n in runs.TASK_ASSETS[t].values()} | {runs.ABLATION_ASSET} <= keys
+
+
+def test_fusion_run_folder_follows_config_and_feature_versions(tmp_path) -> None:
+    feats = _features(tmp_path / "downstream" / "meld" / "features")
+    cfg = runs.fusion_config("meld", True, "u.parquet", feats, [0, 1], {"epochs": 3}, "speaker_independent")
+    assert cfg["pipes_asset_key"] == "meld_fusion_with_lc" and "protocol" not in cfg  # MUStARD only
+    first = runs.fusion_run_dir(tmp_path, "meld", cfg, "utt-v1")
+    assert first.parent == tmp_path / "downstream" / "meld" / "meld_fusion_with_lc" and len(first.name) == 16
+    assert runs.fusion_run_dir(tmp_path, "meld", dict(cfg), "utt-v1") == first  # same inputs, same folder: reuse
+    assert runs.fusion_run_dir(tmp_path, "meld", cfg, "utt-v2") != first  # a new utterance table: a new run
+    _features(feats, lc="l2")
+    assert runs.fusion_run_dir(tmp_path, "meld", cfg, "utt-v1") != first  # a new V2LC checkpoint: a new run
+    mustard = runs.fusion_config("mustard", False, "u.parquet", feats, [0], {}, "speaker_dependent")
+    assert mustard["protocol"] == "speaker_dependent"
+
+
+def test_only_a_finished_fusion_run_is_reused_and_becomes_latest(tmp_path) -> None:
+    out = tmp_path / "downstream" / "chsims2" / "chsims2_fusion_without_lc" / "k"
+    out.mkdir(parents=True)
+    assert runs.finished_fusion(out) is None and runs.fusion_metrics(tmp_path, "chsims2", False) is None
+    (out / "model.safetensors").write_bytes(b"weights")
+    (out / "metrics.json").write_text(json.dumps({"mean": {"acc2": 0.75}, "seeds": {}}))
+    values, version = runs.finished_fusion(out)
+    assert values == {"acc2": 0.75} and version == hashlib.sha256(b"weights").hexdigest()
+    runs.mark_fusion_latest(tmp_path, "chsims2", False, out)
+    assert runs.fusion_metrics(tmp_path, "chsims2", False)["mean"] == {"acc2": 0.75}
+    assert runs.fusion_metrics(tmp_path, "chsims2", True) is None
+
+
+def test_ablation_report_without_runs_says_not_available(tmp_path) -> None:
+    report = runs.write_ablation(tmp_path, demo=False)
+    assert report["table"]["tasks"] == {} and report["headline"] == {}
+    payload = (tmp_path / "ablation.json").read_bytes()
+    assert report["data_version"] == hashlib.sha256(payload).hexdigest()[:32]
+    assert "| meld | not available |" in (tmp_path / "ablation.md").read_text()
+
+
+def test_comment_bank_is_the_distinct_clean_texts(tmp_path) -> None:
+    assert runs.comment_bank(tmp_path) is None  # no corpus yet
+    for vid, texts in (("a", ["好看", "哈哈"]), ("b", ["好看", "泪目"])):
+        (tmp_path / "clean_comments" / "bilibili").mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"text": texts}), tmp_path / "clean_comments" / "bilibili" / f"{vid}.parquet")
+    bank = runs.comment_bank(tmp_path)
+    assert pq.read_table(bank).column("text").to_pylist() == sorted({"好看", "哈哈", "泪目"})
+
+
+def test_v2lc_run_folder_ignores_the_output_dir_and_follows_the_config(tmp_path) -> None:
+    cfg = models.training_config({"lr": 1e-3, "gpus": 2, "extra_json": '{"max_steps": 5}', "seed": None},
+                                 ("gpus",), "idx.json", tmp_path / "x")
+    assert cfg == {"lr": 1e-3, "max_steps": 5, "shards": "idx.json", "output_dir": str(tmp_path / "x"),
+                   "pipes_asset_key": "v2lc_encoder"}
+    first = models.run_dir(tmp_path, "shards-v1", cfg)
+    assert models.run_dir(tmp_path, "shards-v1", {**cfg, "output_dir": "elsewhere"}) == first
+    assert models.run_dir(tmp_path, "shards-v1", {**cfg, "lr": 2e-3}) != first
+
+
+def test_finished_v2lc_run_is_reused_and_latest_points_at_it(tmp_path) -> None:
+    with pytest.raises(models.NoEncoderError, match="materialise v2lc_encoder first"):
+        models.latest_v2lc_dir(tmp_path)
+    out = tmp_path / "models" / "v2lc" / "k"
+    (out / "checkpoints" / "step-10").mkdir(parents=True)
+    (out / "checkpoints" / "step-9").mkdir()
+    assert models.finished_run(out) is None
+    (out / "model.safetensors").write_bytes(b"w")
+    (out / "metrics.json").write_text(json.dumps({"v2c_r1": 0.2, "chance_r1": 0.1}))
+    metrics, version = models.finished_run(out)
+    assert version == hashlib.sha256(b"w").hexdigest() and models.above_chance(metrics)
+    assert not models.above_chance({"v2c_r1": 0.1, "chance_r1": 0.1})
+    assert models.latest_checkpoint(out).name == "step-10"  # numeric, not lexical, order
+    models.mark_latest(tmp_path, out)
+    assert models.latest_v2lc_dir(tmp_path) == str(out)
+
+
+def test_launch_command() -> None:
+    cfg = Path("c.yaml")
+    assert models.launch_command(cfg) == [sys.executable, "-m", "lcaffect_ml.train_v2lc", "--config", "c.yaml"]
+    assert models.launch_command(cfg, gpus=4)[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node=4", "-m"]
+    assert models.launch_command(cfg, command=["srun", "python"], gpus=4) == ["srun", "python", "--config", "c.yaml"]
