@@ -166,7 +166,7 @@ def _write_bilibili_xml(path: Path, cid: int, comments: list[dict]) -> Path:
 
 
 def _write_bilibili_protobuf(path: Path, cid: int, comments: list[dict]) -> Path:
-    from .bili_proto import DmSegMobileReply
+    from .formats.bili_proto import DmSegMobileReply
 
     reply = DmSegMobileReply()
     for c in comments:

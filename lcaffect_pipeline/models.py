@@ -36,8 +36,12 @@ def training_config(settings: dict[str, Any], launch_fields: Sequence[str], shar
 
 
 def run_key(shards_version: str, cfg: dict[str, Any]) -> str:
-    """16 hex digits naming one (shard data, training config): a retry or re-run resumes there."""
-    payload = {"shards": shards_version, **{k: v for k, v in cfg.items() if k != "output_dir"}}
+    """16 hex digits naming one (shard data, training config): a retry or re-run resumes there.
+
+    The shards' data version has a key of its own: ``cfg["shards"]`` is the index *path*, which
+    stays the same when the shards change, and must not hide the version (it once did, so new
+    shards reused the old run's weights)."""
+    payload = {"shards_version": shards_version, **{k: v for k, v in cfg.items() if k != "output_dir"}}
     return sha256_bytes(json.dumps(payload, sort_keys=True).encode())[:16]
 
 

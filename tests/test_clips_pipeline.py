@@ -57,7 +57,7 @@ def test_demo_videos_become_shards(clips_run) -> None:
 
 
 def test_adding_a_video_processes_only_that_video(clips_run, tmp_path: Path, monkeypatch) -> None:
-    from lcaffect_pipeline import videos
+    from lcaffect_pipeline import probe as videos  # where probe_video and its ffprobe call live
 
     root, _ = clips_run
     before = {p.name: p.stat().st_mtime_ns for p in (root / "shards").rglob("*.tar")}

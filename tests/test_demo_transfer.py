@@ -27,17 +27,10 @@ from lcaffect_pipeline.downstream import SCENE_SPLITS, generate_demo_downstream,
 from lcaffect_pipeline.downstream.ablation import ablation_table, metric_row
 from lcaffect_pipeline.downstream.media import decode_utterance, prepare_media
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SEEDS = [0, 1, 2]
-FUSION = dict(d_model=64, ff_dim=128, epochs=20, batch_size=16, lr=3e-3,  # as configs/demo.yaml
+FUSION = dict(d_model=64, ff_dim=128, epochs=30, batch_size=16, lr=3e-3,  # as configs/demo.yaml
               log_every=100, checkpoint_every=1000, device="cpu", precision="fp32")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared 2-core machine
-    yield
-    torch.set_num_threads(before)
 
 
 def mood_encoder(pool: Path, out: Path) -> Path:

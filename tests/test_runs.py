@@ -89,6 +89,8 @@ def test_v2lc_run_folder_ignores_the_output_dir_and_follows_the_config(tmp_path)
     first = models.run_dir(tmp_path, "shards-v1", cfg)
     assert models.run_dir(tmp_path, "shards-v1", {**cfg, "output_dir": "elsewhere"}) == first
     assert models.run_dir(tmp_path, "shards-v1", {**cfg, "lr": 2e-3}) != first
+    # new shard data at the same index path trains anew (the path must not hide the version)
+    assert models.run_dir(tmp_path, "shards-v2", cfg) != first
 
 
 def test_finished_v2lc_run_is_reused_and_latest_points_at_it(tmp_path) -> None:
