@@ -5,7 +5,7 @@ A small copy of the paper's situation. Every 8-second segment of a demo video sh
 moving noise, with a tone of its own in the audio), and every scene has a ``mood`` (funny,
 amazing, scary or infuriating) that viewers react to. The mood is an arbitrary property of the
 scene, like a meme's or a jump scare's: it follows from nothing a frame or the audio shows (the
-block colours and the tone are random per scene, the moods shuffled over the scenes).
+block colours are random per scene, the tone is its own, the moods are shuffled over the scenes).
 
 The live comments of a segment are mostly *reactions* in the mood's words ("哈哈哈哈哈",
 "吓死我了", "卧槽", "气死了"), plus a few that name what is on screen ("满屏的蓝"), so
@@ -270,7 +270,7 @@ def generate_demo_world(root, n_videos: int = 16, *, segments: int = SEGMENTS_PE
 
     A marker file records the parameters; a second call with the same ones does nothing.
     """
-    root = Path(str(root))
+    root = lake.local_path(root, "the demo world (ffmpeg renders it)")
     catalogue = root / "catalogue.yaml"
     marker = root / ".demo-world.json"
     params = {"version": DEMO_VERSION, "n_videos": n_videos, "segments": segments, "seed": seed, "with_videos": with_videos}

@@ -67,8 +67,8 @@ def under(root: str | os.PathLike, *parts: str, ext: str = "") -> UPath:
         names[-1] = safe_name(parts[-1], ext)
     path = root_p.joinpath(*names)
     if is_local(root_p):
-        base = Path(str(root_p)).resolve()
-        resolved = Path(str(path)).resolve()
+        base = local_path(root_p, "the lake").resolve()
+        resolved = local_path(path, "the lake").resolve()
         if base != resolved and base not in resolved.parents:
             raise LakePathError(f"{path} escapes the lake root {root_p}")
     return path

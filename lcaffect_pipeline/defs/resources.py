@@ -273,5 +273,7 @@ class DownstreamResource(dg.ConfigurableResource):
         if self.demo:
             from ..downstream import generate_demo_downstream
 
-            return Path(generate_demo_downstream(Path(str(demo_root)))[task])
+            from .. import lake
+
+            return Path(generate_demo_downstream(lake.local_path(demo_root, "the demo datasets"))[task])
         return None

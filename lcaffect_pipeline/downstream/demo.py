@@ -233,23 +233,24 @@ def _render_pool(folder: Path, seed: int) -> dict[tuple[int, int], Path]:
         for v, seconds in enumerate(CLIP_SECONDS):
             path = folder / f"scene{c:02d}-{seconds}s-seed{seed}-v{DEMO_DOWNSTREAM_VERSION}.mp4"
             if not path.is_file():
-                pending.append((path, c, seconds, 1000 * seed + 10 * c + v))
+                pending.append((path, c, v, 1000 * seed + 10 * c + v))
             pool[(c, v)] = path
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as workers:  # ffmpeg does the work
         list(workers.map(lambda job: _render_clip(job[0], job[1], job[2], noise_seed=job[3]), pending))
     return pool
 
 
-def _render_clip(path: Path, scene: int, seconds: int, noise_seed: int) -> None:
+def _render_clip(path: Path, scene: int, variant: int, noise_seed: int) -> None:
     """One clip: the scene's mosaic under moving noise (as ``demo.make_demo_video``, shorter) with
     the tone of its length, written to a temporary name and renamed."""
     if shutil.which("ffmpeg") is None:
         raise RuntimeError("ffmpeg is not installed (apt-get install ffmpeg)")
+    seconds = CLIP_SECONDS[variant]
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.mp4")
     graph = (scene_filter(scene, seconds, "s", size=CLIP_SIZE, fps=CLIP_FPS)
              + f";[s]noise=alls=30:allf=t+u:all_seed={noise_seed}[v]")
     args = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y",
-            "-f", "lavfi", "-i", f"sine=frequency={CLIP_TONES[CLIP_SECONDS.index(seconds)]}:sample_rate=16000:duration={seconds}",
+            "-f", "lavfi", "-i", f"sine=frequency={CLIP_TONES[variant]}:sample_rate=16000:duration={seconds}",
             "-filter_complex", graph, "-map", "[v]", "-map", "0:a", "-c:v", "libx264", "-preset", "ultrafast",
             "-crf", "28", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "48k", "-fflags", "+bitexact",
             "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-shortest", str(tmp)]
