@@ -47,7 +47,7 @@ from .data import (ShardSpec, SegmentStream, load_shard_index, make_loader, read
 from . import trainutil
 from .losses import v2lc_loss
 from .pipes import TrainingReporter, pipes_session
-from .retrieval import retrieval_metrics
+from .retrieval import retrieval_by_group, retrieval_metrics
 from .trainutil import (EXIT_NON_FINITE, COMPLETE_MARKER, CheckpointManager, ConfigError, DistInfo,
                         NonFiniteLossError, adamw_param_groups, atomic_file, atomic_write_json, autocast,
                         capture_rng_state, cosine_schedule_with_warmup, init_distributed,
@@ -131,14 +131,16 @@ class Run:
 @torch.no_grad()
 def evaluate(model: V2LCModel, shards: list[ShardSpec], cfg: TrainConfig, device: torch.device,
              precision: str) -> dict[str, float]:
-    """Held-out retrieval metrics over (at most ``eval_max_segments``) segments of the test videos."""
+    """Held-out retrieval metrics over (at most ``eval_max_segments``) segments of the test videos,
+    and, where the index names them, per platform (``by_platform``) and language (``by_language``),
+    each group ranked within its own pool."""
     stream = SegmentStream(shards, batch_size=cfg.eval_batch_size, tokenizer=model.tokenizer,
                            max_comments=cfg.max_comments, max_length=cfg.text_max_length, shuffle=False,
                            infinite=False, on_error=cfg.on_error, max_segments=cfg.eval_max_segments)
     loader = make_loader(stream, num_workers=min(cfg.num_workers, len(shards)), seed=cfg.seed)
     was_training = model.training
     model.eval()
-    videos, comments, segments = [], [], []
+    videos, comments, segments, video_ids = [], [], [], []
     offset = 0
     try:
         for batch in loader:
@@ -149,12 +151,20 @@ def evaluate(model: V2LCModel, shards: list[ShardSpec], cfg: TrainConfig, device
             videos.append(out.video_embeds.float().cpu())
             comments.append(out.comment_embeds[keep].float().cpu())
             segments.append(out.comment_segment[keep].cpu() + offset)
+            video_ids += batch["video_id"]
             offset += frames.shape[0]
     finally:
         model.train(was_training)
     if not videos:
         raise ConfigError("the held-out videos yielded no segment with comments: nothing to evaluate")
-    return retrieval_metrics(torch.cat(videos), torch.cat(comments), torch.cat(segments))
+    embeds = torch.cat(videos), torch.cat(comments), torch.cat(segments)
+    metrics: dict[str, Any] = retrieval_metrics(*embeds)
+    for attr in ("platform", "language"):
+        of_video = {s.video_id: getattr(s, attr) for s in shards}
+        groups = retrieval_by_group(*embeds, [of_video.get(v) for v in video_ids])
+        if groups:
+            metrics[f"by_{attr}"] = groups
+    return metrics
 
 
 def _periodic_eval(run: Run) -> None:
@@ -298,9 +308,15 @@ def setup_run(cfg: TrainConfig, dist: DistInfo, reporter: TrainingReporter) -> R
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in manager.clean_stale():
             log.warning("removed %s, left by a run killed while writing a checkpoint", stale)
-    train_shards, test_shards = split_by_video(load_shard_index(cfg.shards), cfg.eval_fraction, cfg.split_seed)
+    try:
+        train_shards, test_shards = split_by_video(load_shard_index(cfg.shards), cfg.eval_fraction, cfg.split_seed,
+                                                   cfg.eval_platforms)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     if not train_shards:
         raise ConfigError("no training videos after the split")
+    if cfg.eval_platforms and not test_shards:
+        raise ConfigError(f"eval_platforms {cfg.eval_platforms}: the index has no video of those platforms")
     log.info("%d train videos, %d held-out videos; precision %s on %s, world size %d",
              len({s.video_id for s in train_shards}), len({s.video_id for s in test_shards}), precision,
              dist.device, dist.world_size)

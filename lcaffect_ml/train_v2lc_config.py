@@ -22,6 +22,9 @@ class TrainConfig:
     output_dir: str = opt(help="where everything is written: model, metrics, loss curve, checkpoints/")
     eval_fraction: float = opt(0.1, "share of *videos* held out for retrieval evaluation (split by video id)")
     split_seed: int = opt(0, "seed of the video split, independent of `seed`")
+    eval_platforms: list = opt(help="hold out every video of these platforms instead of a share (e.g. [niconico]: "
+                               "train on Bilibili, test on another live-comment culture); the index must name "
+                               "each shard's platform", factory=list)
     num_workers: int = opt(2, "DataLoader worker processes; keep it unchanged across a resume")
     shuffle_buffer: int = opt(64, "samples in each worker's shuffle buffer (frames are held as raw bytes)")
     open_shards: int | None = opt(None, "shards (videos) each worker reads interleaved (default: batch_size)")
@@ -107,7 +110,7 @@ class TrainConfig:
 
 
 # Options that must match for a resume to continue the same run (others, e.g. max_steps, may change).
-RESUME_KEYS = ("batch_size", "grad_accum", "seed", "split_seed", "eval_fraction", "num_workers", "shards")
+RESUME_KEYS = ("batch_size", "grad_accum", "seed", "split_seed", "eval_fraction", "eval_platforms", "num_workers", "shards")
 
 
 @dataclass

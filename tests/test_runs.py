@@ -118,7 +118,7 @@ def test_finished_v2lc_run_is_reused_and_is_the_assets_value(tmp_path) -> None:
     assert not models.above_chance({"v2c_r1": 0.1, "chance_r1": 0.1})
     assert models.latest_checkpoint(out).name == "step-10"  # numeric, not lexical, order
     value = models.encoder_value(out, {**metrics, "not_a_metric": "x"}, version)
-    assert value == {"output_dir": str(out), "data_version": version, "metrics": {"v2c_r1": 0.2, "chance_r1": 0.1}}
+    assert value == {"output_dir": str(out), "data_version": version, "metrics": {"v2c_r1": 0.2, "chance_r1": 0.1}, "groups": {}}
 
 
 def test_launch_command() -> None:
@@ -126,3 +126,22 @@ def test_launch_command() -> None:
     assert models.launch_command(cfg) == [sys.executable, "-m", "lcaffect_ml.train_v2lc", "--config", "c.yaml"]
     assert models.launch_command(cfg, gpus=4)[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node=4", "-m"]
     assert models.launch_command(cfg, command=["srun", "python"], gpus=4) == ["srun", "python", "--config", "c.yaml"]
+
+
+def test_variants_parse_and_select_their_corpus() -> None:
+    assert models.parse_variants("") == [models.Variant("default")]
+    zh, everything = models.parse_variants(
+        '{"zh": {"languages": ["ZH"], "platforms": ["Bilibili"], "options": {"text_encoder": "x"}}, "all": null}')
+    assert (zh.name, zh.languages, zh.platforms, zh.options) == ("zh", ("zh",), ("bilibili",), {"text_encoder": "x"})
+    catalogue = [{"video_id": "a", "platform": "bilibili", "language": "zh"},
+                 {"video_id": "b", "platform": "niconico", "language": "ja"},
+                 {"video_id": "c", "platform": "bilibili", "language": None}]
+    entries = [{"url": f"{v}/{v}-00000.tar", "video_id": v} for v in ("a", "b", "c", "unknown")]
+    assert [e["video_id"] for e in models.variant_index(entries, catalogue, zh)] == ["a"]
+    kept = models.variant_index(entries, catalogue, everything)
+    assert [(e["video_id"], e["platform"], e["language"]) for e in kept] == [
+        ("a", "bilibili", "zh"), ("b", "niconico", "ja"), ("c", "bilibili", None), ("unknown", None, None)]
+    for bad, message in (("[1]", "JSON object"), ('{"Zh!": {}}', "variant name"), ('{"x": {"lang": []}}', "unknown key"),
+                         ("{", "not JSON")):
+        with pytest.raises(models.VariantError, match=message):
+            models.parse_variants(bad)

@@ -235,6 +235,11 @@ class V2LCTrainingResource(dg.ConfigurableResource):
     seed: int = 0
     precision: str = "auto"
     extra_json: str = Field(default="{}", description="Any other training option, as a JSON object")
+    variants_json: str = Field(default="{}", description='Named encoders trained side by side, each on the corpus it '
+                               'selects by catalogue language/platform and with its own options, e.g. {"zh": {"languages": '
+                               '["zh"], "options": {"text_encoder": "hfl/chinese-roberta-wwm-ext"}}, "bilingual": {"options": '
+                               '{"text_encoder": "xlm-roberta-base"}}}; the first is the one downstream reads. Empty: one '
+                               'encoder, "default", on every shard')
     # how to launch (not training options)
     launcher: str = Field(default="subprocess", description='"subprocess" (PipesSubprocessClient) or "k8s" (PipesK8sClient, needs dagster-k8s)')
     gpus: int = Field(default=0, description="GPUs: >1 launches torchrun --nproc_per_node=gpus; for k8s, the nvidia.com/gpu limit")
@@ -243,7 +248,7 @@ class V2LCTrainingResource(dg.ConfigurableResource):
     k8s_namespace: Optional[str] = None
 
 
-V2LCTrainingResource.LAUNCH_FIELDS = ("launcher", "gpus", "command", "k8s_image", "k8s_namespace")
+V2LCTrainingResource.LAUNCH_FIELDS = ("launcher", "gpus", "command", "k8s_image", "k8s_namespace", "variants_json")
 
 
 class DownstreamResource(dg.ConfigurableResource):
