@@ -139,6 +139,15 @@ def _files_fingerprint(files: list[str]) -> str:
     return lake.combine_hashes({lake.as_path(f).name: lake.file_hash(f) for f in files})
 
 
+def _lake_source_files(table: pa.Table, names: dict[str, str]) -> pa.Table:
+    """``source_file`` names the file in the lake, not the scratch copy the parser read."""
+    if all(k == v for k, v in names.items()):
+        return table
+    i = table.schema.get_field_index("source_file")
+    values = [names.get(v, v) if v is not None else None for v in table.column(i).to_pylist()]
+    return table.set_column(i, table.schema.field(i), pa.array(values, table.schema.field(i).type))
+
+
 def fetch_and_parse(video: dict[str, Any], prev: dict | None, *, root, crawl, session=None, refresh: bool, salt: str | None) -> VideoResult:
     """Fetch one video's comment files (skipped when complete, unless ``refresh``) and parse them.
 
@@ -158,6 +167,7 @@ def fetch_and_parse(video: dict[str, Any], prev: dict | None, *, root, crawl, se
         raise Skip
     with lake.local_copies(fetched.files, "the comment parsers") as files:
         table = read_comments(files, platform=platform, video_id=vid, author_salt=salt)
+        table = _lake_source_files(table, {str(f): str(src) for f, src in zip(files, fetched.files)})
     digest = lake.write_parquet(table, out)
     skipped = int((table.schema.metadata or {}).get(b"lcaffect.skipped", b"0") or 0)
     return VideoResult(vid, "done", fingerprint, digest, table.num_rows, metrics={"bad_elements": skipped, **_meta_metrics(fetched)})

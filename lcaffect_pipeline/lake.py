@@ -162,12 +162,45 @@ def upload_tree(local_dir: str | os.PathLike, dest: str | os.PathLike, *, last: 
     return names
 
 
-def download_tree(src: str | os.PathLike, local_dir: str | os.PathLike) -> None:
-    """Copy a lake folder to a local one (a remote run folder to resume in, or to read from)."""
+@contextlib.contextmanager
+def workspace(folder: str | os.PathLike, needed_by: str, *, only: Sequence[str] | None = None,
+              last: Sequence[str] = ()) -> Iterator[Path]:
+    """A lake folder as a local one, for programs that read and write local files (the training
+    programs, media preparation): the folder itself in a local lake. On an object store: a copy
+    in a scratch folder named after the folder's URL (the same local path every time, so paths
+    written into tables stay valid, and a failed attempt's files stay for its retry), with only
+    the top-level names in ``only`` where given; when the block succeeds, its new and changed
+    files are uploaded (``last`` after the others: see ``upload_tree``) and the copy removed."""
+    upath = as_path(folder)
+    if is_local(upath):
+        path = local_path(upath, needed_by)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    key = f"{safe_name(upath.name)[:40]}-{hashlib.sha256(str(upath).encode()).hexdigest()[:16]}"
+    with scratch(needed_by, key=key) as local:
+        if upath.exists():
+            download_tree(upath, local, only=only)
+        before = _stats(local)
+        yield local
+        changed = {n for n, st in _stats(local).items() if before.get(n) != st}
+        for name in sorted(changed, key=lambda n: (n in last, last.index(n) if n in last else 0, n)):
+            publish_copy(local / name, upath.joinpath(*name.split("/")))
+
+
+def _stats(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.relative_to(folder).as_posix(): (st.st_size, st.st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file() and (st := p.stat())}
+
+
+def download_tree(src: str | os.PathLike, local_dir: str | os.PathLike, *, only: Sequence[str] | None = None) -> None:
+    """Copy a lake folder to a local one (its top-level names in ``only`` where given)."""
     src, local_dir = as_path(src), Path(local_dir)
     for path in src.rglob("*"):
         if path.is_file():
             rel = path.relative_to(src).as_posix() if is_local(src) else path.path[len(src.path.rstrip("/")) + 1:]
+            if only is not None and rel.split("/", 1)[0] not in only:
+                continue
             target = local_dir / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             with path.open("rb") as fin, open(target, "wb") as fout:
