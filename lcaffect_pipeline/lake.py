@@ -188,18 +188,35 @@ def workspace(folder: str | os.PathLike, needed_by: str, *, only: Sequence[str] 
             publish_copy(local / name, upath.joinpath(*name.split("/")))
 
 
+@contextlib.contextmanager
+def local_tree(folder: str | os.PathLike, needed_by: str, *, only: Sequence[str] | None = None,
+               exclude: Sequence[str] = (), key: str | None = None) -> Iterator[Path]:
+    """A lake folder to read as a local one: itself in a local lake, else a copy in a scratch
+    folder (its top-level names in ``only``, without those in ``exclude``), removed after. With
+    ``key`` the copy has the same local path every time (for paths a table records)."""
+    upath = as_path(folder)
+    if is_local(upath):
+        yield local_path(upath, needed_by)
+        return
+    with scratch(needed_by, key=key) as local:
+        download_tree(upath, local, only=only, exclude=exclude)
+        yield local
+
+
 def _stats(folder: Path) -> dict[str, tuple[int, int]]:
     return {p.relative_to(folder).as_posix(): (st.st_size, st.st_mtime_ns)
             for p in folder.rglob("*") if p.is_file() and (st := p.stat())}
 
 
-def download_tree(src: str | os.PathLike, local_dir: str | os.PathLike, *, only: Sequence[str] | None = None) -> None:
-    """Copy a lake folder to a local one (its top-level names in ``only`` where given)."""
+def download_tree(src: str | os.PathLike, local_dir: str | os.PathLike, *, only: Sequence[str] | None = None,
+                  exclude: Sequence[str] = ()) -> None:
+    """Copy a lake folder to a local one (its top-level names in ``only`` where given, not those in ``exclude``)."""
     src, local_dir = as_path(src), Path(local_dir)
     for path in src.rglob("*"):
         if path.is_file():
             rel = path.relative_to(src).as_posix() if is_local(src) else path.path[len(src.path.rstrip("/")) + 1:]
-            if only is not None and rel.split("/", 1)[0] not in only:
+            top = rel.split("/", 1)[0]
+            if (only is not None and top not in only) or top in exclude:
                 continue
             target = local_dir / rel
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import dagster as dg
 import yaml
 
 from .. import models
-from ..lake import atomic_write_bytes, local_path
+from ..lake import atomic_write_bytes, workspace
 from ..models import METRIC_KEYS, k8s_pod_spec, latest_checkpoint  # noqa: F401  (imported from here too)
 from .automation import ON_NEW_DATA
 from .resources import LakeResource, V2LCTrainingResource
@@ -62,12 +62,21 @@ def v2lc_encoder(context: dg.AssetExecutionContext, lake: LakeResource, v2lc_tra
     if not shards.get("samples"):
         raise dg.Failure("no training samples: the segments stage produced no shards")
     cfg = training_config(v2lc_training, shards["index"], Path("."))
-    out = models.run_dir(local_path(lake.path(), "V2LC training"), shards["data_version"], cfg)
-    cfg["output_dir"] = str(out)
+    out = models.run_dir(lake.path(), shards["data_version"], cfg)
     if (done := models.finished_run(out)) is not None:
         context.log.info(f"training already finished in {out}: reusing it")
         yield from reused_result(out, done)
         return
+    # The program writes local files: on an object store it runs in a scratch copy of the run
+    # folder (kept when it fails, so a retry resumes there), uploaded with the weights last.
+    with workspace(out, "V2LC training", last=models.FINISHED_FILES) as local_out:
+        results = _train(context, v2lc_training, pipes_subprocess_client, {**cfg, "output_dir": str(local_out)}, local_out)
+    if (done := models.finished_run(out)) is None:
+        raise dg.Failure(f"the training program exited without metrics.json and model.safetensors in {out}")
+    yield from pipes_outputs(results, models.encoder_value(out, *done))
+
+
+def _train(context, v2lc_training: V2LCTrainingResource, pipes_subprocess_client, cfg: dict, out: Path) -> list:
     config_path = out / "train_config.yaml"
     atomic_write_bytes(config_path, yaml.safe_dump(cfg, sort_keys=True).encode())
     if context.retry_number:
@@ -83,9 +92,7 @@ def v2lc_encoder(context: dg.AssetExecutionContext, lake: LakeResource, v2lc_tra
         results = pipes_subprocess_client.run(
             command=launch_command(v2lc_training, config_path), context=context, env={"PYTHONUNBUFFERED": "1"},
         ).get_results()
-    if (done := models.finished_run(out)) is None:
-        raise dg.Failure(f"the training program exited without metrics.json and model.safetensors in {out}")
-    yield from pipes_outputs(results, models.encoder_value(out, *done))
+    return list(results)
 
 
 ASSETS = [v2lc_encoder]
