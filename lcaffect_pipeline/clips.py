@@ -12,7 +12,6 @@ Plain functions the clips assets wrap. Lake layout:
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,7 +61,7 @@ def fetch_video(video: dict[str, Any], prev: dict | None, *, root, opts: ClipOpt
     if not src:
         raise ValueError("the catalogue gives no video for this entry")
     have = existing_video(videos_dir(root), vid)
-    if "://" in src:
+    if "://" in src and not lake.is_store_url(src):
         fingerprint = f"url:{src}"
         if have is not None and have.source_key == source_key(src) and prev and prev.get("fingerprint") == fingerprint:
             raise Skip
@@ -70,10 +69,10 @@ def fetch_video(video: dict[str, Any], prev: dict | None, *, root, opts: ClipOpt
                               rate_limit=opts.rate_limit, max_duration_s=opts.max_duration_s,
                               archive=str(videos_dir(root) / "download-archive.txt"))
         return _fetched(vid, fingerprint, have)
-    return _copy_if_changed(vid, Path(src), have, prev, root, opts.max_duration_s)
+    return _copy_if_changed(vid, lake.source_path(src), have, prev, root, opts.max_duration_s)
 
 
-def _copy_if_changed(vid: str, source: Path, have, prev: dict | None, root, max_duration_s: float | None) -> VideoResult:
+def _copy_if_changed(vid: str, source, have, prev: dict | None, root, max_duration_s: float | None) -> VideoResult:
     from .videos import copy_local_video
 
     if not source.is_file():
@@ -97,10 +96,11 @@ def _fetched(vid: str, fingerprint: str, have, **metrics) -> VideoResult:
                        metrics={"path": str(have.path), "bytes": have.path.stat().st_size, **metrics})
 
 
-def _check_max_duration(source: Path, max_duration_s: float) -> None:
+def _check_max_duration(source, max_duration_s: float) -> None:
     from .videos import probe_video
 
-    duration = probe_video(source).duration_s
+    with lake.local_copy(source, "ffprobe") as local:
+        duration = probe_video(local).duration_s
     if duration > max_duration_s:
         raise ValueError(f"{source}: the video is {duration:.1f} s long, over max_duration_s = {max_duration_s:g} s")
 
@@ -115,7 +115,8 @@ def probe_one(video: dict[str, Any], prev: dict | None, *, root, video_hash: str
         raise FileNotFoundError("no video in the lake (the fetch failed)")
     if prev and prev.get("fingerprint") == video_hash:
         raise Skip
-    probe = dataclasses.asdict(probe_video(have.path))
+    with lake.local_copy(have.path, "ffprobe") as local:
+        probe = dataclasses.asdict(probe_video(local))
     digest = lake.combine_hashes({k: str(v) for k, v in probe.items()})
     return VideoResult(vid, "done", video_hash, digest, 1, metrics={**probe, "path": str(have.path)})
 
@@ -131,10 +132,11 @@ def audio_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict | N
     dest = lake.under(lake.as_path(root) / "audio", vid, ext=".wav")
     if prev and prev.get("fingerprint") == fingerprint and (dest.exists() or not prev.get("metrics", {}).get("has_audio")):
         raise Skip
-    out = extract_audio(probe["metrics"]["path"], dest, probe=recorded_probe(probe))
+    with lake.local_copy(probe["metrics"]["path"], "ffmpeg (audio)") as local:
+        out = extract_audio(local, dest, probe=recorded_probe(probe))
     if out is None:
         return VideoResult(vid, "done", fingerprint, "no-audio", 0, metrics={"has_audio": False})
-    return VideoResult(vid, "done", fingerprint, lake.file_hash(out), 1, metrics={"has_audio": True, "path": str(out), "bytes": Path(str(out)).stat().st_size})
+    return VideoResult(vid, "done", fingerprint, lake.file_hash(out), 1, metrics={"has_audio": True, "path": str(out), "bytes": out.stat().st_size})
 
 
 def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict | None, comments_hash: str | None, opts: ClipOptions) -> VideoResult:
@@ -157,12 +159,13 @@ def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict |
         comments = lake.read_parquet(cpath, schema.CLEAN_COMMENTS_SCHEMA)
     # Frames stream from the decoder into the shards one segment at a time: memory stays bounded
     # however long the video.
-    table, stacks = segment_video_stream(probe["metrics"]["path"], comments, segment_s=opts.segment_s,
-                                         comments_per_segment=opts.comments_per_segment,
-                                         frames_per_segment=opts.frames_per_segment, size=opts.size, video_id=vid,
-                                         exact=opts.exact_frames, backend=opts.frame_backend,
-                                         demote_filler=opts.demote_filler, probe=recorded_probe(probe))
-    table = write_shard_stream(table, stacks, shards_dir(root), vid, max_shard_bytes=opts.max_shard_bytes)
+    with lake.local_copy(probe["metrics"]["path"], "the frame decoder") as video:
+        table, stacks = segment_video_stream(video, comments, segment_s=opts.segment_s,
+                                             comments_per_segment=opts.comments_per_segment,
+                                             frames_per_segment=opts.frames_per_segment, size=opts.size, video_id=vid,
+                                             exact=opts.exact_frames, backend=opts.frame_backend,
+                                             demote_filler=opts.demote_filler, probe=recorded_probe(probe))
+        table = write_shard_stream(table, stacks, shards_dir(root), vid, max_shard_bytes=opts.max_shard_bytes)
     digest = lake.write_parquet(table, seg_path)
     with_comments = int(np.count_nonzero(np.asarray(table.column("comment_count").to_numpy()) > 0)) if table.num_rows else 0
     return VideoResult(vid, "done", fingerprint, digest, table.num_rows, metrics={
@@ -199,6 +202,8 @@ def contact_sheet(root, video_id: str, max_segments: int = 6) -> np.ndarray | No
     import io
     import tarfile
 
+    from .shards import resolve_url
+
     seg = segments_path(root, video_id)
     if not seg.exists():
         return None
@@ -207,7 +212,7 @@ def contact_sheet(root, video_id: str, max_segments: int = 6) -> np.ndarray | No
     for row in table:
         if not row.get("shard"):
             continue
-        with tarfile.open(row["shard"]) as tar:
+        with resolve_url(shards_dir(root), row["shard"]).open("rb") as fh, tarfile.open(fileobj=fh) as tar:
             member = tar.extractfile(f"{row['sample_key']}.frames.npy")
             frames = np.load(io.BytesIO(member.read()))
         tiles.append(frames[0])

@@ -43,7 +43,7 @@ def load_catalogue(path: str | os.PathLike) -> pa.Table:
     Local paths in ``source``/``video`` are resolved against the catalogue's folder, so a
     catalogue can travel with its files.
     """
-    path = Path(path)
+    path = lake.source_path(path)
     try:
         # Bytes, not read_text(): newlines inside quoted CSV fields stay as written. utf-8-sig:
         # spreadsheet exports start with a byte-order mark.
@@ -65,7 +65,7 @@ def load_catalogue(path: str | os.PathLike) -> pa.Table:
     return pa.Table.from_pylist([_catalogue_row(path, i, r) for i, r in enumerate(rows)], schema=schema.CATALOGUE_SCHEMA)
 
 
-def _catalogue_row(path: Path, i: int, row: Any) -> dict[str, Any]:
+def _catalogue_row(path, i: int, row: Any) -> dict[str, Any]:
     if not isinstance(row, dict) or not row.get("source"):
         raise CatalogueError(f"{path}: entry {i} needs at least a 'source'")
     platform = (row.get("platform") or "local").strip().lower()
@@ -85,12 +85,15 @@ def _catalogue_row(path: Path, i: int, row: Any) -> dict[str, Any]:
     }
 
 
-def _resolve_local(catalogue: Path, value: str | None) -> str | None:
-    """A path relative to the catalogue's folder, made absolute when it exists there; URLs and
-    platform ids (BV…, av…, sm…) are left as they are."""
+def _resolve_local(catalogue, value: str | None) -> str | None:
+    """A path relative to the catalogue's folder (a local one, or a file store's: ``s3://…``),
+    made absolute when it exists there; URLs and platform ids (BV…, av…, sm…) are left as they are."""
     if not value or "://" in value:
         return value
-    candidate = Path(value) if Path(value).is_absolute() else catalogue.parent / value
+    if not lake.is_local(catalogue):
+        candidate = catalogue.parent.joinpath(*value.split("/"))
+        return str(candidate) if candidate.exists() else value
+    candidate = Path(value) if Path(value).is_absolute() else lake.local_path(catalogue, "a catalogue").parent / value
     return str(candidate.resolve()) if candidate.exists() else value
 
 
@@ -133,7 +136,16 @@ def source_dir(root, platform: str, video_id: str):
 
 
 def _files_fingerprint(files: list[str]) -> str:
-    return lake.combine_hashes({Path(f).name: lake.file_hash(f) for f in files})
+    return lake.combine_hashes({lake.as_path(f).name: lake.file_hash(f) for f in files})
+
+
+def _lake_source_files(table: pa.Table, names: dict[str, str]) -> pa.Table:
+    """``source_file`` names the file in the lake, not the scratch copy the parser read."""
+    if all(k == v for k, v in names.items()):
+        return table
+    i = table.schema.get_field_index("source_file")
+    values = [names.get(v, v) if v is not None else None for v in table.column(i).to_pylist()]
+    return table.set_column(i, table.schema.field(i), pa.array(values, table.schema.field(i).type))
 
 
 def fetch_and_parse(video: dict[str, Any], prev: dict | None, *, root, crawl, session=None, refresh: bool, salt: str | None) -> VideoResult:
@@ -153,7 +165,9 @@ def fetch_and_parse(video: dict[str, Any], prev: dict | None, *, root, crawl, se
     out = raw_path(root, platform, vid)
     if prev and prev.get("fingerprint") == fingerprint and out.exists():
         raise Skip
-    table = read_comments(fetched.files, platform=platform, video_id=vid, author_salt=salt)
+    with lake.local_copies(fetched.files, "the comment parsers") as files:
+        table = read_comments(files, platform=platform, video_id=vid, author_salt=salt)
+        table = _lake_source_files(table, {str(f): str(src) for f, src in zip(files, fetched.files)})
     digest = lake.write_parquet(table, out)
     skipped = int((table.schema.metadata or {}).get(b"lcaffect.skipped", b"0") or 0)
     return VideoResult(vid, "done", fingerprint, digest, table.num_rows, metrics={"bad_elements": skipped, **_meta_metrics(fetched)})
@@ -188,28 +202,52 @@ def build_corpus_catalog(root, durations: dict[str, float] | None = None) -> dic
     """Write ``corpus.duckdb``: views over the Parquet lake plus the dataset-card tables.
 
     Hours per video come from the known duration (crawl metadata or the video probe) and
-    fall back to the last comment's offset where no duration is known.
+    fall back to the last comment's offset where no duration is known. On an object store the
+    database file is built in a local scratch folder (DuckDB writes local files) and uploaded;
+    its views read the Parquet from the lake's URLs, so a reader opens it with
+    ``connect(root, path)``, which registers the lake's file system.
     """
+    root_p = lake.as_path(root)
+    if not lake.is_local(root_p):
+        with lake.scratch("the DuckDB corpus catalog") as folder:
+            card = _write_catalog(folder / "corpus.duckdb", root_p, durations or {})
+            lake.publish_copy(folder / "corpus.duckdb", root_p / "corpus.duckdb")
+        return {**card, "path": str(root_p / "corpus.duckdb")}
     root_p = lake.local_path(root, "the DuckDB corpus catalog")
     db_path = root_p / "corpus.duckdb"
     lake.sweep_stale_temps(root_p)
     tmp = lake.temp_path(db_path)  # one per build: two runs building at once do not collide
     try:
-        con = duckdb.connect(str(tmp))
-        try:
-            _create_catalog(con, root_p, durations or {})
-            card = _dataset_card(con)
-        finally:
-            con.close()
+        card = _write_catalog(tmp, root_p, durations or {})
         os.replace(tmp, db_path)
     finally:
         for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
             leftover.unlink(missing_ok=True)
-    return {"path": str(db_path), **card}
+    return {**card, "path": str(db_path)}
 
 
-def _glob(root: Path, table: str) -> str:
-    return str(root / table / "*" / "*.parquet")
+def _write_catalog(db_file: Path, root, durations: dict[str, float]) -> dict[str, Any]:
+    con = connect(root, db_file)
+    try:
+        _create_catalog(con, root, durations)
+        return _dataset_card(con)
+    finally:
+        con.close()
+
+
+def connect(root, database: str | os.PathLike = ":memory:"):
+    """A DuckDB connection that reads the lake at ``root``: a lake on an object store has its
+    fsspec file system registered (no DuckDB extension is downloaded or loaded)."""
+    con = duckdb.connect(str(database))
+    root_p = lake.as_path(root)
+    if not lake.is_local(root_p):
+        con.execute("SET autoinstall_known_extensions = false; SET autoload_known_extensions = false")
+        con.register_filesystem(root_p.fs)
+    return con
+
+
+def _glob(root, table: str) -> str:
+    return str(lake.as_path(root) / table / "*" / "*.parquet")
 
 
 def _sql_string(value: str) -> str:
@@ -218,7 +256,7 @@ def _sql_string(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def _create_catalog(con, root: Path, durations: dict[str, float]) -> None:
+def _create_catalog(con, root, durations: dict[str, float]) -> None:
     cat = root / "catalogue.parquet"
     con.execute(f"CREATE VIEW catalogue AS SELECT * FROM read_parquet({_sql_string(cat)})")
     for table, sch in (("raw_comments", schema.COMMENTS_SCHEMA), ("clean_comments", schema.CLEAN_COMMENTS_SCHEMA)):

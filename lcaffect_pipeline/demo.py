@@ -264,16 +264,34 @@ def make_demo_video(path: Path, scenes: list[int], *, size: str = "160x120", fps
 # ---------------------------------------------------------------- the world
 
 
+MARKER = ".demo-world.json"
+
+
+def _upload_demo_world(root, params: dict):
+    catalogue, marker = root / "catalogue.yaml", root / MARKER
+    if catalogue.exists() and marker.exists() and json.loads(marker.read_text()) == params:
+        return catalogue
+    with lake.scratch("the demo world (ffmpeg renders it)") as local:
+        generate_demo_world(local, params["n_videos"], segments=params["segments"], seed=params["seed"],
+                            with_videos=params["with_videos"])
+        lake.upload_tree(local, root, last=["catalogue.yaml", MARKER])
+    return catalogue
+
+
 def generate_demo_world(root, n_videos: int = 16, *, segments: int = SEGMENTS_PER_VIDEO, seed: int = 0,
                         with_videos: bool = True) -> Path:
     """Write the demo world under ``root`` and return its catalogue path (idempotent).
 
-    A marker file records the parameters; a second call with the same ones does nothing.
+    A marker file records the parameters; a second call with the same ones does nothing. On an
+    object store (``s3://…``) the world is rendered in a local scratch folder (ffmpeg writes local
+    files) and uploaded, its marker last.
     """
-    root = lake.local_path(root, "the demo world (ffmpeg renders it)")
-    catalogue = root / "catalogue.yaml"
-    marker = root / ".demo-world.json"
     params = {"version": DEMO_VERSION, "n_videos": n_videos, "segments": segments, "seed": seed, "with_videos": with_videos}
+    if not lake.is_local(lake.as_path(root)):
+        return _upload_demo_world(lake.as_path(root), params)
+    root = lake.local_path(root, "the demo world")
+    catalogue = root / "catalogue.yaml"
+    marker = root / MARKER
     if catalogue.exists() and marker.exists() and json.loads(marker.read_text()) == params:
         return catalogue
     entries, renders = [], []

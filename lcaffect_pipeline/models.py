@@ -28,6 +28,8 @@ from typing import Any, Mapping, Sequence
 
 from lcaffect_ml.contracts.hashing import sha256_bytes, sha256_file
 
+from . import lake
+
 
 METRIC_KEYS = ("v2c_r1", "v2c_r5", "v2c_r10", "v2c_medr", "c2v_r1", "c2v_r5", "c2v_r10", "c2v_medr", "chance_r1",
                "steps", "clips_per_s", "peak_memory_mb")
@@ -109,8 +111,9 @@ def run_key(shards_version: str, cfg: dict[str, Any]) -> str:
     return sha256_bytes(json.dumps(payload, sort_keys=True).encode())[:16]
 
 
-def run_dir(root: Path, shards_version: str, cfg: dict[str, Any]) -> Path:
-    return Path(root) / "models" / "v2lc" / run_key(shards_version, cfg)
+def run_dir(root, shards_version: str, cfg: dict[str, Any]):
+    """``{root}/models/v2lc/{run key}`` (a local path, or a universal_pathlib path on an object store)."""
+    return lake.as_path(root) / "models" / "v2lc" / run_key(shards_version, cfg)
 
 
 def launch_command(config_path: Path, *, command: Sequence[str] | None = None, gpus: int = 1) -> list[str]:
@@ -134,6 +137,9 @@ def k8s_pod_spec(gpus: int) -> dict:
 def latest_checkpoint(out: Path) -> Path:
     steps = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     return steps[-1] if steps else out
+
+
+FINISHED_FILES = ("metrics.json", "model.safetensors")  # written last: their presence means a finished run
 
 
 def finished_run(out: Path) -> tuple[dict[str, Any], str] | None:

@@ -196,10 +196,10 @@ def extract_audio(path: str | os.PathLike, dest_wav: str | os.PathLike, sr: int 
     if not probe.has_audio:
         return None
     dest = lake.as_path(dest_wav)
-    local_dir = Path(str(dest)).parent if lake.is_local(dest) else None
+    local_dir = lake.local_path(dest, "ffmpeg").parent if lake.is_local(dest) else None
     if local_dir is not None:
         local_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{Path(str(dest)).name}.", suffix=".tmp.wav", dir=local_dir)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp.wav", dir=local_dir)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -214,4 +214,4 @@ def extract_audio(path: str | os.PathLike, dest_wav: str | os.PathLike, sr: int 
         lake.publish_file(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-    return Path(str(dest))
+    return lake.local_path(dest, "ffmpeg") if lake.is_local(dest) else dest

@@ -6,14 +6,18 @@ import json
 import sys
 from pathlib import Path
 
+from . import lake
 
-def _manifest(root: Path, name: str) -> dict | None:
+
+def _manifest(root, name: str) -> dict | None:
     path = root / "_manifests" / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
 def headline(root: str | Path) -> str:
-    root = Path(root).resolve()
+    """The lake's headline: a folder, or an object store's URL (``s3://bucket/prefix``)."""
+    root = lake.as_path(root)
+    root = lake.as_path(lake.local_path(root, "the report").resolve()) if lake.is_local(root) else root
     lines = [f"Lake: {root}"]
     if corpus := _manifest(root, "corpus_catalog"):
         lines.append(f"Corpus: {corpus['videos']} videos, {corpus['hours']:.2f} hours, {corpus['comments']} clean comments -> {corpus['path']}")

@@ -29,7 +29,8 @@ import pyarrow as pa
 
 from lcaffect_ml.contracts.hashing import sha256_file
 from lcaffect_ml.contracts.shards import (FRAMES_MEMBER, INDEX_NAME, META_FIELDS, META_MEMBER,  # noqa: F401
-                                          VIDEO_SHARDS_NAME, encode_sample, sample_key, shard_name, shard_number)
+                                          VIDEO_SHARDS_NAME, encode_sample, sample_key, shard_name, shard_number,
+                                          video_dir_name)
 
 from . import lake
 from .schema import SEGMENTS_SCHEMA
@@ -47,9 +48,17 @@ def shard_path(shards_root: str | os.PathLike, video_id: str, n: int):
     return video_shard_dir(shards_root, video_id) / shard_name(video_id, n)
 
 
-def _url(path) -> str:
-    """Absolute local path (a trainer may run from any folder) or the fsspec URL."""
-    return os.path.abspath(str(path)) if lake.is_local(lake.as_path(path)) else str(path)
+def relative_url(video_id: str, n: int) -> str:
+    """A shard's path relative to the shards root, as the index and the segment table keep it:
+    a lake moved or copied elsewhere (another folder, another bucket) still resolves."""
+    return f"{video_dir_name(video_id)}/{shard_name(video_id, n)}"
+
+
+def resolve_url(shards_root: str | os.PathLike, url: str):
+    """The shard a (relative) index URL names, under ``shards_root`` (absolute URLs as they are)."""
+    if "://" in url or os.path.isabs(url):
+        return lake.as_path(url)
+    return lake.as_path(shards_root).joinpath(*url.split("/"))
 
 
 # ------------------------------------------------------------------------------ write
@@ -109,9 +118,9 @@ def write_shard_stream(
                     keys.append(sample[0]["__key__"])
                     times.append(sample[1])
                     sample = next(samples, None)
-            entries.append({"url": _url(path), "video_id": video_id, "samples": count,
+            entries.append({"url": relative_url(video_id, len(entries)), "video_id": video_id, "samples": count,
                             "bytes": out.bytes, "sha256": out.sha.hexdigest()})
-            shard_of_row += [_url(path)] * count
+            shard_of_row += [entries[-1]["url"]] * count
     _remove_stale(dest_dir, video_id, keep=len(entries))
     sidecar = {"video_id": video_id, "shards": entries}
     lake.atomic_write_bytes(video_shard_dir(dest_dir, video_id) / VIDEO_SHARDS_NAME,
@@ -266,15 +275,14 @@ def verify_shards(
         elif entry["samples"] != len(expected):
             problems.append(f"shard {url}: index says {entry['samples']} samples, table has {len(expected)}")
         deep = deep_videos is None or next(iter(expected.values()))["video_id"] in deep_videos
-        problems += _verify_tar(url, expected, entry, check_hashes, sizes, deep=deep)
+        problems += _verify_tar(url, resolve_url(shards_root, url), expected, entry, check_hashes, sizes, deep=deep)
     if len(sizes) > 1:
         problems.append(f"frames have different sizes across samples: {sorted(sizes)}")
     return problems
 
 
-def _verify_tar(url: str, expected: dict[str, dict], entry: dict | None, check_hashes: bool,
+def _verify_tar(url: str, path, expected: dict[str, dict], entry: dict | None, check_hashes: bool,
                 sizes: set[int], *, deep: bool = True) -> list[str]:
-    path = lake.as_path(url)
     if not path.exists():
         return [f"shard {url} is missing"]
     problems: list[str] = []

@@ -46,7 +46,7 @@ _INFO_SUFFIX = ".info.json"
 
 @dataclass(frozen=True)
 class VideoFile:
-    path: Path
+    path: Path  # a local path, or a universal_pathlib path where the lake is on an object store
     video_id: str
     info: dict[str, Any] = field(default_factory=dict)
     source_key: str | None = None  # source_key() of the URL or path it came from, where known
@@ -95,14 +95,14 @@ def existing_video(dest_dir: str | os.PathLike, video_id: str) -> VideoFile | No
                 info = meta.get("info", {})
                 # Sidecars written before source_sha256 existed still name yt-dlp's original_url.
                 key = meta.get("source_sha256") or (source_key(info["original_url"]) if info.get("original_url") else None)
-                return VideoFile(Path(str(path)), video_id, info, key)
+                return VideoFile(_plain(path), video_id, info, key)
         except (OSError, ValueError, KeyError):
             pass  # a damaged sidecar only costs a look at the files themselves
     if not root.exists():
         return None
     for path in _copies(root, stem):
         if path.stat().st_size > 0:
-            return VideoFile(Path(str(path)), video_id, {})
+            return VideoFile(_plain(path), video_id, {})
     return None
 
 
@@ -121,18 +121,24 @@ def _record(root, video_id: str, final, info: dict[str, Any], source: str | os.P
     for old in _copies(root, lake.safe_name(video_id)):
         if old.name != final.name:
             old.unlink()
-    return VideoFile(Path(str(final)), video_id, info, key)
+    return VideoFile(_plain(final), video_id, info, key)
+
+
+def _plain(path):
+    """A local lake's file as a plain ``Path`` (tools and callers expect one); others as they are."""
+    return lake.local_path(path, "a video") if lake.is_local(lake.as_path(path)) else lake.as_path(path)
 
 
 def copy_local_video(source: str | os.PathLike, dest_dir: str | os.PathLike, video_id: str) -> VideoFile:
-    """Copy a local video file to ``dest_dir / f"{safe_name(video_id)}.{ext}"`` atomically."""
-    source = Path(source)
+    """Copy a local video file (or one in a file store: ``s3://…``) to
+    ``dest_dir / f"{safe_name(video_id)}.{ext}"`` atomically."""
+    source = lake.source_path(source)
     ext = source.suffix.lstrip(".").lower()
     root = lake.under(dest_dir)
     final = root / f"{lake.safe_name(video_id)}.{ext if _EXT.fullmatch(ext) else 'mp4'}"
-    with lake.atomic_write(final) as out, open(source, "rb") as inp:
+    with lake.atomic_write(final) as out, source.open("rb") as inp:
         shutil.copyfileobj(inp, out, 1 << 20)
-    return _record(root, video_id, final, {}, source.resolve())
+    return _record(root, video_id, final, {}, source.resolve() if lake.is_local(source) else source)
 
 
 def download_video(
@@ -170,7 +176,7 @@ def download_video(
     root = lake.under(dest_dir)
     secrets = _cookie_values(cookiefile, video_id) if cookiefile else []
     redact = _redactor(secrets)
-    local_root = Path(str(root)) if lake.is_local(root) else None
+    local_root = lake.local_path(root, "yt-dlp") if lake.is_local(root) else None
     if local_root is not None:
         local_root.mkdir(parents=True, exist_ok=True)
     # The temporary folder sits next to the destination so that the final rename is atomic.

@@ -7,7 +7,8 @@
 A shard is a plain (WebDataset) tar of samples; a sample is one segment under its key
 (``sample_key``): ``{key}.frames.npy`` (``np.save`` of a uint8 ``(T, H, W, 3)`` RGB array, never
 pickled) and ``{key}.json`` (the ``META_FIELDS`` of its segment row). An index entry has the
-``INDEX_FIELDS``; ``sha256`` is ``lcaffect_ml.contracts.hashing``'s 64-hex digest of the tar.
+``INDEX_FIELDS``; its ``url`` is relative to the index's folder (``{video}/{video}-00000.tar``), so
+a lake can be moved or copied (another folder, another bucket); ``sha256`` is ``lcaffect_ml.contracts.hashing``'s 64-hex digest of the tar.
 """
 
 from __future__ import annotations

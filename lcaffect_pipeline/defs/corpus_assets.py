@@ -72,10 +72,13 @@ def _clean_work(context, chunk, upstream):
 
 def _density_metadata(root, table: str) -> dict:
     glob = str(lake.as_path(root) / table / "*" / "*.parquet")
+    con = corpus.connect(root)
     try:
-        offsets = duckdb.execute("SELECT offset_ms FROM read_parquet(?)", [glob]).fetchnumpy()["offset_ms"]
+        offsets = con.execute("SELECT offset_ms FROM read_parquet(?)", [glob]).fetchnumpy()["offset_ms"]
     except duckdb.Error:
         return {}
+    finally:
+        con.close()
     return {"density": dg.MetadataValue.md(plots.markdown_image(plots.density_png(offsets), "comment density"))}
 
 

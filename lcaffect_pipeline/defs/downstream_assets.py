@@ -6,6 +6,8 @@ folders, reuse decisions, comment bank and ablation are plain functions there. A
 every asset of its family materialises as such, without failing the other tasks.
 """
 
+import contextlib
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -15,7 +17,8 @@ import yaml
 
 from ..downstream import runs
 from ..downstream.runs import TASK_ASSETS, TASKS
-from ..lake import atomic_write_bytes, local_path
+from .. import lake as lake_mod
+from ..lake import atomic_write_bytes, local_tree, workspace
 from .automation import ON_NEW_DATA
 from .model_assets import pipes_outputs
 from .resources import DownstreamResource, LakeResource
@@ -24,12 +27,22 @@ GROUP = "downstream"
 OWNERS = ["team:lcaffect-ml"]
 
 
-def _root(lake: LakeResource, needed_by: str = "the downstream tasks") -> Path:
-    return local_path(lake.path(), needed_by)
+def task_dir(lake: LakeResource, task: str):
+    return runs.task_dir(lake.path(), task)
 
 
-def task_dir(lake: LakeResource, task: str) -> Path:
-    return runs.task_dir(_root(lake), task)
+def _dataset_root(stack: contextlib.ExitStack, lake: LakeResource, downstream: DownstreamResource, task: str):
+    """The task's dataset folder as a local one. The demo datasets of a lake on an object store
+    are rendered and uploaded once, and each task reads a copy of its folder (at the same local
+    path every time: the utterance table records the media paths)."""
+    demo_root = lake.path("demo_downstream")
+    if lake_mod.is_local(demo_root) or not downstream.demo or getattr(downstream, f"{task}_root"):
+        return downstream.root_for(task, demo_root)
+    from ..downstream.demo import upload_demo_downstream
+
+    upload_demo_downstream(demo_root)
+    key = f"demo_downstream-{task}-{hashlib.sha256(str(demo_root).encode()).hexdigest()[:16]}"
+    return stack.enter_context(local_tree(demo_root / task, "the demo datasets", key=key))
 
 
 def _not_available(reason: str) -> dg.Output:
@@ -55,14 +68,17 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
         from ..downstream import check_media, load_dataset, prepare_media
         from ..lake import write_parquet
 
-        root = downstream.root_for(task, lake.path("demo_downstream"))
-        if root is None:
-            return dg.Output({"available": False, "reason": f"no root configured for {task}"},
-                             metadata={"available": False}, data_version=dg.DataVersion("not-available"))
-        table = load_dataset(task, root)
-        table, media_report = check_media(table, policy=downstream.media_policy)
-        table, prep_report = prepare_media(table, task_dir(lake, task) / "media", frames=downstream.frames,
-                                           size=downstream.size, backend=downstream.frame_backend)
+        with contextlib.ExitStack() as stack:
+            root = _dataset_root(stack, lake, downstream, task)
+            if root is None:
+                return dg.Output({"available": False, "reason": f"no root configured for {task}"},
+                                 metadata={"available": False}, data_version=dg.DataVersion("not-available"))
+            table = load_dataset(task, root)
+            table, media_report = check_media(table, policy=downstream.media_policy)
+            media = stack.enter_context(workspace(task_dir(lake, task) / "media", "media preparation"))
+            table, prep_report = prepare_media(table, media, frames=downstream.frames,
+                                               size=downstream.size, backend=downstream.frame_backend)
+        table = runs.relative_media(table, media, "media")  # resolved against the table's folder: the lake can move
         path = task_dir(lake, task) / "utterances.parquet"
         digest = write_parquet(table, path)
         splits = table.group_by("split").aggregate([("utterance_id", "count")]).to_pylist()
@@ -84,14 +100,19 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
             yield _not_available(utts.get("reason", "dataset not available"))
             return
         out = task_dir(lake, task) / "features"
-        cfg = {"utterances": utts["path"], "output_dir": str(out), "v2lc_checkpoint": encoder["output_dir"],
-               "text_model": downstream.text_model, "audio_model": downstream.audio_model, "vision_model": downstream.vision_model,
-               "pipes_asset_key": names["features"], "progress": False, "comment_bank": _comment_bank(lake),
-               **json.loads(downstream.features_extra_json or "{}")}
-        out.mkdir(parents=True, exist_ok=True)
         value = {"available": True, "dir": str(out), "v2lc_encoder": encoder["output_dir"]}
-        yield from _pipes_run(context, pipes_subprocess_client, "lcaffect_ml.extract_features",
-                              {k: v for k, v in cfg.items() if v is not None}, out, value)
+        # The program reads and writes local files: on an object store, copies of its inputs and of
+        # the features folder (its cache), which is uploaded with features.json last.
+        with local_tree(task_dir(lake, task), "feature extraction", only=("utterances.parquet", "media")) as inputs, \
+                local_tree(encoder["output_dir"], "feature extraction", exclude=("checkpoints",)) as checkpoint, \
+                workspace(out, "feature extraction", last=(runs.META_FILE,)) as local_out:
+            cfg = {"utterances": str(inputs / "utterances.parquet"), "output_dir": str(local_out), "v2lc_checkpoint": str(checkpoint),
+                   "text_model": downstream.text_model, "audio_model": downstream.audio_model, "vision_model": downstream.vision_model,
+                   "pipes_asset_key": names["features"], "progress": False, "comment_bank": _comment_bank(lake, local_out),
+                   **json.loads(downstream.features_extra_json or "{}")}
+            results = list(_pipes_run(context, pipes_subprocess_client, "lcaffect_ml.extract_features",
+                                      {k: v for k, v in cfg.items() if v is not None}, local_out, value))
+        yield from results
 
     def fusion(use_lc: bool):
         name = runs.fusion_name(task, use_lc)
@@ -105,18 +126,22 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
             if not (utts.get("available") and feats.get("available")):
                 yield _not_available(utts.get("reason") or feats.get("reason") or "dataset not available")
                 return
-            cfg = runs.fusion_config(task, use_lc, utts["path"], Path(feats["dir"]), downstream.seeds,
+            cfg = runs.fusion_config(task, use_lc, utts["path"], feats["dir"], downstream.seeds,
                                      json.loads(downstream.fusion_extra_json or "{}"), downstream.mustard_protocol)
-            out = runs.fusion_run_dir(_root(lake), task, cfg, utts.get("data_version"))
-            cfg["output_dir"] = str(out)
+            out = runs.fusion_run_dir(lake.path(), task, cfg, utts.get("data_version"))
             value = {"available": True, "output_dir": str(out), "features_dir": feats["dir"]}
             if (done := runs.finished_fusion(out)) is not None:
                 values, version = done
                 yield dg.Output(value, metadata={**values, "output_dir": dg.MetadataValue.path(str(out)), "reused": True},
                                 data_version=dg.DataVersion(version))
-            else:
-                out.mkdir(parents=True, exist_ok=True)
-                yield from _pipes_run(context, pipes_subprocess_client, "lcaffect_ml.train_fusion", cfg, out, value)
+                return
+            # Local copies of the inputs and a scratch run folder on an object store (see features).
+            with local_tree(task_dir(lake, task), "fusion training", only=("utterances.parquet", "features")) as inputs, \
+                    workspace(out, "fusion training", last=runs.FINISHED_FILES) as local_out:
+                local_cfg = {**cfg, "utterances": str(inputs / "utterances.parquet"),
+                             "features_dir": str(inputs / "features"), "output_dir": str(local_out)}
+                results = list(_pipes_run(context, pipes_subprocess_client, "lcaffect_ml.train_fusion", local_cfg, local_out, value))
+            yield from results
 
         return fusion_asset
 
@@ -127,8 +152,11 @@ def _jsonable(report) -> dict:
     return report.to_dict() if hasattr(report, "to_dict") else json.loads(json.dumps(report, default=str))
 
 
-def _comment_bank(lake: LakeResource) -> str | None:
-    return runs.comment_bank(_root(lake, "the comment bank"))
+def _comment_bank(lake: LakeResource, local_dir: Path) -> str | None:
+    """The comment bank, written into the features folder's local copy where the lake is remote."""
+    if lake_mod.is_local(lake.path()):
+        return runs.comment_bank(lake.path())
+    return runs.comment_bank(lake.path(), local_dir / "comment_bank.parquet")
 
 
 @dg.asset(group_name=GROUP, owners=OWNERS, code_version="2", kinds={"markdown", "json"},
@@ -136,7 +164,7 @@ def _comment_bank(lake: LakeResource) -> str | None:
           automation_condition=ON_NEW_DATA,
           description="The ablation: every task's metrics with and without the synthetic live-comment features, per seed, mean ± std and the difference (ablation.json in the lake).")
 def ablation_report(context: dg.AssetExecutionContext, lake: LakeResource, downstream: DownstreamResource, **fusion_runs: dict) -> dg.Output:
-    report = runs.write_ablation(_root(lake, "the ablation report"), runs.ablation_inputs(fusion_runs), demo=downstream.demo)
+    report = runs.write_ablation(lake.path(), runs.ablation_inputs(fusion_runs), demo=downstream.demo)
     table = report["table"]
     for warning in table["warnings"]:
         context.log.warning(warning)

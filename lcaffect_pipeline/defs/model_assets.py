@@ -14,7 +14,7 @@ from lcaffect_ml.contracts.hashing import sha256_bytes
 
 from .. import models
 from ..corpus import load_catalogue_from_lake
-from ..lake import atomic_write_bytes, local_path
+from ..lake import as_path, atomic_write_bytes, workspace
 from ..models import METRIC_KEYS, k8s_pod_spec, latest_checkpoint  # noqa: F401  (imported from here too)
 from .automation import ON_NEW_DATA
 from .resources import LakeResource, V2LCTrainingResource
@@ -31,36 +31,27 @@ def launch_command(training: V2LCTrainingResource, config_path: Path) -> list[st
     return models.launch_command(config_path, command=training.command, gpus=training.gpus)
 
 
-def train_variant(context, root: Path, training: V2LCTrainingResource, client: dg.PipesSubprocessClient,
+def train_variant(context, root, training: V2LCTrainingResource, client: dg.PipesSubprocessClient,
                   shards: dict, catalogue: list[dict], variant: models.Variant) -> tuple[Path, tuple[dict, str], bool]:
     """Train (or reuse) one variant: its shard index, its run folder, the program through Pipes.
     Returns (run folder, (metrics, weights version), reused)."""
-    entries = json.loads(Path(shards["index"]).read_text())
-    selected = models.variant_index(entries, catalogue, variant)
+    shards_index = as_path(shards["index"])
+    selected = models.variant_index(json.loads(shards_index.read_text()), catalogue, variant)
     if not selected:
         raise dg.Failure(f"V2LC variant {variant.name!r} selects no shard (languages {list(variant.languages)}, "
                          f"platforms {list(variant.platforms)}; the catalogue's values are lower-cased)")
     payload = json.dumps(selected, ensure_ascii=False, indent=1).encode()
-    index = Path(shards["index"]).with_name(f"index.v2lc-{variant.name}.json")
+    index = shards_index.with_name(f"index.v2lc-{variant.name}.json")  # beside index.json: relative URLs hold
     atomic_write_bytes(index, payload)
     cfg = {**training_config(training, str(index), Path(".")), **variant.options}
     out = models.run_dir(root, f"{shards['data_version']}:{sha256_bytes(payload)[:16]}", cfg)
-    cfg["output_dir"] = str(out)
     if (done := models.finished_run(out)) is not None:
         context.log.info(f"V2LC variant {variant.name}: training already finished in {out}: reusing it")
         return out, done, True
-    config_path = out / "train_config.yaml"
-    atomic_write_bytes(config_path, yaml.safe_dump(cfg, sort_keys=True, allow_unicode=True).encode())
-    if context.retry_number:
-        context.log.info(f"retry {context.retry_number}: variant {variant.name} resumes from its last checkpoint in {out}")
-    if training.launcher == "k8s":
-        from dagster_k8s import PipesK8sClient  # optional: pip install dagster-k8s
-
-        PipesK8sClient().run(context=context, image=training.k8s_image, command=launch_command(training, config_path),
-                             namespace=training.k8s_namespace, base_pod_spec=k8s_pod_spec(training.gpus)).get_results()
-    else:
-        client.run(command=launch_command(training, config_path), context=context,
-                   env={"PYTHONUNBUFFERED": "1"}).get_results()
+    # The program writes local files: on an object store it runs in a scratch copy of the run
+    # folder (kept when it fails, so a retry resumes there), uploaded with the weights last.
+    with workspace(out, "V2LC training", last=models.FINISHED_FILES) as local_out:
+        _train(context, training, client, {**cfg, "output_dir": str(local_out)}, local_out)
     if (done := models.finished_run(out)) is None:
         raise dg.Failure(f"variant {variant.name}: the training program exited without metrics.json and "
                          f"model.safetensors in {out}")
@@ -119,11 +110,28 @@ def v2lc_encoder(context: dg.AssetExecutionContext, lake: LakeResource, v2lc_tra
         variants = models.parse_variants(v2lc_training.variants_json)
     except models.VariantError as exc:
         raise dg.Failure(str(exc)) from exc
-    root = local_path(lake.path(), "V2LC training")
-    catalogue = load_catalogue_from_lake(root)
-    trained = {v.name: train_variant(context, root, v2lc_training, pipes_subprocess_client, shards, catalogue, v)
+    catalogue = load_catalogue_from_lake(lake.path())
+    trained = {v.name: train_variant(context, lake.path(), v2lc_training, pipes_subprocess_client, shards, catalogue, v)
                for v in variants}
     yield from encoder_outputs(trained)
+
+
+def _train(context, v2lc_training: V2LCTrainingResource, pipes_subprocess_client, cfg: dict, out: Path) -> None:
+    config_path = out / "train_config.yaml"
+    atomic_write_bytes(config_path, yaml.safe_dump(cfg, sort_keys=True, allow_unicode=True).encode())
+    if context.retry_number:
+        context.log.info(f"retry {context.retry_number}: the program resumes from its last checkpoint in {out}")
+    if v2lc_training.launcher == "k8s":
+        from dagster_k8s import PipesK8sClient  # optional: pip install dagster-k8s
+
+        PipesK8sClient().run(
+            context=context, image=v2lc_training.k8s_image, command=launch_command(v2lc_training, config_path),
+            namespace=v2lc_training.k8s_namespace, base_pod_spec=k8s_pod_spec(v2lc_training.gpus),
+        ).get_results()
+    else:
+        pipes_subprocess_client.run(
+            command=launch_command(v2lc_training, config_path), context=context, env={"PYTHONUNBUFFERED": "1"},
+        ).get_results()
 
 
 ASSETS = [v2lc_encoder]

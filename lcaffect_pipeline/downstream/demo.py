@@ -117,6 +117,34 @@ def text_cue(task: str, text: str) -> Any:
 # ------------------------------------------------------------------------------ entry point
 
 
+MARKER = ".demo-downstream.json"
+
+
+def _params(n_per_split, seed: int, with_media: bool) -> tuple[dict[str, int], dict[str, Any]]:
+    if n_per_split is None:
+        counts = dict(DEFAULT_N)
+    elif isinstance(n_per_split, int):
+        counts = {s: n_per_split for s in DEFAULT_N}
+    else:
+        counts = {s: int(n_per_split[s]) for s in DEFAULT_N}
+    return counts, {"version": DEMO_DOWNSTREAM_VERSION, "n": counts, "seed": seed, "with_media": with_media}
+
+
+def upload_demo_downstream(root, **options) -> None:
+    """The demo datasets in a lake on an object store (``root``: its URL): rendered in a local
+    scratch folder (ffmpeg writes local files) and uploaded, the marker last; nothing to do when
+    the marker there names the same parameters."""
+    root = lake.as_path(root)
+    marker = root / MARKER
+    _, params = _params(options.get("n_per_split"), options.get("seed", 0), options.get("with_media", True))
+    if marker.exists() and json.loads(marker.read_text()) == params:
+        return
+    with lake.scratch("the demo datasets (ffmpeg renders them)") as local:
+        generate_demo_downstream(local, **options)
+        shutil.rmtree(local / ".clip-pool", ignore_errors=True)  # the task folders hold their clips
+        lake.upload_tree(local, root, last=[MARKER])
+
+
 def generate_demo_downstream(root: str | os.PathLike, *, n_per_split: int | Mapping[str, int] | None = None,
                              seed: int = 0, with_media: bool = True) -> dict[str, Path]:
     """Write ``root/{chsims2,meld,mustard}`` in the official layouts; returns name -> folder.
@@ -126,15 +154,9 @@ def generate_demo_downstream(root: str | os.PathLike, *, n_per_split: int | Mapp
     a second call with the same ones writes nothing.
     """
     root = Path(root)
-    if n_per_split is None:
-        counts = dict(DEFAULT_N)
-    elif isinstance(n_per_split, int):
-        counts = {s: n_per_split for s in DEFAULT_N}
-    else:
-        counts = {s: int(n_per_split[s]) for s in DEFAULT_N}
+    counts, params = _params(n_per_split, seed, with_media)
     folders = {name: root / name for name in ("chsims2", "meld", "mustard")}
-    marker = root / ".demo-downstream.json"
-    params = {"version": DEMO_DOWNSTREAM_VERSION, "n": counts, "seed": seed, "with_media": with_media}
+    marker = root / MARKER
     if marker.is_file() and json.loads(marker.read_text()) == params and all(f.is_dir() for f in folders.values()):
         return folders
     pool = _render_pool(root / ".clip-pool", seed) if with_media else None

@@ -22,6 +22,7 @@ from typing import Any
 from lcaffect_ml.contracts.hashing import sha256_bytes, sha256_file, short_hash
 from lcaffect_ml.contracts.tables import META_FILE
 
+from .. import lake
 from ..lake import atomic_write_bytes
 
 TASKS = ("chsims2", "meld", "mustard")
@@ -37,12 +38,28 @@ TASK_ASSETS: dict[str, dict[str, str]] = {
 ABLATION_ASSET = "ablation_report"
 
 
+FINISHED_FILES = ("model.safetensors", "metrics.json")  # uploaded last, metrics.json (what finished_fusion looks for) at the end
+
+
+def relative_media(table, media_dir: Path, name: str = "media"):
+    """The utterance table with each prepared npz under ``media_dir`` named ``{name}/{file}``:
+    relative to the table's folder (``lcaffect_ml.feature_io`` resolves it there), so the table
+    stays valid wherever the task folder is (another lake, a local copy of one on an object store)."""
+    import pyarrow as pa
+
+    i = table.schema.get_field_index("media_npz")
+    base = str(media_dir).rstrip("/") + "/"
+    values = [f"{name}/{v[len(base):]}" if v and v.startswith(base) else v for v in table.column(i).to_pylist()]
+    return table.set_column(i, table.schema.field(i), pa.array(values, table.schema.field(i).type))
+
+
 def fusion_name(task: str, use_lc: bool) -> str:
     return TASK_ASSETS[task]["with_lc" if use_lc else "without_lc"]
 
 
-def task_dir(root: Path, task: str) -> Path:
-    return Path(root) / "downstream" / task
+def task_dir(root, task: str):
+    """``{root}/downstream/{task}`` (a local path, or a universal_pathlib path on an object store)."""
+    return lake.as_path(root) / "downstream" / task
 
 
 def config_key(payload: dict[str, Any]) -> str:
@@ -63,7 +80,7 @@ def fusion_config(task: str, use_lc: bool, utterances: str, features_dir: Path, 
 def fusion_run_dir(root: Path, task: str, cfg: dict[str, Any], utterances_version: str | None) -> Path:
     """One folder per (configuration, feature versions, utterance table version): a re-run with
     nothing changed finds its finished run there."""
-    feats = Path(cfg["features_dir"])
+    feats = lake.as_path(cfg["features_dir"])
     meta = json.loads((feats / META_FILE).read_text())
     key = config_key({**cfg, "base": meta.get("base_version"), "lc": meta.get("lc_version"), "utt": utterances_version})
     return task_dir(root, task) / cfg["pipes_asset_key"] / key
@@ -90,31 +107,37 @@ def ablation_inputs(fusion_runs: dict[str, dict]) -> dict[str, dict]:
     def metrics(value: dict | None) -> dict | None:
         if not (value or {}).get("available"):
             return None
-        return _read_json(Path(value["output_dir"]) / "metrics.json")
+        return _read_json(lake.as_path(value["output_dir"]) / "metrics.json")
 
     out = {}
     for task in TASKS:
         with_lc, without = fusion_runs.get(f"{task}_with_lc"), fusion_runs.get(f"{task}_without_lc")
         feats = next((v["features_dir"] for v in (with_lc, without) if (v or {}).get("available")), None)
         out[task] = {"with": metrics(with_lc), "without": metrics(without),
-                     "features": _read_json(Path(feats) / META_FILE) if feats else None}
+                     "features": _read_json(lake.as_path(feats) / META_FILE) if feats else None}
     return out
 
 
-def comment_bank(root: Path) -> str | None:
-    """The clean corpus's distinct texts as one Parquet (for the nearest-comment view), if there is a corpus."""
-    import duckdb
+def comment_bank(root, out: Path | None = None) -> str | None:
+    """The clean corpus's distinct texts as one Parquet (for the nearest-comment view), if there is a
+    corpus: ``out`` (a local file), by default ``{root}/downstream/comment_bank.parquet`` in a local lake.
+    DuckDB reads the corpus from the lake, on an object store through its fsspec file system."""
+    from ..corpus import connect
 
-    files = sorted(Path(root).glob("clean_comments/*/*.parquet"))
+    files = sorted(lake.as_path(root).glob("clean_comments/*/*.parquet"), key=str)
     if not files:
         return None
-    out = Path(root) / "downstream" / "comment_bank.parquet"
+    out = out or lake.local_path(root, "the comment bank") / "downstream" / "comment_bank.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     # the file list is bound; COPY's target cannot be, so it is quoted as an SQL string (a lake root may hold ')
     target = "'" + str(tmp).replace("'", "''") + "'"
-    duckdb.execute(f"COPY (SELECT DISTINCT text FROM read_parquet(?) ORDER BY text) TO {target} (FORMAT parquet)",
-                   [[str(f) for f in files]])
+    con = connect(root)
+    try:
+        con.execute(f"COPY (SELECT DISTINCT text FROM read_parquet(?) ORDER BY text) TO {target} (FORMAT parquet)",
+                    [[str(f) for f in files]])
+    finally:
+        con.close()
     tmp.replace(out)
     return str(out)
 
@@ -128,7 +151,7 @@ def write_ablation(root: Path, results: dict[str, dict], demo: bool) -> dict[str
     from .ablation import HEADLINE, ablation_table
 
     table, markdown = ablation_table(results, demo=demo)
-    path = Path(root) / "ablation.json"
+    path = lake.as_path(root) / "ablation.json"
     payload = json.dumps(table, indent=1, sort_keys=True).encode()
     atomic_write_bytes(path, payload)
     atomic_write_bytes(path.with_suffix(".md"), (markdown + "\n").encode())

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from lcaffect_pipeline import lake
 from lcaffect_pipeline.schema import PLATFORMS
 from lcaffect_pipeline.sources.http import DEFAULT_MAX_BYTES, DEFAULT_USER_AGENT, FetchError, PoliteSession, mask_text, masked_logger
 
@@ -88,8 +89,7 @@ def choose_fetcher(platform: str, source: str) -> str:
             pass  # a bangumi URL or a local file: handled below
     if _is_url(source):
         return "ytdlp"
-    path = Path(source[len("file://") :] if source.startswith("file://") else source).expanduser()
-    if path.exists():
+    if lake.source_path(source).exists():  # a local file, or one in a file store (s3://…)
         return "local"
     raise ValueError(
         f"cannot tell how to fetch {mask_text(source)!r} for platform {platform}: "

@@ -1,4 +1,5 @@
-"""A local comment file or folder as a source: copied into the lake like a fetched one.
+"""A local comment file or folder as a source: copied into the lake like a fetched one. A file
+store's URL (``s3://bucket/comments/x.xml``) is one too.
 
 A file is copied as it is; a folder contributes its visible top-level files (sub-folders and
 dot-files are not comment files). The copy gets the same manifest as a web source, so the rest
@@ -14,12 +15,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lcaffect_pipeline import lake
 from lcaffect_pipeline.sources.folder import MANIFEST, FetchResult, SourceFolder
 
 
-def local_files(source: str | Path) -> list[Path]:
+def local_files(source: str | Path) -> list:
     """The files a local source contributes; ValueError naming the path if there are none."""
-    path = Path(str(source).removeprefix("file://")).expanduser()
+    path = lake.source_path(source)
     if path.is_file():
         return [path]
     if not path.is_dir():
@@ -32,11 +34,11 @@ def local_files(source: str | Path) -> list[Path]:
 
 def local_video_id(source: str | Path) -> str:
     """``2170097`` for ``…/2170097.xml`` (the name before its first dot), or the folder's name."""
-    path = Path(str(source).removeprefix("file://")).expanduser()
+    path = lake.source_path(source)
     return path.name.split(".")[0] if path.is_file() else path.name
 
 
-def _stats(files: list[Path]) -> dict[str, list[int]]:
+def _stats(files: list) -> dict[str, list[int]]:
     """``{name: [size, mtime_ns]}``: what tells a changed local file without reading it."""
     return {p.name: [(st := p.stat()).st_size, st.st_mtime_ns] for p in files}
 
@@ -51,7 +53,8 @@ def fetch_local(
 ) -> FetchResult:
     folder = SourceFolder(dest_dir)
     files = local_files(source)
-    where = str(Path(str(source).removeprefix("file://")).expanduser().resolve())
+    path = lake.source_path(source)
+    where = str(path.resolve() if lake.is_local(path) else path)
     stats = _stats(files)  # taken before reading: a write after this shows on the next run
     done = folder.completed()
     if not refresh and done and (done.metadata.get("source_path"), done.metadata.get("source_stats")) == (where, stats):
