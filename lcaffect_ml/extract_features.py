@@ -27,7 +27,12 @@ Config options (YAML or JSON mapping; ``--set key=value`` overrides, value parse
   text_model          "tiny" or a hub name/local path (hfl/chinese-roberta-wwm-ext, roberta-base)
   audio_model         "tiny" (log-mel) or a hub name/local path (facebook/wav2vec2-base, facebook/hubert-base-ls960)
   vision_model        "tiny" or a hub name/local path (openai/clip-vit-base-patch32, google/vit-base-patch16-224-in21k)
-  text_max_length     tokens per utterance (128)
+  text_max_length     tokens per utterance (128), context included
+  context             true (default): the text before the utterance (MELD's earlier turns of its
+                      dialogue, MUStARD's context utterances: the table's ``context``) enters the
+                      text modality, as the second sentence of a pair after the utterance, most
+                      recent turn first, so truncation drops the oldest; false: the utterance alone
+  context_turns       at most this many turns of context, the most recent ones (5)
   max_audio_frames    acoustic steps after window-mean pooling (64)
   n_mels              log-mel bands of the tiny acoustic features (80)
   lc_source           "post_projection" (the V2LC space, length 1) or "pre_projection" (CLS + per-frame tokens)
@@ -77,6 +82,8 @@ class ExtractConfig:
     audio_model: str = TINY
     vision_model: str = TINY
     text_max_length: int = 128
+    context: bool = True
+    context_turns: int = 5
     max_audio_frames: int = 64
     n_mels: int = 80
     lc_source: str = "post_projection"
@@ -101,6 +108,8 @@ class ExtractConfig:
         if missing:
             raise ConfigError(f"missing required option(s) {missing}")
         cfg = cls(**data)
+        if int(cfg.context_turns) < 0:
+            raise ConfigError(f"context_turns must be >= 0, got {cfg.context_turns}")
         for name in ("text_max_length", "max_audio_frames", "n_mels", "batch_size", "nearest_k"):
             if int(getattr(cfg, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
@@ -120,12 +129,30 @@ def _base_key(cfg: ExtractConfig, utts: Sequence[Utterance], precision: str) -> 
     return digest({
         "code": FEATURES_CODE_VERSION, "precision": precision,
         "table": [[u.utterance_id, u.text, u.media_npz, media_fingerprint(u.media_npz)] for u in utts],
+        "context": [context_turns(cfg, u) for u in utts] if used_context(cfg) else None,
         "text": model(cfg.text_model, max_length=cfg.text_max_length,
                       tiny=[cfg.seed, TINY_TEXT] if cfg.text_model == TINY else None),
         "audio": model(cfg.audio_model, max_frames=cfg.max_audio_frames,
                        n_mels=cfg.n_mels if cfg.audio_model == TINY else None),
         "vision": model(cfg.vision_model, tiny=[cfg.seed, TINY_VISION] if cfg.vision_model == TINY else None),
     })
+
+
+def used_context(cfg: ExtractConfig) -> bool:
+    return bool(cfg.context) and int(cfg.context_turns) > 0
+
+
+def context_turns(cfg: ExtractConfig, u: Utterance) -> list[str]:
+    """The turns of context an utterance's text feature sees: the last ``context_turns``, never more."""
+    if not used_context(cfg):
+        return []
+    return [t for t in u.context if t.strip()][-int(cfg.context_turns):]
+
+
+def text_input(cfg: ExtractConfig, u: Utterance, sep: str) -> str | tuple[str, str]:
+    """The utterance alone, or (utterance, its context most recent first, joined by ``sep``)."""
+    turns = context_turns(cfg, u)
+    return (u.text, f" {sep} ".join(reversed(turns))) if turns else u.text
 
 
 def _lc_key(v2lc_sha256: str, lc_source: str, utts: Sequence[Utterance], precision: str) -> str:
@@ -157,7 +184,7 @@ def _previous(out_dir: Path) -> dict[str, Any]:
 
 
 def _run_pass(rows: Sequence[Utterance], featurizers: dict[str, Any], batch_size: int, progress: bool,
-              desc: str) -> tuple[list[str], dict[str, str], dict[str, list]]:
+              desc: str, text_of=lambda u: u.text) -> tuple[list[str], dict[str, str], dict[str, list]]:
     """Load each utterance's media once and run the given featurizers over it, batch by batch.
 
     Returns the ids that were featurised, ``{id: reason}`` for the unreadable ones (logged, the
@@ -179,7 +206,7 @@ def _run_pass(rows: Sequence[Utterance], featurizers: dict[str, Any], batch_size
                     log.warning("skipping utterance %s: %s", u.utterance_id, exc)
                     bad[u.utterance_id] = str(exc)
             if batch:
-                inputs = {"text": [u.text for u in batch], "audio": [m.audio for m in media],
+                inputs = {"text": [text_of(u) for u in batch], "audio": [m.audio for m in media],
                           "visual": [m.frames for m in media], "lc": [m.frames for m in media]}
                 for name, featurize in featurizers.items():
                     outputs[name].extend(featurize(inputs[name]))
@@ -234,8 +261,8 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
     def make_lc() -> SyntheticLCFeaturizer:
         return SyntheticLCFeaturizer(ckpt, cfg.lc_source, device=device, precision=precision)
 
-    meta: dict[str, Any] = {k: prev[k] for k in ("utterance_ids", "dims", "models", "base_sha256", "lc_sha256")
-                            if k in prev and base_hit}
+    meta: dict[str, Any] = {k: prev[k] for k in ("utterance_ids", "dims", "models", "base_sha256", "lc_sha256",
+                                                 "context") if k in prev and base_hit}
     meta.setdefault("dims", {})
     meta.setdefault("models", {})
     lc_outputs: list | None = None
@@ -244,14 +271,16 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
         log.info("computing base features (text %s, audio %s, vision %s) for %d utterances on %s (%s)",
                  cfg.text_model, cfg.audio_model, cfg.vision_model, len(with_media), device, precision)
         featurizers: dict[str, Any] = {
-            "text": TextFeaturizer(cfg.text_model, [u.text for u in utts], cfg.text_max_length, cfg.seed,
-                                   device, precision),
+            "text": TextFeaturizer(cfg.text_model, [t for u in utts for t in (u.text, *context_turns(cfg, u))],
+                                   cfg.text_max_length, cfg.seed, device, precision),
             "audio": AudioFeaturizer(cfg.audio_model, cfg.max_audio_frames, cfg.n_mels, device, precision),
             "visual": VisualFeaturizer(cfg.vision_model, cfg.seed, device, precision),
         }
         if not lc_hit:  # share the media reads with the LC pass
             featurizers["lc"] = lc_featurizer = make_lc()
-        kept, bad, outputs = _run_pass(with_media, featurizers, cfg.batch_size, cfg.progress, "features")
+        sep = featurizers["text"].tokenizer.sep_token or "|"
+        kept, bad, outputs = _run_pass(with_media, featurizers, cfg.batch_size, cfg.progress, "features",
+                                       lambda u: text_input(cfg, u, sep))
         if not kept:
             raise FeatureFileError(f"{cfg.utterances}: no utterance has readable prepared media")
         tensors: dict[str, torch.Tensor] = {}
@@ -264,6 +293,9 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
         if lc_hit and kept != prev.get("utterance_ids"):
             lc_hit = False  # the rows changed under cached LC features: recompute them
         meta["utterance_ids"], meta["skip_reasons"] = kept, {**skip_reasons, **bad}
+        by_id = {u.utterance_id: u for u in utts}
+        meta["context"] = {"used": used_context(cfg), "max_turns": int(cfg.context_turns) if used_context(cfg) else 0,
+                           "utterances_with_context": sum(bool(context_turns(cfg, by_id[i])) for i in kept)}
     else:
         meta["skip_reasons"] = prev.get("skip_reasons", skip_reasons)
     kept = meta["utterance_ids"]
@@ -350,6 +382,7 @@ def _report(reporter: TrainingReporter, meta: dict[str, Any], out_dir: Path) -> 
         "n_no_audio": len(meta["no_audio"]), "base_version": meta["base_version"], "lc_version": meta["lc_version"],
         "v2lc_sha256": meta["v2lc_sha256"], "lc_source": meta["lc_source"], "precision": meta["precision"],
         "base_recomputed": meta["base_recomputed"], "lc_recomputed": meta["lc_recomputed"],
+        "context_turns": int((meta.get("context") or {}).get("max_turns", 0)),
         **{f"dim_{k}": int(v) for k, v in meta["dims"].items()},
         **{f"{k}_model": str(meta["models"][k]["name"]) for k in ("text", "audio", "visual")},
     }

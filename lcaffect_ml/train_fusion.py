@@ -12,10 +12,13 @@ whose label is unusable are skipped and counted (``metrics.json`` → ``skipped`
 
 Splits: CH-SIMS v2 and MELD use the official ``split`` column (train/valid/test; the model of the
 epoch with the best validation ``select_metric`` is tested). MUStARD has no official split:
-``protocol: speaker_dependent`` is a stratified ``folds``-fold cross-validation over all rows (fixed
-``split_seed``, the same folds for every seed; a seed's metrics are the mean over its folds);
-``speaker_independent`` trains on every show but ``held_out_show`` (FRIENDS, case-insensitive) and
-tests on it. Without a validation split the last epoch's model is tested.
+``protocol: speaker_dependent`` (the default, ``contracts.tables.DEFAULT_PROTOCOLS``, as in Dagster) is a
+5-fold cross-validation over all rows: the official folds (the table's ``fold`` column, read from
+MUStARD's ``split_indices.json`` by the loader) when every row has one, else stratified ``folds``
+folds (fixed ``split_seed``), the same folds for every seed; a seed's metrics are the mean over its
+folds and ``metrics.json["folds_used"]`` says which folds were used. ``speaker_independent`` trains
+on every show but ``held_out_show`` (FRIENDS, case-insensitive) and tests on it. Without a
+validation split the last epoch's model is tested.
 
 Re-running the same command resumes: finished runs (``runs/<run>/result.json`` with a matching
 fingerprint of the config and the input data) are reused, an unfinished one continues from its
@@ -33,7 +36,9 @@ Data
   use_lc              include the synthetic live-comment tokens (true); false is the ablation
   seeds               list of seeds ([0]); model init, dropout and data order
   protocol            MUStARD only: speaker_dependent (default) | speaker_independent
-  folds (5), split_seed (0), held_out_show ("FRIENDS")
+  fold_source         MUStARD speaker_dependent: auto (official folds when the table has them, else
+                      stratified) | official (refuse a table without them) | stratified
+  folds (5, stratified only), split_seed (0), held_out_show ("FRIENDS")
 Model (``FusionConfig``)
   d_model (128), num_layers (2), num_heads (4), ff_dim (256), dropout (0.1)
   regression_activation  linear (default; predictions are clipped to [-1, 1] when scored) | tanh
@@ -93,7 +98,7 @@ from .metrics import METRIC_NAMES, NUM_CLASSES, is_better, selection_metric, tas
 from .fusion_data import (  # noqa: F401  (the program's names, importable from here as before)
     PROTOCOLS, DEFAULT_SELECT, NON_RESULT_KEYS, DownstreamDataError, FusionTrainConfig, FusionData,
     _read_features, _read_table, _label_ok, load_data, _data_fingerprint, RunSplit,
-    make_splits, _mustard_splits,
+    make_splits, _mustard_splits, describe_folds, resolve_fold_source,
 )
 from .pipes import TrainingReporter, pipes_session, report_model_materialization
 from .trainutil import (COMPLETE_MARKER, EXIT_NON_FINITE, CheckpointManager, ConfigError, NonFiniteLossError,
@@ -474,6 +479,7 @@ def train(cfg: FusionTrainConfig, reporter: TrainingReporter | None = None) -> d
         "runs": [{k: r[k] for k in ("run", "seed", "fold", "selection", "selected_epoch", "steps", "train_time_s",
                                     "resumed_from_step", "n_train", "n_valid", "n_test")} for r in results],
         "model_run": results[-1]["run"], "precision": precision, "device": str(device),
+        **({"folds_used": folds_used} if (folds_used := describe_folds(data, cfg)) else {}),
     })
     last = out_dir / "runs" / results[-1]["run"]
     FusionModel.from_pretrained(last).save_pretrained(out_dir)  # byte-identical copy, written atomically
@@ -489,6 +495,8 @@ def _pipes_summary(metrics: dict[str, Any]) -> dict[str, Any]:
                     "n_seeds": len(metrics["seeds"]), "utterances_used": metrics["counts"]["utterances_used"],
                     "skipped_rows": sum(metrics["skipped"].values()),
                     "lc_version": str(metrics["features"].get("lc_version") or "")})
+    if metrics.get("folds_used"):
+        summary["folds_used"] = metrics["folds_used"]
     return summary
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import dagster as dg
+from lcaffect_ml.contracts.tables import DEFAULT_PROTOCOLS
 from pydantic import Field, model_validator
 
 from .. import lake, schema
@@ -262,7 +263,10 @@ class DownstreamResource(dg.ConfigurableResource):
     audio_model: str = "tiny"
     vision_model: str = "tiny"
     seeds: list[int] = Field(default=[0, 1, 2], description="Fusion training seeds (mean and spread are reported)")
-    mustard_protocol: str = Field(default="speaker_independent", description='"speaker_independent" (Friends held out) or "speaker_dependent" (5-fold)')
+    mustard_protocol: str = Field(default=DEFAULT_PROTOCOLS["mustard"],
+                                  description='"speaker_dependent" (the default, as on the command line: 5 folds, the official '
+                                              'ones of split_indices.json when the dataset folder has it) or '
+                                              '"speaker_independent" (Friends held out)')
     features_extra_json: str = Field(default="{}", description='Other extract_features options, as a JSON object (e.g. {"max_audio_frames": 16})')
     fusion_extra_json: str = Field(default="{}", description="Other train_fusion options, as a JSON object")
 
