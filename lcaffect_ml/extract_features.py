@@ -33,6 +33,12 @@ Config options (YAML or JSON mapping; ``--set key=value`` overrides, value parse
                       text modality, as the second sentence of a pair after the utterance, most
                       recent turn first, so truncation drops the oldest; false: the utterance alone
   context_turns       at most this many turns of context, the most recent ones (5)
+  released_features   features the benchmark releases, in place of the encoders above: a mapping
+                      modality (text | audio | visual) -> file, or one file for all three (an MMSA
+                      pickle); layouts in ``lcaffect_ml.released`` (MMSA / CH-SIMS v2 pickle,
+                      MUStARD ``audio_features.p``, MELD's feature pickles), read by an unpickler
+                      that admits only NumPy arrays and plain containers. Utterances the file
+                      lacks are skipped with that reason. LC features still come from the videos
   max_audio_frames    acoustic steps after window-mean pooling (64)
   n_mels              log-mel bands of the tiny acoustic features (80)
   lc_source           "post_projection" (the V2LC space, length 1) or "pre_projection" (CLS + per-frame tokens)
@@ -66,6 +72,7 @@ from .features import (BASE_FILE, FEATURES_CODE_VERSION, LC_FILE, LC_SOURCES, ME
                        TextFeaturizer, Utterance, VisualFeaturizer, digest, load_media, local_weights_digest,
                        media_fingerprint, pad_sequences, read_utterances)
 from .contracts.hashing import sha256_file
+from .feature_inputs import context_turns, released_featurizers, released_map, text_input, used_context  # noqa: F401
 from .pipes import TrainingReporter, pipes_metadata, pipes_session
 from .trainutil import (ConfigError, CheckpointFormatError, atomic_file, atomic_write_json,
                         resolve_precision, config_with_overrides, program_args, setup_logging)
@@ -84,6 +91,7 @@ class ExtractConfig:
     text_max_length: int = 128
     context: bool = True
     context_turns: int = 5
+    released_features: Any = None
     max_audio_frames: int = 64
     n_mels: int = 80
     lc_source: str = "post_projection"
@@ -108,6 +116,7 @@ class ExtractConfig:
         if missing:
             raise ConfigError(f"missing required option(s) {missing}")
         cfg = cls(**data)
+        cfg.released_features = released_map(cfg.released_features)
         if int(cfg.context_turns) < 0:
             raise ConfigError(f"context_turns must be >= 0, got {cfg.context_turns}")
         for name in ("text_max_length", "max_audio_frames", "n_mels", "batch_size", "nearest_k"):
@@ -121,38 +130,27 @@ class ExtractConfig:
 # ----------------------------------------------------------------------------- cache keys
 
 
-def _base_key(cfg: ExtractConfig, utts: Sequence[Utterance], precision: str) -> str:
+def _base_key(cfg: ExtractConfig, utts: Sequence[Utterance], precision: str, released: dict[str, Any]) -> str:
     """Everything the base features depend on; labels and splits deliberately left out."""
     def model(name: str, **options: Any) -> dict[str, Any]:
         return {"name": name, "weights": local_weights_digest(name), **options}
+
+    def source(modality: str, spec: dict[str, Any]) -> dict[str, Any]:
+        if modality in released:  # a released file replaces the encoder: its bytes are what matters
+            return {"released": released[modality].sha256}
+        return spec
 
     return digest({
         "code": FEATURES_CODE_VERSION, "precision": precision,
         "table": [[u.utterance_id, u.text, u.media_npz, media_fingerprint(u.media_npz)] for u in utts],
         "context": [context_turns(cfg, u) for u in utts] if used_context(cfg) else None,
-        "text": model(cfg.text_model, max_length=cfg.text_max_length,
-                      tiny=[cfg.seed, TINY_TEXT] if cfg.text_model == TINY else None),
-        "audio": model(cfg.audio_model, max_frames=cfg.max_audio_frames,
-                       n_mels=cfg.n_mels if cfg.audio_model == TINY else None),
-        "vision": model(cfg.vision_model, tiny=[cfg.seed, TINY_VISION] if cfg.vision_model == TINY else None),
+        "text": source("text", model(cfg.text_model, max_length=cfg.text_max_length,
+                                     tiny=[cfg.seed, TINY_TEXT] if cfg.text_model == TINY else None)),
+        "audio": source("audio", model(cfg.audio_model, max_frames=cfg.max_audio_frames,
+                                       n_mels=cfg.n_mels if cfg.audio_model == TINY else None)),
+        "vision": source("visual", model(cfg.vision_model,
+                                         tiny=[cfg.seed, TINY_VISION] if cfg.vision_model == TINY else None)),
     })
-
-
-def used_context(cfg: ExtractConfig) -> bool:
-    return bool(cfg.context) and int(cfg.context_turns) > 0
-
-
-def context_turns(cfg: ExtractConfig, u: Utterance) -> list[str]:
-    """The turns of context an utterance's text feature sees: the last ``context_turns``, never more."""
-    if not used_context(cfg):
-        return []
-    return [t for t in u.context if t.strip()][-int(cfg.context_turns):]
-
-
-def text_input(cfg: ExtractConfig, u: Utterance, sep: str) -> str | tuple[str, str]:
-    """The utterance alone, or (utterance, its context most recent first, joined by ``sep``)."""
-    turns = context_turns(cfg, u)
-    return (u.text, f" {sep} ".join(reversed(turns))) if turns else u.text
 
 
 def _lc_key(v2lc_sha256: str, lc_source: str, utts: Sequence[Utterance], precision: str) -> str:
@@ -207,9 +205,10 @@ def _run_pass(rows: Sequence[Utterance], featurizers: dict[str, Any], batch_size
                     bad[u.utterance_id] = str(exc)
             if batch:
                 inputs = {"text": [text_of(u) for u in batch], "audio": [m.audio for m in media],
-                          "visual": [m.frames for m in media], "lc": [m.frames for m in media]}
-                for name, featurize in featurizers.items():
-                    outputs[name].extend(featurize(inputs[name]))
+                          "visual": [m.frames for m in media], "lc": [m.frames for m in media],
+                          "ids": [u.utterance_id for u in batch]}
+                for name, featurize in featurizers.items():  # a released file's featurizer reads ids
+                    outputs[name].extend(featurize(inputs[getattr(featurize, "input", name)]))
                 kept.extend(u.utterance_id for u in batch)
             bar.update(len(rows[start:start + batch_size]))
     return kept, bad, outputs
@@ -246,11 +245,17 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
         raise CheckpointFormatError(f"{ckpt}: no model.safetensors (a V2LC save_pretrained folder is needed)")
 
     utts = read_utterances(cfg.utterances)
+    released = released_featurizers(cfg)
     with_media = [u for u in utts if u.media_npz is not None]
     skip_reasons = {u.utterance_id: f"no prepared media (media_status={u.media_status or 'unknown'})"
                     for u in utts if u.media_npz is None}
+    for m, featurizer in released.items():  # an utterance the released file lacks has no features
+        for u in with_media:
+            if u.utterance_id not in featurizer.features and u.utterance_id not in skip_reasons:
+                skip_reasons[u.utterance_id] = f"not in the released {m} features {featurizer.path}"
+    with_media = [u for u in with_media if u.utterance_id not in skip_reasons]
     prev = _previous(out_dir)
-    base_key = _base_key(cfg, utts, precision)
+    base_key = _base_key(cfg, utts, precision, released)
     v2lc_sha = sha256_file(ckpt / "model.safetensors")
     lc_key = _lc_key(v2lc_sha, cfg.lc_source, with_media, precision)
     base_hit = prev.get("base_version") == base_key and _file_version(out_dir / BASE_FILE) == base_key
@@ -271,14 +276,16 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
         log.info("computing base features (text %s, audio %s, vision %s) for %d utterances on %s (%s)",
                  cfg.text_model, cfg.audio_model, cfg.vision_model, len(with_media), device, precision)
         featurizers: dict[str, Any] = {
-            "text": TextFeaturizer(cfg.text_model, [t for u in utts for t in (u.text, *context_turns(cfg, u))],
-                                   cfg.text_max_length, cfg.seed, device, precision),
-            "audio": AudioFeaturizer(cfg.audio_model, cfg.max_audio_frames, cfg.n_mels, device, precision),
-            "visual": VisualFeaturizer(cfg.vision_model, cfg.seed, device, precision),
+            "text": released.get("text") or TextFeaturizer(
+                cfg.text_model, [t for u in utts for t in (u.text, *context_turns(cfg, u))], cfg.text_max_length,
+                cfg.seed, device, precision),
+            "audio": released.get("audio") or AudioFeaturizer(cfg.audio_model, cfg.max_audio_frames, cfg.n_mels,
+                                                              device, precision),
+            "visual": released.get("visual") or VisualFeaturizer(cfg.vision_model, cfg.seed, device, precision),
         }
         if not lc_hit:  # share the media reads with the LC pass
             featurizers["lc"] = lc_featurizer = make_lc()
-        sep = featurizers["text"].tokenizer.sep_token or "|"
+        sep = getattr(getattr(featurizers["text"], "tokenizer", None), "sep_token", None) or "|"
         kept, bad, outputs = _run_pass(with_media, featurizers, cfg.batch_size, cfg.progress, "features",
                                        lambda u: text_input(cfg, u, sep))
         if not kept:

@@ -57,6 +57,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..schema import UTTERANCES_SCHEMA
+from .protocols import MUSTARD_FOLDS_FILE, FoldsError, mustard_official_folds, with_preceding_turns
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,6 @@ MELD_COLUMNS = ("Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialo
                 "Season", "Episode", "StartTime", "EndTime")
 # The CH-SIMS v2 label file under the names its releases use: MMSA's, then the v2 release's.
 CHSIMS_LABEL_FILES = ("label.csv", "meta.csv", "meta(s).csv")
-MUSTARD_FOLDS_FILE = "split_indices.json"
 CHSIMS_COLUMNS = ("video_id", "clip_id", "text", "label", "label_T", "label_A", "label_V", "annotation", "mode")
 CHSIMS_MODES = {"train": "train", "valid": "valid", "val": "valid", "dev": "valid", "test": "test"}
 MUSTARD_KEYS = ("utterance", "speaker", "context", "context_speakers", "show", "sarcasm")
@@ -283,25 +283,8 @@ def load_meld(root: str | os.PathLike) -> pa.Table:
         split_rows = [_meld_row(path, i, r, official, split, media_dir)
                       for i, r in enumerate(read_csv_rows("meld", path, MELD_COLUMNS, "cp1252"), start=2)]
         _unique_ids("meld", path, split_rows)
-        rows += _with_preceding_turns(split_rows)
+        rows += with_preceding_turns(split_rows)
     return utterance_table("meld", root, rows, files)
-
-
-def _with_preceding_turns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each row's ``context``: the texts of the earlier turns of its dialogue, oldest first.
-
-    Ordered by ``Utterance_ID``, not by row position, so a file whose rows are not in dialogue
-    order still never gives an utterance a later turn."""
-    dialogues: dict[int, list[tuple[int, str]]] = {}
-    for r in rows:
-        extra = json.loads(r["extra_labels"])
-        dialogues.setdefault(extra["dialogue_id"], []).append((extra["utterance_id"], r["text"]))
-    for turns in dialogues.values():
-        turns.sort()
-    for r in rows:
-        extra = json.loads(r["extra_labels"])
-        r["context"] = [text for utt, text in dialogues[extra["dialogue_id"]] if utt < extra["utterance_id"]]
-    return rows
 
 
 def meld_media_dir(root: Path, official: str) -> Path:
@@ -346,43 +329,21 @@ def load_mustard(root: str | os.PathLike) -> pa.Table:
     if not isinstance(data, dict):
         raise DatasetError("mustard", path, f"top level is a {type(data).__name__}, expected an object of utterances")
     rows = [_mustard_row(root, path, uid, entry) for uid, entry in data.items()]
-    folds = mustard_official_folds(root / MUSTARD_FOLDS_FILE, [r["utterance_id"] for r in rows])
+    folds = _official_folds(root / MUSTARD_FOLDS_FILE, [r["utterance_id"] for r in rows])
     for r in rows:
         r["fold"] = None if folds is None else folds[r["utterance_id"]]
     return utterance_table("mustard", path, rows, {"all": path})
 
 
-def mustard_official_folds(path: Path, ids: list[str]) -> dict[str, int] | None:
-    """utterance id -> the official fold that tests it, from ``split_indices.json``; None without
-    the file. Refuses a file whose folds do not partition ``ids`` (an id missing, tested twice,
-    unknown, or trained on in its own test fold)."""
+def _official_folds(path: Path, ids: list[str]) -> dict[str, int] | None:
+    """MUStARD's official folds where the folder has ``split_indices.json``, else None."""
     if not path.is_file():
         return None
     try:
-        folds = json.loads(read_text_file("mustard", path, "utf-8"))["folds"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        shape = '{"folds": [{"train": [ids], "test": [ids]}, ...]}'
-        raise DatasetError("mustard", path, f"not a folds file {shape}: {exc!r}") from None
-    if not isinstance(folds, list) or len(folds) < 2:
-        raise DatasetError("mustard", path, "`folds` must be a list of at least 2 folds")
-    known, fold_of = set(ids), {}
-    for k, fold in enumerate(folds):
-        if not isinstance(fold, dict) or not all(isinstance(fold.get(p), list) for p in ("train", "test")):
-            raise DatasetError("mustard", path, f"fold {k}: needs `train` and `test` lists of utterance ids")
-        train, test = [str(u) for u in fold["train"]], [str(u) for u in fold["test"]]
-        unknown = sorted((set(train) | set(test)) - known)
-        if unknown:
-            raise DatasetError("mustard", path, f"fold {k}: ids not in sarcasm_data.json: {unknown[:5]}")
-        for uid in test:
-            if uid in fold_of:
-                raise DatasetError("mustard", path, f"utterance {uid!r} is tested in folds {fold_of[uid]} and {k}")
-            fold_of[uid] = k
-        if set(train) != known - set(test):
-            raise DatasetError("mustard", path, f"fold {k}: train is not every utterance outside its test set")
-    if len(fold_of) != len(known):
-        raise DatasetError("mustard", path, f"{len(known) - len(fold_of)} utterances are tested in no fold, "
-                                            f"e.g. {sorted(known - set(fold_of))[:5]}")
-    return fold_of
+        return mustard_official_folds(json.loads(read_text_file("mustard", path, "utf-8")), ids)
+    except (FoldsError, json.JSONDecodeError) as exc:
+        raise DatasetError("mustard", path, str(exc) if isinstance(exc, FoldsError) else
+                           f"not a folds file: not valid JSON ({exc})") from None
 
 
 class _DuplicateKey(ValueError):
