@@ -66,7 +66,9 @@ Outputs in ``output_dir``: ``metrics.json`` ({"task", "use_lc", "protocol", "see
 {metric: value}}, "mean", "std" (population std over seeds), "folds", "valid", "skipped",
 "counts", "features", "runs", and with LC "lc_permuted": {"seeds": {seed: {metric: value}}}: the
 same models tested with the LC tokens shuffled across the test utterances, the wiring control
-that should fall back to about the without-LC figures}), ``model.safetensors`` + ``config.json`` of the last run (last
+that should fall back to about the without-LC figures}, and "predictions": {"ids", "labels", "seeds": {seed:
+[prediction per id]}, "lc_permuted"}: every test utterance, for the ablation's paired bootstrap),
+``model.safetensors`` + ``config.json`` of the last run (last
 seed, last fold), ``runs/<run>/`` (each run's selected model and result), ``checkpoints/<run>/``.
 Under Dagster Pipes one materialization carries the mean metrics as numeric metadata.
 
@@ -399,11 +401,11 @@ class FusionRun:
         inputs = {k: v.to(self.device) for k, v in self.data.inputs.items()}
         preds = predict(model, inputs, test, cfg.eval_batch_size, self.device, self.precision)
         metrics = task_metrics(cfg.task, preds, self.data.labels[test])
-        permuted = None
+        permuted, permuted_preds = None, None
         if cfg.use_lc:
-            preds = predict(model, permute_lc(inputs, test, self.seed), test, cfg.eval_batch_size, self.device,
-                            self.precision)
-            permuted = task_metrics(cfg.task, preds, self.data.labels[test])
+            permuted_preds = predict(model, permute_lc(inputs, test, self.seed), test, cfg.eval_batch_size,
+                                     self.device, self.precision)
+            permuted = task_metrics(cfg.task, permuted_preds, self.data.labels[test])
         model.save_pretrained(self.run_dir)
         result = {
             "run": self.name, "seed": self.seed, "fold": self.split.fold, "test": metrics,
@@ -415,6 +417,10 @@ class FusionRun:
             "n_train": len(self.split.train), "n_test": len(test),
             "n_valid": len(self.split.valid) if self.split.valid is not None else 0,
             "history": state.history, "fingerprint": self.fingerprint,
+            # per test utterance, for the ablation's paired bootstrap over utterances
+            "test_ids": [self.data.ids[i] for i in test], "test_labels": self.data.labels[test].tolist(),
+            "test_predictions": preds.tolist(),
+            "test_predictions_lc_permuted": None if permuted_preds is None else permuted_preds.tolist(),
             "checkpoint": str(latest) if (latest := self.manager.latest()) else None,
         }
         atomic_write_json(self.run_dir / "result.json", result)
@@ -445,6 +451,7 @@ def aggregate(cfg: FusionTrainConfig, results: list[dict[str, Any]]) -> dict[str
         if runs[0]["valid"] is not None:
             valid[str(seed)] = runs[0]["valid"]
     table = np.asarray([[per_seed[str(s)][k] for k in names] for s in cfg.seeds], dtype=np.float64)
+    predictions = per_utterance_predictions(cfg.seeds, results)
     return {
         "task": cfg.task, "use_lc": cfg.use_lc, "protocol": cfg.protocol or "official",
         "seeds": per_seed,
@@ -454,7 +461,30 @@ def aggregate(cfg: FusionTrainConfig, results: list[dict[str, Any]]) -> dict[str
         **({"valid": valid} if valid else {}),
         # the same models tested with the LC tokens shuffled across test utterances (per seed)
         **({"lc_permuted": {"seeds": permuted}} if permuted else {}),
+        **({"predictions": predictions} if predictions else {}),
     }
+
+
+def per_utterance_predictions(seeds: list[int], results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Every tested utterance's label and each seed's prediction (over all folds; each utterance is
+    tested once per seed), aligned with ``ids``; None when a reused run predates these records."""
+    if any("test_ids" not in r for r in results):
+        return None
+    labels: dict[str, float] = {}
+    by_seed: dict[str, dict[str, float]] = {str(s): {} for s in seeds}
+    permuted: dict[str, dict[str, float]] = {str(s): {} for s in seeds}
+    for r in results:
+        for i, (uid, label, pred) in enumerate(zip(r["test_ids"], r["test_labels"], r["test_predictions"])):
+            labels[uid] = label
+            by_seed[str(r["seed"])][uid] = pred
+            if r.get("test_predictions_lc_permuted") is not None:
+                permuted[str(r["seed"])][uid] = r["test_predictions_lc_permuted"][i]
+    ids = list(labels)
+    out = {"ids": ids, "labels": [labels[u] for u in ids],
+           "seeds": {s: [p[u] for u in ids] for s, p in by_seed.items()}}
+    if all(len(p) == len(ids) for p in permuted.values()):
+        out["lc_permuted"] = {s: [p[u] for u in ids] for s, p in permuted.items()}
+    return out
 
 
 def train(cfg: FusionTrainConfig, reporter: TrainingReporter | None = None) -> dict[str, Any]:
