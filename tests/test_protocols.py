@@ -245,3 +245,28 @@ def test_context_reaches_the_text_features_and_the_off_switch_removes_it(tmp_pat
     assert meta_off["context"] == {"used": False, "max_turns": 0, "utterances_with_context": 0}
     assert meta_on["base_version"] != meta_off["base_version"] != meta_one["base_version"]
     assert np.isfinite(lengths_on).all()
+
+
+# ------------------------------------------------------------------------------ per-task encoders
+
+
+def test_per_task_encoders_override_the_defaults_and_unknown_tasks_are_refused():
+    import yaml
+
+    from conftest import ROOT
+    from lcaffect_pipeline.defs.resources import DownstreamResource
+
+    paper = yaml.safe_load((ROOT / "configs" / "paper.example.yaml").read_text())["resources"]["downstream"]["config"]
+    ds = DownstreamResource(**paper)
+    assert ds.features_options("chsims2")["text_model"] == "hfl/chinese-roberta-wwm-ext"
+    assert ds.features_options("meld")["text_model"] == ds.features_options("mustard")["text_model"] == "roberta-base"
+    assert {ds.features_options(t)["audio_model"] for t in ("chsims2", "meld", "mustard")} == {"facebook/wav2vec2-base"}
+    assert ds.features_options("meld")["context_turns"] == 5
+    plain = DownstreamResource(text_model="bert-base-uncased", features_extra_json='{"text_model": "x", "seed": 3}',
+                               task_features_json='{"meld": {"seed": 4}}')
+    assert plain.features_options("chsims2") == {"text_model": "x", "audio_model": "tiny", "vision_model": "tiny", "seed": 3}
+    assert plain.features_options("meld")["seed"] == 4
+    for bad, reason in (('{"mosi": {}}', r"unknown: \['mosi'\]"), ('{"meld": "roberta"}', "an object of options"),
+                        ("[1]", "must be a JSON object"), ("{", "is not JSON")):
+        with pytest.raises(Exception, match=reason):
+            DownstreamResource(task_features_json=bad)
