@@ -19,38 +19,8 @@ and the media. A run whose keys match the files on disk recomputes nothing; a ne
 checkpoint recomputes only ``lc_features.safetensors``. Each safetensors file carries its key as
 metadata ``version`` (see ``features.load_features``, which checks them against ``features.json``).
 
-Config options (YAML or JSON mapping; ``--set key=value`` overrides, value parsed as YAML):
-
-  utterances          utterance table (Parquet, contracts.tables §1) (required)
-  output_dir          the dataset's features folder (required)
-  v2lc_checkpoint     folder written by ``V2LCModel.save_pretrained`` (required)
-  text_model          "tiny" or a hub name/local path (hfl/chinese-roberta-wwm-ext, roberta-base)
-  audio_model         "tiny" (log-mel) or a hub name/local path (facebook/wav2vec2-base, facebook/hubert-base-ls960)
-  vision_model        "tiny" or a hub name/local path (openai/clip-vit-base-patch32, google/vit-base-patch16-224-in21k)
-  text_max_length     tokens per utterance (128), context included
-  context             true (default): the text before the utterance (MELD's earlier turns of its
-                      dialogue, MUStARD's context utterances: the table's ``context``) enters the
-                      text modality, as the second sentence of a pair after the utterance, most
-                      recent turn first, so truncation drops the oldest; false: the utterance alone
-  context_turns       at most this many turns of context, the most recent ones (5)
-  released_features   features the benchmark releases, in place of the encoders above: a mapping
-                      modality (text | audio | visual) -> file, or one file for all three (an MMSA
-                      pickle); layouts in ``lcaffect_ml.released`` (MMSA / CH-SIMS v2 pickle,
-                      MUStARD ``audio_features.p``, MELD's feature pickles), read by an unpickler
-                      that admits only NumPy arrays and plain containers. Utterances the file
-                      lacks are skipped with that reason. LC features still come from the videos
-  max_audio_frames    acoustic steps after window-mean pooling (64)
-  n_mels              log-mel bands of the tiny acoustic features (80)
-  lc_source           "post_projection" (the V2LC space, length 1) or "pre_projection" (CLS + per-frame tokens)
-  seed                initialisation seed of the tiny text/vision stand-ins (0)
-  batch_size          utterances per forward pass (16)
-  device              "auto", "cuda" or "cpu";  precision: "auto" (bf16 on CUDA), "bf16", "fp32"
-  progress            tqdm progress bar (true)
-  pipes_asset_key     asset key to report under Dagster Pipes
-  comment_bank        optional Parquet with a ``text`` column (the clean live-comment corpus): the nearest
-                      real comments to the first ``nearest_examples`` utterances' synthetic features
-                      go into features.json and the materialization (``nearest_k`` each, bank capped
-                      at ``comment_bank_limit`` unique comments)
+Options: a YAML or JSON mapping (``--set key=value`` overrides one, the value parsed as YAML),
+each documented where ``ExtractConfig`` declares it; ``--help`` lists them with their defaults.
 
 Exit status: 0 done; 2 bad config or unreadable utterance table/checkpoint.
 """
@@ -73,6 +43,7 @@ from .features import (BASE_FILE, FEATURES_CODE_VERSION, LC_FILE, LC_SOURCES, ME
                        media_fingerprint, pad_sequences, read_utterances)
 from .contracts.hashing import sha256_file
 from .feature_inputs import context_turns, released_featurizers, released_map, text_input, used_context  # noqa: F401
+from .options import opt
 from .pipes import TrainingReporter, pipes_metadata, pipes_session
 from .trainutil import (ConfigError, CheckpointFormatError, atomic_file, atomic_write_json,
                         resolve_precision, config_with_overrides, program_args, setup_logging)
@@ -82,29 +53,44 @@ log = logging.getLogger("lcaffect_ml.extract_features")
 
 @dataclass
 class ExtractConfig:
-    utterances: str
-    output_dir: str
-    v2lc_checkpoint: str
-    text_model: str = TINY
-    audio_model: str = TINY
-    vision_model: str = TINY
-    text_max_length: int = 128
-    context: bool = True
-    context_turns: int = 5
-    released_features: Any = None
-    max_audio_frames: int = 64
-    n_mels: int = 80
-    lc_source: str = "post_projection"
-    seed: int = 0
-    batch_size: int = 16
-    device: str = "auto"
-    precision: str = "auto"
-    progress: bool = True
-    pipes_asset_key: str | None = None
-    comment_bank: str | None = None
-    nearest_k: int = 5
-    nearest_examples: int = 8
-    comment_bank_limit: int = 200_000
+    utterances: str = opt(help="utterance table (Parquet, lcaffect_ml.contracts.tables §1)")
+    output_dir: str = opt(help="the dataset's features folder")
+    v2lc_checkpoint: str = opt(help="folder written by V2LCModel.save_pretrained (a V2LC run's output_dir)")
+    text_model: str = opt(TINY, '"tiny" or a hub name/local path (hfl/chinese-roberta-wwm-ext, roberta-base)',
+                          section="Encoders")
+    audio_model: str = opt(TINY, '"tiny" (log-mel) or a hub name/local path (facebook/wav2vec2-base, '
+                           "facebook/hubert-base-ls960)")
+    vision_model: str = opt(TINY, '"tiny" or a hub name/local path (openai/clip-vit-base-patch32, '
+                            "google/vit-base-patch16-224-in21k)")
+    text_max_length: int = opt(128, "tokens per utterance, context included")
+    context: bool = opt(True, "the text before the utterance (MELD's earlier turns of its dialogue, MUStARD's "
+                        "context utterances: the table's `context`) enters the text modality, as the second "
+                        "sentence of a pair after the utterance, most recent turn first, so truncation drops the "
+                        "oldest; false: the utterance alone", section="Dialogue context")
+    context_turns: int = opt(5, "at most this many turns of context, the most recent ones")
+    released_features: Any = opt(None, "features the benchmark releases, in place of the encoders: a mapping "
+                                 "modality (text | audio | visual) -> file, or one file for all three (an MMSA "
+                                 "pickle); layouts in lcaffect_ml.released (MMSA / CH-SIMS v2 pickle, MUStARD "
+                                 "audio_features.p, MELD's feature pickles), read by an unpickler that admits only "
+                                 "NumPy arrays and plain containers. Utterances the file lacks are skipped with that "
+                                 "reason; the live-comment features still come from the videos",
+                                 section="Released features")
+    max_audio_frames: int = opt(64, "acoustic steps after window-mean pooling", section="Encoder details")
+    n_mels: int = opt(80, "log-mel bands of the tiny acoustic features")
+    lc_source: str = opt("post_projection", '"post_projection" (the V2LC space, length 1) or "pre_projection" '
+                         "(CLS + per-frame tokens)")
+    seed: int = opt(0, "initialisation seed of the tiny text/vision stand-ins")
+    batch_size: int = opt(16, "utterances per forward pass", section="Running")
+    device: str = opt("auto", '"auto", "cuda" or "cpu"')
+    precision: str = opt("auto", '"auto" (bf16 on CUDA), "bf16" or "fp32"')
+    progress: bool = opt(True, "tqdm progress bar")
+    pipes_asset_key: str | None = opt(None, "asset key to report under Dagster Pipes")
+    comment_bank: str | None = opt(None, "optional Parquet with a `text` column (the clean live-comment corpus): "
+                                   "the nearest real comments to the first utterances' synthetic features go into "
+                                   "features.json and the materialisation", section="Nearest real comments")
+    nearest_k: int = opt(5, "nearest comments listed per utterance")
+    nearest_examples: int = opt(8, "utterances given their nearest comments")
+    comment_bank_limit: int = opt(200_000, "the bank is capped at this many unique comments")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ExtractConfig":
@@ -415,7 +401,7 @@ def _report(reporter: TrainingReporter, meta: dict[str, Any], out_dir: Path) -> 
 
 
 def parse_args(argv: list[str] | None = None):
-    return program_args("lcaffect_ml.extract_features", "Downstream feature extraction", argv)
+    return program_args("lcaffect_ml.extract_features", "Downstream feature extraction", argv, config_cls=ExtractConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

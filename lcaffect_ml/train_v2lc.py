@@ -11,53 +11,9 @@ on CPU a killed and resumed run ends with weights identical to an uninterrupted 
 Dagster Pipes the run streams its log, reports the materialization and the
 ``retrieval_above_chance`` check (``lcaffect_ml.pipes``); by hand Pipes is a no-op.
 
-Config options (YAML or JSON mapping; ``--set key=value`` overrides, value parsed as YAML):
-
-Data
-  shards              index.json path/URL, a folder holding one, or a list of shard URLs (required)
-  eval_fraction       share of *videos* held out for retrieval evaluation (0.1); split by video id
-  split_seed          seed of the video split (0), independent of ``seed``
-  num_workers         DataLoader worker processes (2); keep it unchanged across a resume
-  shuffle_buffer      samples in each worker's shuffle buffer (64; frames are held as raw bytes)
-  open_shards         shards (videos) each worker reads interleaved (default: batch_size)
-  max_per_video       at most this many segments of one video in a batch (2; 0 disables), since
-                      segments of one video are alike and all others in a batch are negatives
-  on_error            "warn" (skip a bad sample/shard, naming it) or "raise"
-Model
-  video_encoder       "tiny", "base" (TimeSformer-base shape, random init) or a hub name/local path,
-                      e.g. facebook/timesformer-base-finetuned-k400
-  text_encoder        "tiny", "base" or a hub name/local path (hfl/chinese-roberta-wwm-ext, xlm-roberta-base)
-  tokenizer           tokenizer name/path; default: the comment encoder's own, or for a preset one a
-                      character-level tokenizer built from the training comments (saved with the model)
-  tokenizer_vocab_size  cap for that built vocabulary (8000)
-  video_overrides, text_overrides  dicts passed to the encoder configs (e.g. {num_frames: 8})
-  embed_dim           shared embedding width (256)
-  max_comments        comments per segment used as positives (5), sampled at every step from the
-                      segment's stored comments (up to 32) with a generator seeded by (seed, epoch, sample)
-  text_max_length     tokens per comment (32)
-  text_pooling        "cls" or "mean"
-  positives           multi-positive video→comment form, "sum" or "mean" (see lcaffect_ml.losses)
-  freeze_video, freeze_text   train only the other tower and the projections (false)
-  gradient_checkpointing      (false)
-Optimisation
-  batch_size          segments per rank per micro-batch (32)
-  grad_accum          micro-batches per optimiser step (1); one step sees batch_size*grad_accum*world
-                      segments, but negatives come from one micro-batch (gathered across ranks)
-  lr (1e-4), weight_decay (0.1; none on biases, norms, temperature), betas ([0.9, 0.98]), eps (1e-6)
-  warmup_steps (100), min_lr_ratio (0.0)   linear warm-up, cosine decay
-  max_steps           optimiser steps (1000)
-  grad_clip           max gradient norm (1.0; 0 disables)
-  precision           "auto" (bf16 on CUDA where supported, else fp32), "bf16", "fp16" (GradScaler), "fp32"
-  device              "auto", "cuda" or "cpu"
-  seed                (0) model init, dropout and data order
-Evaluation, checkpoints, output
-  output_dir          where everything is written (required)
-  eval_every          steps between held-out retrieval evaluations (0: only at the end)
-  eval_batch_size (64), eval_max_segments (2000: caps the pool, chance R@1 = 1/pool)
-  checkpoint_every    steps between checkpoints (500); one is always written at the last step
-  keep_checkpoints    newest checkpoints kept (2)
-  log_every (10), progress (true: tqdm bar with clips/s)
-  pipes_asset_key     asset key to report under Pipes when the step has several assets
+Options: a YAML or JSON mapping (``--set key=value`` overrides one, the value parsed as YAML).
+Each is documented where ``TrainConfig`` (``lcaffect_ml.train_v2lc_config``) declares it, and
+``python -m lcaffect_ml.train_v2lc --help`` lists them all with their defaults.
 Tests inject a crash after a step or a NaN loss through ``trainutil.after_optimizer_step`` and
 ``trainutil.loss_hook`` (tests/faults.py); no option or flag of the program does.
 
@@ -479,7 +435,7 @@ def _train_step(run: Run, batches) -> float:
 
 
 def parse_args(argv: list[str] | None = None):
-    return program_args("lcaffect_ml.train_v2lc", "V2LC pretraining", argv)
+    return program_args("lcaffect_ml.train_v2lc", "V2LC pretraining", argv, config_cls=TrainConfig)
 
 
 def config_from_args(args) -> TrainConfig:

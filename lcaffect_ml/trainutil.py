@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_file, atomic_open  # noqa: F401  (re-exported: the training programs import them from here)
+from .options import program_args  # noqa: F401  (re-exported likewise)
 
 log = logging.getLogger(__name__)
 
@@ -395,17 +396,6 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
 
 
 # ------------------------------------------------------------------------- the programs' command line
-
-
-def program_args(prog: str, description: str, argv: list[str] | None = None, **_ignored):
-    """``--config FILE [--set key=value ...]``: one command line for every program."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=f"{description} (see the module docstring for options)")
-    parser.add_argument("--config", required=True, help="YAML or JSON config file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config option (value parsed as YAML); repeatable")
-    return parser.parse_args(argv)
 
 
 # ------------------------------------------------------------------------- fault-injection points

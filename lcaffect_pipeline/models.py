@@ -1,10 +1,13 @@
 """The V2LC encoder's runs, without Dagster: the training configuration, the run folder, the
-launch command, reuse of a finished run and the pointer to the latest encoder.
+launch command, reuse of a finished run and the asset's value.
 
 ``lcaffect_pipeline.defs.model_assets`` wraps these in the ``v2lc_encoder`` asset. Folders:
 
     models/v2lc/{run key}/        one run per (shard data version, training configuration)
-    models/v2lc/latest.json       the last finished run (read by downstream feature extraction)
+
+Which run is *the* encoder is the asset's value (``encoder_value``), stored by the IO manager in
+``_manifests/v2lc_encoder.json`` and passed to feature extraction as an input: a failed run
+writes no value, so downstream keeps reading the last good encoder.
 """
 
 from __future__ import annotations
@@ -16,15 +19,10 @@ from typing import Any, Sequence
 
 from lcaffect_ml.contracts.hashing import sha256_bytes, sha256_file
 
-from .lake import atomic_write_bytes
 
 METRIC_KEYS = ("v2c_r1", "v2c_r5", "v2c_r10", "v2c_medr", "c2v_r1", "c2v_r5", "c2v_r10", "c2v_medr", "chance_r1",
                "steps", "clips_per_s", "peak_memory_mb")
 TRAIN_MODULE = "lcaffect_ml.train_v2lc"
-
-
-class NoEncoderError(LookupError):
-    """Feature extraction needs a V2LC encoder and the lake holds none yet."""
 
 
 def training_config(settings: dict[str, Any], launch_fields: Sequence[str], shards_index: str, output_dir: Path) -> dict:
@@ -86,13 +84,8 @@ def above_chance(metrics: dict[str, Any]) -> bool:
     return float(metrics.get("v2c_r1", 0)) > float(metrics.get("chance_r1", 1))
 
 
-def mark_latest(root: Path, out: Path) -> None:
-    """Point downstream feature extraction at this finished encoder (written only after success)."""
-    atomic_write_bytes(Path(root) / "models" / "v2lc" / "latest.json", json.dumps({"output_dir": str(out)}).encode())
-
-
-def latest_v2lc_dir(root: Path) -> str:
-    pointer = Path(root) / "models" / "v2lc" / "latest.json"
-    if not pointer.exists():
-        raise NoEncoderError("no V2LC encoder in this lake yet: materialise v2lc_encoder first")
-    return json.loads(pointer.read_text())["output_dir"]
+def encoder_value(out: Path, metrics: dict[str, Any], data_version: str | None) -> dict[str, Any]:
+    """The ``v2lc_encoder`` asset's value: where the finished run is, its weights' version and its
+    headline metrics (what feature extraction and ``lcaffect_pipeline.report`` read)."""
+    return {"output_dir": str(out), "data_version": data_version,
+            "metrics": {k: float(metrics[k]) for k in METRIC_KEYS if k in metrics}}

@@ -24,16 +24,12 @@ def headline(root: str | Path) -> str:
                 lines.append(f"  failed {vid}: {reason}")
     if segs := _manifest(root, "segments"):
         lines.append(f"segments: {segs['rows']} segments over {segs['videos']} videos ({segs['failed']} failed) -> {root / 'shards' / 'index.json'}")
-    pointer = root / "models" / "v2lc" / "latest.json"
-    if pointer.exists():
-        out = Path(json.loads(pointer.read_text())["output_dir"])
-        if (out / "metrics.json").exists():
-            m = json.loads((out / "metrics.json").read_text())
-            ratio = m["v2c_r1"] / m["chance_r1"] if m.get("chance_r1") else float("nan")
-            lines.append(
-                f"V2LC encoder: held-out video->comment R@1 {m['v2c_r1']:.3f} vs chance {m['chance_r1']:.3f} ({ratio:.1f}x), "
-                f"comment->video R@1 {m['c2v_r1']:.3f}; {m['steps']} steps at {m['clips_per_s']:.1f} clips/s -> {out}"
-            )
+    if (encoder := _manifest(root, "v2lc_encoder")) and (m := encoder.get("metrics")):
+        ratio = m["v2c_r1"] / m["chance_r1"] if m.get("chance_r1") else float("nan")
+        lines.append(
+            f"V2LC encoder: held-out video->comment R@1 {m['v2c_r1']:.3f} vs chance {m['chance_r1']:.3f} ({ratio:.1f}x), "
+            f"comment->video R@1 {m['c2v_r1']:.3f}; {int(m['steps'])} steps at {m['clips_per_s']:.1f} clips/s -> {encoder['output_dir']}"
+        )
     ablation = root / "ablation.md"
     if ablation.exists():
         lines += ["Ablation (synthetic live-comment features; mean ± std over seeds):", ablation.read_text().rstrip()]

@@ -103,12 +103,13 @@ def test_rerun_with_nothing_changed_reuses_the_expensive_steps(downstream_run) -
 def test_a_failed_fusion_run_keeps_the_last_good_one(downstream_run) -> None:
     """The ablation reads the last *finished* fusion run: a failure must not point it elsewhere."""
     root, _ = downstream_run
-    pointer = root / "downstream" / "meld" / "meld_fusion_with_lc" / "latest.json"
-    before = pointer.read_text()
+    value = root / "_manifests" / "meld_fusion_with_lc.json"
+    before = value.read_text()
+    assert (Path(json.loads(before)["output_dir"]) / "metrics.json").exists()
     ds = DownstreamResource(demo=True, frames=4, size=32, seeds=[0, 1],
                             fusion_extra_json='{"epochs": 5, "batch_size": 32, "no_such_option": 1}')
     failed = dg.materialize(ALL, resources=resources(root, ds), selection=["meld_fusion_with_lc"], raise_on_error=False)
     assert not failed.success
-    assert pointer.read_text() == before
+    assert value.read_text() == before  # the asset's value still names the good run
     ablation = json.loads((root / "ablation.json").read_text())
     assert "meld" in ablation["tasks"]  # still reported from the good run

@@ -51,21 +51,34 @@ def test_fusion_run_folder_follows_config_and_feature_versions(tmp_path) -> None
     assert mustard["protocol"] == "speaker_dependent"
 
 
-def test_only_a_finished_fusion_run_is_reused_and_becomes_latest(tmp_path) -> None:
+def test_only_a_finished_fusion_run_is_reused(tmp_path) -> None:
     out = tmp_path / "downstream" / "chsims2" / "chsims2_fusion_without_lc" / "k"
     out.mkdir(parents=True)
-    assert runs.finished_fusion(out) is None and runs.fusion_metrics(tmp_path, "chsims2", False) is None
+    assert runs.finished_fusion(out) is None
     (out / "model.safetensors").write_bytes(b"weights")
     (out / "metrics.json").write_text(json.dumps({"mean": {"acc2": 0.75}, "seeds": {}}))
     values, version = runs.finished_fusion(out)
     assert values == {"acc2": 0.75} and version == hashlib.sha256(b"weights").hexdigest()
-    runs.mark_fusion_latest(tmp_path, "chsims2", False, out)
-    assert runs.fusion_metrics(tmp_path, "chsims2", False)["mean"] == {"acc2": 0.75}
-    assert runs.fusion_metrics(tmp_path, "chsims2", True) is None
+
+
+def test_ablation_reads_the_runs_the_fusion_values_name(tmp_path) -> None:
+    feats = _features(tmp_path / "feats", base="b9")
+    good, other = tmp_path / "good", tmp_path / "other"
+    for folder, acc in ((good, 0.75), (other, 0.5)):
+        folder.mkdir()
+        (folder / "metrics.json").write_text(json.dumps({"mean": {"acc2": acc}}))
+    values = {"chsims2_without_lc": {"available": True, "output_dir": str(good), "features_dir": str(feats)},
+              "chsims2_with_lc": {"available": True, "output_dir": str(tmp_path / "unfinished"), "features_dir": str(feats)},
+              "meld_with_lc": {"available": False, "reason": "no root"}}
+    inputs = runs.ablation_inputs(values)
+    assert inputs["chsims2"]["without"]["mean"] == {"acc2": 0.75}  # the named run, not any other in the lake
+    assert inputs["chsims2"]["with"] is None and inputs["chsims2"]["features"]["base_version"] == "b9"
+    assert inputs["meld"] == {"with": None, "without": None, "features": None}
+    assert inputs["mustard"] == {"with": None, "without": None, "features": None}
 
 
 def test_ablation_report_without_runs_says_not_available(tmp_path) -> None:
-    report = runs.write_ablation(tmp_path, demo=False)
+    report = runs.write_ablation(tmp_path, runs.ablation_inputs({}), demo=False)
     assert report["table"]["tasks"] == {} and report["headline"] == {}
     payload = (tmp_path / "ablation.json").read_bytes()
     assert report["data_version"] == hashlib.sha256(payload).hexdigest()[:32]
@@ -93,9 +106,7 @@ def test_v2lc_run_folder_ignores_the_output_dir_and_follows_the_config(tmp_path)
     assert models.run_dir(tmp_path, "shards-v2", cfg) != first
 
 
-def test_finished_v2lc_run_is_reused_and_latest_points_at_it(tmp_path) -> None:
-    with pytest.raises(models.NoEncoderError, match="materialise v2lc_encoder first"):
-        models.latest_v2lc_dir(tmp_path)
+def test_finished_v2lc_run_is_reused_and_is_the_assets_value(tmp_path) -> None:
     out = tmp_path / "models" / "v2lc" / "k"
     (out / "checkpoints" / "step-10").mkdir(parents=True)
     (out / "checkpoints" / "step-9").mkdir()
@@ -106,8 +117,8 @@ def test_finished_v2lc_run_is_reused_and_latest_points_at_it(tmp_path) -> None:
     assert version == hashlib.sha256(b"w").hexdigest() and models.above_chance(metrics)
     assert not models.above_chance({"v2c_r1": 0.1, "chance_r1": 0.1})
     assert models.latest_checkpoint(out).name == "step-10"  # numeric, not lexical, order
-    models.mark_latest(tmp_path, out)
-    assert models.latest_v2lc_dir(tmp_path) == str(out)
+    value = models.encoder_value(out, {**metrics, "not_a_metric": "x"}, version)
+    assert value == {"output_dir": str(out), "data_version": version, "metrics": {"v2c_r1": 0.2, "chance_r1": 0.1}}
 
 
 def test_launch_command() -> None:

@@ -16,8 +16,8 @@ import yaml
 from ..downstream import runs
 from ..downstream.runs import TASK_ASSETS, TASKS
 from ..lake import atomic_write_bytes, local_path
-from ..models import NoEncoderError
 from .automation import ON_NEW_DATA
+from .model_assets import pipes_outputs
 from .resources import DownstreamResource, LakeResource
 
 GROUP = "downstream"
@@ -32,15 +32,17 @@ def task_dir(lake: LakeResource, task: str) -> Path:
     return runs.task_dir(_root(lake), task)
 
 
-def _not_available(reason: str) -> dg.MaterializeResult:
-    return dg.MaterializeResult(metadata={"available": False, "reason": reason})
+def _not_available(reason: str) -> dg.Output:
+    return dg.Output({"available": False, "reason": reason}, metadata={"available": False, "reason": reason})
 
 
-def _pipes_run(context, client: dg.PipesSubprocessClient, module: str, cfg: dict, folder: Path):
+def _pipes_run(context, client: dg.PipesSubprocessClient, module: str, cfg: dict, folder: Path, value: dict):
+    """Run ``module`` through Pipes with ``cfg``; its materialisation carries ``value`` for the IO manager."""
     config_path = folder / f"{module.rsplit('.', 1)[-1]}_config.yaml"
     atomic_write_bytes(config_path, yaml.safe_dump(cfg, sort_keys=True, allow_unicode=True).encode())
     cmd = [sys.executable, "-m", module, "--config", str(config_path)]
-    return client.run(command=cmd, context=context, env={"PYTHONUNBUFFERED": "1"}).get_results()
+    results = client.run(command=cmd, context=context, env={"PYTHONUNBUFFERED": "1"}).get_results()
+    yield from pipes_outputs(results, value)
 
 
 def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
@@ -73,45 +75,48 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
         )
 
     @dg.asset(name=names["features"], group_name=GROUP, owners=OWNERS, code_version="1", kinds={"pytorch", "safetensors"}, pool="gpu",
-              ins={"utts": dg.AssetIn(names["utterances"])}, deps=["v2lc_encoder"],
+              ins={"utts": dg.AssetIn(names["utterances"]), "encoder": dg.AssetIn("v2lc_encoder")},
               automation_condition=ON_NEW_DATA,
               description=f"{task}: text, acoustic, visual and synthetic live-comment features (V2LC video encoder), via `python -m lcaffect_ml.extract_features` through Pipes; a new V2LC checkpoint re-extracts only the live-comment features.")
     def features(context: dg.AssetExecutionContext, lake: LakeResource, downstream: DownstreamResource,
-                 pipes_subprocess_client: dg.PipesSubprocessClient, utts: dict):
+                 pipes_subprocess_client: dg.PipesSubprocessClient, utts: dict, encoder: dict):
         if not utts.get("available"):
-            return _not_available(utts.get("reason", "dataset not available"))
+            yield _not_available(utts.get("reason", "dataset not available"))
+            return
         out = task_dir(lake, task) / "features"
-        cfg = {"utterances": utts["path"], "output_dir": str(out), "v2lc_checkpoint": _latest_v2lc(lake),
+        cfg = {"utterances": utts["path"], "output_dir": str(out), "v2lc_checkpoint": encoder["output_dir"],
                "text_model": downstream.text_model, "audio_model": downstream.audio_model, "vision_model": downstream.vision_model,
                "pipes_asset_key": names["features"], "progress": False, "comment_bank": _comment_bank(lake),
                **json.loads(downstream.features_extra_json or "{}")}
         out.mkdir(parents=True, exist_ok=True)
-        return _pipes_run(context, pipes_subprocess_client, "lcaffect_ml.extract_features", {k: v for k, v in cfg.items() if v is not None}, out)
+        value = {"available": True, "dir": str(out), "v2lc_encoder": encoder["output_dir"]}
+        yield from _pipes_run(context, pipes_subprocess_client, "lcaffect_ml.extract_features",
+                              {k: v for k, v in cfg.items() if v is not None}, out, value)
 
     def fusion(use_lc: bool):
         name = runs.fusion_name(task, use_lc)
 
         @dg.asset(name=name, group_name=GROUP, owners=OWNERS, code_version="1", kinds={"pytorch", "safetensors"}, pool="gpu",
-                  ins={"utts": dg.AssetIn(names["utterances"])}, deps=[names["features"]],
+                  ins={"utts": dg.AssetIn(names["utterances"]), "feats": dg.AssetIn(names["features"])},
                   automation_condition=ON_NEW_DATA,
                   description=f"{task}: the fusion encoder {'with' if use_lc else 'without'} the synthetic live-comment tokens, trained over several seeds by `python -m lcaffect_ml.train_fusion`.")
         def fusion_asset(context: dg.AssetExecutionContext, lake: LakeResource, downstream: DownstreamResource,
-                         pipes_subprocess_client: dg.PipesSubprocessClient, utts: dict):
-            if not utts.get("available"):
-                return _not_available(utts.get("reason", "dataset not available"))
-            cfg = runs.fusion_config(task, use_lc, utts["path"], task_dir(lake, task) / "features", downstream.seeds,
+                         pipes_subprocess_client: dg.PipesSubprocessClient, utts: dict, feats: dict):
+            if not (utts.get("available") and feats.get("available")):
+                yield _not_available(utts.get("reason") or feats.get("reason") or "dataset not available")
+                return
+            cfg = runs.fusion_config(task, use_lc, utts["path"], Path(feats["dir"]), downstream.seeds,
                                      json.loads(downstream.fusion_extra_json or "{}"), downstream.mustard_protocol)
             out = runs.fusion_run_dir(_root(lake), task, cfg, utts.get("data_version"))
             cfg["output_dir"] = str(out)
+            value = {"available": True, "output_dir": str(out), "features_dir": feats["dir"]}
             if (done := runs.finished_fusion(out)) is not None:
                 values, version = done
-                result = dg.MaterializeResult(metadata={**values, "output_dir": dg.MetadataValue.path(str(out)), "reused": True},
-                                              data_version=dg.DataVersion(version))
+                yield dg.Output(value, metadata={**values, "output_dir": dg.MetadataValue.path(str(out)), "reused": True},
+                                data_version=dg.DataVersion(version))
             else:
                 out.mkdir(parents=True, exist_ok=True)
-                result = _pipes_run(context, pipes_subprocess_client, "lcaffect_ml.train_fusion", cfg, out)
-            runs.mark_fusion_latest(_root(lake), task, use_lc, out)  # after success only: a failure keeps the last good run
-            return result
+                yield from _pipes_run(context, pipes_subprocess_client, "lcaffect_ml.train_fusion", cfg, out, value)
 
         return fusion_asset
 
@@ -122,31 +127,25 @@ def _jsonable(report) -> dict:
     return report.to_dict() if hasattr(report, "to_dict") else json.loads(json.dumps(report, default=str))
 
 
-def _latest_v2lc(lake: LakeResource) -> str:
-    try:
-        return runs.latest_v2lc_dir(_root(lake, "feature extraction"))
-    except NoEncoderError as exc:
-        raise dg.Failure(str(exc)) from exc
-
-
 def _comment_bank(lake: LakeResource) -> str | None:
     return runs.comment_bank(_root(lake, "the comment bank"))
 
 
 @dg.asset(group_name=GROUP, owners=OWNERS, code_version="2", kinds={"markdown", "json"},
-          deps=[TASK_ASSETS[t][w] for t in TASKS for w in ("with_lc", "without_lc")],
+          ins={f"{t}_{w}": dg.AssetIn(TASK_ASSETS[t][w]) for t in TASKS for w in ("with_lc", "without_lc")},
           automation_condition=ON_NEW_DATA,
           description="The ablation: every task's metrics with and without the synthetic live-comment features, per seed, mean ± std and the difference (ablation.json in the lake).")
-def ablation_report(context: dg.AssetExecutionContext, lake: LakeResource, downstream: DownstreamResource) -> dg.MaterializeResult:
-    report = runs.write_ablation(_root(lake, "the ablation report"), demo=downstream.demo)
+def ablation_report(context: dg.AssetExecutionContext, lake: LakeResource, downstream: DownstreamResource, **fusion_runs: dict) -> dg.Output:
+    report = runs.write_ablation(_root(lake, "the ablation report"), runs.ablation_inputs(fusion_runs), demo=downstream.demo)
     table = report["table"]
     for warning in table["warnings"]:
         context.log.warning(warning)
     headline = {k: dg.MetadataValue.float(v) for k, v in report["headline"].items()}
-    return dg.MaterializeResult(metadata={"ablation": dg.MetadataValue.md(report["markdown"]), "path": dg.MetadataValue.path(str(report["path"])),
-                                          "tasks": len(table["tasks"]), "stand_in_warnings": len(table["warnings"]) - int(table["demo"]),
-                                          **headline},
-                                data_version=dg.DataVersion(report["data_version"]))
+    return dg.Output({"path": str(report["path"]), "headline": report["headline"]},
+                     metadata={"ablation": dg.MetadataValue.md(report["markdown"]), "path": dg.MetadataValue.path(str(report["path"])),
+                               "tasks": len(table["tasks"]), "stand_in_warnings": len(table["warnings"]) - int(table["demo"]),
+                               **headline},
+                     data_version=dg.DataVersion(report["data_version"]))
 
 
 ASSETS = [*(a for t in TASKS for a in build_task_assets(t)), ablation_report]

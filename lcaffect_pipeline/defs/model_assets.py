@@ -25,16 +25,25 @@ def launch_command(training: V2LCTrainingResource, config_path: Path) -> list[st
     return models.launch_command(config_path, command=training.command, gpus=training.gpus)
 
 
-def finished_result(out: Path) -> dg.MaterializeResult | None:
-    """The result of a training run that already finished in ``out`` (a re-run is a no-op)."""
-    if (done := models.finished_run(out)) is None:
-        return None
+def reused_result(out: Path, done: tuple[dict, str]):
+    """A training run that already finished in ``out``: a re-run is a no-op that re-states its value."""
     metrics, version = done
-    return dg.MaterializeResult(
-        metadata={**{k: float(metrics[k]) for k in METRIC_KEYS if k in metrics}, "checkpoint": dg.MetadataValue.path(str(latest_checkpoint(out))), "reused": True},
-        data_version=dg.DataVersion(version),
-        check_results=[dg.AssetCheckResult(check_name=CHECK, passed=models.above_chance(metrics), metadata={"v2c_r1": float(metrics.get("v2c_r1", 0)), "chance_r1": float(metrics.get("chance_r1", 0))})],
-    )
+    yield dg.Output(models.encoder_value(out, metrics, version), data_version=dg.DataVersion(version),
+                    metadata={**models.encoder_value(out, metrics, version)["metrics"], "reused": True,
+                              "checkpoint": dg.MetadataValue.path(str(latest_checkpoint(out)))})
+    yield dg.AssetCheckResult(check_name=CHECK, passed=models.above_chance(metrics),
+                              metadata={"v2c_r1": float(metrics.get("v2c_r1", 0)), "chance_r1": float(metrics.get("chance_r1", 0))})
+
+
+def pipes_outputs(results, value: dict):
+    """The Pipes run's materialisation as an ``Output`` carrying ``value`` (so the IO manager stores
+    it for the assets that read this one), and its check results."""
+    for result in results:
+        if isinstance(result, dg.MaterializeResult):
+            yield dg.Output(value, metadata=dict(result.metadata or {}), data_version=result.data_version)
+            yield from result.check_results or ()
+        else:
+            yield result
 
 
 @dg.asset(
@@ -55,10 +64,10 @@ def v2lc_encoder(context: dg.AssetExecutionContext, lake: LakeResource, v2lc_tra
     cfg = training_config(v2lc_training, shards["index"], Path("."))
     out = models.run_dir(local_path(lake.path(), "V2LC training"), shards["data_version"], cfg)
     cfg["output_dir"] = str(out)
-    if (done := finished_result(out)) is not None:
+    if (done := models.finished_run(out)) is not None:
         context.log.info(f"training already finished in {out}: reusing it")
-        models.mark_latest(local_path(lake.path(), "V2LC training"), out)
-        return done
+        yield from reused_result(out, done)
+        return
     config_path = out / "train_config.yaml"
     atomic_write_bytes(config_path, yaml.safe_dump(cfg, sort_keys=True).encode())
     if context.retry_number:
@@ -74,8 +83,9 @@ def v2lc_encoder(context: dg.AssetExecutionContext, lake: LakeResource, v2lc_tra
         results = pipes_subprocess_client.run(
             command=launch_command(v2lc_training, config_path), context=context, env={"PYTHONUNBUFFERED": "1"},
         ).get_results()
-    models.mark_latest(local_path(lake.path(), "V2LC training"), out)
-    return results
+    if (done := models.finished_run(out)) is None:
+        raise dg.Failure(f"the training program exited without metrics.json and model.safetensors in {out}")
+    yield from pipes_outputs(results, models.encoder_value(out, *done))
 
 
 ASSETS = [v2lc_encoder]

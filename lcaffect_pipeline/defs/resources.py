@@ -219,7 +219,7 @@ class ClipsResource(dg.ConfigurableResource):
 
 
 class V2LCTrainingResource(dg.ConfigurableResource):
-    """Options of ``python -m lcaffect_ml.train_v2lc`` (see its docstring) and how to launch it."""
+    """Options of ``python -m lcaffect_ml.train_v2lc`` (``--help`` documents each) and how to launch it."""
 
     video_encoder: str = Field(default="tiny", description='"tiny", "base", or a hub name/path e.g. facebook/timesformer-base-finetuned-k400')
     text_encoder: str = Field(default="tiny", description='"tiny", "base", or e.g. hfl/chinese-roberta-wwm-ext, xlm-roberta-base')

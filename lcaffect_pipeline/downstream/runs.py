@@ -5,9 +5,12 @@ decisions of the fusion runs, the comment bank and the ablation report.
 
     downstream/{task}/utterances.parquet, media/, features/
     downstream/{task}/{task}_fusion_{with,without}_lc/{config key}/   one fusion run per configuration
-    downstream/{task}/{task}_fusion_{with,without}_lc/latest.json     the last finished run (for the ablation)
     downstream/comment_bank.parquet                                    distinct clean comments (nearest-comment view)
     ablation.json, ablation.md
+
+Which run each fusion asset stands for is that asset's value (``{"output_dir", "features_dir"}``,
+kept by the IO manager under ``_manifests/``), and the ablation reads those values as inputs: a
+failed run writes no value, so the ablation keeps the last good one.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from lcaffect_ml.contracts.hashing import sha256_bytes, sha256_file, short_hash
 from lcaffect_ml.contracts.tables import META_FILE
 
 from ..lake import atomic_write_bytes
-from ..models import latest_v2lc_dir  # noqa: F401  (the encoder the features read)
 
 TASKS = ("chsims2", "meld", "mustard")
 # Every downstream asset, named in full so that a search for "meld_features" finds it.
@@ -76,23 +78,27 @@ def finished_fusion(out: Path) -> tuple[dict[str, float], str] | None:
     return {k: float(v) for k, v in metrics.get("mean", {}).items()}, sha256_file(out / "model.safetensors")
 
 
-def mark_fusion_latest(root: Path, task: str, use_lc: bool, out: Path) -> None:
-    """Only a finished run becomes the one the ablation reads: a failed one keeps the last good one."""
-    atomic_write_bytes(task_dir(root, task) / fusion_name(task, use_lc) / "latest.json",
-                       json.dumps({"output_dir": str(out)}).encode())
-
-
-def fusion_metrics(root: Path, task: str, use_lc: bool) -> dict | None:
-    pointer = task_dir(root, task) / fusion_name(task, use_lc) / "latest.json"
-    if not pointer.exists():
-        return None
-    path = Path(json.loads(pointer.read_text())["output_dir"]) / "metrics.json"
+def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def features_meta(root: Path, task: str) -> dict | None:
-    path = task_dir(root, task) / "features" / META_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+def ablation_inputs(fusion_runs: dict[str, dict]) -> dict[str, dict]:
+    """Per task, the metrics of the runs the fusion assets' values name (None where a task is not
+    available or its run left no metrics) and the features' metadata, keyed as ``ablation_table`` reads them.
+
+    ``fusion_runs`` maps ``{task}_with_lc``/``{task}_without_lc`` to the fusion assets' values."""
+    def metrics(value: dict | None) -> dict | None:
+        if not (value or {}).get("available"):
+            return None
+        return _read_json(Path(value["output_dir"]) / "metrics.json")
+
+    out = {}
+    for task in TASKS:
+        with_lc, without = fusion_runs.get(f"{task}_with_lc"), fusion_runs.get(f"{task}_without_lc")
+        feats = next((v["features_dir"] for v in (with_lc, without) if (v or {}).get("available")), None)
+        out[task] = {"with": metrics(with_lc), "without": metrics(without),
+                     "features": _read_json(Path(feats) / META_FILE) if feats else None}
+    return out
 
 
 def comment_bank(root: Path) -> str | None:
@@ -113,15 +119,14 @@ def comment_bank(root: Path) -> str | None:
     return str(out)
 
 
-def write_ablation(root: Path, demo: bool) -> dict[str, Any]:
-    """Every task's metrics with and without the LC features into ``ablation.json``/``.md``.
+def write_ablation(root: Path, results: dict[str, dict], demo: bool) -> dict[str, Any]:
+    """Every task's metrics with and without the LC features (``ablation_inputs``) into
+    ``ablation.json``/``.md`` under ``root``.
 
     Returns the table, its markdown, the path, the headline gains per task and the data version
     (short hash of the JSON written)."""
     from .ablation import HEADLINE, ablation_table
 
-    results = {t: {"with": fusion_metrics(root, t, True), "without": fusion_metrics(root, t, False),
-                   "features": features_meta(root, t)} for t in TASKS}
     table, markdown = ablation_table(results, demo=demo)
     path = Path(root) / "ablation.json"
     payload = json.dumps(table, indent=1, sort_keys=True).encode()
