@@ -77,17 +77,17 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
     @dg.asset(name=names["features"], group_name=GROUP, owners=OWNERS, code_version="1", kinds={"pytorch", "safetensors"}, pool="gpu",
               ins={"utts": dg.AssetIn(names["utterances"]), "encoder": dg.AssetIn("v2lc_encoder")},
               automation_condition=ON_NEW_DATA,
-              description=f"{task}: text, acoustic, visual and synthetic live-comment features (V2LC video encoder), via `python -m lcaffect_ml.extract_features` through Pipes; a new V2LC checkpoint re-extracts only the live-comment features.")
+              description=f"{task}: text, acoustic, visual and synthetic live-comment features (V2LC video encoder), via `python -m lcaffect_ml.extract_features` through Pipes, with the task's own encoders (`task_features_json`, recorded in the metadata as text_model, audio_model, visual_model) or the benchmark's released features; a new V2LC checkpoint re-extracts only the live-comment features.")
     def features(context: dg.AssetExecutionContext, lake: LakeResource, downstream: DownstreamResource,
                  pipes_subprocess_client: dg.PipesSubprocessClient, utts: dict, encoder: dict):
         if not utts.get("available"):
             yield _not_available(utts.get("reason", "dataset not available"))
             return
         out = task_dir(lake, task) / "features"
+        # the task's encoders (and any other extract_features option): defaults, then its own overrides
         cfg = {"utterances": utts["path"], "output_dir": str(out), "v2lc_checkpoint": encoder["output_dir"],
-               "text_model": downstream.text_model, "audio_model": downstream.audio_model, "vision_model": downstream.vision_model,
                "pipes_asset_key": names["features"], "progress": False, "comment_bank": _comment_bank(lake),
-               **json.loads(downstream.features_extra_json or "{}")}
+               **downstream.features_options(task)}
         out.mkdir(parents=True, exist_ok=True)
         value = {"available": True, "dir": str(out), "v2lc_encoder": encoder["output_dir"]}
         yield from _pipes_run(context, pipes_subprocess_client, "lcaffect_ml.extract_features",
