@@ -120,3 +120,36 @@ def test_train_fusion_saves_every_test_prediction(tmp_path: Path):
     pred = metrics["predictions"]
     assert sorted(pred["ids"]) == [f"mustard-{i:04d}" for i in range(50)]  # every utterance once, over 5 folds
     assert "lc_permuted" not in pred
+
+
+def test_the_ablation_as_a_table_and_a_bar_chart_for_the_ui():
+    import dagster as dg
+
+    from lcaffect_pipeline.defs.downstream_assets import _ablation_views
+    from lcaffect_pipeline.downstream.ablation import ROW_COLUMNS, ablation_rows
+    from lcaffect_pipeline.plots import ablation_png
+
+    rng = np.random.default_rng(3)
+    ids, labels = [f"u{i}" for i in range(100)], rng.integers(0, 2, 100)
+
+    def arm(accuracy, permuted=None):
+        preds = [np.where(rng.random(100) < accuracy, labels, 1 - labels) for _ in range(2)]
+        out = {"seeds": {str(s): task_metrics("mustard", p, labels) for s, p in enumerate(preds)},
+               "protocol": "speaker_dependent", "predictions": _predictions(ids, labels, preds)}
+        if permuted is not None:
+            out["lc_permuted"] = {"seeds": {"0": {"weighted_f1": permuted}, "1": {"weighted_f1": permuted}}}
+        return out
+
+    table, _ = ablation_table({"mustard": {"with": arm(0.9, permuted=0.55), "without": arm(0.6)}})
+    rows = ablation_rows(table)
+    assert [r["metric"] for r in rows] == ["weighted_precision", "weighted_recall", "weighted_f1"]
+    assert all(set(r) == set(ROW_COLUMNS) for r in rows)
+    f1 = rows[2]
+    assert f1["headline"] and f1["paper_gain"] == pytest.approx(0.03) and f1["permuted"] == pytest.approx(0.55)
+    assert f1["ci_low"] < f1["difference"] < f1["ci_high"] and rows[0]["paper_gain"] is None
+    assert ablation_png(rows)[:8] == b"\x89PNG\r\n\x1a\n"
+    views = _ablation_views(table)
+    assert len(views["ablation_table"].value.records) == 3
+    assert views["ablation_chart"].value.startswith("![ablation](data:image/png;base64,")
+    assert _ablation_views({"tasks": {}}) == {}  # nothing to show: no empty table
+    assert isinstance(views["ablation_table"], dg.TableMetadataValue)

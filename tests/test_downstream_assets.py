@@ -70,6 +70,9 @@ def test_per_task_features_options_context_and_the_paired_interval(downstream_ru
             paired = metric["paired"]
             assert paired["n_boot"] == 1000 and paired["ci_low"] <= paired["ci_high"]
     assert tasks["meld"]["metrics"]["weighted_f1"]["paper_gain_points"] == 2.89
+    ui = mats["ablation_report"].metadata  # a table and a bar chart in the UI, beside the Markdown
+    assert len(ui["ablation_table"].value.records) == sum(len(t["metrics"]) for t in tasks.values())
+    assert ui["ablation_chart"].value.startswith("![ablation](data:image/png;base64,")
     assert "- mustard: protocol speaker_independent, context off" in (root / "ablation.md").read_text()
 
 

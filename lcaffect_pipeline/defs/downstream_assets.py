@@ -142,10 +142,25 @@ def ablation_report(context: dg.AssetExecutionContext, lake: LakeResource, downs
         context.log.warning(warning)
     headline = {k: dg.MetadataValue.float(v) for k, v in report["headline"].items()}
     return dg.Output({"path": str(report["path"]), "headline": report["headline"]},
-                     metadata={"ablation": dg.MetadataValue.md(report["markdown"]), "path": dg.MetadataValue.path(str(report["path"])),
+                     metadata={**_ablation_views(table),
+                               "ablation": dg.MetadataValue.md(report["markdown"]), "path": dg.MetadataValue.path(str(report["path"])),
                                "tasks": len(table["tasks"]), "stand_in_warnings": len(table["warnings"]) - int(table["demo"]),
                                **headline},
                      data_version=dg.DataVersion(report["data_version"]))
+
+
+def _ablation_views(table: dict) -> dict:
+    """The ablation as a table (one row per task and metric) and a bar chart of the headline metrics."""
+    from .. import plots
+    from ..downstream.ablation import ROW_COLUMNS, ablation_rows
+
+    rows = ablation_rows(table)
+    if not rows:
+        return {}
+    kinds = {"task": "string", "metric": "string", "headline": "bool"}
+    schema = dg.TableSchema(columns=[dg.TableColumn(c, kinds.get(c, "float")) for c in ROW_COLUMNS])
+    return {"ablation_table": dg.MetadataValue.table([dg.TableRecord(r) for r in rows], schema=schema),
+            "ablation_chart": dg.MetadataValue.md(plots.markdown_image(plots.ablation_png(rows), "ablation"))}
 
 
 ASSETS = [*(a for t in TASKS for a in build_task_assets(t)), ablation_report]

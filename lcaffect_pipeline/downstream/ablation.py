@@ -106,6 +106,26 @@ def ablation_table(results: Mapping[str, Mapping[str, Any] | None], *, demo: boo
             "\n\n".join([*warnings, body]) if warnings else body)
 
 
+ROW_COLUMNS = ("task", "metric", "headline", "without", "std_without", "with", "std_with", "difference",
+               "ci_low", "ci_high", "permuted", "paper_gain")
+
+
+def ablation_rows(table: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One flat record per task and metric (``ROW_COLUMNS``) for a table view (the Dagster UI's);
+    values absent for a row (no predictions, no control, no paper figure) are None."""
+    rows = []
+    for task, entry in table["tasks"].items():
+        for metric, r in entry["metrics"].items():
+            paired = r.get("paired") or {}
+            gain = r.get("paper_gain_points")
+            rows.append({"task": task, "metric": metric, "headline": metric == entry["headline"],
+                         "without": r["without"], "std_without": r["std_without"], "with": r["with"],
+                         "std_with": r["std_with"], "difference": r["difference"], "ci_low": paired.get("ci_low"),
+                         "ci_high": paired.get("ci_high"), "permuted": r.get("permuted"),
+                         "paper_gain": None if gain is None else gain / 100})
+    return rows
+
+
 def evaluation_setup(metrics: Mapping[str, Any], features: Mapping[str, Any] | None) -> dict[str, Any]:
     """How a task was evaluated: protocol, folds (MUStARD) and the dialogue context of its text."""
     return {"protocol": metrics.get("protocol"), "folds_used": metrics.get("folds_used"),
