@@ -92,6 +92,9 @@ class ExtractConfig:
     nearest_examples: int = opt(8, "utterances given their nearest comments")
     comment_bank_limit: int = opt(200_000, "the bank is capped at this many unique comments")
 
+    def __post_init__(self) -> None:
+        self.released_features = released_map(self.released_features)  # also when built directly
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ExtractConfig":
         known = {f.name for f in dataclasses.fields(cls)}
@@ -102,7 +105,6 @@ class ExtractConfig:
         if missing:
             raise ConfigError(f"missing required option(s) {missing}")
         cfg = cls(**data)
-        cfg.released_features = released_map(cfg.released_features)
         if int(cfg.context_turns) < 0:
             raise ConfigError(f"context_turns must be >= 0, got {cfg.context_turns}")
         for name in ("text_max_length", "max_audio_frames", "n_mels", "batch_size", "nearest_k"):

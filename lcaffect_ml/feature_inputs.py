@@ -27,7 +27,9 @@ def released_map(value: Any) -> dict[str, str]:
 
 
 def used_context(cfg) -> bool:
-    return bool(cfg.context) and int(cfg.context_turns) > 0
+    """Context enters the text features: asked for, and the text is encoded here (a released
+    text feature file holds the utterance alone)."""
+    return bool(cfg.context) and int(cfg.context_turns) > 0 and "text" not in (cfg.released_features or {})
 
 
 def context_turns(cfg, u: Utterance) -> list[str]:

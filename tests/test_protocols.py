@@ -208,6 +208,9 @@ def test_context_turns_are_the_most_recent_and_switch_off():
     none = ExtractConfig.from_dict({"utterances": "u", "output_dir": "o", "v2lc_checkpoint": "c", "context_turns": 0})
     assert text_input(none, u, "[SEP]") == "now"
     assert ExtractConfig.from_dict({"utterances": "u", "output_dir": "o", "v2lc_checkpoint": "c"}).context is True
+    released_text = ExtractConfig.from_dict({"utterances": "u", "output_dir": "o", "v2lc_checkpoint": "c",
+                                             "released_features": {"text": "t.pkl"}})
+    assert text_input(released_text, u, "[SEP]") == "now"  # a released text feature is of the utterance alone
 
 
 def test_context_reaches_the_text_features_and_the_off_switch_removes_it(tmp_path: Path):

@@ -193,3 +193,9 @@ def test_the_command_line_refuses_a_hostile_released_file_with_exit_2(tmp_path: 
     with pytest.raises(ConfigError, match="released_features must be a file or a mapping"):
         ExtractConfig.from_dict({"utterances": "u", "output_dir": "o", "v2lc_checkpoint": "c",
                                  "released_features": {"lc": "x.p"}})
+
+
+def test_released_features_normalised_however_the_config_is_built():
+    built = ExtractConfig(utterances="u", output_dir="o", v2lc_checkpoint="c", released_features="ch-simsv2s.pkl")
+    assert built.released_features == {"text": "ch-simsv2s.pkl", "audio": "ch-simsv2s.pkl", "visual": "ch-simsv2s.pkl"}
+    assert ExtractConfig(utterances="u", output_dir="o", v2lc_checkpoint="c").released_features == {}
