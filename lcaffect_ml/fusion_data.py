@@ -23,13 +23,17 @@ import torch
 from .fusion import BASE_MODALITIES, LC_MODALITY, FusionConfig
 from .metrics import METRIC_NAMES, NUM_CLASSES, TASKS
 from .contracts.hashing import sha256_file
-from .contracts.tables import BASE_FILE, FUSION_COLUMNS, FUSION_REQUIRED, LC_FILE, MEDIA_OK, META_FILE
+from .contracts.tables import (BASE_FILE, DEFAULT_PROTOCOLS, FUSION_COLUMNS, FUSION_REQUIRED, LC_FILE, MEDIA_OK,
+                               META_FILE)
 from .trainutil import ConfigError
 
 # the program's logger: messages keep the name they had before the module was split
 log = logging.getLogger("lcaffect_ml.train_fusion")
 
 PROTOCOLS = ("speaker_dependent", "speaker_independent")
+# Where MUStARD's speaker-dependent folds come from: the official ones (the table's ``fold``
+# column, from split_indices.json) when every row has one, else stratified folds drawn here.
+FOLD_SOURCES = ("auto", "official", "stratified")
 DEFAULT_SELECT = {"chsims2": "mae", "meld": "weighted_f1", "mustard": "weighted_f1"}
 # Options that do not change a run's result: left out of its fingerprint.
 NON_RESULT_KEYS = ("output_dir", "utterances", "features_dir", "seeds", "checkpoint_every", "checkpoint_every_s",
@@ -50,6 +54,7 @@ class FusionTrainConfig:
     seeds: list = field(default_factory=lambda: [0])
     protocol: str | None = None
     folds: int = 5
+    fold_source: str = "auto"
     split_seed: int = 0
     held_out_show: str = "FRIENDS"
     d_model: int = 128
@@ -102,9 +107,11 @@ class FusionTrainConfig:
                 or not all(isinstance(s, int) and s >= 0 for s in self.seeds)):
             raise ConfigError(f"seeds must be a non-empty list of distinct integers >= 0, got {self.seeds}")
         if self.task == "mustard":
-            self.protocol = self.protocol or "speaker_dependent"
+            self.protocol = self.protocol or DEFAULT_PROTOCOLS["mustard"]
             if self.protocol not in PROTOCOLS:
                 raise ConfigError(f"protocol must be one of {PROTOCOLS}, not {self.protocol!r}")
+            if self.fold_source not in FOLD_SOURCES:
+                raise ConfigError(f"fold_source must be one of {FOLD_SOURCES}, not {self.fold_source!r}")
         elif self.protocol not in (None, "official"):
             raise ConfigError(f"protocol applies to mustard only ({self.task} uses its official split)")
         for name in ("epochs", "batch_size", "eval_every", "eval_batch_size", "keep_checkpoints", "log_every"):
@@ -140,6 +147,7 @@ class FusionData:
     labels: np.ndarray  # float64 (N,)
     split: np.ndarray  # str (N,)
     show: np.ndarray  # str (N,), "" when absent
+    fold: np.ndarray  # int (N,): the official test fold, -1 when absent
     inputs: dict[str, torch.Tensor]  # "text", "text_len", ... aligned with ids
     skipped: dict[str, int]
     feature_info: dict[str, Any]
@@ -244,12 +252,14 @@ def load_data(cfg: FusionTrainConfig) -> FusionData:
         raise DownstreamDataError(f"{table_path}: no usable utterance (skipped: {skipped})")
     rows = torch.tensor([row_of[cols["utterance_id"][i]] for i in keep], dtype=torch.long)
     shows = cols.get("show") or [None] * len(cols["utterance_id"])
-    info = {k: meta.get(k) for k in ("base_version", "lc_version", "lc_source", "dims")}
+    folds = cols.get("fold") or [None] * len(cols["utterance_id"])
+    info = {k: meta.get(k) for k in ("base_version", "lc_version", "lc_source", "dims", "context")}
     return FusionData(
         ids=[cols["utterance_id"][i] for i in keep],
         labels=np.asarray([float(cols["label"][i]) for i in keep], dtype=np.float64),
         split=np.asarray([str(cols["split"][i]) for i in keep]),
         show=np.asarray([str(shows[i] or "") for i in keep]),
+        fold=np.asarray([-1 if folds[i] is None else int(folds[i]) for i in keep], dtype=np.int64),
         inputs={k: v.index_select(0, rows).contiguous() for k, v in feats.items()},
         skipped=skipped, feature_info=info,
         fingerprint=_data_fingerprint(table_path, features_dir, meta, cfg.use_lc))
@@ -292,6 +302,10 @@ def _mustard_splits(data: FusionData, cfg: FusionTrainConfig) -> list[RunSplit]:
             raise DownstreamDataError(f"{cfg.utterances}: speaker-independent protocol needs rows of "
                                       f"{cfg.held_out_show} and of other shows ({len(test)} and {len(train)})")
         return [RunSplit(None, train, None, test)]
+    source = resolve_fold_source(data, cfg)
+    if source == "official":
+        return [RunSplit(k, np.flatnonzero(data.fold != k), None, np.flatnonzero(data.fold == k))
+                for k in np.unique(data.fold).tolist()]
     from sklearn.model_selection import StratifiedKFold
 
     folds = StratifiedKFold(n_splits=cfg.folds, shuffle=True, random_state=cfg.split_seed)
@@ -300,3 +314,28 @@ def _mustard_splits(data: FusionData, cfg: FusionTrainConfig) -> list[RunSplit]:
                 for k, (train, test) in enumerate(folds.split(np.zeros(len(data.labels)), data.labels))]
     except ValueError as exc:  # fewer rows of a class than folds
         raise DownstreamDataError(f"{cfg.utterances}: cannot make {cfg.folds} stratified folds: {exc}") from exc
+
+
+def resolve_fold_source(data: FusionData, cfg: FusionTrainConfig) -> str | None:
+    """``official`` or ``stratified`` for MUStARD's speaker-dependent protocol (None otherwise)."""
+    if cfg.task != "mustard" or cfg.protocol != "speaker_dependent":
+        return None
+    has_fold = data.fold >= 0
+    if cfg.fold_source == "stratified" or (cfg.fold_source == "auto" and not has_fold.any()):
+        return "stratified"
+    if not has_fold.all():
+        raise DownstreamDataError(f"{cfg.utterances}: {int((~has_fold).sum())} of {len(has_fold)} rows have no "
+                                  "official fold (the `fold` column); use fold_source: stratified")
+    if len(np.unique(data.fold)) < 2:
+        raise DownstreamDataError(f"{cfg.utterances}: the official folds leave fewer than 2 folds")
+    return "official"
+
+
+def describe_folds(data: FusionData, cfg: FusionTrainConfig) -> str | None:
+    """What the report says about the folds used."""
+    source = resolve_fold_source(data, cfg)
+    if source == "official":
+        return f"official ({len(np.unique(data.fold))} folds of split_indices.json)"
+    if source == "stratified":
+        return f"stratified ({cfg.folds} folds drawn with split_seed {cfg.split_seed}; no official folds)"
+    return None

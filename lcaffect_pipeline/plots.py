@@ -35,6 +35,30 @@ def density_png(offsets_ms: np.ndarray, bin_s: float = 10.0, title: str = "Comme
     return buf.getvalue()
 
 
+def ablation_png(rows: list[dict], title: str = "Headline metric without and with live-comment features") -> bytes:
+    """Grouped bars per task of the headline metric (``ablation.ablation_rows``): without LC, with
+    LC and the LC-permuted control, mean ± std over seeds."""
+    plt = _figure()
+    head = [r for r in rows if r["headline"]]
+    fig, ax = plt.subplots(figsize=(7, 3), dpi=90)
+    arms = (("without", "std_without", "without LC", "#9aa5b1"), ("with", "std_with", "with LC", "#3b7dd8"),
+            ("permuted", None, "LC permuted (control)", "#e0a030"))
+    x = np.arange(len(head))
+    for i, (key, std, label, colour) in enumerate(arms):
+        values = [r[key] if r[key] is not None else np.nan for r in head]
+        errors = [r[std] for r in head] if std else None
+        ax.bar(x + (i - 1) * 0.27, values, 0.27, yerr=errors, label=label, color=colour, capsize=3)
+    ax.set_xticks(x, [f"{r['task']}\n{r['metric']}" for r in head])
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def markdown_image(png: bytes, alt: str) -> str:
     """A PNG inlined as a data URL: the Dagster UI renders it in the asset's metadata."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"

@@ -22,13 +22,16 @@ def resources(root: Path, downstream: DownstreamResource) -> dict:
 
 
 FAST = '{"epochs": 5, "batch_size": 32}'
+# per-task features options (issue 13): MELD sees two turns of context, MUStARD none, CH-SIMS v2 the default
+PER_TASK = '{"meld": {"context_turns": 2}, "mustard": {"context": false}}'
 
 
 @pytest.fixture(scope="module")
 def downstream_run(tmp_path_factory):
     need_ffmpeg()
     root = tmp_path_factory.mktemp("lake")
-    ds = DownstreamResource(demo=True, frames=4, size=32, seeds=[0, 1], fusion_extra_json=FAST)
+    ds = DownstreamResource(demo=True, frames=4, size=32, seeds=[0, 1], fusion_extra_json=FAST,
+                            task_features_json=PER_TASK, mustard_protocol="speaker_independent")
     result = dg.materialize(ALL, resources=resources(root, ds))
     assert result.success
     return root, result
@@ -49,6 +52,28 @@ def test_ablation_report_has_every_task(downstream_run) -> None:
             assert metric["with"] == pytest.approx(sum(metric["seeds_with"].values()) / 2)
     md = (root / "ablation.md").read_text()
     assert "| meld | **weighted_f1** |" in md and "Demo world" in md
+
+
+def test_per_task_features_options_context_and_the_paired_interval(downstream_run) -> None:
+    root, result = downstream_run
+    mats = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
+    assert {t: mats[f"{t}_features"].metadata["context_turns"].value for t in ("chsims2", "meld", "mustard")} == \
+        {"chsims2": 5, "meld": 2, "mustard": 0}
+    assert mats["meld_features"].metadata["text_model"].value == "tiny"  # each task's encoders in its metadata
+    tasks = json.loads((root / "ablation.json").read_text())["tasks"]
+    assert tasks["meld"]["context"]["used"] is True and tasks["meld"]["context"]["utterances_with_context"] > 0
+    assert tasks["mustard"]["context"]["used"] is False
+    # as configs/demo.yaml: the demo's MUStARD holds its test scenes out in FRIENDS
+    assert tasks["mustard"]["protocol"] == "speaker_independent" and tasks["mustard"]["folds_used"] is None
+    for task in tasks.values():
+        for metric in task["metrics"].values():
+            paired = metric["paired"]
+            assert paired["n_boot"] == 1000 and paired["ci_low"] <= paired["ci_high"]
+    assert tasks["meld"]["metrics"]["weighted_f1"]["paper_gain_points"] == 2.89
+    ui = mats["ablation_report"].metadata  # a table and a bar chart in the UI, beside the Markdown
+    assert len(ui["ablation_table"].value.records) == sum(len(t["metrics"]) for t in tasks.values())
+    assert ui["ablation_chart"].value.startswith("![ablation](data:image/png;base64,")
+    assert "- mustard: protocol speaker_independent, context off" in (root / "ablation.md").read_text()
 
 
 def test_features_report_nearest_comments(downstream_run) -> None:
@@ -83,7 +108,8 @@ def test_headline_report_names_results(downstream_run) -> None:
 
 def test_rerun_with_nothing_changed_reuses_the_expensive_steps(downstream_run) -> None:
     root, first = downstream_run
-    ds = DownstreamResource(demo=True, frames=4, size=32, seeds=[0, 1], fusion_extra_json=FAST)
+    ds = DownstreamResource(demo=True, frames=4, size=32, seeds=[0, 1], fusion_extra_json=FAST,
+                            task_features_json=PER_TASK, mustard_protocol="speaker_independent")
     again = dg.materialize(ALL, resources=resources(root, ds))
     assert again.success
     mats = {e.materialization.asset_key.to_user_string(): e.materialization for e in again.get_asset_materialization_events()}

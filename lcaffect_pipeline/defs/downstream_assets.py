@@ -93,7 +93,7 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
     @dg.asset(name=names["features"], group_name=GROUP, owners=OWNERS, code_version="1", kinds={"pytorch", "safetensors"}, pool="gpu",
               ins={"utts": dg.AssetIn(names["utterances"]), "encoder": dg.AssetIn("v2lc_encoder")},
               automation_condition=ON_NEW_DATA,
-              description=f"{task}: text, acoustic, visual and synthetic live-comment features (V2LC video encoder), via `python -m lcaffect_ml.extract_features` through Pipes; a new V2LC checkpoint re-extracts only the live-comment features.")
+              description=f"{task}: text, acoustic, visual and synthetic live-comment features (V2LC video encoder), via `python -m lcaffect_ml.extract_features` through Pipes, with the task's own encoders (`task_features_json`, recorded in the metadata as text_model, audio_model, visual_model) or the benchmark's released features; a new V2LC checkpoint re-extracts only the live-comment features.")
     def features(context: dg.AssetExecutionContext, lake: LakeResource, downstream: DownstreamResource,
                  pipes_subprocess_client: dg.PipesSubprocessClient, utts: dict, encoder: dict):
         if not utts.get("available"):
@@ -107,9 +107,9 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
                 local_tree(encoder["output_dir"], "feature extraction", exclude=("checkpoints",)) as checkpoint, \
                 workspace(out, "feature extraction", last=(runs.META_FILE,)) as local_out:
             cfg = {"utterances": str(inputs / "utterances.parquet"), "output_dir": str(local_out), "v2lc_checkpoint": str(checkpoint),
-                   "text_model": downstream.text_model, "audio_model": downstream.audio_model, "vision_model": downstream.vision_model,
                    "pipes_asset_key": names["features"], "progress": False, "comment_bank": _comment_bank(lake, local_out),
-                   **json.loads(downstream.features_extra_json or "{}")}
+                   # the task's encoders (and any other extract_features option): defaults, then its own overrides
+                   **downstream.features_options(task)}
             results = list(_pipes_run(context, pipes_subprocess_client, "lcaffect_ml.extract_features",
                                       {k: v for k, v in cfg.items() if v is not None}, local_out, value))
         yield from results
@@ -170,10 +170,25 @@ def ablation_report(context: dg.AssetExecutionContext, lake: LakeResource, downs
         context.log.warning(warning)
     headline = {k: dg.MetadataValue.float(v) for k, v in report["headline"].items()}
     return dg.Output({"path": str(report["path"]), "headline": report["headline"]},
-                     metadata={"ablation": dg.MetadataValue.md(report["markdown"]), "path": dg.MetadataValue.path(str(report["path"])),
+                     metadata={**_ablation_views(table),
+                               "ablation": dg.MetadataValue.md(report["markdown"]), "path": dg.MetadataValue.path(str(report["path"])),
                                "tasks": len(table["tasks"]), "stand_in_warnings": len(table["warnings"]) - int(table["demo"]),
                                **headline},
                      data_version=dg.DataVersion(report["data_version"]))
+
+
+def _ablation_views(table: dict) -> dict:
+    """The ablation as a table (one row per task and metric) and a bar chart of the headline metrics."""
+    from .. import plots
+    from ..downstream.ablation import ROW_COLUMNS, ablation_rows
+
+    rows = ablation_rows(table)
+    if not rows:
+        return {}
+    kinds = {"task": "string", "metric": "string", "headline": "bool"}
+    schema = dg.TableSchema(columns=[dg.TableColumn(c, kinds.get(c, "float")) for c in ROW_COLUMNS])
+    return {"ablation_table": dg.MetadataValue.table([dg.TableRecord(r) for r in rows], schema=schema),
+            "ablation_chart": dg.MetadataValue.md(plots.markdown_image(plots.ablation_png(rows), "ablation"))}
 
 
 ASSETS = [*(a for t in TASKS for a in build_task_assets(t)), ablation_report]

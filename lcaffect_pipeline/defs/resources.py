@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import dagster as dg
+from lcaffect_ml.contracts.tables import DEFAULT_PROTOCOLS
 from pydantic import Field, model_validator
 
 from .. import lake, schema
@@ -263,13 +264,46 @@ class DownstreamResource(dg.ConfigurableResource):
     size: int = Field(default=224, description="Frame size (the V2LC video encoder's image size)")
     frame_backend: Literal["auto", "pyav", "decord"] = Field(default="auto", description="Frame decoder (exact "
                                                              "either way): PyAV, or decord (PyAV where it refuses a file)")
-    text_model: str = "tiny"
-    audio_model: str = "tiny"
-    vision_model: str = "tiny"
+    text_model: str = Field(default="tiny", description="Text encoder of every task without its own (task_features_json)")
+    audio_model: str = Field(default="tiny", description="Acoustic encoder of every task without its own")
+    vision_model: str = Field(default="tiny", description="Visual encoder of every task without its own")
+    task_features_json: str = Field(
+        default="{}", description='Per-task extract_features options over the defaults above and features_extra_json, as a '
+                                  'JSON object task -> options, e.g. {"chsims2": {"text_model": "hfl/chinese-roberta-wwm-ext"}, '
+                                  '"meld": {"text_model": "roberta-base"}, "mustard": {"released_features": {"audio": '
+                                  '"/data/mustard/audio_features.p"}}}')
     seeds: list[int] = Field(default=[0, 1, 2], description="Fusion training seeds (mean and spread are reported)")
-    mustard_protocol: str = Field(default="speaker_independent", description='"speaker_independent" (Friends held out) or "speaker_dependent" (5-fold)')
+    mustard_protocol: str = Field(default=DEFAULT_PROTOCOLS["mustard"],
+                                  description='"speaker_dependent" (the default, as on the command line: 5 folds, the official '
+                                              'ones of split_indices.json when the dataset folder has it) or '
+                                              '"speaker_independent" (Friends held out)')
     features_extra_json: str = Field(default="{}", description='Other extract_features options, as a JSON object (e.g. {"max_audio_frames": 16})')
     fusion_extra_json: str = Field(default="{}", description="Other train_fusion options, as a JSON object")
+
+    @model_validator(mode="after")
+    def _valid_task_features(self) -> "DownstreamResource":
+        """Checked when the resource is built: JSON objects, known tasks (option names are checked
+        by extract_features itself, which names the valid ones)."""
+        for name in ("features_extra_json", "task_features_json"):
+            try:
+                value = json.loads(getattr(self, name) or "{}")
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"downstream.{name} is not JSON: {exc}") from exc
+            if not isinstance(value, dict):
+                raise ValueError(f"downstream.{name} must be a JSON object, not {type(value).__name__}")
+        per_task = json.loads(self.task_features_json or "{}")
+        unknown = sorted(set(per_task) - set(schema.DOWNSTREAM_TASKS))
+        if unknown or not all(isinstance(v, dict) for v in per_task.values()):
+            raise ValueError(f"downstream.task_features_json: keys must be tasks {list(schema.DOWNSTREAM_TASKS)} with an "
+                             f"object of options each (unknown: {unknown})")
+        return self
+
+    def features_options(self, task: str) -> dict[str, Any]:
+        """The extract_features options of one task: the default encoders, features_extra_json, then
+        the task's own entry of task_features_json (last wins)."""
+        return {"text_model": self.text_model, "audio_model": self.audio_model, "vision_model": self.vision_model,
+                **json.loads(self.features_extra_json or "{}"),
+                **json.loads(self.task_features_json or "{}").get(task, {})}
 
     def root_for(self, task: str, demo_root) -> "Path | None":
         explicit = getattr(self, f"{task}_root")
