@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from .metrics import METRIC_NAMES, NUM_CLASSES, TASKS
 from .contracts.hashing import sha256_file
 from .contracts.tables import (BASE_FILE, DEFAULT_PROTOCOLS, FUSION_COLUMNS, FUSION_REQUIRED, LC_FILE, MEDIA_OK,
                                META_FILE)
+from .options import opt
 from .trainutil import ConfigError
 
 # the program's logger: messages keep the name they had before the module was split
@@ -46,44 +47,53 @@ class DownstreamDataError(ConfigError):
 
 @dataclass
 class FusionTrainConfig:
-    task: str
-    utterances: str
-    features_dir: str
-    output_dir: str
-    use_lc: bool = True
-    seeds: list = field(default_factory=lambda: [0])
-    protocol: str | None = None
-    folds: int = 5
-    fold_source: str = "auto"
-    split_seed: int = 0
-    held_out_show: str = "FRIENDS"
-    d_model: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    ff_dim: int = 256
-    dropout: float = 0.1
-    regression_activation: str = "linear"
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    betas: list = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    warmup_ratio: float = 0.1
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
-    regression_loss: str = "l1"
-    class_weights: Any = None
-    select_metric: str | None = None
-    eval_every: int = 1
-    eval_batch_size: int = 256
-    precision: str = "auto"
-    device: str = "auto"
-    checkpoint_every: int = 0
-    checkpoint_every_s: float = 120.0
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    pipes_asset_key: str | None = None
+    task: str = opt(help="chsims2 | meld | mustard", section="Data")
+    utterances: str = opt(help="the utterance table (Parquet, lcaffect_ml.contracts.tables §1)")
+    features_dir: str = opt(help="the features folder written by lcaffect_ml.extract_features")
+    output_dir: str = opt(help="where everything is written: metrics.json, the model, runs/, checkpoints/")
+    use_lc: bool = opt(True, "include the synthetic live-comment tokens; false is the ablation's other arm")
+    seeds: list = opt(help="seeds of model init, dropout and data order; metrics are mean ± std over them",
+                      factory=lambda: [0])
+    protocol: str | None = opt(None, "MUStARD only: speaker_dependent (the default: 5-fold cross-validation) | "
+                               "speaker_independent (held_out_show is the test set); the other tasks use their "
+                               "official split")
+    folds: int = opt(5, "MUStARD speaker_dependent with stratified folds: how many")
+    fold_source: str = opt("auto", "MUStARD speaker_dependent: auto (the official folds when the table has them, "
+                           "else stratified) | official (refuse a table without them) | stratified")
+    split_seed: int = opt(0, "seed of the stratified folds (the same folds for every seed)")
+    held_out_show: str = opt("FRIENDS", "MUStARD speaker_independent: the show tested on (case-insensitive)")
+    d_model: int = opt(128, "the fusion transformer's width", section="Model (FusionConfig)")
+    num_layers: int = opt(2, "transformer layers over the modality tokens")
+    num_heads: int = opt(4, "attention heads")
+    ff_dim: int = opt(256, "feed-forward width")
+    dropout: float = opt(0.1, "dropout")
+    regression_activation: str = opt("linear", "CH-SIMS v2 output: linear (predictions clipped to [-1, 1] when "
+                                     "scored) | tanh")
+    epochs: int = opt(30, "passes over the training split", section="Optimisation")
+    batch_size: int = opt(32, "utterances per optimiser step")
+    lr: float = opt(5e-4, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.01, "AdamW weight decay; none on biases, norms and embeddings")
+    betas: list = opt(help="AdamW betas", factory=lambda: [0.9, 0.999])
+    eps: float = opt(1e-8, "AdamW epsilon")
+    warmup_ratio: float = opt(0.1, "share of all steps spent in linear warm-up before the cosine decay")
+    min_lr_ratio: float = opt(0.0, "the cosine decay's floor, as a share of lr")
+    grad_clip: float = opt(1.0, "max gradient norm (0 disables)")
+    regression_loss: str = opt("l1", "l1 (MMSA's regression criterion; MAE is the reported error) | mse")
+    class_weights: Any = opt(None, 'null | "balanced" (n / (k * count) over the training labels) | a list per class')
+    select_metric: str | None = opt(None, "validation metric for model selection (default: chsims2 mae, lower is "
+                                    "better; meld and mustard weighted_f1)")
+    eval_every: int = opt(1, "epochs between validation evaluations")
+    eval_batch_size: int = opt(256, "utterances per evaluation forward pass")
+    precision: str = opt("auto", '"auto" (bf16 on CUDA, else fp32) | "bf16" | "fp16" | "fp32"')
+    device: str = opt("auto", '"auto", "cuda" or "cpu"')
+    checkpoint_every: int = opt(0, "optimiser steps between checkpoints (0: by time, below); one is always "
+                                "written at a run's last step", section="Checkpoints, reporting")
+    checkpoint_every_s: float = opt(120.0, "with checkpoint_every 0: a checkpoint at the first epoch end this many "
+                                    "seconds after the last one (one per epoch cost more than training a small "
+                                    "run); a killed run loses at most this much work")
+    keep_checkpoints: int = opt(2, "newest checkpoints kept per run")
+    log_every: int = opt(10, "epochs between progress lines")
+    pipes_asset_key: str | None = opt(None, "asset key of the materialisation reported under Dagster Pipes")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FusionTrainConfig":

@@ -26,39 +26,9 @@ newest checkpoint in ``checkpoints/<run>/step-N`` (model, optimiser, scheduler, 
 states, best-so-far weights); on CPU a killed and resumed run ends with identical weights. A run
 whose fingerprint changed (other options, a new V2LC checkpoint's features) starts again.
 
-Config options (YAML or JSON; ``--set key=value`` overrides, value parsed as YAML):
-
-Data
-  task                chsims2 | meld | mustard (required)
-  utterances          utterance table Parquet path (required)
-  features_dir        features folder (required)
-  output_dir          where everything is written (required)
-  use_lc              include the synthetic live-comment tokens (true); false is the ablation
-  seeds               list of seeds ([0]); model init, dropout and data order
-  protocol            MUStARD only: speaker_dependent (default) | speaker_independent
-  fold_source         MUStARD speaker_dependent: auto (official folds when the table has them, else
-                      stratified) | official (refuse a table without them) | stratified
-  folds (5, stratified only), split_seed (0), held_out_show ("FRIENDS")
-Model (``FusionConfig``)
-  d_model (128), num_layers (2), num_heads (4), ff_dim (256), dropout (0.1)
-  regression_activation  linear (default; predictions are clipped to [-1, 1] when scored) | tanh
-Optimisation
-  epochs (30), batch_size (32), lr (5e-4), weight_decay (0.01; none on biases/norms/embeddings),
-  betas ([0.9, 0.999]), eps (1e-8), warmup_ratio (0.1 of all steps), min_lr_ratio (0.0), grad_clip (1.0)
-  regression_loss     l1 (default: MMSA's regression criterion, and MAE is the reported error) | mse
-  class_weights       null | "balanced" (sklearn's n / (k * count) over the training labels) | list
-  select_metric       validation metric for model selection (chsims2: mae, lower is better;
-                      meld and mustard: weighted_f1)
-  eval_every          epochs between validation evaluations (1)
-  eval_batch_size (256), precision (auto: bf16 on CUDA, else fp32 | bf16 | fp16 | fp32), device (auto)
-Checkpoints, reporting
-  checkpoint_every    optimiser steps between checkpoints (0: by time, below); one is always
-                      written at a run's last step
-  checkpoint_every_s  with checkpoint_every 0: at the first epoch end this many seconds after the
-                      last checkpoint (120). A checkpoint per epoch cost more than the training of
-                      a small run; a killed run loses at most this much work
-  keep_checkpoints (2), log_every (epochs between progress lines, 10)
-  pipes_asset_key     asset key of the materialization reported under Dagster Pipes
+Options: a YAML or JSON mapping (``--set key=value`` overrides one, the value parsed as YAML), each
+documented where ``FusionTrainConfig`` (``lcaffect_ml.fusion_data``) declares it; ``--help`` lists
+them with their defaults.
 Tests inject a crash after a step or a NaN loss through ``trainutil.after_optimizer_step`` and
 ``trainutil.loss_hook`` (tests/faults.py); no option or flag of the program does.
 
@@ -534,7 +504,7 @@ def _pipes_summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None):
-    return program_args("lcaffect_ml.train_fusion", "Downstream fusion training", argv)
+    return program_args("lcaffect_ml.train_fusion", "Downstream fusion training", argv, config_cls=FusionTrainConfig)
 
 
 def config_from_args(args) -> FusionTrainConfig:

@@ -48,7 +48,9 @@ def ablation_png(rows: list[dict], title: str = "Headline metric without and wit
         values = [r[key] if r[key] is not None else np.nan for r in head]
         errors = [r[std] for r in head] if std else None
         ax.bar(x + (i - 1) * 0.27, values, 0.27, yerr=errors, label=label, color=colour, capsize=3)
-    ax.set_xticks(x, [f"{r['task']}\n{r['metric']}" for r in head])
+    several = {r["task"] for r in head if sum(h["task"] == r["task"] for h in head) > 1}  # tasks with several LC variants
+    ax.set_xticks(x, [f"{r['task']}\n{r['metric']}" + (f"\nLC {r.get('lc_variant')}" if r["task"] in several else "")
+                      for r in head])
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title, fontsize=10)

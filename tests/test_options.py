@@ -11,9 +11,11 @@ import pytest
 
 from lcaffect_ml.options import opt, options_help, undocumented
 from lcaffect_ml.extract_features import ExtractConfig
+from lcaffect_ml.fusion_data import FusionTrainConfig
 from lcaffect_ml.train_v2lc_config import TrainConfig
 
-PROGRAMS = {"lcaffect_ml.train_v2lc": TrainConfig, "lcaffect_ml.extract_features": ExtractConfig}
+PROGRAMS = {"lcaffect_ml.train_v2lc": TrainConfig, "lcaffect_ml.extract_features": ExtractConfig,
+            "lcaffect_ml.train_fusion": FusionTrainConfig}
 
 
 @pytest.mark.parametrize("config_cls", PROGRAMS.values(), ids=lambda c: c.__name__)

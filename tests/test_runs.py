@@ -73,8 +73,8 @@ def test_ablation_reads_the_runs_the_fusion_values_name(tmp_path) -> None:
     inputs = runs.ablation_inputs(values)
     assert inputs["chsims2"]["without"]["mean"] == {"acc2": 0.75}  # the named run, not any other in the lake
     assert inputs["chsims2"]["with"] is None and inputs["chsims2"]["features"]["base_version"] == "b9"
-    assert inputs["meld"] == {"with": None, "without": None, "features": None}
-    assert inputs["mustard"] == {"with": None, "without": None, "features": None}
+    empty = {"with": None, "without": None, "features": None, "lc_variant": None, "arms": {}}
+    assert inputs["meld"] == empty and inputs["mustard"] == empty
 
 
 def test_ablation_report_without_runs_says_not_available(tmp_path) -> None:
@@ -145,3 +145,45 @@ def test_variants_parse_and_select_their_corpus() -> None:
                          ("{", "not JSON")):
         with pytest.raises(models.VariantError, match=message):
             models.parse_variants(bad)
+
+
+def test_lc_arms_follow_the_encoder_and_the_task_list(tmp_path) -> None:
+    from lcaffect_pipeline.downstream import arms
+
+    encoder = {"output_dir": "/m/zh", "variant": "zh", "variants": {"zh": {"output_dir": "/m/zh"}, "bi": {"output_dir": "/m/bi"},
+                                                                     "a": {"output_dir": "/m/a"}}}
+    assert arms.encoder_arms(encoder) == [("zh", "/m/zh"), ("a", "/m/a"), ("bi", "/m/bi")]  # primary first
+    assert arms.encoder_arms(encoder, ["bi", "zh", "bi"]) == [("bi", "/m/bi"), ("zh", "/m/zh")]
+    assert arms.encoder_arms({"output_dir": "/old"}) == [("default", "/old")]  # a value from before variants
+    with pytest.raises(arms.ArmError, match=r"\['ja'\] asked for, but v2lc_encoder holds \['a', 'bi', 'zh'\]"):
+        arms.encoder_arms(encoder, ["ja"])
+    assert [arms.features_folder(i, n) for i, n in enumerate(["zh", "bi"])] == ["features", "features-bi"]
+
+
+def test_an_arm_is_seeded_with_the_primary_base_features_once(tmp_path) -> None:
+    from lcaffect_pipeline.downstream import arms
+
+    primary, arm = tmp_path / "features", tmp_path / "features-bi"
+    assert arms.seed_base_features(primary, arm) is False  # nothing to seed from yet
+    primary.mkdir()
+    (primary / "base_features.safetensors").write_bytes(b"base-1")
+    (primary / "features.json").write_text(json.dumps({"base_version": "b1", "lc_version": "zh"}))
+    assert arms.seed_base_features(primary, arm) is True
+    assert (arm / "base_features.safetensors").read_bytes() == b"base-1"
+    (arm / "features.json").write_text(json.dumps({"base_version": "b1", "lc_version": "bi"}))  # extraction ran here
+    assert arms.seed_base_features(primary, arm) is False  # same base: this arm's LC cache is kept
+    assert json.loads((arm / "features.json").read_text())["lc_version"] == "bi"
+    (primary / "features.json").write_text(json.dumps({"base_version": "b2", "lc_version": "zh"}))
+    assert arms.seed_base_features(primary, arm) is True  # new base features upstream: seeded again
+
+
+def test_the_crosslingual_example_names_variants_that_exist() -> None:
+    import yaml
+
+    from conftest import ROOT
+
+    cfg = yaml.safe_load((ROOT / "configs" / "crosslingual.example.yaml").read_text())["resources"]
+    variants = models.parse_variants(cfg["v2lc_training"]["config"]["variants_json"])
+    assert [v.name for v in variants] == ["zh", "bilingual"] and variants[0].languages == ("zh",)
+    wanted = json.loads(cfg["downstream"]["config"]["lc_variants_json"])
+    assert set(wanted) == set(runs.TASKS) and {n for names in wanted.values() for n in names} <= {v.name for v in variants}

@@ -80,17 +80,6 @@ def encoder_outputs(trained: dict[str, tuple[Path, tuple[dict, str], bool]]):
         "chance_r1": float(values[first]["metrics"].get("chance_r1", 0))})
 
 
-def pipes_outputs(results, value: dict):
-    """The Pipes run's materialisation as an ``Output`` carrying ``value`` (so the IO manager stores
-    it for the assets that read this one), and its check results."""
-    for result in results:
-        if isinstance(result, dg.MaterializeResult):
-            yield dg.Output(value, metadata=dict(result.metadata or {}), data_version=result.data_version)
-            yield from result.check_results or ()
-        else:
-            yield result
-
-
 @dg.asset(
     group_name=GROUP,
     code_version="1",

@@ -277,6 +277,9 @@ class DownstreamResource(dg.ConfigurableResource):
                                   description='"speaker_dependent" (the default, as on the command line: 5 folds, the official '
                                               'ones of split_indices.json when the dataset folder has it) or '
                                               '"speaker_independent" (Friends held out)')
+    lc_variants_json: str = Field(default="{}", description='The V2LC variants each task is evaluated with, first '
+                                  'the primary, e.g. {"meld": ["bilingual", "zh"]}; a task not named: every variant '
+                                  'the v2lc_encoder asset holds. The ablation has one with-LC arm per variant')
     features_extra_json: str = Field(default="{}", description='Other extract_features options, as a JSON object (e.g. {"max_audio_frames": 16})')
     fusion_extra_json: str = Field(default="{}", description="Other train_fusion options, as a JSON object")
 
@@ -297,6 +300,11 @@ class DownstreamResource(dg.ConfigurableResource):
             raise ValueError(f"downstream.task_features_json: keys must be tasks {list(schema.DOWNSTREAM_TASKS)} with an "
                              f"object of options each (unknown: {unknown})")
         return self
+
+    def lc_variants(self, task: str) -> list[str] | None:
+        """The V2LC variants ``task`` is evaluated with (``lc_variants_json``), None: every one."""
+        wanted = json.loads(self.lc_variants_json or "{}").get(task)
+        return [str(v) for v in wanted] if wanted else None
 
     def features_options(self, task: str) -> dict[str, Any]:
         """The extract_features options of one task: the default encoders, features_extra_json, then

@@ -65,9 +65,22 @@ def metric_row(metric: str, with_lc: Mapping[str, Any], without: Mapping[str, An
     return row
 
 
+def arm_rows(task: str, with_lc: Mapping[str, Any], without: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The metric rows of one with-LC arm against the without-LC runs, with the paired bootstrap
+    interval where both saved predictions and the paper's gain beside each metric."""
+    rows = {m: row for m in METRICS[task] if (row := metric_row(m, with_lc, without)) is not None}
+    paired = paired_bootstrap(task, with_lc.get("predictions"), without.get("predictions")) or {}
+    for metric, row in rows.items():
+        row["paired"] = paired.get(metric)
+        row["paper_gain_points"] = PAPER_GAINS.get(task, {}).get(metric)
+    return rows
+
+
 def ablation_table(results: Mapping[str, Mapping[str, Any] | None], *, demo: bool = False) -> tuple[dict, str]:
-    """``results``: task → {"with": metrics.json, "without": metrics.json, "features": features.json}
-    (None or a missing arm: not available). Returns the JSON payload and its Markdown."""
+    """``results``: task → {"with": metrics.json, "without": metrics.json, "features": features.json,
+    and optionally "lc_variant" (the primary arm's V2LC variant) and "arms": {variant: {"with",
+    "features"}}} (None or a missing arm: not available). Every arm other than the primary gets its
+    own rows (``tasks[task]["arms"]``). Returns the JSON payload and its Markdown."""
     table: dict[str, Any] = {}
     lines = ["| task | metric | without LC | with LC | difference | paired difference [95 % CI] | paper | "
              "gain / larger std | LC permuted (control) | seeds |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -80,24 +93,22 @@ def ablation_table(results: Mapping[str, Mapping[str, Any] | None], *, demo: boo
             lines.append(f"| {task} | not available | | | | | | | | |")
             continue
         flagged = stand_ins(entry.get("features"))
-        rows = {m: row for m in METRICS[task] if (row := metric_row(m, with_lc, without)) is not None}
-        paired = paired_bootstrap(task, with_lc.get("predictions"), without.get("predictions")) or {}
-        for metric, row in rows.items():
-            row["paired"] = paired.get(metric)
-            row["paper_gain_points"] = PAPER_GAINS.get(task, {}).get(metric)
-        table[task] = {"headline": HEADLINE[task], "metrics": rows, "stand_in_encoders": flagged,
+        primary = entry.get("lc_variant")
+        others = {n: a for n, a in (entry.get("arms") or {}).items() if n != primary and a.get("with")}
+        rows = arm_rows(task, with_lc, without)
+        table[task] = {"headline": HEADLINE[task], "metrics": rows, "stand_in_encoders": flagged, "lc_variant": primary,
+                       "arms": {n: {"metrics": arm_rows(task, a["with"], without), "stand_in_encoders": stand_ins(a.get("features"))}
+                                for n, a in others.items()},
                        **evaluation_setup(with_lc, entry.get("features"))}
         setups.append(f"{task}: {describe_setup(table[task])}")
         if flagged and not demo:
             warnings.append(f"**WARNING — {task}: features from STAND-IN encoders ({', '.join(flagged)}), "
                             "random projections built for tests, not real models. These numbers say nothing "
                             "about live comments.**")
-        for metric, r in rows.items():
-            name = f"**{metric}**" if metric == HEADLINE[task] else metric
-            lines.append(f"| {task} | {name}{' (lower is better)' if r['lower_is_better'] else ''} | "
-                         f"{r['without']:.4f} ± {r['std_without']:.4f} | {r['with']:.4f} ± {r['std_with']:.4f} | "
-                         f"{r['difference']:+.4f} | {_paired(r)} | {_paper(r)} | {r['gain_over_spread']:.1f} | {_permuted(r)} | "
-                         f"{', '.join(r['seeds_with'])} |")
+        label = f"{task} · LC {primary}" if others else task
+        lines += _markdown_rows(task, label, rows)
+        for name, arm in table[task]["arms"].items():
+            lines += _markdown_rows(task, f"{task} · LC {name}", arm["metrics"])
     if demo:
         warnings.append("Demo world: stand-in datasets and encoders (README, \"Demo world\"); not real data.")
     notes = "\n".join(f"- {line}" for line in setups)
@@ -106,23 +117,36 @@ def ablation_table(results: Mapping[str, Mapping[str, Any] | None], *, demo: boo
             "\n\n".join([*warnings, body]) if warnings else body)
 
 
-ROW_COLUMNS = ("task", "metric", "headline", "without", "std_without", "with", "std_with", "difference",
+def _markdown_rows(task: str, label: str, rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    out = []
+    for metric, r in rows.items():
+        name = f"**{metric}**" if metric == HEADLINE[task] else metric
+        out.append(f"| {label} | {name}{' (lower is better)' if r['lower_is_better'] else ''} | "
+                   f"{r['without']:.4f} ± {r['std_without']:.4f} | {r['with']:.4f} ± {r['std_with']:.4f} | "
+                   f"{r['difference']:+.4f} | {_paired(r)} | {_paper(r)} | {r['gain_over_spread']:.1f} | {_permuted(r)} | "
+                   f"{', '.join(r['seeds_with'])} |")
+    return out
+
+
+ROW_COLUMNS = ("task", "lc_variant", "metric", "headline", "without", "std_without", "with", "std_with", "difference",
                "ci_low", "ci_high", "permuted", "paper_gain")
 
 
 def ablation_rows(table: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One flat record per task and metric (``ROW_COLUMNS``) for a table view (the Dagster UI's);
-    values absent for a row (no predictions, no control, no paper figure) are None."""
+    """One flat record per task, LC arm (V2LC variant) and metric (``ROW_COLUMNS``) for a table view
+    (the Dagster UI's); values absent for a row (no predictions, no control, no paper figure) are None."""
     rows = []
     for task, entry in table["tasks"].items():
-        for metric, r in entry["metrics"].items():
-            paired = r.get("paired") or {}
-            gain = r.get("paper_gain_points")
-            rows.append({"task": task, "metric": metric, "headline": metric == entry["headline"],
-                         "without": r["without"], "std_without": r["std_without"], "with": r["with"],
-                         "std_with": r["std_with"], "difference": r["difference"], "ci_low": paired.get("ci_low"),
-                         "ci_high": paired.get("ci_high"), "permuted": r.get("permuted"),
-                         "paper_gain": None if gain is None else gain / 100})
+        arms = {entry.get("lc_variant"): entry["metrics"], **{n: a["metrics"] for n, a in entry.get("arms", {}).items()}}
+        for variant, metrics in arms.items():
+            for metric, r in metrics.items():
+                paired = r.get("paired") or {}
+                gain = r.get("paper_gain_points")
+                rows.append({"task": task, "lc_variant": variant, "metric": metric, "headline": metric == entry["headline"],
+                             "without": r["without"], "std_without": r["std_without"], "with": r["with"],
+                             "std_with": r["std_with"], "difference": r["difference"], "ci_low": paired.get("ci_low"),
+                             "ci_high": paired.get("ci_high"), "permuted": r.get("permuted"),
+                             "paper_gain": None if gain is None else gain / 100})
     return rows
 
 
