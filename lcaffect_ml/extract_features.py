@@ -27,7 +27,6 @@ Exit status: 0 done; 2 bad config or unreadable utterance table/checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
@@ -43,7 +42,7 @@ from .features import (BASE_FILE, FEATURES_CODE_VERSION, LC_FILE, LC_SOURCES, ME
                        media_fingerprint, pad_sequences, read_utterances)
 from .contracts.hashing import sha256_file
 from .feature_inputs import context_turns, released_featurizers, released_map, text_input, used_context  # noqa: F401
-from .options import opt
+from .options import build, opt
 from .pipes import TrainingReporter, pipes_metadata, pipes_session
 from .trainutil import (ConfigError, CheckpointFormatError, atomic_file, atomic_write_json,
                         resolve_precision, config_with_overrides, program_args, setup_logging)
@@ -97,14 +96,7 @@ class ExtractConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ExtractConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {unknown}; known: {sorted(known)}")
-        missing = [k for k in ("utterances", "output_dir", "v2lc_checkpoint") if not data.get(k)]
-        if missing:
-            raise ConfigError(f"missing required option(s) {missing}")
-        cfg = cls(**data)
+        cfg = build(cls, data)
         if int(cfg.context_turns) < 0:
             raise ConfigError(f"context_turns must be >= 0, got {cfg.context_turns}")
         for name in ("text_max_length", "max_audio_frames", "n_mels", "batch_size", "nearest_k"):

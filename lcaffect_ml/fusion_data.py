@@ -8,7 +8,6 @@ and ``make_splits`` return; every name here is also importable from there.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -25,7 +24,7 @@ from .metrics import METRIC_NAMES, NUM_CLASSES, TASKS
 from .contracts.hashing import sha256_file
 from .contracts.tables import (BASE_FILE, DEFAULT_PROTOCOLS, FUSION_COLUMNS, FUSION_REQUIRED, LC_FILE, MEDIA_OK,
                                META_FILE)
-from .options import opt
+from .options import build, opt
 from .trainutil import ConfigError
 
 # the program's logger: messages keep the name they had before the module was split
@@ -97,14 +96,7 @@ class FusionTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FusionTrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {unknown}; known: {sorted(known)}")
-        missing = [k for k in ("task", "utterances", "features_dir", "output_dir") if k not in data]
-        if missing:
-            raise ConfigError(f"missing required option(s) {missing}")
-        cfg = cls(**data)
+        cfg = build(cls, data)
         cfg.validate()
         return cfg
 

@@ -13,6 +13,10 @@ import dataclasses
 import textwrap
 from typing import Any, Callable
 
+class ConfigError(ValueError):
+    """A training configuration file is unreadable or has an unknown/invalid option."""
+
+
 HELP_INDENT = 24
 HELP_WIDTH = 100
 
@@ -49,6 +53,19 @@ def options_help(config_cls: type) -> str:
         else:
             lines += [head.ljust(HELP_INDENT) + wrapped[0]] + [" " * HELP_INDENT + w for w in wrapped[1:]]
     return "\n".join(lines)
+
+
+def build(config_cls: type, data: dict[str, Any]) -> Any:
+    """``config_cls(**data)``, refusing unknown options (naming the known ones) and missing or empty
+    required ones (fields declared without a default)."""
+    fields = dataclasses.fields(config_cls)
+    known = {f.name for f in fields}
+    if unknown := sorted(set(data) - known):
+        raise ConfigError(f"unknown option(s) {unknown}; known: {sorted(known)}")
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing := [k for k in required if data.get(k) in (None, "")]:
+        raise ConfigError(f"missing required option(s) {missing}")
+    return config_cls(**data)
 
 
 def undocumented(config_cls: type) -> list[str]:

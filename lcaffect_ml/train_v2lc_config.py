@@ -5,13 +5,12 @@ keep, and the trainer's progress state. ``lcaffect_ml.train_v2lc`` re-exports th
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 
-from .options import opt
+from .options import build, opt
 from .trainutil import ConfigError
 from .v2lc import V2LCConfig
 
@@ -74,14 +73,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {unknown}; known: {sorted(known)}")
-        missing = [k for k in ("shards", "output_dir") if k not in data]
-        if missing:
-            raise ConfigError(f"missing required option(s) {missing}")
-        cfg = cls(**data)
+        cfg = build(cls, data)
         cfg.validate()
         return cfg
 

@@ -26,17 +26,13 @@ import numpy as np
 import torch
 
 from .atomic import atomic_file, atomic_open  # noqa: F401  (re-exported: the training programs import them from here)
-from .options import program_args  # noqa: F401  (re-exported likewise)
+from .options import ConfigError, program_args  # noqa: F401  (re-exported likewise)
 
 log = logging.getLogger(__name__)
 
 # Exit status of a training program stopped by a non-finite loss (sysexits' EX_DATAERR is 65,
 # kept distinct from Python's 1 for "crashed" so an orchestrator can tell the two apart).
 EXIT_NON_FINITE = 65
-
-
-class ConfigError(ValueError):
-    """A training configuration file is unreadable or has an unknown/invalid option."""
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -28,6 +28,8 @@ from typing import Any, Mapping, Sequence
 
 from lcaffect_ml.contracts.hashing import sha256_bytes, sha256_file
 
+from .jsonopt import json_object
+
 from . import lake
 
 
@@ -61,12 +63,7 @@ class Variant:
 def parse_variants(text: str | None) -> list[Variant]:
     """The variants of ``variants_json`` in their order (the first is the one downstream reads by
     default); ``[Variant("default")]`` when none are configured."""
-    try:
-        raw = json.loads(text or "{}")
-    except ValueError as exc:
-        raise VariantError(f"variants_json is not JSON: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise VariantError(f"variants_json must be a JSON object of name -> variant, not {type(raw).__name__}")
+    raw = json_object(text, "variants_json (name -> variant)", VariantError)
     out = []
     for name, spec in raw.items():
         if not VARIANT_NAME.fullmatch(name):

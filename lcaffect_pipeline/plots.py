@@ -27,6 +27,11 @@ def density_png(offsets_ms: np.ndarray, bin_s: float = 10.0, title: str = "Comme
         ax.hist(seconds, bins=np.arange(0, top + bin_s, bin_s), color="#3b7dd8")
     ax.set_xlabel("video time (s)")
     ax.set_ylabel(f"comments / {bin_s:g} s")
+    return _finish(plt, fig, ax, title)
+
+
+def _finish(plt, fig, ax, title: str) -> bytes:
+    """Title, tight layout, PNG bytes; the figure is closed."""
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -53,12 +58,7 @@ def ablation_png(rows: list[dict], title: str = "Headline metric without and wit
                       for r in head])
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _finish(plt, fig, ax, title)
 
 
 def markdown_image(png: bytes, alt: str) -> str:

@@ -61,7 +61,7 @@ def test_ablation_report_has_every_task(downstream_run) -> None:
             assert set(metric["seeds_with"]) == set(metric["seeds_without"]) == {"0", "1"}  # per-seed values kept
             assert metric["with"] == pytest.approx(sum(metric["seeds_with"].values()) / 2)
     md = (root / "ablation.md").read_text()
-    assert "| meld | **weighted_f1** |" in md and "Demo world" in md
+    assert "| meld · LC seed1 | **weighted_f1** |" in md and "Demo world" in md  # two LC arms: labelled by variant
 
 
 def test_per_task_features_options_context_and_the_paired_interval(downstream_run) -> None:
@@ -143,7 +143,7 @@ def test_headline_report_names_results(downstream_run) -> None:
     text = headline(root)
     assert "Corpus: 4 videos" in text
     assert "V2LC encoder: held-out video->comment R@1" in text and "vs chance" in text
-    assert "| meld | **weighted_f1** |" in text
+    assert "| meld · LC seed1 | **weighted_f1** |" in text
 
 
 def test_rerun_with_nothing_changed_reuses_the_expensive_steps(downstream_run) -> None:

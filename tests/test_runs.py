@@ -187,3 +187,16 @@ def test_the_crosslingual_example_names_variants_that_exist() -> None:
     assert [v.name for v in variants] == ["zh", "bilingual"] and variants[0].languages == ("zh",)
     wanted = json.loads(cfg["downstream"]["config"]["lc_variants_json"])
     assert set(wanted) == set(runs.TASKS) and {n for names in wanted.values() for n in names} <= {v.name for v in variants}
+
+
+def test_lc_variants_json_is_checked_when_the_resource_is_built() -> None:
+    from pydantic import ValidationError
+
+    from lcaffect_pipeline.defs.resources import DownstreamResource
+
+    assert DownstreamResource(lc_variants_json='{"meld": ["bilingual", "zh"]}').lc_variants("meld") == ["bilingual", "zh"]
+    assert DownstreamResource().lc_variants("meld") is None  # every variant the encoder holds
+    for bad, message in (("{", "not JSON"), ("[]", "must be a JSON object"), ('{"friends": ["zh"]}', "keys must be tasks"),
+                         ('{"meld": "zh"}', "list of V2LC variant names")):
+        with pytest.raises(ValidationError, match=message):
+            DownstreamResource(lc_variants_json=bad)

@@ -15,6 +15,7 @@ from lcaffect_ml.contracts.tables import DEFAULT_PROTOCOLS
 from pydantic import Field, model_validator
 
 from .. import lake, schema
+from ..jsonopt import json_object
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -153,12 +154,7 @@ def cleaning_overrides(options_json: str | None) -> dict[str, Any]:
     """Parse and check ``options_json``: a ValueError names an unknown field and the valid ones."""
     from ..cleaning import CleaningConfig
 
-    try:
-        overrides = json.loads(options_json or "{}")
-    except ValueError as exc:
-        raise ValueError(f"cleaning.options_json is not JSON: {exc}") from exc
-    if not isinstance(overrides, dict):
-        raise ValueError(f"cleaning.options_json must be a JSON object, not {type(overrides).__name__}")
+    overrides = json_object(options_json, "cleaning.options_json")
     valid = list(CleaningConfig().to_dict())
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
@@ -287,18 +283,18 @@ class DownstreamResource(dg.ConfigurableResource):
     def _valid_task_features(self) -> "DownstreamResource":
         """Checked when the resource is built: JSON objects, known tasks (option names are checked
         by extract_features itself, which names the valid ones)."""
-        for name in ("features_extra_json", "task_features_json"):
-            try:
-                value = json.loads(getattr(self, name) or "{}")
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"downstream.{name} is not JSON: {exc}") from exc
-            if not isinstance(value, dict):
-                raise ValueError(f"downstream.{name} must be a JSON object, not {type(value).__name__}")
+        for name in ("features_extra_json", "task_features_json", "lc_variants_json", "fusion_extra_json"):
+            json_object(getattr(self, name), f"downstream.{name}")
         per_task = json.loads(self.task_features_json or "{}")
         unknown = sorted(set(per_task) - set(schema.DOWNSTREAM_TASKS))
         if unknown or not all(isinstance(v, dict) for v in per_task.values()):
             raise ValueError(f"downstream.task_features_json: keys must be tasks {list(schema.DOWNSTREAM_TASKS)} with an "
                              f"object of options each (unknown: {unknown})")
+        arms = json.loads(self.lc_variants_json or "{}")
+        unknown = sorted(set(arms) - set(schema.DOWNSTREAM_TASKS))
+        if unknown or not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in arms.values()):
+            raise ValueError(f"downstream.lc_variants_json: keys must be tasks {list(schema.DOWNSTREAM_TASKS)} with a "
+                             f"list of V2LC variant names each (unknown: {unknown})")
         return self
 
     def lc_variants(self, task: str) -> list[str] | None:
