@@ -34,15 +34,15 @@ def resources(root: Path, downstream: DownstreamResource) -> dict:
 FAST = '{"epochs": 5, "batch_size": 32}'
 # per-task features options (issue 13): MELD sees two turns of context, MUStARD none, CH-SIMS v2 the default
 PER_TASK = '{"meld": {"context_turns": 2}, "mustard": {"context": false}}'
+DOWNSTREAM = dict(demo=True, frames=4, size=32, seeds=[0, 1], fusion_extra_json=FAST, task_features_json=PER_TASK,
+                  mustard_protocol="speaker_independent", lc_variants_json=LC_VARIANTS)
 
 
 @pytest.fixture(scope="module")
 def downstream_run(tmp_path_factory):
     need_ffmpeg()
     root = tmp_path_factory.mktemp("lake")
-    ds = DownstreamResource(demo=True, frames=4, size=32, seeds=[0, 1], fusion_extra_json=FAST,
-                            task_features_json=PER_TASK, mustard_protocol="speaker_independent", lc_variants_json=LC_VARIANTS)
-    result = dg.materialize(ALL, resources=resources(root, ds))
+    result = dg.materialize(ALL, resources=resources(root, DownstreamResource(**DOWNSTREAM)))
     assert result.success
     return root, result
 
@@ -148,9 +148,7 @@ def test_headline_report_names_results(downstream_run) -> None:
 
 def test_rerun_with_nothing_changed_reuses_the_expensive_steps(downstream_run) -> None:
     root, first = downstream_run
-    ds = DownstreamResource(demo=True, frames=4, size=32, seeds=[0, 1], fusion_extra_json=FAST,
-                            task_features_json=PER_TASK, mustard_protocol="speaker_independent")
-    again = dg.materialize(ALL, resources=resources(root, ds))
+    again = dg.materialize(ALL, resources=resources(root, DownstreamResource(**DOWNSTREAM)))
     assert again.success
     mats = {e.materialization.asset_key.to_user_string(): e.materialization for e in again.get_asset_materialization_events()}
     assert mats["v2lc_encoder"].metadata["reused"].value is True

@@ -157,7 +157,8 @@ def test_lc_arms_follow_the_encoder_and_the_task_list(tmp_path) -> None:
     assert arms.encoder_arms({"output_dir": "/old"}) == [("default", "/old")]  # a value from before variants
     with pytest.raises(arms.ArmError, match=r"\['ja'\] asked for, but v2lc_encoder holds \['a', 'bi', 'zh'\]"):
         arms.encoder_arms(encoder, ["ja"])
-    assert [arms.features_folder(i, n) for i, n in enumerate(["zh", "bi"])] == ["features", "features-bi"]
+    assert [arms.features_folder(n, encoder) for n in ("bi", "zh")] == ["features-bi", "features"]  # by name, not order
+    assert arms.features_folder("default", {"output_dir": "/old"}) == "features"
 
 
 def test_an_arm_is_seeded_with_the_primary_base_features_once(tmp_path) -> None:
@@ -200,3 +201,11 @@ def test_lc_variants_json_is_checked_when_the_resource_is_built() -> None:
                          ('{"meld": "zh"}', "list of V2LC variant names")):
         with pytest.raises(ValidationError, match=message):
             DownstreamResource(lc_variants_json=bad)
+
+
+def test_the_without_lc_arm_does_not_follow_the_task_order() -> None:
+    from lcaffect_pipeline.downstream import arms
+
+    assert arms.base_arm({"seed1": "/l/meld/features-seed1", "zh": "/l/meld/features"}) == "zh"
+    assert arms.base_arm({"zh": "/l/meld/features", "seed1": "/l/meld/features-seed1"}) == "zh"
+    assert arms.base_arm({"b": "/l/x/features-b", "a": "/l/x/features-a"}) == "a"

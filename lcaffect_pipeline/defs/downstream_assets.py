@@ -21,7 +21,7 @@ import yaml
 from lcaffect_ml.contracts.hashing import sha256_bytes
 
 from ..downstream import runs
-from ..downstream.arms import ArmError, encoder_arms, features_folder, seed_base_features
+from ..downstream.arms import ArmError, base_arm, encoder_arms, features_folder, seed_base_features
 from ..downstream.runs import TASK_ASSETS, TASKS
 from .. import lake as lake_mod
 from ..lake import atomic_write_bytes, local_tree, workspace
@@ -125,7 +125,7 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
             arms = encoder_arms(encoder, downstream.lc_variants(task))
         except ArmError as exc:
             raise dg.Failure(f"{task}: {exc}") from exc
-        folders = {name: task_dir(lake, task) / features_folder(i, name) for i, (name, _) in enumerate(arms)}
+        folders = {name: task_dir(lake, task) / features_folder(name, encoder) for name, _ in arms}
         reported = {}
         for i, (name, checkpoint_dir) in enumerate(arms):
             if i:  # the same base features as the primary arm: only this variant's LC features are new
@@ -148,7 +148,11 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
                 return
             arms = feats.get("variants") or {feats.get("variant") or "default": {"dir": feats["dir"]}}
             primary = feats.get("variant") or next(iter(arms))
-            names = [primary, *sorted(n for n in arms if n != primary)] if use_lc else [primary]  # base features: one arm
+            if use_lc:
+                names = [primary, *sorted(n for n in arms if n != primary)]
+            else:  # every arm has the same base features: one run, on the arm whose folder stays put
+                primary = base_arm({n: a["dir"] for n, a in arms.items()})
+                names = [primary]
             reported, variants = {}, {}
             for name in names:
                 out, reported[name] = _fusion_run(context, lake, downstream, pipes_subprocess_client, task, use_lc,
