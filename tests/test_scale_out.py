@@ -141,3 +141,20 @@ def test_lake_root_accepts_an_s3_url() -> None:
 
     path = LakeResource(root="s3://lcaffect-lake/prod").path("clean_comments", "v1.parquet")
     assert str(path) == "s3://lcaffect-lake/prod/clean_comments/v1.parquet"
+
+
+@pytest.mark.skipif(needs["dagster_k8s"], reason="dagster-k8s not installed (pip install .[scale])")
+def test_the_training_pod_spec_matches_the_kubernetes_schema() -> None:
+    """No cluster here: the pod PipesK8sClient would create for the training program is built by
+    dagster-k8s from our spec and checked against the Kubernetes client's models (a misspelt key fails)."""
+    from dagster_k8s.pipes import build_pod_body
+
+    from lcaffect_pipeline.models import k8s_pod_spec
+
+    pod = build_pod_body("lcaffect-train", "lcaffect:latest", ["python", "-m", "lcaffect_ml.train_v2lc"], {}, None, k8s_pod_spec(2))
+    assert pod.spec.containers[0].resources.limits == {"nvidia.com/gpu": "2"}
+    assert pod.spec.volumes[0].empty_dir.medium == "Memory" and pod.spec.restart_policy == "Never"
+    bad = k8s_pod_spec(2)
+    bad["containers"][0]["resorces"] = bad["containers"][0].pop("resources")
+    with pytest.raises(Exception, match="resorces"):
+        build_pod_body("lcaffect-train", "lcaffect:latest", ["python"], {}, None, bad)
