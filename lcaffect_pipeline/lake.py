@@ -30,6 +30,7 @@ from lcaffect_ml.atomic import (STALE_UNOWNED_S, atomic_file, process_alive,  # 
 from lcaffect_ml.contracts import hashing
 from lcaffect_ml.contracts.naming import HASH_LEN, MAX_NAME, MAX_STEM, safe_name  # noqa: F401  (the lake's names)
 
+
 class LakePathError(ValueError):
     """A path built from outside input would leave the lake root."""
 
