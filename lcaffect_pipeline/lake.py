@@ -261,7 +261,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
                 yield fh
             path.fs.put_file(str(tmp), path.path)
         return
-    with atomic_file(Path(str(path)), keep_suffix=False) as tmp, open(tmp, mode) as fh:
+    with atomic_file(local_path(path, "an atomic write"), keep_suffix=False) as tmp, open(tmp, mode) as fh:
         yield fh
         fh.flush()
 
