@@ -158,3 +158,21 @@ def test_the_training_pod_spec_matches_the_kubernetes_schema() -> None:
     bad["containers"][0]["resorces"] = bad["containers"][0].pop("resources")
     with pytest.raises(Exception, match="resorces"):
         build_pod_body("lcaffect-train", "lcaffect:latest", ["python"], {}, None, bad)
+
+
+def test_a_lake_root_set_in_run_config_holds_the_manifests_too(tmp_path, monkeypatch) -> None:
+    """resources.lake.config.root in a run config (as a bucket URL would be given) is where every
+    file goes, the IO manager's manifests included: none land in ./lake."""
+    from lcaffect_pipeline.definitions import defs
+
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "configured"
+    config = {"resources": {"lake": {"config": {"root": str(root), "author_salt": "s"}},
+                            "catalogue": {"config": {"demo": True, "demo_videos": 2, "demo_segments": 2}},
+                            "crawler": {"config": {"min_interval_s": 0.0}}}}
+    job = defs.resolve_job_def("corpus_job")
+    result = job.execute_in_process(run_config=config, instance=dg.DagsterInstance.ephemeral(),
+                                    asset_selection=[dg.AssetKey("video_catalogue")])
+    assert result.success
+    assert json.loads((root / "_manifests" / "video_catalogue.json").read_text())["videos"] == 2
+    assert not (tmp_path / "lake").exists()
