@@ -31,7 +31,7 @@ _swept: set[str] = set()
 def temp_path(final: str | os.PathLike, suffix: str = "") -> Path:
     """A hidden sibling of ``final`` that names its writer (see ``sweep_stale_temps``), ending in
     ``suffix`` (a library that picks the format from the extension needs it)."""
-    final = Path(str(final))
+    final = Path(os.fspath(final))  # a local file: a remote path has no fspath and fails here
     return final.with_name(f".{final.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
 
 

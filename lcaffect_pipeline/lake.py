@@ -30,6 +30,7 @@ from lcaffect_ml.atomic import (STALE_UNOWNED_S, atomic_file, process_alive,  # 
 from lcaffect_ml.contracts import hashing
 from lcaffect_ml.contracts.naming import HASH_LEN, MAX_NAME, MAX_STEM, safe_name  # noqa: F401  (the lake's names)
 
+
 class LakePathError(ValueError):
     """A path built from outside input would leave the lake root."""
 
@@ -260,7 +261,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
                 yield fh
             path.fs.put_file(str(tmp), path.path)
         return
-    with atomic_file(Path(str(path)), keep_suffix=False) as tmp, open(tmp, mode) as fh:
+    with atomic_file(local_path(path, "an atomic write"), keep_suffix=False) as tmp, open(tmp, mode) as fh:
         yield fh
         fh.flush()
 

@@ -106,3 +106,53 @@ def test_local_path_refuses_an_object_store_lake_instead_of_making_an_s3_folder(
     with pytest.raises(RemoteLakeError, match=r"s3://bucket/lake.*DuckDB corpus catalog.*local or mounted"):
         local_path("s3://bucket/lake", "the DuckDB corpus catalog")
     assert not Path("s3:").exists()
+
+
+def test_scratch_is_removed_after_use_and_a_keyed_one_kept_for_a_retry(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LCAFFECT_SCRATCH", str(tmp_path / "scratch"))
+    with lake.scratch("ffmpeg") as folder:
+        (folder / "x.wav").write_bytes(b"x")
+    assert not folder.exists()
+    with pytest.raises(RuntimeError):
+        with lake.scratch("ffmpeg") as folder:
+            raise RuntimeError("decode failed")
+    assert not folder.exists()
+    with pytest.raises(RuntimeError):
+        with lake.scratch("training", key="run-1") as kept:
+            (kept / "checkpoint").write_bytes(b"step 10")
+            raise RuntimeError("killed")
+    with lake.scratch("training", key="run-1") as again:  # the retry finds its checkpoint
+        assert again == kept and (again / "checkpoint").read_bytes() == b"step 10"
+    assert list((tmp_path / "scratch").iterdir()) == []
+
+
+def test_a_lake_inside_the_scratch_folder_is_refused(tmp_path, monkeypatch) -> None:
+    from lcaffect_pipeline.defs.resources import LakeResource
+
+    monkeypatch.setenv("LCAFFECT_SCRATCH", str(tmp_path / "scratch"))
+    with pytest.raises(lake.LakePathError, match="scratch folder"):
+        LakeResource(root=str(tmp_path / "scratch" / "lake")).path()
+    assert LakeResource(root=str(tmp_path / "lake")).path() == tmp_path / "lake"
+
+
+def test_a_workspace_uploads_what_changed_with_its_markers_last(tmp_path, monkeypatch) -> None:
+    """memory:// stands in for a bucket here (tests/test_s3_lake.py runs the real store)."""
+    monkeypatch.setenv("LCAFFECT_SCRATCH", str(tmp_path / "scratch"))
+    run = lake.as_path("memory://lake-ws/models/run1")
+    lake.atomic_write_bytes(run / "config.json", b"{}")
+    order = []
+    real = lake.publish_copy
+    monkeypatch.setattr(lake, "publish_copy", lambda src, final: (order.append(lake.as_path(final).name), real(src, final)))
+    with lake.workspace(run, "training", last=("metrics.json", "model.safetensors")) as local:
+        assert (local / "config.json").read_bytes() == b"{}"  # what the lake had is there to resume from
+        for name in ("model.safetensors", "metrics.json", "checkpoints/step-1/w.bin"):
+            (local / name).parent.mkdir(parents=True, exist_ok=True)
+            (local / name).write_bytes(name.encode())
+    assert order == ["w.bin", "metrics.json", "model.safetensors"]  # unchanged config.json not sent again
+    assert (run / "checkpoints" / "step-1" / "w.bin").read_bytes() == b"checkpoints/step-1/w.bin"
+    assert list((tmp_path / "scratch").iterdir()) == []
+    with lake.local_tree(run, "reading", exclude=("checkpoints",)) as copy:
+        assert sorted(p.name for p in copy.iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
+    local_dir = tmp_path / "local-lake" / "run"
+    with lake.workspace(local_dir, "training") as same:
+        assert same == local_dir and same.is_dir()  # a local lake is worked in directly

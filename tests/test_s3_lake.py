@@ -40,10 +40,11 @@ def s3(store, tmp_path, monkeypatch):
 
 
 def corpus_and_clips():
+    from lcaffect_pipeline.defs.checks import CHECKS as COMMENT_CHECKS
     from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS, CHECKS
     from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS
 
-    return [*CORPUS, *CLIPS, *CHECKS]
+    return [*CORPUS, *CLIPS, *CHECKS, *COMMENT_CHECKS]
 
 
 def materialize(root: str, assets=None) -> dg.ExecuteInProcessResult:
@@ -80,7 +81,7 @@ def reference(store, tmp_path_factory):
             prefix = f"{store['LCAFFECT_S3_BUCKET']}/reference"
             result = materialize(f"s3://{prefix}")
             assert result.success, [e.message for e in result.all_events if e.is_failure]
-            yield prefix, listing(fs, prefix), manifests(fs, prefix), scratch
+            yield prefix, listing(fs, prefix), manifests(fs, prefix), scratch, result
     finally:
         if saved is None:
             os.environ.pop("LCAFFECT_SCRATCH", None)
@@ -89,9 +90,11 @@ def reference(store, tmp_path_factory):
 
 
 def test_corpus_and_clips_run_with_the_lake_on_the_store(reference) -> None:
-    prefix, keys, m, scratch = reference
+    prefix, keys, m, scratch, result = reference
     assert all(m[s]["failed"] == 0 and m[s]["done"] == N_VIDEOS for s in STAGES), {s: m[s]["failed"] for s in STAGES}
     assert m["training_shards"]["samples"] == m["segments"]["rows"] > 0
+    checks = {(c.asset_key.to_user_string(), c.check_name): c.passed for c in result.get_asset_check_evaluations()}
+    assert checks and all(checks.values()), checks  # DuckDB and pyarrow read the comment tables from the store
     for part in ("demo_world/catalogue.yaml", "catalogue.parquet", "corpus.duckdb", "shards/index.json",
                  "segments/demo_00.parquet", "audio/demo_00.wav", "videos/demo_00.mp4", "_manifests/segments.json"):
         assert part in keys, part
@@ -104,7 +107,7 @@ def test_corpus_and_clips_run_with_the_lake_on_the_store(reference) -> None:
 def test_the_corpus_catalog_reads_the_parquet_from_the_store(reference, store) -> None:
     from lcaffect_pipeline import corpus
 
-    prefix, keys, m, scratch = reference
+    prefix, keys, m, scratch, _ = reference
     with s3_env(store) as fs:
         local = scratch / "corpus.duckdb"
         fs.get(f"{prefix}/corpus.duckdb", str(local))
@@ -121,7 +124,7 @@ def test_the_corpus_catalog_reads_the_parquet_from_the_store(reference, store) -
 def test_a_copied_lake_resolves_its_shards_in_the_copy(reference, store) -> None:
     from lcaffect_ml.data import iter_raw_samples, load_shard_index
 
-    prefix, keys, m, scratch = reference
+    prefix, keys, m, scratch, _ = reference
     with s3_env(store) as fs:
         copy = prefix.rsplit("/", 1)[0] + "/moved"
         fs.copy(f"{prefix}/shards", f"{copy}/shards", recursive=True)
@@ -178,7 +181,7 @@ def test_shards_that_fail_part_way_keep_the_previous_version(s3) -> None:
 def test_a_store_that_refuses_connections_for_a_while_is_waited_for(reference, store, tmp_path, monkeypatch) -> None:
     import s3fs
 
-    prefix_ref, keys_ref, m_ref, _ = reference
+    prefix_ref, keys_ref, m_ref, _, _ = reference
     monkeypatch.setenv("LCAFFECT_SCRATCH", str(tmp_path / "scratch"))
     proxy = RefusingProxy(store["AWS_ENDPOINT_URL_S3"])
     outage = {}
@@ -213,7 +216,7 @@ def test_a_store_that_refuses_connections_for_a_while_is_waited_for(reference, s
 def test_a_run_that_fails_while_the_store_is_away_completes_when_run_again(reference, store, tmp_path, monkeypatch) -> None:
     import s3fs
 
-    prefix_ref, keys_ref, m_ref, _ = reference
+    prefix_ref, keys_ref, m_ref, _, _ = reference
     monkeypatch.setenv("LCAFFECT_SCRATCH", str(tmp_path / "scratch"))
     proxy = RefusingProxy(store["AWS_ENDPOINT_URL_S3"])
     try:

@@ -141,3 +141,38 @@ def test_lake_root_accepts_an_s3_url() -> None:
 
     path = LakeResource(root="s3://lcaffect-lake/prod").path("clean_comments", "v1.parquet")
     assert str(path) == "s3://lcaffect-lake/prod/clean_comments/v1.parquet"
+
+
+@pytest.mark.skipif(needs["dagster_k8s"], reason="dagster-k8s not installed (pip install .[scale])")
+def test_the_training_pod_spec_matches_the_kubernetes_schema() -> None:
+    """No cluster here: the pod PipesK8sClient would create for the training program is built by
+    dagster-k8s from our spec and checked against the Kubernetes client's models (a misspelt key fails)."""
+    from dagster_k8s.pipes import build_pod_body
+
+    from lcaffect_pipeline.models import k8s_pod_spec
+
+    pod = build_pod_body("lcaffect-train", "lcaffect:latest", ["python", "-m", "lcaffect_ml.train_v2lc"], {}, None, k8s_pod_spec(2))
+    assert pod.spec.containers[0].resources.limits == {"nvidia.com/gpu": "2"}
+    assert pod.spec.volumes[0].empty_dir.medium == "Memory" and pod.spec.restart_policy == "Never"
+    bad = k8s_pod_spec(2)
+    bad["containers"][0]["resorces"] = bad["containers"][0].pop("resources")
+    with pytest.raises(Exception, match="resorces"):
+        build_pod_body("lcaffect-train", "lcaffect:latest", ["python"], {}, None, bad)
+
+
+def test_a_lake_root_set_in_run_config_holds_the_manifests_too(tmp_path, monkeypatch) -> None:
+    """resources.lake.config.root in a run config (as a bucket URL would be given) is where every
+    file goes, the IO manager's manifests included: none land in ./lake."""
+    from lcaffect_pipeline.definitions import defs
+
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "configured"
+    config = {"resources": {"lake": {"config": {"root": str(root), "author_salt": "s"}},
+                            "catalogue": {"config": {"demo": True, "demo_videos": 2, "demo_segments": 2}},
+                            "crawler": {"config": {"min_interval_s": 0.0}}}}
+    job = defs.resolve_job_def("corpus_job")
+    result = job.execute_in_process(run_config=config, instance=dg.DagsterInstance.ephemeral(),
+                                    asset_selection=[dg.AssetKey("video_catalogue")])
+    assert result.success
+    assert json.loads((root / "_manifests" / "video_catalogue.json").read_text())["videos"] == 2
+    assert not (tmp_path / "lake").exists()

@@ -1,13 +1,14 @@
 """Asset checks over the Parquet lake (DuckDB): schema, unique ids, offsets inside the video."""
 
 
-import duckdb
+import contextlib
+
 import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import lake, schema, stages
-from ..corpus import CatalogueError, load_catalogue_from_lake
+from ..corpus import CatalogueError, connect, load_catalogue_from_lake
 from .resources import LakeResource
 
 
@@ -22,16 +23,17 @@ def comments_checks(table: str, expected) -> list[dg.AssetChecksDefinition]:
         files = _files(lake.path(), table)
         if not files:
             return _nothing_to_check(f"no {table} files in the lake")
-        bad = [f for f in files if not pq.read_schema(f).remove_metadata().equals(expected.remove_metadata())]
+        bad = [f for f in files if not _schema(f).remove_metadata().equals(expected.remove_metadata())]
         return dg.AssetCheckResult(passed=not bad, metadata={"files": len(files), "mismatched": "\n".join(bad[:20])})
 
     @dg.asset_check(asset=table, name="unique_ids", description="No comment id appears twice for a video (no rows: not passed)")
     def unique_check(lake: LakeResource) -> dg.AssetCheckResult:
         files = _files(lake.path(), table)
-        rows, dupes = (duckdb.execute(
-            "WITH c AS (SELECT platform, video_id, comment_id FROM read_parquet(?)) SELECT (SELECT count(*) FROM c), "
-            "(SELECT count(*) FROM (SELECT platform, video_id, comment_id FROM c GROUP BY ALL HAVING count(*) > 1))", [files]
-        ).fetchone() if files else (0, 0))
+        with contextlib.closing(connect(lake.path())) as con:
+            rows, dupes = (con.execute(
+                "WITH c AS (SELECT platform, video_id, comment_id FROM read_parquet(?)) SELECT (SELECT count(*) FROM c), "
+                "(SELECT count(*) FROM (SELECT platform, video_id, comment_id FROM c GROUP BY ALL HAVING count(*) > 1))", [files]
+            ).fetchone() if files else (0, 0))
         if not rows:
             return _nothing_to_check(f"no {table} rows to check")
         return dg.AssetCheckResult(passed=dupes == 0, metadata={"rows": int(rows), "duplicates": int(dupes)})
@@ -44,13 +46,13 @@ def comments_checks(table: str, expected) -> list[dg.AssetChecksDefinition]:
         durations = known_durations(lake.path())
         if not files:
             return _nothing_to_check(f"no {table} rows to check", severity=dg.AssetCheckSeverity.WARN)
-        con = duckdb.connect()
-        con.register("durations", durations)
-        rows, negative, past_end, checked = con.execute(
-            "SELECT count(*), count(*) FILTER (c.offset_ms < 0), "
-            "count(*) FILTER (c.offset_ms > d.duration_ms + 1000), count(d.duration_ms) "
-            "FROM read_parquet(?) c LEFT JOIN durations d USING (video_id)", [files]
-        ).fetchone()
+        with contextlib.closing(connect(lake.path())) as con:  # an object store's fsspec registered
+            con.register("durations", durations)
+            rows, negative, past_end, checked = con.execute(
+                "SELECT count(*), count(*) FILTER (c.offset_ms < 0), "
+                "count(*) FILTER (c.offset_ms > d.duration_ms + 1000), count(d.duration_ms) "
+                "FROM read_parquet(?) c LEFT JOIN durations d USING (video_id)", [files]
+            ).fetchone()
         metadata = {"rows": int(rows), "negative": int(negative), "past_end": int(past_end), "outside": int(negative + past_end),
                     "rows_with_known_duration": int(checked), "videos_with_known_duration": durations.num_rows}
         if not checked:
@@ -59,6 +61,11 @@ def comments_checks(table: str, expected) -> list[dg.AssetChecksDefinition]:
                                    severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
 
     return [schema_check, unique_check, offsets_check]
+
+
+def _schema(path: str) -> pa.Schema:
+    with lake.as_path(path).open("rb") as fh:  # a local file or an object (pyarrow's own S3 is not configured)
+        return pq.read_schema(fh)
 
 
 def _nothing_to_check(reason: str, severity=dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:

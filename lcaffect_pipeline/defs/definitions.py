@@ -60,10 +60,17 @@ def build_executor(kind: str | None = None) -> dg.ExecutorDefinition | None:
     raise ValueError(f"LCAFFECT_EXECUTOR={kind!r}: expected multiprocess, in_process or k8s")
 
 
+@dg.io_manager(required_resource_keys={"lake"})
+def lake_io_manager(init_context) -> LakeJsonIOManager:
+    """``LakeJsonIOManager`` on the run's configured ``lake`` resource. Bound with a lake of its
+    own, the IO manager kept that one's root when a run set ``resources.lake.config.root``, and put
+    the manifests into ./lake instead of the configured lake (a bucket, say)."""
+    return LakeJsonIOManager(lake=init_context.resources.lake)
+
+
 def build_resources() -> dict:
-    lake = LakeResource()
     return {
-        "lake": lake,
+        "lake": LakeResource(),
         "scope": RunScope(),
         "catalogue": CatalogueResource(),
         "crawler": CrawlerResource(),
@@ -72,7 +79,7 @@ def build_resources() -> dict:
         "v2lc_training": V2LCTrainingResource(),
         "downstream": DownstreamResource(),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
-        "io_manager": LakeJsonIOManager(lake=lake),
+        "io_manager": lake_io_manager,
     }
 
 

@@ -201,9 +201,9 @@ def _jsonable(report) -> dict:
     return report.to_dict() if hasattr(report, "to_dict") else json.loads(json.dumps(report, default=str))
 
 
-def _comment_bank(lake: LakeResource, local_dir: Path) -> str | None:
-    """The comment bank, written into the features folder's local copy where the lake is remote."""
-    if lake_mod.is_local(lake.path()):
+def _comment_bank(lake: LakeResource, local_dir: Path | None = None) -> str | None:
+    """The comment bank, written into ``local_dir`` (the features folder's local copy) where the lake is remote."""
+    if lake_mod.is_local(lake.path()) or local_dir is None:
         return runs.comment_bank(lake.path())
     return runs.comment_bank(lake.path(), local_dir / "comment_bank.parquet")
 

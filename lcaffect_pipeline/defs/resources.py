@@ -28,6 +28,7 @@ class LakeResource(dg.ConfigurableResource):
         root = lake.as_path(self.root)
         if lake.is_local(root):
             root = lake.as_path(Path(self.root).expanduser().resolve())
+            lake.check_not_scratch(root)
         return root.joinpath(*parts) if parts else root
 
     def salt(self) -> str | None:
