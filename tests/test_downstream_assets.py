@@ -101,14 +101,15 @@ def test_two_v2lc_variants_are_two_lc_arms_of_the_ablation(downstream_run) -> No
             assert row["without"] == task["metrics"][metric]["without"] and row["seeds_with"].keys() == {"0", "1"}
     feats = json.loads((root / "_manifests" / "meld_features.json").read_text())
     seed1, zh = feats["variants"]["seed1"], feats["variants"]["zh"]
-    assert feats["dir"] == seed1["dir"] and Path(zh["dir"]).name == "features-zh"
+    # folders named by variant (the encoder's first is features/), whatever the task's order
+    assert feats["dir"] == seed1["dir"] and (Path(seed1["dir"]).name, Path(zh["dir"]).name) == ("features-seed1", "features")
     assert (seed1["v2lc_encoder"], zh["v2lc_encoder"]) == (encoder["variants"]["seed1"]["output_dir"],
                                                           encoder["variants"]["zh"]["output_dir"])
     meta = {n: json.loads((Path(v["dir"]) / "features.json").read_text()) for n, v in feats["variants"].items()}
     assert meta["seed1"]["base_version"] == meta["zh"]["base_version"]  # one set of base features
     assert meta["seed1"]["lc_version"] != meta["zh"]["lc_version"]  # each arm its own encoder's LC features
     with_lc = json.loads((root / "_manifests" / "meld_fusion_with_lc.json").read_text())
-    assert {Path(v["features_dir"]).name for v in with_lc["variants"].values()} == {"features", "features-zh"}
+    assert {Path(v["features_dir"]).name for v in with_lc["variants"].values()} == {"features", "features-seed1"}
     md = (root / "ablation.md").read_text()
     assert "| meld · LC seed1 | **weighted_f1** |" in md and "| meld · LC zh | **weighted_f1** |" in md
     mats = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
