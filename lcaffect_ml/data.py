@@ -78,6 +78,8 @@ class ShardSpec:
     url: str
     video_id: str
     samples: int | None = None
+    platform: str | None = None  # the index may say; used to hold out or report by platform
+    language: str | None = None
 
 
 @dataclass
@@ -147,7 +149,8 @@ def _as_spec(entry: Any, base: str | None, position: int) -> ShardSpec:
         if base is not None and "://" not in url and not url.startswith("pipe:") and not os.path.isabs(url):
             url = _resolve_relative(url, base)
         samples = entry.get("samples")
-        return ShardSpec(url, str(entry["video_id"]), int(samples) if samples is not None else None)
+        return ShardSpec(url, str(entry["video_id"]), int(samples) if samples is not None else None,
+                         entry.get("platform"), entry.get("language"))
     raise ShardIndexError(f"shard entry {position} is not a URL or a {{url, video_id}} object: {entry!r}")
 
 
@@ -161,14 +164,23 @@ def _resolve_relative(url: str, base: str) -> str:
     return str(above) if above.exists() else beside
 
 
-def split_by_video(shards: Sequence[ShardSpec], eval_fraction: float, seed: int = 0
-                   ) -> tuple[list[ShardSpec], list[ShardSpec]]:
+def split_by_video(shards: Sequence[ShardSpec], eval_fraction: float, seed: int = 0,
+                   eval_platforms: Sequence[str] = ()) -> tuple[list[ShardSpec], list[ShardSpec]]:
     """Deterministic (train, test) split of *videos*: every segment of a video lands on one side.
 
     Videos are ordered by a hash of (seed, video_id) and the first ``round(fraction * n)`` (at least
     one when the fraction is positive and there are two or more videos) are held out. Hashing,
     not the index order, decides, so adding a video moves at most one other across the line.
+
+    With ``eval_platforms`` every video of those platforms is held out and no other (train on one
+    live-comment culture, test on another); the index entries must then name their platform.
     """
+    if eval_platforms:
+        if unknown := sorted({s.url for s in shards if s.platform is None})[:3]:
+            raise ValueError(f"eval_platforms needs each shard's platform in the index; none for {unknown}")
+        held_out = {p.lower() for p in eval_platforms}
+        return ([s for s in shards if s.platform.lower() not in held_out],
+                [s for s in shards if s.platform.lower() in held_out])
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     videos = sorted({s.video_id for s in shards},

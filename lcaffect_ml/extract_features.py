@@ -19,34 +19,14 @@ and the media. A run whose keys match the files on disk recomputes nothing; a ne
 checkpoint recomputes only ``lc_features.safetensors``. Each safetensors file carries its key as
 metadata ``version`` (see ``features.load_features``, which checks them against ``features.json``).
 
-Config options (YAML or JSON mapping; ``--set key=value`` overrides, value parsed as YAML):
-
-  utterances          utterance table (Parquet, contracts.tables §1) (required)
-  output_dir          the dataset's features folder (required)
-  v2lc_checkpoint     folder written by ``V2LCModel.save_pretrained`` (required)
-  text_model          "tiny" or a hub name/local path (hfl/chinese-roberta-wwm-ext, roberta-base)
-  audio_model         "tiny" (log-mel) or a hub name/local path (facebook/wav2vec2-base, facebook/hubert-base-ls960)
-  vision_model        "tiny" or a hub name/local path (openai/clip-vit-base-patch32, google/vit-base-patch16-224-in21k)
-  text_max_length     tokens per utterance (128)
-  max_audio_frames    acoustic steps after window-mean pooling (64)
-  n_mels              log-mel bands of the tiny acoustic features (80)
-  lc_source           "post_projection" (the V2LC space, length 1) or "pre_projection" (CLS + per-frame tokens)
-  seed                initialisation seed of the tiny text/vision stand-ins (0)
-  batch_size          utterances per forward pass (16)
-  device              "auto", "cuda" or "cpu";  precision: "auto" (bf16 on CUDA), "bf16", "fp32"
-  progress            tqdm progress bar (true)
-  pipes_asset_key     asset key to report under Dagster Pipes
-  comment_bank        optional Parquet with a ``text`` column (the clean live-comment corpus): the nearest
-                      real comments to the first ``nearest_examples`` utterances' synthetic features
-                      go into features.json and the materialization (``nearest_k`` each, bank capped
-                      at ``comment_bank_limit`` unique comments)
+Options: a YAML or JSON mapping (``--set key=value`` overrides one, the value parsed as YAML),
+each documented where ``ExtractConfig`` declares it; ``--help`` lists them with their defaults.
 
 Exit status: 0 done; 2 bad config or unreadable utterance table/checkpoint.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
@@ -61,6 +41,8 @@ from .features import (BASE_FILE, FEATURES_CODE_VERSION, LC_FILE, LC_SOURCES, ME
                        TextFeaturizer, Utterance, VisualFeaturizer, digest, load_media, local_weights_digest,
                        media_fingerprint, pad_sequences, read_utterances)
 from .contracts.hashing import sha256_file
+from .feature_inputs import context_turns, released_featurizers, released_map, text_input, used_context  # noqa: F401
+from .options import build, opt
 from .pipes import TrainingReporter, pipes_metadata, pipes_session
 from .trainutil import (ConfigError, CheckpointFormatError, atomic_file, atomic_write_json,
                         resolve_precision, config_with_overrides, program_args, setup_logging)
@@ -70,37 +52,53 @@ log = logging.getLogger("lcaffect_ml.extract_features")
 
 @dataclass
 class ExtractConfig:
-    utterances: str
-    output_dir: str
-    v2lc_checkpoint: str
-    text_model: str = TINY
-    audio_model: str = TINY
-    vision_model: str = TINY
-    text_max_length: int = 128
-    max_audio_frames: int = 64
-    n_mels: int = 80
-    lc_source: str = "post_projection"
-    seed: int = 0
-    batch_size: int = 16
-    device: str = "auto"
-    precision: str = "auto"
-    progress: bool = True
-    pipes_asset_key: str | None = None
-    comment_bank: str | None = None
-    nearest_k: int = 5
-    nearest_examples: int = 8
-    comment_bank_limit: int = 200_000
+    utterances: str = opt(help="utterance table (Parquet, lcaffect_ml.contracts.tables §1)")
+    output_dir: str = opt(help="the dataset's features folder")
+    v2lc_checkpoint: str = opt(help="folder written by V2LCModel.save_pretrained (a V2LC run's output_dir)")
+    text_model: str = opt(TINY, '"tiny" or a hub name/local path (hfl/chinese-roberta-wwm-ext, roberta-base)',
+                          section="Encoders")
+    audio_model: str = opt(TINY, '"tiny" (log-mel) or a hub name/local path (facebook/wav2vec2-base, '
+                           "facebook/hubert-base-ls960)")
+    vision_model: str = opt(TINY, '"tiny" or a hub name/local path (openai/clip-vit-base-patch32, '
+                            "google/vit-base-patch16-224-in21k)")
+    text_max_length: int = opt(128, "tokens per utterance, context included")
+    context: bool = opt(True, "the text before the utterance (MELD's earlier turns of its dialogue, MUStARD's "
+                        "context utterances: the table's `context`) enters the text modality, as the second "
+                        "sentence of a pair after the utterance, most recent turn first, so truncation drops the "
+                        "oldest; false: the utterance alone", section="Dialogue context")
+    context_turns: int = opt(5, "at most this many turns of context, the most recent ones")
+    released_features: Any = opt(None, "features the benchmark releases, in place of the encoders: a mapping "
+                                 "modality (text | audio | visual) -> file, or one file for all three (an MMSA "
+                                 "pickle); layouts in lcaffect_ml.released (MMSA / CH-SIMS v2 pickle, MUStARD "
+                                 "audio_features.p, MELD's feature pickles), read by an unpickler that admits only "
+                                 "NumPy arrays and plain containers. Utterances the file lacks are skipped with that "
+                                 "reason; the live-comment features still come from the videos",
+                                 section="Released features")
+    max_audio_frames: int = opt(64, "acoustic steps after window-mean pooling", section="Encoder details")
+    n_mels: int = opt(80, "log-mel bands of the tiny acoustic features")
+    lc_source: str = opt("post_projection", '"post_projection" (the V2LC space, length 1) or "pre_projection" '
+                         "(CLS + per-frame tokens)")
+    seed: int = opt(0, "initialisation seed of the tiny text/vision stand-ins")
+    batch_size: int = opt(16, "utterances per forward pass", section="Running")
+    device: str = opt("auto", '"auto", "cuda" or "cpu"')
+    precision: str = opt("auto", '"auto" (bf16 on CUDA), "bf16" or "fp32"')
+    progress: bool = opt(True, "tqdm progress bar")
+    pipes_asset_key: str | None = opt(None, "asset key to report under Dagster Pipes")
+    comment_bank: str | None = opt(None, "optional Parquet with a `text` column (the clean live-comment corpus): "
+                                   "the nearest real comments to the first utterances' synthetic features go into "
+                                   "features.json and the materialisation", section="Nearest real comments")
+    nearest_k: int = opt(5, "nearest comments listed per utterance")
+    nearest_examples: int = opt(8, "utterances given their nearest comments")
+    comment_bank_limit: int = opt(200_000, "the bank is capped at this many unique comments")
+
+    def __post_init__(self) -> None:
+        self.released_features = released_map(self.released_features)  # also when built directly
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ExtractConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {unknown}; known: {sorted(known)}")
-        missing = [k for k in ("utterances", "output_dir", "v2lc_checkpoint") if not data.get(k)]
-        if missing:
-            raise ConfigError(f"missing required option(s) {missing}")
-        cfg = cls(**data)
+        cfg = build(cls, data)
+        if int(cfg.context_turns) < 0:
+            raise ConfigError(f"context_turns must be >= 0, got {cfg.context_turns}")
         for name in ("text_max_length", "max_audio_frames", "n_mels", "batch_size", "nearest_k"):
             if int(getattr(cfg, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
@@ -112,19 +110,26 @@ class ExtractConfig:
 # ----------------------------------------------------------------------------- cache keys
 
 
-def _base_key(cfg: ExtractConfig, utts: Sequence[Utterance], precision: str) -> str:
+def _base_key(cfg: ExtractConfig, utts: Sequence[Utterance], precision: str, released: dict[str, Any]) -> str:
     """Everything the base features depend on; labels and splits deliberately left out."""
     def model(name: str, **options: Any) -> dict[str, Any]:
         return {"name": name, "weights": local_weights_digest(name), **options}
 
+    def source(modality: str, spec: dict[str, Any]) -> dict[str, Any]:
+        if modality in released:  # a released file replaces the encoder: its bytes are what matters
+            return {"released": released[modality].sha256}
+        return spec
+
     return digest({
         "code": FEATURES_CODE_VERSION, "precision": precision,
         "table": [[u.utterance_id, u.text, u.media_npz, media_fingerprint(u.media_npz)] for u in utts],
-        "text": model(cfg.text_model, max_length=cfg.text_max_length,
-                      tiny=[cfg.seed, TINY_TEXT] if cfg.text_model == TINY else None),
-        "audio": model(cfg.audio_model, max_frames=cfg.max_audio_frames,
-                       n_mels=cfg.n_mels if cfg.audio_model == TINY else None),
-        "vision": model(cfg.vision_model, tiny=[cfg.seed, TINY_VISION] if cfg.vision_model == TINY else None),
+        "context": [context_turns(cfg, u) for u in utts] if used_context(cfg) else None,
+        "text": source("text", model(cfg.text_model, max_length=cfg.text_max_length,
+                                     tiny=[cfg.seed, TINY_TEXT] if cfg.text_model == TINY else None)),
+        "audio": source("audio", model(cfg.audio_model, max_frames=cfg.max_audio_frames,
+                                       n_mels=cfg.n_mels if cfg.audio_model == TINY else None)),
+        "vision": source("visual", model(cfg.vision_model,
+                                         tiny=[cfg.seed, TINY_VISION] if cfg.vision_model == TINY else None)),
     })
 
 
@@ -157,7 +162,7 @@ def _previous(out_dir: Path) -> dict[str, Any]:
 
 
 def _run_pass(rows: Sequence[Utterance], featurizers: dict[str, Any], batch_size: int, progress: bool,
-              desc: str) -> tuple[list[str], dict[str, str], dict[str, list]]:
+              desc: str, text_of=lambda u: u.text) -> tuple[list[str], dict[str, str], dict[str, list]]:
     """Load each utterance's media once and run the given featurizers over it, batch by batch.
 
     Returns the ids that were featurised, ``{id: reason}`` for the unreadable ones (logged, the
@@ -179,10 +184,11 @@ def _run_pass(rows: Sequence[Utterance], featurizers: dict[str, Any], batch_size
                     log.warning("skipping utterance %s: %s", u.utterance_id, exc)
                     bad[u.utterance_id] = str(exc)
             if batch:
-                inputs = {"text": [u.text for u in batch], "audio": [m.audio for m in media],
-                          "visual": [m.frames for m in media], "lc": [m.frames for m in media]}
-                for name, featurize in featurizers.items():
-                    outputs[name].extend(featurize(inputs[name]))
+                inputs = {"text": [text_of(u) for u in batch], "audio": [m.audio for m in media],
+                          "visual": [m.frames for m in media], "lc": [m.frames for m in media],
+                          "ids": [u.utterance_id for u in batch]}
+                for name, featurize in featurizers.items():  # a released file's featurizer reads ids
+                    outputs[name].extend(featurize(inputs[getattr(featurize, "input", name)]))
                 kept.extend(u.utterance_id for u in batch)
             bar.update(len(rows[start:start + batch_size]))
     return kept, bad, outputs
@@ -219,11 +225,17 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
         raise CheckpointFormatError(f"{ckpt}: no model.safetensors (a V2LC save_pretrained folder is needed)")
 
     utts = read_utterances(cfg.utterances)
+    released = released_featurizers(cfg)
     with_media = [u for u in utts if u.media_npz is not None]
     skip_reasons = {u.utterance_id: f"no prepared media (media_status={u.media_status or 'unknown'})"
                     for u in utts if u.media_npz is None}
+    for m, featurizer in released.items():  # an utterance the released file lacks has no features
+        for u in with_media:
+            if u.utterance_id not in featurizer.features and u.utterance_id not in skip_reasons:
+                skip_reasons[u.utterance_id] = f"not in the released {m} features {featurizer.path}"
+    with_media = [u for u in with_media if u.utterance_id not in skip_reasons]
     prev = _previous(out_dir)
-    base_key = _base_key(cfg, utts, precision)
+    base_key = _base_key(cfg, utts, precision, released)
     v2lc_sha = sha256_file(ckpt / "model.safetensors")
     lc_key = _lc_key(v2lc_sha, cfg.lc_source, with_media, precision)
     base_hit = prev.get("base_version") == base_key and _file_version(out_dir / BASE_FILE) == base_key
@@ -234,8 +246,8 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
     def make_lc() -> SyntheticLCFeaturizer:
         return SyntheticLCFeaturizer(ckpt, cfg.lc_source, device=device, precision=precision)
 
-    meta: dict[str, Any] = {k: prev[k] for k in ("utterance_ids", "dims", "models", "base_sha256", "lc_sha256")
-                            if k in prev and base_hit}
+    meta: dict[str, Any] = {k: prev[k] for k in ("utterance_ids", "dims", "models", "base_sha256", "lc_sha256",
+                                                 "context") if k in prev and base_hit}
     meta.setdefault("dims", {})
     meta.setdefault("models", {})
     lc_outputs: list | None = None
@@ -244,14 +256,18 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
         log.info("computing base features (text %s, audio %s, vision %s) for %d utterances on %s (%s)",
                  cfg.text_model, cfg.audio_model, cfg.vision_model, len(with_media), device, precision)
         featurizers: dict[str, Any] = {
-            "text": TextFeaturizer(cfg.text_model, [u.text for u in utts], cfg.text_max_length, cfg.seed,
-                                   device, precision),
-            "audio": AudioFeaturizer(cfg.audio_model, cfg.max_audio_frames, cfg.n_mels, device, precision),
-            "visual": VisualFeaturizer(cfg.vision_model, cfg.seed, device, precision),
+            "text": released.get("text") or TextFeaturizer(
+                cfg.text_model, [t for u in utts for t in (u.text, *context_turns(cfg, u))], cfg.text_max_length,
+                cfg.seed, device, precision),
+            "audio": released.get("audio") or AudioFeaturizer(cfg.audio_model, cfg.max_audio_frames, cfg.n_mels,
+                                                              device, precision),
+            "visual": released.get("visual") or VisualFeaturizer(cfg.vision_model, cfg.seed, device, precision),
         }
         if not lc_hit:  # share the media reads with the LC pass
             featurizers["lc"] = lc_featurizer = make_lc()
-        kept, bad, outputs = _run_pass(with_media, featurizers, cfg.batch_size, cfg.progress, "features")
+        sep = getattr(getattr(featurizers["text"], "tokenizer", None), "sep_token", None) or "|"
+        kept, bad, outputs = _run_pass(with_media, featurizers, cfg.batch_size, cfg.progress, "features",
+                                       lambda u: text_input(cfg, u, sep))
         if not kept:
             raise FeatureFileError(f"{cfg.utterances}: no utterance has readable prepared media")
         tensors: dict[str, torch.Tensor] = {}
@@ -264,6 +280,9 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
         if lc_hit and kept != prev.get("utterance_ids"):
             lc_hit = False  # the rows changed under cached LC features: recompute them
         meta["utterance_ids"], meta["skip_reasons"] = kept, {**skip_reasons, **bad}
+        by_id = {u.utterance_id: u for u in utts}
+        meta["context"] = {"used": used_context(cfg), "max_turns": int(cfg.context_turns) if used_context(cfg) else 0,
+                           "utterances_with_context": sum(bool(context_turns(cfg, by_id[i])) for i in kept)}
     else:
         meta["skip_reasons"] = prev.get("skip_reasons", skip_reasons)
     kept = meta["utterance_ids"]
@@ -350,6 +369,7 @@ def _report(reporter: TrainingReporter, meta: dict[str, Any], out_dir: Path) -> 
         "n_no_audio": len(meta["no_audio"]), "base_version": meta["base_version"], "lc_version": meta["lc_version"],
         "v2lc_sha256": meta["v2lc_sha256"], "lc_source": meta["lc_source"], "precision": meta["precision"],
         "base_recomputed": meta["base_recomputed"], "lc_recomputed": meta["lc_recomputed"],
+        "context_turns": int((meta.get("context") or {}).get("max_turns", 0)),
         **{f"dim_{k}": int(v) for k, v in meta["dims"].items()},
         **{f"{k}_model": str(meta["models"][k]["name"]) for k in ("text", "audio", "visual")},
     }
@@ -375,7 +395,7 @@ def _report(reporter: TrainingReporter, meta: dict[str, Any], out_dir: Path) -> 
 
 
 def parse_args(argv: list[str] | None = None):
-    return program_args("lcaffect_ml.extract_features", "Downstream feature extraction", argv)
+    return program_args("lcaffect_ml.extract_features", "Downstream feature extraction", argv, config_cls=ExtractConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ class Utterance:
     text: str
     media_npz: str | None  # resolved path, None when the media could not be prepared
     media_status: str
+    context: tuple[str, ...] = ()  # the text before the utterance, oldest first (contracts.tables §1)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ def read_utterances(path: str | os.PathLike) -> list[Utterance]:
 
     path = Path(path)
     try:
-        table = pq.read_table(path, columns=list(EXTRACT_COLUMNS))
+        names = pq.read_schema(path).names
+        table = pq.read_table(path, columns=[*EXTRACT_COLUMNS, *(["context"] if "context" in names else [])])
     except (OSError, ValueError, KeyError) as exc:  # pyarrow raises ArrowInvalid (a ValueError)
         raise FeatureFileError(f"{path}: cannot read the utterance table: {exc}") from exc
     rows = table.to_pylist()
@@ -68,7 +70,8 @@ def read_utterances(path: str | os.PathLike) -> list[Utterance]:
         npz = r["media_npz"]
         if npz is not None and not Path(npz).is_absolute():
             npz = str(path.parent / npz)
-        out.append(Utterance(r["utterance_id"], r["text"] or "", npz, r["media_status"] or ""))
+        out.append(Utterance(r["utterance_id"], r["text"] or "", npz, r["media_status"] or "",
+                             tuple(t or "" for t in r.get("context") or ())))
     return out
 
 

@@ -171,8 +171,22 @@ class TextFeaturizer:
             spec["weights"] = weights
         return spec
 
-    def __call__(self, texts: Sequence[str]) -> list[np.ndarray]:
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+    def __call__(self, texts: Sequence[str | tuple[str, str]]) -> list[np.ndarray]:
+        """One (L_i, Dt) array per item: a text, or a pair (utterance, context) encoded as the
+        tokenizer's sentence pair with the utterance first (its [CLS] leads); when the pair is too
+        long, tokens come off the end of the longer part, so the oldest context goes first."""
+        pairs = [i for i, t in enumerate(texts) if isinstance(t, tuple)]
+        singles = [i for i, t in enumerate(texts) if not isinstance(t, tuple)]
+        out: list[np.ndarray | None] = [None] * len(texts)
+        for group, args in ((singles, ([texts[i] for i in singles],)),
+                            (pairs, ([texts[i][0] for i in pairs], [texts[i][1] for i in pairs]))):
+            if group:
+                for i, x in zip(group, self._encode(*args)):
+                    out[i] = x
+        return out  # type: ignore[return-value]
+
+    def _encode(self, texts: list[str], contexts: list[str] | None = None) -> list[np.ndarray]:
+        enc = self.tokenizer(texts, contexts, padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="pt")
         ids = enc["input_ids"].to(self.run.device)
         mask = enc["attention_mask"].to(self.run.device)

@@ -8,12 +8,11 @@ and ``make_splits`` return; every name here is also importable from there.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,18 @@ import torch
 from .fusion import BASE_MODALITIES, LC_MODALITY, FusionConfig
 from .metrics import METRIC_NAMES, NUM_CLASSES, TASKS
 from .contracts.hashing import sha256_file
-from .contracts.tables import BASE_FILE, FUSION_COLUMNS, FUSION_REQUIRED, LC_FILE, MEDIA_OK, META_FILE
+from .contracts.tables import (BASE_FILE, DEFAULT_PROTOCOLS, FUSION_COLUMNS, FUSION_REQUIRED, LC_FILE, MEDIA_OK,
+                               META_FILE)
+from .options import build, opt
 from .trainutil import ConfigError
 
 # the program's logger: messages keep the name they had before the module was split
 log = logging.getLogger("lcaffect_ml.train_fusion")
 
 PROTOCOLS = ("speaker_dependent", "speaker_independent")
+# Where MUStARD's speaker-dependent folds come from: the official ones (the table's ``fold``
+# column, from split_indices.json) when every row has one, else stratified folds drawn here.
+FOLD_SOURCES = ("auto", "official", "stratified")
 DEFAULT_SELECT = {"chsims2": "mae", "meld": "weighted_f1", "mustard": "weighted_f1"}
 # Options that do not change a run's result: left out of its fingerprint.
 NON_RESULT_KEYS = ("output_dir", "utterances", "features_dir", "seeds", "checkpoint_every", "checkpoint_every_s",
@@ -42,54 +46,57 @@ class DownstreamDataError(ConfigError):
 
 @dataclass
 class FusionTrainConfig:
-    task: str
-    utterances: str
-    features_dir: str
-    output_dir: str
-    use_lc: bool = True
-    seeds: list = field(default_factory=lambda: [0])
-    protocol: str | None = None
-    folds: int = 5
-    split_seed: int = 0
-    held_out_show: str = "FRIENDS"
-    d_model: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    ff_dim: int = 256
-    dropout: float = 0.1
-    regression_activation: str = "linear"
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    betas: list = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    warmup_ratio: float = 0.1
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
-    regression_loss: str = "l1"
-    class_weights: Any = None
-    select_metric: str | None = None
-    eval_every: int = 1
-    eval_batch_size: int = 256
-    precision: str = "auto"
-    device: str = "auto"
-    checkpoint_every: int = 0
-    checkpoint_every_s: float = 120.0
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    pipes_asset_key: str | None = None
+    task: str = opt(help="chsims2 | meld | mustard", section="Data")
+    utterances: str = opt(help="the utterance table (Parquet, lcaffect_ml.contracts.tables §1)")
+    features_dir: str = opt(help="the features folder written by lcaffect_ml.extract_features")
+    output_dir: str = opt(help="where everything is written: metrics.json, the model, runs/, checkpoints/")
+    use_lc: bool = opt(True, "include the synthetic live-comment tokens; false is the ablation's other arm")
+    seeds: list = opt(help="seeds of model init, dropout and data order; metrics are mean ± std over them",
+                      factory=lambda: [0])
+    protocol: str | None = opt(None, "MUStARD only: speaker_dependent (the default: 5-fold cross-validation) | "
+                               "speaker_independent (held_out_show is the test set); the other tasks use their "
+                               "official split")
+    folds: int = opt(5, "MUStARD speaker_dependent with stratified folds: how many")
+    fold_source: str = opt("auto", "MUStARD speaker_dependent: auto (the official folds when the table has them, "
+                           "else stratified) | official (refuse a table without them) | stratified")
+    split_seed: int = opt(0, "seed of the stratified folds (the same folds for every seed)")
+    held_out_show: str = opt("FRIENDS", "MUStARD speaker_independent: the show tested on (case-insensitive)")
+    d_model: int = opt(128, "the fusion transformer's width", section="Model (FusionConfig)")
+    num_layers: int = opt(2, "transformer layers over the modality tokens")
+    num_heads: int = opt(4, "attention heads")
+    ff_dim: int = opt(256, "feed-forward width")
+    dropout: float = opt(0.1, "dropout")
+    regression_activation: str = opt("linear", "CH-SIMS v2 output: linear (predictions clipped to [-1, 1] when "
+                                     "scored) | tanh")
+    epochs: int = opt(30, "passes over the training split", section="Optimisation")
+    batch_size: int = opt(32, "utterances per optimiser step")
+    lr: float = opt(5e-4, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.01, "AdamW weight decay; none on biases, norms and embeddings")
+    betas: list = opt(help="AdamW betas", factory=lambda: [0.9, 0.999])
+    eps: float = opt(1e-8, "AdamW epsilon")
+    warmup_ratio: float = opt(0.1, "share of all steps spent in linear warm-up before the cosine decay")
+    min_lr_ratio: float = opt(0.0, "the cosine decay's floor, as a share of lr")
+    grad_clip: float = opt(1.0, "max gradient norm (0 disables)")
+    regression_loss: str = opt("l1", "l1 (MMSA's regression criterion; MAE is the reported error) | mse")
+    class_weights: Any = opt(None, 'null | "balanced" (n / (k * count) over the training labels) | a list per class')
+    select_metric: str | None = opt(None, "validation metric for model selection (default: chsims2 mae, lower is "
+                                    "better; meld and mustard weighted_f1)")
+    eval_every: int = opt(1, "epochs between validation evaluations")
+    eval_batch_size: int = opt(256, "utterances per evaluation forward pass")
+    precision: str = opt("auto", '"auto" (bf16 on CUDA, else fp32) | "bf16" | "fp16" | "fp32"')
+    device: str = opt("auto", '"auto", "cuda" or "cpu"')
+    checkpoint_every: int = opt(0, "optimiser steps between checkpoints (0: by time, below); one is always "
+                                "written at a run's last step", section="Checkpoints, reporting")
+    checkpoint_every_s: float = opt(120.0, "with checkpoint_every 0: a checkpoint at the first epoch end this many "
+                                    "seconds after the last one (one per epoch cost more than training a small "
+                                    "run); a killed run loses at most this much work")
+    keep_checkpoints: int = opt(2, "newest checkpoints kept per run")
+    log_every: int = opt(10, "epochs between progress lines")
+    pipes_asset_key: str | None = opt(None, "asset key of the materialisation reported under Dagster Pipes")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FusionTrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {unknown}; known: {sorted(known)}")
-        missing = [k for k in ("task", "utterances", "features_dir", "output_dir") if k not in data]
-        if missing:
-            raise ConfigError(f"missing required option(s) {missing}")
-        cfg = cls(**data)
+        cfg = build(cls, data)
         cfg.validate()
         return cfg
 
@@ -102,9 +109,11 @@ class FusionTrainConfig:
                 or not all(isinstance(s, int) and s >= 0 for s in self.seeds)):
             raise ConfigError(f"seeds must be a non-empty list of distinct integers >= 0, got {self.seeds}")
         if self.task == "mustard":
-            self.protocol = self.protocol or "speaker_dependent"
+            self.protocol = self.protocol or DEFAULT_PROTOCOLS["mustard"]
             if self.protocol not in PROTOCOLS:
                 raise ConfigError(f"protocol must be one of {PROTOCOLS}, not {self.protocol!r}")
+            if self.fold_source not in FOLD_SOURCES:
+                raise ConfigError(f"fold_source must be one of {FOLD_SOURCES}, not {self.fold_source!r}")
         elif self.protocol not in (None, "official"):
             raise ConfigError(f"protocol applies to mustard only ({self.task} uses its official split)")
         for name in ("epochs", "batch_size", "eval_every", "eval_batch_size", "keep_checkpoints", "log_every"):
@@ -140,6 +149,7 @@ class FusionData:
     labels: np.ndarray  # float64 (N,)
     split: np.ndarray  # str (N,)
     show: np.ndarray  # str (N,), "" when absent
+    fold: np.ndarray  # int (N,): the official test fold, -1 when absent
     inputs: dict[str, torch.Tensor]  # "text", "text_len", ... aligned with ids
     skipped: dict[str, int]
     feature_info: dict[str, Any]
@@ -244,12 +254,14 @@ def load_data(cfg: FusionTrainConfig) -> FusionData:
         raise DownstreamDataError(f"{table_path}: no usable utterance (skipped: {skipped})")
     rows = torch.tensor([row_of[cols["utterance_id"][i]] for i in keep], dtype=torch.long)
     shows = cols.get("show") or [None] * len(cols["utterance_id"])
-    info = {k: meta.get(k) for k in ("base_version", "lc_version", "lc_source", "dims")}
+    folds = cols.get("fold") or [None] * len(cols["utterance_id"])
+    info = {k: meta.get(k) for k in ("base_version", "lc_version", "lc_source", "dims", "context")}
     return FusionData(
         ids=[cols["utterance_id"][i] for i in keep],
         labels=np.asarray([float(cols["label"][i]) for i in keep], dtype=np.float64),
         split=np.asarray([str(cols["split"][i]) for i in keep]),
         show=np.asarray([str(shows[i] or "") for i in keep]),
+        fold=np.asarray([-1 if folds[i] is None else int(folds[i]) for i in keep], dtype=np.int64),
         inputs={k: v.index_select(0, rows).contiguous() for k, v in feats.items()},
         skipped=skipped, feature_info=info,
         fingerprint=_data_fingerprint(table_path, features_dir, meta, cfg.use_lc))
@@ -292,6 +304,10 @@ def _mustard_splits(data: FusionData, cfg: FusionTrainConfig) -> list[RunSplit]:
             raise DownstreamDataError(f"{cfg.utterances}: speaker-independent protocol needs rows of "
                                       f"{cfg.held_out_show} and of other shows ({len(test)} and {len(train)})")
         return [RunSplit(None, train, None, test)]
+    source = resolve_fold_source(data, cfg)
+    if source == "official":
+        return [RunSplit(k, np.flatnonzero(data.fold != k), None, np.flatnonzero(data.fold == k))
+                for k in np.unique(data.fold).tolist()]
     from sklearn.model_selection import StratifiedKFold
 
     folds = StratifiedKFold(n_splits=cfg.folds, shuffle=True, random_state=cfg.split_seed)
@@ -300,3 +316,28 @@ def _mustard_splits(data: FusionData, cfg: FusionTrainConfig) -> list[RunSplit]:
                 for k, (train, test) in enumerate(folds.split(np.zeros(len(data.labels)), data.labels))]
     except ValueError as exc:  # fewer rows of a class than folds
         raise DownstreamDataError(f"{cfg.utterances}: cannot make {cfg.folds} stratified folds: {exc}") from exc
+
+
+def resolve_fold_source(data: FusionData, cfg: FusionTrainConfig) -> str | None:
+    """``official`` or ``stratified`` for MUStARD's speaker-dependent protocol (None otherwise)."""
+    if cfg.task != "mustard" or cfg.protocol != "speaker_dependent":
+        return None
+    has_fold = data.fold >= 0
+    if cfg.fold_source == "stratified" or (cfg.fold_source == "auto" and not has_fold.any()):
+        return "stratified"
+    if not has_fold.all():
+        raise DownstreamDataError(f"{cfg.utterances}: {int((~has_fold).sum())} of {len(has_fold)} rows have no "
+                                  "official fold (the `fold` column); use fold_source: stratified")
+    if len(np.unique(data.fold)) < 2:
+        raise DownstreamDataError(f"{cfg.utterances}: the official folds leave fewer than 2 folds")
+    return "official"
+
+
+def describe_folds(data: FusionData, cfg: FusionTrainConfig) -> str | None:
+    """What the report says about the folds used."""
+    source = resolve_fold_source(data, cfg)
+    if source == "official":
+        return f"official ({len(np.unique(data.fold))} folds of split_indices.json)"
+    if source == "stratified":
+        return f"stratified ({cfg.folds} folds drawn with split_seed {cfg.split_seed}; no official folds)"
+    return None

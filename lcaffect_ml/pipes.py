@@ -116,7 +116,7 @@ def report_model_materialization(reporter: TrainingReporter, metrics: Mapping[st
 
 
 def pipes_metadata(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Numbers as typed Pipes metadata (int/float), strings as text; other values are left out."""
+    """Numbers as typed Pipes metadata (int/float), strings as text, mappings as JSON; other values are left out."""
     out: dict[str, dict[str, Any]] = {}
     for key, value in metrics.items():
         if isinstance(value, bool):
@@ -127,6 +127,8 @@ def pipes_metadata(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             out[key] = {"raw_value": value, "type": "float"}
         elif isinstance(value, str):
             out[key] = {"raw_value": value, "type": "text"}
+        elif isinstance(value, dict):  # e.g. retrieval by platform: a table in the UI
+            out[key] = {"raw_value": value, "type": "json"}
     return out
 
 

@@ -79,3 +79,23 @@ def retrieval_metrics(video_embeds: torch.Tensor, comment_embeds: torch.Tensor, 
     v = F.normalize(video_embeds.float(), dim=-1)
     c = F.normalize(comment_embeds.float(), dim=-1)
     return metrics_from_similarity(v @ c.t(), comment_segment, ks)
+
+
+def retrieval_by_group(video_embeds: torch.Tensor, comment_embeds: torch.Tensor, comment_segment: torch.Tensor,
+                       segment_group: Sequence[str | None], ks: Sequence[int] = DEFAULT_KS) -> dict[str, dict[str, float]]:
+    """``retrieval_metrics`` within each group of segments (a platform, a language): each group is
+    its own pool, so its ``chance_r1`` is 1 / its segments. Groups of one segment, or without a
+    name, are left out (a pool of one has nothing to rank)."""
+    comment_segment = torch.as_tensor(comment_segment).long()
+    out = {}
+    for group in sorted({g for g in segment_group if g is not None}):
+        rows = torch.tensor([i for i, g in enumerate(segment_group) if g == group], dtype=torch.long)
+        if len(rows) < 2:
+            continue
+        renumber = torch.full((len(segment_group),), -1, dtype=torch.long)
+        renumber[rows] = torch.arange(len(rows))
+        keep = renumber[comment_segment] >= 0
+        if not bool(keep.any()):
+            continue
+        out[group] = retrieval_metrics(video_embeds[rows], comment_embeds[keep], renumber[comment_segment[keep]], ks)
+    return out

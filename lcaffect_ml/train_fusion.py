@@ -12,10 +12,13 @@ whose label is unusable are skipped and counted (``metrics.json`` → ``skipped`
 
 Splits: CH-SIMS v2 and MELD use the official ``split`` column (train/valid/test; the model of the
 epoch with the best validation ``select_metric`` is tested). MUStARD has no official split:
-``protocol: speaker_dependent`` is a stratified ``folds``-fold cross-validation over all rows (fixed
-``split_seed``, the same folds for every seed; a seed's metrics are the mean over its folds);
-``speaker_independent`` trains on every show but ``held_out_show`` (FRIENDS, case-insensitive) and
-tests on it. Without a validation split the last epoch's model is tested.
+``protocol: speaker_dependent`` (the default, ``contracts.tables.DEFAULT_PROTOCOLS``, as in Dagster) is a
+5-fold cross-validation over all rows: the official folds (the table's ``fold`` column, read from
+MUStARD's ``split_indices.json`` by the loader) when every row has one, else stratified ``folds``
+folds (fixed ``split_seed``), the same folds for every seed; a seed's metrics are the mean over its
+folds and ``metrics.json["folds_used"]`` says which folds were used. ``speaker_independent`` trains
+on every show but ``held_out_show`` (FRIENDS, case-insensitive) and tests on it. Without a
+validation split the last epoch's model is tested.
 
 Re-running the same command resumes: finished runs (``runs/<run>/result.json`` with a matching
 fingerprint of the config and the input data) are reused, an unfinished one continues from its
@@ -23,37 +26,9 @@ newest checkpoint in ``checkpoints/<run>/step-N`` (model, optimiser, scheduler, 
 states, best-so-far weights); on CPU a killed and resumed run ends with identical weights. A run
 whose fingerprint changed (other options, a new V2LC checkpoint's features) starts again.
 
-Config options (YAML or JSON; ``--set key=value`` overrides, value parsed as YAML):
-
-Data
-  task                chsims2 | meld | mustard (required)
-  utterances          utterance table Parquet path (required)
-  features_dir        features folder (required)
-  output_dir          where everything is written (required)
-  use_lc              include the synthetic live-comment tokens (true); false is the ablation
-  seeds               list of seeds ([0]); model init, dropout and data order
-  protocol            MUStARD only: speaker_dependent (default) | speaker_independent
-  folds (5), split_seed (0), held_out_show ("FRIENDS")
-Model (``FusionConfig``)
-  d_model (128), num_layers (2), num_heads (4), ff_dim (256), dropout (0.1)
-  regression_activation  linear (default; predictions are clipped to [-1, 1] when scored) | tanh
-Optimisation
-  epochs (30), batch_size (32), lr (5e-4), weight_decay (0.01; none on biases/norms/embeddings),
-  betas ([0.9, 0.999]), eps (1e-8), warmup_ratio (0.1 of all steps), min_lr_ratio (0.0), grad_clip (1.0)
-  regression_loss     l1 (default: MMSA's regression criterion, and MAE is the reported error) | mse
-  class_weights       null | "balanced" (sklearn's n / (k * count) over the training labels) | list
-  select_metric       validation metric for model selection (chsims2: mae, lower is better;
-                      meld and mustard: weighted_f1)
-  eval_every          epochs between validation evaluations (1)
-  eval_batch_size (256), precision (auto: bf16 on CUDA, else fp32 | bf16 | fp16 | fp32), device (auto)
-Checkpoints, reporting
-  checkpoint_every    optimiser steps between checkpoints (0: by time, below); one is always
-                      written at a run's last step
-  checkpoint_every_s  with checkpoint_every 0: at the first epoch end this many seconds after the
-                      last checkpoint (120). A checkpoint per epoch cost more than the training of
-                      a small run; a killed run loses at most this much work
-  keep_checkpoints (2), log_every (epochs between progress lines, 10)
-  pipes_asset_key     asset key of the materialization reported under Dagster Pipes
+Options: a YAML or JSON mapping (``--set key=value`` overrides one, the value parsed as YAML), each
+documented where ``FusionTrainConfig`` (``lcaffect_ml.fusion_data``) declares it; ``--help`` lists
+them with their defaults.
 Tests inject a crash after a step or a NaN loss through ``trainutil.after_optimizer_step`` and
 ``trainutil.loss_hook`` (tests/faults.py); no option or flag of the program does.
 
@@ -61,7 +36,9 @@ Outputs in ``output_dir``: ``metrics.json`` ({"task", "use_lc", "protocol", "see
 {metric: value}}, "mean", "std" (population std over seeds), "folds", "valid", "skipped",
 "counts", "features", "runs", and with LC "lc_permuted": {"seeds": {seed: {metric: value}}}: the
 same models tested with the LC tokens shuffled across the test utterances, the wiring control
-that should fall back to about the without-LC figures}), ``model.safetensors`` + ``config.json`` of the last run (last
+that should fall back to about the without-LC figures}, and "predictions": {"ids", "labels", "seeds": {seed:
+[prediction per id]}, "lc_permuted"}: every test utterance, for the ablation's paired bootstrap),
+``model.safetensors`` + ``config.json`` of the last run (last
 seed, last fold), ``runs/<run>/`` (each run's selected model and result), ``checkpoints/<run>/``.
 Under Dagster Pipes one materialization carries the mean metrics as numeric metadata.
 
@@ -93,7 +70,7 @@ from .metrics import METRIC_NAMES, NUM_CLASSES, is_better, selection_metric, tas
 from .fusion_data import (  # noqa: F401  (the program's names, importable from here as before)
     PROTOCOLS, DEFAULT_SELECT, NON_RESULT_KEYS, DownstreamDataError, FusionTrainConfig, FusionData,
     _read_features, _read_table, _label_ok, load_data, _data_fingerprint, RunSplit,
-    make_splits, _mustard_splits,
+    make_splits, _mustard_splits, describe_folds, resolve_fold_source,
 )
 from .pipes import TrainingReporter, pipes_session, report_model_materialization
 from .trainutil import (COMPLETE_MARKER, EXIT_NON_FINITE, CheckpointManager, ConfigError, NonFiniteLossError,
@@ -394,11 +371,11 @@ class FusionRun:
         inputs = {k: v.to(self.device) for k, v in self.data.inputs.items()}
         preds = predict(model, inputs, test, cfg.eval_batch_size, self.device, self.precision)
         metrics = task_metrics(cfg.task, preds, self.data.labels[test])
-        permuted = None
+        permuted, permuted_preds = None, None
         if cfg.use_lc:
-            preds = predict(model, permute_lc(inputs, test, self.seed), test, cfg.eval_batch_size, self.device,
-                            self.precision)
-            permuted = task_metrics(cfg.task, preds, self.data.labels[test])
+            permuted_preds = predict(model, permute_lc(inputs, test, self.seed), test, cfg.eval_batch_size,
+                                     self.device, self.precision)
+            permuted = task_metrics(cfg.task, permuted_preds, self.data.labels[test])
         model.save_pretrained(self.run_dir)
         result = {
             "run": self.name, "seed": self.seed, "fold": self.split.fold, "test": metrics,
@@ -410,6 +387,10 @@ class FusionRun:
             "n_train": len(self.split.train), "n_test": len(test),
             "n_valid": len(self.split.valid) if self.split.valid is not None else 0,
             "history": state.history, "fingerprint": self.fingerprint,
+            # per test utterance, for the ablation's paired bootstrap over utterances
+            "test_ids": [self.data.ids[i] for i in test], "test_labels": self.data.labels[test].tolist(),
+            "test_predictions": preds.tolist(),
+            "test_predictions_lc_permuted": None if permuted_preds is None else permuted_preds.tolist(),
             "checkpoint": str(latest) if (latest := self.manager.latest()) else None,
         }
         atomic_write_json(self.run_dir / "result.json", result)
@@ -440,6 +421,7 @@ def aggregate(cfg: FusionTrainConfig, results: list[dict[str, Any]]) -> dict[str
         if runs[0]["valid"] is not None:
             valid[str(seed)] = runs[0]["valid"]
     table = np.asarray([[per_seed[str(s)][k] for k in names] for s in cfg.seeds], dtype=np.float64)
+    predictions = per_utterance_predictions(cfg.seeds, results)
     return {
         "task": cfg.task, "use_lc": cfg.use_lc, "protocol": cfg.protocol or "official",
         "seeds": per_seed,
@@ -449,7 +431,30 @@ def aggregate(cfg: FusionTrainConfig, results: list[dict[str, Any]]) -> dict[str
         **({"valid": valid} if valid else {}),
         # the same models tested with the LC tokens shuffled across test utterances (per seed)
         **({"lc_permuted": {"seeds": permuted}} if permuted else {}),
+        **({"predictions": predictions} if predictions else {}),
     }
+
+
+def per_utterance_predictions(seeds: list[int], results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Every tested utterance's label and each seed's prediction (over all folds; each utterance is
+    tested once per seed), aligned with ``ids``; None when a reused run predates these records."""
+    if any("test_ids" not in r for r in results):
+        return None
+    labels: dict[str, float] = {}
+    by_seed: dict[str, dict[str, float]] = {str(s): {} for s in seeds}
+    permuted: dict[str, dict[str, float]] = {str(s): {} for s in seeds}
+    for r in results:
+        for i, (uid, label, pred) in enumerate(zip(r["test_ids"], r["test_labels"], r["test_predictions"])):
+            labels[uid] = label
+            by_seed[str(r["seed"])][uid] = pred
+            if r.get("test_predictions_lc_permuted") is not None:
+                permuted[str(r["seed"])][uid] = r["test_predictions_lc_permuted"][i]
+    ids = list(labels)
+    out = {"ids": ids, "labels": [labels[u] for u in ids],
+           "seeds": {s: [p[u] for u in ids] for s, p in by_seed.items()}}
+    if all(len(p) == len(ids) for p in permuted.values()):
+        out["lc_permuted"] = {s: [p[u] for u in ids] for s, p in permuted.items()}
+    return out
 
 
 def train(cfg: FusionTrainConfig, reporter: TrainingReporter | None = None) -> dict[str, Any]:
@@ -474,6 +479,7 @@ def train(cfg: FusionTrainConfig, reporter: TrainingReporter | None = None) -> d
         "runs": [{k: r[k] for k in ("run", "seed", "fold", "selection", "selected_epoch", "steps", "train_time_s",
                                     "resumed_from_step", "n_train", "n_valid", "n_test")} for r in results],
         "model_run": results[-1]["run"], "precision": precision, "device": str(device),
+        **({"folds_used": folds_used} if (folds_used := describe_folds(data, cfg)) else {}),
     })
     last = out_dir / "runs" / results[-1]["run"]
     FusionModel.from_pretrained(last).save_pretrained(out_dir)  # byte-identical copy, written atomically
@@ -489,6 +495,8 @@ def _pipes_summary(metrics: dict[str, Any]) -> dict[str, Any]:
                     "n_seeds": len(metrics["seeds"]), "utterances_used": metrics["counts"]["utterances_used"],
                     "skipped_rows": sum(metrics["skipped"].values()),
                     "lc_version": str(metrics["features"].get("lc_version") or "")})
+    if metrics.get("folds_used"):
+        summary["folds_used"] = metrics["folds_used"]
     return summary
 
 
@@ -496,7 +504,7 @@ def _pipes_summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None):
-    return program_args("lcaffect_ml.train_fusion", "Downstream fusion training", argv)
+    return program_args("lcaffect_ml.train_fusion", "Downstream fusion training", argv, config_cls=FusionTrainConfig)
 
 
 def config_from_args(args) -> FusionTrainConfig:

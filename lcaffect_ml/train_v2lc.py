@@ -11,53 +11,9 @@ on CPU a killed and resumed run ends with weights identical to an uninterrupted 
 Dagster Pipes the run streams its log, reports the materialization and the
 ``retrieval_above_chance`` check (``lcaffect_ml.pipes``); by hand Pipes is a no-op.
 
-Config options (YAML or JSON mapping; ``--set key=value`` overrides, value parsed as YAML):
-
-Data
-  shards              index.json path/URL, a folder holding one, or a list of shard URLs (required)
-  eval_fraction       share of *videos* held out for retrieval evaluation (0.1); split by video id
-  split_seed          seed of the video split (0), independent of ``seed``
-  num_workers         DataLoader worker processes (2); keep it unchanged across a resume
-  shuffle_buffer      samples in each worker's shuffle buffer (64; frames are held as raw bytes)
-  open_shards         shards (videos) each worker reads interleaved (default: batch_size)
-  max_per_video       at most this many segments of one video in a batch (2; 0 disables), since
-                      segments of one video are alike and all others in a batch are negatives
-  on_error            "warn" (skip a bad sample/shard, naming it) or "raise"
-Model
-  video_encoder       "tiny", "base" (TimeSformer-base shape, random init) or a hub name/local path,
-                      e.g. facebook/timesformer-base-finetuned-k400
-  text_encoder        "tiny", "base" or a hub name/local path (hfl/chinese-roberta-wwm-ext, xlm-roberta-base)
-  tokenizer           tokenizer name/path; default: the comment encoder's own, or for a preset one a
-                      character-level tokenizer built from the training comments (saved with the model)
-  tokenizer_vocab_size  cap for that built vocabulary (8000)
-  video_overrides, text_overrides  dicts passed to the encoder configs (e.g. {num_frames: 8})
-  embed_dim           shared embedding width (256)
-  max_comments        comments per segment used as positives (5), sampled at every step from the
-                      segment's stored comments (up to 32) with a generator seeded by (seed, epoch, sample)
-  text_max_length     tokens per comment (32)
-  text_pooling        "cls" or "mean"
-  positives           multi-positive video→comment form, "sum" or "mean" (see lcaffect_ml.losses)
-  freeze_video, freeze_text   train only the other tower and the projections (false)
-  gradient_checkpointing      (false)
-Optimisation
-  batch_size          segments per rank per micro-batch (32)
-  grad_accum          micro-batches per optimiser step (1); one step sees batch_size*grad_accum*world
-                      segments, but negatives come from one micro-batch (gathered across ranks)
-  lr (1e-4), weight_decay (0.1; none on biases, norms, temperature), betas ([0.9, 0.98]), eps (1e-6)
-  warmup_steps (100), min_lr_ratio (0.0)   linear warm-up, cosine decay
-  max_steps           optimiser steps (1000)
-  grad_clip           max gradient norm (1.0; 0 disables)
-  precision           "auto" (bf16 on CUDA where supported, else fp32), "bf16", "fp16" (GradScaler), "fp32"
-  device              "auto", "cuda" or "cpu"
-  seed                (0) model init, dropout and data order
-Evaluation, checkpoints, output
-  output_dir          where everything is written (required)
-  eval_every          steps between held-out retrieval evaluations (0: only at the end)
-  eval_batch_size (64), eval_max_segments (2000: caps the pool, chance R@1 = 1/pool)
-  checkpoint_every    steps between checkpoints (500); one is always written at the last step
-  keep_checkpoints    newest checkpoints kept (2)
-  log_every (10), progress (true: tqdm bar with clips/s)
-  pipes_asset_key     asset key to report under Pipes when the step has several assets
+Options: a YAML or JSON mapping (``--set key=value`` overrides one, the value parsed as YAML).
+Each is documented where ``TrainConfig`` (``lcaffect_ml.train_v2lc_config``) declares it, and
+``python -m lcaffect_ml.train_v2lc --help`` lists them all with their defaults.
 Tests inject a crash after a step or a NaN loss through ``trainutil.after_optimizer_step`` and
 ``trainutil.loss_hook`` (tests/faults.py); no option or flag of the program does.
 
@@ -91,7 +47,7 @@ from .data import (ShardSpec, SegmentStream, load_shard_index, make_loader, read
 from . import trainutil
 from .losses import v2lc_loss
 from .pipes import TrainingReporter, pipes_session
-from .retrieval import retrieval_metrics
+from .retrieval import retrieval_by_group, retrieval_metrics
 from .trainutil import (EXIT_NON_FINITE, COMPLETE_MARKER, CheckpointManager, ConfigError, DistInfo,
                         NonFiniteLossError, adamw_param_groups, atomic_file, atomic_write_json, autocast,
                         capture_rng_state, cosine_schedule_with_warmup, init_distributed,
@@ -175,14 +131,16 @@ class Run:
 @torch.no_grad()
 def evaluate(model: V2LCModel, shards: list[ShardSpec], cfg: TrainConfig, device: torch.device,
              precision: str) -> dict[str, float]:
-    """Held-out retrieval metrics over (at most ``eval_max_segments``) segments of the test videos."""
+    """Held-out retrieval metrics over (at most ``eval_max_segments``) segments of the test videos,
+    and, where the index names them, per platform (``by_platform``) and language (``by_language``),
+    each group ranked within its own pool."""
     stream = SegmentStream(shards, batch_size=cfg.eval_batch_size, tokenizer=model.tokenizer,
                            max_comments=cfg.max_comments, max_length=cfg.text_max_length, shuffle=False,
                            infinite=False, on_error=cfg.on_error, max_segments=cfg.eval_max_segments)
     loader = make_loader(stream, num_workers=min(cfg.num_workers, len(shards)), seed=cfg.seed)
     was_training = model.training
     model.eval()
-    videos, comments, segments = [], [], []
+    videos, comments, segments, video_ids = [], [], [], []
     offset = 0
     try:
         for batch in loader:
@@ -193,12 +151,20 @@ def evaluate(model: V2LCModel, shards: list[ShardSpec], cfg: TrainConfig, device
             videos.append(out.video_embeds.float().cpu())
             comments.append(out.comment_embeds[keep].float().cpu())
             segments.append(out.comment_segment[keep].cpu() + offset)
+            video_ids += batch["video_id"]
             offset += frames.shape[0]
     finally:
         model.train(was_training)
     if not videos:
         raise ConfigError("the held-out videos yielded no segment with comments: nothing to evaluate")
-    return retrieval_metrics(torch.cat(videos), torch.cat(comments), torch.cat(segments))
+    embeds = torch.cat(videos), torch.cat(comments), torch.cat(segments)
+    metrics: dict[str, Any] = retrieval_metrics(*embeds)
+    for attr in ("platform", "language"):
+        of_video = {s.video_id: getattr(s, attr) for s in shards}
+        groups = retrieval_by_group(*embeds, [of_video.get(v) for v in video_ids])
+        if groups:
+            metrics[f"by_{attr}"] = groups
+    return metrics
 
 
 def _periodic_eval(run: Run) -> None:
@@ -342,9 +308,15 @@ def setup_run(cfg: TrainConfig, dist: DistInfo, reporter: TrainingReporter) -> R
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in manager.clean_stale():
             log.warning("removed %s, left by a run killed while writing a checkpoint", stale)
-    train_shards, test_shards = split_by_video(load_shard_index(cfg.shards), cfg.eval_fraction, cfg.split_seed)
+    try:
+        train_shards, test_shards = split_by_video(load_shard_index(cfg.shards), cfg.eval_fraction, cfg.split_seed,
+                                                   cfg.eval_platforms)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     if not train_shards:
         raise ConfigError("no training videos after the split")
+    if cfg.eval_platforms and not test_shards:
+        raise ConfigError(f"eval_platforms {cfg.eval_platforms}: the index has no video of those platforms")
     log.info("%d train videos, %d held-out videos; precision %s on %s, world size %d",
              len({s.video_id for s in train_shards}), len({s.video_id for s in test_shards}), precision,
              dist.device, dist.world_size)
@@ -479,7 +451,7 @@ def _train_step(run: Run, batches) -> float:
 
 
 def parse_args(argv: list[str] | None = None):
-    return program_args("lcaffect_ml.train_v2lc", "V2LC pretraining", argv)
+    return program_args("lcaffect_ml.train_v2lc", "V2LC pretraining", argv, config_cls=TrainConfig)
 
 
 def config_from_args(args) -> TrainConfig:

@@ -1,77 +1,79 @@
-"""The V2LC training program's configuration (``TrainConfig``; the program's module docstring
-documents each option, and ``python -m lcaffect_ml.train_v2lc --help`` prints it), the options a
-resume must keep, and the trainer's progress state. ``lcaffect_ml.train_v2lc`` re-exports them.
+"""The V2LC training program's configuration (``TrainConfig``: each option is documented where it
+is declared, and ``python -m lcaffect_ml.train_v2lc --help`` prints them), the options a resume must
+keep, and the trainer's progress state. ``lcaffect_ml.train_v2lc`` re-exports them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 
+from .options import build, opt
 from .trainutil import ConfigError
 from .v2lc import V2LCConfig
 
 
 @dataclass
 class TrainConfig:
-    shards: Any
-    output_dir: str
-    eval_fraction: float = 0.1
-    split_seed: int = 0
-    num_workers: int = 2
-    shuffle_buffer: int = 64
-    open_shards: int | None = None
-    max_per_video: int = 2
-    on_error: str = "warn"
-    video_encoder: str = "tiny"
-    text_encoder: str = "tiny"
-    tokenizer: str | None = None
-    tokenizer_vocab_size: int = 8000
-    video_overrides: dict = field(default_factory=dict)
-    text_overrides: dict = field(default_factory=dict)
-    embed_dim: int = 256
-    max_comments: int = 5
-    text_max_length: int = 32
-    text_pooling: str = "cls"
-    positives: str = "sum"
-    freeze_video: bool = False
-    freeze_text: bool = False
-    gradient_checkpointing: bool = False
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.1
-    betas: list = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-6
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.0
-    max_steps: int = 1000
-    grad_clip: float = 1.0
-    precision: str = "auto"
-    device: str = "auto"
-    seed: int = 0
-    eval_every: int = 0
-    eval_batch_size: int = 64
-    eval_max_segments: int = 2000
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    progress: bool = True
-    pipes_asset_key: str | None = None
+    shards: Any = opt(help="index.json path/URL, a folder holding one, or a list of shard URLs", section="Data")
+    output_dir: str = opt(help="where everything is written: model, metrics, loss curve, checkpoints/")
+    eval_fraction: float = opt(0.1, "share of *videos* held out for retrieval evaluation (split by video id)")
+    split_seed: int = opt(0, "seed of the video split, independent of `seed`")
+    eval_platforms: list = opt(help="hold out every video of these platforms instead of a share (e.g. [niconico]: "
+                               "train on Bilibili, test on another live-comment culture); the index must name "
+                               "each shard's platform", factory=list)
+    num_workers: int = opt(2, "DataLoader worker processes; keep it unchanged across a resume")
+    shuffle_buffer: int = opt(64, "samples in each worker's shuffle buffer (frames are held as raw bytes)")
+    open_shards: int | None = opt(None, "shards (videos) each worker reads interleaved (default: batch_size)")
+    max_per_video: int = opt(2, "at most this many segments of one video in a batch (0 disables): segments of "
+                             "one video are alike, and all others in a batch are negatives")
+    on_error: str = opt("warn", '"warn" (skip a bad sample or shard, naming it) or "raise"')
+    video_encoder: str = opt("tiny", '"tiny", "base" (TimeSformer-base shape, random init) or a hub name/local '
+                             "path, e.g. facebook/timesformer-base-finetuned-k400", section="Model")
+    text_encoder: str = opt("tiny", '"tiny", "base" or a hub name/local path (hfl/chinese-roberta-wwm-ext, xlm-roberta-base)')
+    tokenizer: str | None = opt(None, "tokenizer name/path; default: the comment encoder's own, or for a preset "
+                                "one a character-level tokenizer built from the training comments (saved with the model)")
+    tokenizer_vocab_size: int = opt(8000, "cap on that built vocabulary")
+    video_overrides: dict = opt(help="passed to the video encoder's config, e.g. {num_frames: 8}", factory=dict)
+    text_overrides: dict = opt(help="passed to the comment encoder's config", factory=dict)
+    embed_dim: int = opt(256, "width of the shared embedding space")
+    max_comments: int = opt(5, "comments per segment used as positives, sampled at every step from the segment's "
+                            "stored comments (up to 32) with a generator seeded by (seed, epoch, sample)")
+    text_max_length: int = opt(32, "tokens per comment")
+    text_pooling: str = opt("cls", '"cls" or "mean"')
+    positives: str = opt("sum", 'multi-positive video→comment form, "sum" or "mean" (see lcaffect_ml.losses)')
+    freeze_video: bool = opt(False, "train only the comment tower and the projections")
+    freeze_text: bool = opt(False, "train only the video tower and the projections")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory)")
+    batch_size: int = opt(32, "segments per rank per micro-batch", section="Optimisation")
+    grad_accum: int = opt(1, "micro-batches per optimiser step; a step sees batch_size*grad_accum*world segments, "
+                          "but negatives come from one micro-batch (gathered across ranks)")
+    lr: float = opt(1e-4, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.1, "AdamW weight decay; none on biases, norms and the temperature")
+    betas: list = opt(help="AdamW betas", factory=lambda: [0.9, 0.98])
+    eps: float = opt(1e-6, "AdamW epsilon")
+    warmup_steps: int = opt(100, "linear warm-up steps before the cosine decay")
+    min_lr_ratio: float = opt(0.0, "the cosine decay's floor, as a share of lr")
+    max_steps: int = opt(1000, "optimiser steps")
+    grad_clip: float = opt(1.0, "max gradient norm (0 disables)")
+    precision: str = opt("auto", '"auto" (bf16 on CUDA where supported, else fp32), "bf16", "fp16" (GradScaler), "fp32"')
+    device: str = opt("auto", '"auto", "cuda" or "cpu"')
+    seed: int = opt(0, "model init, dropout and data order")
+    eval_every: int = opt(0, "steps between held-out retrieval evaluations (0: only at the end)",
+                          section="Evaluation, checkpoints, output")
+    eval_batch_size: int = opt(64, "segments per evaluation forward pass")
+    eval_max_segments: int = opt(2000, "caps the evaluation pool (chance R@1 = 1/pool)")
+    checkpoint_every: int = opt(500, "steps between checkpoints; one is always written at the last step")
+    keep_checkpoints: int = opt(2, "newest checkpoints kept")
+    log_every: int = opt(10, "steps between log lines")
+    progress: bool = opt(True, "tqdm progress bar with clips/s")
+    pipes_asset_key: str | None = opt(None, "asset key to report under Dagster Pipes when the step has several assets")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {unknown}; known: {sorted(known)}")
-        missing = [k for k in ("shards", "output_dir") if k not in data]
-        if missing:
-            raise ConfigError(f"missing required option(s) {missing}")
-        cfg = cls(**data)
+        cfg = build(cls, data)
         cfg.validate()
         return cfg
 
@@ -100,7 +102,7 @@ class TrainConfig:
 
 
 # Options that must match for a resume to continue the same run (others, e.g. max_steps, may change).
-RESUME_KEYS = ("batch_size", "grad_accum", "seed", "split_seed", "eval_fraction", "num_workers", "shards")
+RESUME_KEYS = ("batch_size", "grad_accum", "seed", "split_seed", "eval_fraction", "eval_platforms", "num_workers", "shards")
 
 
 @dataclass

@@ -26,16 +26,13 @@ import numpy as np
 import torch
 
 from .atomic import atomic_file, atomic_open  # noqa: F401  (re-exported: the training programs import them from here)
+from .options import ConfigError, program_args  # noqa: F401  (re-exported likewise)
 
 log = logging.getLogger(__name__)
 
 # Exit status of a training program stopped by a non-finite loss (sysexits' EX_DATAERR is 65,
 # kept distinct from Python's 1 for "crashed" so an orchestrator can tell the two apart).
 EXIT_NON_FINITE = 65
-
-
-class ConfigError(ValueError):
-    """A training configuration file is unreadable or has an unknown/invalid option."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -395,17 +392,6 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
 
 
 # ------------------------------------------------------------------------- the programs' command line
-
-
-def program_args(prog: str, description: str, argv: list[str] | None = None, **_ignored):
-    """``--config FILE [--set key=value ...]``: one command line for every program."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=f"{description} (see the module docstring for options)")
-    parser.add_argument("--config", required=True, help="YAML or JSON config file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config option (value parsed as YAML); repeatable")
-    return parser.parse_args(argv)
 
 
 # ------------------------------------------------------------------------- fault-injection points

@@ -4,6 +4,13 @@ launch command, reuse of a finished run and the asset's value.
 ``lcaffect_pipeline.defs.model_assets`` wraps these in the ``v2lc_encoder`` asset. Folders:
 
     models/v2lc/{run key}/        one run per (shard data version, training configuration)
+    shards/index.v2lc-{variant}.json   each variant's shards: its corpus selection, with each
+                                  entry's platform and language from the catalogue
+
+Variants are named encoders trained side by side in one lake (say ``zh`` on Chinese Bilibili
+comments with a Chinese RoBERTa comment tower, ``bilingual`` on everything with XLM-R): each
+selects its corpus by language and/or platform and overrides training options. Without any, one
+variant named ``default`` trains on every shard.
 
 Which run is *the* encoder is the asset's value (``encoder_value``), stored by the IO manager in
 ``_manifests/v2lc_encoder.json`` and passed to feature extraction as an input: a failed run
@@ -15,9 +22,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 from lcaffect_ml.contracts.hashing import sha256_bytes, sha256_file
+
+from .jsonopt import json_object
 
 from . import lake
 
@@ -25,6 +36,58 @@ from . import lake
 METRIC_KEYS = ("v2c_r1", "v2c_r5", "v2c_r10", "v2c_medr", "c2v_r1", "c2v_r5", "c2v_r10", "c2v_medr", "chance_r1",
                "steps", "clips_per_s", "peak_memory_mb")
 TRAIN_MODULE = "lcaffect_ml.train_v2lc"
+
+
+DEFAULT_VARIANT = "default"
+VARIANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+class VariantError(ValueError):
+    """``variants_json`` is not a mapping of valid variant names to valid selections."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One named V2LC encoder: the corpus it trains on and the training options it overrides."""
+
+    name: str
+    languages: tuple[str, ...] = ()  # catalogue languages kept (empty: all)
+    platforms: tuple[str, ...] = ()  # catalogue platforms kept (empty: all)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def selects(self, platform: str | None, language: str | None) -> bool:
+        return ((not self.platforms or (platform or "").lower() in self.platforms)
+                and (not self.languages or (language or "").lower() in self.languages))
+
+
+def parse_variants(text: str | None) -> list[Variant]:
+    """The variants of ``variants_json`` in their order (the first is the one downstream reads by
+    default); ``[Variant("default")]`` when none are configured."""
+    raw = json_object(text, "variants_json (name -> variant)", VariantError)
+    out = []
+    for name, spec in raw.items():
+        if not VARIANT_NAME.fullmatch(name):
+            raise VariantError(f"variant name {name!r}: use 1-32 of a-z, 0-9, _ and - (it names files in the lake)")
+        spec = spec or {}
+        unknown = sorted(set(spec) - {"languages", "platforms", "options"}) if isinstance(spec, dict) else ["(not an object)"]
+        if unknown:
+            raise VariantError(f"variant {name!r}: unknown key(s) {unknown}; known: languages, platforms, options")
+        lower = lambda key: tuple(str(v).lower() for v in spec.get(key) or ())  # noqa: E731
+        out.append(Variant(name, lower("languages"), lower("platforms"), dict(spec.get("options") or {})))
+    return out or [Variant(DEFAULT_VARIANT)]
+
+
+def variant_index(entries: Sequence[Mapping[str, Any]], catalogue: Sequence[Mapping[str, Any]],
+                  variant: Variant) -> list[dict[str, Any]]:
+    """The shard index entries ``variant`` trains on, each with its video's platform and language
+    from the catalogue (which the training program uses to report, or hold out, by platform)."""
+    about = {row["video_id"]: (row.get("platform"), row.get("language")) for row in catalogue}
+    out = []
+    for entry in entries:
+        platform, language = about.get(entry["video_id"], (None, None))
+        if variant.selects(platform, language):
+            out.append({**entry, "platform": platform, "language": language})
+    return out
 
 
 def training_config(settings: dict[str, Any], launch_fields: Sequence[str], shards_index: str, output_dir: Path) -> dict:
@@ -94,4 +157,5 @@ def encoder_value(out: Path, metrics: dict[str, Any], data_version: str | None) 
     """The ``v2lc_encoder`` asset's value: where the finished run is, its weights' version and its
     headline metrics (what feature extraction and ``lcaffect_pipeline.report`` read)."""
     return {"output_dir": str(out), "data_version": data_version,
-            "metrics": {k: float(metrics[k]) for k in METRIC_KEYS if k in metrics}}
+            "metrics": {k: float(metrics[k]) for k in METRIC_KEYS if k in metrics},
+            "groups": {k: metrics[k] for k in ("by_platform", "by_language") if k in metrics}}

@@ -38,8 +38,8 @@ LONG_REASONS = {
     "lcaffect_ml.train_fusion": "the fusion trainer (one run: epochs, checkpoints, early stopping, the "
                                 "permuted-LC control) with its aggregation and command line; its input side "
                                 "is `fusion_data.py`",
-    "lcaffect_ml.train_v2lc": "the V2LC training program: its docstring documents every option (`--help`), "
-                              "the rest is one training loop with resume; the configuration is `train_v2lc_config.py`",
+    "lcaffect_ml.train_v2lc": "the V2LC training program: one training loop with resume, its evaluation and "
+                              "command line; the configuration, each option documented for `--help`, is `train_v2lc_config.py`",
     "lcaffect_ml.data": "`SegmentStream`, one resumable, deterministic sampler (slots, epochs, shuffle "
                         "buffer, per-video cap) and the index reader it needs",
 }

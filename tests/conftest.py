@@ -87,7 +87,8 @@ def demo_resources(root: Path, **overrides) -> dict:
         "clips": r.ClipsResource(size=32, frames_per_segment=4),
         "v2lc_training": r.V2LCTrainingResource(max_steps=4, batch_size=4, warmup_steps=1, checkpoint_every=4,
                                                 num_workers=0, eval_fraction=0.25),
-        "downstream": r.DownstreamResource(demo=True, frames=4, size=32, seeds=[0]),
+        # speaker-independent as in configs/demo.yaml: one MUStARD run instead of 5 folds
+        "downstream": r.DownstreamResource(demo=True, frames=4, size=32, seeds=[0], mustard_protocol="speaker_independent"),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
         "io_manager": r.LakeJsonIOManager(lake=lake),
     }

@@ -10,26 +10,39 @@ from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS_ASSETS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS_ASSETS
 from lcaffect_pipeline.defs.downstream_assets import ASSETS as DOWNSTREAM_ASSETS
 from lcaffect_pipeline.defs.model_assets import ASSETS as MODEL_ASSETS
-from lcaffect_pipeline.defs.resources import DownstreamResource
+from lcaffect_pipeline.defs.resources import DownstreamResource, V2LCTrainingResource
 
 from conftest import demo_resources, need_ffmpeg
+
+# the module fixture runs the whole demo with two V2LC variants: minutes on two busy cores
+pytestmark = pytest.mark.timeout(1200)
 
 ALL = [*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS, *DOWNSTREAM_ASSETS]
 
 
+# two V2LC variants in one lake (issue 13): "zh" on the Chinese videos (all of the demo's) and
+# "seed1" on everything with another seed; MELD is evaluated with seed1 first, the others with both
+VARIANTS = V2LCTrainingResource(max_steps=4, batch_size=4, warmup_steps=1, checkpoint_every=4, num_workers=0,
+                                eval_fraction=0.25, variants_json='{"zh": {"languages": ["zh"]}, "seed1": {"options": {"seed": 1}}}')
+LC_VARIANTS = '{"meld": ["seed1", "zh"]}'
+
+
 def resources(root: Path, downstream: DownstreamResource) -> dict:
-    return demo_resources(root, downstream=downstream)
+    return demo_resources(root, downstream=downstream, v2lc_training=VARIANTS)
 
 
 FAST = '{"epochs": 5, "batch_size": 32}'
+# per-task features options (issue 13): MELD sees two turns of context, MUStARD none, CH-SIMS v2 the default
+PER_TASK = '{"meld": {"context_turns": 2}, "mustard": {"context": false}}'
+DOWNSTREAM = dict(demo=True, frames=4, size=32, seeds=[0, 1], fusion_extra_json=FAST, task_features_json=PER_TASK,
+                  mustard_protocol="speaker_independent", lc_variants_json=LC_VARIANTS)
 
 
 @pytest.fixture(scope="module")
 def downstream_run(tmp_path_factory):
     need_ffmpeg()
     root = tmp_path_factory.mktemp("lake")
-    ds = DownstreamResource(demo=True, frames=4, size=32, seeds=[0, 1], fusion_extra_json=FAST)
-    result = dg.materialize(ALL, resources=resources(root, ds))
+    result = dg.materialize(ALL, resources=resources(root, DownstreamResource(**DOWNSTREAM)))
     assert result.success
     return root, result
 
@@ -48,7 +61,59 @@ def test_ablation_report_has_every_task(downstream_run) -> None:
             assert set(metric["seeds_with"]) == set(metric["seeds_without"]) == {"0", "1"}  # per-seed values kept
             assert metric["with"] == pytest.approx(sum(metric["seeds_with"].values()) / 2)
     md = (root / "ablation.md").read_text()
-    assert "| meld | **weighted_f1** |" in md and "Demo world" in md
+    assert "| meld · LC seed1 | **weighted_f1** |" in md and "Demo world" in md  # two LC arms: labelled by variant
+
+
+def test_per_task_features_options_context_and_the_paired_interval(downstream_run) -> None:
+    root, result = downstream_run
+    mats = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
+    assert {t: mats[f"{t}_features"].metadata["context_turns"].value for t in ("chsims2", "meld", "mustard")} == \
+        {"chsims2": 5, "meld": 2, "mustard": 0}
+    assert mats["meld_features"].metadata["text_model"].value == "tiny"  # each task's encoders in its metadata
+    tasks = json.loads((root / "ablation.json").read_text())["tasks"]
+    assert tasks["meld"]["context"]["used"] is True and tasks["meld"]["context"]["utterances_with_context"] > 0
+    assert tasks["mustard"]["context"]["used"] is False
+    # as configs/demo.yaml: the demo's MUStARD holds its test scenes out in FRIENDS
+    assert tasks["mustard"]["protocol"] == "speaker_independent" and tasks["mustard"]["folds_used"] is None
+    for task in tasks.values():
+        for metric in task["metrics"].values():
+            paired = metric["paired"]
+            assert paired["n_boot"] == 1000 and paired["ci_low"] <= paired["ci_high"]
+    assert tasks["meld"]["metrics"]["weighted_f1"]["paper_gain_points"] == 2.89
+    ui = mats["ablation_report"].metadata  # a table and a bar chart in the UI, beside the Markdown
+    assert len(ui["ablation_table"].value.records) == sum(len(t["metrics"]) * (1 + len(t["arms"])) for t in tasks.values())
+    assert ui["ablation_chart"].value.startswith("![ablation](data:image/png;base64,")
+    assert "- mustard: protocol speaker_independent, context off" in (root / "ablation.md").read_text()
+
+
+def test_two_v2lc_variants_are_two_lc_arms_of_the_ablation(downstream_run) -> None:
+    root, result = downstream_run
+    encoder = json.loads((root / "_manifests" / "v2lc_encoder.json").read_text())
+    assert set(encoder["variants"]) == {"zh", "seed1"} and encoder["variant"] == "zh"
+    tasks = json.loads((root / "ablation.json").read_text())["tasks"]
+    assert (tasks["meld"]["lc_variant"], set(tasks["meld"]["arms"])) == ("seed1", {"zh"})  # as lc_variants_json lists
+    assert (tasks["chsims2"]["lc_variant"], set(tasks["chsims2"]["arms"])) == ("zh", {"seed1"})  # default: all
+    for name, task in tasks.items():
+        (other,) = task["arms"].values()
+        assert set(other["metrics"]) == set(task["metrics"])
+        for metric, row in other["metrics"].items():
+            # the same without-LC runs, a different with-LC model
+            assert row["without"] == task["metrics"][metric]["without"] and row["seeds_with"].keys() == {"0", "1"}
+    feats = json.loads((root / "_manifests" / "meld_features.json").read_text())
+    seed1, zh = feats["variants"]["seed1"], feats["variants"]["zh"]
+    assert feats["dir"] == seed1["dir"] and Path(zh["dir"]).name == "features-zh"
+    assert (seed1["v2lc_encoder"], zh["v2lc_encoder"]) == (encoder["variants"]["seed1"]["output_dir"],
+                                                          encoder["variants"]["zh"]["output_dir"])
+    meta = {n: json.loads((Path(v["dir"]) / "features.json").read_text()) for n, v in feats["variants"].items()}
+    assert meta["seed1"]["base_version"] == meta["zh"]["base_version"]  # one set of base features
+    assert meta["seed1"]["lc_version"] != meta["zh"]["lc_version"]  # each arm its own encoder's LC features
+    with_lc = json.loads((root / "_manifests" / "meld_fusion_with_lc.json").read_text())
+    assert {Path(v["features_dir"]).name for v in with_lc["variants"].values()} == {"features", "features-zh"}
+    md = (root / "ablation.md").read_text()
+    assert "| meld · LC seed1 | **weighted_f1** |" in md and "| meld · LC zh | **weighted_f1** |" in md
+    mats = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
+    rows = mats["ablation_report"].metadata["ablation_table"].value.records
+    assert {(r.data["task"], r.data["lc_variant"]) for r in rows} == {(t, v) for t in tasks for v in ("zh", "seed1")}
 
 
 def test_features_report_nearest_comments(downstream_run) -> None:
@@ -78,13 +143,12 @@ def test_headline_report_names_results(downstream_run) -> None:
     text = headline(root)
     assert "Corpus: 4 videos" in text
     assert "V2LC encoder: held-out video->comment R@1" in text and "vs chance" in text
-    assert "| meld | **weighted_f1** |" in text
+    assert "| meld · LC seed1 | **weighted_f1** |" in text
 
 
 def test_rerun_with_nothing_changed_reuses_the_expensive_steps(downstream_run) -> None:
     root, first = downstream_run
-    ds = DownstreamResource(demo=True, frames=4, size=32, seeds=[0, 1], fusion_extra_json=FAST)
-    again = dg.materialize(ALL, resources=resources(root, ds))
+    again = dg.materialize(ALL, resources=resources(root, DownstreamResource(**DOWNSTREAM)))
     assert again.success
     mats = {e.materialization.asset_key.to_user_string(): e.materialization for e in again.get_asset_materialization_events()}
     assert mats["v2lc_encoder"].metadata["reused"].value is True

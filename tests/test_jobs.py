@@ -17,8 +17,9 @@ JOB_CONFIGS = {  # job → the example configs that must be valid for it (merged
     "corpus_job": [["corpus.example.yaml"], ["corpus.example.yaml", "rerun_one.yaml"]],
     "clips_job": [["clips.example.yaml"]],
     "pretrain_job": [["pretrain.example.yaml"]],
-    "downstream_job": [["downstream.example.yaml"]],
-    "full_pipeline": [["demo.yaml"], ["demo.yaml", "rerun_one.yaml"], ["scaleout_small.yaml"]],
+    "downstream_job": [["downstream.example.yaml"], ["paper.example.yaml"]],
+    "full_pipeline": [["demo.yaml"], ["demo.yaml", "rerun_one.yaml"], ["paper.example.yaml", "crosslingual.example.yaml"],
+                      ["scaleout_small.yaml"]],
 }
 
 

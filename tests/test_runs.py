@@ -73,8 +73,8 @@ def test_ablation_reads_the_runs_the_fusion_values_name(tmp_path) -> None:
     inputs = runs.ablation_inputs(values)
     assert inputs["chsims2"]["without"]["mean"] == {"acc2": 0.75}  # the named run, not any other in the lake
     assert inputs["chsims2"]["with"] is None and inputs["chsims2"]["features"]["base_version"] == "b9"
-    assert inputs["meld"] == {"with": None, "without": None, "features": None}
-    assert inputs["mustard"] == {"with": None, "without": None, "features": None}
+    empty = {"with": None, "without": None, "features": None, "lc_variant": None, "arms": {}}
+    assert inputs["meld"] == empty and inputs["mustard"] == empty
 
 
 def test_ablation_report_without_runs_says_not_available(tmp_path) -> None:
@@ -118,7 +118,7 @@ def test_finished_v2lc_run_is_reused_and_is_the_assets_value(tmp_path) -> None:
     assert not models.above_chance({"v2c_r1": 0.1, "chance_r1": 0.1})
     assert models.latest_checkpoint(out).name == "step-10"  # numeric, not lexical, order
     value = models.encoder_value(out, {**metrics, "not_a_metric": "x"}, version)
-    assert value == {"output_dir": str(out), "data_version": version, "metrics": {"v2c_r1": 0.2, "chance_r1": 0.1}}
+    assert value == {"output_dir": str(out), "data_version": version, "metrics": {"v2c_r1": 0.2, "chance_r1": 0.1}, "groups": {}}
 
 
 def test_launch_command() -> None:
@@ -126,3 +126,86 @@ def test_launch_command() -> None:
     assert models.launch_command(cfg) == [sys.executable, "-m", "lcaffect_ml.train_v2lc", "--config", "c.yaml"]
     assert models.launch_command(cfg, gpus=4)[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node=4", "-m"]
     assert models.launch_command(cfg, command=["srun", "python"], gpus=4) == ["srun", "python", "--config", "c.yaml"]
+
+
+def test_variants_parse_and_select_their_corpus() -> None:
+    assert models.parse_variants("") == [models.Variant("default")]
+    zh, everything = models.parse_variants(
+        '{"zh": {"languages": ["ZH"], "platforms": ["Bilibili"], "options": {"text_encoder": "x"}}, "all": null}')
+    assert (zh.name, zh.languages, zh.platforms, zh.options) == ("zh", ("zh",), ("bilibili",), {"text_encoder": "x"})
+    catalogue = [{"video_id": "a", "platform": "bilibili", "language": "zh"},
+                 {"video_id": "b", "platform": "niconico", "language": "ja"},
+                 {"video_id": "c", "platform": "bilibili", "language": None}]
+    entries = [{"url": f"{v}/{v}-00000.tar", "video_id": v} for v in ("a", "b", "c", "unknown")]
+    assert [e["video_id"] for e in models.variant_index(entries, catalogue, zh)] == ["a"]
+    kept = models.variant_index(entries, catalogue, everything)
+    assert [(e["video_id"], e["platform"], e["language"]) for e in kept] == [
+        ("a", "bilibili", "zh"), ("b", "niconico", "ja"), ("c", "bilibili", None), ("unknown", None, None)]
+    for bad, message in (("[1]", "JSON object"), ('{"Zh!": {}}', "variant name"), ('{"x": {"lang": []}}', "unknown key"),
+                         ("{", "not JSON")):
+        with pytest.raises(models.VariantError, match=message):
+            models.parse_variants(bad)
+
+
+def test_lc_arms_follow_the_encoder_and_the_task_list(tmp_path) -> None:
+    from lcaffect_pipeline.downstream import arms
+
+    encoder = {"output_dir": "/m/zh", "variant": "zh", "variants": {"zh": {"output_dir": "/m/zh"}, "bi": {"output_dir": "/m/bi"},
+                                                                     "a": {"output_dir": "/m/a"}}}
+    assert arms.encoder_arms(encoder) == [("zh", "/m/zh"), ("a", "/m/a"), ("bi", "/m/bi")]  # primary first
+    assert arms.encoder_arms(encoder, ["bi", "zh", "bi"]) == [("bi", "/m/bi"), ("zh", "/m/zh")]
+    assert arms.encoder_arms({"output_dir": "/old"}) == [("default", "/old")]  # a value from before variants
+    with pytest.raises(arms.ArmError, match=r"\['ja'\] asked for, but v2lc_encoder holds \['a', 'bi', 'zh'\]"):
+        arms.encoder_arms(encoder, ["ja"])
+    assert [arms.features_folder(n, encoder) for n in ("bi", "zh")] == ["features-bi", "features"]  # by name, not order
+    assert arms.features_folder("default", {"output_dir": "/old"}) == "features"
+
+
+def test_an_arm_is_seeded_with_the_primary_base_features_once(tmp_path) -> None:
+    from lcaffect_pipeline.downstream import arms
+
+    primary, arm = tmp_path / "features", tmp_path / "features-bi"
+    assert arms.seed_base_features(primary, arm) is False  # nothing to seed from yet
+    primary.mkdir()
+    (primary / "base_features.safetensors").write_bytes(b"base-1")
+    (primary / "features.json").write_text(json.dumps({"base_version": "b1", "lc_version": "zh"}))
+    assert arms.seed_base_features(primary, arm) is True
+    assert (arm / "base_features.safetensors").read_bytes() == b"base-1"
+    (arm / "features.json").write_text(json.dumps({"base_version": "b1", "lc_version": "bi"}))  # extraction ran here
+    assert arms.seed_base_features(primary, arm) is False  # same base: this arm's LC cache is kept
+    assert json.loads((arm / "features.json").read_text())["lc_version"] == "bi"
+    (primary / "features.json").write_text(json.dumps({"base_version": "b2", "lc_version": "zh"}))
+    assert arms.seed_base_features(primary, arm) is True  # new base features upstream: seeded again
+
+
+def test_the_crosslingual_example_names_variants_that_exist() -> None:
+    import yaml
+
+    from conftest import ROOT
+
+    cfg = yaml.safe_load((ROOT / "configs" / "crosslingual.example.yaml").read_text())["resources"]
+    variants = models.parse_variants(cfg["v2lc_training"]["config"]["variants_json"])
+    assert [v.name for v in variants] == ["zh", "bilingual"] and variants[0].languages == ("zh",)
+    wanted = json.loads(cfg["downstream"]["config"]["lc_variants_json"])
+    assert set(wanted) == set(runs.TASKS) and {n for names in wanted.values() for n in names} <= {v.name for v in variants}
+
+
+def test_lc_variants_json_is_checked_when_the_resource_is_built() -> None:
+    from pydantic import ValidationError
+
+    from lcaffect_pipeline.defs.resources import DownstreamResource
+
+    assert DownstreamResource(lc_variants_json='{"meld": ["bilingual", "zh"]}').lc_variants("meld") == ["bilingual", "zh"]
+    assert DownstreamResource().lc_variants("meld") is None  # every variant the encoder holds
+    for bad, message in (("{", "not JSON"), ("[]", "must be a JSON object"), ('{"friends": ["zh"]}', "keys must be tasks"),
+                         ('{"meld": "zh"}', "list of V2LC variant names")):
+        with pytest.raises(ValidationError, match=message):
+            DownstreamResource(lc_variants_json=bad)
+
+
+def test_the_without_lc_arm_does_not_follow_the_task_order() -> None:
+    from lcaffect_pipeline.downstream import arms
+
+    assert arms.base_arm({"seed1": "/l/meld/features-seed1", "zh": "/l/meld/features"}) == "zh"
+    assert arms.base_arm({"zh": "/l/meld/features", "seed1": "/l/meld/features-seed1"}) == "zh"
+    assert arms.base_arm({"b": "/l/x/features-b", "a": "/l/x/features-a"}) == "a"

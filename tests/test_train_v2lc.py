@@ -179,12 +179,10 @@ def test_bad_config_is_refused_with_exit_2(tmp_path, capsys):
 
 
 def test_every_option_is_documented_and_overridable(tmp_path):
-    import dataclasses
-
     import lcaffect_ml.train_v2lc as program
+    from lcaffect_ml.options import undocumented
 
-    undocumented = [f.name for f in dataclasses.fields(program.TrainConfig) if f.name not in program.__doc__]
-    assert not undocumented
+    assert undocumented(program.TrainConfig) == []
     cfg = _config(tmp_path / "c.yaml", shards="s", output_dir="o", lr=1e-3)
     parsed = program.config_from_args(program.parse_args(
         ["--config", str(cfg), "--set", "lr=0.5", "--set", "betas=[0.8, 0.9]", "--set", "freeze_text=true"]))
@@ -287,3 +285,42 @@ def test_dagster_pipes_subprocess_client_sees_materialization_and_check(index, t
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == "retrieval_above_chance"
     assert check.passed is (metrics["v2c_r1"] > metrics["chance_r1"])
+
+
+# ------------------------------------------------------------------ cross-platform evaluation
+
+
+def _index_with_platforms(index: Path, held: int = 4) -> Path:
+    """The synthetic index with each video's platform and language named: the last ``held``
+    videos are Niconico (Japanese), the others Bilibili (Chinese)."""
+    entries = json.loads(index.read_text())
+    videos = sorted({e["video_id"] for e in entries})
+    nico = set(videos[-held:])
+    for e in entries:
+        e["platform"], e["language"] = ("niconico", "ja") if e["video_id"] in nico else ("bilibili", "zh")
+    out = index.with_name("index.platforms.json")
+    out.write_text(json.dumps(entries))
+    return out
+
+
+def test_a_whole_platform_can_be_held_out_and_metrics_are_reported_per_platform(index, tmp_path):
+    annotated = _index_with_platforms(index)
+    cfg = _config(tmp_path / "c.yaml", shards=str(annotated), output_dir=str(tmp_path / "out"),
+                  **{**BASE, "max_steps": 3, "eval_every": 0, "checkpoint_every": 0, "grad_accum": 1},
+                  eval_platforms=["NicoNico"])
+    proc = _train(cfg)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["train_videos"] == 8 and m["test_videos"] == 4  # exactly the Niconico videos are held out
+    assert set(m["by_platform"]) == {"niconico"} and set(m["by_language"]) == {"ja"}
+    nico = m["by_platform"]["niconico"]
+    assert nico["eval_segments"] == m["eval_segments"] and nico["chance_r1"] == pytest.approx(m["chance_r1"])
+
+
+def test_holding_out_a_platform_the_index_does_not_name_is_a_config_error(index, tmp_path):
+    for shards, message in ((str(index), "needs each shard's platform"),
+                            (str(_index_with_platforms(index)), "has no video of those platforms")):
+        cfg = _config(tmp_path / "c.yaml", shards=shards, output_dir=str(tmp_path / "out"),
+                      **{**BASE, "max_steps": 1}, eval_platforms=["youtube"])
+        proc = _train(cfg)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]

@@ -398,3 +398,19 @@ def test_shards_stream_from_an_fsspec_location(tmp_path) -> None:
     assert [s.url for s in specs] == [r["url"] for r in remote]
     samples = [s for spec in specs for s in iter_raw_samples(spec.url)]
     assert len(samples) == 6
+
+
+def test_retrieval_by_group_ranks_each_group_in_its_own_pool():
+    from lcaffect_ml.retrieval import retrieval_by_group, retrieval_metrics
+
+    torch.manual_seed(0)
+    n = 6  # segments 0-2 are group "a" (perfectly aligned), 3-5 group "b" (comments point elsewhere)
+    videos = torch.eye(n, 8)
+    comments = torch.cat([torch.eye(n, 8)[:3], torch.eye(n, 8)[[4, 5, 3]]])
+    segment = torch.arange(n)
+    groups = retrieval_by_group(videos, comments, segment, ["a", "a", "a", "b", "b", "b"])
+    assert groups["a"]["v2c_r1"] == 1.0 and groups["b"]["v2c_r1"] == 0.0
+    assert groups["a"]["chance_r1"] == pytest.approx(1 / 3) and groups["a"]["eval_segments"] == 3
+    assert retrieval_metrics(videos, comments, segment)["v2c_r1"] == pytest.approx(0.5)
+    # unnamed segments and one-segment groups are left out; names are not invented
+    assert set(retrieval_by_group(videos, comments, segment, ["a", "a", None, "c", None, None])) == {"a"}

@@ -76,3 +76,35 @@ def test_launch_variants() -> None:
     assert "torch.distributed.run" in multi and "--nproc_per_node=4" in multi
     spec = k8s_pod_spec(2)
     assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+
+
+def test_two_variants_train_side_by_side_on_their_own_selections(shards_lake: Path) -> None:
+    variants = {"zh": {"languages": ["ZH"], "platforms": ["bilibili"]}, "seed-1": {"options": {"seed": 1, "max_steps": 4}}}
+    res = resources(shards_lake, tiny(variants_json=json.dumps(variants)))
+    result = dg.materialize([*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS], resources=res, selection=["v2lc_encoder"])
+    assert result.success
+    (m,) = mat(result)
+    value = json.loads((shards_lake / "_manifests" / "v2lc_encoder.json").read_text())
+    assert set(value["variants"]) == {"zh", "seed-1"} and value["variant"] == "zh"  # the first listed
+    zh, seed1 = value["variants"]["zh"], value["variants"]["seed-1"]
+    assert value["output_dir"] == zh["output_dir"] != seed1["output_dir"]  # downstream reads the first
+    assert json.loads((Path(seed1["output_dir"]) / "metrics.json").read_text())["steps"] == 4  # its own options
+    assert zh["groups"]["by_platform"].keys() == {"bilibili"} and zh["groups"]["by_language"].keys() == {"zh"}
+    index = json.loads((shards_lake / "shards" / "index.v2lc-zh.json").read_text())
+    assert index and {(e["platform"], e["language"]) for e in index} == {("bilibili", "zh")}
+    assert set(m.metadata["variants"].value) == {"zh", "seed-1"}
+    (check,) = result.get_asset_check_evaluations()
+    assert {"zh_v2c_r1", "seed-1_v2c_r1"} <= set(check.metadata)
+
+
+def test_a_variant_that_selects_nothing_fails_naming_it(shards_lake: Path) -> None:
+    res = resources(shards_lake, tiny(variants_json='{"ja": {"languages": ["ja"]}}'))
+    result = dg.materialize([*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS], resources=res, selection=["v2lc_encoder"],
+                            raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "variant 'ja' selects no shard" in str(failure.event_specific_data.error)
+    bad = resources(shards_lake, tiny(variants_json='{"Bad Name": {}}'))
+    result = dg.materialize([*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS], resources=bad, selection=["v2lc_encoder"],
+                            raise_on_error=False)
+    assert not result.success

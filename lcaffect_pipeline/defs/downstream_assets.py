@@ -2,8 +2,11 @@
 
 One family of assets per task from one factory (partitions would split the one-command run
 into three); their names are listed in full in ``downstream.runs.TASK_ASSETS``, and the run
-folders, reuse decisions, comment bank and ablation are plain functions there. A task whose dataset root is not configured is reported as not available and
-every asset of its family materialises as such, without failing the other tasks.
+folders, reuse decisions, comment bank and ablation are plain functions there. A task whose
+dataset root is not configured is reported as not available and every asset of its family
+materialises as such, without failing the other tasks. A task evaluated with several V2LC
+variants extracts LC features and trains the with-LC fusion once per variant (its LC arms,
+``downstream.arms``); each such step reports one materialisation covering every arm.
 """
 
 import contextlib
@@ -15,12 +18,14 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
+from lcaffect_ml.contracts.hashing import sha256_bytes
+
 from ..downstream import runs
+from ..downstream.arms import ArmError, base_arm, encoder_arms, features_folder, seed_base_features
 from ..downstream.runs import TASK_ASSETS, TASKS
 from .. import lake as lake_mod
 from ..lake import atomic_write_bytes, local_tree, workspace
 from .automation import ON_NEW_DATA
-from .model_assets import pipes_outputs
 from .resources import DownstreamResource, LakeResource
 
 GROUP = "downstream"
@@ -49,13 +54,30 @@ def _not_available(reason: str) -> dg.Output:
     return dg.Output({"available": False, "reason": reason}, metadata={"available": False, "reason": reason})
 
 
-def _pipes_run(context, client: dg.PipesSubprocessClient, module: str, cfg: dict, folder: Path, value: dict):
-    """Run ``module`` through Pipes with ``cfg``; its materialisation carries ``value`` for the IO manager."""
+def _pipes_run(context, client: dg.PipesSubprocessClient, module: str, cfg: dict, folder: Path) -> tuple[dict, str | None]:
+    """Run ``module`` through Pipes with ``cfg``: the (metadata, data version) it reported."""
     config_path = folder / f"{module.rsplit('.', 1)[-1]}_config.yaml"
     atomic_write_bytes(config_path, yaml.safe_dump(cfg, sort_keys=True, allow_unicode=True).encode())
     cmd = [sys.executable, "-m", module, "--config", str(config_path)]
     results = client.run(command=cmd, context=context, env={"PYTHONUNBUFFERED": "1"}).get_results()
-    yield from pipes_outputs(results, value)
+    mat = next((r for r in results if isinstance(r, dg.MaterializeResult)), None)
+    if mat is None:
+        raise dg.Failure(f"{module} reported no materialisation through Pipes")
+    return dict(mat.metadata or {}), mat.data_version.value if mat.data_version else None
+
+
+def _arms_output(arms: dict[str, tuple[dict, str | None]], value: dict) -> dg.Output:
+    """One ``Output`` for a step that ran once per LC arm: the primary arm's metadata, every arm's
+    numbers under ``lc_arms``, a data version over all arms."""
+    primary = next(iter(arms))
+    metadata, version = arms[primary]
+    if len(arms) > 1:
+        versions = {name: v for name, (_, v) in arms.items()}
+        version = sha256_bytes(json.dumps(versions, sort_keys=True).encode())[:32]
+        metadata = {**metadata, "lc_arms": dg.MetadataValue.json({
+            name: {k: getattr(v, "value", v) for k, v in meta.items() if isinstance(getattr(v, "value", v), (int, float, str))}
+            for name, (meta, _) in arms.items()})}
+    return dg.Output(value, metadata=metadata, data_version=dg.DataVersion(version) if version else None)
 
 
 def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
@@ -93,26 +115,24 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
     @dg.asset(name=names["features"], group_name=GROUP, owners=OWNERS, code_version="1", kinds={"pytorch", "safetensors"}, pool="gpu",
               ins={"utts": dg.AssetIn(names["utterances"]), "encoder": dg.AssetIn("v2lc_encoder")},
               automation_condition=ON_NEW_DATA,
-              description=f"{task}: text, acoustic, visual and synthetic live-comment features (V2LC video encoder), via `python -m lcaffect_ml.extract_features` through Pipes; a new V2LC checkpoint re-extracts only the live-comment features.")
+              description=f"{task}: text, acoustic, visual and synthetic live-comment features (V2LC video encoder), via `python -m lcaffect_ml.extract_features` through Pipes, with the task's own encoders (`task_features_json`, recorded in the metadata as text_model, audio_model, visual_model) or the benchmark's released features; a new V2LC checkpoint re-extracts only the live-comment features.")
     def features(context: dg.AssetExecutionContext, lake: LakeResource, downstream: DownstreamResource,
                  pipes_subprocess_client: dg.PipesSubprocessClient, utts: dict, encoder: dict):
         if not utts.get("available"):
             yield _not_available(utts.get("reason", "dataset not available"))
             return
-        out = task_dir(lake, task) / "features"
-        value = {"available": True, "dir": str(out), "v2lc_encoder": encoder["output_dir"]}
-        # The program reads and writes local files: on an object store, copies of its inputs and of
-        # the features folder (its cache), which is uploaded with features.json last.
-        with local_tree(task_dir(lake, task), "feature extraction", only=("utterances.parquet", "media")) as inputs, \
-                local_tree(encoder["output_dir"], "feature extraction", exclude=("checkpoints",)) as checkpoint, \
-                workspace(out, "feature extraction", last=(runs.META_FILE,)) as local_out:
-            cfg = {"utterances": str(inputs / "utterances.parquet"), "output_dir": str(local_out), "v2lc_checkpoint": str(checkpoint),
-                   "text_model": downstream.text_model, "audio_model": downstream.audio_model, "vision_model": downstream.vision_model,
-                   "pipes_asset_key": names["features"], "progress": False, "comment_bank": _comment_bank(lake, local_out),
-                   **json.loads(downstream.features_extra_json or "{}")}
-            results = list(_pipes_run(context, pipes_subprocess_client, "lcaffect_ml.extract_features",
-                                      {k: v for k, v in cfg.items() if v is not None}, local_out, value))
-        yield from results
+        try:
+            arms = encoder_arms(encoder, downstream.lc_variants(task))
+        except ArmError as exc:
+            raise dg.Failure(f"{task}: {exc}") from exc
+        folders = {name: task_dir(lake, task) / features_folder(name, encoder) for name, _ in arms}
+        reported = {}
+        for i, (name, checkpoint_dir) in enumerate(arms):
+            if i:  # the same base features as the primary arm: only this variant's LC features are new
+                seed_base_features(folders[arms[0][0]], folders[name])
+            reported[name] = _extract(context, lake, downstream, pipes_subprocess_client, task, utts, checkpoint_dir, folders[name])
+        variants = {name: {"dir": str(folders[name]), "v2lc_encoder": ckpt} for name, ckpt in arms}
+        yield _arms_output(reported, {"available": True, **variants[arms[0][0]], "variant": arms[0][0], "variants": variants})
 
     def fusion(use_lc: bool):
         name = runs.fusion_name(task, use_lc)
@@ -126,26 +146,55 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
             if not (utts.get("available") and feats.get("available")):
                 yield _not_available(utts.get("reason") or feats.get("reason") or "dataset not available")
                 return
-            cfg = runs.fusion_config(task, use_lc, utts["path"], feats["dir"], downstream.seeds,
-                                     json.loads(downstream.fusion_extra_json or "{}"), downstream.mustard_protocol)
-            out = runs.fusion_run_dir(lake.path(), task, cfg, utts.get("data_version"))
-            value = {"available": True, "output_dir": str(out), "features_dir": feats["dir"]}
-            if (done := runs.finished_fusion(out)) is not None:
-                values, version = done
-                yield dg.Output(value, metadata={**values, "output_dir": dg.MetadataValue.path(str(out)), "reused": True},
-                                data_version=dg.DataVersion(version))
-                return
-            # Local copies of the inputs and a scratch run folder on an object store (see features).
-            with local_tree(task_dir(lake, task), "fusion training", only=("utterances.parquet", "features")) as inputs, \
-                    workspace(out, "fusion training", last=runs.FINISHED_FILES) as local_out:
-                local_cfg = {**cfg, "utterances": str(inputs / "utterances.parquet"),
-                             "features_dir": str(inputs / "features"), "output_dir": str(local_out)}
-                results = list(_pipes_run(context, pipes_subprocess_client, "lcaffect_ml.train_fusion", local_cfg, local_out, value))
-            yield from results
+            arms = feats.get("variants") or {feats.get("variant") or "default": {"dir": feats["dir"]}}
+            primary = feats.get("variant") or next(iter(arms))
+            if use_lc:
+                names = [primary, *sorted(n for n in arms if n != primary)]
+            else:  # every arm has the same base features: one run, on the arm whose folder stays put
+                primary = base_arm({n: a["dir"] for n, a in arms.items()})
+                names = [primary]
+            reported, variants = {}, {}
+            for name in names:
+                out, reported[name] = _fusion_run(context, lake, downstream, pipes_subprocess_client, task, use_lc,
+                                                  utts, arms[name]["dir"])
+                variants[name] = {"output_dir": str(out), "features_dir": arms[name]["dir"]}
+            yield _arms_output(reported, {"available": True, **variants[primary], "variant": primary, "variants": variants})
 
         return fusion_asset
 
     return [utterances, features, fusion(True), fusion(False)]
+
+
+def _extract(context, lake: LakeResource, downstream: DownstreamResource, client, task: str, utts: dict,
+             checkpoint_dir: str, out) -> tuple[dict, str | None]:
+    """One arm's feature extraction: the program in a local copy on an object store (its inputs,
+    and the features folder, its cache, uploaded with features.json last)."""
+    with local_tree(task_dir(lake, task), "feature extraction", only=("utterances.parquet", "media")) as inputs, \
+            local_tree(checkpoint_dir, "feature extraction", exclude=("checkpoints",)) as checkpoint, \
+            workspace(out, "feature extraction", last=(runs.META_FILE,)) as local_out:
+        cfg = {"utterances": str(inputs / "utterances.parquet"), "output_dir": str(local_out), "v2lc_checkpoint": str(checkpoint),
+               "pipes_asset_key": TASK_ASSETS[task]["features"], "progress": False, "comment_bank": _comment_bank(lake, local_out),
+               # the task's encoders (and any other extract_features option): defaults, then its own overrides
+               **downstream.features_options(task)}
+        return _pipes_run(context, client, "lcaffect_ml.extract_features", {k: v for k, v in cfg.items() if v is not None}, local_out)
+
+
+def _fusion_run(context, lake: LakeResource, downstream: DownstreamResource, client, task: str, use_lc: bool,
+                utts: dict, features_dir: str) -> tuple[Path, tuple[dict, str | None]]:
+    """One arm's fusion runs over the seeds, or the finished run of the same inputs (reused)."""
+    cfg = runs.fusion_config(task, use_lc, utts["path"], features_dir, downstream.seeds,
+                             json.loads(downstream.fusion_extra_json or "{}"), downstream.mustard_protocol)
+    out = runs.fusion_run_dir(lake.path(), task, cfg, utts.get("data_version"))
+    if (done := runs.finished_fusion(out)) is not None:
+        values, version = done
+        return out, ({**values, "output_dir": dg.MetadataValue.path(str(out)), "reused": True}, version)
+    # Local copies of the inputs and a scratch run folder on an object store (see _extract).
+    folder = lake_mod.as_path(features_dir).name
+    with local_tree(task_dir(lake, task), "fusion training", only=("utterances.parquet", folder)) as inputs, \
+            workspace(out, "fusion training", last=runs.FINISHED_FILES) as local_out:
+        local_cfg = {**cfg, "utterances": str(inputs / "utterances.parquet"),
+                     "features_dir": str(inputs / folder), "output_dir": str(local_out)}
+        return out, _pipes_run(context, client, "lcaffect_ml.train_fusion", local_cfg, local_out)
 
 
 def _jsonable(report) -> dict:
@@ -170,10 +219,25 @@ def ablation_report(context: dg.AssetExecutionContext, lake: LakeResource, downs
         context.log.warning(warning)
     headline = {k: dg.MetadataValue.float(v) for k, v in report["headline"].items()}
     return dg.Output({"path": str(report["path"]), "headline": report["headline"]},
-                     metadata={"ablation": dg.MetadataValue.md(report["markdown"]), "path": dg.MetadataValue.path(str(report["path"])),
+                     metadata={**_ablation_views(table),
+                               "ablation": dg.MetadataValue.md(report["markdown"]), "path": dg.MetadataValue.path(str(report["path"])),
                                "tasks": len(table["tasks"]), "stand_in_warnings": len(table["warnings"]) - int(table["demo"]),
                                **headline},
                      data_version=dg.DataVersion(report["data_version"]))
+
+
+def _ablation_views(table: dict) -> dict:
+    """The ablation as a table (one row per task and metric) and a bar chart of the headline metrics."""
+    from .. import plots
+    from ..downstream.ablation import ROW_COLUMNS, ablation_rows
+
+    rows = ablation_rows(table)
+    if not rows:
+        return {}
+    kinds = {"task": "string", "lc_variant": "string", "metric": "string", "headline": "bool"}
+    schema = dg.TableSchema(columns=[dg.TableColumn(c, kinds.get(c, "float")) for c in ROW_COLUMNS])
+    return {"ablation_table": dg.MetadataValue.table([dg.TableRecord(r) for r in rows], schema=schema),
+            "ablation_chart": dg.MetadataValue.md(plots.markdown_image(plots.ablation_png(rows), "ablation"))}
 
 
 ASSETS = [*(a for t in TASKS for a in build_task_assets(t)), ablation_report]

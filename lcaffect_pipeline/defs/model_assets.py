@@ -1,14 +1,20 @@
-"""The V2LC encoder: the training program launched through Dagster Pipes in the ``gpu`` pool.
+"""The V2LC encoder: the training program launched through Dagster Pipes in the ``gpu`` pool, once
+per configured variant (``V2LCTrainingResource.variants_json``).
 
-Run folders, reuse and the launch command are plain functions in ``lcaffect_pipeline.models``."""
+Variants, their shard selection, run folders, reuse and the launch command are plain functions in
+``lcaffect_pipeline.models``."""
 
+import json
 from pathlib import Path
 
 import dagster as dg
 import yaml
 
+from lcaffect_ml.contracts.hashing import sha256_bytes
+
 from .. import models
-from ..lake import atomic_write_bytes, workspace
+from ..corpus import load_catalogue_from_lake
+from ..lake import as_path, atomic_write_bytes, workspace
 from ..models import METRIC_KEYS, k8s_pod_spec, latest_checkpoint  # noqa: F401  (imported from here too)
 from .automation import ON_NEW_DATA
 from .resources import LakeResource, V2LCTrainingResource
@@ -25,25 +31,53 @@ def launch_command(training: V2LCTrainingResource, config_path: Path) -> list[st
     return models.launch_command(config_path, command=training.command, gpus=training.gpus)
 
 
-def reused_result(out: Path, done: tuple[dict, str]):
-    """A training run that already finished in ``out``: a re-run is a no-op that re-states its value."""
-    metrics, version = done
-    yield dg.Output(models.encoder_value(out, metrics, version), data_version=dg.DataVersion(version),
-                    metadata={**models.encoder_value(out, metrics, version)["metrics"], "reused": True,
-                              "checkpoint": dg.MetadataValue.path(str(latest_checkpoint(out)))})
-    yield dg.AssetCheckResult(check_name=CHECK, passed=models.above_chance(metrics),
-                              metadata={"v2c_r1": float(metrics.get("v2c_r1", 0)), "chance_r1": float(metrics.get("chance_r1", 0))})
+def train_variant(context, root, training: V2LCTrainingResource, client: dg.PipesSubprocessClient,
+                  shards: dict, catalogue: list[dict], variant: models.Variant) -> tuple[Path, tuple[dict, str], bool]:
+    """Train (or reuse) one variant: its shard index, its run folder, the program through Pipes.
+    Returns (run folder, (metrics, weights version), reused)."""
+    shards_index = as_path(shards["index"])
+    selected = models.variant_index(json.loads(shards_index.read_text()), catalogue, variant)
+    if not selected:
+        raise dg.Failure(f"V2LC variant {variant.name!r} selects no shard (languages {list(variant.languages)}, "
+                         f"platforms {list(variant.platforms)}; the catalogue's values are lower-cased)")
+    payload = json.dumps(selected, ensure_ascii=False, indent=1).encode()
+    index = shards_index.with_name(f"index.v2lc-{variant.name}.json")  # beside index.json: relative URLs hold
+    atomic_write_bytes(index, payload)
+    cfg = {**training_config(training, str(index), Path(".")), **variant.options}
+    out = models.run_dir(root, f"{shards['data_version']}:{sha256_bytes(payload)[:16]}", cfg)
+    if (done := models.finished_run(out)) is not None:
+        context.log.info(f"V2LC variant {variant.name}: training already finished in {out}: reusing it")
+        return out, done, True
+    # The program writes local files: on an object store it runs in a scratch copy of the run
+    # folder (kept when it fails, so a retry resumes there), uploaded with the weights last.
+    with workspace(out, "V2LC training", last=models.FINISHED_FILES) as local_out:
+        _train(context, training, client, {**cfg, "output_dir": str(local_out)}, local_out)
+    if (done := models.finished_run(out)) is None:
+        raise dg.Failure(f"variant {variant.name}: the training program exited without metrics.json and "
+                         f"model.safetensors in {out}")
+    return out, done, False
 
 
-def pipes_outputs(results, value: dict):
-    """The Pipes run's materialisation as an ``Output`` carrying ``value`` (so the IO manager stores
-    it for the assets that read this one), and its check results."""
-    for result in results:
-        if isinstance(result, dg.MaterializeResult):
-            yield dg.Output(value, metadata=dict(result.metadata or {}), data_version=result.data_version)
-            yield from result.check_results or ()
-        else:
-            yield result
+def encoder_outputs(trained: dict[str, tuple[Path, tuple[dict, str], bool]]):
+    """One ``Output`` for every variant trained (the first is the one downstream reads by default)
+    and the check: every variant's held-out R@1 above its chance level."""
+    values = {name: models.encoder_value(out, *done) for name, (out, done, _) in trained.items()}
+    first = next(iter(values))
+    versions = {name: v["data_version"] for name, v in values.items()}
+    version = versions[first] if len(versions) == 1 else sha256_bytes(json.dumps(versions, sort_keys=True).encode())[:32]
+    out_first = trained[first][0]
+    metadata = {**values[first]["metrics"], "variant": first, "reused": all(r for _, _, r in trained.values()),
+                "checkpoint": dg.MetadataValue.path(str(latest_checkpoint(out_first))),
+                "variants": dg.MetadataValue.json({n: {**v["metrics"], **v["groups"], "output_dir": v["output_dir"]}
+                                                   for n, v in values.items()})}
+    yield dg.Output({**values[first], "variant": first, "variants": values}, metadata=metadata,
+                    data_version=dg.DataVersion(version))
+    passed = {name: models.above_chance(done[0]) for name, (_, done, _) in trained.items()}
+    yield dg.AssetCheckResult(check_name=CHECK, passed=all(passed.values()), metadata={
+        **{f"{n}_v2c_r1": float(v["metrics"].get("v2c_r1", 0)) for n, v in values.items()},
+        **{f"{n}_chance_r1": float(v["metrics"].get("chance_r1", 0)) for n, v in values.items()},
+        "v2c_r1": float(values[first]["metrics"].get("v2c_r1", 0)),
+        "chance_r1": float(values[first]["metrics"].get("chance_r1", 0))})
 
 
 @dg.asset(
@@ -61,38 +95,32 @@ def pipes_outputs(results, value: dict):
 def v2lc_encoder(context: dg.AssetExecutionContext, lake: LakeResource, v2lc_training: V2LCTrainingResource, pipes_subprocess_client: dg.PipesSubprocessClient, shards: dict):
     if not shards.get("samples"):
         raise dg.Failure("no training samples: the segments stage produced no shards")
-    cfg = training_config(v2lc_training, shards["index"], Path("."))
-    out = models.run_dir(lake.path(), shards["data_version"], cfg)
-    if (done := models.finished_run(out)) is not None:
-        context.log.info(f"training already finished in {out}: reusing it")
-        yield from reused_result(out, done)
-        return
-    # The program writes local files: on an object store it runs in a scratch copy of the run
-    # folder (kept when it fails, so a retry resumes there), uploaded with the weights last.
-    with workspace(out, "V2LC training", last=models.FINISHED_FILES) as local_out:
-        results = _train(context, v2lc_training, pipes_subprocess_client, {**cfg, "output_dir": str(local_out)}, local_out)
-    if (done := models.finished_run(out)) is None:
-        raise dg.Failure(f"the training program exited without metrics.json and model.safetensors in {out}")
-    yield from pipes_outputs(results, models.encoder_value(out, *done))
+    try:
+        variants = models.parse_variants(v2lc_training.variants_json)
+    except models.VariantError as exc:
+        raise dg.Failure(str(exc)) from exc
+    catalogue = load_catalogue_from_lake(lake.path())
+    trained = {v.name: train_variant(context, lake.path(), v2lc_training, pipes_subprocess_client, shards, catalogue, v)
+               for v in variants}
+    yield from encoder_outputs(trained)
 
 
-def _train(context, v2lc_training: V2LCTrainingResource, pipes_subprocess_client, cfg: dict, out: Path) -> list:
+def _train(context, v2lc_training: V2LCTrainingResource, pipes_subprocess_client, cfg: dict, out: Path) -> None:
     config_path = out / "train_config.yaml"
-    atomic_write_bytes(config_path, yaml.safe_dump(cfg, sort_keys=True).encode())
+    atomic_write_bytes(config_path, yaml.safe_dump(cfg, sort_keys=True, allow_unicode=True).encode())
     if context.retry_number:
         context.log.info(f"retry {context.retry_number}: the program resumes from its last checkpoint in {out}")
     if v2lc_training.launcher == "k8s":
         from dagster_k8s import PipesK8sClient  # optional: pip install dagster-k8s
 
-        results = PipesK8sClient().run(
+        PipesK8sClient().run(
             context=context, image=v2lc_training.k8s_image, command=launch_command(v2lc_training, config_path),
             namespace=v2lc_training.k8s_namespace, base_pod_spec=k8s_pod_spec(v2lc_training.gpus),
         ).get_results()
     else:
-        results = pipes_subprocess_client.run(
+        pipes_subprocess_client.run(
             command=launch_command(v2lc_training, config_path), context=context, env={"PYTHONUNBUFFERED": "1"},
         ).get_results()
-    return list(results)
 
 
 ASSETS = [v2lc_encoder]

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import dagster as dg
+from lcaffect_ml.contracts.tables import DEFAULT_PROTOCOLS
 from pydantic import Field, model_validator
 
 from .. import lake, schema
+from ..jsonopt import json_object
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -153,12 +155,7 @@ def cleaning_overrides(options_json: str | None) -> dict[str, Any]:
     """Parse and check ``options_json``: a ValueError names an unknown field and the valid ones."""
     from ..cleaning import CleaningConfig
 
-    try:
-        overrides = json.loads(options_json or "{}")
-    except ValueError as exc:
-        raise ValueError(f"cleaning.options_json is not JSON: {exc}") from exc
-    if not isinstance(overrides, dict):
-        raise ValueError(f"cleaning.options_json must be a JSON object, not {type(overrides).__name__}")
+    overrides = json_object(options_json, "cleaning.options_json")
     valid = list(CleaningConfig().to_dict())
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
@@ -219,7 +216,7 @@ class ClipsResource(dg.ConfigurableResource):
 
 
 class V2LCTrainingResource(dg.ConfigurableResource):
-    """Options of ``python -m lcaffect_ml.train_v2lc`` (see its docstring) and how to launch it."""
+    """Options of ``python -m lcaffect_ml.train_v2lc`` (``--help`` documents each) and how to launch it."""
 
     video_encoder: str = Field(default="tiny", description='"tiny", "base", or a hub name/path e.g. facebook/timesformer-base-finetuned-k400')
     text_encoder: str = Field(default="tiny", description='"tiny", "base", or e.g. hfl/chinese-roberta-wwm-ext, xlm-roberta-base')
@@ -236,6 +233,11 @@ class V2LCTrainingResource(dg.ConfigurableResource):
     seed: int = 0
     precision: str = "auto"
     extra_json: str = Field(default="{}", description="Any other training option, as a JSON object")
+    variants_json: str = Field(default="{}", description='Named encoders trained side by side, each on the corpus it '
+                               'selects by catalogue language/platform and with its own options, e.g. {"zh": {"languages": '
+                               '["zh"], "options": {"text_encoder": "hfl/chinese-roberta-wwm-ext"}}, "bilingual": {"options": '
+                               '{"text_encoder": "xlm-roberta-base"}}}; the first is the one downstream reads. Empty: one '
+                               'encoder, "default", on every shard')
     # how to launch (not training options)
     launcher: str = Field(default="subprocess", description='"subprocess" (PipesSubprocessClient) or "k8s" (PipesK8sClient, needs dagster-k8s)')
     gpus: int = Field(default=0, description="GPUs: >1 launches torchrun --nproc_per_node=gpus; for k8s, the nvidia.com/gpu limit")
@@ -244,7 +246,7 @@ class V2LCTrainingResource(dg.ConfigurableResource):
     k8s_namespace: Optional[str] = None
 
 
-V2LCTrainingResource.LAUNCH_FIELDS = ("launcher", "gpus", "command", "k8s_image", "k8s_namespace")
+V2LCTrainingResource.LAUNCH_FIELDS = ("launcher", "gpus", "command", "k8s_image", "k8s_namespace", "variants_json")
 
 
 class DownstreamResource(dg.ConfigurableResource):
@@ -259,13 +261,54 @@ class DownstreamResource(dg.ConfigurableResource):
     size: int = Field(default=224, description="Frame size (the V2LC video encoder's image size)")
     frame_backend: Literal["auto", "pyav", "decord"] = Field(default="auto", description="Frame decoder (exact "
                                                              "either way): PyAV, or decord (PyAV where it refuses a file)")
-    text_model: str = "tiny"
-    audio_model: str = "tiny"
-    vision_model: str = "tiny"
+    text_model: str = Field(default="tiny", description="Text encoder of every task without its own (task_features_json)")
+    audio_model: str = Field(default="tiny", description="Acoustic encoder of every task without its own")
+    vision_model: str = Field(default="tiny", description="Visual encoder of every task without its own")
+    task_features_json: str = Field(
+        default="{}", description='Per-task extract_features options over the defaults above and features_extra_json, as a '
+                                  'JSON object task -> options, e.g. {"chsims2": {"text_model": "hfl/chinese-roberta-wwm-ext"}, '
+                                  '"meld": {"text_model": "roberta-base"}, "mustard": {"released_features": {"audio": '
+                                  '"/data/mustard/audio_features.p"}}}')
     seeds: list[int] = Field(default=[0, 1, 2], description="Fusion training seeds (mean and spread are reported)")
-    mustard_protocol: str = Field(default="speaker_independent", description='"speaker_independent" (Friends held out) or "speaker_dependent" (5-fold)')
+    mustard_protocol: str = Field(default=DEFAULT_PROTOCOLS["mustard"],
+                                  description='"speaker_dependent" (the default, as on the command line: 5 folds, the official '
+                                              'ones of split_indices.json when the dataset folder has it) or '
+                                              '"speaker_independent" (Friends held out)')
+    lc_variants_json: str = Field(default="{}", description='The V2LC variants each task is evaluated with, first '
+                                  'the primary, e.g. {"meld": ["bilingual", "zh"]}; a task not named: every variant '
+                                  'the v2lc_encoder asset holds. The ablation has one with-LC arm per variant')
     features_extra_json: str = Field(default="{}", description='Other extract_features options, as a JSON object (e.g. {"max_audio_frames": 16})')
     fusion_extra_json: str = Field(default="{}", description="Other train_fusion options, as a JSON object")
+
+    @model_validator(mode="after")
+    def _valid_task_features(self) -> "DownstreamResource":
+        """Checked when the resource is built: JSON objects, known tasks (option names are checked
+        by extract_features itself, which names the valid ones)."""
+        for name in ("features_extra_json", "task_features_json", "lc_variants_json", "fusion_extra_json"):
+            json_object(getattr(self, name), f"downstream.{name}")
+        per_task = json.loads(self.task_features_json or "{}")
+        unknown = sorted(set(per_task) - set(schema.DOWNSTREAM_TASKS))
+        if unknown or not all(isinstance(v, dict) for v in per_task.values()):
+            raise ValueError(f"downstream.task_features_json: keys must be tasks {list(schema.DOWNSTREAM_TASKS)} with an "
+                             f"object of options each (unknown: {unknown})")
+        arms = json.loads(self.lc_variants_json or "{}")
+        unknown = sorted(set(arms) - set(schema.DOWNSTREAM_TASKS))
+        if unknown or not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in arms.values()):
+            raise ValueError(f"downstream.lc_variants_json: keys must be tasks {list(schema.DOWNSTREAM_TASKS)} with a "
+                             f"list of V2LC variant names each (unknown: {unknown})")
+        return self
+
+    def lc_variants(self, task: str) -> list[str] | None:
+        """The V2LC variants ``task`` is evaluated with (``lc_variants_json``), None: every one."""
+        wanted = json.loads(self.lc_variants_json or "{}").get(task)
+        return [str(v) for v in wanted] if wanted else None
+
+    def features_options(self, task: str) -> dict[str, Any]:
+        """The extract_features options of one task: the default encoders, features_extra_json, then
+        the task's own entry of task_features_json (last wins)."""
+        return {"text_model": self.text_model, "audio_model": self.audio_model, "vision_model": self.vision_model,
+                **json.loads(self.features_extra_json or "{}"),
+                **json.loads(self.task_features_json or "{}").get(task, {})}
 
     def root_for(self, task: str, demo_root) -> "Path | None":
         explicit = getattr(self, f"{task}_root")

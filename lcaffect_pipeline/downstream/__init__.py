@@ -2,6 +2,8 @@
 
 * ``datasets``: loaders from the folders their authors distribute to one ``UTTERANCES_SCHEMA``
   table, and the missing-media policy (``check_media``);
+* ``protocols``: what the loaders record of each benchmark's protocol (MUStARD's official folds,
+  MELD's dialogue context);
 * ``media``: ``prepare_media`` writes one npz of frames + 16 kHz audio per utterance;
 * ``demo``: small stand-ins in the official layouts whose labels depend partly on the video.
 """

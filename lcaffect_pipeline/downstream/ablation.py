@@ -8,6 +8,13 @@ inside the spread is not evidence of anything. Where the with-LC runs also teste
 LC features shuffled across the test utterances (``lc_permuted``), that control is reported next
 to them: a gain that survives the shuffle does not come from each utterance's own LC features.
 
+Where both arms saved their test predictions (``predictions``), each metric also gets the paired
+difference with a 95 % bootstrap interval over test utterances (``bootstrap.paired_bootstrap``),
+and the headline metric the gain the paper reports (``bootstrap.PAPER_GAINS``), for orientation
+only: the paper's gain is over the prior state of the art, with its encoders and data. Each task
+also records how it was evaluated: its protocol, the folds used (MUStARD) and the dialogue
+context its text features saw (``features.json["context"]``).
+
 Stand-in encoders (``tiny``: random projections built in code, for tests and the demo) are never
 used silently: a task whose features came from one is flagged in the JSON and in the Markdown
 with words a reader cannot miss, unless the run is the demo, which is made of stand-ins.
@@ -17,6 +24,8 @@ from __future__ import annotations
 
 import math
 from typing import Any, Mapping
+
+from .bootstrap import PAPER_GAINS, paired_bootstrap
 
 HEADLINE = {"chsims2": "acc2", "meld": "weighted_f1", "mustard": "weighted_f1"}
 METRICS = {"chsims2": ("acc2", "acc2_weak", "acc3", "acc5", "f1", "mae", "corr"), "meld": ("weighted_f1", "accuracy"),
@@ -56,37 +65,113 @@ def metric_row(metric: str, with_lc: Mapping[str, Any], without: Mapping[str, An
     return row
 
 
+def arm_rows(task: str, with_lc: Mapping[str, Any], without: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The metric rows of one with-LC arm against the without-LC runs, with the paired bootstrap
+    interval where both saved predictions and the paper's gain beside each metric."""
+    rows = {m: row for m in METRICS[task] if (row := metric_row(m, with_lc, without)) is not None}
+    paired = paired_bootstrap(task, with_lc.get("predictions"), without.get("predictions")) or {}
+    for metric, row in rows.items():
+        row["paired"] = paired.get(metric)
+        row["paper_gain_points"] = PAPER_GAINS.get(task, {}).get(metric)
+    return rows
+
+
 def ablation_table(results: Mapping[str, Mapping[str, Any] | None], *, demo: bool = False) -> tuple[dict, str]:
-    """``results``: task → {"with": metrics.json, "without": metrics.json, "features": features.json}
-    (None or a missing arm: not available). Returns the JSON payload and its Markdown."""
+    """``results``: task → {"with": metrics.json, "without": metrics.json, "features": features.json,
+    and optionally "lc_variant" (the primary arm's V2LC variant) and "arms": {variant: {"with",
+    "features"}}} (None or a missing arm: not available). Every arm other than the primary gets its
+    own rows (``tasks[task]["arms"]``). Returns the JSON payload and its Markdown."""
     table: dict[str, Any] = {}
-    lines = ["| task | metric | without LC | with LC | difference | gain / larger std | LC permuted (control) | seeds |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| task | metric | without LC | with LC | difference | paired difference [95 % CI] | paper | "
+             "gain / larger std | LC permuted (control) | seeds |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    setups = []
     warnings = []
     for task in METRICS:
         entry = results.get(task) or {}
         with_lc, without = entry.get("with"), entry.get("without")
         if not with_lc or not without:
-            lines.append(f"| {task} | not available | | | | | | |")
+            lines.append(f"| {task} | not available | | | | | | | | |")
             continue
         flagged = stand_ins(entry.get("features"))
-        rows = {m: row for m in METRICS[task] if (row := metric_row(m, with_lc, without)) is not None}
-        table[task] = {"headline": HEADLINE[task], "metrics": rows, "stand_in_encoders": flagged,
-                       "protocol": with_lc.get("protocol")}
+        primary = entry.get("lc_variant")
+        others = {n: a for n, a in (entry.get("arms") or {}).items() if n != primary and a.get("with")}
+        rows = arm_rows(task, with_lc, without)
+        table[task] = {"headline": HEADLINE[task], "metrics": rows, "stand_in_encoders": flagged, "lc_variant": primary,
+                       "arms": {n: {"metrics": arm_rows(task, a["with"], without), "stand_in_encoders": stand_ins(a.get("features"))}
+                                for n, a in others.items()},
+                       **evaluation_setup(with_lc, entry.get("features"))}
+        setups.append(f"{task}: {describe_setup(table[task])}")
         if flagged and not demo:
             warnings.append(f"**WARNING — {task}: features from STAND-IN encoders ({', '.join(flagged)}), "
                             "random projections built for tests, not real models. These numbers say nothing "
                             "about live comments.**")
-        for metric, r in rows.items():
-            name = f"**{metric}**" if metric == HEADLINE[task] else metric
-            lines.append(f"| {task} | {name}{' (lower is better)' if r['lower_is_better'] else ''} | "
-                         f"{r['without']:.4f} ± {r['std_without']:.4f} | {r['with']:.4f} ± {r['std_with']:.4f} | "
-                         f"{r['difference']:+.4f} | {r['gain_over_spread']:.1f} | {_permuted(r)} | "
-                         f"{', '.join(r['seeds_with'])} |")
+        label = f"{task} · LC {primary}" if others else task
+        lines += _markdown_rows(task, label, rows)
+        for name, arm in table[task]["arms"].items():
+            lines += _markdown_rows(task, f"{task} · LC {name}", arm["metrics"])
     if demo:
         warnings.append("Demo world: stand-in datasets and encoders (README, \"Demo world\"); not real data.")
+    notes = "\n".join(f"- {line}" for line in setups)
+    body = "\n\n".join(part for part in ("\n".join(lines), notes) if part)
     return ({"tasks": table, "demo": demo, "warnings": warnings},
-            "\n\n".join([*warnings, "\n".join(lines)]) if warnings else "\n".join(lines))
+            "\n\n".join([*warnings, body]) if warnings else body)
+
+
+def _markdown_rows(task: str, label: str, rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    out = []
+    for metric, r in rows.items():
+        name = f"**{metric}**" if metric == HEADLINE[task] else metric
+        out.append(f"| {label} | {name}{' (lower is better)' if r['lower_is_better'] else ''} | "
+                   f"{r['without']:.4f} ± {r['std_without']:.4f} | {r['with']:.4f} ± {r['std_with']:.4f} | "
+                   f"{r['difference']:+.4f} | {_paired(r)} | {_paper(r)} | {r['gain_over_spread']:.1f} | {_permuted(r)} | "
+                   f"{', '.join(r['seeds_with'])} |")
+    return out
+
+
+ROW_COLUMNS = ("task", "lc_variant", "metric", "headline", "without", "std_without", "with", "std_with", "difference",
+               "ci_low", "ci_high", "permuted", "paper_gain")
+
+
+def ablation_rows(table: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One flat record per task, LC arm (V2LC variant) and metric (``ROW_COLUMNS``) for a table view
+    (the Dagster UI's); values absent for a row (no predictions, no control, no paper figure) are None."""
+    rows = []
+    for task, entry in table["tasks"].items():
+        arms = {entry.get("lc_variant"): entry["metrics"], **{n: a["metrics"] for n, a in entry.get("arms", {}).items()}}
+        for variant, metrics in arms.items():
+            for metric, r in metrics.items():
+                paired = r.get("paired") or {}
+                gain = r.get("paper_gain_points")
+                rows.append({"task": task, "lc_variant": variant, "metric": metric, "headline": metric == entry["headline"],
+                             "without": r["without"], "std_without": r["std_without"], "with": r["with"],
+                             "std_with": r["std_with"], "difference": r["difference"], "ci_low": paired.get("ci_low"),
+                             "ci_high": paired.get("ci_high"), "permuted": r.get("permuted"),
+                             "paper_gain": None if gain is None else gain / 100})
+    return rows
+
+
+def evaluation_setup(metrics: Mapping[str, Any], features: Mapping[str, Any] | None) -> dict[str, Any]:
+    """How a task was evaluated: protocol, folds (MUStARD) and the dialogue context of its text."""
+    return {"protocol": metrics.get("protocol"), "folds_used": metrics.get("folds_used"),
+            "context": (features or {}).get("context") or (metrics.get("features") or {}).get("context")}
+
+
+def describe_setup(entry: Mapping[str, Any]) -> str:
+    context = entry.get("context")
+    said = ("context not recorded" if context is None else
+            f"context on (up to {context['max_turns']} turns, {context['utterances_with_context']} utterances with "
+            "context)" if context.get("used") else "context off")
+    return ", ".join(x for x in (f"protocol {entry.get('protocol')}", entry.get("folds_used"), said) if x)
+
+
+def _paired(row: Mapping[str, Any]) -> str:
+    p = row.get("paired")
+    return "n/a" if not p else f"{p['difference']:+.4f} [{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]"
+
+
+def _paper(row: Mapping[str, Any]) -> str:
+    gain = row.get("paper_gain_points")
+    return "" if gain is None else f"+{gain / 100:.4f} ({gain:g} pts)"  # the paper's points, in this table's units
 
 
 def _permuted(row: Mapping[str, Any]) -> str:

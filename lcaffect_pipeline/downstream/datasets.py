@@ -2,7 +2,8 @@
 
 Every loader returns one table in ``schema.UTTERANCES_SCHEMA`` (one row per utterance):
 
-* CH-SIMS v2 (``load_chsims2``): ``label.csv`` with ``video_id, clip_id, text, label, label_T,
+* CH-SIMS v2 (``load_chsims2``): ``label.csv`` (MMSA's name; the CH-SIMS v2 release calls it
+  ``meta.csv`` or ``meta(s).csv``, all accepted, the first found in that order) with ``video_id, clip_id, text, label, label_T,
   label_A, label_V, annotation, mode``; media ``Raw/{video_id}/{clip_id}.mp4``. ``utterance_id`` is
   ``{video_id}_{clip_id}``; ``label`` the regression target in [-1, 1]; ``extra_labels`` JSON of
   ``label_T/label_A/label_V`` and ``annotation``. ``clip_id`` is read as text (its leading zeros
@@ -14,9 +15,14 @@ Every loader returns one table in ``schema.UTTERANCES_SCHEMA`` (one row per utte
   ``test/``), or a plain ``{train,dev,test}/`` layout. ``utterance_id`` is
   ``{official split}_dia{D}_utt{U}`` (``dev_...`` for the dev file, whose ``split`` is ``valid``);
   ``label`` the index in ``MELD_EMOTIONS``; ``extra_labels`` has the sentiment and the episode
-  coordinates.
+  coordinates; ``context`` the earlier turns of the same dialogue in the same split file (lower
+  ``Utterance_ID``, oldest first; never a later turn).
 * MUStARD (``load_mustard``): ``sarcasm_data.json``; media ``utterances_final/{id}.mp4``;
-  ``label`` 1 sarcastic / 0 not; ``split`` "all" (the protocols are folds over speaker/show).
+  ``label`` 1 sarcastic / 0 not; ``split`` "all" (the protocols are folds over speaker/show);
+  ``context`` the entry's context utterances. Where the folder also has ``split_indices.json``
+  (MUStARD's official 5 stratified folds, ``data/split_indices.p`` written out as utterance ids:
+  ``{"folds": [{"train": [...], "test": [...]}, ...]}``), ``fold`` is the fold that tests each
+  utterance; the file must partition the utterances (each tested once, trained on in the others).
 
 Text encoding (MELD's quirks): the annotation files are read as UTF-8 (a BOM is dropped); a file
 that is not UTF-8 is read as cp1252 (MELD copies saved on Windows) or GB18030 (CH-SIMS). Text is
@@ -51,6 +57,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..schema import UTTERANCES_SCHEMA
+from .protocols import MUSTARD_FOLDS_FILE, FoldsError, mustard_official_folds, with_preceding_turns
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,8 @@ MELD_SPLITS = {"train": "train", "dev": "valid", "test": "test"}
 MELD_MEDIA_DIRS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
 MELD_COLUMNS = ("Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",
                 "Season", "Episode", "StartTime", "EndTime")
+# The CH-SIMS v2 label file under the names its releases use: MMSA's, then the v2 release's.
+CHSIMS_LABEL_FILES = ("label.csv", "meta.csv", "meta(s).csv")
 CHSIMS_COLUMNS = ("video_id", "clip_id", "text", "label", "label_T", "label_A", "label_V", "annotation", "mode")
 CHSIMS_MODES = {"train": "train", "valid": "valid", "val": "valid", "dev": "valid", "test": "test"}
 MUSTARD_KEYS = ("utterance", "speaker", "context", "context_speakers", "show", "sarcasm")
@@ -153,7 +162,7 @@ def utterance_row(dataset: str, utterance_id: str, split: str, text: str, label:
         "dataset": dataset, "utterance_id": utterance_id, "split": split, "text": text, "label": float(label),
         "label_name": label_name, "extra_labels": None if extra is None else json.dumps(extra, ensure_ascii=False),
         "speaker": speaker, "show": show, "context": context, "media_path": str(media),
-        "media_status": _media_status(media), "media_npz": None,
+        "media_status": _media_status(media), "media_npz": None, "fold": None,
     }
 
 
@@ -213,10 +222,20 @@ def _int_text(dataset: str, path: Path, row: int, name: str, value: str) -> str:
 # ------------------------------------------------------------------------------ CH-SIMS v2
 
 
+def chsims2_label_file(root: Path) -> Path:
+    """The label file of a CH-SIMS v2 folder, the first of ``CHSIMS_LABEL_FILES`` present."""
+    found = [root / name for name in CHSIMS_LABEL_FILES if (root / name).is_file()]
+    if not found:
+        raise DatasetError("chsims2", root, f"no label file: none of {list(CHSIMS_LABEL_FILES)} in the folder")
+    if len(found) > 1:
+        log.warning("chsims2 (%s): several label files %s; reading %s", root, [p.name for p in found], found[0].name)
+    return found[0]
+
+
 def load_chsims2(root: str | os.PathLike) -> pa.Table:
-    """CH-SIMS v2 (supervised) from its folder: ``label.csv`` + ``Raw/{video_id}/{clip_id}.mp4``."""
+    """CH-SIMS v2 (supervised) from its folder: the label file + ``Raw/{video_id}/{clip_id}.mp4``."""
     root = Path(root)
-    path = root / "label.csv"
+    path = chsims2_label_file(root)
     rows = []
     for i, r in enumerate(read_csv_rows("chsims2", path, CHSIMS_COLUMNS, "gb18030"), start=2):
         vid, clip = r["video_id"].strip(), r["clip_id"].strip()
@@ -264,7 +283,7 @@ def load_meld(root: str | os.PathLike) -> pa.Table:
         split_rows = [_meld_row(path, i, r, official, split, media_dir)
                       for i, r in enumerate(read_csv_rows("meld", path, MELD_COLUMNS, "cp1252"), start=2)]
         _unique_ids("meld", path, split_rows)
-        rows += split_rows
+        rows += with_preceding_turns(split_rows)
     return utterance_table("meld", root, rows, files)
 
 
@@ -310,7 +329,21 @@ def load_mustard(root: str | os.PathLike) -> pa.Table:
     if not isinstance(data, dict):
         raise DatasetError("mustard", path, f"top level is a {type(data).__name__}, expected an object of utterances")
     rows = [_mustard_row(root, path, uid, entry) for uid, entry in data.items()]
+    folds = _official_folds(root / MUSTARD_FOLDS_FILE, [r["utterance_id"] for r in rows])
+    for r in rows:
+        r["fold"] = None if folds is None else folds[r["utterance_id"]]
     return utterance_table("mustard", path, rows, {"all": path})
+
+
+def _official_folds(path: Path, ids: list[str]) -> dict[str, int] | None:
+    """MUStARD's official folds where the folder has ``split_indices.json``, else None."""
+    if not path.is_file():
+        return None
+    try:
+        return mustard_official_folds(json.loads(read_text_file("mustard", path, "utf-8")), ids)
+    except (FoldsError, json.JSONDecodeError) as exc:
+        raise DatasetError("mustard", path, str(exc) if isinstance(exc, FoldsError) else
+                           f"not a folds file: not valid JSON ({exc})") from None
 
 
 class _DuplicateKey(ValueError):

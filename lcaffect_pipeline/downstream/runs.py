@@ -101,20 +101,27 @@ def _read_json(path: Path) -> dict | None:
 
 def ablation_inputs(fusion_runs: dict[str, dict]) -> dict[str, dict]:
     """Per task, the metrics of the runs the fusion assets' values name (None where a task is not
-    available or its run left no metrics) and the features' metadata, keyed as ``ablation_table`` reads them.
+    available or its run left no metrics) and the features' metadata, keyed as ``ablation_table``
+    reads them: the primary LC arm under "with", every arm (V2LC variant) under "arms".
 
     ``fusion_runs`` maps ``{task}_with_lc``/``{task}_without_lc`` to the fusion assets' values."""
-    def metrics(value: dict | None) -> dict | None:
-        if not (value or {}).get("available"):
-            return None
-        return _read_json(lake.as_path(value["output_dir"]) / "metrics.json")
+    def metrics(output_dir: str) -> dict | None:
+        return _read_json(lake.as_path(output_dir) / "metrics.json")
+
+    def meta(features_dir: str | None) -> dict | None:
+        return _read_json(lake.as_path(features_dir) / META_FILE) if features_dir else None
 
     out = {}
     for task in TASKS:
-        with_lc, without = fusion_runs.get(f"{task}_with_lc"), fusion_runs.get(f"{task}_without_lc")
-        feats = next((v["features_dir"] for v in (with_lc, without) if (v or {}).get("available")), None)
-        out[task] = {"with": metrics(with_lc), "without": metrics(without),
-                     "features": _read_json(lake.as_path(feats) / META_FILE) if feats else None}
+        with_lc, without = (v if (v or {}).get("available") else None
+                            for v in (fusion_runs.get(f"{task}_with_lc"), fusion_runs.get(f"{task}_without_lc")))
+        feats = next((v["features_dir"] for v in (with_lc, without) if v), None)
+        arms = (with_lc or {}).get("variants") or ({with_lc.get("variant") or "default": with_lc} if with_lc else {})
+        out[task] = {"with": metrics(with_lc["output_dir"]) if with_lc else None,
+                     "without": metrics(without["output_dir"]) if without else None,
+                     "features": meta(feats), "lc_variant": (with_lc or {}).get("variant"),
+                     "arms": {name: {"with": metrics(arm["output_dir"]), "features": meta(arm.get("features_dir"))}
+                              for name, arm in arms.items()}}
     return out
 
 

@@ -1,0 +1,62 @@
+"""The benchmarks' protocols as the loaders (``datasets``) record them in the utterance table:
+MUStARD's official cross-validation folds (``fold``) and MELD's dialogue context (``context``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+MUSTARD_FOLDS_FILE = "split_indices.json"
+
+
+def with_preceding_turns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row's ``context``: the texts of the earlier turns of its dialogue, oldest first.
+
+    Ordered by ``Utterance_ID``, not by row position, so a file whose rows are not in dialogue
+    order still never gives an utterance a later turn."""
+    dialogues: dict[int, list[tuple[int, str]]] = {}
+    for r in rows:
+        extra = json.loads(r["extra_labels"])
+        dialogues.setdefault(extra["dialogue_id"], []).append((extra["utterance_id"], r["text"]))
+    for turns in dialogues.values():
+        turns.sort()
+    for r in rows:
+        extra = json.loads(r["extra_labels"])
+        r["context"] = [text for utt, text in dialogues[extra["dialogue_id"]] if utt < extra["utterance_id"]]
+    return rows
+
+
+class FoldsError(ValueError):
+    """A folds file that does not give each utterance exactly one test fold (the reason)."""
+
+
+FOLDS_SHAPE = '{"folds": [{"train": [ids], "test": [ids]}, ...]}'
+
+
+def mustard_official_folds(data: Any, ids: list[str]) -> dict[str, int]:
+    """utterance id -> the official fold that tests it, from the parsed ``split_indices.json``.
+    Refuses (``FoldsError``) folds that do not partition ``ids``: an id missing, tested twice,
+    unknown, or trained on in its own test fold."""
+    folds = data.get("folds") if isinstance(data, dict) else None
+    if not isinstance(folds, list) or len(folds) < 2:
+        raise FoldsError(f"not a folds file {FOLDS_SHAPE} with at least 2 folds")
+    known, fold_of = set(ids), {}
+    for k, fold in enumerate(folds):
+        if not isinstance(fold, dict) or not all(isinstance(fold.get(p), list) for p in ("train", "test")):
+            raise FoldsError(f"fold {k}: needs `train` and `test` lists of utterance ids")
+        train, test = [str(u) for u in fold["train"]], [str(u) for u in fold["test"]]
+        unknown = sorted((set(train) | set(test)) - known)
+        if unknown:
+            raise FoldsError(f"fold {k}: ids not in sarcasm_data.json: {unknown[:5]}")
+        for uid in test:
+            if uid in fold_of:
+                raise FoldsError(f"utterance {uid!r} is tested in folds {fold_of[uid]} and {k}")
+            fold_of[uid] = k
+        if set(train) != known - set(test):
+            raise FoldsError(f"fold {k}: train is not every utterance outside its test set")
+    if len(fold_of) != len(known):
+        raise FoldsError(f"{len(known) - len(fold_of)} utterances are tested in no fold, "
+                         f"e.g. {sorted(known - set(fold_of))[:5]}")
+    return fold_of
