@@ -32,11 +32,12 @@ def launch_command(training: V2LCTrainingResource, config_path: Path) -> list[st
 
 
 def train_variant(context, root, training: V2LCTrainingResource, client: dg.PipesSubprocessClient,
-                  shards: dict, catalogue: list[dict], variant: models.Variant) -> tuple[Path, tuple[dict, str], bool]:
-    """Train (or reuse) one variant: its shard index, its run folder, the program through Pipes.
-    Returns (run folder, (metrics, weights version), reused)."""
+                  shards: dict, entries: list[dict], catalogue: list[dict], variant: models.Variant
+                  ) -> tuple[Path, tuple[dict, str], bool]:
+    """Train (or reuse) one variant: its shard index (from the full index's ``entries``), its run
+    folder, the program through Pipes. Returns (run folder, (metrics, weights version), reused)."""
     shards_index = as_path(shards["index"])
-    selected = models.variant_index(json.loads(shards_index.read_text()), catalogue, variant)
+    selected = models.variant_index(entries, catalogue, variant)
     if not selected:
         raise dg.Failure(f"V2LC variant {variant.name!r} selects no shard (languages {list(variant.languages)}, "
                          f"platforms {list(variant.platforms)}; the catalogue's values are lower-cased)")
@@ -100,7 +101,9 @@ def v2lc_encoder(context: dg.AssetExecutionContext, lake: LakeResource, v2lc_tra
     except models.VariantError as exc:
         raise dg.Failure(str(exc)) from exc
     catalogue = load_catalogue_from_lake(lake.path())
-    trained = {v.name: train_variant(context, lake.path(), v2lc_training, pipes_subprocess_client, shards, catalogue, v)
+    entries = json.loads(as_path(shards["index"]).read_text())  # read once for every variant
+    trained = {v.name: train_variant(context, lake.path(), v2lc_training, pipes_subprocess_client, shards, entries,
+                                     catalogue, v)
                for v in variants}
     yield from encoder_outputs(trained)
 
