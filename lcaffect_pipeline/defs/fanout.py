@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import dagster as dg
 
-from .. import stages
+from .. import stages, versions
 from ..corpus import load_catalogue_from_lake
 from .resources import LakeResource, RunScope
 
@@ -44,8 +44,13 @@ def per_video_asset(
     work_resources: set[str] = frozenset(),
     pool: str | None = None,
     automation_condition: dg.AutomationCondition | None = None,
+    table: str | None = None,
 ) -> dg.AssetsDefinition:
-    """Build the graph-backed asset ``name`` over the catalogue's videos."""
+    """Build the graph-backed asset ``name`` over the catalogue's videos.
+
+    With ``table`` (a ``lcaffect_pipeline.tables`` name), each video's ``output_hash`` names the
+    content-addressed file its stage wrote, and the collect step commits them as the table's next
+    version (recorded in the manifest as ``table_version``)."""
 
     names = (upstream,) if isinstance(upstream, str) else tuple(upstream)
 
@@ -86,6 +91,9 @@ def per_video_asset(
         if verdict:  # the good videos' outputs and states stay; the run says what went wrong
             raise dg.Failure(description=verdict, metadata={"per_video": dg.MetadataValue.md(per_video_summary(new))})
         manifest = merge_manifest(lake.path(), stage, new, scoped=bool(scope.videos))
+        manifest["reads"] = versions.reads(upstream_manifest)
+        if table:
+            manifest["table_version"] = {table: commit_table(lake.path(), table, manifest, context.run_id)}
         table_path = write_per_video_table(lake.path(), stage, manifest["results"])
         metadata = {
             "videos": manifest["videos"],
@@ -95,6 +103,7 @@ def per_video_asset(
             "rows": dg.MetadataValue.int(manifest["rows"]),
             "per_video": dg.MetadataValue.md(per_video_summary(manifest["results"])),
             "per_video_table": dg.MetadataValue.path(str(table_path)),
+            "lineage": dg.MetadataValue.md(versions.lineage_markdown(lake.path(), manifest, name)),
             **finish(context, manifest, upstream_manifest),
         }
         return dg.Output(manifest, data_version=dg.DataVersion(manifest["data_version"]), metadata=metadata)
@@ -136,6 +145,15 @@ def merge_manifest(root, stage: str, new: dict[str, dict], *, scoped: bool) -> d
                 results[vid] = {**prev, "status": "skipped"}
     summary = stages.summarise([stages.VideoResult(**r) for r in results.values()])
     return {"stage": stage, **summary, "results": results}
+
+
+def commit_table(root, table: str, manifest: dict[str, Any], run_id: str) -> int:
+    """Commit every video's current output (this run's and the kept ones) as ``table``'s next
+    version; a run that changed nothing keeps the current version."""
+    from .. import tables
+
+    changes = {vid: r["output_hash"] for vid, r in manifest["results"].items() if r.get("output_hash")}
+    return tables.commit(root, table, changes, operation=manifest["stage"], info={"dagster_run": run_id})
 
 
 def failure_verdict(name: str, results: dict[str, dict], max_failed_share: float) -> str | None:

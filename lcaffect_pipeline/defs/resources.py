@@ -14,7 +14,7 @@ import dagster as dg
 from lcaffect_ml.contracts.tables import DEFAULT_PROTOCOLS
 from pydantic import Field, model_validator
 
-from .. import lake, schema
+from .. import lake, schema, versions
 from ..jsonopt import json_object
 
 
@@ -166,26 +166,41 @@ def cleaning_overrides(options_json: str | None) -> dict[str, Any]:
 class LakeJsonIOManager(dg.ConfigurableIOManager):
     """Small JSON values (asset manifests, per-chunk results) kept in the lake itself.
 
-    Asset manifests live at ``{lake}/_manifests/{asset}.json`` so a later run (or another
-    machine) reading the same lake finds them without sharing DAGSTER_HOME; step outputs
-    inside a fan-out live under ``{lake}/_dagster_io/{run_id}/``.
+    An asset's value is a manifest (``lcaffect_pipeline.versions``): each materialisation adds
+    ``{lake}/_manifests/{asset}/{id}.json`` (never overwritten) and refreshes the latest copy,
+    ``{lake}/_manifests/{asset}.json``, so a later run (or another machine) reading the same lake
+    finds them without sharing DAGSTER_HOME. A loaded value carries its ``manifest_id``, which
+    the assets built from it record as what they read. Step outputs inside a fan-out live under
+    ``{lake}/_dagster_io/{run_id}/``.
     """
 
     lake: dg.ResourceDependency[LakeResource]
 
+    def _asset(self, context) -> str:
+        return "/".join(context.asset_key.path)
+
     def _path(self, context) -> Any:
-        if context.has_asset_key:
-            return self.lake.path("_manifests", *context.asset_key.path[:-1], f"{context.asset_key.path[-1]}.json")
         ident = context.get_identifier()
         return self.lake.path("_dagster_io", *[lake.safe_name(p) for p in ident[:-1]], f"{lake.safe_name(ident[-1])}.json")
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if context.has_asset_key:
+            stored = versions.write_manifest(self.lake.path(), self._asset(context), obj)
+            context.add_output_metadata({"manifest_id": stored["manifest_id"]})
+            return
         lake.atomic_write_bytes(self._path(context), json.dumps(obj, sort_keys=True, default=str).encode())
 
     def load_input(self, context: dg.InputContext) -> Any:
-        path = self._path(context.upstream_output)
+        upstream = context.upstream_output
+        if upstream.has_asset_key:
+            try:
+                return versions.load(self.lake.path(), self._asset(upstream))
+            except versions.ManifestError as exc:
+                raise FileNotFoundError(f"{exc}: upstream {upstream.asset_key.to_user_string()} has not been "
+                                        "materialised in this lake") from None
+        path = self._path(upstream)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: upstream {context.upstream_output.asset_key or context.upstream_output.name} has not been materialised in this lake")
+            raise FileNotFoundError(f"{path}: upstream {upstream.name} has not been materialised in this lake")
         return json.loads(path.read_text())
 
 

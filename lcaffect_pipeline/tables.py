@@ -1,0 +1,299 @@
+"""The lake's tables with history: Delta Lake tables (delta-rs, no JVM, no server).
+
+Each per-video table (``raw_comments``, ``clean_comments``, ``segments``) is a Delta table
+partitioned by ``video_key`` (the video id's safe file name, ``lake.safe_name``). A stage writes
+one video's rows as a content-addressed Parquet file, ``{table}/video_key={key}/{hash}.parquet``
+(the hash of its rows, ``lake.table_hash``), while the batch is still running; the collect step
+then commits one Delta version that removes the replaced files of the videos that changed and
+adds their new files. So:
+
+- a refresh of one video touches that video's files only, and a run that changed nothing adds no
+  version;
+- a file is never overwritten: every earlier version stays readable (``read(..., version=)``)
+  until retention frees it (``lcaffect_pipeline.versions``);
+- the chunk steps never commit, so parallel steps and pods do not contend for the log: the one
+  writer of a table is its asset's collect step.
+
+Tables with one file per version (``catalogue``, the downstream ``utterances_{task}``) use the
+same path without a partition. The data files hold every column of the one schema
+(``lcaffect_pipeline.schema``), so DuckDB reads a version's file list directly
+(``files``), and our own readers read a video's file by its hash.
+
+Why Delta rather than Iceberg: docs/ARCHITECTURE.md ("Versions").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import lake, schema
+
+KEY = "video_key"  # the partition column: safe_name(video_id)
+
+# name -> (schema of the data files, partitioned by video)
+TABLES: dict[str, tuple[pa.Schema, bool]] = {
+    "catalogue": (schema.CATALOGUE_SCHEMA, False),
+    "raw_comments": (schema.COMMENTS_SCHEMA, True),
+    "clean_comments": (schema.CLEAN_COMMENTS_SCHEMA, True),
+    "segments": (schema.SEGMENTS_SCHEMA, True),
+}
+
+
+class VersionError(LookupError):
+    """A table or version that the lake does not have (or no longer has: retention freed it)."""
+
+
+def register(name: str, data_schema: pa.Schema, per_video: bool = False) -> None:
+    """Declare another versioned table (the downstream utterance tables register theirs)."""
+    TABLES[name] = (data_schema, per_video)
+
+
+def _spec(table: str) -> tuple[pa.Schema, bool]:
+    if table not in TABLES:
+        raise VersionError(f"no versioned table {table!r}; the lake's tables: {', '.join(sorted(TABLES))}")
+    return TABLES[table]
+
+
+def table_path(root, table: str):
+    _spec(table)
+    return lake.as_path(root) / table
+
+
+def video_key(video_id: str) -> str:
+    return lake.safe_name(video_id)
+
+
+def file_name(digest: str) -> str:
+    return f"{digest}.parquet"
+
+
+def relative_file(table: str, video_id: str | None, digest: str) -> str:
+    """A data file's path relative to its table: content-addressed, so never overwritten."""
+    return f"{KEY}={video_key(video_id)}/{file_name(digest)}" if _spec(table)[1] else file_name(digest)
+
+
+def data_file(root, table: str, video_id: str | None, digest: str):
+    return table_path(root, table) / relative_file(table, video_id, digest)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write(root, table: str, data: pa.Table, video_id: str | None = None) -> str:
+    """Write one video's rows (or a whole unpartitioned table) as a content-addressed data file;
+    returns its hash (the name). Not visible in the table until ``commit``."""
+    data_schema, per_video = _spec(table)
+    if per_video and video_id is None:
+        raise ValueError(f"{table} is per video: pass video_id")
+    data = data.cast(data_schema)
+    digest = lake.table_hash(data)
+    path = data_file(root, table, video_id, digest)
+    if not path.exists():  # same rows, same name: an existing file already holds them
+        lake.write_parquet(data, path)
+    return digest
+
+
+def read_file(root, table: str, video_id: str | None, digest: str) -> pa.Table:
+    path = data_file(root, table, video_id, digest)
+    if not path.exists():
+        raise VersionError(f"{path}: the {table} file of {video_id or 'the table'} with hash {digest} is not in the lake "
+                           "(freed by retention, or never written)")
+    return lake.read_parquet(path, _spec(table)[0])
+
+
+def commit(root, table: str, changes: Mapping[str | None, str | None], *, operation: str = "refresh",
+           info: Mapping[str, Any] | None = None) -> int:
+    """Make ``changes`` ({video_id: new hash, or None to drop the video}; for an unpartitioned
+    table {None: hash}) the table's next version. Returns the version that holds them: the current
+    one when nothing changed. Retried when another writer committed first."""
+    from deltalake.exceptions import CommitFailedError
+
+    for attempt in range(8):
+        try:
+            return _commit_once(root, table, changes, operation, info or {})
+        except CommitFailedError:
+            if attempt == 7:
+                raise
+            time.sleep(0.2 * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+def _commit_once(root, table: str, changes, operation: str, info: Mapping[str, Any]) -> int:
+    from deltalake import Schema as DeltaSchema
+    from deltalake.transaction import AddAction, CommitProperties, RemoveAction, create_table_with_add_actions
+
+    data_schema, per_video = _spec(table)
+    dt = _open(root, table, missing_ok=True)
+    current = _current_files(dt, per_video) if dt is not None else {}
+    now = int(time.time() * 1000)
+    adds, removes = [], []
+    for vid, digest in changes.items():
+        key = video_key(vid) if per_video else None
+        new = relative_file(table, vid, digest) if digest else None
+        old = current.get(key, [])
+        if new is not None and old == [new]:
+            continue  # unchanged
+        parts = {KEY: key} if per_video else {}
+        removes += [RemoveAction(path, True, now, partition_values=parts) for path in old if path != new]
+        if new is not None and new not in old:
+            size = data_file(root, table, vid, digest).stat().st_size
+            rows = pq.ParquetFile(data_file(root, table, vid, digest).open("rb")).metadata.num_rows
+            adds.append(AddAction(new, size, parts, now, True, json.dumps({"numRecords": rows})))
+    delta_schema = DeltaSchema.from_arrow(_delta_arrow_schema(data_schema, per_video))
+    props = CommitProperties(custom_metadata={"lcaffect.operation": operation,
+                                              **{f"lcaffect.{k}": str(v) for k, v in info.items()}})
+    partition_by = [KEY] if per_video else None
+    if dt is None:
+        create_table_with_add_actions(_uri(root, table), delta_schema, adds, mode="error", partition_by=partition_by,
+                                      name=table, commit_properties=props, storage_options=storage_options(root))
+        return 0
+    if not adds and not removes:
+        return dt.version()
+    dt.create_write_transaction([*removes, *adds], mode="append", schema=delta_schema, partition_by=partition_by,
+                                commit_properties=props)
+    return _open(root, table).version()
+
+
+def _delta_arrow_schema(data_schema: pa.Schema, per_video: bool) -> pa.Schema:
+    # Delta keeps microsecond timestamps; the data files keep the schema's own unit (DuckDB and
+    # our readers read the files, so they see it unchanged).
+    fields = [pa.field(f.name, pa.timestamp("us", tz=f.type.tz), f.nullable) if pa.types.is_timestamp(f.type) else f
+              for f in data_schema.remove_metadata()]
+    return pa.schema(fields + ([pa.field(KEY, pa.string(), nullable=False)] if per_video else []))
+
+
+def restore(root, table: str, version: int) -> int:
+    """Make ``version``'s contents the table's next version (nothing is deleted); returns it."""
+    dt = _open(root, table)
+    check_readable(root, table, version)
+    dt.restore(version)
+    return _open(root, table).version()
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _uri(root, table: str) -> str:
+    return str(table_path(root, table)).rstrip("/")
+
+
+def storage_options(root) -> dict[str, str] | None:
+    """delta-rs's options for the lake's object store (None on local disk): the endpoint and
+    credentials s3fs uses. Only the table's collect step commits, so the store needs no lock
+    (``AWS_S3_ALLOW_UNSAFE_RENAME``: delta-rs otherwise refuses S3 without a locking provider)."""
+    root_p = lake.as_path(root)
+    if lake.is_local(root_p):
+        return None
+    fs = root_p.fs
+    kwargs = {**(getattr(fs, "client_kwargs", None) or {}), **(getattr(fs, "storage_options", None) or {})}
+    endpoint = (getattr(fs, "endpoint_url", None) or kwargs.get("endpoint_url")
+                or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    opts = {"AWS_S3_ALLOW_UNSAFE_RENAME": "true",
+            "AWS_REGION": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"}
+    if endpoint:
+        opts["AWS_ENDPOINT_URL"] = endpoint
+        opts["AWS_ALLOW_HTTP"] = "true" if endpoint.startswith("http://") else "false"
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        if os.environ.get(name):
+            opts[name] = os.environ[name]
+    key, secret = kwargs.get("key") or getattr(fs, "key", None), kwargs.get("secret") or getattr(fs, "secret", None)
+    if key and secret:
+        opts.update(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret)
+    return opts
+
+
+def _open(root, table: str, version: int | None = None, *, missing_ok: bool = False):
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    uri = _uri(root, table)
+    try:
+        return DeltaTable(uri, version=version, storage_options=storage_options(root))
+    except TableNotFoundError:
+        if missing_ok:
+            return None
+        raise VersionError(f"{uri}: no {table} table in this lake yet") from None
+    except Exception as exc:  # delta-rs raises a generic error for a version it has no log entry for
+        if version is not None and "version" in str(exc).lower():
+            raise VersionError(f"{uri}: {table} has no version {version} ({exc})") from None
+        raise
+
+
+def _current_files(dt, per_video: bool) -> dict[str | None, list[str]]:
+    actions = pa.table(dt.get_add_actions(flatten=True)).to_pydict()  # an arro3 table: Arrow's C interface
+    files: dict[str | None, list[str]] = {}
+    keys = actions.get(f"partition.{KEY}", [None] * len(actions["path"]))
+    for path, key in zip(actions["path"], keys):
+        files.setdefault(key if per_video else None, []).append(path)
+    return files
+
+
+def version(root, table: str) -> int | None:
+    """The table's current version (None: no table yet)."""
+    dt = _open(root, table, missing_ok=True)
+    return None if dt is None else dt.version()
+
+
+def versions(root, table: str) -> list[dict[str, Any]]:
+    """The table's history, oldest first: version, time (ms), operation and our commit info."""
+    dt = _open(root, table)
+    out = []
+    for entry in reversed(dt.history()):
+        out.append({"version": entry["version"], "timestamp": entry.get("timestamp"),
+                    "operation": entry.get("lcaffect.operation") or entry.get("operation"),
+                    **{k[len("lcaffect."):]: v for k, v in entry.items() if k.startswith("lcaffect.") and k != "lcaffect.operation"}})
+    return out
+
+
+def files(root, table: str, version: int | None = None) -> dict[str | None, str]:
+    """``{video_key: data file URI}`` of a version (the current one by default)."""
+    dt = _open(root, table, version)
+    check_readable(root, table, dt.version())
+    per_video = _spec(table)[1]
+    base = _uri(root, table)
+    out: dict[str | None, str] = {}
+    for key, paths in _current_files(dt, per_video).items():
+        for path in paths:
+            out[key if per_video else None] = f"{base}/{path}"
+    return out
+
+
+def digests(root, table: str, version: int | None = None) -> dict[str | None, str]:
+    """``{video_key: content hash}`` of a version: what a consumer of that version read."""
+    return {key: lake.as_path(uri).name.removesuffix(".parquet") for key, uri in files(root, table, version).items()}
+
+
+def read(root, table: str, version: int | None = None) -> pa.Table:
+    """The whole table as of ``version`` (rows of every video, in video-key order)."""
+    data_schema = _spec(table)[0]
+    found = files(root, table, version)
+    parts = [lake.read_parquet(found[key], data_schema) for key in sorted(found, key=str)]
+    return pa.concat_tables(parts) if parts else data_schema.empty_table()
+
+
+# ----------------------------------------------------------------------------- freed versions
+
+
+def _expired_path(root, table: str):
+    return lake.as_path(root) / "_versions" / f"{table}.expired.json"
+
+
+def expired(root, table: str) -> set[int]:
+    path = _expired_path(root, table)
+    return set(json.loads(path.read_text())) if path.exists() else set()
+
+
+def mark_expired(root, table: str, freed: set[int]) -> None:
+    lake.atomic_write_bytes(_expired_path(root, table), json.dumps(sorted(expired(root, table) | set(freed))).encode())
+
+
+def check_readable(root, table: str, version: int) -> None:
+    if version in expired(root, table):
+        raise VersionError(f"{table} version {version} was freed by retention (its data files are deleted); "
+                           "see _versions/ in the lake")

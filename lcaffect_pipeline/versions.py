@@ -1,0 +1,139 @@
+"""Versions of what the pipeline built: one manifest per materialisation, lineage between them.
+
+Every asset value the IO manager stores is a *manifest*: ``_manifests/{asset}/{id}.json``, never
+overwritten (``{id}`` is the UTC time and a hash of the content), plus ``_manifests/{asset}.json``,
+a copy of the latest one for readers that want "now". A manifest names what it wrote (a table
+version, ``table_version``; a content-addressed file or run folder) and, in ``reads``, the
+manifest id of every input it was built from. ``lineage`` follows ``reads`` down to the corpus,
+so a model, a feature set or a report resolves to the exact table versions behind it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from typing import Any, Iterable, Mapping
+
+from . import lake
+
+MANIFESTS = "_manifests"
+
+
+class ManifestError(LookupError):
+    """A manifest the lake does not have."""
+
+
+def manifest_dir(root, asset: str):
+    return lake.as_path(root) / MANIFESTS / asset
+
+
+def latest_path(root, asset: str):
+    return lake.as_path(root) / MANIFESTS / f"{asset}.json"
+
+
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, default=str).encode()
+
+
+def write_manifest(root, asset: str, value: Mapping[str, Any], now: dt.datetime | None = None) -> dict[str, Any]:
+    """Store ``value`` as a new manifest of ``asset`` (and as its latest); returns it with its
+    ``manifest_id``. The history file is written first: a crash never leaves a latest without it."""
+    body = {k: v for k, v in value.items() if k != "manifest_id"}
+    stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%S%fZ")
+    manifest_id = f"{stamp}-{hashlib.sha256(_encode(body)).hexdigest()[:12]}"
+    stored = {**body, "manifest_id": manifest_id}
+    data = _encode(stored)
+    lake.atomic_write_bytes(manifest_dir(root, asset) / f"{manifest_id}.json", data)
+    lake.atomic_write_bytes(latest_path(root, asset), data)
+    return stored
+
+
+def latest(root, asset: str) -> dict[str, Any] | None:
+    path = latest_path(root, asset)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def load(root, asset: str, manifest_id: str | None = None) -> dict[str, Any]:
+    """One manifest of ``asset`` (the latest when ``manifest_id`` is None)."""
+    path = latest_path(root, asset) if manifest_id is None else manifest_dir(root, asset) / f"{lake.safe_name(manifest_id)}.json"
+    if not path.exists():
+        raise ManifestError(f"{path}: {asset} has no manifest {manifest_id or '(none materialised yet)'} in this lake")
+    return json.loads(path.read_text())
+
+
+def manifest_ids(root, asset: str) -> list[str]:
+    """Every manifest id of ``asset``, oldest first."""
+    folder = manifest_dir(root, asset)
+    return sorted(p.name.removesuffix(".json") for p in folder.glob("*.json")) if folder.exists() else []
+
+
+def assets(root) -> list[str]:
+    folder = lake.as_path(root) / MANIFESTS
+    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
+
+
+def reads(upstreams: Mapping[str, Any] | None) -> dict[str, str]:
+    """``{upstream asset: manifest id}`` of the manifests an asset was built from."""
+    return {name: value["manifest_id"] for name, value in (upstreams or {}).items()
+            if isinstance(value, Mapping) and value.get("manifest_id")}
+
+
+# ----------------------------------------------------------------------------- lineage
+
+
+def lineage(root, asset: str, manifest_id: str | None = None) -> list[dict[str, Any]]:
+    """The manifests behind one, breadth first: ``{asset, manifest_id, depth, table_version,
+    reads}`` for it and every manifest its ``reads`` reach (each once)."""
+    start = load(root, asset, manifest_id)
+    rows, seen = [], set()
+    frontier = [(asset, start, 0)]
+    while frontier:
+        name, manifest, depth = frontier.pop(0)
+        if (name, manifest.get("manifest_id")) in seen:
+            continue
+        seen.add((name, manifest.get("manifest_id")))
+        rows.append({"asset": name, "manifest_id": manifest.get("manifest_id"), "depth": depth,
+                     "table_version": manifest.get("table_version") or {}, "reads": manifest.get("reads") or {}})
+        for up, up_id in sorted((manifest.get("reads") or {}).items()):
+            try:
+                frontier.append((up, load(root, up, up_id), depth + 1))
+            except ManifestError:
+                rows.append({"asset": up, "manifest_id": up_id, "depth": depth + 1, "table_version": {},
+                             "reads": {}, "missing": True})
+    return rows
+
+
+def table_versions(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[int]]:
+    """``{table: [versions]}`` that a lineage reaches (a table read at two versions lists both)."""
+    out: dict[str, set[int]] = {}
+    for row in rows:
+        for table, version in (row.get("table_version") or {}).items():
+            if version is not None:
+                out.setdefault(table, set()).add(int(version))
+    return {t: sorted(v) for t, v in sorted(out.items())}
+
+
+def lineage_markdown(root, manifest: Mapping[str, Any], asset: str | None = None) -> str:
+    """What the UI shows: the inputs behind a materialisation, down to the corpus versions."""
+    rows = [{"asset": asset or "(this)", "manifest_id": "(this run)", "depth": 0,
+             "table_version": manifest.get("table_version") or {}, "reads": manifest.get("reads") or {}}]
+    for up, up_id in sorted((manifest.get("reads") or {}).items()):
+        try:
+            rows += [{**r, "depth": r["depth"] + 1} for r in lineage(root, up, up_id)]
+        except ManifestError:
+            rows.append({"asset": up, "manifest_id": up_id, "depth": 1, "table_version": {}, "missing": True})
+    lines = ["| asset | manifest | table versions |", "|---|---|---|"]
+    for r in _dedup(rows):
+        tv = ", ".join(f"{t} v{v}" for t, v in sorted(r["table_version"].items())) or ""
+        lines.append(f"| {'→ ' * r['depth']}{r['asset']} | {r['manifest_id']}{' (missing)' if r.get('missing') else ''} | {tv} |")
+    return "\n".join(lines)
+
+
+def _dedup(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen, out = set(), []
+    for r in rows:
+        if (r["asset"], r["manifest_id"]) not in seen:
+            seen.add((r["asset"], r["manifest_id"]))
+            out.append(r)
+    return out
