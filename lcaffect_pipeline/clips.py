@@ -154,9 +154,8 @@ def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict |
     if prev and prev.get("fingerprint") == fingerprint and seg_path.exists():
         raise Skip
     comments = None
-    cpath = clean_path(root, platform, vid)
-    if comments_hash and cpath.exists():
-        comments = lake.read_parquet(cpath, schema.CLEAN_COMMENTS_SCHEMA)
+    if comments_hash and clean_path(root, vid, comments_hash).exists():
+        comments = lake.read_parquet(clean_path(root, vid, comments_hash), schema.CLEAN_COMMENTS_SCHEMA)
     # Frames stream from the decoder into the shards one segment at a time: memory stays bounded
     # however long the video.
     with lake.local_copy(probe["metrics"]["path"], "the frame decoder") as video:
