@@ -95,7 +95,8 @@ def test_corpus_and_clips_run_with_the_lake_on_the_store(reference) -> None:
     assert m["training_shards"]["samples"] == m["segments"]["rows"] > 0
     checks = {(c.asset_key.to_user_string(), c.check_name): c.passed for c in result.get_asset_check_evaluations()}
     assert checks and all(checks.values()), checks  # DuckDB and pyarrow read the comment tables from the store
-    for part in ("demo_world/catalogue.yaml", "catalogue.parquet", "corpus.duckdb", "shards/index.json",
+    for part in ("demo_world/catalogue.yaml", "catalogue/_delta_log/00000000000000000000.json",
+                 "clean_comments/_delta_log/00000000000000000000.json", "corpus.duckdb", "shards/index.json",
                  "segments/demo_00.parquet", "audio/demo_00.wav", "videos/demo_00.mp4", "_manifests/segments.json"):
         assert part in keys, part
     assert sum(k.startswith("shards/demo_") and k.endswith(".tar") for k in keys) == N_VIDEOS
