@@ -12,6 +12,7 @@ import os
 import dagster as dg
 
 from .jobs import JOBS
+from .retention import retention_job, weekly_retention
 from .schedules import SCHEDULES
 from .sensors import SENSORS
 from .checks import CHECKS
@@ -86,8 +87,8 @@ def build_resources() -> dict:
 defs = dg.Definitions(
     assets=[*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS, *DOWNSTREAM_ASSETS],
     asset_checks=[*CHECKS, *CLIPS_CHECKS],
-    jobs=JOBS,
-    schedules=SCHEDULES,
+    jobs=[*JOBS, retention_job],
+    schedules=[*SCHEDULES, weekly_retention],
     sensors=SENSORS,
     resources=build_resources(),
     executor=build_executor(),
