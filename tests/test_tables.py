@@ -169,3 +169,21 @@ def test_tables_versions_and_retention_on_the_s3_server(tmp_path, monkeypatch) -
         assert retention.rollback(root, {"clean_comments": 0})["clean_comments"]["version"] == 3
         assert tables.read(root, "clean_comments").num_rows == 2
         assert json.loads(fs.cat(f"{root}/_manifests/clean_comments.json"))["rolled_back_to"] == 0
+
+
+def test_the_retention_job_reports_what_it_freed(tmp_path) -> None:
+    from lcaffect_pipeline.defs.resources import LakeResource
+    from lcaffect_pipeline.definitions import defs
+
+    _three_versions(tmp_path)
+    job = defs.resolve_job_def("retention_job")
+    result = job.execute_in_process(run_config={"ops": {"lake_retention": {"config": {"keep_last": 1}}}},
+                                    resources={"lake": LakeResource(root=str(tmp_path))})
+    assert result.success
+    meta = result.get_step_success_events()[0]  # the one op
+    report = result.output_for_node("lake_retention")
+    assert report["tables"]["clean_comments"]["versions"] == [1] and report["files"] == 1
+    mats = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    md = mats[0].event_specific_data.metadata["tables"].value
+    assert "| clean_comments | [1] | [2] | [0] | 1 |" in md and meta.step_key == "lake_retention"
+    assert defs.resolve_schedule_def("weekly_retention").default_status.value == "STOPPED"
