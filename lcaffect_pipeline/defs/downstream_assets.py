@@ -105,7 +105,7 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
         # A Delta table in the task's folder, one content-addressed file per version (tables.py)
         digest = tables.write(lake.path(), names["utterances"], table)
         version = tables.commit(lake.path(), names["utterances"], {None: digest}, operation="utterances",
-                                info={"dagster_run": context.run_id})
+                                info={"dagster_run": context.run.run_id})
         path = tables.data_file(lake.path(), names["utterances"], None, digest)
         splits = table.group_by("split").aggregate([("utterance_id", "count")]).to_pylist()
         return dg.Output(
@@ -173,7 +173,7 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
                                                   utts, arms[name]["dir"])
                 variants[name] = {"output_dir": str(out), "features_dir": arms[name]["dir"]}
             value = {"available": True, **variants[primary], "variant": primary, "variants": variants,
-                     "reads": versions.reads({names["utterances"]: utts, names["features"]: feats})}
+                     "reads": versions.reads({TASK_ASSETS[task]["utterances"]: utts, TASK_ASSETS[task]["features"]: feats})}
             yield _arms_output(reported, value, lake.path(), name)
 
         return fusion_asset
