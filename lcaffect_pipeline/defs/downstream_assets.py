@@ -174,7 +174,7 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
                 variants[name] = {"output_dir": str(out), "features_dir": arms[name]["dir"]}
             value = {"available": True, **variants[primary], "variant": primary, "variants": variants,
                      "reads": versions.reads({TASK_ASSETS[task]["utterances"]: utts, TASK_ASSETS[task]["features"]: feats})}
-            yield _arms_output(reported, value, lake.path(), name)
+            yield _arms_output(reported, value, lake.path(), runs.fusion_name(task, use_lc))
 
         return fusion_asset
 
