@@ -43,11 +43,12 @@ class Freed:
 def referenced_versions(root) -> dict[str, set[int]]:
     """``{table: versions}`` that a kept manifest (model, features, fusion, report) was built from."""
     out: dict[str, set[int]] = {}
+    cache: dict = {}  # kept manifests share most of their lineage (one encoder, many features)
     for asset in versions.assets(root):
         if asset in DATA_ASSETS:
             continue
         for manifest_id in versions.manifest_ids(root, asset):
-            for table, found in versions.table_versions(versions.lineage(root, asset, manifest_id)).items():
+            for table, found in versions.table_versions(versions.lineage(root, asset, manifest_id, cache)).items():
                 out.setdefault(table, set()).update(found)
     return out
 

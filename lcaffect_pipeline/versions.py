@@ -83,25 +83,33 @@ def reads(upstreams: Mapping[str, Any] | None) -> dict[str, str]:
 # ----------------------------------------------------------------------------- lineage
 
 
-def lineage(root, asset: str, manifest_id: str | None = None) -> list[dict[str, Any]]:
+def lineage(root, asset: str, manifest_id: str | None = None, cache: dict | None = None) -> list[dict[str, Any]]:
     """The manifests behind one, breadth first: ``{asset, manifest_id, depth, table_version,
-    reads}`` for it and every manifest its ``reads`` reach (each once)."""
-    start = load(root, asset, manifest_id)
+    reads}`` for it and every manifest its ``reads`` reach (each once, each read once; ``cache``
+    shares the manifests read between calls)."""
+    return _walk(root, asset, load(root, asset, manifest_id), cache)
+
+
+def _walk(root, asset: str, start: Mapping[str, Any], cache: dict | None = None) -> list[dict[str, Any]]:
+    cache = {} if cache is None else cache
     rows, seen = [], set()
     frontier = [(asset, start, 0)]
     while frontier:
         name, manifest, depth = frontier.pop(0)
-        if (name, manifest.get("manifest_id")) in seen:
-            continue
-        seen.add((name, manifest.get("manifest_id")))
         rows.append({"asset": name, "manifest_id": manifest.get("manifest_id"), "depth": depth,
-                     "table_version": manifest.get("table_version") or {}, "reads": manifest.get("reads") or {}})
+                     "table_version": manifest.get("table_version") or {}, "reads": manifest.get("reads") or {},
+                     **({"missing": True} if manifest.get("missing") else {})})
         for up, up_id in sorted((manifest.get("reads") or {}).items()):
-            try:
-                frontier.append((up, load(root, up, up_id), depth + 1))
-            except ManifestError:
-                rows.append({"asset": up, "manifest_id": up_id, "depth": depth + 1, "table_version": {},
-                             "reads": {}, "missing": True})
+            if (up, up_id) in seen:
+                continue
+            seen.add((up, up_id))
+            if (up, up_id) not in cache:
+                try:  # only what lineage needs is kept: manifests hold every video's results
+                    found = load(root, up, up_id)
+                    cache[(up, up_id)] = {k: found.get(k) for k in ("manifest_id", "reads", "table_version")}
+                except ManifestError:
+                    cache[(up, up_id)] = {"manifest_id": up_id, "missing": True}
+            frontier.append((up, cache[(up, up_id)], depth + 1))
     return rows
 
 
@@ -117,27 +125,12 @@ def table_versions(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[int]]:
 
 def lineage_markdown(root, manifest: Mapping[str, Any], asset: str | None = None) -> str:
     """What the UI shows: the inputs behind a materialisation, down to the corpus versions."""
-    rows = [{"asset": asset or "(this)", "manifest_id": "(this run)", "depth": 0,
-             "table_version": manifest.get("table_version") or {}, "reads": manifest.get("reads") or {}}]
-    for up, up_id in sorted((manifest.get("reads") or {}).items()):
-        try:
-            rows += [{**r, "depth": r["depth"] + 1} for r in lineage(root, up, up_id)]
-        except ManifestError:
-            rows.append({"asset": up, "manifest_id": up_id, "depth": 1, "table_version": {}, "missing": True})
+    rows = _walk(root, asset or "(this)", {**manifest, "manifest_id": "(this run)"})
     lines = ["| asset | manifest | table versions |", "|---|---|---|"]
-    for r in _dedup(rows):
+    for r in rows:
         tv = ", ".join(f"{t} v{v}" for t, v in sorted(r["table_version"].items())) or ""
         lines.append(f"| {'→ ' * r['depth']}{r['asset']} | {r['manifest_id']}{' (missing)' if r.get('missing') else ''} | {tv} |")
     return "\n".join(lines)
-
-
-def _dedup(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    seen, out = set(), []
-    for r in rows:
-        if (r["asset"], r["manifest_id"]) not in seen:
-            seen.add((r["asset"], r["manifest_id"]))
-            out.append(r)
-    return out
 
 
 # ----------------------------------------------------------------------------- reading as of a version
