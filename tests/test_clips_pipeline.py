@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 import dagster as dg
-import pyarrow.parquet as pq
 import pytest
 
+from lcaffect_pipeline import clips
 from lcaffect_pipeline.defs.checks import CHECKS
 from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS_ASSETS
 from lcaffect_pipeline.defs.clips_assets import CHECKS as CLIPS_CHECKS
@@ -44,7 +44,7 @@ def test_demo_videos_become_shards(clips_run) -> None:
     index = json.loads((root / "shards" / "index.json").read_text())
     entries = index if isinstance(index, list) else index["shards"]
     assert sum(e["samples"] for e in entries) == N * SEGMENTS_PER_VIDEO
-    table = pq.read_table(root / "segments" / "demo_00.parquet")
+    table = clips.segments_of(root, "demo_00", segs["results"]["demo_00"]["output_hash"])
     counts = [len(c) for c in table.column("comments").to_pylist()]
     assert all(1 <= n <= 32 for n in counts) and max(counts) > 5  # every distinct comment, not a top 5
     assert all((root / "shards" / s).exists() for s in table.column("shard").to_pylist())  # relative: the lake can move
@@ -155,7 +155,7 @@ def test_clips_assets_with_the_decord_frame_backend(tmp_path: Path, caplog) -> N
     assert dg.materialize(ALL, resources=res).success
     assert {v["status"] for v in manifest(root, "segments")["results"].values()} == {"done"}
     assert "decord refused" in caplog.text and "nodur.webm" in caplog.text and "broken metadata" in caplog.text
-    table = pq.read_table(root / "segments" / "ex.parquet")
+    table = clips.segments_of(root, "ex", manifest(root, "segments")["results"]["ex"]["output_hash"])
     assert table.column("frame_times_ms").to_pylist() == [[1000, 3000, 5000, 7000], [9000, 11000, 13000, 15000]]
     row = table.slice(0, 1).to_pylist()[0]
     with tarfile.open(root / "shards" / row["shard"]) as tar:
