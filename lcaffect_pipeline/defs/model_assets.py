@@ -70,8 +70,8 @@ def encoder_outputs(trained: dict[str, tuple[Path, tuple[dict, str], bool]], roo
     values = {name: models.encoder_value(out, *done) for name, (out, done, _) in trained.items()}
     reads = versions.reads({"training_shards": shards})
     first = next(iter(values))
-    versions = {name: v["data_version"] for name, v in values.items()}
-    version = versions[first] if len(versions) == 1 else sha256_bytes(json.dumps(versions, sort_keys=True).encode())[:32]
+    weights = {name: v["data_version"] for name, v in values.items()}
+    version = weights[first] if len(weights) == 1 else sha256_bytes(json.dumps(weights, sort_keys=True).encode())[:32]
     out_first = trained[first][0]
     metadata = {**values[first]["metrics"], "variant": first, "reused": all(r for _, _, r in trained.values()),
                 "checkpoint": dg.MetadataValue.path(str(latest_checkpoint(out_first))),
