@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import lake, schema, tables
-from .corpus import clean_path
+from . import lake, tables
 from .stages import Skip, VideoResult
 
 
@@ -206,14 +205,7 @@ def clean_comments(root, video: dict[str, Any], comments_hash: str | None):
     the clean_comments table); None when the video has none."""
     if not comments_hash:
         return None
-    try:
-        return tables.read_file(root, "clean_comments", video["video_id"], comments_hash)
-    except tables.VersionError:
-        # TEMPORARY, until the corpus writes its Delta tables: the file the corpus wrote before.
-        cpath = clean_path(root, video["platform"], video["video_id"])
-        if cpath.exists():
-            return lake.read_parquet(cpath, schema.CLEAN_COMMENTS_SCHEMA)
-        raise
+    return tables.read_file(root, "clean_comments", video["video_id"], comments_hash)
 
 
 def recorded_probe(probe: dict | None):

@@ -26,7 +26,7 @@ import duckdb
 import pyarrow as pa
 import yaml
 
-from . import lake, schema
+from . import lake, schema, tables
 from .stages import Skip, VideoResult
 
 
@@ -123,12 +123,13 @@ def check_unique_ids(table: pa.Table, path: str) -> None:
 # ---------------------------------------------------------------- per-video stages
 
 
-def raw_path(root, platform: str, video_id: str):
-    return lake.under(root, "raw_comments", platform, video_id, ext=".parquet")
+def raw_path(root, video_id: str, digest: str):
+    """One video's raw comments as one version of ``raw_comments`` holds them (content-addressed)."""
+    return tables.data_file(root, "raw_comments", video_id, digest)
 
 
-def clean_path(root, platform: str, video_id: str):
-    return lake.under(root, "clean_comments", platform, video_id, ext=".parquet")
+def clean_path(root, video_id: str, digest: str):
+    return tables.data_file(root, "clean_comments", video_id, digest)
 
 
 def source_dir(root, platform: str, video_id: str):
@@ -162,13 +163,13 @@ def fetch_and_parse(video: dict[str, Any], prev: dict | None, *, root, crawl, se
     if fetched.status not in ("complete", "skipped"):
         raise RuntimeError(fetched.error or f"fetch ended {fetched.status}")
     fingerprint = (fetched.content_hash or _files_fingerprint(fetched.files)) + (salt and hashlib.sha1(salt.encode()).hexdigest()[:8] or "")
-    out = raw_path(root, platform, vid)
-    if prev and prev.get("fingerprint") == fingerprint and out.exists():
+    if prev and prev.get("fingerprint") == fingerprint and prev.get("output_hash") \
+            and raw_path(root, vid, prev["output_hash"]).exists():
         raise Skip
     with lake.local_copies(fetched.files, "the comment parsers") as files:
         table = read_comments(files, platform=platform, video_id=vid, author_salt=salt)
         table = _lake_source_files(table, {str(f): str(src) for f, src in zip(files, fetched.files)})
-    digest = lake.write_parquet(table, out)
+    digest = tables.write(root, "raw_comments", table, vid)
     skipped = int((table.schema.metadata or {}).get(b"lcaffect.skipped", b"0") or 0)
     return VideoResult(vid, "done", fingerprint, digest, table.num_rows, metrics={"bad_elements": skipped, **_meta_metrics(fetched)})
 
@@ -182,54 +183,67 @@ def clean_one(video: dict[str, Any], prev: dict | None, *, root, raw_hash: str |
     """Clean one video's raw comments; skipped when raw content and config are unchanged."""
     from .cleaning import CleaningConfig, clean_comments
 
-    vid, platform = video["video_id"], video["platform"]
+    vid = video["video_id"]
     if raw_hash is None:
         raise RuntimeError("no raw comments (the fetch failed)")
     fingerprint = lake.combine_hashes({"raw": raw_hash, "config": json.dumps(config, sort_keys=True, default=str)})
-    out = clean_path(root, platform, vid)
-    if prev and prev.get("fingerprint") == fingerprint and out.exists():
+    if prev and prev.get("fingerprint") == fingerprint and prev.get("output_hash") \
+            and clean_path(root, vid, prev["output_hash"]).exists():
         raise Skip
-    raw = lake.read_parquet(raw_path(root, platform, vid), schema.COMMENTS_SCHEMA)
+    raw = tables.read_file(root, "raw_comments", vid, raw_hash)
     clean, drops = clean_comments(raw, CleaningConfig(**config))
-    digest = lake.write_parquet(clean, out)
+    digest = tables.write(root, "clean_comments", clean, vid)
     return VideoResult(vid, "done", fingerprint, digest, clean.num_rows, metrics={"raw_rows": raw.num_rows, "drops": dict(drops)})
 
 
 # ---------------------------------------------------------------- the corpus catalog
 
 
-def build_corpus_catalog(root, durations: dict[str, float] | None = None) -> dict[str, Any]:
-    """Write ``corpus.duckdb``: views over the Parquet lake plus the dataset-card tables.
+CORPUS_TABLES = ("catalogue", "raw_comments", "clean_comments")
 
-    Hours per video come from the known duration (crawl metadata or the video probe) and
-    fall back to the last comment's offset where no duration is known. On an object store the
-    database file is built in a local scratch folder (DuckDB writes local files) and uploaded;
-    its views read the Parquet from the lake's URLs, so a reader opens it with
-    ``connect(root, path)``, which registers the lake's file system.
+
+def corpus_versions(root, pinned: dict[str, int] | None = None) -> dict[str, int | None]:
+    """The version of each corpus table to read: ``pinned``'s, else the current one."""
+    pinned = pinned or {}
+    return {t: pinned[t] if pinned.get(t) is not None else tables.version(root, t) for t in CORPUS_TABLES}
+
+
+def build_corpus_catalog(root, durations: dict[str, float] | None = None,
+                         versions: dict[str, int | None] | None = None) -> dict[str, Any]:
+    """Write ``corpus.duckdb``: views over one version of each corpus table plus the dataset card.
+
+    ``versions`` ({table: version}, default the current ones) fixes what the views read: a view
+    lists the data files of that Delta version, so the catalog is a snapshot of the corpus and
+    later refreshes do not change what it shows. Hours per video come from the known duration
+    (crawl metadata or the video probe) and fall back to the last comment's offset where no
+    duration is known. On an object store the database file is built in a local scratch folder
+    (DuckDB writes local files) and uploaded; its views read the Parquet from the lake's URLs, so
+    a reader opens it with ``connect(root, path)``, which registers the lake's file system.
     """
+    versions = corpus_versions(root, versions)
     root_p = lake.as_path(root)
     if not lake.is_local(root_p):
         with lake.scratch("the DuckDB corpus catalog") as folder:
-            card = _write_catalog(folder / "corpus.duckdb", root_p, durations or {})
+            card = _write_catalog(folder / "corpus.duckdb", root_p, durations or {}, versions)
             lake.publish_copy(folder / "corpus.duckdb", root_p / "corpus.duckdb")
-        return {**card, "path": str(root_p / "corpus.duckdb")}
+        return {**card, "path": str(root_p / "corpus.duckdb"), "versions": versions}
     root_p = lake.local_path(root, "the DuckDB corpus catalog")
     db_path = root_p / "corpus.duckdb"
     lake.sweep_stale_temps(root_p)
     tmp = lake.temp_path(db_path)  # one per build: two runs building at once do not collide
     try:
-        card = _write_catalog(tmp, root_p, durations or {})
+        card = _write_catalog(tmp, root_p, durations or {}, versions)
         os.replace(tmp, db_path)
     finally:
         for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
             leftover.unlink(missing_ok=True)
-    return {**card, "path": str(db_path)}
+    return {**card, "path": str(db_path), "versions": versions}
 
 
-def _write_catalog(db_file: Path, root, durations: dict[str, float]) -> dict[str, Any]:
+def _write_catalog(db_file: Path, root, durations: dict[str, float], versions: dict[str, int | None]) -> dict[str, Any]:
     con = connect(root, db_file)
     try:
-        _create_catalog(con, root, durations)
+        _create_catalog(con, root, durations, versions)
         return _dataset_card(con)
     finally:
         con.close()
@@ -246,8 +260,13 @@ def connect(root, database: str | os.PathLike = ":memory:"):
     return con
 
 
-def _glob(root, table: str) -> str:
-    return str(lake.as_path(root) / table / "*" / "*.parquet")
+def connect_as_of(root, versions: dict[str, int] | None = None):
+    """An in-memory DuckDB connection whose views ``catalogue``, ``raw_comments`` and
+    ``clean_comments`` read the corpus as of ``versions`` ({table: version}; the current
+    version for a table not named): ``connect_as_of(lake, {"clean_comments": 3}).sql(...)``."""
+    con = connect(root)
+    _create_views(con, root, corpus_versions(root, versions))
+    return con
 
 
 def _sql_string(value: str) -> str:
@@ -256,15 +275,25 @@ def _sql_string(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def _create_catalog(con, root, durations: dict[str, float]) -> None:
-    cat = root / "catalogue.parquet"
-    con.execute(f"CREATE VIEW catalogue AS SELECT * FROM read_parquet({_sql_string(cat)})")
-    for table, sch in (("raw_comments", schema.COMMENTS_SCHEMA), ("clean_comments", schema.CLEAN_COMMENTS_SCHEMA)):
-        if any((root / table).glob("*/*.parquet")):
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_sql_string(_glob(root, table))}, union_by_name=true)")
+def _file_list(root, table: str, version: int | None) -> list[str]:
+    return [] if version is None else sorted(tables.files(root, table, version).values())
+
+
+def _create_views(con, root, versions: dict[str, int | None]) -> None:
+    for table in CORPUS_TABLES:
+        files = _file_list(root, table, versions.get(table))
+        if files:
+            listed = ", ".join(_sql_string(f) for f in files)
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listed}], union_by_name=true)")
         else:
-            con.register(f"_{table}_empty", sch.empty_table())
+            con.register(f"_{table}_empty", tables.TABLES[table][0].empty_table())
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_empty")
+    con.execute("CREATE TABLE corpus_versions AS SELECT * FROM (VALUES " + ", ".join(
+        f"({_sql_string(t)}, {'NULL' if v is None else int(v)})" for t, v in versions.items()) + ") t(table_name, version)")
+
+
+def _create_catalog(con, root, durations: dict[str, float], versions: dict[str, int | None]) -> None:
+    _create_views(con, root, versions)
     con.register("_durations", pa.table({"video_id": list(durations), "duration_s": [float(v) for v in durations.values()]}))
     con.execute(
         """
@@ -309,18 +338,17 @@ def card_markdown(card: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def catalogue_path(root):
-    return lake.as_path(root) / "catalogue.parquet"
+def write_catalogue(root, table: pa.Table, source: str = "") -> tuple[str, int]:
+    """Commit ``table`` as the lake's catalogue (a new version only when it changed); returns
+    (content hash, version)."""
+    check_unique_ids(table, source or "the catalogue")
+    digest = tables.write(root, "catalogue", table)
+    return digest, tables.commit(root, "catalogue", {None: digest}, operation="catalogue", info={"source": source})
 
 
-def write_catalogue(root, table: pa.Table) -> str:
-    check_unique_ids(table, str(catalogue_path(root)))
-    return lake.write_parquet(table, catalogue_path(root))
-
-
-def load_catalogue_from_lake(root) -> list[dict[str, Any]]:
-    """The catalogue rows (dicts) as last materialised into the lake."""
-    path = catalogue_path(root)
-    if not path.exists():
-        raise CatalogueError(f"{path}: no catalogue in this lake yet (materialise video_catalogue first)")
-    return lake.read_parquet(path, schema.CATALOGUE_SCHEMA).to_pylist()
+def load_catalogue_from_lake(root, version: int | None = None) -> list[dict[str, Any]]:
+    """The catalogue rows (dicts) as last materialised into the lake (or as of ``version``)."""
+    if tables.version(root, "catalogue") is None:
+        raise CatalogueError(f"{tables.table_path(root, 'catalogue')}: no catalogue in this lake yet "
+                             "(materialise video_catalogue first)")
+    return tables.read(root, "catalogue", version).to_pylist()

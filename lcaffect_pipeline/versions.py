@@ -137,3 +137,56 @@ def _dedup(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             seen.add((r["asset"], r["manifest_id"]))
             out.append(r)
     return out
+
+
+# ----------------------------------------------------------------------------- reading as of a version
+
+
+def parse_as_of(text: str | None) -> dict[str, int]:
+    """``RunScope.as_of_json``: ``{"clean_comments": 3}``, checked against the lake's tables."""
+    from .jsonopt import json_object
+    from .tables import TABLES
+
+    value = json_object(text, "scope.as_of_json")
+    unknown = sorted(set(value) - set(TABLES))
+    if unknown:
+        raise ValueError(f"scope.as_of_json: unknown table(s) {', '.join(map(repr, unknown))}; tables: {', '.join(sorted(TABLES))}")
+    bad = [k for k, v in value.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+    if bad:
+        raise ValueError(f"scope.as_of_json: versions must be whole numbers >= 0 ({', '.join(bad)})")
+    return dict(value)
+
+
+def manifest_for_version(root, asset: str, table: str, version: int) -> dict[str, Any] | None:
+    """The newest manifest of ``asset`` that recorded writing ``table`` at ``version``."""
+    for manifest_id in reversed(manifest_ids(root, asset)):
+        manifest = load(root, asset, manifest_id)
+        if (manifest.get("table_version") or {}).get(table) == version:
+            return manifest
+    return None
+
+
+# the asset that writes each table, where the names differ
+ASSET_TABLES = {"video_catalogue": "catalogue"}
+
+
+def as_of(root, asset: str, manifest: dict[str, Any], version: int) -> dict[str, Any]:
+    """The upstream manifest a stage reads when its table is pinned to ``version``: the one that
+    wrote that version; per-video results follow the table itself (the truth, e.g. after a
+    rollback), so every video reads exactly the file that version holds."""
+    from . import tables
+
+    table = ASSET_TABLES.get(asset, asset)
+    found = manifest_for_version(root, asset, table, version) or {"manifest_id": None, "results": {}}
+    if not tables.TABLES[table][1]:
+        tables.files(root, table, version)  # the version exists and is readable
+        return {**manifest, **found, "table_version": {table: version}, "as_of": version}
+    hashes = tables.digests(root, asset, version)
+    by_key = {tables.video_key(vid): (vid, r) for vid, r in {**manifest.get("results", {}), **found.get("results", {})}.items()}
+    results = {}
+    for key, digest in hashes.items():
+        vid, r = by_key.get(key, (None, {}))
+        if vid is None:
+            continue  # a video the catalogue no longer has
+        results[vid] = {**r, "video_id": vid, "output_hash": digest, "status": "skipped", "reason": None}
+    return {**found, "results": results, "table_version": {asset: version}, "as_of": version}

@@ -16,7 +16,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lcaffect_pipeline import clips, corpus, lake, shards
+from lcaffect_pipeline import clips, corpus, lake, shards, tables
 from lcaffect_pipeline.defs.checks import CHECKS
 from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS_ASSETS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS_ASSETS
@@ -80,9 +80,9 @@ def _assert_every_reader_finds_every_video(root: Path, ids: list[str], result) -
     assert per_video == {vid: COMMENTS for vid in ids}  # the DuckDB glob finds every video's file
     # Each per-video file sits under the one name of its id, extension last.
     for vid in ids:
-        assert corpus.clean_path(root, "bilibili", vid).name == lake.safe_name(vid, ".parquet")
+        assert tables.files(root, "clean_comments")[lake.safe_name(vid)]  # the partition of its one name
         assert clips.segments_of(root, vid) is not None and (root / "audio" / lake.safe_name(vid, ".wav")).exists()
-    assert len(list(root.glob("clean_comments/*/*.parquet"))) == len(ids)
+    assert len(list(root.glob("clean_comments/video_key=*/*.parquet"))) == len(ids)
     assert len(list(root.glob("_state/video_probes/*.json"))) == len(ids)
     index = shards.read_shard_index(root / "shards")
     assert {e["video_id"] for e in index} == set(ids) and sum(e["samples"] for e in index) == SEGMENTS * len(ids)

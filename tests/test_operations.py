@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from lcaffect_pipeline import corpus, lake
+from lcaffect_pipeline import corpus, lake, tables
 from lcaffect_pipeline.cleaning import CleaningConfig, clean_comments
 from lcaffect_pipeline.formats import read_comments
 
@@ -75,9 +75,9 @@ def _lake(root: Path) -> Path:
     cat.write_text(f"videos:\n  - {{video_id: v1, platform: bilibili, source: {src}}}\n")
     corpus.write_catalogue(root, corpus.load_catalogue(cat))
     raw = read_comments(src, platform="bilibili", video_id="v1")
-    lake.write_parquet(raw, corpus.raw_path(root, "bilibili", "v1"))
+    tables.commit(root, "raw_comments", {"v1": tables.write(root, "raw_comments", raw, "v1")})
     clean, _ = clean_comments(raw, CleaningConfig(langid=False))
-    lake.write_parquet(clean, corpus.clean_path(root, "bilibili", "v1"))
+    tables.commit(root, "clean_comments", {"v1": tables.write(root, "clean_comments", clean, "v1")})
     return root
 
 
@@ -199,8 +199,12 @@ def test_comment_bank_works_under_a_lake_root_holding_a_quote(tmp_path):
     from lcaffect_pipeline.defs.downstream_assets import _comment_bank
     from lcaffect_pipeline.defs.resources import LakeResource
 
+    from lcaffect_pipeline import schema
+
     root = tmp_path / "it's a lake"
-    (root / "clean_comments" / "bilibili").mkdir(parents=True)
-    pq.write_table(pa.table({"text": ["好看", "哈哈哈", "好看"]}), root / "clean_comments" / "bilibili" / "v'1.parquet")
+    rows = [dict(platform="bilibili", video_id="v'1", comment_id=str(i), offset_ms=i, text=t, mode="scroll",
+                 superchat=False, source_file="f") for i, t in enumerate(["好看", "哈哈哈", "好看"])]
+    data = pa.Table.from_pylist(rows, schema=schema.CLEAN_COMMENTS_SCHEMA)
+    tables.commit(root, "clean_comments", {"v'1": tables.write(root, "clean_comments", data, "v'1")})
     bank = _comment_bank(LakeResource(root=str(root), author_salt="s"))
     assert pq.read_table(bank).column("text").to_pylist() == sorted({"好看", "哈哈哈"})

@@ -156,14 +156,14 @@ def test_offsets_check_finds_the_probed_duration_and_fails_past_the_end(tmp_path
 
 
 def test_unique_ids_check_fails_on_a_duplicate_and_passes_without(tmp_path):
-    from lcaffect_pipeline import corpus, lake
+    from lcaffect_pipeline import tables
 
     root = tmp_path / "lake"
     assert _run(tmp_path, _catalogue(tmp_path, good=1, bad=0)).success
     assert _evaluate(_check("unique_ids"), root).passed is True
-    path = corpus.raw_path(root, "bilibili", "good0")
-    table = lake.read_parquet(path)
-    lake.write_parquet(pa.concat_tables([table, table.slice(0, 1)]), path)
+    table = tables.read(root, "raw_comments")
+    duplicated = tables.write(root, "raw_comments", pa.concat_tables([table, table.slice(0, 1)]), "good0")
+    tables.commit(root, "raw_comments", {"good0": duplicated})  # as a buggy parser's version would be
     dup = _evaluate(_check("unique_ids"), root)
     assert dup.passed is False and dup.metadata["duplicates"].value == 1
 

@@ -87,11 +87,20 @@ def test_ablation_report_without_runs_says_not_available(tmp_path) -> None:
 
 def test_comment_bank_is_the_distinct_clean_texts(tmp_path) -> None:
     assert runs.comment_bank(tmp_path) is None  # no corpus yet
-    for vid, texts in (("a", ["好看", "哈哈"]), ("b", ["好看", "泪目"])):
-        (tmp_path / "clean_comments" / "bilibili").mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table({"text": texts}), tmp_path / "clean_comments" / "bilibili" / f"{vid}.parquet")
+    from lcaffect_pipeline import schema, tables
+
+    def version(texts_by_video):
+        changes = {}
+        for vid, texts in texts_by_video.items():
+            rows = [dict(platform="bilibili", video_id=vid, comment_id=str(i), offset_ms=i, text=t, mode="scroll",
+                         superchat=False, source_file="f") for i, t in enumerate(texts)]
+            changes[vid] = tables.write(tmp_path, "clean_comments", pa.Table.from_pylist(rows, schema=schema.CLEAN_COMMENTS_SCHEMA), vid)
+        tables.commit(tmp_path, "clean_comments", changes)
+
+    version({"a": ["好看", "哈哈"], "b": ["好看", "泪目"]})
+    version({"b": ["加油"]})  # b's earlier file stays in the lake, not in the current version
     bank = runs.comment_bank(tmp_path)
-    assert pq.read_table(bank).column("text").to_pylist() == sorted({"好看", "哈哈", "泪目"})
+    assert pq.read_table(bank).column("text").to_pylist() == sorted({"好看", "哈哈", "加油"})
 
 
 def test_v2lc_run_folder_ignores_the_output_dir_and_follows_the_config(tmp_path) -> None:

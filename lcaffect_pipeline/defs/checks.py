@@ -7,14 +7,14 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import lake, schema, stages
+from .. import lake, schema, stages, tables
 from ..corpus import CatalogueError, connect, load_catalogue_from_lake
 from .resources import LakeResource
 
 
 def _files(root, table: str) -> list[str]:
-    base = lake.as_path(root) / table
-    return sorted(str(p) for p in base.glob("*/*.parquet")) if base.exists() else []
+    """The data files of the table's current version (earlier versions' files stay in the lake)."""
+    return sorted(tables.files(root, table).values()) if tables.version(root, table) is not None else []
 
 
 def comments_checks(table: str, expected) -> list[dg.AssetChecksDefinition]:

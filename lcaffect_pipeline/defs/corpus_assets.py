@@ -4,8 +4,9 @@
 import duckdb
 import dagster as dg
 
-from .. import corpus, lake, plots, stages
+from .. import corpus, plots, stages, tables, versions
 from ..lake import combine_hashes
+from . import fanout
 from .fanout import keyed, per_video_asset
 from .resources import CatalogueResource, CleaningResource, CrawlerResource, LakeResource, RunScope
 
@@ -30,13 +31,15 @@ def video_catalogue(context: dg.AssetExecutionContext, lake: LakeResource, catal
     if not path:
         raise dg.Failure("no catalogue: set resources.catalogue.config.path (or demo: true)")
     table = corpus.load_catalogue(path)
-    digest = corpus.write_catalogue(lake.path(), table)
+    digest, version = corpus.write_catalogue(lake.path(), table, path)
     platforms = table.group_by("platform").aggregate([("video_id", "count")]).to_pylist()
     return dg.Output(
-        {"path": str(corpus.catalogue_path(lake.path())), "videos": table.num_rows, "source": path},
+        {"path": str(tables.table_path(lake.path(), "catalogue")), "videos": table.num_rows, "source": path,
+         "data_version": digest, "table_version": {"catalogue": version}},
         data_version=dg.DataVersion(digest),
         metadata={
             "videos": table.num_rows,
+            "table_version": version,
             "source": dg.MetadataValue.path(path),
             "per_platform": {p["platform"]: p["video_id_count"] for p in platforms},
         },
@@ -71,10 +74,12 @@ def _clean_work(context, chunk, upstream):
 
 
 def _density_metadata(root, table: str) -> dict:
-    glob = str(lake.as_path(root) / table / "*" / "*.parquet")
+    files = sorted(tables.files(root, table).values())
+    if not files:
+        return {}
     con = corpus.connect(root)
     try:
-        offsets = con.execute("SELECT offset_ms FROM read_parquet(?)", [glob]).fetchnumpy()["offset_ms"]
+        offsets = con.execute("SELECT offset_ms FROM read_parquet(?)", [files]).fetchnumpy()["offset_ms"]
     except duckdb.Error:
         return {}
     finally:
@@ -104,6 +109,7 @@ raw_comments = per_video_asset(
     work=_fetch_work,
     finish=_raw_finish,
     work_resources={"crawler"},
+    table="raw_comments",
     description="Every comment that parses, per video, in the one comment schema (fetched incrementally; a re-crawl that brings nothing new keeps the data version).",
     code_version="1",
     group_name=GROUP,
@@ -117,6 +123,7 @@ clean_comments = per_video_asset(
     work=_clean_work,
     finish=_clean_finish,
     work_resources={"cleaning"},
+    table="clean_comments",
     description="Cleaned live comments (code removed, normalised, simplified, deduplicated, language-tagged), per video.",
     code_version="1",
     group_name=GROUP,
@@ -132,13 +139,22 @@ clean_comments = per_video_asset(
     ins={"clean": dg.AssetIn("clean_comments"), "raw": dg.AssetIn("raw_comments")},
     description="corpus.duckdb: views over the Parquet lake and the dataset card (videos, hours, comments per platform, language, genre).",
 )
-def corpus_catalog(context: dg.AssetExecutionContext, lake: LakeResource, clean: dict, raw: dict) -> dg.Output:
-    durations = {vid: r["metrics"]["duration_s"] for vid, r in keyed(raw).items() if r.get("metrics", {}).get("duration_s")}
-    card = corpus.build_corpus_catalog(lake.path(), durations)
+def corpus_catalog(context: dg.AssetExecutionContext, lake: LakeResource, scope: RunScope, clean: dict, raw: dict) -> dg.Output:
+    pinned = scope.as_of()
+    upstream = fanout.pin_upstreams(context, lake.path(), {"clean_comments": clean, "raw_comments": raw}, pinned)
+    durations = {vid: r["metrics"]["duration_s"] for vid, r in keyed(upstream["raw_comments"]).items()
+                 if r.get("metrics", {}).get("duration_s")}
+    read = {t: pinned.get(t, (m.get("table_version") or {}).get(t)) for t, m in upstream.items()}
+    read["catalogue"] = pinned.get("catalogue")
+    card = corpus.build_corpus_catalog(lake.path(), durations, read)
+    value = {"path": card["path"], "videos": card["videos"], "hours": card["hours"], "comments": card["comments"],
+             "read_versions": card["versions"], "reads": versions.reads(upstream)}
     return dg.Output(
-        {"path": card["path"], "videos": card["videos"], "hours": card["hours"], "comments": card["comments"]},
-        data_version=dg.DataVersion(combine_hashes({"clean": clean["data_version"], "card": str(card["card"])})),
+        value,
+        data_version=dg.DataVersion(combine_hashes({"versions": str(card["versions"]), "card": str(card["card"])})),
         metadata={
+            "read_versions": dg.MetadataValue.json(card["versions"]),
+            "lineage": dg.MetadataValue.md(versions.lineage_markdown(lake.path(), value, "corpus_catalog")),
             "path": dg.MetadataValue.path(card["path"]),
             "videos": card["videos"],
             "hours": dg.MetadataValue.float(card["hours"]),

@@ -129,9 +129,10 @@ def comment_bank(root, out: Path | None = None) -> str | None:
     """The clean corpus's distinct texts as one Parquet (for the nearest-comment view), if there is a
     corpus: ``out`` (a local file), by default ``{root}/downstream/comment_bank.parquet`` in a local lake.
     DuckDB reads the corpus from the lake, on an object store through its fsspec file system."""
+    from .. import tables
     from ..corpus import connect
 
-    files = sorted(lake.as_path(root).glob("clean_comments/*/*.parquet"), key=str)
+    files = sorted(tables.files(root, "clean_comments").values()) if tables.version(root, "clean_comments") is not None else []
     if not files:
         return None
     out = out or lake.local_path(root, "the comment bank") / "downstream" / "comment_bank.parquet"
