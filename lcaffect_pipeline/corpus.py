@@ -3,11 +3,14 @@
 Plain functions over the lake; the Dagster assets in ``defs/`` are thin wrappers around them.
 Lake layout (all under one root):
 
-    catalogue.parquet                         the video catalogue (CATALOGUE_SCHEMA)
+    catalogue/                                the video catalogue (CATALOGUE_SCHEMA), a Delta table
     sources/{platform}/{video}/...            fetched comment files, as the platform serves them
-    raw_comments/{platform}/{video}.parquet   every comment that parses (COMMENTS_SCHEMA)
-    clean_comments/{platform}/{video}.parquet cleaned (CLEAN_COMMENTS_SCHEMA)
-    corpus.duckdb                             views over the Parquet + the dataset card tables
+    raw_comments/video_key={video}/{hash}.parquet    every comment that parses (COMMENTS_SCHEMA)
+    clean_comments/video_key={video}/{hash}.parquet  cleaned (CLEAN_COMMENTS_SCHEMA)
+    corpus.duckdb                             views over one version of each table + the dataset card
+
+The three tables are Delta tables with history (``lcaffect_pipeline.tables``): each run that
+changes something commits a version, and every earlier version stays readable.
 """
 
 from __future__ import annotations

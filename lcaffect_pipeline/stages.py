@@ -63,6 +63,15 @@ def save_state(root, stage: str, result: VideoResult) -> None:
     lake.atomic_write_bytes(state_path(root, stage, result.video_id), json.dumps(result.to_dict(), sort_keys=True).encode())
 
 
+def forget(root, stage: str) -> int:
+    """Drop every video's state of ``stage`` (after a rollback): the next run recomputes them."""
+    folder = lake.under(root, "_state", stage)
+    paths = list(folder.glob("*.json")) if folder.exists() else []
+    for path in paths:
+        path.unlink(missing_ok=True)
+    return len(paths)
+
+
 StageFn = Callable[[dict[str, Any], dict[str, Any] | None], VideoResult]
 
 

@@ -45,13 +45,24 @@ TABLES: dict[str, tuple[pa.Schema, bool]] = {
 }
 
 
+# name -> folder under the lake root, where it is not the name itself
+PATHS: dict[str, str] = {}
+# Each downstream task's utterance table (one file per version) sits in the task's folder, beside
+# the prepared media its rows name relative to that folder.
+for _task in schema.DOWNSTREAM_TASKS:
+    TABLES[f"{_task}_utterances"] = (schema.UTTERANCES_SCHEMA, False)
+    PATHS[f"{_task}_utterances"] = f"downstream/{_task}"
+
+
 class VersionError(LookupError):
     """A table or version that the lake does not have (or no longer has: retention freed it)."""
 
 
-def register(name: str, data_schema: pa.Schema, per_video: bool = False) -> None:
+def register(name: str, data_schema: pa.Schema, per_video: bool = False, path: str | None = None) -> None:
     """Declare another versioned table (the downstream utterance tables register theirs)."""
     TABLES[name] = (data_schema, per_video)
+    if path:
+        PATHS[name] = path
 
 
 def _spec(table: str) -> tuple[pa.Schema, bool]:
@@ -62,7 +73,7 @@ def _spec(table: str) -> tuple[pa.Schema, bool]:
 
 def table_path(root, table: str):
     _spec(table)
-    return lake.as_path(root) / table
+    return lake.as_path(root) / PATHS.get(table, table)
 
 
 def video_key(video_id: str) -> str:

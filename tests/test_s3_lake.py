@@ -110,8 +110,10 @@ def test_corpus_and_clips_run_with_the_lake_on_the_store(reference) -> None:
     segments_file = f"segments/video_key=demo_00/{m['segments']['results']['demo_00']['output_hash']}.parquet"
     index = m["training_shards"]["index"]
     assert index.startswith(f"s3://{prefix}/shards/index-")  # content-addressed, on the store
-    for part in ("demo_world/catalogue.yaml", "catalogue.parquet", "corpus.duckdb", "shards/index.json", segments_file,
-                 index.removeprefix(f"s3://{prefix}/"), "audio/demo_00.wav", "videos/demo_00.mp4", "_manifests/segments.json"):
+    for part in ("demo_world/catalogue.yaml", "catalogue/_delta_log/00000000000000000000.json",
+                 "clean_comments/_delta_log/00000000000000000000.json", "segments/_delta_log/00000000000000000000.json",
+                 "corpus.duckdb", "shards/index.json", segments_file, index.removeprefix(f"s3://{prefix}/"),
+                 "audio/demo_00.wav", "videos/demo_00.mp4", "_manifests/segments.json"):
         assert part in keys, part
     assert sum(k.startswith("shards/demo_") and k.endswith(".tar") for k in keys) == N_VIDEOS
     assert temporaries(keys) == []

@@ -75,8 +75,8 @@ def test_the_queued_run_succeeds_with_the_lake_in_the_bucket(scaleout) -> None:
     assert ": SUCCESS (Dagster instance on PostgreSQL, queued run, dagster-daemon)" in proc.stdout
     assert "Lake: s3://" in proc.stdout and "V2LC encoder: held-out" in proc.stdout and "| meld |" in proc.stdout
     objects = set((results / "lake_objects.txt").read_text().split())
-    for key in ("demo_world/catalogue.yaml", "catalogue.parquet", "corpus.duckdb", "shards/index.json", "ablation.json",
-                "downstream/meld/utterances.parquet", "downstream/meld/features/features.json", "_manifests/ablation_report.json"):
+    for key in ("demo_world/catalogue.yaml", "catalogue/_delta_log/00000000000000000000.json", "corpus.duckdb", "shards/index.json", "ablation.json",
+                "downstream/meld/_delta_log/00000000000000000000.json", "_manifests/ablation_report.json"):
         assert key in objects, key
     assert any(k.startswith("models/v2lc/") and k.endswith("/model.safetensors") for k in objects)
     assert sum(k.startswith("downstream/") and k.endswith("/metrics.json") for k in objects) == 6  # 3 tasks x with/without LC

@@ -24,6 +24,7 @@ from ..downstream import runs
 from ..downstream.arms import ArmError, base_arm, encoder_arms, features_folder, seed_base_features
 from ..downstream.runs import TASK_ASSETS, TASKS
 from .. import lake as lake_mod
+from .. import tables, versions
 from ..lake import atomic_write_bytes, local_tree, workspace
 from .automation import ON_NEW_DATA
 from .resources import DownstreamResource, LakeResource
@@ -66,11 +67,12 @@ def _pipes_run(context, client: dg.PipesSubprocessClient, module: str, cfg: dict
     return dict(mat.metadata or {}), mat.data_version.value if mat.data_version else None
 
 
-def _arms_output(arms: dict[str, tuple[dict, str | None]], value: dict) -> dg.Output:
+def _arms_output(arms: dict[str, tuple[dict, str | None]], value: dict, root, asset: str) -> dg.Output:
     """One ``Output`` for a step that ran once per LC arm: the primary arm's metadata, every arm's
-    numbers under ``lc_arms``, a data version over all arms."""
+    numbers under ``lc_arms``, a data version over all arms, and the lineage behind the value."""
     primary = next(iter(arms))
     metadata, version = arms[primary]
+    metadata = {**metadata, "lineage": dg.MetadataValue.md(versions.lineage_markdown(root, value, asset))}
     if len(arms) > 1:
         versions = {name: v for name, (_, v) in arms.items()}
         version = sha256_bytes(json.dumps(versions, sort_keys=True).encode())[:32]
@@ -88,7 +90,6 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
               description=f"{task}: the dataset in its official layout as one utterance table, with prepared frames and 16 kHz audio per utterance.")
     def utterances(context: dg.AssetExecutionContext, lake: LakeResource, downstream: DownstreamResource) -> dg.Output:
         from ..downstream import check_media, load_dataset, prepare_media
-        from ..lake import write_parquet
 
         with contextlib.ExitStack() as stack:
             root = _dataset_root(stack, lake, downstream, task)
@@ -101,13 +102,18 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
             table, prep_report = prepare_media(table, media, frames=downstream.frames,
                                                size=downstream.size, backend=downstream.frame_backend)
         table = runs.relative_media(table, media, "media")  # resolved against the table's folder: the lake can move
-        path = task_dir(lake, task) / "utterances.parquet"
-        digest = write_parquet(table, path)
+        # A Delta table in the task's folder, one content-addressed file per version (tables.py)
+        digest = tables.write(lake.path(), names["utterances"], table)
+        version = tables.commit(lake.path(), names["utterances"], {None: digest}, operation="utterances",
+                                info={"dagster_run": context.run_id})
+        path = tables.data_file(lake.path(), names["utterances"], None, digest)
         splits = table.group_by("split").aggregate([("utterance_id", "count")]).to_pylist()
         return dg.Output(
-            {"available": True, "path": str(path), "rows": table.num_rows, "data_version": digest},
+            {"available": True, "path": str(path), "rows": table.num_rows, "data_version": digest,
+             "table_version": {names["utterances"]: version}},
             data_version=dg.DataVersion(digest),
             metadata={"available": True, "rows": table.num_rows, "root": dg.MetadataValue.path(str(root)),
+                      "table_version": version,
                       "per_split": {s["split"]: s["utterance_id_count"] for s in splits},
                       "media": dg.MetadataValue.json(_jsonable(media_report)), "prepared": dg.MetadataValue.json(_jsonable(prep_report))},
         )
@@ -125,14 +131,22 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
             arms = encoder_arms(encoder, downstream.lc_variants(task))
         except ArmError as exc:
             raise dg.Failure(f"{task}: {exc}") from exc
-        folders = {name: task_dir(lake, task) / features_folder(name, encoder) for name, _ in arms}
+        options = downstream.features_options(task)
+        folders = {name: task_dir(lake, task) / features_folder(name, encoder) / runs.config_key(
+            {"utterances": utts.get("data_version"), "encoder": ckpt, "options": options}) for name, ckpt in arms}
+        previous = (versions.latest(lake.path(), names["features"]) or {}).get("variants") or {}
         reported = {}
         for i, (name, checkpoint_dir) in enumerate(arms):
-            if i:  # the same base features as the primary arm: only this variant's LC features are new
-                seed_base_features(folders[arms[0][0]], folders[name])
+            # A new version's folder starts from the base features of the last one (or of the arm
+            # extracted first): extraction then computes only what changed, e.g. the LC features.
+            seed = folders[arms[0][0]] if i else (previous.get(name) or {}).get("dir")
+            if seed and str(seed) != str(folders[name]):
+                seed_base_features(seed, folders[name])
             reported[name] = _extract(context, lake, downstream, pipes_subprocess_client, task, utts, checkpoint_dir, folders[name])
         variants = {name: {"dir": str(folders[name]), "v2lc_encoder": ckpt} for name, ckpt in arms}
-        yield _arms_output(reported, {"available": True, **variants[arms[0][0]], "variant": arms[0][0], "variants": variants})
+        value = {"available": True, **variants[arms[0][0]], "variant": arms[0][0], "variants": variants,
+                 "reads": versions.reads({names["utterances"]: utts, "v2lc_encoder": encoder})}
+        yield _arms_output(reported, value, lake.path(), names["features"])
 
     def fusion(use_lc: bool):
         name = runs.fusion_name(task, use_lc)
@@ -158,7 +172,9 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
                 out, reported[name] = _fusion_run(context, lake, downstream, pipes_subprocess_client, task, use_lc,
                                                   utts, arms[name]["dir"])
                 variants[name] = {"output_dir": str(out), "features_dir": arms[name]["dir"]}
-            yield _arms_output(reported, {"available": True, **variants[primary], "variant": primary, "variants": variants})
+            value = {"available": True, **variants[primary], "variant": primary, "variants": variants,
+                     "reads": versions.reads({names["utterances"]: utts, names["features"]: feats})}
+            yield _arms_output(reported, value, lake.path(), name)
 
         return fusion_asset
 
@@ -169,10 +185,11 @@ def _extract(context, lake: LakeResource, downstream: DownstreamResource, client
              checkpoint_dir: str, out) -> tuple[dict, str | None]:
     """One arm's feature extraction: the program in a local copy on an object store (its inputs,
     and the features folder, its cache, uploaded with features.json last)."""
-    with local_tree(task_dir(lake, task), "feature extraction", only=("utterances.parquet", "media")) as inputs, \
+    utt_file = lake_mod.as_path(utts["path"]).name
+    with local_tree(task_dir(lake, task), "feature extraction", only=(utt_file, "media")) as inputs, \
             local_tree(checkpoint_dir, "feature extraction", exclude=("checkpoints",)) as checkpoint, \
             workspace(out, "feature extraction", last=(runs.META_FILE,)) as local_out:
-        cfg = {"utterances": str(inputs / "utterances.parquet"), "output_dir": str(local_out), "v2lc_checkpoint": str(checkpoint),
+        cfg = {"utterances": str(inputs / utt_file), "output_dir": str(local_out), "v2lc_checkpoint": str(checkpoint),
                "pipes_asset_key": TASK_ASSETS[task]["features"], "progress": False, "comment_bank": _comment_bank(lake, local_out),
                # the task's encoders (and any other extract_features option): defaults, then its own overrides
                **downstream.features_options(task)}
@@ -189,11 +206,12 @@ def _fusion_run(context, lake: LakeResource, downstream: DownstreamResource, cli
         values, version = done
         return out, ({**values, "output_dir": dg.MetadataValue.path(str(out)), "reused": True}, version)
     # Local copies of the inputs and a scratch run folder on an object store (see _extract).
-    folder = lake_mod.as_path(features_dir).name
-    with local_tree(task_dir(lake, task), "fusion training", only=("utterances.parquet", folder)) as inputs, \
+    utt_file = lake_mod.as_path(utts["path"]).name
+    with local_tree(task_dir(lake, task), "fusion training", only=(utt_file,)) as inputs, \
+            local_tree(features_dir, "fusion training") as features, \
             workspace(out, "fusion training", last=runs.FINISHED_FILES) as local_out:
-        local_cfg = {**cfg, "utterances": str(inputs / "utterances.parquet"),
-                     "features_dir": str(inputs / folder), "output_dir": str(local_out)}
+        local_cfg = {**cfg, "utterances": str(inputs / utt_file),
+                     "features_dir": str(features), "output_dir": str(local_out)}
         return out, _pipes_run(context, client, "lcaffect_ml.train_fusion", local_cfg, local_out)
 
 
@@ -218,8 +236,13 @@ def ablation_report(context: dg.AssetExecutionContext, lake: LakeResource, downs
     for warning in table["warnings"]:
         context.log.warning(warning)
     headline = {k: dg.MetadataValue.float(v) for k, v in report["headline"].items()}
-    return dg.Output({"path": str(report["path"]), "headline": report["headline"]},
+    value = {"path": str(report["path"]), "version_path": str(report["version_path"]), "headline": report["headline"],
+             "reads": versions.reads({TASK_ASSETS[t][w]: fusion_runs[f"{t}_{w}"]
+                                      for t in TASKS for w in ("with_lc", "without_lc")})}
+    return dg.Output(value,
                      metadata={**_ablation_views(table),
+                               "lineage": dg.MetadataValue.md(versions.lineage_markdown(lake.path(), value, "ablation_report")),
+                               "version_path": dg.MetadataValue.path(str(report["version_path"])),
                                "ablation": dg.MetadataValue.md(report["markdown"]), "path": dg.MetadataValue.path(str(report["path"])),
                                "tasks": len(table["tasks"]), "stand_in_warnings": len(table["warnings"]) - int(table["demo"]),
                                **headline},

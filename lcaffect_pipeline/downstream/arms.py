@@ -3,7 +3,9 @@
 The ``v2lc_encoder`` asset may hold several named encoders (``lcaffect_pipeline.models``
 variants, e.g. ``zh`` and ``bilingual``). A task is evaluated with the variants
 ``DownstreamResource.lc_variants_json`` lists for it, by default all of them, its primary arm (the
-first listed, else the encoder's first variant) first. Folders under ``downstream/{task}/``:
+first listed, else the encoder's first variant) first. Folders under ``downstream/{task}/`` (each holds one folder per version, named by a hash of the
+utterance table version, the V2LC run and the extraction options; a new version is seeded from the
+last one's base features):
 
     features/              the encoder's first variant: base (text, acoustic, visual) and its LC features
     features-{variant}/    every other variant: the same base features, seeded from the arm
@@ -69,4 +71,5 @@ def seed_base_features(first_dir, arm_dir) -> bool:
 def base_arm(folders: dict[str, str]) -> str:
     """The arm the without-LC fusion trains on (all arms share its base features): the one whose
     folder name sorts first, ``features`` where present, so reordering the arms retrains nothing."""
-    return min(folders, key=lambda n: (lake.as_path(folders[n]).name, n))
+    # folders are {arm folder}/{version}: the arm folder decides, as it did before versions
+    return min(folders, key=lambda n: (lake.as_path(folders[n]).parent.name, lake.as_path(folders[n]).name, n))

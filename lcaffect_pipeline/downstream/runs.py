@@ -3,10 +3,11 @@ decisions of the fusion runs, the comment bank and the ablation report.
 
 ``lcaffect_pipeline.defs.downstream_assets`` wraps these in assets. Folders under the lake root:
 
-    downstream/{task}/utterances.parquet, media/, features/
+    downstream/{task}/{hash}.parquet (the utterance table's versions, _delta_log/), media/, features/{version}/
     downstream/{task}/{task}_fusion_{with,without}_lc/{config key}/   one fusion run per configuration
     downstream/comment_bank.parquet                                    distinct clean comments (nearest-comment view)
-    ablation.json, ablation.md
+    reports/ablation/{version}/ablation.{json,md}                   every report (never overwritten)
+    ablation.json, ablation.md                                         the latest report
 
 Which run each fusion asset stands for is that asset's value (``{"output_dir", "features_dir"}``,
 kept by the IO manager under ``_manifests/``), and the ablation reads those values as inputs: a
@@ -152,18 +153,22 @@ def comment_bank(root, out: Path | None = None) -> str | None:
 
 def write_ablation(root: Path, results: dict[str, dict], demo: bool) -> dict[str, Any]:
     """Every task's metrics with and without the LC features (``ablation_inputs``) into
-    ``ablation.json``/``.md`` under ``root``.
+    ``reports/ablation/{version}/ablation.json``/``.md`` under ``root`` (never overwritten), and
+    as the latest report, ``ablation.json``/``.md`` at the root.
 
-    Returns the table, its markdown, the path, the headline gains per task and the data version
+    Returns the table, its markdown, the paths, the headline gains per task and the data version
     (short hash of the JSON written)."""
     from .ablation import HEADLINE, ablation_table
 
     table, markdown = ablation_table(results, demo=demo)
-    path = lake.as_path(root) / "ablation.json"
     payload = json.dumps(table, indent=1, sort_keys=True).encode()
-    atomic_write_bytes(path, payload)
-    atomic_write_bytes(path.with_suffix(".md"), (markdown + "\n").encode())
+    version = short_hash(sha256_bytes(payload))
+    kept = lake.as_path(root) / "reports" / "ablation" / version / "ablation.json"
+    path = lake.as_path(root) / "ablation.json"
+    for target in (kept, path):
+        atomic_write_bytes(target.with_suffix(".md"), (markdown + "\n").encode())
+        atomic_write_bytes(target, payload)
     headline = {f"{t}_{HEADLINE[t]}_gain": float(v["metrics"][HEADLINE[t]]["difference"])
                 for t, v in table["tasks"].items() if HEADLINE[t] in v["metrics"]}
-    return {"table": table, "markdown": markdown, "path": path, "headline": headline,
-            "data_version": short_hash(sha256_bytes(payload))}
+    return {"table": table, "markdown": markdown, "path": path, "version_path": kept, "headline": headline,
+            "data_version": version}

@@ -1,0 +1,183 @@
+"""Retention and rollback of the versioned lake.
+
+Retention deletes the data files of table versions that are past the configured count or age,
+unless something kept was built from them: a kept manifest is any manifest of a model, feature
+set, fusion run or report (every asset but the data-side ones in ``DATA_ASSETS``), and every
+table version its lineage reaches is referenced. The current version is always kept. A freed
+version is recorded (``tables.mark_expired``) so that time travel to it says so instead of
+failing on a missing file. Shard folders go with the segments versions that name them.
+
+Rollback makes an earlier version of a table the current one (``DeltaTable.restore``: a new
+version, nothing deleted), writes a manifest for the asset that owns the table so the next run
+reads the restored files, and forgets the stage's per-video state so that the next run recomputes
+those videos rather than re-committing the files they had before the rollback.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import lake, tables, versions
+
+# Assets whose manifests describe data (tables, media, shards); every other asset's manifests are
+# models, features, fusion runs and reports, which retention keeps with everything behind them.
+DATA_ASSETS = ("video_catalogue", "raw_comments", "clean_comments", "corpus_catalog", "videos", "video_probes",
+               "audio", "segments", "training_shards")
+TABLE_ASSETS = {"catalogue": "video_catalogue"}  # table -> the asset that writes it (else the same name)
+
+
+@dataclass
+class Freed:
+    table: str
+    versions: list[int] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
+    referenced: list[int] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+
+
+def referenced_versions(root) -> dict[str, set[int]]:
+    """``{table: versions}`` that a kept manifest (model, features, fusion, report) was built from."""
+    out: dict[str, set[int]] = {}
+    for asset in versions.assets(root):
+        if asset in DATA_ASSETS:
+            continue
+        for manifest_id in versions.manifest_ids(root, asset):
+            for table, found in versions.table_versions(versions.lineage(root, asset, manifest_id)).items():
+                out.setdefault(table, set()).update(found)
+    return out
+
+
+def plan(root, *, keep_last: int | None = None, max_age_days: float | None = None,
+         now_ms: int | None = None) -> dict[str, dict[str, list[int]]]:
+    """Per table: the versions to free, to keep, and those kept because something was built from them."""
+    if keep_last is None and max_age_days is None:
+        raise ValueError("retention needs keep_last or max_age_days (otherwise every version is kept)")
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    referenced = referenced_versions(root)
+    out = {}
+    for table in sorted(tables.TABLES):
+        if tables.version(root, table) is None:
+            continue
+        history = tables.versions(root, table)
+        newest = [h["version"] for h in history][-(keep_last or 0):] if keep_last else []
+        current = history[-1]["version"]
+        gone = tables.expired(root, table)
+        free, keep, refs = [], [], []
+        for h in history:
+            v = h["version"]
+            past_count = keep_last is not None and v not in newest
+            past_age = max_age_days is not None and (now_ms - (h["timestamp"] or now_ms)) > max_age_days * 86_400_000
+            if v in gone:
+                continue
+            if v == current or not (past_count or past_age):
+                keep.append(v)
+            elif v in referenced.get(table, set()):
+                refs.append(v)
+            else:
+                free.append(v)
+        out[table] = {"free": free, "keep": keep, "referenced": refs}
+    return out
+
+
+def run(root, *, keep_last: int | None = None, max_age_days: float | None = None, dry_run: bool = False,
+        now_ms: int | None = None) -> dict[str, Any]:
+    """Free what ``plan`` says; returns the report (per table: versions freed and kept, files, bytes)."""
+    report: dict[str, Any] = {"tables": {}, "files": 0, "bytes": 0, "dry_run": dry_run, "shard_folders": 0}
+    shard_urls_kept: set[str] = set()
+    shard_urls_seen: set[str] = set()
+    for table, p in plan(root, keep_last=keep_last, max_age_days=max_age_days, now_ms=now_ms).items():
+        keep = p["keep"] + p["referenced"]
+        kept_files = {f for v in keep for f in tables.files(root, table, v).values()}
+        freed_files = {f for v in p["free"] for f in tables.files(root, table, v).values()} - kept_files
+        if table == "segments":
+            shard_urls_kept |= _shard_urls(root, kept_files)
+            shard_urls_seen |= _shard_urls(root, freed_files)
+        size = sum(_size(f) for f in freed_files)
+        entry = Freed(table, p["free"], p["keep"], p["referenced"], len(freed_files), size)
+        report["tables"][table] = entry.__dict__
+        report["files"] += len(freed_files)
+        report["bytes"] += size
+        if not dry_run:
+            for f in freed_files:
+                lake.as_path(f).unlink(missing_ok=True)
+            if p["free"]:
+                tables.mark_expired(root, table, set(p["free"]))
+    freed_shards = _shard_folders(root, shard_urls_seen - shard_urls_kept)
+    report["shard_folders"] = len(freed_shards)
+    report["bytes"] += sum(_tree_size(f) for f in freed_shards)
+    if not dry_run:
+        for folder in freed_shards:
+            _remove_tree(folder)
+    return report
+
+
+def _size(path) -> int:
+    try:
+        return lake.as_path(path).stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _shard_urls(root, segment_files: set[str]) -> set[str]:
+    urls: set[str] = set()
+    for f in segment_files:
+        try:
+            data = lake.read_parquet(f, tables.TABLES["segments"][0])
+        except FileNotFoundError:
+            continue
+        urls |= {u for u in data.column("shard").to_pylist() if u}
+    return urls
+
+
+def _shard_folders(root, urls: set[str]) -> list:
+    """The version folders (``shards/{video}/{version}/``) that only freed segments name."""
+    from .shards import resolve_url
+
+    base = lake.as_path(root) / "shards"
+    folders = {str(resolve_url(base, u).parent) for u in urls}
+    return [lake.as_path(f) for f in sorted(folders) if lake.as_path(f).exists()]
+
+
+def _tree_size(folder) -> int:
+    return sum(p.stat().st_size for p in lake.as_path(folder).rglob("*") if p.is_file())
+
+
+def _remove_tree(folder) -> None:
+    folder = lake.as_path(folder)
+    if lake.is_local(folder):
+        shutil.rmtree(lake.local_path(folder, "retention"), ignore_errors=True)
+    else:
+        folder.fs.rm(str(folder), recursive=True)
+
+
+# ----------------------------------------------------------------------------- rollback
+
+
+def rollback(root, targets: dict[str, int]) -> dict[str, Any]:
+    """Make ``{table: version}`` each table's current contents; returns {table: new version}."""
+    from . import stages
+
+    unknown = sorted(set(targets) - set(tables.TABLES))
+    if unknown:
+        raise tables.VersionError(f"no versioned table {', '.join(unknown)}; tables: {', '.join(sorted(tables.TABLES))}")
+    for table, version in targets.items():
+        tables.files(root, table, version)  # refuse a missing or freed version before changing anything
+    out = {}
+    for table, version in sorted(targets.items()):
+        new = tables.restore(root, table, version)
+        asset = TABLE_ASSETS.get(table, table)
+        latest = versions.latest(root, asset) or {}
+        manifest = versions.as_of(root, asset, latest, version)
+        hashes = {vid: r.get("output_hash") for vid, r in manifest.get("results", {}).items()}
+        manifest.update({"table_version": {table: new}, "rolled_back_to": version, "operation": "rollback",
+                         "data_version": lake.combine_hashes({k: str(v) for k, v in hashes.items()}) if hashes
+                         else manifest.get("data_version")})
+        manifest.pop("as_of", None)
+        stored = versions.write_manifest(root, asset, manifest)
+        stages.forget(root, asset)
+        out[table] = {"restored": version, "version": new, "manifest_id": stored["manifest_id"]}
+    return out
