@@ -1,6 +1,7 @@
 """Retention and rollback of the versioned lake.
 
-Retention deletes the data files of table versions that are past the configured count or age,
+Retention deletes the data files of table versions that are past the configured count and age
+(past the newest ``keep_last`` and older than ``max_age_days``; either alone when only one is set),
 unless something kept was built from them: a kept manifest is any manifest of a model, feature
 set, fusion run or report (every asset but the data-side ones in ``DATA_ASSETS``), and every
 table version its lineage reaches is referenced. The current version is always kept. A freed
@@ -69,11 +70,12 @@ def plan(root, *, keep_last: int | None = None, max_age_days: float | None = Non
         free, keep, refs = [], [], []
         for h in history:
             v = h["version"]
-            past_count = keep_last is not None and v not in newest
-            past_age = max_age_days is not None and (now_ms - (h["timestamp"] or now_ms)) > max_age_days * 86_400_000
+            # with both limits, a version goes when it is past both (the newest N and the last D days stay)
+            past_count = keep_last is None or v not in newest
+            past_age = max_age_days is None or (now_ms - (h["timestamp"] or now_ms)) > max_age_days * 86_400_000
             if v in gone:
                 continue
-            if v == current or not (past_count or past_age):
+            if v == current or not (past_count and past_age):
                 keep.append(v)
             elif v in referenced.get(table, set()):
                 refs.append(v)

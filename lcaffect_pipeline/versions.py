@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 from typing import Any, Iterable, Mapping
 
 from . import lake
@@ -142,19 +143,33 @@ def _dedup(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- reading as of a version
 
 
-def parse_as_of(text: str | None) -> dict[str, int]:
-    """``RunScope.as_of_json``: ``{"clean_comments": 3}``, checked against the lake's tables."""
+def parse_as_of(text: str | None) -> dict[str, int | str]:
+    """``RunScope.as_of_json``: a table's version (``{"clean_comments": 3}``) or an asset's manifest
+    id (``{"v2lc_encoder": "20261202T…-ab12…"}``) that this run's assets read instead of the latest."""
     from .jsonopt import json_object
     from .tables import TABLES
 
     value = json_object(text, "scope.as_of_json")
-    unknown = sorted(set(value) - set(TABLES))
-    if unknown:
-        raise ValueError(f"scope.as_of_json: unknown table(s) {', '.join(map(repr, unknown))}; tables: {', '.join(sorted(TABLES))}")
-    bad = [k for k, v in value.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0]
-    if bad:
-        raise ValueError(f"scope.as_of_json: versions must be whole numbers >= 0 ({', '.join(bad)})")
+    for key, v in value.items():
+        if key in TABLES:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"scope.as_of_json: {key} is a table: its version is a whole number >= 0, not {v!r}")
+        elif key in ASSET_TABLES:
+            raise ValueError(f"scope.as_of_json: {key} writes the table {ASSET_TABLES[key]!r}: pin that by version")
+        elif not isinstance(v, str) or not re.fullmatch(r"[0-9]{8}T[0-9]{12}Z-[0-9a-f]{12}", v):
+            raise ValueError(f"scope.as_of_json: {key!r} is not a table ({', '.join(sorted(TABLES))}); an asset is "
+                             f"pinned by a manifest id (versions_cli lineage shows them), not {v!r}")
     return dict(value)
+
+
+def pinned_input(root, asset: str, latest_manifest: dict[str, Any], pins: Mapping[str, int | str]) -> dict[str, Any]:
+    """What a run reads of ``asset``: its latest manifest, or the pinned table version or manifest."""
+    table = ASSET_TABLES.get(asset, asset)
+    if isinstance(pins.get(table), int) and not isinstance(pins.get(table), bool):
+        return as_of(root, asset, latest_manifest, pins[table])
+    if isinstance(pins.get(asset), str):
+        return {**load(root, asset, pins[asset]), "as_of": pins[asset]}
+    return latest_manifest
 
 
 def manifest_for_version(root, asset: str, table: str, version: int) -> dict[str, Any] | None:

@@ -78,9 +78,10 @@ def demo_resources(root: Path, **overrides) -> dict:
     from lcaffect_pipeline.defs import resources as r
 
     lake = overrides.pop("lake", None) or r.LakeResource(root=str(root), author_salt="test-salt")
+    scope = overrides.pop("scope", None) or r.RunScope()
     defaults = {
         "lake": lake,
-        "scope": r.RunScope(),
+        "scope": scope,
         "catalogue": r.CatalogueResource(demo=True, demo_videos=4),
         "crawler": r.CrawlerResource(min_interval_s=0),
         "cleaning": r.CleaningResource(),
@@ -90,7 +91,7 @@ def demo_resources(root: Path, **overrides) -> dict:
         # speaker-independent as in configs/demo.yaml: one MUStARD run instead of 5 folds
         "downstream": r.DownstreamResource(demo=True, frames=4, size=32, seeds=[0], mustard_protocol="speaker_independent"),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
-        "io_manager": r.LakeJsonIOManager(lake=lake),
+        "io_manager": r.LakeJsonIOManager(lake=lake, as_of_json=scope.as_of_json),  # as lake_io_manager does
     }
     return {**defaults, **overrides}
 

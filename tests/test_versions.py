@@ -124,7 +124,7 @@ def test_a_pin_to_a_version_the_table_lacks_fails_the_run_and_names_it(history) 
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "clean_comments" in str(failure.event_specific_data.error) and "99" in str(failure.event_specific_data.error)
-    with pytest.raises(ValueError, match="unknown table"):
+    with pytest.raises(ValueError, match="is not a table"):
         RunScope(as_of_json='{"comments": 1}')
 
 

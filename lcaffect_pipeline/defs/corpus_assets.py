@@ -6,7 +6,6 @@ import dagster as dg
 
 from .. import corpus, plots, stages, tables, versions
 from ..lake import combine_hashes
-from . import fanout
 from .fanout import keyed, per_video_asset
 from .resources import CatalogueResource, CleaningResource, CrawlerResource, LakeResource, RunScope
 
@@ -140,12 +139,10 @@ clean_comments = per_video_asset(
     description="corpus.duckdb: views over the Parquet lake and the dataset card (videos, hours, comments per platform, language, genre).",
 )
 def corpus_catalog(context: dg.AssetExecutionContext, lake: LakeResource, scope: RunScope, clean: dict, raw: dict) -> dg.Output:
-    pinned = scope.as_of()
-    upstream = fanout.pin_upstreams(context, lake.path(), {"clean_comments": clean, "raw_comments": raw}, pinned)
-    durations = {vid: r["metrics"]["duration_s"] for vid, r in keyed(upstream["raw_comments"]).items()
-                 if r.get("metrics", {}).get("duration_s")}
-    read = {t: pinned.get(t, (m.get("table_version") or {}).get(t)) for t, m in upstream.items()}
-    read["catalogue"] = pinned.get("catalogue")
+    upstream = {"clean_comments": clean, "raw_comments": raw}  # as of scope.as_of_json (the IO manager)
+    durations = {vid: r["metrics"]["duration_s"] for vid, r in keyed(raw).items() if r.get("metrics", {}).get("duration_s")}
+    read = {t: (m.get("table_version") or {}).get(t) for t, m in upstream.items()}
+    read["catalogue"] = scope.as_of().get("catalogue")
     card = corpus.build_corpus_catalog(lake.path(), durations, read)
     value = {"path": card["path"], "videos": card["videos"], "hours": card["hours"], "comments": card["comments"],
              "read_versions": card["versions"], "reads": versions.reads(upstream)}

@@ -12,6 +12,7 @@ import os
 import dagster as dg
 
 from .jobs import JOBS
+from .retention import retention_job, weekly_retention
 from .schedules import SCHEDULES
 from .sensors import SENSORS
 from .checks import CHECKS
@@ -60,12 +61,13 @@ def build_executor(kind: str | None = None) -> dg.ExecutorDefinition | None:
     raise ValueError(f"LCAFFECT_EXECUTOR={kind!r}: expected multiprocess, in_process or k8s")
 
 
-@dg.io_manager(required_resource_keys={"lake"})
+@dg.io_manager(required_resource_keys={"lake", "scope"})
 def lake_io_manager(init_context) -> LakeJsonIOManager:
-    """``LakeJsonIOManager`` on the run's configured ``lake`` resource. Bound with a lake of its
-    own, the IO manager kept that one's root when a run set ``resources.lake.config.root``, and put
-    the manifests into ./lake instead of the configured lake (a bucket, say)."""
-    return LakeJsonIOManager(lake=init_context.resources.lake)
+    """``LakeJsonIOManager`` on the run's configured ``lake`` resource, reading inputs as of the
+    run's ``scope.as_of_json``. Bound with a lake of its own, the IO manager kept that one's root
+    when a run set ``resources.lake.config.root``, and put the manifests into ./lake instead of the
+    configured lake (a bucket, say)."""
+    return LakeJsonIOManager(lake=init_context.resources.lake, as_of_json=init_context.resources.scope.as_of_json)
 
 
 def build_resources() -> dict:
@@ -86,8 +88,8 @@ def build_resources() -> dict:
 defs = dg.Definitions(
     assets=[*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS, *DOWNSTREAM_ASSETS],
     asset_checks=[*CHECKS, *CLIPS_CHECKS],
-    jobs=JOBS,
-    schedules=SCHEDULES,
+    jobs=[*JOBS, retention_job],
+    schedules=[*SCHEDULES, weekly_retention],
     sensors=SENSORS,
     resources=build_resources(),
     executor=build_executor(),

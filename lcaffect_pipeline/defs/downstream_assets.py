@@ -74,8 +74,8 @@ def _arms_output(arms: dict[str, tuple[dict, str | None]], value: dict, root, as
     metadata, version = arms[primary]
     metadata = {**metadata, "lineage": dg.MetadataValue.md(versions.lineage_markdown(root, value, asset))}
     if len(arms) > 1:
-        versions = {name: v for name, (_, v) in arms.items()}
-        version = sha256_bytes(json.dumps(versions, sort_keys=True).encode())[:32]
+        arm_versions = {name: v for name, (_, v) in arms.items()}
+        version = sha256_bytes(json.dumps(arm_versions, sort_keys=True).encode())[:32]
         metadata = {**metadata, "lc_arms": dg.MetadataValue.json({
             name: {k: getattr(v, "value", v) for k, v in meta.items() if isinstance(getattr(v, "value", v), (int, float, str))}
             for name, (meta, _) in arms.items()})}

@@ -58,9 +58,8 @@ def per_video_asset(
            out={"chunks": dg.DynamicOut(), "upstream": dg.Out()},
            description=f"Split the catalogue into chunks for {name}; pass the upstream manifests on")
     def plan(context: dg.OpExecutionContext, lake: LakeResource, scope: RunScope, **manifests):
-        pinned = scope.as_of()
-        videos = load_catalogue_from_lake(lake.path(), pinned.get("catalogue"))
-        manifests = pin_upstreams(context, lake.path(), manifests, pinned)
+        # upstream manifests arrive as of scope.as_of_json (the IO manager); the catalogue is read here
+        videos = load_catalogue_from_lake(lake.path(), scope.as_of().get("catalogue"))
         if scope.videos:
             wanted = set(scope.videos)
             missing = wanted - {v["video_id"] for v in videos}
@@ -147,17 +146,6 @@ def merge_manifest(root, stage: str, new: dict[str, dict], *, scoped: bool) -> d
                 results[vid] = {**prev, "status": "skipped"}
     summary = stages.summarise([stages.VideoResult(**r) for r in results.values()])
     return {"stage": stage, **summary, "results": results}
-
-
-def pin_upstreams(context, root, manifests: dict[str, dict], pinned: dict[str, int]) -> dict[str, dict]:
-    """Upstream manifests, with those of pinned tables (``scope.as_of_json``) as of their version."""
-    out = dict(manifests)
-    for name in manifests:
-        table = versions.ASSET_TABLES.get(name, name)
-        if table in pinned:
-            out[name] = versions.as_of(root, name, manifests[name], pinned[table])
-            context.log.info(f"reading {table} as of version {pinned[table]} (manifest {out[name].get('manifest_id')})")
-    return out
 
 
 def commit_table(root, table: str, manifest: dict[str, Any], run_id: str) -> int:

@@ -39,4 +39,12 @@ downstream_job = dg.define_asset_job(
     tags=GPU_RUN_TAGS,
 )
 
-JOBS = [corpus_job, clips_job, pretrain_job, downstream_job, full_pipeline]
+reproduce_job = dg.define_asset_job(
+    "reproduce_job",
+    selection=dg.AssetSelection.assets("segments", "training_shards", "v2lc_encoder"),
+    description="Re-cut segments and shards and train V2LC on the table versions that scope.as_of_json names "
+                "(configs/reproduce.example.yaml); the corpus is not refreshed.",
+    tags=GPU_RUN_TAGS,
+)
+
+JOBS = [corpus_job, reproduce_job, clips_job, pretrain_job, downstream_job, full_pipeline]

@@ -184,6 +184,7 @@ class LakeJsonIOManager(dg.ConfigurableIOManager):
     """
 
     lake: dg.ResourceDependency[LakeResource]
+    as_of_json: str = Field(default="{}", description="Inputs to read as of a version (RunScope.as_of_json)")
 
     def _asset(self, context) -> str:
         return "/".join(context.asset_key.path)
@@ -202,8 +203,13 @@ class LakeJsonIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext) -> Any:
         upstream = context.upstream_output
         if upstream.has_asset_key:
+            asset = self._asset(upstream)
             try:
-                return versions.load(self.lake.path(), self._asset(upstream))
+                latest = versions.load(self.lake.path(), asset)
+                pinned = versions.pinned_input(self.lake.path(), asset, latest, versions.parse_as_of(self.as_of_json))
+                if pinned is not latest:
+                    context.log.info(f"reading {asset} as of {pinned.get('as_of')} (manifest {pinned.get('manifest_id')})")
+                return pinned
             except versions.ManifestError as exc:
                 raise FileNotFoundError(f"{exc}: upstream {upstream.asset_key.to_user_string()} has not been "
                                         "materialised in this lake") from None
