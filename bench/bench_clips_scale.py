@@ -9,7 +9,7 @@ each with a copy of a real 973-comment Bilibili XML. Then:
 0. ``corpus_job`` (the comments ``segments`` needs; timed apart, not part of the comparison);
 1. in-process, one video after the other: copy into a lake + hash (what ``videos`` does), probe,
    16 kHz WAV, ``segment_video_stream`` (segment plan + comments in DuckDB) and
-   ``write_shard_stream`` (decode + shards), Parquet of the segments: the functions the assets call;
+   ``write_shard_stream`` (decode + shards), the segments table's file: the functions the assets call;
 2. ``dagster job execute -j clips_job`` from the shell, a fresh ``DAGSTER_HOME``;
 3. the same command again with nothing changed (the no-op refresh).
 
@@ -89,13 +89,14 @@ class _Timed:
 
 def in_process(folder: Path, job_lake: Path, n: int) -> dict[str, float]:
     """The clips work of every video in this process; seconds per part, summed over videos."""
-    from lcaffect_pipeline import lake, schema
-    from lcaffect_pipeline.clips import ClipOptions, clean_path
+    from lcaffect_pipeline import lake, tables
+    from lcaffect_pipeline.clips import ClipOptions, clean_comments
     from lcaffect_pipeline.segments import segment_video_stream
-    from lcaffect_pipeline.shards import update_shard_index, write_shard_stream
+    from lcaffect_pipeline.shards import update_shard_index, version_dir_name, write_shard_stream
     from lcaffect_pipeline.videos import copy_local_video, extract_audio, probe_video
 
     opts, out = ClipOptions(), folder / "in_process_lake"
+    cleaned = json.loads((job_lake / "_manifests" / "clean_comments.json").read_text())["results"]
     parts = dict.fromkeys(PARTS, 0.0)
 
     def timed(part, fn, *args, **kwargs):
@@ -112,13 +113,16 @@ def in_process(folder: Path, job_lake: Path, n: int) -> dict[str, float]:
         timed("fetch", lake.file_hash, have.path)
         probe = timed("probe", probe_video, have.path)
         timed("audio", extract_audio, have.path, out / "audio" / f"{vid}.wav", probe=probe)
-        comments = timed("comments", lake.read_parquet, clean_path(job_lake, "bilibili", vid), schema.CLEAN_COMMENTS_SCHEMA)
+        comments = timed("comments", clean_comments, job_lake, {"video_id": vid, "platform": "bilibili"},
+                         cleaned[vid]["output_hash"])
         table, stacks = timed("comments", segment_video_stream, have.path, comments, segment_s=opts.segment_s,
                               comments_per_segment=opts.comments_per_segment, frames_per_segment=opts.frames_per_segment,
                               size=opts.size, video_id=vid, probe=probe)
         frames = _Timed(stacks)
-        table = timed("shards", write_shard_stream, table, frames, out / "shards", vid, max_shard_bytes=opts.max_shard_bytes)
-        timed("shards", lake.write_parquet, table, out / "segments" / f"{vid}.parquet")
+        version = version_dir_name(lake.file_hash(have.path))  # the asset's: a hash of all its inputs
+        table = timed("shards", write_shard_stream, table, frames, out / "shards", vid, max_shard_bytes=opts.max_shard_bytes,
+                      version=version)
+        timed("shards", tables.write, out, "segments", table, vid)
         parts["shards"] -= frames.seconds
         parts["decode"] += frames.seconds
     timed("shards", update_shard_index, out / "shards")

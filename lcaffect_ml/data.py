@@ -98,8 +98,8 @@ class Segment:
 def load_shard_index(source: str | os.PathLike | Sequence[Any]) -> list[ShardSpec]:
     """Shards from an ``index.json`` path/URL, a folder holding one, or a list of URLs/entries.
 
-    A bare URL's video is its parent folder's name (the shard contract puts each video's shards in
-    ``shards/{safe_name(video_id)}/``). Relative URLs in an index are relative to the index's folder
+    A bare URL's video is its folder's name (the shard contract puts each video's shards in
+    ``shards/{safe_name(video_id)}/{version}/``). Relative URLs in an index are relative to the index's folder
     (or, failing that, to the lake root above it).
     """
     if isinstance(source, (list, tuple)):
@@ -143,7 +143,7 @@ def _as_spec(entry: Any, base: str | None, position: int) -> ShardSpec:
         return entry
     if isinstance(entry, (str, os.PathLike)):
         url = str(entry)
-        return ShardSpec(url, Path(url.split("://", 1)[-1]).parent.name or url)
+        return ShardSpec(url, _video_folder(url))
     if isinstance(entry, dict) and isinstance(entry.get("url"), str) and entry.get("video_id") is not None:
         url = entry["url"]
         if base is not None and "://" not in url and not url.startswith("pipe:") and not os.path.isabs(url):
@@ -152,6 +152,16 @@ def _as_spec(entry: Any, base: str | None, position: int) -> ShardSpec:
         return ShardSpec(url, str(entry["video_id"]), int(samples) if samples is not None else None,
                          entry.get("platform"), entry.get("language"))
     raise ShardIndexError(f"shard entry {position} is not a URL or a {{url, video_id}} object: {entry!r}")
+
+
+def _video_folder(url: str) -> str:
+    """A bare shard URL's video: the folder named like the shard (``{video}/{video}-00000.tar``),
+    which is the parent or, in a version folder (``{video}/{version}/...``), the grandparent."""
+    path = Path(url.split("://", 1)[-1])
+    for folder in (path.parent, path.parent.parent):
+        if folder.name and path.name.startswith(f"{folder.name}-"):
+            return folder.name
+    return path.parent.name or url
 
 
 def _resolve_relative(url: str, base: str) -> str:

@@ -4,9 +4,12 @@ Plain functions the clips assets wrap. Lake layout:
 
     videos/{video}.{ext}            the video (copied from a local path or downloaded by yt-dlp)
     audio/{video}.wav               16 kHz mono, for the acoustic features downstream
-    segments/{video}.parquet        SEGMENTS_SCHEMA, with shard and sample_key filled in
-    shards/{video}/{video}-NNNNN.tar WebDataset shards of uint8 frames + comments, per video
-    shards/index.json               every shard with its video and sample count
+    segments/video_key={video}/{hash}.parquet   the Delta table ``segments`` (``tables``): SEGMENTS_SCHEMA
+                                    with shard and sample_key filled in, one content-addressed file per video
+    shards/{video}/{version}/{video}-NNNNN.tar  WebDataset shards of uint8 frames + comments, per video
+                                    and version (the segments stage's input fingerprint): never overwritten
+    shards/index-{sha16}.json       one training_shards index (every shard with its video and sample count);
+                                    shards/index.json is a copy of the latest
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import lake, schema
-from .corpus import clean_path
+from . import lake, tables
 from .stages import Skip, VideoResult
 
 
@@ -140,39 +142,70 @@ def audio_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict | N
 
 
 def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict | None, comments_hash: str | None, opts: ClipOptions) -> VideoResult:
-    """Segments, selected comments and sampled frames of one video, written as its own shards."""
-    from .segments import segment_video_stream
-    from .shards import write_shard_stream
+    """Segments, selected comments and sampled frames of one video, written as its own shards.
 
-    vid, platform = video["video_id"], video["platform"]
+    The shards go in a version folder named by the inputs' fingerprint and the rows in the
+    segments table's content-addressed file (its hash is the output hash), so nothing an earlier
+    materialisation wrote is replaced. Inputs seen before (a reproduction on an older corpus
+    version) reuse their complete folder and file without decoding the video again."""
+    from .segments import segment_video_stream
+    from .shards import shard_folder, version_dir_name, write_shard_stream
+
+    vid = video["video_id"]
     if not probe or probe.get("status") == "failed" or not probe.get("output_hash"):
         raise RuntimeError("video was not probed successfully")
     fingerprint = lake.combine_hashes({"video": probe["fingerprint"], "comments": str(comments_hash),
                                        "opts": str(dataclasses.astuple(opts)[:5] + (opts.exact_frames, opts.demote_filler,
                                                                     opts.frame_backend))})
-    seg_path = segments_path(root, vid)
-    if prev and prev.get("fingerprint") == fingerprint and seg_path.exists():
+    if (prev and prev.get("fingerprint") == fingerprint and prev.get("output_hash")
+            and tables.data_file(root, "segments", vid, prev["output_hash"]).exists()):
         raise Skip
-    comments = None
-    if comments_hash and clean_path(root, vid, comments_hash).exists():
-        comments = lake.read_parquet(clean_path(root, vid, comments_hash), schema.CLEAN_COMMENTS_SCHEMA)
+    version = version_dir_name(fingerprint)
+    if (reused := _reuse(root, vid, version, fingerprint, probe)) is not None:
+        return reused
+    comments = clean_comments(root, video, comments_hash)
     # Frames stream from the decoder into the shards one segment at a time: memory stays bounded
     # however long the video.
-    with lake.local_copy(probe["metrics"]["path"], "the frame decoder") as video:
-        table, stacks = segment_video_stream(video, comments, segment_s=opts.segment_s,
+    with lake.local_copy(probe["metrics"]["path"], "the frame decoder") as local:
+        table, stacks = segment_video_stream(local, comments, segment_s=opts.segment_s,
                                              comments_per_segment=opts.comments_per_segment,
                                              frames_per_segment=opts.frames_per_segment, size=opts.size, video_id=vid,
                                              exact=opts.exact_frames, backend=opts.frame_backend,
                                              demote_filler=opts.demote_filler, probe=recorded_probe(probe))
-        table = write_shard_stream(table, stacks, shards_dir(root), vid, max_shard_bytes=opts.max_shard_bytes)
-    digest = lake.write_parquet(table, seg_path)
-    with_comments = int(np.count_nonzero(np.asarray(table.column("comment_count").to_numpy()) > 0)) if table.num_rows else 0
+        table = write_shard_stream(table, stacks, shards_dir(root), vid, max_shard_bytes=opts.max_shard_bytes,
+                                   version=version)
+    digest = tables.write(root, "segments", table, vid)
     return VideoResult(vid, "done", fingerprint, digest, table.num_rows, metrics={
-        "segments": table.num_rows,
-        "segments_with_comments": with_comments,
+        **_segment_metrics(table, probe), "shard_folder": shard_folder(vid, version),
         "frames_bytes": table.num_rows * opts.frames_per_segment * opts.size * opts.size * 3,
-        "duration_s": probe["metrics"].get("duration_s"),
     })
+
+
+def _reuse(root, vid: str, version: str, fingerprint: str, probe: dict) -> VideoResult | None:
+    """The result of an earlier run with these very inputs, when its shards folder is complete and
+    its segments file still in the lake (retention may have freed one of them): no decoding."""
+    from .shards import complete_version, shard_folder
+
+    sidecar = complete_version(shards_dir(root), vid, version)
+    if sidecar is None or not tables.data_file(root, "segments", vid, sidecar["segments"]).exists():
+        return None
+    table = tables.read_file(root, "segments", vid, sidecar["segments"])
+    return VideoResult(vid, "done", fingerprint, sidecar["segments"], table.num_rows, metrics={
+        **_segment_metrics(table, probe), "shard_folder": shard_folder(vid, version), "frames_bytes": 0, "reused": True})
+
+
+def _segment_metrics(table, probe: dict) -> dict[str, Any]:
+    with_comments = int(np.count_nonzero(np.asarray(table.column("comment_count").to_numpy()) > 0)) if table.num_rows else 0
+    return {"segments": table.num_rows, "segments_with_comments": with_comments,
+            "duration_s": probe["metrics"].get("duration_s")}
+
+
+def clean_comments(root, video: dict[str, Any], comments_hash: str | None):
+    """The video's clean comments that the clean_comments manifest names (by their file's hash in
+    the clean_comments table); None when the video has none."""
+    if not comments_hash:
+        return None
+    return tables.read_file(root, "clean_comments", video["video_id"], comments_hash)
 
 
 def recorded_probe(probe: dict | None):
@@ -188,27 +221,49 @@ def recorded_probe(probe: dict | None):
     return VideoProbe(**{name: metrics[name] for name in names})
 
 
-def segments_path(root, video_id: str):
-    return lake.under(lake.as_path(root) / "segments", video_id, ext=".parquet")
+def segments_of(root, video_id: str, digest: str | None = None):
+    """One video's segment rows: the file ``digest`` names, or the one in the table's current
+    version; None when the table has none for the video."""
+    if digest is None:
+        try:
+            digest = tables.digests(root, "segments").get(tables.video_key(video_id))
+        except tables.VersionError:
+            return None
+        if digest is None:
+            return None
+    return tables.read_file(root, "segments", video_id, digest)
+
+
+def shard_folder_of(root, result: dict[str, Any]) -> str | None:
+    """The shard version folder (relative to ``shards/``) of a segments result: recorded in its
+    metrics, or (a failed run that kept the last good output records none) read from its file."""
+    from .shards import referenced_folders
+
+    folder = (result.get("metrics") or {}).get("shard_folder")
+    if folder or not result.get("output_hash"):
+        return folder
+    table = tables.read_file(root, "segments", result["video_id"], result["output_hash"])
+    found = sorted(referenced_folders(table.column("shard").to_pylist()))
+    return found[0] if found else None
 
 
 def shards_dir(root):
     return lake.as_path(root) / "shards"
 
 
-def contact_sheet(root, video_id: str, max_segments: int = 6) -> np.ndarray | None:
-    """The first frame of up to ``max_segments`` segments of one video, side by side."""
+def contact_sheet(root, video_id: str, segments_hash: str | None = None, max_segments: int = 6) -> np.ndarray | None:
+    """The first frame of up to ``max_segments`` segments of one video, side by side (its rows in
+    the segments file ``segments_hash``, by default the table's current one)."""
     import io
     import tarfile
 
     from .shards import resolve_url
 
-    seg = segments_path(root, video_id)
-    if not seg.exists():
+    table = segments_of(root, video_id, segments_hash)
+    if table is None:
         return None
-    table = lake.read_parquet(seg).slice(0, max_segments).to_pylist()
     tiles = []
-    for row in table:
+    for row in table.slice(0, max_segments).to_pylist():
         if not row.get("shard"):
             continue
         with resolve_url(shards_dir(root), row["shard"]).open("rb") as fh, tarfile.open(fileobj=fh) as tar:

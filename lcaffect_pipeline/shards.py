@@ -1,16 +1,20 @@
-"""Training shards: WebDataset tars of segment frames plus JSON, one set per video.
+"""Training shards: WebDataset tars of segment frames plus JSON, one set per video and version.
 
 The layout (folders, names, sample members, index fields) is the shard contract in
 ``lcaffect_ml.contracts.shards``, which ``lcaffect_ml.data`` reads by. ``shards_root`` is
-``{lake}/shards``. Tars are reproducible (fixed mtime, owner
-and mode), so an unchanged segment table and frames give byte-identical shards and hashes.
+``{lake}/shards``; a video's shards live in a *version folder*, ``{video}/{version}/``, named by
+the segments stage's input fingerprint, so new inputs add a folder and never overwrite shards an
+earlier index (and the model trained on it) names. Tars are reproducible (fixed mtime, owner
+and mode), so the same segment table and frames give byte-identical shards and hashes.
 They are written with the standard library's ``tarfile`` (PAX format, so member names longer
 than 100 bytes survive): a WebDataset shard is a plain tar, and importing ``webdataset`` would
 import torch (seconds per Dagster step); the tests read the shards back with ``webdataset``.
-Samples stream in one segment at a time (``write_shard_stream``); a video's shards are written
-under temporary names and renamed together once the last is complete; shards of an earlier,
-longer version of the video are removed. The per-video ``shards.json`` keeps the index cheap: ``update_shard_index``
-merges those small files instead of re-reading every tar.
+Samples stream in one segment at a time (``write_shard_stream``); a folder's shards are written
+under temporary names and renamed together once the last is complete. The folder's
+``shards.json`` (written last, so it marks the folder complete) lists its shards and the hash of
+the segment rows they hold; the index merges those small files instead of re-reading every tar
+(``write_shard_index``), and a later run with the same inputs reuses a complete folder
+(``complete_version``).
 """
 
 from __future__ import annotations
@@ -22,15 +26,15 @@ import json
 import os
 import tarfile
 from collections import defaultdict
-from typing import Any, Collection, Iterable, Iterator, Sequence
+from typing import Any, Collection, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from lcaffect_ml.contracts.hashing import sha256_file
+from lcaffect_ml.contracts.hashing import sha256_bytes, sha256_file
 from lcaffect_ml.contracts.shards import (FRAMES_MEMBER, INDEX_NAME, META_FIELDS, META_MEMBER,  # noqa: F401
                                           VIDEO_SHARDS_NAME, encode_sample, sample_key, shard_name, shard_number,
-                                          video_dir_name)
+                                          version_dir_name, video_dir_name)
 
 from . import lake
 from .schema import SEGMENTS_SCHEMA
@@ -40,18 +44,24 @@ TAR_END = 2 * TAR_BLOCK + 20 * TAR_BLOCK  # end-of-archive blocks plus the worst
 USTAR_NAME = 100  # longer member names take a PAX extended header (a header and a data block)
 
 
-def video_shard_dir(shards_root: str | os.PathLike, video_id: str):
-    return lake.under(shards_root, video_id)
+def shard_folder(video_id: str, version: str | None = None) -> str:
+    """The folder of one version of a video's shards, relative to the shards root
+    (``{video}/{version}``; ``{video}`` alone without a version, the layout before versions)."""
+    return video_dir_name(video_id) + (f"/{lake.safe_name(version)}" if version else "")
 
 
-def shard_path(shards_root: str | os.PathLike, video_id: str, n: int):
-    return video_shard_dir(shards_root, video_id) / shard_name(video_id, n)
+def video_shard_dir(shards_root: str | os.PathLike, video_id: str, version: str | None = None):
+    return lake.as_path(shards_root).joinpath(*shard_folder(video_id, version).split("/"))
 
 
-def relative_url(video_id: str, n: int) -> str:
+def shard_path(shards_root: str | os.PathLike, video_id: str, n: int, version: str | None = None):
+    return video_shard_dir(shards_root, video_id, version) / shard_name(video_id, n)
+
+
+def relative_url(video_id: str, n: int, version: str | None = None) -> str:
     """A shard's path relative to the shards root, as the index and the segment table keep it:
     a lake moved or copied elsewhere (another folder, another bucket) still resolves."""
-    return f"{video_dir_name(video_id)}/{shard_name(video_id, n)}"
+    return f"{shard_folder(video_id, version)}/{shard_name(video_id, n)}"
 
 
 def resolve_url(shards_root: str | os.PathLike, url: str):
@@ -71,6 +81,7 @@ def write_shards(
     video_id: str,
     *,
     max_shard_bytes: int = 1_000_000_000,
+    version: str | None = None,
 ) -> pa.Table:
     """Write one video's segments as WebDataset shards under ``dest_dir`` (the shards root).
 
@@ -80,7 +91,8 @@ def write_shards(
     """
     _check_inputs(segments_table, frames, video_id)
     times = segments_table.column("frame_times_ms").to_pylist()
-    return write_shard_stream(segments_table, zip(frames, times), dest_dir, video_id, max_shard_bytes=max_shard_bytes)
+    return write_shard_stream(segments_table, zip(frames, times), dest_dir, video_id, max_shard_bytes=max_shard_bytes,
+                              version=version)
 
 
 def write_shard_stream(
@@ -90,6 +102,7 @@ def write_shard_stream(
     video_id: str,
     *,
     max_shard_bytes: int = 1_000_000_000,
+    version: str | None = None,
 ) -> pa.Table:
     """Write one video's segments as shards, taking the frames one segment at a time.
 
@@ -99,8 +112,11 @@ def write_shard_stream(
     starts when the next sample would push the current one past ``max_shard_bytes`` (a single
     larger sample gets a shard to itself). Every shard keeps a temporary name until the last
     one is complete, so a failure part-way (a decoding error, a full disk) leaves the previous
-    version of the video's shards whole. Returns the table with ``shard``, ``sample_key`` and
-    ``frame_times_ms`` filled in.
+    version of the video's shards whole. ``version`` (``version_dir_name`` of the inputs'
+    fingerprint) names the folder, ``{video}/{version}/``; without it the shards go in ``{video}/``.
+    The folder's ``shards.json``, written last, lists the shards and ``segments``, the content hash
+    of the returned rows (``lake.table_hash``: the name of their file in the segments table).
+    Returns the table with ``shard``, ``sample_key`` and ``frame_times_ms`` filled in.
     """
     _check_table(segments_table, video_id)
     samples = _samples(video_id, segments_table.to_pylist(), stacks)
@@ -108,7 +124,7 @@ def write_shard_stream(
     with contextlib.ExitStack() as finished:  # on success the shards are renamed into place together
         sample = next(samples, None)
         while sample is not None:
-            path = shard_path(dest_dir, video_id, len(entries))
+            path = shard_path(dest_dir, video_id, len(entries), version)
             out = _HashingWriter(finished.enter_context(lake.atomic_write(path, "wb")))
             size, count = 0, 0
             with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
@@ -118,17 +134,18 @@ def write_shard_stream(
                     keys.append(sample[0]["__key__"])
                     times.append(sample[1])
                     sample = next(samples, None)
-            entries.append({"url": relative_url(video_id, len(entries)), "video_id": video_id, "samples": count,
+            entries.append({"url": relative_url(video_id, len(entries), version), "video_id": video_id, "samples": count,
                             "bytes": out.bytes, "sha256": out.sha.hexdigest()})
             shard_of_row += [entries[-1]["url"]] * count
-    _remove_stale(dest_dir, video_id, keep=len(entries))
-    sidecar = {"video_id": video_id, "shards": entries}
-    lake.atomic_write_bytes(video_shard_dir(dest_dir, video_id) / VIDEO_SHARDS_NAME,
-                            json.dumps(sidecar, ensure_ascii=False, indent=1).encode())
+    _remove_stale(dest_dir, video_id, keep=len(entries), version=version)
     out = segments_table
     for name, values in (("shard", shard_of_row), ("sample_key", keys), ("frame_times_ms", times)):
         out = out.set_column(out.schema.get_field_index(name), name, pa.array(values, SEGMENTS_SCHEMA.field(name).type))
-    return out.cast(SEGMENTS_SCHEMA)
+    out = out.cast(SEGMENTS_SCHEMA)
+    sidecar = {"video_id": video_id, "shards": entries, "segments": lake.table_hash(out)}
+    lake.atomic_write_bytes(video_shard_dir(dest_dir, video_id, version) / VIDEO_SHARDS_NAME,
+                            json.dumps(sidecar, ensure_ascii=False, indent=1).encode())
+    return out
 
 
 def _check_table(table: pa.Table, video_id: str) -> None:
@@ -203,8 +220,10 @@ def _add_sample(tar: tarfile.TarFile, sample: dict[str, Any]) -> None:
         tar.addfile(info, io.BytesIO(data))
 
 
-def _remove_stale(shards_root, video_id: str, keep: int) -> None:
-    folder = video_shard_dir(shards_root, video_id)
+def _remove_stale(shards_root, video_id: str, keep: int, version: str | None) -> None:
+    """Shards past the last one just written, left in the same folder by an earlier, longer write
+    (only an unversioned folder, or a version folder whose write was never completed, has any)."""
+    folder = video_shard_dir(shards_root, video_id, version)
     if not folder.exists():
         return
     for p in folder.iterdir():
@@ -216,21 +235,90 @@ def _remove_stale(shards_root, video_id: str, keep: int) -> None:
 # ------------------------------------------------------------------------------ index
 
 
-def update_shard_index(shards_root: str | os.PathLike) -> list[dict[str, Any]]:
-    """Merge every video's ``shards.json`` into ``{shards_root}/index.json`` (sorted by url)."""
-    root = lake.under(shards_root)
+def complete_version(shards_root: str | os.PathLike, video_id: str, version: str) -> dict[str, Any] | None:
+    """The ``shards.json`` of a complete version folder (its shards all present, at their sizes,
+    and the hash of their segment rows recorded), else None: a later run with the same inputs
+    reuses such a folder instead of decoding the video again."""
+    folder = video_shard_dir(shards_root, video_id, version)
+    try:
+        sidecar = json.loads((folder / VIDEO_SHARDS_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(sidecar, dict) or not sidecar.get("segments") or sidecar.get("video_id") != video_id:
+        return None
+    for entry in sidecar.get("shards", []):
+        path = resolve_url(shards_root, entry["url"])
+        if not path.exists() or path.stat().st_size != entry["bytes"]:
+            return None
+    return sidecar
+
+
+def write_shard_index(shards_root: str | os.PathLike, folders: Iterable[str]) -> tuple[Any, list[dict[str, Any]]]:
+    """Merge the ``shards.json`` of the given version folders (relative to ``shards_root``, one
+    per video: ``shard_folder``) into a content-addressed ``index-{sha16}.json`` (sorted by url),
+    and copy it to ``index.json``, the latest. Returns (the index's path, its entries). An index
+    once written is never replaced: every materialisation's index stays readable."""
+    root = lake.as_path(shards_root)
     entries: list[dict[str, Any]] = []
-    if root.exists():
-        for sidecar in sorted(root.glob(f"*/{VIDEO_SHARDS_NAME}"), key=str):
+    for folder in sorted(set(folders)):
+        sidecar = root.joinpath(*folder.split("/")) / VIDEO_SHARDS_NAME
+        try:
             entries += json.loads(sidecar.read_text())["shards"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise FileNotFoundError(f"{sidecar}: the shard list of version folder {folder} is missing or unreadable "
+                                    f"({type(exc).__name__}: {exc})") from exc
     entries.sort(key=lambda e: e["url"])
-    lake.atomic_write_bytes(root / INDEX_NAME, json.dumps(entries, ensure_ascii=False, indent=1).encode())
-    return entries
+    payload = json.dumps(entries, ensure_ascii=False, indent=1).encode()
+    path = root / content_name(payload)
+    if not path.exists():
+        lake.atomic_write_bytes(path, payload)
+    lake.atomic_write_bytes(root / INDEX_NAME, payload)
+    return path, entries
 
 
-def read_shard_index(shards_root: str | os.PathLike) -> list[dict[str, Any]]:
-    """The list of ``{url, video_id, samples, bytes, sha256}`` in ``index.json``."""
-    return json.loads((lake.under(shards_root) / INDEX_NAME).read_text())
+def content_name(payload: bytes, prefix: str = "index") -> str:
+    """``{prefix}-{sha16}.json``: the content-addressed name of an index file."""
+    return f"{prefix}-{sha256_bytes(payload)[:16]}.json"
+
+
+def version_folders(shards_root: str | os.PathLike) -> dict[str, list[str]]:
+    """``{video folder: [its version folders, relative to shards_root]}``: every version in the
+    lake, referenced or not (retention compares them with ``referenced_folders``). A video folder
+    that holds its shards directly (the layout before versions) counts as its own version."""
+    root = lake.as_path(shards_root)
+    out: dict[str, list[str]] = {}
+    if not root.exists():
+        return out
+    for video in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name):
+        children = list(video.iterdir())
+        versions = sorted(f"{video.name}/{p.name}" for p in children if p.is_dir())
+        if any(p.name == VIDEO_SHARDS_NAME or p.name.endswith(".tar") for p in children):
+            versions.insert(0, video.name)
+        out[video.name] = versions
+    return out
+
+
+def referenced_folders(entries: Iterable[Mapping[str, Any] | str | None]) -> set[str]:
+    """The version folders (relative to the shards root) that index entries, or shard URLs such
+    as the segments table's ``shard`` column, name."""
+    urls = (e.get("url") if isinstance(e, Mapping) else e for e in entries)
+    return {url.rsplit("/", 1)[0] for url in urls if url and "/" in url}
+
+
+def update_shard_index(shards_root: str | os.PathLike, folders: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """``write_shard_index`` over ``folders``; by default every folder in the lake, which must
+    then hold one version per video (else which one is meant is unknown: pass ``folders``)."""
+    if folders is None:
+        found = version_folders(shards_root)
+        if several := sorted(v for v, versions in found.items() if len(versions) > 1):
+            raise ValueError(f"{shards_root}: videos {several[:3]} have several shard versions: name the folders to index")
+        folders = [versions[0] for versions in found.values() if versions]
+    return write_shard_index(shards_root, folders)[1]
+
+
+def read_shard_index(shards_root: str | os.PathLike, name: str = INDEX_NAME) -> list[dict[str, Any]]:
+    """The list of ``{url, video_id, samples, bytes, sha256}`` in an index (the latest by default)."""
+    return json.loads((lake.as_path(shards_root) / name).read_text())
 
 
 # ------------------------------------------------------------------------------ verify
@@ -242,6 +330,7 @@ def verify_shards(
     *,
     check_hashes: bool = False,
     deep_videos: Collection[str] | None = None,
+    index_name: str = INDEX_NAME,
 ) -> list[str]:
     """Problems found (empty when all is well), for an asset check.
 
@@ -251,12 +340,13 @@ def verify_shards(
     matches its row; a shard must hold nothing else. ``deep_videos``: read the samples of these
     videos' shards only (None: every video); the other shards are checked against the index
     (present, same size) without being read, so that a refresh which wrote a few videos does not
-    read the whole corpus of shards back.
+    read the whole corpus of shards back. ``index_name``: the index file to check (the latest,
+    ``index.json``, by default).
     """
     try:
-        index = {e["url"]: e for e in read_shard_index(shards_root)}
+        index = {e["url"]: e for e in read_shard_index(shards_root, index_name)}
     except (OSError, ValueError, KeyError) as exc:
-        return [f"index.json unreadable under {shards_root}: {type(exc).__name__}: {exc}"]
+        return [f"{index_name} unreadable under {shards_root}: {type(exc).__name__}: {exc}"]
     rows = segments_table.to_pylist()
     problems = [f"segment {r['video_id']}#{r['segment_index']} has no shard" for r in rows
                 if not r["shard"] or not r["sample_key"]]
@@ -271,7 +361,7 @@ def verify_shards(
     for url, expected in by_shard.items():
         entry = index.get(url)
         if entry is None:
-            problems.append(f"shard {url} is not in index.json")
+            problems.append(f"shard {url} is not in {index_name}")
         elif entry["samples"] != len(expected):
             problems.append(f"shard {url}: index says {entry['samples']} samples, table has {len(expected)}")
         deep = deep_videos is None or next(iter(expected.values()))["video_id"] in deep_videos

@@ -54,7 +54,7 @@ WORK = {
     "video_probes": ("lcaffect_pipeline.clips", "probe_one"),
     "audio": ("lcaffect_pipeline.clips", "audio_one"),
     "segments": ("lcaffect_pipeline.clips", "segment_one"),
-    "training_shards": ("lcaffect_pipeline.shards", "update_shard_index"),
+    "training_shards": ("lcaffect_pipeline.shards", "write_shard_index"),
     "v2lc_encoder": ("lcaffect_ml.train_v2lc", "train"),
     "{task}_utterances": ("lcaffect_pipeline.downstream.datasets", "load_dataset"),
     "{task}_features": ("lcaffect_ml.extract_features", "extract"),

@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 import dagster as dg
-import pyarrow.parquet as pq
 import pytest
 
+from lcaffect_pipeline import clips
 from lcaffect_pipeline.defs.checks import CHECKS
 from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS_ASSETS
 from lcaffect_pipeline.defs.clips_assets import CHECKS as CLIPS_CHECKS
@@ -44,7 +44,7 @@ def test_demo_videos_become_shards(clips_run) -> None:
     index = json.loads((root / "shards" / "index.json").read_text())
     entries = index if isinstance(index, list) else index["shards"]
     assert sum(e["samples"] for e in entries) == N * SEGMENTS_PER_VIDEO
-    table = pq.read_table(root / "segments" / "demo_00.parquet")
+    table = clips.segments_of(root, "demo_00", segs["results"]["demo_00"]["output_hash"])
     counts = [len(c) for c in table.column("comments").to_pylist()]
     assert all(1 <= n <= 32 for n in counts) and max(counts) > 5  # every distinct comment, not a top 5
     assert all((root / "shards" / s).exists() for s in table.column("shard").to_pylist())  # relative: the lake can move
@@ -155,10 +155,87 @@ def test_clips_assets_with_the_decord_frame_backend(tmp_path: Path, caplog) -> N
     assert dg.materialize(ALL, resources=res).success
     assert {v["status"] for v in manifest(root, "segments")["results"].values()} == {"done"}
     assert "decord refused" in caplog.text and "nodur.webm" in caplog.text and "broken metadata" in caplog.text
-    table = pq.read_table(root / "segments" / "ex.parquet")
+    table = clips.segments_of(root, "ex", manifest(root, "segments")["results"]["ex"]["output_hash"])
     assert table.column("frame_times_ms").to_pylist() == [[1000, 3000, 5000, 7000], [9000, 11000, 13000, 15000]]
     row = table.slice(0, 1).to_pylist()[0]
     with tarfile.open(root / "shards" / row["shard"]) as tar:
         stored = np.load(io.BytesIO(tar.extractfile(f"{row['sample_key']}.frames.npy").read()))
     pyav = sample_frames(videos["ex"], np.array(row["frame_times_ms"]), 32, backend="pyav")
     assert np.abs(stored.astype(int) - pyav).mean() < 3  # decord's frames, the same pictures as PyAV's
+
+
+def test_segmenting_the_same_inputs_twice_gives_byte_identical_shards(tmp_path: Path) -> None:
+    """Decoding, sampling and tar writing are deterministic: two lakes, the same bytes and hashes."""
+    from conftest import fixture_path
+    from lcaffect_ml.contracts.hashing import sha256_file
+
+    need_ffmpeg()
+    probe = {"status": "done", "output_hash": "h", "fingerprint": "f",
+             "metrics": {"path": str(fixture_path("video", "example.mp4"))}}
+    made = {}
+    for name in ("a", "b"):
+        root = tmp_path / name
+        result = clips.segment_one({"video_id": "ex", "platform": "local"}, None, root=root, probe=probe,
+                                   comments_hash=None, opts=clips.ClipOptions(size=16, frames_per_segment=4))
+        files = {p.relative_to(root).as_posix(): sha256_file(p) for p in root.rglob("*") if p.is_file()}
+        made[name] = (result.output_hash, result.metrics["shard_folder"], files)
+    assert made["a"] == made["b"]
+    assert sum(k.endswith(".tar") for k in made["a"][2]) == 1 and f"segments/video_key=ex/{made['a'][0]}.parquet" in made["a"][2]
+
+
+def test_new_comments_add_a_version_and_the_old_comments_reproduce_it_without_decoding(tmp_path: Path, monkeypatch) -> None:
+    """A refresh with new comments writes a new shard folder and segments file and leaves the old
+    ones (and the old index) as they were; going back to the old comments reuses them, decoding
+    nothing, and gives the very index the first run wrote."""
+    import shutil
+
+    from conftest import fixture_path
+    from lcaffect_ml.contracts.hashing import sha256_file
+    from lcaffect_ml.data import iter_raw_samples, load_shard_index
+    from lcaffect_pipeline import segments as segments_module
+    from lcaffect_pipeline import tables
+
+    need_ffmpeg()
+    comments = tmp_path / "comments.xml"
+    shutil.copy(fixture_path("bilibili", "xml", "18678311.xml"), comments)
+    catalogue = tmp_path / "catalogue.yaml"
+    catalogue.write_text(f"videos:\n  - {{video_id: ex, platform: bilibili, source: {comments}, "
+                         f"video: {fixture_path('video', 'example.mp4')}}}\n")
+    root = tmp_path / "lake"
+    res = resources(root, CatalogueResource(path=str(catalogue)))
+
+    def run() -> tuple[dict, dict]:
+        result = dg.materialize([*ALL, *CLIPS_CHECKS], resources=res)
+        assert result.success and all(c.passed for c in result.get_asset_check_evaluations())
+        return manifest(root, "segments")["results"]["ex"], manifest(root, "training_shards")
+
+    def on_disk(entries: list[dict]) -> dict[str, str]:
+        return {e["url"]: sha256_file(root / "shards" / e["url"]) for e in entries}
+
+    first, shards1 = run()
+    index1 = Path(shards1["index"])
+    entries1 = json.loads(index1.read_text())
+    assert on_disk(entries1) == {e["url"]: e["sha256"] for e in entries1}
+    assert shards1["reads"] == {"segments": manifest(root, "segments")["manifest_id"]}
+    segments1 = tables.data_file(root, "segments", "ex", first["output_hash"]).read_bytes()
+
+    shutil.copy(fixture_path("bilibili", "xml", "2170097.xml"), comments)  # the refresh brings other comments
+    second, shards2 = run()
+    assert second["status"] == "done" and second["metrics"]["shard_folder"] != first["metrics"]["shard_folder"]
+    assert Path(shards2["index"]) != index1 and shards2["segments_version"] > shards1["segments_version"]
+    # The first version is whole: its shards (by sha256), its segments file, its index.
+    assert on_disk(entries1) == {e["url"]: e["sha256"] for e in entries1}
+    assert tables.data_file(root, "segments", "ex", first["output_hash"]).read_bytes() == segments1
+    assert tables.digests(root, "segments", shards1["segments_version"]) == {"ex": first["output_hash"]}
+    specs = load_shard_index(str(index1))
+    assert sum(1 for s in specs for _ in iter_raw_samples(s.url)) == first["rows"] == shards1["samples"]
+
+    def decoding(*args, **kwargs):
+        raise AssertionError("the video was decoded again")
+
+    monkeypatch.setattr(segments_module, "segment_video_stream", decoding)
+    shutil.copy(fixture_path("bilibili", "xml", "18678311.xml"), comments)  # back to the first comments
+    third, shards3 = run()
+    assert third["metrics"]["reused"] and (third["fingerprint"], third["output_hash"]) == (first["fingerprint"], first["output_hash"])
+    assert (shards3["index"], shards3["data_version"]) == (shards1["index"], shards1["data_version"])
+    assert on_disk(entries1) == {e["url"]: e["sha256"] for e in entries1}

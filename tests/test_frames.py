@@ -163,7 +163,7 @@ def test_rotated_video_same_picture_from_either_backend(tmp_path, rotate, caplog
 
 
 def test_clips_stage_exact_frames_option(videos, tmp_path):
-    from lcaffect_pipeline import clips, lake
+    from lcaffect_pipeline import clips
 
     probe = {"status": "done", "output_hash": "h", "fingerprint": "f", "metrics": {"path": str(videos["web"])}}
     planned = _planned(videos["web"]).tolist()
@@ -173,7 +173,7 @@ def test_clips_stage_exact_frames_option(videos, tmp_path):
         result = clips.segment_one({"video_id": "web", "platform": "local"}, None, root=tmp_path, probe=probe,
                                    comments_hash=None, opts=opts)
         fingerprints.add(result.fingerprint)
-        recorded[exact, backend] = lake.read_parquet(clips.segments_path(tmp_path, "web")).column("frame_times_ms").to_pylist()
+        recorded[exact, backend] = clips.segments_of(tmp_path, "web", result.output_hash).column("frame_times_ms").to_pylist()
     assert recorded[True, "auto"] == planned and recorded[False, "auto"] != planned
     assert recorded[False, "decord"] == planned  # decord decodes exactly
     assert len(fingerprints) == 3  # switching either option re-runs the segments

@@ -81,7 +81,7 @@ def _assert_every_reader_finds_every_video(root: Path, ids: list[str], result) -
     # Each per-video file sits under the one name of its id, extension last.
     for vid in ids:
         assert tables.files(root, "clean_comments")[lake.safe_name(vid)]  # the partition of its one name
-        assert clips.segments_path(root, vid).exists() and (root / "audio" / lake.safe_name(vid, ".wav")).exists()
+        assert clips.segments_of(root, vid) is not None and (root / "audio" / lake.safe_name(vid, ".wav")).exists()
     assert len(list(root.glob("clean_comments/video_key=*/*.parquet"))) == len(ids)
     assert len(list(root.glob("_state/video_probes/*.json"))) == len(ids)
     index = shards.read_shard_index(root / "shards")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
+from typing import Any
 import time
 
 import dagster as dg
@@ -59,14 +61,24 @@ def manifests(fs, prefix: str) -> dict[str, dict]:
     return {s: json.loads(fs.cat(f"{prefix}/_manifests/{s}.json")) for s in (*STAGES, "training_shards")}
 
 
-def outputs(m: dict[str, dict]) -> dict[str, dict[str, tuple]]:
+def outputs(fs, m: dict[str, dict]) -> dict[str, Any]:
     """Per stage, every video's status, rows and content hash: what a run made. The comment
-    tables name their source files in the lake (the lake's URL), so their rows are compared."""
+    tables name their source files in the lake (the lake's URL), so their rows are compared;
+    the segment rows name their shards' version folder, a hash of the inputs (those comments
+    included), so the shards' bytes are compared instead: every shard's video, samples, sha256."""
     def made(stage, r):
         return ("failed" if r["status"] == "failed" else "ok", r.get("rows"),
-                None if stage.endswith("comments") else r.get("output_hash"))
+                None if stage.endswith("comments") or stage == "segments" else r.get("output_hash"))
 
-    return {s: {v: made(s, r) for v, r in m[s]["results"].items()} for s in STAGES}
+    index = json.loads(fs.cat(m["training_shards"]["index"].removeprefix("s3://")))
+    shards = sorted((e["video_id"], e["samples"], e["sha256"]) for e in index)
+    return {"shards": shards, **{s: {v: made(s, r) for v, r in m[s]["results"].items()} for s in STAGES}}
+
+
+def layout(keys) -> set[str]:
+    """The keys with the names that hash a lake's own content masked (shard version folders,
+    content-addressed index and table files, manifest ids): the same for two lakes made alike."""
+    return {re.sub(r"\d{8}T\d{12}Z-[0-9a-f]{12}|[0-9a-f]{16,}", "#", k) for k in keys}
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +107,13 @@ def test_corpus_and_clips_run_with_the_lake_on_the_store(reference) -> None:
     assert m["training_shards"]["samples"] == m["segments"]["rows"] > 0
     checks = {(c.asset_key.to_user_string(), c.check_name): c.passed for c in result.get_asset_check_evaluations()}
     assert checks and all(checks.values()), checks  # DuckDB and pyarrow read the comment tables from the store
+    segments_file = f"segments/video_key=demo_00/{m['segments']['results']['demo_00']['output_hash']}.parquet"
+    index = m["training_shards"]["index"]
+    assert index.startswith(f"s3://{prefix}/shards/index-")  # content-addressed, on the store
     for part in ("demo_world/catalogue.yaml", "catalogue/_delta_log/00000000000000000000.json",
-                 "clean_comments/_delta_log/00000000000000000000.json", "corpus.duckdb", "shards/index.json",
-                 "segments/demo_00.parquet", "audio/demo_00.wav", "videos/demo_00.mp4", "_manifests/segments.json"):
+                 "clean_comments/_delta_log/00000000000000000000.json", "segments/_delta_log/00000000000000000000.json",
+                 "corpus.duckdb", "shards/index.json", segments_file, index.removeprefix(f"s3://{prefix}/"),
+                 "audio/demo_00.wav", "videos/demo_00.mp4", "_manifests/segments.json"):
         assert part in keys, part
     assert sum(k.startswith("shards/demo_") and k.endswith(".tar") for k in keys) == N_VIDEOS
     assert temporaries(keys) == []
@@ -208,8 +224,8 @@ def test_a_store_that_refuses_connections_for_a_while_is_waited_for(reference, s
             watcher.join()
             assert "at" in outage, "the run ended before the outage"
             assert result.success, [e.message for e in result.all_events if e.is_failure]
-            assert listing(direct, prefix).keys() == keys_ref.keys()
-            assert outputs(manifests(direct, prefix)) == outputs(m_ref)
+            assert layout(listing(direct, prefix)) == layout(keys_ref)
+            assert outputs(direct, manifests(direct, prefix)) == outputs(direct, m_ref)
     finally:
         proxy.close()
 
@@ -244,7 +260,33 @@ def test_a_run_that_fails_while_the_store_is_away_completes_when_run_again(refer
             again = materialize(f"s3://{prefix}")
             assert again.success, [e.message for e in again.all_events if e.is_failure]
             keys = listing(direct, prefix)
-            assert keys.keys() == keys_ref.keys() and temporaries(keys) == []
-            assert outputs(manifests(direct, prefix)) == outputs(m_ref)
+            assert layout(keys) == layout(keys_ref) and temporaries(keys) == []
+            assert outputs(direct, manifests(direct, prefix)) == outputs(direct, m_ref)
     finally:
         proxy.close()
+
+
+def test_shard_versions_on_the_store(s3) -> None:
+    """Version folders, their completeness and the content-addressed index work on the store too."""
+    import pyarrow as pa
+
+    from lcaffect_pipeline.schema import SEGMENTS_SCHEMA
+    from lcaffect_pipeline.shards import (complete_version, referenced_folders, version_folders, write_shard_index,
+                                          write_shard_stream)
+
+    fs, bucket = s3
+    rows = [{"video_id": "v", "segment_index": i, "start_ms": i * 8000, "end_ms": (i + 1) * 8000, "comments": ["hi"],
+             "comment_ids": ["c"], "comment_count": 1, "frame_times_ms": [i * 8000]} for i in range(2)]
+    table = pa.Table.from_pylist(rows, schema=SEGMENTS_SCHEMA)
+    root = f"s3://{bucket}/versions/shards"
+    old = write_shard_stream(table, ((np.zeros((1, 8, 8, 3), np.uint8), r["frame_times_ms"]) for r in rows), root, "v",
+                             version="a" * 16)
+    first, _ = write_shard_index(root, referenced_folders(old.column("shard").to_pylist()))
+    before = {k: fs.cat(k) for k in fs.find(f"{bucket}/versions/shards/v")}
+    new = write_shard_stream(table, ((np.ones((1, 8, 8, 3), np.uint8), r["frame_times_ms"]) for r in rows), root, "v",
+                             version="b" * 16)
+    write_shard_index(root, referenced_folders(new.column("shard").to_pylist()))
+    assert {k: fs.cat(k) for k in before} == before  # the first version is untouched
+    assert version_folders(root) == {"v": [f"v/{'a' * 16}", f"v/{'b' * 16}"]}
+    assert complete_version(root, "v", "a" * 16)["shards"] == json.loads(fs.cat(str(first).removeprefix("s3://")))
+    fs.rm(f"{bucket}/versions", recursive=True)

@@ -17,11 +17,16 @@ from conftest import fixture_path, need_ffmpeg
 from lcaffect_pipeline import lake
 from lcaffect_pipeline.schema import SEGMENTS_SCHEMA
 from lcaffect_pipeline.segments import segment_video
+from lcaffect_ml.data import load_shard_index
 from lcaffect_pipeline.shards import (
+    complete_version,
     read_shard_index,
+    referenced_folders,
     sample_key,
     update_shard_index,
     verify_shards,
+    version_folders,
+    write_shard_index,
     write_shards,
 )
 
@@ -229,3 +234,45 @@ def test_verify_reads_back_only_the_videos_asked_and_checks_the_others_against_t
     assert any("bytes, index says" in p for p in verify_shards(out, root, deep_videos=set()))
     (root / out.column("shard")[3].as_py()).unlink()
     assert any(p.endswith("is missing") for p in verify_shards(out, root, deep_videos=set()))
+
+
+# ------------------------------------------------------------------------------ versions
+
+
+def test_a_new_version_adds_a_folder_and_each_index_stays_readable(lake_root):
+    root = lake_root / "shards"
+    old = write_shards(_table("v", 3), _frames(3), root, "v", version="a" * 16)
+    before = {p: p.read_bytes() for p in (root / "v" / ("a" * 16)).iterdir()}
+    first_path, first = write_shard_index(root, ["v/" + "a" * 16])
+    new = write_shards(_table("v", 2), _frames(2, seed=3), root, "v", version="b" * 16)
+    assert {p: p.read_bytes() for p in (root / "v" / ("a" * 16)).iterdir()} == before  # nothing replaced
+    assert old.column("shard")[0].as_py() == f"v/{'a' * 16}/v-00000.tar"  # the URL names its version
+    second_path, second = write_shard_index(root, referenced_folders(new.column("shard").to_pylist()))
+    assert first_path != second_path and first_path.name.startswith("index-") and len(first_path.stem) == len("index-") + 16
+    assert json.loads(first_path.read_text()) == first and read_shard_index(root) == second  # index.json: the latest
+    assert verify_shards(old, root, check_hashes=True, index_name=first_path.name) == []
+    assert verify_shards(new, root, check_hashes=True) == []
+    assert version_folders(root) == {"v": [f"v/{'a' * 16}", f"v/{'b' * 16}"]}
+    assert referenced_folders(first) == {f"v/{'a' * 16}"}
+    with pytest.raises(ValueError, match="several shard versions"):
+        update_shard_index(root)  # which version is meant must be said
+    specs = load_shard_index(str(first_path))  # relative URLs resolve beside the content-addressed index
+    assert [s.video_id for s in specs] == ["v"] and Path(specs[0].url).read_bytes() == (root / first[0]["url"]).read_bytes()
+    assert {s.video_id for s in load_shard_index(sorted(str(p) for p in root.rglob("*.tar")))} == {"v"}  # bare URLs
+
+
+def test_same_inputs_give_byte_identical_shards_and_a_complete_folder(tmp_path):
+    written = {}
+    for name in ("one", "two"):
+        root = tmp_path / name / "shards"
+        out = write_shards(_table("BV1 x", 5), _frames(5), root, "BV1 x", max_shard_bytes=2 * SAMPLE_BYTES + 11 * 1024,
+                           version="c" * 16)
+        written[name] = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+        sidecar = complete_version(root, "BV1 x", "c" * 16)
+        assert sidecar is not None and sidecar["segments"] == lake.table_hash(out)  # the segments file's name
+    assert written["one"] == written["two"] and len([k for k in written["one"] if k.endswith(".tar")]) == 3
+    root = tmp_path / "one" / "shards"
+    assert complete_version(root, "BV1 x", "d" * 16) is None  # no such version
+    tar = next(p for p in root.rglob("*.tar"))
+    tar.write_bytes(tar.read_bytes()[:-512])  # a shard cut short: the folder is not complete
+    assert complete_version(root, "BV1 x", "c" * 16) is None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 
 from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS_ASSETS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS_ASSETS
@@ -90,8 +91,12 @@ def test_two_variants_train_side_by_side_on_their_own_selections(shards_lake: Pa
     assert value["output_dir"] == zh["output_dir"] != seed1["output_dir"]  # downstream reads the first
     assert json.loads((Path(seed1["output_dir"]) / "metrics.json").read_text())["steps"] == 4  # its own options
     assert zh["groups"]["by_platform"].keys() == {"bilibili"} and zh["groups"]["by_language"].keys() == {"zh"}
-    index = json.loads((shards_lake / "shards" / "index.v2lc-zh.json").read_text())
+    (zh_index,) = (shards_lake / "shards").glob("index.v2lc-zh-*.json")  # content-addressed, beside index.json
+    index = json.loads(zh_index.read_text())
     assert index and {(e["platform"], e["language"]) for e in index} == {("bilibili", "zh")}
+    assert yaml.safe_load((Path(zh["output_dir"]) / "train_config.yaml").read_text())["shards"] == str(zh_index)
+    shards = json.loads((shards_lake / "_manifests" / "training_shards.json").read_text())
+    assert value["reads"] == {"training_shards": shards["manifest_id"]} and "training_shards" in m.metadata["lineage"].value
     assert set(m.metadata["variants"].value) == {"zh", "seed-1"}
     (check,) = result.get_asset_check_evaluations()
     assert {"zh_v2c_r1", "seed-1_v2c_r1"} <= set(check.metadata)

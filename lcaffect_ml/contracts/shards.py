@@ -1,13 +1,18 @@
 """The training-shard layout: what ``lcaffect_pipeline.shards`` writes and ``lcaffect_ml.data`` reads.
 
-    {lake}/shards/{safe_name(video_id)}/{safe_name(video_id)}-{n:05d}.tar
-    {lake}/shards/{safe_name(video_id)}/shards.json    this video's shards (url, samples, bytes, sha256)
-    {lake}/shards/index.json                           every shard of every video
+    {lake}/shards/{safe_name(video_id)}/{version}/{safe_name(video_id)}-{n:05d}.tar
+    {lake}/shards/{safe_name(video_id)}/{version}/shards.json   these shards (url, samples, bytes, sha256)
+    {lake}/shards/index-{sha16}.json     one training_shards materialisation's index (content-addressed)
+    {lake}/shards/index.json             a copy of the latest index
+
+``{version}`` (``version_dir_name``) is the first 16 hex digits of the segments stage's input
+fingerprint: new inputs (new comments, options, video) add a folder, never replace one, so every
+index written stays readable until retention frees what no kept materialisation uses.
 
 A shard is a plain (WebDataset) tar of samples; a sample is one segment under its key
 (``sample_key``): ``{key}.frames.npy`` (``np.save`` of a uint8 ``(T, H, W, 3)`` RGB array, never
 pickled) and ``{key}.json`` (the ``META_FIELDS`` of its segment row). An index entry has the
-``INDEX_FIELDS``; its ``url`` is relative to the index's folder (``{video}/{video}-00000.tar``), so
+``INDEX_FIELDS``; its ``url`` is relative to the index's folder (``{video}/{version}/{video}-00000.tar``), so
 a lake can be moved or copied (another folder, another bucket); ``sha256`` is ``lcaffect_ml.contracts.hashing``'s 64-hex digest of the tar.
 """
 
@@ -40,6 +45,14 @@ def sample_key(video_id: str, segment_index: int) -> str:
 def video_dir_name(video_id: str) -> str:
     """The folder under ``shards/`` that holds one video's shards."""
     return safe_name(video_id)
+
+
+def version_dir_name(fingerprint: str) -> str:
+    """The folder under a video's folder that holds one version of its shards."""
+    name = safe_name(str(fingerprint)[:16])
+    if not name or name in (".", ".."):
+        raise ValueError(f"no shard version folder for fingerprint {fingerprint!r}")
+    return name
 
 
 def shard_name(video_id: str, n: int) -> str:

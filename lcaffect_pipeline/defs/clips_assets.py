@@ -2,9 +2,9 @@
 
 import dagster as dg
 
-from .. import clips, plots, stages
+from .. import clips, plots, stages, tables, versions
 from ..clips import shards_dir
-from ..lake import combine_hashes, read_parquet
+from ..lake import as_path, combine_hashes
 from .fanout import keyed, per_video_asset
 from .resources import ClipsResource, LakeResource
 
@@ -59,7 +59,7 @@ def _segments_finish(context, manifest, upstreams):
     done = [r for r in manifest["results"].values() if r["status"] == "done"]
     meta = {"segments": sum(r["rows"] for r in manifest["results"].values() if r.get("output_hash"))}
     if done:
-        sheet = clips.contact_sheet(context.resources.lake.path(), done[0]["video_id"])
+        sheet = clips.contact_sheet(context.resources.lake.path(), done[0]["video_id"], done[0]["output_hash"])
         if sheet is not None:
             meta["contact_sheet"] = dg.MetadataValue.md(f"{done[0]['video_id']}\n\n" + plots.markdown_image(plots.png_from_array(sheet), "sampled frames"))
         meta["frames_bytes_written"] = sum(r["metrics"].get("frames_bytes", 0) for r in done)
@@ -83,8 +83,9 @@ audio = per_video_asset(
 
 segments = per_video_asset(
     name="segments", stage="segments", upstream=("video_probes", "clean_comments"), work=_runner("segments", _segment),
-    finish=_segments_finish, work_resources={"clips"},
-    description="8-second segments with up to K selected live comments and sampled frames, written as each video's WebDataset shards.",
+    finish=_segments_finish, work_resources={"clips"}, table="segments",
+    description="8-second segments with up to K selected live comments and sampled frames (the Delta table `segments`), "
+                "written as each video's WebDataset shards in a folder per version of its inputs (never overwritten).",
     code_version="1", group_name=GROUP, kinds={"python", "parquet"})
 
 
@@ -94,23 +95,32 @@ segments = per_video_asset(
     kinds={"webdataset"},
     owners=OWNERS,
     ins={"segs": dg.AssetIn("segments")},
-    description="The training shard index (shards/index.json) over every video's shards; rebuilt per video only where its segments changed.",
+    description="The training shard index over the shard folders the segments materialisation names, one per video: "
+                "a content-addressed shards/index-{sha16}.json (shards/index.json is a copy of the latest).",
 )
 def training_shards(context: dg.AssetExecutionContext, lake: LakeResource, segs: dict) -> dg.Output:
-    from ..shards import update_shard_index
+    from ..shards import write_shard_index
 
-    index_path = shards_dir(lake.path()) / "index.json"
-    entries = update_shard_index(shards_dir(lake.path()))
+    root = lake.path()
+    # The segments materialisation names each video's shard version: older folders stay in the
+    # lake for the indexes (and models) that name them, and are not in this index.
+    folders = [f for r in segs["results"].values() if r.get("output_hash") and (f := clips.shard_folder_of(root, r))]
+    index_path, entries = write_shard_index(shards_dir(root), folders)
     samples = sum(e.get("samples", 0) for e in entries)
     version = combine_hashes({e["url"]: e.get("sha256", "") for e in entries})
+    value = {"index": str(index_path), "shards": len(entries), "samples": samples, "data_version": version,
+             "segments_version": (segs.get("table_version") or {}).get("segments"),
+             "reads": versions.reads({"segments": segs})}
     return dg.Output(
-        {"index": str(index_path), "shards": len(entries), "samples": samples, "data_version": version},
+        value,
         data_version=dg.DataVersion(version),
         metadata={
             "index": dg.MetadataValue.path(str(index_path)),
             "shards": len(entries),
             "samples": samples,
             "bytes": dg.MetadataValue.int(sum(e.get("bytes", 0) for e in entries)),
+            **({"segments_version": value["segments_version"]} if value["segments_version"] is not None else {}),
+            "lineage": dg.MetadataValue.md(versions.lineage_markdown(root, value, "training_shards")),
         },
     )
 
@@ -118,25 +128,27 @@ def training_shards(context: dg.AssetExecutionContext, lake: LakeResource, segs:
 @dg.asset_check(asset=training_shards, description="Every segment has frames of the declared shape and the shard index matches the segments table "
                  "(the samples read back for the videos the last segments run wrote; every other shard against the index)")
 def shards_match_segments(lake: LakeResource, clips: ClipsResource) -> dg.AssetCheckResult:
-    import pyarrow as pa
+    from ..shards import INDEX_NAME, verify_shards
 
-    from ..shards import verify_shards
-
-    files = sorted((lake.path() / "segments").glob("*.parquet")) if (lake.path() / "segments").exists() else []
-    if not files:
+    try:
+        table = tables.read(lake.path(), "segments")
+    except tables.VersionError as exc:
+        return dg.AssetCheckResult(passed=False, metadata={"segments": 0, "reason": f"no segments to check: {exc}"})
+    if not table.num_rows:
         return dg.AssetCheckResult(passed=False, metadata={"segments": 0, "reason": "no segments to check"})
-    table = pa.concat_tables([read_parquet(f) for f in files])
+    latest = versions.latest(lake.path(), "training_shards") or {}
+    index_name = as_path(latest["index"]).name if latest.get("index") else INDEX_NAME  # the index this run wrote
     # Reading every shard back on every run would cost a pass over the whole corpus of frames
     # (hundreds of GB at the paper's scale) even when nothing changed: the shards written by the
     # last segments run are read, the others were read when they were written.
     written = _written_by_last_segments_run(lake.path())
-    problems = verify_shards(table, shards_dir(lake.path()), deep_videos=written)
+    problems = verify_shards(table, shards_dir(lake.path()), deep_videos=written, index_name=index_name)
     problems += [f"{r['video_id']}#{r['segment_index']}: {len(r['frame_times_ms'])} frames, declared {clips.frames_per_segment}"
                  for r in table.select(["video_id", "segment_index", "frame_times_ms"]).to_pylist()
                  if len(r["frame_times_ms"]) != clips.frames_per_segment]
     read_back = table.num_rows if written is None else sum(v in written for v in table.column("video_id").to_pylist())
     return dg.AssetCheckResult(passed=not problems, metadata={"segments": table.num_rows, "segments_read_back": read_back,
-                                                              "problems": "\n".join(problems[:20])})
+                                                              "index": index_name, "problems": "\n".join(problems[:20])})
 
 
 def _written_by_last_segments_run(root) -> set[str] | None:

@@ -12,10 +12,11 @@ import yaml
 
 from lcaffect_ml.contracts.hashing import sha256_bytes
 
-from .. import models
+from .. import models, versions
 from ..corpus import load_catalogue_from_lake
 from ..lake import as_path, atomic_write_bytes, workspace
 from ..models import METRIC_KEYS, k8s_pod_spec, latest_checkpoint  # noqa: F401  (imported from here too)
+from ..shards import content_name
 from .automation import ON_NEW_DATA
 from .resources import LakeResource, V2LCTrainingResource
 
@@ -42,8 +43,11 @@ def train_variant(context, root, training: V2LCTrainingResource, client: dg.Pipe
         raise dg.Failure(f"V2LC variant {variant.name!r} selects no shard (languages {list(variant.languages)}, "
                          f"platforms {list(variant.platforms)}; the catalogue's values are lower-cased)")
     payload = json.dumps(selected, ensure_ascii=False, indent=1).encode()
-    index = shards_index.with_name(f"index.v2lc-{variant.name}.json")  # beside index.json: relative URLs hold
-    atomic_write_bytes(index, payload)
+    # Content-addressed beside the main index (relative URLs hold): a later materialisation adds
+    # its own, and the config of every earlier run still names an index that exists.
+    index = shards_index.with_name(content_name(payload, f"index.v2lc-{variant.name}"))
+    if not index.exists():
+        atomic_write_bytes(index, payload)
     cfg = {**training_config(training, str(index), Path(".")), **variant.options}
     out = models.run_dir(root, f"{shards['data_version']}:{sha256_bytes(payload)[:16]}", cfg)
     if (done := models.finished_run(out)) is not None:
@@ -59,20 +63,24 @@ def train_variant(context, root, training: V2LCTrainingResource, client: dg.Pipe
     return out, done, False
 
 
-def encoder_outputs(trained: dict[str, tuple[Path, tuple[dict, str], bool]]):
+def encoder_outputs(trained: dict[str, tuple[Path, tuple[dict, str], bool]], root=None, shards: dict | None = None):
     """One ``Output`` for every variant trained (the first is the one downstream reads by default)
-    and the check: every variant's held-out R@1 above its chance level."""
+    and the check: every variant's held-out R@1 above its chance level. ``shards``: the
+    training_shards value the variants read, recorded (``reads``) for lineage."""
     values = {name: models.encoder_value(out, *done) for name, (out, done, _) in trained.items()}
+    reads = versions.reads({"training_shards": shards})
     first = next(iter(values))
-    versions = {name: v["data_version"] for name, v in values.items()}
-    version = versions[first] if len(versions) == 1 else sha256_bytes(json.dumps(versions, sort_keys=True).encode())[:32]
+    weights = {name: v["data_version"] for name, v in values.items()}
+    version = weights[first] if len(weights) == 1 else sha256_bytes(json.dumps(weights, sort_keys=True).encode())[:32]
     out_first = trained[first][0]
     metadata = {**values[first]["metrics"], "variant": first, "reused": all(r for _, _, r in trained.values()),
                 "checkpoint": dg.MetadataValue.path(str(latest_checkpoint(out_first))),
                 "variants": dg.MetadataValue.json({n: {**v["metrics"], **v["groups"], "output_dir": v["output_dir"]}
                                                    for n, v in values.items()})}
-    yield dg.Output({**values[first], "variant": first, "variants": values}, metadata=metadata,
-                    data_version=dg.DataVersion(version))
+    value = {**values[first], "variant": first, "variants": values, "reads": reads}
+    if root is not None:
+        metadata["lineage"] = dg.MetadataValue.md(versions.lineage_markdown(root, value, "v2lc_encoder"))
+    yield dg.Output(value, metadata=metadata, data_version=dg.DataVersion(version))
     passed = {name: models.above_chance(done[0]) for name, (_, done, _) in trained.items()}
     yield dg.AssetCheckResult(check_name=CHECK, passed=all(passed.values()), metadata={
         **{f"{n}_v2c_r1": float(v["metrics"].get("v2c_r1", 0)) for n, v in values.items()},
@@ -105,7 +113,7 @@ def v2lc_encoder(context: dg.AssetExecutionContext, lake: LakeResource, v2lc_tra
     trained = {v.name: train_variant(context, lake.path(), v2lc_training, pipes_subprocess_client, shards, entries,
                                      catalogue, v)
                for v in variants}
-    yield from encoder_outputs(trained)
+    yield from encoder_outputs(trained, lake.path(), shards)
 
 
 def _train(context, v2lc_training: V2LCTrainingResource, pipes_subprocess_client, cfg: dict, out: Path) -> None:
