@@ -101,20 +101,37 @@ def test_two_v2lc_variants_are_two_lc_arms_of_the_ablation(downstream_run) -> No
             assert row["without"] == task["metrics"][metric]["without"] and row["seeds_with"].keys() == {"0", "1"}
     feats = json.loads((root / "_manifests" / "meld_features.json").read_text())
     seed1, zh = feats["variants"]["seed1"], feats["variants"]["zh"]
-    # folders named by variant (the encoder's first is features/), whatever the task's order
-    assert feats["dir"] == seed1["dir"] and (Path(seed1["dir"]).name, Path(zh["dir"]).name) == ("features-seed1", "features")
+    # folders named by variant (the encoder's first is features/), whatever the task's order; a version below
+    assert feats["dir"] == seed1["dir"] and (Path(seed1["dir"]).parent.name, Path(zh["dir"]).parent.name) == ("features-seed1", "features")
     assert (seed1["v2lc_encoder"], zh["v2lc_encoder"]) == (encoder["variants"]["seed1"]["output_dir"],
                                                           encoder["variants"]["zh"]["output_dir"])
     meta = {n: json.loads((Path(v["dir"]) / "features.json").read_text()) for n, v in feats["variants"].items()}
     assert meta["seed1"]["base_version"] == meta["zh"]["base_version"]  # one set of base features
     assert meta["seed1"]["lc_version"] != meta["zh"]["lc_version"]  # each arm its own encoder's LC features
     with_lc = json.loads((root / "_manifests" / "meld_fusion_with_lc.json").read_text())
-    assert {Path(v["features_dir"]).name for v in with_lc["variants"].values()} == {"features", "features-seed1"}
+    assert {Path(v["features_dir"]).parent.name for v in with_lc["variants"].values()} == {"features", "features-seed1"}
     md = (root / "ablation.md").read_text()
     assert "| meld · LC seed1 | **weighted_f1** |" in md and "| meld · LC zh | **weighted_f1** |" in md
     mats = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
     rows = mats["ablation_report"].metadata["ablation_table"].value.records
     assert {(r.data["task"], r.data["lc_variant"]) for r in rows} == {(t, v) for t in tasks for v in ("zh", "seed1")}
+
+
+def test_the_ablations_lineage_reaches_the_corpus_versions(downstream_run) -> None:
+    """The UI shows, for the ablation, the fusion runs, features, encoder, shards and corpus versions."""
+    from lcaffect_pipeline import tables, versions
+
+    root, result = downstream_run
+    mats = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
+    shown = mats["ablation_report"].metadata["lineage"].value
+    for asset in ("meld_fusion_with_lc", "mustard_fusion_without_lc", "meld_features", "meld_utterances", "v2lc_encoder",
+                  "training_shards", "segments", "clean_comments", "raw_comments", "video_catalogue"):
+        assert f"{asset} |" in shown, asset
+    found = versions.table_versions(versions.lineage(root, "ablation_report"))
+    assert found["clean_comments"] == [tables.version(root, "clean_comments")] and found["meld_utterances"] == [0]
+    assert f"clean_comments v{found['clean_comments'][0]}" in shown
+    kept = json.loads((root / "_manifests" / "ablation_report.json").read_text())["version_path"]
+    assert Path(kept).read_bytes() == (root / "ablation.json").read_bytes()  # the latest, kept under its version
 
 
 def test_features_report_nearest_comments(downstream_run) -> None:
