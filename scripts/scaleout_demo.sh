@@ -112,6 +112,8 @@ PYEOF
 )
 echo "Run $RUN_ID of full_pipeline: $STATUS (Dagster instance on PostgreSQL, queued run, dagster-daemon)"
 "$PY" -m lcaffect_pipeline.report "$LCAFFECT_LAKE" || true
+echo "Lineage of the ablation (python -m lcaffect_pipeline.versions_cli lineage ablation_report):"
+"$PY" -m lcaffect_pipeline.versions_cli --lake "$LCAFFECT_LAKE" lineage ablation_report | tail -n 1 || true
 if [ -n "${SCALEOUT_RESULTS:-}" ]; then
   mkdir -p "$SCALEOUT_RESULTS"
   "$PY" - "$SCALEOUT_RESULTS" <<'PYEOF' || say "could not copy the results"

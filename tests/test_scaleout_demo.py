@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -74,6 +75,8 @@ def test_the_queued_run_succeeds_with_the_lake_in_the_bucket(scaleout) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert ": SUCCESS (Dagster instance on PostgreSQL, queued run, dagster-daemon)" in proc.stdout
     assert "Lake: s3://" in proc.stdout and "V2LC encoder: held-out" in proc.stdout and "| meld |" in proc.stdout
+    # the lineage resolves on the store, from the report down to the corpus tables' first versions
+    assert re.search(r"corpus versions: .*catalogue \[0\].*clean_comments \[0\].*raw_comments \[0\].*segments \[0\]", proc.stdout), proc.stdout[-2000:]
     objects = set((results / "lake_objects.txt").read_text().split())
     for key in ("demo_world/catalogue.yaml", "catalogue/_delta_log/00000000000000000000.json", "corpus.duckdb", "shards/index.json", "ablation.json",
                 "downstream/meld/_delta_log/00000000000000000000.json", "_manifests/ablation_report.json"):
