@@ -27,7 +27,6 @@ from . import lake, tables, versions
 # models, features, fusion runs and reports, which retention keeps with everything behind them.
 DATA_ASSETS = ("video_catalogue", "raw_comments", "clean_comments", "corpus_catalog", "videos", "video_probes",
                "audio", "segments", "training_shards")
-TABLE_ASSETS = {"catalogue": "video_catalogue"}  # table -> the asset that writes it (else the same name)
 
 
 @dataclass
@@ -172,7 +171,7 @@ def rollback(root, targets: dict[str, int]) -> dict[str, Any]:
     out = {}
     for table, version in sorted(targets.items()):
         new = tables.restore(root, table, version)
-        asset = TABLE_ASSETS.get(table, table)
+        asset = {t: a for a, t in versions.ASSET_TABLES.items()}.get(table, table)
         latest = versions.latest(root, asset) or {}
         manifest = versions.as_of(root, asset, latest, version)
         hashes = {vid: r.get("output_hash") for vid, r in manifest.get("results", {}).items()}

@@ -135,6 +135,9 @@ def lineage_markdown(root, manifest: Mapping[str, Any], asset: str | None = None
 
 # ----------------------------------------------------------------------------- reading as of a version
 
+# the table each asset writes, where the names differ (every other table is written by its namesake)
+ASSET_TABLES = {"video_catalogue": "catalogue"}
+
 
 def parse_as_of(text: str | None) -> dict[str, int | str]:
     """``RunScope.as_of_json``: a table's version (``{"clean_comments": 3}``) or an asset's manifest
@@ -172,10 +175,6 @@ def manifest_for_version(root, asset: str, table: str, version: int) -> dict[str
         if (manifest.get("table_version") or {}).get(table) == version:
             return manifest
     return None
-
-
-# the asset that writes each table, where the names differ
-ASSET_TABLES = {"video_catalogue": "catalogue"}
 
 
 def as_of(root, asset: str, manifest: dict[str, Any], version: int) -> dict[str, Any]:

@@ -57,6 +57,10 @@ def history(tmp_path_factory):
     for text in ("第一次刷新 new comment", "第二次刷新 another one"):
         _add_comment(world, text)
         assert dg.materialize(CORPUS_ASSETS, resources=_resources(root, catalogue, refresh=True)).success
+    # the clips follow the new corpus: demo_00's segments and shards get a new version
+    assert dg.materialize([*CORPUS_ASSETS, *CLIPS_ASSETS], resources=_resources(root, catalogue),
+                          selection=["segments", "training_shards"]).success
+    state["index_now"] = _index(manifest(root, "training_shards"))
     return state
 
 
@@ -106,6 +110,8 @@ def test_the_catalog_queries_the_corpus_as_of_a_version(history) -> None:
 
 def test_a_reproduction_on_the_old_version_gives_the_same_shards_and_model(history) -> None:
     root = history["root"]
+    changed = {url for url, _ in history["index_now"]} - {url for url, _ in history["index_v0"]}
+    assert changed and all(url.startswith(f"{CHANGED}/") for url in changed)  # the refresh moved demo_00 on
     pinned = json.dumps({"clean_comments": history["clean_v0"]})
     res = _resources(root, history["catalogue"], as_of_json=pinned)
     result = dg.materialize([*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS], resources=res,
@@ -138,6 +144,13 @@ def test_retention_frees_unreferenced_versions_and_keeps_referenced_ones(history
     clean = report["tables"]["clean_comments"]
     assert clean["versions"] == [v0 + 1] and clean["referenced"] == [v0] and clean["kept"] == [v0 + 2]
     assert clean["files"] == 1 and clean["bytes"] == size and not Path(middle).exists()
+    # segments: version 1 (from the refreshed comments) is neither current nor what the encoder
+    # read; its shard folder goes with it, the encoder's stays
+    segs = report["tables"]["segments"]
+    assert segs["versions"] == [1] and report["shard_folders"] == 1
+    shards = root / "shards"
+    assert all((shards / url).is_file() for url, _ in history["index_v0"])
+    assert not any((shards / url).exists() for url, _ in set(history["index_now"]) - set(history["index_v0"]))
     assert tables.read(root, "clean_comments", v0).num_rows > 0  # the encoder's version is whole
     with pytest.raises(tables.VersionError, match="freed by retention"):
         tables.read(root, "clean_comments", v0 + 1)
