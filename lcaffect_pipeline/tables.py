@@ -119,15 +119,16 @@ def read_file(root, table: str, video_id: str | None, digest: str) -> pa.Table:
 
 
 def commit(root, table: str, changes: Mapping[str | None, str | None], *, operation: str = "refresh",
-           info: Mapping[str, Any] | None = None) -> int:
+           info: Mapping[str, Any] | None = None, rows: Mapping[str | None, int] | None = None) -> int:
     """Make ``changes`` ({video_id: new hash, or None to drop the video}; for an unpartitioned
     table {None: hash}) the table's next version. Returns the version that holds them: the current
-    one when nothing changed. Retried when another writer committed first."""
+    one when nothing changed. Retried when another writer committed first. ``rows`` (the row count
+    of each new file, where the caller knows it) saves reading each file's footer for the log."""
     from deltalake.exceptions import CommitFailedError
 
     for attempt in range(8):
         try:
-            return _commit_once(root, table, changes, operation, info or {})
+            return _commit_once(root, table, changes, operation, info or {}, rows or {})
         except CommitFailedError:
             if attempt == 7:
                 raise
@@ -135,7 +136,7 @@ def commit(root, table: str, changes: Mapping[str | None, str | None], *, operat
     raise AssertionError("unreachable")
 
 
-def _commit_once(root, table: str, changes, operation: str, info: Mapping[str, Any]) -> int:
+def _commit_once(root, table: str, changes, operation: str, info: Mapping[str, Any], rows: Mapping) -> int:
     from deltalake import Schema as DeltaSchema
     from deltalake.transaction import AddAction, CommitProperties, RemoveAction, create_table_with_add_actions
 
@@ -153,9 +154,12 @@ def _commit_once(root, table: str, changes, operation: str, info: Mapping[str, A
         parts = {KEY: key} if per_video else {}
         removes += [RemoveAction(path, True, now, partition_values=parts) for path in old if path != new]
         if new is not None and new not in old:
-            size = data_file(root, table, vid, digest).stat().st_size
-            rows = pq.ParquetFile(data_file(root, table, vid, digest).open("rb")).metadata.num_rows
-            adds.append(AddAction(new, size, parts, now, True, json.dumps({"numRecords": rows})))
+            path = data_file(root, table, vid, digest)
+            count = rows.get(vid)
+            if count is None:
+                with path.open("rb") as fh:
+                    count = pq.ParquetFile(fh).metadata.num_rows
+            adds.append(AddAction(new, path.stat().st_size, parts, now, True, json.dumps({"numRecords": int(count)})))
     delta_schema = DeltaSchema.from_arrow(_delta_arrow_schema(data_schema, per_video))
     props = CommitProperties(custom_metadata={"lcaffect.operation": operation,
                                               **{f"lcaffect.{k}": str(v) for k, v in info.items()}})

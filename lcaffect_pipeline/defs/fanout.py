@@ -153,8 +153,9 @@ def commit_table(root, table: str, manifest: dict[str, Any], run_id: str) -> int
     version; a run that changed nothing keeps the current version."""
     from .. import tables
 
-    changes = {vid: r["output_hash"] for vid, r in manifest["results"].items() if r.get("output_hash")}
-    return tables.commit(root, table, changes, operation=manifest["stage"], info={"dagster_run": run_id})
+    done = {vid: r for vid, r in manifest["results"].items() if r.get("output_hash")}
+    return tables.commit(root, table, {vid: r["output_hash"] for vid, r in done.items()}, operation=manifest["stage"],
+                         info={"dagster_run": run_id}, rows={vid: r["rows"] for vid, r in done.items() if r.get("rows") is not None})
 
 
 def failure_verdict(name: str, results: dict[str, dict], max_failed_share: float) -> str | None:
