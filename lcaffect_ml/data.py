@@ -401,11 +401,12 @@ class SegmentStream(IterableDataset):
     def sample_comments(self, comments: list[str], epoch: int, url: str, key: str) -> list[str]:
         """``max_comments`` of a segment's comments, in their order of appearance; which ones is a
         pure function of (seed, epoch, shard, key), so a resumed run draws the same. The shard is
-        named by its video folder and file, not its whole URL: the same lake on a local disk or an
-        object store (or moved) draws the same comments."""
+        named by its file name (``{video}-{n}.tar``), not its URL: the same lake on a local disk or
+        an object store (or moved), whose version folders are named by a fingerprint that includes
+        the lake's own paths, draws the same comments."""
         if len(comments) <= self.max_comments:
             return list(comments)
-        shard = "/".join(url.rsplit("/", 2)[-2:])
+        shard = url.rsplit("/", 1)[-1]
         rng = random.Random(f"{self.seed}:comments:{epoch}:{shard}:{key}")
         return [comments[i] for i in sorted(rng.sample(range(len(comments)), self.max_comments))]
 

@@ -135,7 +135,7 @@ def test_checks_over_an_empty_lake_do_not_pass(tmp_path):
             result = _evaluate(_check(name, table), root)
             assert result.passed is False and "no " in result.metadata["reason"].text, (name, table)
     shards = shards_match_segments(lake=LakeResource(root=str(root)), clips=ClipsResource())
-    assert shards.passed is False and shards.metadata["reason"].text == "no segments to check"
+    assert shards.passed is False and shards.metadata["reason"].text.startswith("no segments to check")
 
 
 def test_offsets_check_finds_the_probed_duration_and_fails_past_the_end(tmp_path):
