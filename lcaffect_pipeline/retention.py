@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import lake, tables, versions
@@ -27,16 +26,6 @@ from . import lake, tables, versions
 # models, features, fusion runs and reports, which retention keeps with everything behind them.
 DATA_ASSETS = ("video_catalogue", "raw_comments", "clean_comments", "corpus_catalog", "videos", "video_probes",
                "audio", "segments", "training_shards")
-
-
-@dataclass
-class Freed:
-    table: str
-    versions: list[int] = field(default_factory=list)
-    kept: list[int] = field(default_factory=list)
-    referenced: list[int] = field(default_factory=list)
-    files: int = 0
-    bytes: int = 0
 
 
 def referenced_versions(root) -> dict[str, set[int]]:
@@ -89,18 +78,18 @@ def run(root, *, keep_last: int | None = None, max_age_days: float | None = None
         now_ms: int | None = None) -> dict[str, Any]:
     """Free what ``plan`` says; returns the report (per table: versions freed and kept, files, bytes)."""
     report: dict[str, Any] = {"tables": {}, "files": 0, "bytes": 0, "dry_run": dry_run, "shard_folders": 0}
-    shard_urls_kept: set[str] = set()
-    shard_urls_seen: set[str] = set()
+    folders_kept: set[str] = set()
+    folders_freed: set[str] = set()
     for table, p in plan(root, keep_last=keep_last, max_age_days=max_age_days, now_ms=now_ms).items():
         keep = p["keep"] + p["referenced"]
         kept_files = {f for v in keep for f in tables.files(root, table, v).values()}
         freed_files = {f for v in p["free"] for f in tables.files(root, table, v).values()} - kept_files
         if table == "segments":
-            shard_urls_kept |= _shard_urls(root, kept_files)
-            shard_urls_seen |= _shard_urls(root, freed_files)
+            folders_kept |= _shard_folders_named(kept_files)
+            folders_freed |= _shard_folders_named(freed_files)
         size = sum(_size(f) for f in freed_files)
-        entry = Freed(table, p["free"], p["keep"], p["referenced"], len(freed_files), size)
-        report["tables"][table] = entry.__dict__
+        report["tables"][table] = {"table": table, "versions": p["free"], "kept": p["keep"],
+                                   "referenced": p["referenced"], "files": len(freed_files), "bytes": size}
         report["files"] += len(freed_files)
         report["bytes"] += size
         if not dry_run:
@@ -108,7 +97,8 @@ def run(root, *, keep_last: int | None = None, max_age_days: float | None = None
                 lake.as_path(f).unlink(missing_ok=True)
             if p["free"]:
                 tables.mark_expired(root, table, set(p["free"]))
-    freed_shards = _shard_folders(root, shard_urls_seen - shard_urls_kept)
+    shards_root = lake.as_path(root) / "shards"
+    freed_shards = [shards_root / f for f in sorted(folders_freed - folders_kept) if (shards_root / f).exists()]
     report["shard_folders"] = len(freed_shards)
     report["bytes"] += sum(_tree_size(f) for f in freed_shards)
     if not dry_run:
@@ -124,24 +114,17 @@ def _size(path) -> int:
         return 0
 
 
-def _shard_urls(root, segment_files: set[str]) -> set[str]:
-    urls: set[str] = set()
+def _shard_folders_named(segment_files: set[str]) -> set[str]:
+    """The shard version folders (relative to ``shards/``) that these segments files name."""
+    from .shards import referenced_folders
+
+    folders: set[str] = set()
     for f in segment_files:
         try:
-            data = lake.read_parquet(f, tables.TABLES["segments"][0])
+            folders |= referenced_folders(lake.read_parquet(f).column("shard").to_pylist())
         except FileNotFoundError:
             continue
-        urls |= {u for u in data.column("shard").to_pylist() if u}
-    return urls
-
-
-def _shard_folders(root, urls: set[str]) -> list:
-    """The version folders (``shards/{video}/{version}/``) that only freed segments name."""
-    from .shards import resolve_url
-
-    base = lake.as_path(root) / "shards"
-    folders = {str(resolve_url(base, u).parent) for u in urls}
-    return [lake.as_path(f) for f in sorted(folders) if lake.as_path(f).exists()]
+    return folders
 
 
 def _tree_size(folder) -> int:

@@ -46,7 +46,7 @@ class RunScope(dg.ConfigurableResource):
     min_chunk: Optional[int] = Field(default=None, description="Fewest videos per chunk, so a step's start-up is amortised (default 16; 64 under k8s, where a step is a pod)")
     max_chunk: int = Field(default=500, description="Most videos per chunk (memory, and what a dying step loses)")
     max_failed_share: float = Field(default=0.5, ge=0.0, le=1.0, description="A per-video asset fails its run when more than this share of the videos it worked on failed (all failed always fails)")
-    as_of_json: str = Field(default="{}", description='Read these tables at these versions instead of their latest, to reproduce a run on an earlier corpus: {"clean_comments": 3, "catalogue": 1} (README, "Versions")')
+    as_of_json: str = Field(default="{}", description='Read these inputs as of an earlier version, to reproduce a run: tables by version, other assets by manifest id, e.g. {"clean_comments": 3, "v2lc_encoder": "<manifest id>"} (README, "Versions")')
 
     @model_validator(mode="after")
     def _check_as_of(self):

@@ -1,5 +1,5 @@
 """The lake's retention as a job (``retention_job``) and a weekly schedule, over
-``lcaffect_pipeline.retention``: versions past a count or age that nothing kept was built from."""
+``lcaffect_pipeline.retention``: versions past a count and an age that nothing kept was built from."""
 
 from typing import Optional
 
@@ -23,7 +23,7 @@ def _report_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-@dg.op(description="Free table versions past the configured count or age, except those a kept model, feature set or report was built from")
+@dg.op(description="Free table versions past the configured count and age, except those a kept model, feature set or report was built from")
 def lake_retention(context: dg.OpExecutionContext, config: RetentionConfig, lake: LakeResource) -> dict:
     report = retention.run(lake.path(), keep_last=config.keep_last, max_age_days=config.max_age_days,
                            dry_run=config.dry_run)

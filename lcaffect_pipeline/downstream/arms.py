@@ -3,9 +3,9 @@
 The ``v2lc_encoder`` asset may hold several named encoders (``lcaffect_pipeline.models``
 variants, e.g. ``zh`` and ``bilingual``). A task is evaluated with the variants
 ``DownstreamResource.lc_variants_json`` lists for it, by default all of them, its primary arm (the
-first listed, else the encoder's first variant) first. Folders under ``downstream/{task}/`` (each holds one folder per version, named by a hash of the
-utterance table version, the V2LC run and the extraction options; a new version is seeded from the
-last one's base features):
+first listed, else the encoder's first variant) first. Folders under ``downstream/{task}/``
+(each holds one folder per version, named by a hash of the utterance table version, the V2LC run
+and the extraction options; a new version is seeded from the last one's base features):
 
     features/              the encoder's first variant: base (text, acoustic, visual) and its LC features
     features-{variant}/    every other variant: the same base features, seeded from the arm
