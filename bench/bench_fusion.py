@@ -40,7 +40,7 @@ def project_run(cfg: FusionTrainConfig, data, split, out: Path) -> tuple[float, 
 
 def bare_run(cfg: FusionTrainConfig, data, split, steps: int) -> float:
     seed_everything(0)
-    model = FusionModel(cfg.model_config(data.input_dims, data.max_positions)).train()
+    model = FusionModel(cfg.model_config(data)).train()
     opt = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     labels = torch.as_tensor(data.labels, dtype=torch.float32)
     gen = torch.Generator().manual_seed(0)

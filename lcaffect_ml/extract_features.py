@@ -41,6 +41,7 @@ from .features import (BASE_FILE, FEATURES_CODE_VERSION, LC_FILE, LC_SOURCES, ME
                        TextFeaturizer, Utterance, VisualFeaturizer, digest, load_media, local_weights_digest,
                        media_fingerprint, pad_sequences, read_utterances)
 from .contracts.hashing import sha256_file
+from .fusion import BASE_MODALITIES, LC_MODALITY, MODALITIES, check_base_modalities
 from .feature_inputs import context_turns, released_featurizers, released_map, text_input, used_context  # noqa: F401
 from .options import build, opt
 from .pipes import TrainingReporter, pipes_metadata, pipes_session
@@ -54,7 +55,11 @@ log = logging.getLogger("lcaffect_ml.extract_features")
 class ExtractConfig:
     utterances: str = opt(help="utterance table (Parquet, lcaffect_ml.contracts.tables §1)")
     output_dir: str = opt(help="the dataset's features folder")
-    v2lc_checkpoint: str = opt(help="folder written by V2LCModel.save_pretrained (a V2LC run's output_dir)")
+    v2lc_checkpoint: str | None = opt(None, "folder written by V2LCModel.save_pretrained (a V2LC run's output_dir); "
+                                      "needed when modalities include lc")
+    modalities: list = opt(help="the modalities extracted: text, audio, visual (at least one of them) and lc; "
+                           "without audio, visual and lc no media are read, so utterances whose media are missing "
+                           "keep their text features", factory=lambda: list(MODALITIES))
     text_model: str = opt(TINY, '"tiny" or a hub name/local path (hfl/chinese-roberta-wwm-ext, roberta-base)',
                           section="Encoders")
     audio_model: str = opt(TINY, '"tiny" (log-mel) or a hub name/local path (facebook/wav2vec2-base, '
@@ -102,6 +107,13 @@ class ExtractConfig:
         for name in ("text_max_length", "max_audio_frames", "n_mels", "batch_size", "nearest_k"):
             if int(getattr(cfg, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+        try:
+            base = check_base_modalities([m for m in cfg.modalities if m != LC_MODALITY], "modalities (besides lc)")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        cfg.modalities = base + ([LC_MODALITY] if LC_MODALITY in cfg.modalities else [])
+        if LC_MODALITY in cfg.modalities and not cfg.v2lc_checkpoint:
+            raise ConfigError("v2lc_checkpoint is needed for the lc modality")
         if cfg.lc_source not in LC_SOURCES:
             raise ConfigError(f"lc_source must be one of {LC_SOURCES}, not {cfg.lc_source!r}")
         return cfg
@@ -120,8 +132,10 @@ def _base_key(cfg: ExtractConfig, utts: Sequence[Utterance], precision: str, rel
             return {"released": released[modality].sha256}
         return spec
 
+    base = [m for m in cfg.modalities if m in BASE_MODALITIES]
     return digest({
         "code": FEATURES_CODE_VERSION, "precision": precision,
+        **({"modalities": base} if base != list(BASE_MODALITIES) else {}),  # all three: the key it always had
         "table": [[u.utterance_id, u.text, u.media_npz, media_fingerprint(u.media_npz)] for u in utts],
         "context": [context_turns(cfg, u) for u in utts] if used_context(cfg) else None,
         "text": source("text", model(cfg.text_model, max_length=cfg.text_max_length,
@@ -162,8 +176,9 @@ def _previous(out_dir: Path) -> dict[str, Any]:
 
 
 def _run_pass(rows: Sequence[Utterance], featurizers: dict[str, Any], batch_size: int, progress: bool,
-              desc: str, text_of=lambda u: u.text) -> tuple[list[str], dict[str, str], dict[str, list]]:
-    """Load each utterance's media once and run the given featurizers over it, batch by batch.
+              desc: str, text_of=lambda u: u.text, media: bool = True) -> tuple[list[str], dict[str, str], dict[str, list]]:
+    """Load each utterance's media once (``media``: the featurizers need them) and run the given
+    featurizers over it, batch by batch.
 
     Returns the ids that were featurised, ``{id: reason}`` for the unreadable ones (logged, the
     batch goes on), and ``{modality: [array per kept id]}``.
@@ -175,18 +190,19 @@ def _run_pass(rows: Sequence[Utterance], featurizers: dict[str, Any], batch_size
     outputs: dict[str, list] = {name: [] for name in featurizers}
     with tqdm(total=len(rows), desc=desc, unit="utt", dynamic_ncols=True, disable=not progress) as bar:
         for start in range(0, len(rows), batch_size):
-            batch, media = [], []
+            batch, loaded = [], []
             for u in rows[start:start + batch_size]:
                 try:
-                    media.append(load_media(u.media_npz))
+                    loaded.append(load_media(u.media_npz) if media else None)
                     batch.append(u)
                 except MediaFormatError as exc:
                     log.warning("skipping utterance %s: %s", u.utterance_id, exc)
                     bad[u.utterance_id] = str(exc)
             if batch:
-                inputs = {"text": [text_of(u) for u in batch], "audio": [m.audio for m in media],
-                          "visual": [m.frames for m in media], "lc": [m.frames for m in media],
-                          "ids": [u.utterance_id for u in batch]}
+                inputs = {"text": [text_of(u) for u in batch], "ids": [u.utterance_id for u in batch]}
+                if media:
+                    inputs.update(audio=[m.audio for m in loaded], visual=[m.frames for m in loaded],
+                                  lc=[m.frames for m in loaded])
                 for name, featurize in featurizers.items():  # a released file's featurizer reads ids
                     outputs[name].extend(featurize(inputs[getattr(featurize, "input", name)]))
                 kept.extend(u.utterance_id for u in batch)
@@ -220,28 +236,31 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
     precision = resolve_precision(cfg.precision, device)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = Path(cfg.v2lc_checkpoint)
-    if not (ckpt / "model.safetensors").is_file():
+    base_modalities = [m for m in cfg.modalities if m in BASE_MODALITIES]
+    want_lc = LC_MODALITY in cfg.modalities
+    needs_media = want_lc or base_modalities != ["text"]
+    ckpt = Path(cfg.v2lc_checkpoint) if want_lc else None
+    if ckpt is not None and not (ckpt / "model.safetensors").is_file():
         raise CheckpointFormatError(f"{ckpt}: no model.safetensors (a V2LC save_pretrained folder is needed)")
 
     utts = read_utterances(cfg.utterances)
     released = released_featurizers(cfg)
-    with_media = [u for u in utts if u.media_npz is not None]
     skip_reasons = {u.utterance_id: f"no prepared media (media_status={u.media_status or 'unknown'})"
-                    for u in utts if u.media_npz is None}
+                    for u in utts if u.media_npz is None} if needs_media else {}
     for m, featurizer in released.items():  # an utterance the released file lacks has no features
-        for u in with_media:
+        for u in utts:
             if u.utterance_id not in featurizer.features and u.utterance_id not in skip_reasons:
                 skip_reasons[u.utterance_id] = f"not in the released {m} features {featurizer.path}"
-    with_media = [u for u in with_media if u.utterance_id not in skip_reasons]
+    rows = [u for u in utts if u.utterance_id not in skip_reasons]
     prev = _previous(out_dir)
     base_key = _base_key(cfg, utts, precision, released)
-    v2lc_sha = sha256_file(ckpt / "model.safetensors")
-    lc_key = _lc_key(v2lc_sha, cfg.lc_source, with_media, precision)
+    v2lc_sha = sha256_file(ckpt / "model.safetensors") if want_lc else None
+    lc_key = _lc_key(v2lc_sha, cfg.lc_source, rows, precision) if want_lc else None
     base_hit = prev.get("base_version") == base_key and _file_version(out_dir / BASE_FILE) == base_key
-    lc_hit = prev.get("lc_version") == lc_key and _file_version(out_dir / LC_FILE) == lc_key
-    log.info("%d utterances (%d without prepared media); base features %s, LC features %s", len(utts),
-             len(skip_reasons), "cached" if base_hit else "to compute", "cached" if lc_hit else "to compute")
+    lc_hit = want_lc and prev.get("lc_version") == lc_key and _file_version(out_dir / LC_FILE) == lc_key
+    log.info("%d utterances (%d left out); modalities %s; base features %s, LC features %s", len(utts),
+             len(skip_reasons), cfg.modalities, "cached" if base_hit else "to compute",
+             "not asked for" if not want_lc else "cached" if lc_hit else "to compute")
 
     def make_lc() -> SyntheticLCFeaturizer:
         return SyntheticLCFeaturizer(ckpt, cfg.lc_source, device=device, precision=precision)
@@ -253,30 +272,23 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
     lc_outputs: list | None = None
     lc_featurizer = None
     if not base_hit:
-        log.info("computing base features (text %s, audio %s, vision %s) for %d utterances on %s (%s)",
-                 cfg.text_model, cfg.audio_model, cfg.vision_model, len(with_media), device, precision)
-        featurizers: dict[str, Any] = {
-            "text": released.get("text") or TextFeaturizer(
-                cfg.text_model, [t for u in utts for t in (u.text, *context_turns(cfg, u))], cfg.text_max_length,
-                cfg.seed, device, precision),
-            "audio": released.get("audio") or AudioFeaturizer(cfg.audio_model, cfg.max_audio_frames, cfg.n_mels,
-                                                              device, precision),
-            "visual": released.get("visual") or VisualFeaturizer(cfg.vision_model, cfg.seed, device, precision),
-        }
-        if not lc_hit:  # share the media reads with the LC pass
-            featurizers["lc"] = lc_featurizer = make_lc()
-        sep = getattr(getattr(featurizers["text"], "tokenizer", None), "sep_token", None) or "|"
-        kept, bad, outputs = _run_pass(with_media, featurizers, cfg.batch_size, cfg.progress, "features",
-                                       lambda u: text_input(cfg, u, sep))
+        log.info("computing base features (%s) for %d utterances on %s (%s)",
+                 ", ".join(f"{m} {_model_name(cfg, m)}" for m in base_modalities), len(rows), device, precision)
+        featurizers = _base_featurizers(cfg, base_modalities, released, utts, device, precision)
+        if want_lc and not lc_hit:  # share the media reads with the LC pass
+            featurizers[LC_MODALITY] = lc_featurizer = make_lc()
+        sep = getattr(getattr(featurizers.get("text"), "tokenizer", None), "sep_token", None) or "|"
+        kept, bad, outputs = _run_pass(rows, featurizers, cfg.batch_size, cfg.progress, "features",
+                                       lambda u: text_input(cfg, u, sep), media=needs_media)
         if not kept:
             raise FeatureFileError(f"{cfg.utterances}: no utterance has readable prepared media")
         tensors: dict[str, torch.Tensor] = {}
-        for name in ("text", "audio", "visual"):
+        for name in base_modalities:
             meta["dims"][name] = featurizers[name].dim
             meta["models"][name] = featurizers[name].spec()
             tensors.update(_padded(name, outputs[name], featurizers[name].dim))
         meta["base_sha256"] = _write_tensors(out_dir / BASE_FILE, tensors, base_key)
-        lc_outputs = outputs.get("lc")
+        lc_outputs = outputs.get(LC_MODALITY)
         if lc_hit and kept != prev.get("utterance_ids"):
             lc_hit = False  # the rows changed under cached LC features: recompute them
         meta["utterance_ids"], meta["skip_reasons"] = kept, {**skip_reasons, **bad}
@@ -286,20 +298,14 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
     else:
         meta["skip_reasons"] = prev.get("skip_reasons", skip_reasons)
     kept = meta["utterance_ids"]
-    if lc_hit:
+    if not want_lc:
+        meta["lc_sha256"] = None
+    elif lc_hit:
         meta["lc_sha256"] = prev["lc_sha256"]
         meta["dims"]["lc"], meta["models"]["v2lc"] = prev["dims"]["lc"], prev["models"]["v2lc"]
     else:
         lc_featurizer = lc_featurizer or make_lc()
-        if lc_outputs is None:
-            log.info("computing synthetic live-comment features (V2LC %s, %s) for %d utterances",
-                     v2lc_sha[:12], cfg.lc_source, len(kept))
-            by_id = {u.utterance_id: u for u in utts}
-            got, bad, outputs = _run_pass([by_id[i] for i in kept], {"lc": lc_featurizer}, cfg.batch_size,
-                                          cfg.progress, "lc features")
-            if bad:
-                raise MediaFormatError(f"media changed since the base features were extracted: {bad}")
-            lc_outputs = outputs["lc"]
+        lc_outputs = lc_outputs if lc_outputs is not None else _lc_pass(cfg, utts, kept, lc_featurizer, v2lc_sha)
         meta["dims"]["lc"] = lc_featurizer.dim
         meta["models"]["v2lc"] = lc_featurizer.spec()
         meta["lc_sha256"] = _write_tensors(out_dir / LC_FILE, _padded("lc", lc_outputs, lc_featurizer.dim), lc_key)
@@ -308,21 +314,56 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
     skipped = [i for i in ids_order if i in meta["skip_reasons"]]
     meta.update({
         "utterances": str(Path(cfg.utterances).resolve()), "n_utterances_table": len(utts),
-        "skipped": skipped, "base_version": base_key, "lc_version": lc_key, "lc_source": cfg.lc_source,
-        "v2lc_sha256": v2lc_sha, "precision": precision, "code_version": FEATURES_CODE_VERSION,
-        "data_version": digest([meta["base_sha256"], meta["lc_sha256"]]),
+        "modalities": list(cfg.modalities), "skipped": skipped, "base_version": base_key, "lc_version": lc_key,
+        "lc_source": cfg.lc_source, "v2lc_sha256": v2lc_sha, "precision": precision,
+        "code_version": FEATURES_CODE_VERSION, "data_version": digest([meta["base_sha256"], meta["lc_sha256"]]),
         "base_recomputed": not base_hit, "lc_recomputed": lc_outputs is not None,
     })
-    meta["no_audio"] = _no_audio(out_dir, kept) if not base_hit or "no_audio" not in prev else prev["no_audio"]
-    if cfg.comment_bank:
+    if "audio" not in base_modalities:
+        meta["no_audio"] = []
+    elif not base_hit or "no_audio" not in prev:
+        meta["no_audio"] = _no_audio(out_dir, kept)
+    else:
+        meta["no_audio"] = prev["no_audio"]
+    if cfg.comment_bank and want_lc:
         meta["nearest_version"], meta["nearest_comments"] = _nearest(cfg, utts, kept, lc_key, prev, device,
                                                                      precision)
     # features.json last: a reader sees the new ids only once both tensor files are in place
     atomic_write_json(out_dir / META_FILE, meta)
     log.info("features for %d utterances (%d skipped) in %s: base %s, LC %s", len(kept), len(skipped), out_dir,
-             "recomputed" if meta["base_recomputed"] else "cached", "recomputed" if meta["lc_recomputed"] else "cached")
+             "recomputed" if meta["base_recomputed"] else "cached",
+             "not asked for" if not want_lc else "recomputed" if meta["lc_recomputed"] else "cached")
     _report(reporter, meta, out_dir)
     return meta
+
+
+def _model_name(cfg: ExtractConfig, modality: str) -> str:
+    return {"text": cfg.text_model, "audio": cfg.audio_model, "visual": cfg.vision_model}[modality]
+
+
+def _base_featurizers(cfg: ExtractConfig, modalities: list[str], released: dict[str, Any],
+                      utts: Sequence[Utterance], device: torch.device, precision: str) -> dict[str, Any]:
+    """A released file's reader, else the encoder, for each base modality asked for."""
+    build = {
+        "text": lambda: TextFeaturizer(cfg.text_model, [t for u in utts for t in (u.text, *context_turns(cfg, u))],
+                                       cfg.text_max_length, cfg.seed, device, precision),
+        "audio": lambda: AudioFeaturizer(cfg.audio_model, cfg.max_audio_frames, cfg.n_mels, device, precision),
+        "visual": lambda: VisualFeaturizer(cfg.vision_model, cfg.seed, device, precision),
+    }
+    return {m: released.get(m) or build[m]() for m in modalities}
+
+
+def _lc_pass(cfg: ExtractConfig, utts: Sequence[Utterance], kept: list[str], featurizer: SyntheticLCFeaturizer,
+             v2lc_sha: str) -> list:
+    """The synthetic live-comment features alone (the base features were cached)."""
+    log.info("computing synthetic live-comment features (V2LC %s, %s) for %d utterances", v2lc_sha[:12],
+             cfg.lc_source, len(kept))
+    by_id = {u.utterance_id: u for u in utts}
+    _, bad, outputs = _run_pass([by_id[i] for i in kept], {LC_MODALITY: featurizer}, cfg.batch_size, cfg.progress,
+                                "lc features")
+    if bad:
+        raise MediaFormatError(f"media changed since the base features were extracted: {bad}")
+    return outputs[LC_MODALITY]
 
 
 def _no_audio(out_dir: Path, kept: list[str]) -> list[str]:
@@ -366,14 +407,15 @@ def _report(reporter: TrainingReporter, meta: dict[str, Any], out_dir: Path) -> 
         return
     values: dict[str, Any] = {
         "n_utterances": len(meta["utterance_ids"]), "n_skipped": len(meta["skipped"]),
-        "n_no_audio": len(meta["no_audio"]), "base_version": meta["base_version"], "lc_version": meta["lc_version"],
-        "v2lc_sha256": meta["v2lc_sha256"], "lc_source": meta["lc_source"], "precision": meta["precision"],
+        "n_no_audio": len(meta["no_audio"]), "base_version": meta["base_version"],
+        "lc_version": meta["lc_version"] or "not extracted", "v2lc_sha256": meta["v2lc_sha256"] or "not used",
+        "lc_source": meta["lc_source"], "precision": meta["precision"], "modalities": ", ".join(meta["modalities"]),
         "base_recomputed": meta["base_recomputed"], "lc_recomputed": meta["lc_recomputed"],
         "context_turns": int((meta.get("context") or {}).get("max_turns", 0)),
         **{f"dim_{k}": int(v) for k, v in meta["dims"].items()},
-        **{f"{k}_model": str(meta["models"][k]["name"]) for k in ("text", "audio", "visual")},
+        **{f"{k}_model": str(meta["models"][k]["name"]) for k in BASE_MODALITIES if k in meta["models"]},
     }
-    stand_ins = [k for k in ("text", "audio", "visual") if meta["models"][k]["name"] == "tiny"]
+    stand_ins = [k for k in BASE_MODALITIES if meta["models"].get(k, {}).get("name") == TINY]
     stand_ins += ["v2lc"] if meta["models"].get("v2lc", {}).get("video_encoder") == "tiny" else []
     values["stand_in_encoders"] = ", ".join(stand_ins) or "none"
     metadata = pipes_metadata(values)

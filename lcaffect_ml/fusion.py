@@ -10,6 +10,8 @@ regression (plain linear, or ``tanh`` to stay in [-1, 1]), ``num_classes`` logit
 
 ``use_lc=False`` is the paper's ablation: the live-comment tokens are not in the sequence at all
 (no projection, no modality embedding for them), not zeros that attention could still see.
+``base_modalities`` is any non-empty subset of text, audio and visual (a text-only run, say, for
+utterances whose media are missing); the same rule holds for a modality left out.
 
 ``save_pretrained`` writes ``model.safetensors`` + ``config.json``; ``from_pretrained`` reads only
 those (no pickle), like ``V2LCModel``.
@@ -34,6 +36,15 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 BASE_MODALITIES = ("text", "audio", "visual")
 LC_MODALITY = "lc"
+MODALITIES = BASE_MODALITIES + (LC_MODALITY,)
+
+
+def check_base_modalities(names: Any, what: str) -> list[str]:
+    """``names`` as a list in ``BASE_MODALITIES`` order; ValueError unless a non-empty subset of them."""
+    if isinstance(names, str) or not names or not set(names) <= set(BASE_MODALITIES) or len(set(names)) != len(names):
+        raise ValueError(f"{what} must be a non-empty list of distinct modalities from {list(BASE_MODALITIES)}, "
+                         f"got {names!r}")
+    return [m for m in BASE_MODALITIES if m in names]
 
 
 @dataclass
@@ -42,6 +53,7 @@ class FusionConfig:
     num_outputs: int = 1  # 1 for regression, else the number of classes
     task: str = "chsims2"
     use_lc: bool = True
+    base_modalities: list[str] = field(default_factory=lambda: list(BASE_MODALITIES))  # in BASE_MODALITIES order
     d_model: int = 128
     num_layers: int = 2
     num_heads: int = 4
@@ -52,13 +64,14 @@ class FusionConfig:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        return BASE_MODALITIES + ((LC_MODALITY,) if self.use_lc else ())
+        return tuple(self.base_modalities) + ((LC_MODALITY,) if self.use_lc else ())
 
     @property
     def is_regression(self) -> bool:
         return self.num_outputs == 1
 
     def validate(self) -> None:
+        check_base_modalities(self.base_modalities, "base_modalities")
         missing = [m for m in self.modalities if m not in self.input_dims]
         if missing:
             raise ValueError(f"input_dims lacks {missing} (has {sorted(self.input_dims)})")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .fusion import BASE_MODALITIES, LC_MODALITY, FusionConfig
+from .fusion import BASE_MODALITIES, LC_MODALITY, FusionConfig, check_base_modalities
 from .metrics import METRIC_NAMES, NUM_CLASSES, TASKS
 from .contracts.hashing import sha256_file
 from .contracts.tables import (BASE_FILE, DEFAULT_PROTOCOLS, FUSION_COLUMNS, FUSION_REQUIRED, LC_FILE, MEDIA_OK,
@@ -51,6 +51,9 @@ class FusionTrainConfig:
     features_dir: str = opt(help="the features folder written by lcaffect_ml.extract_features")
     output_dir: str = opt(help="where everything is written: metrics.json, the model, runs/, checkpoints/")
     use_lc: bool = opt(True, "include the synthetic live-comment tokens; false is the ablation's other arm")
+    modalities: list | None = opt(None, "the other modalities the model reads: a non-empty subset of text, audio, "
+                                  "visual (the features folder must hold them); null: every one it holds. "
+                                  "Without audio, visual and LC, utterances whose media are missing are kept")
     seeds: list = opt(help="seeds of model init, dropout and data order; metrics are mean ± std over them",
                       factory=lambda: [0])
     protocol: str | None = opt(None, "MUStARD only: speaker_dependent (the default: 5-fold cross-validation) | "
@@ -123,6 +126,11 @@ class FusionTrainConfig:
             raise ConfigError(f"folds must be >= 2, got {self.folds}")
         if not (self.lr > 0 and math.isfinite(self.lr)) or not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"lr must be > 0 and warmup_ratio in [0, 1), got {self.lr}, {self.warmup_ratio}")
+        if self.modalities is not None:
+            try:
+                self.modalities = check_base_modalities(self.modalities, "modalities")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if self.regression_loss not in ("l1", "mse"):
             raise ConfigError(f"regression_loss must be l1 or mse, not {self.regression_loss!r}")
         self.select_metric = self.select_metric or DEFAULT_SELECT[self.task]
@@ -133,11 +141,11 @@ class FusionTrainConfig:
         if cw is not None and cw != "balanced" and not (isinstance(cw, list) and len(cw) == NUM_CLASSES[self.task]):
             raise ConfigError(f"class_weights must be null, 'balanced' or {NUM_CLASSES[self.task]} numbers")
 
-    def model_config(self, input_dims: dict[str, int], max_positions: int) -> FusionConfig:
-        return FusionConfig(input_dims=dict(input_dims), num_outputs=NUM_CLASSES[self.task], task=self.task,
-                            use_lc=self.use_lc, d_model=self.d_model, num_layers=self.num_layers,
+    def model_config(self, data: "FusionData") -> FusionConfig:
+        return FusionConfig(input_dims=data.input_dims, num_outputs=NUM_CLASSES[self.task], task=self.task,
+                            use_lc=self.use_lc, base_modalities=list(data.base_modalities), d_model=self.d_model, num_layers=self.num_layers,
                             num_heads=self.num_heads, ff_dim=self.ff_dim, dropout=self.dropout,
-                            max_positions=max_positions, regression_activation=self.regression_activation)
+                            max_positions=data.max_positions, regression_activation=self.regression_activation)
 
 
 # ------------------------------------------------------------------------------ data
@@ -154,6 +162,7 @@ class FusionData:
     skipped: dict[str, int]
     feature_info: dict[str, Any]
     fingerprint: str  # content identity of the inputs this run reads
+    base_modalities: tuple[str, ...] = BASE_MODALITIES  # what ``inputs`` holds besides the LC tokens
 
     @property
     def input_dims(self) -> dict[str, int]:
@@ -226,16 +235,21 @@ def load_data(cfg: FusionTrainConfig) -> FusionData:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DownstreamDataError(f"{meta_path}: unreadable features index ({exc})") from exc
     row_of = {u: i for i, u in enumerate(feature_ids)}
-    feats = _read_features(features_dir / BASE_FILE, BASE_MODALITIES, len(feature_ids))
+    base = _base_modalities(cfg, meta, meta_path)
+    feats = _read_features(features_dir / BASE_FILE, base, len(feature_ids))
     if cfg.use_lc:
+        if LC_MODALITY not in meta.get("modalities", [LC_MODALITY]):
+            raise DownstreamDataError(f"{meta_path}: no live-comment features (extracted with modalities "
+                                      f"{meta['modalities']}); use_lc needs them")
         feats.update(_read_features(features_dir / LC_FILE, (LC_MODALITY,), len(feature_ids)))
+    needs_media = cfg.use_lc or base != ("text",)
 
     table_path = Path(cfg.utterances)
     cols = _read_table(table_path, cfg.task)
     skipped = {"media_not_ok": 0, "no_features": 0, "bad_label": 0, "duplicate_id": 0}
     keep, seen = [], set()
     for i, uid in enumerate(cols["utterance_id"]):
-        if cols["media_status"][i] != MEDIA_OK:
+        if needs_media and cols["media_status"][i] != MEDIA_OK:
             skipped["media_not_ok"] += 1
         elif uid not in row_of:
             skipped["no_features"] += 1
@@ -264,7 +278,18 @@ def load_data(cfg: FusionTrainConfig) -> FusionData:
         fold=np.asarray([-1 if folds[i] is None else int(folds[i]) for i in keep], dtype=np.int64),
         inputs={k: v.index_select(0, rows).contiguous() for k, v in feats.items()},
         skipped=skipped, feature_info=info,
-        fingerprint=_data_fingerprint(table_path, features_dir, meta, cfg.use_lc))
+        fingerprint=_data_fingerprint(table_path, features_dir, meta, cfg.use_lc), base_modalities=base)
+
+
+def _base_modalities(cfg: FusionTrainConfig, meta: dict[str, Any], meta_path: Path) -> tuple[str, ...]:
+    """The base modalities this run reads: the configured ones, which the features must hold, or
+    all that they hold (features from before the choice existed hold all three)."""
+    held = [m for m in meta.get("modalities", BASE_MODALITIES) if m in BASE_MODALITIES]
+    wanted = cfg.modalities or held
+    missing = [m for m in wanted if m not in held]
+    if missing or not wanted:
+        raise DownstreamDataError(f"{meta_path}: the features hold modalities {held}; the run asks for {wanted}")
+    return tuple(wanted)
 
 
 def _data_fingerprint(table: Path, features_dir: Path, meta: dict[str, Any], use_lc: bool) -> str:

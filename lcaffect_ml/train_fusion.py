@@ -103,6 +103,8 @@ def run_name(seed: int, fold: int | None) -> str:
 
 def run_fingerprint(cfg: FusionTrainConfig, data: FusionData, seed: int, fold: int | None) -> str:
     options = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NON_RESULT_KEYS}
+    if options["modalities"] is None:  # all the features hold: data.fingerprint says which (earlier runs stay valid)
+        del options["modalities"]
     blob = json.dumps({"options": options, "seed": seed, "fold": fold, "data": data.fingerprint}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -218,7 +220,7 @@ class FusionRun:
         latest = self.manager.latest()
         seed_everything(self.seed)
         cfg = self.cfg
-        model = FusionModel(cfg.model_config(self.data.input_dims, self.data.max_positions))
+        model = FusionModel(cfg.model_config(self.data))
         model.set_feature_stats(feature_stats(self.data.inputs, self.split.train, model.config.modalities))
         model.to(self.device).train()
         optimizer = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr,

