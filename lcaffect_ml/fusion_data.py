@@ -154,6 +154,7 @@ class FusionData:
     skipped: dict[str, int]
     feature_info: dict[str, Any]
     fingerprint: str  # content identity of the inputs this run reads
+    folds_file: str | None = None  # where the official folds came from (MUStARD's extra_labels["folds_file"])
 
     @property
     def input_dims(self) -> dict[str, int]:
@@ -264,7 +265,15 @@ def load_data(cfg: FusionTrainConfig) -> FusionData:
         fold=np.asarray([-1 if folds[i] is None else int(folds[i]) for i in keep], dtype=np.int64),
         inputs={k: v.index_select(0, rows).contiguous() for k, v in feats.items()},
         skipped=skipped, feature_info=info,
-        fingerprint=_data_fingerprint(table_path, features_dir, meta, cfg.use_lc))
+        fingerprint=_data_fingerprint(table_path, features_dir, meta, cfg.use_lc),
+        folds_file=_folds_file([cols["extra_labels"][i] for i in keep if folds[i] is not None] if "extra_labels" in cols
+                               else []))
+
+
+def _folds_file(extras: list[str | None]) -> str | None:
+    """The file(s) the loader says the official folds came from (None: not recorded)."""
+    names = sorted({json.loads(x).get("folds_file") for x in extras if x} - {None})
+    return " + ".join(names) or None
 
 
 def _data_fingerprint(table: Path, features_dir: Path, meta: dict[str, Any], use_lc: bool) -> str:
@@ -337,7 +346,8 @@ def describe_folds(data: FusionData, cfg: FusionTrainConfig) -> str | None:
     """What the report says about the folds used."""
     source = resolve_fold_source(data, cfg)
     if source == "official":
-        return f"official ({len(np.unique(data.fold))} folds of split_indices.json)"
+        where = data.folds_file or "the table's fold column"
+        return f"official ({len(np.unique(data.fold))} folds of {where})"
     if source == "stratified":
         return f"stratified ({cfg.folds} folds drawn with split_seed {cfg.split_seed}; no official folds)"
     return None

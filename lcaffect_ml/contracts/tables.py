@@ -45,7 +45,7 @@ UTTERANCES_SCHEMA = pa.schema(
 MEDIA_OK = "ok"  # media_status of a row whose media could be prepared
 EXTRACT_COLUMNS = ("utterance_id", "text", "media_npz", "media_status")
 FUSION_REQUIRED = ("utterance_id", "split", "label", "media_status")
-FUSION_COLUMNS = ("dataset", *FUSION_REQUIRED, "show", "fold")
+FUSION_COLUMNS = ("dataset", *FUSION_REQUIRED, "show", "fold", "extra_labels")
 
 # The evaluation protocol of each task, the one default of the command line and of Dagster:
 # CH-SIMS v2 and MELD have an official train/valid/test split; MUStARD's default is its

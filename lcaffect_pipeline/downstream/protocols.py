@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 MUSTARD_FOLDS_FILE = "split_indices.json"
+# The folds as MUStARD ships them (``data/split_indices.p``): a Python 2 protocol-2 pickle of a
+# list of (train, test) pairs of int64 NumPy arrays, positions in the key order of sarcasm_data.json.
+MUSTARD_FOLDS_PICKLE = "split_indices.p"
 
 
 def with_preceding_turns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -60,3 +63,23 @@ def mustard_official_folds(data: Any, ids: list[str]) -> dict[str, int]:
         raise FoldsError(f"{len(known) - len(fold_of)} utterances are tested in no fold, "
                          f"e.g. {sorted(known - set(fold_of))[:5]}")
     return fold_of
+
+
+def mustard_pickle_folds(obj: Any, ids: list[str]) -> dict[str, Any]:
+    """The parsed ``split_indices.p`` (``[(train positions, test positions), ...]``) as the
+    ``split_indices.json`` structure of utterance ids, ``ids`` being sarcasm_data.json's keys in
+    file order; ``FoldsError`` for another shape or a position outside ``ids``."""
+    import numpy as np
+
+    if not isinstance(obj, (list, tuple)):
+        raise FoldsError(f"not a list of (train, test) index arrays (found a {type(obj).__name__})")
+    folds = []
+    for k, pair in enumerate(obj):
+        arrays = [np.asarray(a) for a in pair] if isinstance(pair, (list, tuple)) and len(pair) == 2 else []
+        if not arrays or not all(a.ndim == 1 and a.dtype.kind in "iu" for a in arrays):
+            raise FoldsError(f"fold {k}: not a (train, test) pair of 1-D integer index arrays")
+        bad = [int(i) for a in arrays for i in a if not 0 <= i < len(ids)]
+        if bad:
+            raise FoldsError(f"fold {k}: positions {bad[:5]} outside sarcasm_data.json's {len(ids)} utterances")
+        folds.append({part: [ids[int(i)] for i in a] for part, a in zip(("train", "test"), arrays)})
+    return {"folds": folds}
