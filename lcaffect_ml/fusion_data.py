@@ -32,7 +32,7 @@ log = logging.getLogger("lcaffect_ml.train_fusion")
 
 PROTOCOLS = ("speaker_dependent", "speaker_independent")
 # Where MUStARD's speaker-dependent folds come from: the official ones (the table's ``fold``
-# column, from split_indices.json) when every row has one, else stratified folds drawn here.
+# column, from split_indices.p / .json) when every row has one, else stratified folds drawn here.
 FOLD_SOURCES = ("auto", "official", "stratified")
 DEFAULT_SELECT = {"chsims2": "mae", "meld": "weighted_f1", "mustard": "weighted_f1"}
 # Options that do not change a run's result: left out of its fingerprint.

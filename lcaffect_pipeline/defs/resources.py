@@ -303,7 +303,7 @@ class DownstreamResource(dg.ConfigurableResource):
     seeds: list[int] = Field(default=[0, 1, 2], description="Fusion training seeds (mean and spread are reported)")
     mustard_protocol: str = Field(default=DEFAULT_PROTOCOLS["mustard"],
                                   description='"speaker_dependent" (the default, as on the command line: 5 folds, the official '
-                                              'ones of split_indices.json when the dataset folder has it) or '
+                                              'ones of split_indices.p / .json when the dataset folder has them) or '
                                               '"speaker_independent" (Friends held out)')
     lc_variants_json: str = Field(default="{}", description='The V2LC variants each task is evaluated with, first '
                                   'the primary, e.g. {"meld": ["bilingual", "zh"]}; a task not named: every variant '

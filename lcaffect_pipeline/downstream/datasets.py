@@ -60,8 +60,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..schema import UTTERANCES_SCHEMA
-from .protocols import (MUSTARD_FOLDS_FILE, MUSTARD_FOLDS_PICKLE, FoldsError, mustard_official_folds, mustard_pickle_folds,
-                        with_preceding_turns)
+from .protocols import FoldsError, mustard_folds, with_preceding_turns
 
 log = logging.getLogger(__name__)
 
@@ -333,43 +332,15 @@ def load_mustard(root: str | os.PathLike) -> pa.Table:
     if not isinstance(data, dict):
         raise DatasetError("mustard", path, f"top level is a {type(data).__name__}, expected an object of utterances")
     rows = [_mustard_row(root, path, uid, entry) for uid, entry in data.items()]
-    folds, source = _official_folds(root, [r["utterance_id"] for r in rows])
+    try:
+        folds, source = mustard_folds(root, [r["utterance_id"] for r in rows])
+    except FoldsError as exc:
+        raise DatasetError("mustard", exc.path, str(exc)) from None
     for r in rows:
         r["fold"] = None if folds is None else folds[r["utterance_id"]]
         if source:  # per row, so the table's content (and version) says where its folds came from
             r["extra_labels"] = json.dumps({**json.loads(r["extra_labels"]), "folds_file": source}, ensure_ascii=False)
     return utterance_table("mustard", path, rows, {"all": path})
-
-
-def _official_folds(root: Path, ids: list[str]) -> tuple[dict[str, int] | None, str | None]:
-    """MUStARD's official folds and the file they came from (``split_indices.p`` where present,
-    checked against ``split_indices.json`` where both are), else (None, None)."""
-    pickled, listed = root / MUSTARD_FOLDS_PICKLE, root / MUSTARD_FOLDS_FILE
-    folds = {p.name: _folds_from(p, ids) for p in (pickled, listed) if p.is_file()}
-    if len(folds) == 2 and folds[pickled.name] != folds[listed.name]:
-        differ = sorted(u for u in ids if folds[pickled.name][u] != folds[listed.name][u])
-        raise DatasetError("mustard", pickled, f"gives other folds than {listed} for {len(differ)} utterances "
-                                               f"(e.g. {differ[:3]}): remove the one that is not MUStARD's")
-    source = next(iter(folds), None)
-    return (folds[source], source) if source else (None, None)
-
-
-def _folds_from(path: Path, ids: list[str]) -> dict[str, int]:
-    """utterance id -> test fold, from ``split_indices.p`` or ``split_indices.json``."""
-    from lcaffect_ml.released import NUMPY_ARRAY_GLOBALS, ReleasedFeatureError, load_pickle
-
-    try:
-        if path.name == MUSTARD_FOLDS_PICKLE:
-            data = mustard_pickle_folds(load_pickle(path, NUMPY_ARRAY_GLOBALS, object_arrays=False), ids)
-        else:
-            data = json.loads(read_text_file("mustard", path, "utf-8"))
-        return mustard_official_folds(data, ids)
-    except FoldsError as exc:
-        raise DatasetError("mustard", path, str(exc)) from None
-    except ReleasedFeatureError as exc:  # its message starts with the path
-        raise DatasetError("mustard", path, f"not a folds pickle: {str(exc).removeprefix(f'{path}: ')}") from None
-    except json.JSONDecodeError as exc:
-        raise DatasetError("mustard", path, f"not a folds file: not valid JSON ({exc})") from None
 
 
 class _DuplicateKey(ValueError):
