@@ -268,6 +268,25 @@ def decode_frames(raw: dict[str, Any]) -> np.ndarray:
     return frames
 
 
+def clip_timing(shards: Sequence[ShardSpec]) -> tuple[float, int] | None:
+    """(segment seconds, frames) of the first full training clip: the frame rate V2LC learns
+    (the last clip of a video may be a shorter tail, so the longest of the first few is taken)."""
+    spans: list[tuple[float, int]] = []
+    for shard in shards:
+        try:
+            for raw in iter_raw_samples(shard.url, select=(META_MEMBER,)):
+                meta = parse_meta(raw)
+                try:
+                    spans.append(((int(meta["end_ms"]) - int(meta["start_ms"])) / 1000.0, len(meta["frame_times_ms"])))
+                except (KeyError, TypeError, ValueError):
+                    continue  # a sample without timing says nothing about the rate
+                if len(spans) >= 8:
+                    return max(spans)
+        except ShardSampleError as exc:
+            log.warning("skipping shard: %s", exc)
+    return max(spans) if spans else None
+
+
 def read_comments(shards: Sequence[ShardSpec], limit: int = 50_000) -> list[str]:
     """Comments of the first segments in index order (for building the offline tokenizer)."""
     texts: list[str] = []

@@ -36,10 +36,10 @@ from typing import Any, Sequence
 
 import torch
 
-from .features import (BASE_FILE, FEATURES_CODE_VERSION, LC_FILE, LC_SOURCES, META_FILE, TINY, TINY_TEXT,
+from .features import (BASE_FILE, FEATURES_CODE_VERSION, LC_FILE, LC_FRAME_SAMPLINGS, LC_SOURCES, META_FILE, TINY, TINY_TEXT,
                        TINY_VISION, AudioFeaturizer, FeatureFileError, MediaFormatError, SyntheticLCFeaturizer,
                        TextFeaturizer, Utterance, VisualFeaturizer, digest, load_media, local_weights_digest,
-                       media_fingerprint, pad_sequences, read_utterances)
+                       lc_frame_spacing, media_fingerprint, pad_sequences, read_utterances)
 from .contracts.hashing import sha256_file
 from .fusion import BASE_MODALITIES, LC_MODALITY, MODALITIES, check_base_modalities
 from .feature_inputs import context_turns, released_featurizers, released_map, text_input, used_context  # noqa: F401
@@ -83,6 +83,10 @@ class ExtractConfig:
     n_mels: int = opt(80, "log-mel bands of the tiny acoustic features")
     lc_source: str = opt("post_projection", '"post_projection" (the V2LC space, length 1) or "pre_projection" '
                          "(CLS + per-frame tokens)")
+    lc_frame_sampling: str = opt("training_rate", '"training_rate": the frames V2LC sees are as far apart as in its '
+                                 "training clips (its config.json; 1 s for 8 frames over 8 s), centred on the "
+                                 "utterance, looped when it is shorter than the clip; \"spread\": spread over the "
+                                 "whole utterance (2.5 s: 3.2 fps). Recorded in features.json (models.v2lc.frame_sampling)")
     seed: int = opt(0, "initialisation seed of the tiny text/vision stand-ins")
     batch_size: int = opt(16, "utterances per forward pass", section="Running")
     device: str = opt("auto", '"auto", "cuda" or "cpu"')
@@ -116,6 +120,8 @@ class ExtractConfig:
             raise ConfigError("v2lc_checkpoint is needed for the lc modality")
         if cfg.lc_source not in LC_SOURCES:
             raise ConfigError(f"lc_source must be one of {LC_SOURCES}, not {cfg.lc_source!r}")
+        if cfg.lc_frame_sampling not in LC_FRAME_SAMPLINGS:
+            raise ConfigError(f"lc_frame_sampling must be one of {LC_FRAME_SAMPLINGS}, not {cfg.lc_frame_sampling!r}")
         return cfg
 
 
@@ -147,10 +153,12 @@ def _base_key(cfg: ExtractConfig, utts: Sequence[Utterance], precision: str, rel
     })
 
 
-def _lc_key(v2lc_sha256: str, lc_source: str, utts: Sequence[Utterance], precision: str) -> str:
-    """The V2LC data version and the media: not the texts nor the base models."""
+def _lc_key(v2lc_sha256: str, cfg: ExtractConfig, utts: Sequence[Utterance], precision: str) -> str:
+    """The V2LC data version, how its frames are chosen and the media: not the texts nor the base models."""
+    sampling = [cfg.lc_frame_sampling, lc_frame_spacing(cfg.v2lc_checkpoint)[0]
+                if cfg.lc_frame_sampling == "training_rate" else None]
     return digest({"code": FEATURES_CODE_VERSION, "precision": precision, "v2lc": v2lc_sha256,
-                   "lc_source": lc_source,
+                   "lc_source": cfg.lc_source, "lc_frame_sampling": sampling,
                    "media": [[u.utterance_id, u.media_npz, media_fingerprint(u.media_npz)] for u in utts]})
 
 
@@ -201,9 +209,8 @@ def _run_pass(rows: Sequence[Utterance], featurizers: dict[str, Any], batch_size
             if batch:
                 inputs = {"text": [text_of(u) for u in batch], "ids": [u.utterance_id for u in batch]}
                 if media:
-                    inputs.update(audio=[m.audio for m in loaded], visual=[m.frames for m in loaded],
-                                  lc=[m.frames for m in loaded])
-                for name, featurize in featurizers.items():  # a released file's featurizer reads ids
+                    inputs.update(audio=[m.audio for m in loaded], visual=[m.frames for m in loaded], media=loaded)
+                for name, featurize in featurizers.items():  # a released file's reads ids, V2LC the media
                     outputs[name].extend(featurize(inputs[getattr(featurize, "input", name)]))
                 kept.extend(u.utterance_id for u in batch)
             bar.update(len(rows[start:start + batch_size]))
@@ -255,7 +262,7 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
     prev = _previous(out_dir)
     base_key = _base_key(cfg, utts, precision, released)
     v2lc_sha = sha256_file(ckpt / "model.safetensors") if want_lc else None
-    lc_key = _lc_key(v2lc_sha, cfg.lc_source, rows, precision) if want_lc else None
+    lc_key = _lc_key(v2lc_sha, cfg, rows, precision) if want_lc else None
     base_hit = prev.get("base_version") == base_key and _file_version(out_dir / BASE_FILE) == base_key
     lc_hit = want_lc and prev.get("lc_version") == lc_key and _file_version(out_dir / LC_FILE) == lc_key
     log.info("%d utterances (%d left out); modalities %s; base features %s, LC features %s", len(utts),
@@ -263,7 +270,8 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
              "not asked for" if not want_lc else "cached" if lc_hit else "to compute")
 
     def make_lc() -> SyntheticLCFeaturizer:
-        return SyntheticLCFeaturizer(ckpt, cfg.lc_source, device=device, precision=precision)
+        return SyntheticLCFeaturizer(ckpt, cfg.lc_source, device=device, precision=precision,
+                                     frame_sampling=cfg.lc_frame_sampling)
 
     meta: dict[str, Any] = {k: prev[k] for k in ("utterance_ids", "dims", "models", "base_sha256", "lc_sha256",
                                                  "context") if k in prev and base_hit}
@@ -395,7 +403,7 @@ def _nearest(cfg: ExtractConfig, utts: Sequence[Utterance], kept: list[str], lc_
     by_id = {u.utterance_id: u for u in utts}
     chosen = [by_id[i] for i in kept[: cfg.nearest_examples]]
     found = nearest_comments_for_media(cfg.v2lc_checkpoint, bank, [u.media_npz for u in chosen], k=cfg.nearest_k,
-                                       device=device, precision=precision)
+                                       device=device, precision=precision, frame_sampling=cfg.lc_frame_sampling)
     log.info("nearest live comments for %d utterances from a bank of %d comments", len(chosen), len(bank))
     return version, [{"utterance_id": u.utterance_id, "text": u.text,
                       "comments": [[t, round(s, 4)] for t, s in hits]} for u, hits in zip(chosen, found)]
@@ -410,6 +418,8 @@ def _report(reporter: TrainingReporter, meta: dict[str, Any], out_dir: Path) -> 
         "n_no_audio": len(meta["no_audio"]), "base_version": meta["base_version"],
         "lc_version": meta["lc_version"] or "not extracted", "v2lc_sha256": meta["v2lc_sha256"] or "not used",
         "lc_source": meta["lc_source"], "precision": meta["precision"], "modalities": ", ".join(meta["modalities"]),
+        **{f"lc_frames_{k}": v for k, v in ((meta["models"].get("v2lc") or {}).get("frame_sampling") or {}).items()
+           if k in ("mode", "effective_fps", "spacing_from") and v is not None},
         "base_recomputed": meta["base_recomputed"], "lc_recomputed": meta["lc_recomputed"],
         "context_turns": int((meta.get("context") or {}).get("max_turns", 0)),
         **{f"dim_{k}": int(v) for k, v in meta["dims"].items()},

@@ -32,7 +32,7 @@ log = logging.getLogger("lcaffect_ml.train_fusion")
 
 PROTOCOLS = ("speaker_dependent", "speaker_independent")
 # Where MUStARD's speaker-dependent folds come from: the official ones (the table's ``fold``
-# column, from split_indices.json) when every row has one, else stratified folds drawn here.
+# column, from split_indices.p / .json) when every row has one, else stratified folds drawn here.
 FOLD_SOURCES = ("auto", "official", "stratified")
 DEFAULT_SELECT = {"chsims2": "mae", "meld": "weighted_f1", "mustard": "weighted_f1"}
 # Options that do not change a run's result: left out of its fingerprint.
@@ -163,6 +163,7 @@ class FusionData:
     feature_info: dict[str, Any]
     fingerprint: str  # content identity of the inputs this run reads
     base_modalities: tuple[str, ...] = BASE_MODALITIES  # what ``inputs`` holds besides the LC tokens
+    folds_file: str | None = None  # where the official folds came from (MUStARD's extra_labels["folds_file"])
 
     @property
     def input_dims(self) -> dict[str, int]:
@@ -278,7 +279,15 @@ def load_data(cfg: FusionTrainConfig) -> FusionData:
         fold=np.asarray([-1 if folds[i] is None else int(folds[i]) for i in keep], dtype=np.int64),
         inputs={k: v.index_select(0, rows).contiguous() for k, v in feats.items()},
         skipped=skipped, feature_info=info,
-        fingerprint=_data_fingerprint(table_path, features_dir, meta, cfg.use_lc), base_modalities=base)
+        fingerprint=_data_fingerprint(table_path, features_dir, meta, cfg.use_lc), base_modalities=base,
+        folds_file=_folds_file([cols["extra_labels"][i] for i in keep if folds[i] is not None] if "extra_labels" in cols
+                               else []))
+
+
+def _folds_file(extras: list[str | None]) -> str | None:
+    """The file(s) the loader says the official folds came from (None: not recorded)."""
+    names = sorted({json.loads(x).get("folds_file") for x in extras if x} - {None})
+    return " + ".join(names) or None
 
 
 def _base_modalities(cfg: FusionTrainConfig, meta: dict[str, Any], meta_path: Path) -> tuple[str, ...]:
@@ -362,7 +371,8 @@ def describe_folds(data: FusionData, cfg: FusionTrainConfig) -> str | None:
     """What the report says about the folds used."""
     source = resolve_fold_source(data, cfg)
     if source == "official":
-        return f"official ({len(np.unique(data.fold))} folds of split_indices.json)"
+        where = data.folds_file or "the table's fold column"
+        return f"official ({len(np.unique(data.fold))} folds of {where})"
     if source == "stratified":
         return f"stratified ({cfg.folds} folds drawn with split_seed {cfg.split_seed}; no official folds)"
     return None

@@ -79,17 +79,19 @@ def nearest_comments(video_embeds: torch.Tensor, bank_embeds: torch.Tensor, bank
 def nearest_comments_for_media(checkpoint_dir: str | os.PathLike, comment_texts: Sequence[str],
                                media: Sequence[str | os.PathLike | np.ndarray], k: int = 5,
                                batch_size: int = 64, device: str | torch.device = "cpu",
-                               precision: str = "fp32") -> list[list[tuple[str, float]]]:
+                               precision: str = "fp32", frame_sampling: str = "training_rate") -> list[list[tuple[str, float]]]:
     """Load a V2LC checkpoint, encode the comment corpus, and return the top-k real comments for
-    each example; an example is a prepared media npz (``lcaffect_ml.contracts.tables`` §2) or uint8 frames (T, H, W, 3).
+    each example; an example is a prepared media npz (``lcaffect_ml.contracts.tables`` §2; its frames chosen by
+    ``frame_sampling`` as the features' are) or uint8 frames (T, H, W, 3), taken as they are.
 
     For asset metadata ("what does this video's synthetic live comment say?").
     """
     from .features import SyntheticLCFeaturizer, load_media
 
-    lc = SyntheticLCFeaturizer(checkpoint_dir, "post_projection", device=device, precision=precision)
+    lc = SyntheticLCFeaturizer(checkpoint_dir, "post_projection", device=device, precision=precision,
+                               frame_sampling=frame_sampling)
     bank, texts = build_comment_bank(lc.model, comment_texts, batch_size=batch_size, precision=precision)
-    clips = [m if isinstance(m, np.ndarray) else load_media(Path(m)).frames for m in media]
+    clips = [m if isinstance(m, np.ndarray) else load_media(Path(m)) for m in media]
     results: list[list[tuple[str, float]]] = []
     for start in range(0, len(clips), batch_size):
         emb = np.stack([e[0] for e in lc(clips[start:start + batch_size])])

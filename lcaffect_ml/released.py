@@ -20,7 +20,15 @@ project's baselines be compared with the published ones. Three layouts, told apa
 
 These are pickles, and unpickling a file can run any code its author chose. ``SafeUnpickler``
 admits only what these layouts need to rebuild NumPy arrays and plain containers, and refuses
-anything else with an error naming the file and the class, before it can be called.
+anything else with an error naming the file and the class, before it can be called. A caller
+that expects less narrows it further (``load_pickle(allowed=..., object_arrays=False)``: MUStARD's
+``split_indices.p`` admits only ``NUMPY_ARRAY_GLOBALS`` and no object-dtype array).
+
+The CH-SIMS v2 pickle (``ch-simsv2s.pkl``) also has a ``train_mix`` split: the authors' loader
+(thuiar/ch-sims-v2 ``data/load_data.py``) feeds it to their semi-supervised AV-MC(Semi) only,
+as the labelled train clips followed by the unlabelled CH-SIMS v2(u) clips with a ``mask``
+marking the labelled ones. The supervised benchmark this project runs uses train/valid/test, so
+``train_mix`` is read past and not used; ``features.json`` records that (``ignored_splits``).
 """
 
 from __future__ import annotations
@@ -38,19 +46,28 @@ from .feature_io import FeatureFileError
 MODALITIES = ("text", "audio", "visual")
 FORMATS = ("mmsa", "mustard", "meld")
 MMSA_SPLITS = ("train", "valid", "test")
+# MMSA-layout splits read past, with the reason features.json records (see the module doc)
+MMSA_IGNORED_SPLITS = {"train_mix": "CH-SIMS v2's semi-supervised split (the labelled train clips plus the "
+                                    "unlabelled CH-SIMS v2(u) clips, for AV-MC(Semi)): not used by the supervised "
+                                    "benchmark, whose train/valid/test splits are read"}
 MMSA_KEYS = {"text": "text", "audio": "audio", "visual": "vision"}
 MELD_SPLITS = ("train", "dev", "test")  # the order of the released triples (train, val, test)
 
+# (module, name) a pickle of plain NumPy arrays references (numpy 1 and 2 module paths), and the
+# bytes decoder Python 3 writes at protocol 2 (a Python 2 file such as MUStARD's has no need of it).
+NUMPY_ARRAY_GLOBALS = frozenset({
+    *((m, "_reconstruct") for m in ("numpy.core.multiarray", "numpy._core.multiarray")),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
 # (module, name) a released feature pickle may reference: NumPy's array and scalar
-# reconstruction (numpy 1 and 2 module paths) and plain containers (Python 2 names included,
-# since MELD's and MUStARD's pickles were written by Python 2).
-ALLOWED_GLOBALS = frozenset({
-    *((m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")),
+# reconstruction and plain containers (Python 2 names included, since MELD's and MUStARD's
+# pickles were written by Python 2).
+ALLOWED_GLOBALS = NUMPY_ARRAY_GLOBALS | frozenset({
+    *((m, "scalar") for m in ("numpy.core.multiarray", "numpy._core.multiarray")),
     *((m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
     *((m, n) for m in ("builtins", "__builtin__")
       for n in ("list", "dict", "tuple", "set", "frozenset", "bytearray", "complex")),
-    ("collections", "OrderedDict"), ("_codecs", "encode"),
+    ("collections", "OrderedDict"),
 })
 
 
@@ -59,25 +76,37 @@ class ReleasedFeatureError(FeatureFileError):
 
 
 class SafeUnpickler(pickle.Unpickler):
-    """An unpickler that rebuilds only NumPy arrays and plain containers (``ALLOWED_GLOBALS``)."""
+    """An unpickler that rebuilds only what ``allowed`` names (by default NumPy arrays and plain
+    containers, ``ALLOWED_GLOBALS``); ``object_arrays=False`` also refuses object-dtype arrays
+    (their items would be arbitrary objects, not numbers)."""
 
-    def __init__(self, file, path: str | os.PathLike):
+    def __init__(self, file, path: str | os.PathLike, allowed: frozenset = ALLOWED_GLOBALS,
+                 object_arrays: bool = True):
         super().__init__(file, encoding="latin1")  # Python 2 NumPy pickles need latin1
-        self.path = str(path)
+        self.path, self.allowed, self.object_arrays = str(path), allowed, object_arrays
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in ALLOWED_GLOBALS:
-            raise ReleasedFeatureError(f"{self.path}: refused to load {module}.{name}: a released feature file "
-                                       "may hold only NumPy arrays and plain containers")
+        if (module, name) not in self.allowed:
+            what = "NumPy arrays" if self.allowed == NUMPY_ARRAY_GLOBALS else "NumPy arrays and plain containers"
+            raise ReleasedFeatureError(f"{self.path}: refused to load {module}.{name}: this file may hold only {what}")
+        if (module, name) == ("numpy", "dtype") and not self.object_arrays:
+            return self._plain_dtype
         return super().find_class(module, name)
 
+    def _plain_dtype(self, *args: Any) -> np.dtype:
+        """``numpy.dtype`` refusing object dtypes (a structured dtype's fields come through here too)."""
+        dtype = np.dtype(*args)
+        if dtype.hasobject:
+            raise ReleasedFeatureError(f"{self.path}: refused an array of dtype {dtype}: only numeric arrays here")
+        return dtype
 
-def load_pickle(path: str | os.PathLike) -> Any:
-    """The object in a released feature pickle, rebuilt by ``SafeUnpickler``."""
+
+def load_pickle(path: str | os.PathLike, allowed: frozenset = ALLOWED_GLOBALS, object_arrays: bool = True) -> Any:
+    """The object in a released pickle, rebuilt by ``SafeUnpickler`` with ``allowed`` and ``object_arrays``."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
-            return SafeUnpickler(fh, path).load()
+            return SafeUnpickler(fh, path, allowed, object_arrays).load()
     except ReleasedFeatureError:
         raise
     except OSError as exc:
@@ -90,8 +119,8 @@ def load_pickle(path: str | os.PathLike) -> Any:
 
 
 def detect_format(obj: Any) -> str | None:
-    if isinstance(obj, dict) and obj and set(obj) <= set(MMSA_SPLITS) and all(
-            isinstance(v, dict) and "id" in v for v in obj.values()):
+    if isinstance(obj, dict) and set(obj) & set(MMSA_SPLITS) and set(obj) <= {*MMSA_SPLITS, *MMSA_IGNORED_SPLITS} \
+            and all(isinstance(v, dict) and "id" in v for v in obj.values()):
         return "mmsa"
     if isinstance(obj, (tuple, list)) and len(obj) == 3 and all(isinstance(v, dict) for v in obj):
         return "meld"
@@ -126,6 +155,8 @@ def read_mmsa(path: Path, obj: dict, modality: str) -> dict[str, np.ndarray]:
     key = MMSA_KEYS[modality]
     out: dict[str, np.ndarray] = {}
     for split, part in obj.items():
+        if split in MMSA_IGNORED_SPLITS:
+            continue
         if key not in part:
             raise ReleasedFeatureError(f"{path}: split {split!r} has no {key!r} features (keys: {sorted(part)})")
         features = np.asarray(part[key])
@@ -192,8 +223,12 @@ class ReleasedFeaturizer:
 
     def __init__(self, modality: str, path: str | os.PathLike, cache: dict | None = None):
         self.modality, self.path = modality, Path(path)
+        cache = {} if cache is None else cache
         self.format, self.features = read_released(self.path, modality, cache)
         self.sha256 = sha256_file(self.path)
+        obj = cache[self.path]
+        self.ignored_splits = {s: MMSA_IGNORED_SPLITS[s] for s in MMSA_IGNORED_SPLITS
+                               if self.format == "mmsa" and isinstance(obj, dict) and s in obj}
 
     @property
     def dim(self) -> int:
@@ -201,7 +236,7 @@ class ReleasedFeaturizer:
 
     def spec(self) -> dict[str, Any]:
         return {"name": "released", "file": str(self.path.resolve()), "sha256": self.sha256, "format": self.format,
-                "dim": self.dim}
+                "dim": self.dim, **({"ignored_splits": self.ignored_splits} if self.ignored_splits else {})}
 
     def __call__(self, ids) -> list[np.ndarray]:
         return [self.features[i] for i in ids]

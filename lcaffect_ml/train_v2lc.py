@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from .data import (ShardSpec, SegmentStream, load_shard_index, make_loader, read_comments,
+from .data import (ShardSpec, SegmentStream, clip_timing, load_shard_index, make_loader, read_comments,
                    split_by_video)
 from . import trainutil
 from .losses import v2lc_loss
@@ -67,6 +67,8 @@ def _build_model(cfg: TrainConfig, train_shards: list[ShardSpec], dist: DistInfo
     from .tokenizer import build_char_tokenizer, load_tokenizer
 
     mcfg = cfg.model_config()
+    timing = clip_timing(train_shards)  # recorded in config.json: extract_features samples at this rate
+    mcfg.train_segment_s, mcfg.train_frames = timing if timing else (None, None)
     tokenizer = None
     if cfg.tokenizer:
         tokenizer = load_tokenizer(cfg.tokenizer)

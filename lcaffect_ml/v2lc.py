@@ -71,6 +71,10 @@ class V2LCConfig:
     freeze_text: bool = False
     gradient_checkpointing: bool = False
     video_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"num_frames": 8}
+    # The training clips' length (s) and frames, recorded by train_v2lc: the frame rate the video
+    # tower learnt, which extract_features samples utterances at (None: a checkpoint from before)
+    train_segment_s: float | None = None
+    train_frames: int | None = None
     text_overrides: dict[str, Any] = field(default_factory=dict)
     # Filled in by build(): the encoders' full transformers configs (for offline rebuilding).
     video_config: dict[str, Any] | None = None

@@ -19,15 +19,17 @@ from typing import Any
 
 import numpy as np
 
+from lcaffect_ml.contracts.shards import DEFAULT_FRAMES_PER_SEGMENT, DEFAULT_SEGMENT_S
+
 from . import lake, tables
 from .stages import Skip, VideoResult
 
 
 @dataclasses.dataclass(frozen=True)
 class ClipOptions:
-    segment_s: float = 8.0
+    segment_s: float = DEFAULT_SEGMENT_S
     comments_per_segment: int = 32
-    frames_per_segment: int = 8
+    frames_per_segment: int = DEFAULT_FRAMES_PER_SEGMENT
     size: int = 224
     max_shard_bytes: int = 1_000_000_000
     max_height: int = 360

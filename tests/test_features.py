@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from lcaffect_ml.extract_features import ExtractConfig, extract, main
-from lcaffect_ml.features import (AudioFeaturizer, FeatureFileError, MediaFormatError, TextFeaturizer,
+from lcaffect_ml.features import (AudioFeaturizer, FeatureFileError, MediaFormatError, TextFeaturizer, lc_frame_indices,
                                   VisualFeaturizer, load_features, load_media, log_mel, pool_frames)
 from lcaffect_ml.nearest import build_comment_bank, nearest_comments, nearest_comments_for_media
 from lcaffect_ml.tokenizer import build_char_tokenizer
@@ -145,11 +145,15 @@ def test_extraction_writes_the_contract_files(world, first_run):
             assert torch.all(values[i, n:] == 0), f"{name} row {i} padding is not zero"
             assert n == 0 or values[i, :n].abs().sum() > 0
         assert values.dtype == torch.float32 and lengths.dtype == torch.int64
-    # the LC rows are the V2LC video embeddings of those utterances' frames, in that order
+    # the LC rows are the V2LC video embeddings of those utterances' frames at the training rate (this
+    # checkpoint records none: the clip defaults' 1 s, said), in that order
+    sampling = meta["models"]["v2lc"]["frame_sampling"]
+    assert (sampling["mode"], sampling["spacing_s"]) == ("training_rate", 1.0) and sampling["spacing_from"].startswith("fallback")
     model = V2LCModel.from_pretrained(world["ckpt_a"]).eval()
     with torch.no_grad():
         for i, u in enumerate(meta["utterance_ids"]):
-            frames = torch.from_numpy(load_media(world["root"] / "media" / f"{u}.npz").frames)[None]
+            media = load_media(world["root"] / "media" / f"{u}.npz")
+            frames = torch.from_numpy(media.frames[lc_frame_indices(media.frame_times_ms, model.num_frames, 1.0)])[None]
             assert torch.allclose(lc["lc"][i, 0], model.encode_video(frames)[0], atol=1e-5), u
     loaded = load_features(out)
     assert torch.equal(loaded["lc"]["lc"], lc["lc"]) and loaded["utterance_ids"] == meta["utterance_ids"]
@@ -218,10 +222,21 @@ def test_cache_recomputes_only_what_changed(world, tmp_path, caplog):
     assert len(computed) == 1 and computed[0].startswith("computing synthetic live-comment features")
     assert new_ckpt["base_version"] == first["base_version"] and new_ckpt["lc_version"] != first["lc_version"]
     model_b = V2LCModel.from_pretrained(world["ckpt_b"]).eval()
-    frames = torch.from_numpy(load_media(world["root"] / "media" / "u0.npz").frames)[None]
+    media = load_media(world["root"] / "media" / "u0.npz")
+    frames = torch.from_numpy(media.frames[lc_frame_indices(media.frame_times_ms, model_b.num_frames, 1.0)])[None]
     with torch.no_grad():
         assert torch.allclose(load_file(str(lc_file))["lc"][0, 0], model_b.encode_video(frames)[0], atol=1e-5)
+
     assert load_features(out)["lc_version"] == new_ckpt["lc_version"]
+
+    # the other frame sampling is part of the LC key: LC re-extracted, base kept; "spread" is what
+    # encode_video does with all the prepared frames (the behaviour before the option)
+    spread = run(v2lc_checkpoint=str(world["ckpt_b"]), lc_frame_sampling="spread")
+    assert not spread["base_recomputed"] and spread["lc_recomputed"] and spread["lc_version"] != new_ckpt["lc_version"]
+    assert spread["models"]["v2lc"]["frame_sampling"]["mode"] == "spread"
+    with torch.no_grad():
+        assert torch.allclose(load_file(str(lc_file))["lc"][0, 0],
+                              model_b.encode_video(torch.from_numpy(media.frames)[None])[0], atol=1e-5)
 
     # pre-projection features: [CLS] + one token per TimeSformer frame at the encoder width; base kept
     pre = run(v2lc_checkpoint=str(world["ckpt_b"]), lc_source="pre_projection")
@@ -372,7 +387,8 @@ def test_each_comment_retrieves_itself_and_media_search_matches(world):
     assert all(hits[0][1] == pytest.approx(1.0, abs=1e-4) for hits in top)
 
     frames = load_media(world["root"] / "media" / "u1.npz").frames
-    found = nearest_comments_for_media(world["ckpt_a"], COMMENTS, [world["root"] / "media" / "u0.npz", frames], k=4)
+    found = nearest_comments_for_media(world["ckpt_a"], COMMENTS, [world["root"] / "media" / "u0.npz", frames], k=4,
+                                       frame_sampling="spread")  # an npz spread over: the frames encode_video picks
     with torch.no_grad():
         video = torch.cat([model.encode_video(torch.from_numpy(load_media(world["root"] / "media" / "u0.npz")
                                                                 .frames)[None]),

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import pickle
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ import pytest
 from lcaffect_ml.contracts.tables import DEFAULT_PROTOCOLS
 from lcaffect_ml.extract_features import ExtractConfig, context_turns, extract, text_input
 from lcaffect_ml.feature_io import Utterance, read_utterances
-from lcaffect_ml.fusion_data import DownstreamDataError, FusionTrainConfig, load_data, make_splits
+from lcaffect_ml.fusion_data import DownstreamDataError, FusionTrainConfig, describe_folds, load_data, make_splits
 from lcaffect_ml.train_fusion import train
 from lcaffect_ml.trainutil import ConfigError
 from lcaffect_pipeline.downstream import DatasetError, load_chsims2, load_meld, load_mustard
@@ -52,6 +55,77 @@ def test_official_folds_on_the_real_annotations(mustard_root: Path):
         assert len(tested) == 138 and len(trained) == 552
         assert tested == set(fold["test"]) and trained == set(fold["train"])
     assert sum(r["label"] for r in rows) == 345  # every utterance tested once, with its own label
+
+
+def _json_folds(rows: list[dict]) -> None:
+    """Every row's fold is the one split_indices.json (the ids) tests it in, all 5 folds as id sets."""
+    official = json.loads(data_path("mustard", "split_indices.json").read_text(encoding="utf-8"))["folds"]
+    assert len(rows) == 690 and len(official) == 5
+    for k, fold in enumerate(official):
+        assert {r["utterance_id"] for r in rows if r["fold"] == k} == set(fold["test"])
+        assert {r["utterance_id"] for r in rows if r["fold"] != k} == set(fold["train"])
+
+
+def test_split_indices_p_as_shipped_gives_the_json_folds(mustard_root: Path):
+    (mustard_root / "split_indices.p").symlink_to(data_path("mustard", "split_indices.p"))
+    rows = load_mustard(mustard_root).to_pylist()  # the pickle alone
+    _json_folds(rows)
+    assert {json.loads(r["extra_labels"])["folds_file"] for r in rows} == {"split_indices.p"}
+    (mustard_root / "split_indices.json").symlink_to(data_path("mustard", "split_indices.json"))
+    both = load_mustard(mustard_root).to_pylist()  # both files, checked against each other: they agree
+    assert [r["fold"] for r in both] == [r["fold"] for r in rows]
+    assert json.loads(both[0]["extra_labels"])["folds_file"] == "split_indices.p"
+
+
+def test_split_indices_p_and_json_that_disagree_are_refused_naming_both(mustard_root: Path):
+    (mustard_root / "split_indices.p").symlink_to(data_path("mustard", "split_indices.p"))
+    folds = json.loads(data_path("mustard", "split_indices.json").read_text(encoding="utf-8"))["folds"]
+    a, b = folds[0]["test"][0], folds[1]["test"][0]  # swap one utterance between folds 0 and 1: still a partition
+    for f, (out, into) in zip(folds[:2], ((a, b), (b, a))):
+        f["test"][f["test"].index(out)] = into
+        f["train"][f["train"].index(into)] = out
+    _folds_file(mustard_root, folds)
+    with pytest.raises(DatasetError, match=rf"split_indices\.p\): gives other folds than {mustard_root}/split_indices\.json "
+                                           r"for 2 utterances"):
+        load_mustard(mustard_root)
+
+
+class _Hostile:
+    def __reduce__(self):
+        return os.system, ("true",)
+
+
+@pytest.mark.parametrize("payload, reason", [
+    ([(np.arange(3), np.array([1, 2], dtype=object))], r"refused an array of dtype object"),
+    ([(np.arange(3), np.arange(2))], r"refused to load collections\.OrderedDict: this file may hold only NumPy arrays$"),
+    ([_Hostile()], r"refused to load (posix|os)\.system"),
+    ([(np.arange(3), np.array([700]))], r"fold 0: positions \[700\] outside sarcasm_data\.json's 690 utterances"),
+    ([(np.arange(3.0), np.arange(2))], r"fold 0: not a \(train, test\) pair of 1-D integer index arrays"),
+    ({"folds": []}, r"not a list of \(train, test\) index arrays"),
+])
+def test_a_split_indices_p_that_is_not_folds_is_refused(mustard_root: Path, payload, reason):
+    if "OrderedDict" in reason:  # a container the features reader admits, but a folds pickle does not
+        payload = OrderedDict(enumerate(payload))
+    (mustard_root / "split_indices.p").write_bytes(pickle.dumps(payload, protocol=2))
+    with pytest.raises(DatasetError, match=r"mustard \(.*split_indices\.p\): (not a folds pickle: .*)?" + reason):
+        load_mustard(mustard_root)
+
+
+def test_split_indices_p_through_dagster(tmp_path: Path, mustard_root: Path):
+    """As a user who cloned MUStARD: sarcasm_data.json and split_indices.p only, materialised by Dagster."""
+    import dagster as dg
+
+    from lcaffect_pipeline.defs.downstream_assets import ASSETS
+    from lcaffect_pipeline.defs.resources import DownstreamResource
+    from conftest import demo_resources
+
+    (mustard_root / "split_indices.p").symlink_to(data_path("mustard", "split_indices.p"))
+    ds = DownstreamResource(mustard_root=str(mustard_root), media_policy="keep")  # no videos: keep the rows
+    (asset,) = [a for a in ASSETS if dg.AssetKey("mustard_utterances") in a.keys]
+    result = dg.materialize([asset], resources=demo_resources(tmp_path / "lake", downstream=ds))
+    assert result.success
+    value = result.output_for_node("mustard_utterances")
+    _json_folds(pq.read_table(value["path"]).to_pylist())
 
 
 def _folds_file(root: Path, folds) -> None:
@@ -103,7 +177,13 @@ def test_fusion_tests_each_official_fold_and_says_so(tmp_path: Path):
         assert {data.ids[i] for i in s.test} == {f"mustard-{i:04d}" for i in range(80) if i % 4 == s.fold}
         assert set(s.train).isdisjoint(s.test) and len(s.train) + len(s.test) == 80
     metrics = train(cfg)
-    assert metrics["folds_used"] == "official (4 folds of split_indices.json)"
+    assert metrics["folds_used"] == "official (4 folds of the table's fold column)"  # no folds_file recorded
+    table_rows = pq.read_table(table).to_pylist()  # the loader records where the folds came from
+    for r in table_rows:
+        r["extra_labels"] = json.dumps({"folds_file": "split_indices.p"})
+    pq.write_table(pa.Table.from_pylist(table_rows, schema=UTTERANCES_SCHEMA), table)
+    assert load_data(cfg).folds_file == "split_indices.p" and describe_folds(load_data(cfg), cfg) == \
+        "official (4 folds of split_indices.p)"
     assert [r["n_test"] for r in metrics["runs"]] == [20, 20, 20, 20]
     # stratified on request, and said so
     metrics = train(_mustard_config(table, features, tmp_path / "strat", fold_source="stratified"))

@@ -199,3 +199,31 @@ def test_released_features_normalised_however_the_config_is_built():
     built = ExtractConfig(utterances="u", output_dir="o", v2lc_checkpoint="c", released_features="ch-simsv2s.pkl")
     assert built.released_features == {"text": "ch-simsv2s.pkl", "audio": "ch-simsv2s.pkl", "visual": "ch-simsv2s.pkl"}
     assert ExtractConfig(utterances="u", output_dir="o", v2lc_checkpoint="c").released_features == {}
+
+
+def test_chsims2_pickle_with_train_mix_is_read_and_train_mix_ignored(tmp_path: Path):
+    """CH-SIMS v2's ch-simsv2s.pkl as its authors ship it: train/valid/test plus the semi-supervised
+    train_mix (the train clips again followed by unlabelled ones, with a mask). Read, train_mix
+    left out, and features.json says so."""
+    rng = np.random.default_rng(4)
+    train = _mmsa_split(["video_0001$_$0001", "video_0001$_$0002"], rng, [4, 10], [12, 3])
+    mix = _mmsa_split(["video_0001$_$0001", "video_0001$_$0002", "aqgy_0001$_$0001"], rng, [4, 10, 3], [12, 3, 5])
+    mix["mask"] = np.array([1, 1, 0])
+    data = {"train": train, "train_mix": mix, "valid": _mmsa_split(["video_0002$_$0001", "video_0002$_$0003"], rng,
+                                                                   [2, 3], [5, 6]),
+            "test": _mmsa_split(["video_0003$_$0010", "video_0003$_$0011"], rng, [6, 1], [1, 12])}
+    path = tmp_path / "ch-simsv2s.pkl"
+    path.write_bytes(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+    fmt, audio = read_released(path, "audio")
+    assert fmt == "mmsa" and len(audio) == 6 and "aqgy_0001_0001" not in audio  # the unlabelled clip: not read
+    np.testing.assert_array_equal(audio["video_0001_0002"], train["audio"][1, :3])  # train's, not train_mix's
+    from lcaffect_ml.released import ReleasedFeaturizer
+
+    spec = ReleasedFeaturizer("audio", path).spec()
+    assert set(spec["ignored_splits"]) == {"train_mix"} and "semi-supervised" in spec["ignored_splits"]["train_mix"]
+    del data["train_mix"]
+    path.write_bytes(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+    assert "ignored_splits" not in ReleasedFeaturizer("audio", path).spec()
+    path.write_bytes(pickle.dumps({"train_mix": mix}, protocol=pickle.HIGHEST_PROTOCOL))  # train_mix alone: no layout
+    with pytest.raises(ReleasedFeatureError, match="not a released feature layout"):
+        read_released(path, "audio")

@@ -105,6 +105,8 @@ def test_training_writes_every_output(reference):
     assert final.keys() == ckpt.keys() and all(torch.equal(final[k], ckpt[k]) for k in final)
     model = V2LCModel.from_pretrained(out)
     assert model.config.embed_dim == 32 and model.tokenizer is not None
+    # the training clips' timing, which extract_features samples utterances at (synthetic: 8 s)
+    assert model.config.train_segment_s == 8.0 and model.config.train_frames == model.num_frames
     assert not [p for p in out.rglob(".*")]  # no temporary files or folders left
 
 

@@ -32,6 +32,10 @@ INDEX_NAME = "index.json"
 VIDEO_SHARDS_NAME = "shards.json"
 FRAMES_MEMBER = "frames.npy"
 META_MEMBER = "json"
+# The training clips' defaults (ClipOptions, ClipsResource), and the frame spacing assumed for a
+# V2LC checkpoint that does not record its own (``V2LCConfig.train_segment_s``/``train_frames``).
+DEFAULT_SEGMENT_S = 8.0
+DEFAULT_FRAMES_PER_SEGMENT = 8
 META_FIELDS = ("video_id", "segment_index", "start_ms", "end_ms", "comments", "comment_ids",
                "comment_count", "frame_times_ms")
 INDEX_FIELDS = ("url", "video_id", "samples", "bytes", "sha256")

@@ -35,7 +35,7 @@ UTTERANCES_SCHEMA = pa.schema(
         pa.field("media_path", pa.string()),  # the official media file for this utterance
         pa.field("media_status", pa.string(), nullable=False),  # ok | missing | unreadable
         pa.field("media_npz", pa.string()),  # prepared frames + 16 kHz audio (npz)
-        # the official cross-validation fold that tests this utterance (MUStARD's split_indices.json);
+        # the official cross-validation fold that tests this utterance (MUStARD's split_indices.p / .json);
         # null where the dataset ships no folds
         pa.field("fold", pa.int32()),
     ],
@@ -45,11 +45,11 @@ UTTERANCES_SCHEMA = pa.schema(
 MEDIA_OK = "ok"  # media_status of a row whose media could be prepared
 EXTRACT_COLUMNS = ("utterance_id", "text", "media_npz", "media_status")
 FUSION_REQUIRED = ("utterance_id", "split", "label", "media_status")
-FUSION_COLUMNS = ("dataset", *FUSION_REQUIRED, "show", "fold")
+FUSION_COLUMNS = ("dataset", *FUSION_REQUIRED, "show", "fold", "extra_labels")
 
 # The evaluation protocol of each task, the one default of the command line and of Dagster:
 # CH-SIMS v2 and MELD have an official train/valid/test split; MUStARD's default is its
-# speaker-dependent 5-fold cross-validation (the official folds of split_indices.json where the
+# speaker-dependent 5-fold cross-validation (the official folds of split_indices.p / .json where the
 # dataset folder has them), the setting MUStARD's authors report first.
 DEFAULT_PROTOCOLS = {"chsims2": "official", "meld": "official", "mustard": "speaker_dependent"}
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import dagster as dg
+from lcaffect_ml.contracts.shards import DEFAULT_FRAMES_PER_SEGMENT, DEFAULT_SEGMENT_S
 from lcaffect_ml.contracts.tables import DEFAULT_PROTOCOLS
 from pydantic import Field, model_validator
 
@@ -222,10 +223,10 @@ class LakeJsonIOManager(dg.ConfigurableIOManager):
 class ClipsResource(dg.ConfigurableResource):
     """How videos become training clips (segment length, comments per segment, frames, shards)."""
 
-    segment_s: float = 8.0
+    segment_s: float = DEFAULT_SEGMENT_S
     comments_per_segment: int = Field(default=32, description="Comments kept per segment in order of appearance "
                                       "(after exact duplicates); training samples its few from these")
-    frames_per_segment: int = 8
+    frames_per_segment: int = DEFAULT_FRAMES_PER_SEGMENT
     size: int = Field(default=224, description="Frames are size x size RGB")
     max_shard_bytes: int = Field(default=1_000_000_000, description="Split a video's shards at this size")
     max_height: int = Field(default=360, description="yt-dlp format cap for downloads")
@@ -302,7 +303,7 @@ class DownstreamResource(dg.ConfigurableResource):
     seeds: list[int] = Field(default=[0, 1, 2], description="Fusion training seeds (mean and spread are reported)")
     mustard_protocol: str = Field(default=DEFAULT_PROTOCOLS["mustard"],
                                   description='"speaker_dependent" (the default, as on the command line: 5 folds, the official '
-                                              'ones of split_indices.json when the dataset folder has it) or '
+                                              'ones of split_indices.p / .json when the dataset folder has them) or '
                                               '"speaker_independent" (Friends held out)')
     lc_variants_json: str = Field(default="{}", description='The V2LC variants each task is evaluated with, first '
                                   'the primary, e.g. {"meld": ["bilingual", "zh"]}; a task not named: every variant '

@@ -151,9 +151,13 @@ def ablation_rows(table: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def evaluation_setup(metrics: Mapping[str, Any], features: Mapping[str, Any] | None) -> dict[str, Any]:
-    """How a task was evaluated: protocol, folds (MUStARD) and the dialogue context of its text."""
+    """How a task was evaluated: protocol, folds (MUStARD), the dialogue context of its text, the
+    LC frame sampling and the released-feature splits left out (CH-SIMS v2's train_mix)."""
+    models = (features or {}).get("models") or {}
+    ignored = {s: why for spec in models.values() if isinstance(spec, dict) for s, why in spec.get("ignored_splits", {}).items()}
     return {"protocol": metrics.get("protocol"), "folds_used": metrics.get("folds_used"),
-            "context": (features or {}).get("context") or (metrics.get("features") or {}).get("context")}
+            "context": (features or {}).get("context") or (metrics.get("features") or {}).get("context"),
+            "lc_frames": (models.get("v2lc") or {}).get("frame_sampling"), "ignored_splits": ignored}
 
 
 def describe_setup(entry: Mapping[str, Any]) -> str:
@@ -161,7 +165,10 @@ def describe_setup(entry: Mapping[str, Any]) -> str:
     said = ("context not recorded" if context is None else
             f"context on (up to {context['max_turns']} turns, {context['utterances_with_context']} utterances with "
             "context)" if context.get("used") else "context off")
-    return ", ".join(x for x in (f"protocol {entry.get('protocol')}", entry.get("folds_used"), said) if x)
+    frames = entry.get("lc_frames") or {}
+    lc = f"LC frames {frames['mode']} ({frames.get('effective_fps')} fps)" if frames else None
+    ignored = f"released splits not used: {', '.join(entry['ignored_splits'])}" if entry.get("ignored_splits") else None
+    return ", ".join(x for x in (f"protocol {entry.get('protocol')}", entry.get("folds_used"), said, lc, ignored) if x)
 
 
 def _paired(row: Mapping[str, Any]) -> str:

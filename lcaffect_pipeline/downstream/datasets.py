@@ -19,10 +19,13 @@ Every loader returns one table in ``schema.UTTERANCES_SCHEMA`` (one row per utte
   ``Utterance_ID``, oldest first; never a later turn).
 * MUStARD (``load_mustard``): ``sarcasm_data.json``; media ``utterances_final/{id}.mp4``;
   ``label`` 1 sarcastic / 0 not; ``split`` "all" (the protocols are folds over speaker/show);
-  ``context`` the entry's context utterances. Where the folder also has ``split_indices.json``
-  (MUStARD's official 5 stratified folds, ``data/split_indices.p`` written out as utterance ids:
-  ``{"folds": [{"train": [...], "test": [...]}, ...]}``), ``fold`` is the fold that tests each
-  utterance; the file must partition the utterances (each tested once, trained on in the others).
+  ``context`` the entry's context utterances. Where the folder also has MUStARD's official 5
+  stratified folds, ``fold`` is the fold that tests each utterance: from ``split_indices.p`` as
+  MUStARD ships it (positions in sarcasm_data.json's key order, read by ``lcaffect_ml.released``'s
+  restricted unpickler admitting only numeric NumPy arrays) and/or ``split_indices.json`` (the
+  same written out as ids: ``{"folds": [{"train": [...], "test": [...]}, ...]}``). With both, they
+  must give the same folds. The folds must partition the utterances (each tested once, trained on
+  in the others); ``extra_labels["folds_file"]`` names the file they came from.
 
 Text encoding (MELD's quirks): the annotation files are read as UTF-8 (a BOM is dropped); a file
 that is not UTF-8 is read as cp1252 (MELD copies saved on Windows) or GB18030 (CH-SIMS). Text is
@@ -57,7 +60,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..schema import UTTERANCES_SCHEMA
-from .protocols import MUSTARD_FOLDS_FILE, FoldsError, mustard_official_folds, with_preceding_turns
+from .protocols import FoldsError, mustard_folds, with_preceding_turns
 
 log = logging.getLogger(__name__)
 
@@ -329,21 +332,15 @@ def load_mustard(root: str | os.PathLike) -> pa.Table:
     if not isinstance(data, dict):
         raise DatasetError("mustard", path, f"top level is a {type(data).__name__}, expected an object of utterances")
     rows = [_mustard_row(root, path, uid, entry) for uid, entry in data.items()]
-    folds = _official_folds(root / MUSTARD_FOLDS_FILE, [r["utterance_id"] for r in rows])
+    try:
+        folds, source = mustard_folds(root, [r["utterance_id"] for r in rows])
+    except FoldsError as exc:
+        raise DatasetError("mustard", exc.path, str(exc)) from None
     for r in rows:
         r["fold"] = None if folds is None else folds[r["utterance_id"]]
+        if source:  # per row, so the table's content (and version) says where its folds came from
+            r["extra_labels"] = json.dumps({**json.loads(r["extra_labels"]), "folds_file": source}, ensure_ascii=False)
     return utterance_table("mustard", path, rows, {"all": path})
-
-
-def _official_folds(path: Path, ids: list[str]) -> dict[str, int] | None:
-    """MUStARD's official folds where the folder has ``split_indices.json``, else None."""
-    if not path.is_file():
-        return None
-    try:
-        return mustard_official_folds(json.loads(read_text_file("mustard", path, "utf-8")), ids)
-    except (FoldsError, json.JSONDecodeError) as exc:
-        raise DatasetError("mustard", path, str(exc) if isinstance(exc, FoldsError) else
-                           f"not a folds file: not valid JSON ({exc})") from None
 
 
 class _DuplicateKey(ValueError):

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 MUSTARD_FOLDS_FILE = "split_indices.json"
+# The folds as MUStARD ships them (``data/split_indices.p``): a Python 2 protocol-2 pickle of a
+# list of (train, test) pairs of int64 NumPy arrays, positions in the key order of sarcasm_data.json.
+MUSTARD_FOLDS_PICKLE = "split_indices.p"
 
 
 def with_preceding_turns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -29,7 +32,12 @@ def with_preceding_turns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class FoldsError(ValueError):
-    """A folds file that does not give each utterance exactly one test fold (the reason)."""
+    """A folds file that does not give each utterance exactly one test fold (the reason; ``path``
+    the file, where known)."""
+
+    def __init__(self, reason: str, path: Path | None = None):
+        super().__init__(reason)
+        self.path = path
 
 
 FOLDS_SHAPE = '{"folds": [{"train": [ids], "test": [ids]}, ...]}'
@@ -60,3 +68,54 @@ def mustard_official_folds(data: Any, ids: list[str]) -> dict[str, int]:
         raise FoldsError(f"{len(known) - len(fold_of)} utterances are tested in no fold, "
                          f"e.g. {sorted(known - set(fold_of))[:5]}")
     return fold_of
+
+
+def mustard_pickle_folds(obj: Any, ids: list[str]) -> dict[str, Any]:
+    """The parsed ``split_indices.p`` (``[(train positions, test positions), ...]``) as the
+    ``split_indices.json`` structure of utterance ids, ``ids`` being sarcasm_data.json's keys in
+    file order; ``FoldsError`` for another shape or a position outside ``ids``."""
+    import numpy as np
+
+    if not isinstance(obj, (list, tuple)):
+        raise FoldsError(f"not a list of (train, test) index arrays (found a {type(obj).__name__})")
+    folds = []
+    for k, pair in enumerate(obj):
+        arrays = [np.asarray(a) for a in pair] if isinstance(pair, (list, tuple)) and len(pair) == 2 else []
+        if not arrays or not all(a.ndim == 1 and a.dtype.kind in "iu" for a in arrays):
+            raise FoldsError(f"fold {k}: not a (train, test) pair of 1-D integer index arrays")
+        bad = [int(i) for a in arrays for i in a if not 0 <= i < len(ids)]
+        if bad:
+            raise FoldsError(f"fold {k}: positions {bad[:5]} outside sarcasm_data.json's {len(ids)} utterances")
+        folds.append({part: [ids[int(i)] for i in a] for part, a in zip(("train", "test"), arrays)})
+    return {"folds": folds}
+
+
+def mustard_folds(root: Path, ids: list[str]) -> tuple[dict[str, int] | None, str | None]:
+    """MUStARD's official folds and the file they came from (``split_indices.p`` where present,
+    checked against ``split_indices.json`` where both are), else (None, None)."""
+    pickled, listed = root / MUSTARD_FOLDS_PICKLE, root / MUSTARD_FOLDS_FILE
+    folds = {p.name: _folds_from(p, ids) for p in (pickled, listed) if p.is_file()}
+    if len(folds) == 2 and folds[pickled.name] != folds[listed.name]:
+        differ = sorted(u for u in ids if folds[pickled.name][u] != folds[listed.name][u])
+        raise FoldsError(f"gives other folds than {listed} for {len(differ)} utterances (e.g. {differ[:3]}): "
+                         "remove the one that is not MUStARD's", pickled)
+    source = next(iter(folds), None)
+    return (folds[source], source) if source else (None, None)
+
+
+def _folds_from(path: Path, ids: list[str]) -> dict[str, int]:
+    """utterance id -> test fold, from ``split_indices.p`` or ``split_indices.json``."""
+    from lcaffect_ml.released import NUMPY_ARRAY_GLOBALS, ReleasedFeatureError, load_pickle
+
+    try:
+        if path.name == MUSTARD_FOLDS_PICKLE:
+            data = mustard_pickle_folds(load_pickle(path, NUMPY_ARRAY_GLOBALS, object_arrays=False), ids)
+        else:
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
+        return mustard_official_folds(data, ids)
+    except FoldsError as exc:
+        raise FoldsError(str(exc), path) from None
+    except ReleasedFeatureError as exc:  # its message starts with the path
+        raise FoldsError(f"not a folds pickle: {str(exc).removeprefix(f'{path}: ')}", path) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FoldsError(f"not a folds file: not valid JSON ({exc})", path) from None
