@@ -328,6 +328,7 @@ def setup_run(cfg: TrainConfig, dist: DistInfo, reporter: TrainingReporter) -> R
         model.set_freeze(video=cfg.freeze_video, text=cfg.freeze_text)
     else:
         model = _build_model(cfg, train_shards, dist)
+    model.set_gradient_checkpointing(cfg.gradient_checkpointing)  # a resume may switch it
     model.to(dist.device).train()
     optimizer = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                   betas=tuple(cfg.betas), eps=cfg.eps)
