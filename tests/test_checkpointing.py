@@ -3,8 +3,6 @@ the loss nor any gradient: in one process, and under DDP on two gloo ranks."""
 
 from __future__ import annotations
 
-import os
-import socket
 from collections import Counter
 
 import pytest
@@ -13,6 +11,8 @@ import torch
 from lcaffect_ml.losses import v2lc_loss
 from lcaffect_ml.tokenizer import build_char_tokenizer
 from lcaffect_ml.v2lc import V2LCConfig, V2LCModel
+
+from conftest import spawn_gloo_ranks
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -82,36 +82,25 @@ def test_checkpointing_recomputes_both_towers_and_keeps_loss_and_gradients():
     assert calls["ckpt"] == calls["plain"]
 
 
-def _ddp_worker(rank: int, world: int, port: int) -> None:
+def _ddp_worker(rank: int, world: int) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        nets = {name: DistributedDataParallel(_model(on)) for name, on in (("plain", False), ("ckpt", True))}
-        batch = _batch(nets["plain"].module, seed=rank)  # each rank its own data
-        losses = {}
-        for name, net in nets.items():
-            losses[name] = _loss(net, batch)  # the global loss (embeddings gathered across ranks)
-            losses[name].backward()  # DDP all-reduces the gradients here
-        torch.testing.assert_close(losses["ckpt"], losses["plain"])
-        _assert_same_gradients(nets["plain"].module, nets["ckpt"].module)
-        # after the all-reduce both ranks hold the same gradients
-        grad = torch.cat([p.grad.flatten() for p in nets["ckpt"].parameters()])
-        every = [torch.empty_like(grad) for _ in range(world)]
-        dist.all_gather(every, grad)
-        torch.testing.assert_close(every[0], every[1])
-    finally:
-        dist.destroy_process_group()
+    nets = {name: DistributedDataParallel(_model(on)) for name, on in (("plain", False), ("ckpt", True))}
+    batch = _batch(nets["plain"].module, seed=rank)  # each rank its own data
+    losses = {}
+    for name, net in nets.items():
+        losses[name] = _loss(net, batch)  # the global loss (embeddings gathered across ranks)
+        losses[name].backward()  # DDP all-reduces the gradients here
+    torch.testing.assert_close(losses["ckpt"], losses["plain"])
+    _assert_same_gradients(nets["plain"].module, nets["ckpt"].module)
+    # after the all-reduce both ranks hold the same gradients
+    grad = torch.cat([p.grad.flatten() for p in nets["ckpt"].parameters()])
+    every = [torch.empty_like(grad) for _ in range(world)]
+    dist.all_gather(every, grad)
+    torch.testing.assert_close(every[0], every[1])
 
 
 @pytest.mark.slow
 def test_checkpointing_under_ddp_keeps_loss_and_all_reduced_gradients():
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port), nprocs=2)
+    spawn_gloo_ranks(_ddp_worker)
