@@ -196,14 +196,16 @@ def rates(run: dict, flops: dict, peak: float | None, loaders: list[dict]) -> di
     """Achieved TFLOP/s, MFU (model FLOPs) and HFU (with the recompute), and the loader's headroom."""
     if run.get("oom") is not False:
         return run
+    same_workers = [ld for ld in loaders if ld.get("num_workers") == run["num_workers"] and "clips_per_s" in ld]
+    out = {**run, "loader_over_train": same_workers[0]["clips_per_s"] / run["clips_per_s"] if same_workers else None}
+    if "model_flops_per_step" not in flops:  # the count failed: its error is in the report
+        return out
     steps_per_s = run["clips_per_s"] / (run["batch_size"] * run["world_size"])
     model_tflops = flops["model_flops_per_step"] * steps_per_s / 1e12
     key = "hardware_flops_per_step" if run["gradient_checkpointing"] else "model_flops_per_step"
     hardware_tflops = flops[key] * steps_per_s / 1e12
-    same_workers = [ld for ld in loaders if ld["num_workers"] == run["num_workers"]]
-    return {**run, "achieved_tflops": model_tflops, "hardware_tflops": hardware_tflops,
-            "mfu": model_tflops / peak if peak else None, "hfu": hardware_tflops / peak if peak else None,
-            "loader_over_train": same_workers[0]["clips_per_s"] / run["clips_per_s"] if same_workers else None}
+    return {**out, "achieved_tflops": model_tflops, "hardware_tflops": hardware_tflops,
+            "mfu": model_tflops / peak if peak else None, "hfu": hardware_tflops / peak if peak else None}
 
 
 def resume_check(work: Path, workers: int, device: str) -> dict:
@@ -244,6 +246,16 @@ def _emit(report: dict, record: dict) -> dict:
     return record
 
 
+def _attempt(report: dict, label: dict, fn, *args) -> dict:
+    """``fn(*args)``'s record, or its error as the record: on a lent GPU one failed measurement must
+    not cost the others (the exit status still says that something failed)."""
+    try:
+        record = fn(*args)
+    except Exception as exc:  # noqa: BLE001
+        record = {**label, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+    return _emit(report, record)
+
+
 def run_check(args, work: Path) -> dict:
     device = init_distributed(args.device).device
     peak = peak_tflops(device, args.peak_tflops)
@@ -272,23 +284,24 @@ def run_check(args, work: Path) -> dict:
                 "progress": False, "log_every": steps,
                 "max_per_video": 0}  # the per-video cap needs batch_size/2 videos per worker: off for a small lake
 
-    loaders = [_emit(report, loader_clips_per_s(TrainConfig.from_dict(run_options("loader", False, w)), device,
-                                                args.loader_batches))
+    loaders = [_attempt(report, {"measurement": "loader", "num_workers": w}, loader_clips_per_s,
+                        TrainConfig.from_dict(run_options("loader", False, w)), device, args.loader_batches)
                for w in sorted({TrainConfig.num_workers, workers})]
-    flops = _emit(report, step_flops(TrainConfig.from_dict(run_options("flops", False, 0)), device,
-                                     report["precision"], min(batch, 8)))
-    runs = []
+    flops = _attempt(report, {"measurement": "flops"}, step_flops,
+                     TrainConfig.from_dict(run_options("flops", False, 0)), device, report["precision"], min(batch, 8))
+
+    def measure(ddp: bool, checkpointing: bool) -> dict:
+        name = f"{'ddp' if ddp else 'single'}-{'ckpt' if checkpointing else 'plain'}"
+        spec = run_options(name, checkpointing, workers)
+        run = measure_under_torchrun(spec, work, name, args.child_timeout) if ddp else measure_training(spec)
+        return rates(run, flops, peak, loaders)
+
     # the torchrun children first, then this process; without checkpointing last: it may run out of memory
-    for checkpointing in (True, False):
-        name = f"ddp-{'ckpt' if checkpointing else 'plain'}"
-        runs.append(measure_under_torchrun(run_options(name, checkpointing, workers), work, name, args.child_timeout))
-        _emit(report, rates(runs[-1], flops, peak, loaders))
-    for checkpointing in (True, False):
-        runs.append(measure_training(run_options(f"single-{'ckpt' if checkpointing else 'plain'}", checkpointing,
-                                                 workers)))
-        _emit(report, rates(runs[-1], flops, peak, loaders))
+    for ddp, checkpointing in ((True, True), (True, False), (False, True), (False, False)):
+        _attempt(report, {"measurement": "train", "ddp": ddp, "gradient_checkpointing": checkpointing},
+                 measure, ddp, checkpointing)
     if not args.skip_resume:
-        _emit(report, resume_check(work, min(workers, 2), device.type))
+        _attempt(report, {"measurement": "resume"}, resume_check, work, min(workers, 2), device.type)
     report["total_wall_s"] = time.perf_counter() - t0
     return report
 
@@ -299,26 +312,32 @@ def print_summary(report: dict) -> None:
           f"{report['frames']} x {report['size']} px frames, batch {report['batch_size']})\n")
     for key, enc in report["encoders"].items():
         print(f"{key}: {enc['used']} ({enc['weights']})")
-    flops = by_kind("flops")[0]
-    print(f"\nFLOP per step: {flops['model_flops_per_step'] / 1e12:.3g} T (model), "
-          f"{flops['hardware_flops_per_step'] / 1e12:.3g} T with the recompute of checkpointing\n")
+    for flops in by_kind("flops"):
+        print(f"\nFLOP per step: {flops['model_flops_per_step'] / 1e12:.3g} T (model), "
+              f"{flops['hardware_flops_per_step'] / 1e12:.3g} T with the recompute of checkpointing\n"
+              if "error" not in flops else f"\nFLOP count failed: {flops['error']}\n")
     print("| run | checkpointing | clips/s | peak memory MB | TFLOP/s | MFU | HFU | loader / train |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     pct = lambda v: f"{100 * v:.1f}%" if v is not None else "n/a"  # noqa: E731
     for r in by_kind("train"):
         run = "torchrun DDP x1" if r["ddp"] else "single process"
         if r.get("oom") is not False:
-            print(f"| {run} | {r['gradient_checkpointing']} | {'out of memory' if r.get('oom') else r['error'][:60]} "
-                  "| | | | | |")
+            print(f"| {run} | {r.get('gradient_checkpointing')} | "
+                  f"{'out of memory' if r.get('oom') else r['error'][:80]} | | | | | |")
             continue
         reserved = f", {r['peak_reserved_mb']:.0f} reserved" if "peak_reserved_mb" in r else ""
         ratio = f"{r['loader_over_train']:.2f}x" if r["loader_over_train"] is not None else "n/a"
+        tflops = f"{r['achieved_tflops']:.3g}" if "achieved_tflops" in r else "n/a"
         print(f"| {run} | {r['gradient_checkpointing']} | {r['clips_per_s']:.1f} | {r['peak_memory_mb']:.0f} "
-              f"({r['peak_memory_kind']}{reserved}) | {r['achieved_tflops']:.3g} | {pct(r['mfu'])} | {pct(r['hfu'])} "
+              f"({r['peak_memory_kind']}{reserved}) | {tflops} | {pct(r.get('mfu'))} | {pct(r.get('hfu'))} "
               f"| {ratio} |")
     for ld in by_kind("loader"):
-        print(f"\nloader, {ld['num_workers']} workers: {ld['clips_per_s']:.1f} clips/s")
+        print(f"\nloader, {ld['num_workers']} workers: {ld['clips_per_s']:.1f} clips/s" if "error" not in ld
+              else f"\nloader failed: {ld['error']}")
     for r in by_kind("resume"):
+        if "error" in r:
+            print(f"\nresume check failed: {r['error']}")
+            continue
         print(f"\nresume: killed after step 6, resumed from step {r['resumed_from_step']}; "
               f"{r['tensors_bitwise_equal']}/{r['tensors']} tensors bitwise equal to the uninterrupted run, "
               f"max |diff| {r['max_abs_diff']:.3g}; exit codes {r['exit_codes_killed_then_resumed']}")
@@ -352,6 +371,9 @@ def main(argv=None) -> dict | None:
     args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     print_summary(report)
     print(f"JSON in {args.out}")
+    failed = [m["measurement"] for m in report["measurements"] if "error" in m and not m.get("oom")]
+    if failed:
+        sys.exit(f"failed: {failed} (their errors are in {args.out})")
     return report
 
 

@@ -56,6 +56,21 @@ def test_running_out_of_memory_is_a_result(monkeypatch, tmp_path):
     assert result["gradient_checkpointing"] is False and result["ddp"] is False
 
 
+def test_a_failed_measurement_is_recorded_and_the_others_go_on(capsys):
+    gpu_check = _module()
+    report = {"measurements": []}
+
+    def broken():
+        raise RuntimeError("NCCL error: unhandled system error")
+
+    label = {"measurement": "train", "ddp": True, "gradient_checkpointing": True}
+    record = gpu_check._attempt(report, label, broken)
+    assert record == {**label, "error": "RuntimeError: NCCL error: unhandled system error"}
+    ok = {"measurement": "loader", "clips_per_s": 10.0}
+    assert gpu_check._attempt(report, {"measurement": "loader"}, lambda: ok) == ok
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == report["measurements"]
+
+
 @pytest.mark.slow
 def test_cpu_mode_runs_every_measurement(tmp_path):
     out = tmp_path / "check.json"
