@@ -63,23 +63,27 @@ log = logging.getLogger("lcaffect_ml.train_v2lc")
 # ------------------------------------------------------------------------------- setup
 
 
-def _build_model(cfg: TrainConfig, train_shards: list[ShardSpec], dist: DistInfo) -> V2LCModel:
+def make_tokenizer(cfg: TrainConfig, train_shards: list[ShardSpec]):
+    """The ``tokenizer`` option's, else a hub or local comment encoder's own, else (a preset comment
+    encoder) a character tokenizer of the training comments."""
     from .tokenizer import build_char_tokenizer, load_tokenizer
 
+    if cfg.tokenizer or cfg.text_encoder not in TEXT_PRESETS:
+        return load_tokenizer(cfg.tokenizer or cfg.text_encoder)
+    # every rank builds it from the same comments in index order, so all ranks agree
+    texts = read_comments(train_shards)
+    if not texts:
+        raise ConfigError("no comments in the training shards to build a tokenizer from")
+    tokenizer = build_char_tokenizer(texts, vocab_size=cfg.tokenizer_vocab_size, model_max_length=cfg.text_max_length)
+    log.info("built a %d-token character tokenizer from %d training comments", len(tokenizer), len(texts))
+    return tokenizer
+
+
+def _build_model(cfg: TrainConfig, train_shards: list[ShardSpec], dist: DistInfo) -> V2LCModel:
+    tokenizer = make_tokenizer(cfg, train_shards)
     mcfg = cfg.model_config()
     timing = clip_timing(train_shards)  # recorded in config.json: extract_features samples at this rate
     mcfg.train_segment_s, mcfg.train_frames = timing if timing else (None, None)
-    tokenizer = None
-    if cfg.tokenizer:
-        tokenizer = load_tokenizer(cfg.tokenizer)
-    elif cfg.text_encoder in TEXT_PRESETS:
-        # every rank builds it from the same comments in index order, so all ranks agree
-        texts = read_comments(train_shards)
-        if not texts:
-            raise ConfigError("no comments in the training shards to build a tokenizer from")
-        tokenizer = build_char_tokenizer(texts, vocab_size=cfg.tokenizer_vocab_size,
-                                         model_max_length=cfg.text_max_length)
-        log.info("built a %d-token character tokenizer from %d training comments", len(tokenizer), len(texts))
     seed_everything(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     return V2LCModel.build(mcfg, tokenizer=tokenizer)
 
@@ -330,6 +334,7 @@ def setup_run(cfg: TrainConfig, dist: DistInfo, reporter: TrainingReporter) -> R
         model.set_freeze(video=cfg.freeze_video, text=cfg.freeze_text)
     else:
         model = _build_model(cfg, train_shards, dist)
+    model.set_gradient_checkpointing(cfg.gradient_checkpointing)  # a resume may switch it
     model.to(dist.device).train()
     optimizer = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                   betas=tuple(cfg.betas), eps=cfg.eps)
@@ -347,12 +352,13 @@ def setup_run(cfg: TrainConfig, dist: DistInfo, reporter: TrainingReporter) -> R
     return run
 
 
-def _train_loader(run: Run) -> torch.utils.data.DataLoader:
-    cfg, dist = run.cfg, run.dist
-    stream = SegmentStream(run.train_shards, batch_size=cfg.batch_size, tokenizer=run.model.tokenizer,
+def train_loader(cfg: TrainConfig, shards: list[ShardSpec], tokenizer, dist: DistInfo,
+                 start_batch: int = 0) -> torch.utils.data.DataLoader:
+    """The training batches of this rank from micro-batch ``start_batch`` on (endless)."""
+    stream = SegmentStream(shards, batch_size=cfg.batch_size, tokenizer=tokenizer,
                            max_comments=cfg.max_comments, max_length=cfg.text_max_length, seed=cfg.seed,
                            shuffle_buffer=cfg.shuffle_buffer, open_shards=cfg.open_shards,
-                           start_batch=run.state.micro_batches, rank=dist.rank, world_size=dist.world_size,
+                           start_batch=start_batch, rank=dist.rank, world_size=dist.world_size,
                            on_error=cfg.on_error, max_per_video=cfg.max_per_video)
     return make_loader(stream, num_workers=cfg.num_workers, pin_memory=dist.device.type == "cuda", seed=cfg.seed)
 
@@ -374,7 +380,8 @@ def train(cfg: TrainConfig, reporter: TrainingReporter | None = None,
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.max_steps, initial=state.step, desc="v2lc", unit="step", dynamic_ncols=True)
-    batches = iter(_train_loader(run)) if todo else iter(())  # a finished run only re-evaluates
+    batches = (iter(train_loader(cfg, run.train_shards, run.model.tokenizer, dist, state.micro_batches))
+               if todo else iter(()))  # a finished run only re-evaluates
     try:
         while state.step < cfg.max_steps:
             t0 = time.perf_counter()

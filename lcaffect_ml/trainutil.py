@@ -333,18 +333,16 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
+    distributed: bool = False  # in a process group: the model is wrapped in DDP, even with one rank
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
 
 def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group when launched by torchrun (``RANK``/``WORLD_SIZE`` set)."""
+    """Join the process group when launched by torchrun (``TORCHELASTIC_RUN_ID`` set), with any
+    number of ranks: ``torchrun --nproc_per_node 1`` runs the DDP code path on one GPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -355,10 +353,10 @@ def init_distributed(device: str = "auto") -> DistInfo:
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device(device)
-    if world > 1 and not torch.distributed.is_initialized():
+    if (world > 1 or "TORCHELASTIC_RUN_ID" in os.environ) and not torch.distributed.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend=backend)
-    return DistInfo(rank, world, local_rank, dev)
+    return DistInfo(rank, world, local_rank, dev, torch.distributed.is_initialized())
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -116,10 +116,7 @@ class V2LCModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1), persistent=False)
-        if config.gradient_checkpointing:
-            for enc in (self.video, self.text):
-                if getattr(enc, "supports_gradient_checkpointing", False):
-                    enc.gradient_checkpointing_enable()
+        self.set_gradient_checkpointing(config.gradient_checkpointing)
         self.set_freeze(video=config.freeze_video, text=config.freeze_text)
 
     # ------------------------------------------------------------------ construction
@@ -186,6 +183,21 @@ class V2LCModel(nn.Module):
         if self.config.freeze_text:
             self.text.eval()
         return self
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute each encoder layer's activations in the backward pass instead of keeping them
+        (training mode only; both towers). Non-reentrant checkpointing: it works under DDP without
+        ``static_graph`` and needs no input that requires grad, where the reentrant form needs both."""
+        for enc in (self.video, self.text):
+            if not enabled:
+                (getattr(enc, "activation_checkpointing_disable", None) or enc.gradient_checkpointing_disable)()
+                continue
+            if not getattr(enc, "supports_gradient_checkpointing", False):
+                raise ValueError(f"gradient_checkpointing: {type(enc).__name__} does not support it")
+            # transformers 5 renamed the method (the old name warns); 4.x has only the old one
+            (getattr(enc, "activation_checkpointing_enable", None) or enc.gradient_checkpointing_enable)(
+                {"use_reentrant": False})
+        self.config.gradient_checkpointing = bool(enabled)
 
     # ----------------------------------------------------------------------- encoders
 

@@ -49,6 +49,34 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def spawn_gloo_ranks(worker, world: int = 2) -> None:
+    """Run ``worker(rank, world)`` in ``world`` spawned processes joined in a gloo process group on a
+    free local port; a rank's failure fails the call."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_gloo_rank, args=(worker, world, port), nprocs=world)
+
+
+def _gloo_rank(rank: int, worker, world: int, port: int) -> None:
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        worker(rank, world)
+    finally:
+        dist.destroy_process_group()
+
+
 def pipes_env(folder: Path, asset_key: str, *, job_name: str = "test-job", retry: int = 0,
               messages_name: str = "pipes-messages.jsonl") -> tuple[dict[str, str], Path]:
     """The environment ``PipesSubprocessClient`` gives a program it launches for ``asset_key``

@@ -20,7 +20,7 @@ from lcaffect_ml.v2lc import V2LCModel
 from faults import command as faults_command
 from faults import inject
 
-from conftest import ROOT, pipes_env
+from conftest import ROOT, pipes_env, spawn_gloo_ranks
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -212,8 +212,9 @@ def test_tiny_model_learns_colour_classes_above_chance(tmp_path):
 @pytest.mark.slow
 def test_ddp_under_torchrun_on_two_cpu_ranks(index, tmp_path):
     out = tmp_path / "out"
+    # with gradient checkpointing, as the example pretraining config has it
     cfg = _config(tmp_path / "v2lc.yaml", shards=str(index), output_dir=str(out),
-                  **{**BASE, "max_steps": 4, "checkpoint_every": 2, "eval_every": 0})
+                  **{**BASE, "max_steps": 4, "checkpoint_every": 2, "eval_every": 0, "gradient_checkpointing": True})
     torchrun = Path(sys.executable).with_name("torchrun")
     # --standalone: a local rendezvous on a free port
     proc = _run_group([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "lcaffect_ml.train_v2lc",
@@ -225,13 +226,9 @@ def test_ddp_under_torchrun_on_two_cpu_ranks(index, tmp_path):
     assert len(rng["__dict__"][0][1]) == 2  # both ranks' RNG streams saved
 
 
-def _gather_worker(rank: int, world: int, port: int) -> None:
-    import torch.distributed as dist
-
+def _gather_worker(rank: int, world: int) -> None:
     from lcaffect_ml.losses import v2lc_loss
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     g = torch.Generator().manual_seed(0)
     v = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1).requires_grad_()
     c = torch.nn.functional.normalize(torch.randn(12, 8, generator=g), dim=-1).requires_grad_()
@@ -247,19 +244,11 @@ def _gather_worker(rank: int, world: int, port: int) -> None:
     # every rank computes the global loss; DDP's averaging of W identical losses restores 1x
     assert torch.allclose(vl.grad / world, v.grad[rank * 2:(rank + 1) * 2], atol=1e-6)
     assert torch.allclose(cl.grad / world, c.grad[rank * 6:(rank + 1) * 6], atol=1e-6)
-    dist.destroy_process_group()
 
 
 @pytest.mark.slow
 def test_cross_rank_gather_keeps_gradients():
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_gather_worker, args=(2, port), nprocs=2)
+    spawn_gloo_ranks(_gather_worker)
 
 
 def test_dagster_pipes_subprocess_client_sees_materialization_and_check(index, tmp_path):
