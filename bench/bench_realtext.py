@@ -67,8 +67,11 @@ def features(task: str, table: Path, work: Path, text_model: str, context: bool)
     out = work / task / f"features-context-{'on' if context else 'off'}"
     extract(ExtractConfig.from_dict({
         "utterances": str(table), "output_dir": str(out), "modalities": ["text"], "text_model": text_model,
-        "context": context, "batch_size": 64, "device": "cpu", "progress": False}))
+        "text_pooling": "mean", "context": context, "batch_size": 64, "device": "cpu", "progress": False}))
     return out
+
+
+FUSION_OPTIONS: dict = {}
 
 
 def fusion(task: str, table: Path, feats: Path, work: Path, seeds: list[int]) -> dict:
@@ -76,7 +79,7 @@ def fusion(task: str, table: Path, feats: Path, work: Path, seeds: list[int]) ->
 
     return train(FusionTrainConfig.from_dict({
         "task": task, "utterances": str(table), "features_dir": str(feats), "output_dir": str(feats / "fusion"),
-        "use_lc": False, "modalities": ["text"], "seeds": seeds, "device": "cpu"}))
+        "use_lc": False, "modalities": ["text"], "seeds": seeds, "device": "cpu", **FUSION_OPTIONS}))
 
 
 def sentence_embeddings(feats: Path) -> tuple[list[str], np.ndarray]:

@@ -36,7 +36,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .features import (BASE_FILE, FEATURES_CODE_VERSION, LC_FILE, LC_FRAME_SAMPLINGS, LC_SOURCES, META_FILE, TINY, TINY_TEXT,
+from .features import (BASE_FILE, FEATURES_CODE_VERSION, LC_FILE, LC_FRAME_SAMPLINGS, LC_SOURCES, META_FILE,
+                       TEXT_POOLINGS, TINY, TINY_TEXT,
                        TINY_VISION, AudioFeaturizer, FeatureFileError, MediaFormatError, SyntheticLCFeaturizer,
                        TextFeaturizer, Utterance, VisualFeaturizer, digest, load_media, local_weights_digest,
                        lc_frame_spacing, media_fingerprint, pad_sequences, read_utterances)
@@ -67,6 +68,9 @@ class ExtractConfig:
     vision_model: str = opt(TINY, '"tiny" or a hub name/local path (openai/clip-vit-base-patch32, '
                             "google/vit-base-patch16-224-in21k)")
     text_max_length: int = opt(128, "tokens per utterance, context included")
+    text_pooling: str = opt("tokens", '"tokens": the token-level hidden states (the fusion model attends over '
+                            'them) | "mean": their masked mean, one vector per utterance (the sentence embedding of '
+                            "sentence encoders such as all-MiniLM-L6-v2; much faster to fuse)")
     context: bool = opt(True, "the text before the utterance (MELD's earlier turns of its dialogue, MUStARD's "
                         "context utterances: the table's `context`) enters the text modality, as the second "
                         "sentence of a pair after the utterance, most recent turn first, so truncation drops the "
@@ -118,6 +122,8 @@ class ExtractConfig:
         cfg.modalities = base + ([LC_MODALITY] if LC_MODALITY in cfg.modalities else [])
         if LC_MODALITY in cfg.modalities and not cfg.v2lc_checkpoint:
             raise ConfigError("v2lc_checkpoint is needed for the lc modality")
+        if cfg.text_pooling not in TEXT_POOLINGS:
+            raise ConfigError(f"text_pooling must be one of {TEXT_POOLINGS}, not {cfg.text_pooling!r}")
         if cfg.lc_source not in LC_SOURCES:
             raise ConfigError(f"lc_source must be one of {LC_SOURCES}, not {cfg.lc_source!r}")
         if cfg.lc_frame_sampling not in LC_FRAME_SAMPLINGS:
@@ -145,6 +151,7 @@ def _base_key(cfg: ExtractConfig, utts: Sequence[Utterance], precision: str, rel
         "table": [[u.utterance_id, u.text, u.media_npz, media_fingerprint(u.media_npz)] for u in utts],
         "context": [context_turns(cfg, u) for u in utts] if used_context(cfg) else None,
         "text": source("text", model(cfg.text_model, max_length=cfg.text_max_length,
+                                     **({"pooling": cfg.text_pooling} if cfg.text_pooling != "tokens" else {}),
                                      tiny=[cfg.seed, TINY_TEXT] if cfg.text_model == TINY else None)),
         "audio": source("audio", model(cfg.audio_model, max_frames=cfg.max_audio_frames,
                                        n_mels=cfg.n_mels if cfg.audio_model == TINY else None)),
@@ -354,7 +361,7 @@ def _base_featurizers(cfg: ExtractConfig, modalities: list[str], released: dict[
     """A released file's reader, else the encoder, for each base modality asked for."""
     build = {
         "text": lambda: TextFeaturizer(cfg.text_model, [t for u in utts for t in (u.text, *context_turns(cfg, u))],
-                                       cfg.text_max_length, cfg.seed, device, precision),
+                                       cfg.text_max_length, cfg.seed, device, precision, cfg.text_pooling),
         "audio": lambda: AudioFeaturizer(cfg.audio_model, cfg.max_audio_frames, cfg.n_mels, device, precision),
         "visual": lambda: VisualFeaturizer(cfg.vision_model, cfg.seed, device, precision),
     }

@@ -63,6 +63,9 @@ class FusionTrainConfig:
     fold_source: str = opt("auto", "MUStARD speaker_dependent: auto (the official folds when the table has them, "
                            "else stratified) | official (refuse a table without them) | stratified")
     split_seed: int = opt(0, "seed of the stratified folds (the same folds for every seed)")
+    valid_fraction: float = opt(0.0, "a split without validation rows (MUStARD's folds, the held-out show): this "
+                                "stratified share of its training rows (drawn with split_seed, the same for every "
+                                "seed) chooses the epoch by select_metric; 0: the last epoch is kept")
     held_out_show: str = opt("FRIENDS", "MUStARD speaker_independent: the show tested on (case-insensitive)")
     d_model: int = opt(128, "the fusion transformer's width", section="Model (FusionConfig)")
     num_layers: int = opt(2, "transformer layers over the modality tokens")
@@ -131,6 +134,8 @@ class FusionTrainConfig:
                 self.modalities = check_base_modalities(self.modalities, "modalities")
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+        if not 0 <= self.valid_fraction < 0.5:
+            raise ConfigError(f"valid_fraction must be in [0, 0.5), got {self.valid_fraction}")
         if self.regression_loss not in ("l1", "mse"):
             raise ConfigError(f"regression_loss must be l1 or mse, not {self.regression_loss!r}")
         self.select_metric = self.select_metric or DEFAULT_SELECT[self.task]
@@ -322,12 +327,30 @@ class RunSplit:
 
 def make_splits(data: FusionData, cfg: FusionTrainConfig) -> list[RunSplit]:
     if cfg.task == "mustard":
-        return _mustard_splits(data, cfg)
+        return [_with_validation(s, data, cfg) for s in _mustard_splits(data, cfg)]
     parts = {name: np.flatnonzero(data.split == name) for name in ("train", "valid", "test")}
     if not len(parts["train"]) or not len(parts["test"]):
         raise DownstreamDataError(f"{cfg.utterances}: {cfg.task} needs train and test rows in the split column "
                                   f"(found {dict(zip(*np.unique(data.split, return_counts=True)))})")
     return [RunSplit(None, parts["train"], parts["valid"] if len(parts["valid"]) else None, parts["test"])]
+
+
+def _with_validation(split: RunSplit, data: FusionData, cfg: FusionTrainConfig) -> RunSplit:
+    """``split`` with ``valid_fraction`` of its training rows held out for model selection, where
+    it has no validation rows (stratified by label for the classification tasks)."""
+    if split.valid is not None or not cfg.valid_fraction:
+        return split
+    from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
+
+    kind = ShuffleSplit if cfg.task == "chsims2" else StratifiedShuffleSplit
+    seed = cfg.split_seed + (split.fold or 0)
+    try:
+        keep, valid = next(kind(1, test_size=cfg.valid_fraction, random_state=seed).split(
+            np.zeros(len(split.train)), data.labels[split.train]))
+    except ValueError as exc:  # too few rows of a class to hold any out
+        raise DownstreamDataError(f"{cfg.utterances}: cannot hold out valid_fraction {cfg.valid_fraction} of "
+                                  f"{len(split.train)} training rows: {exc}") from exc
+    return RunSplit(split.fold, split.train[np.sort(keep)], split.train[np.sort(valid)], split.test)
 
 
 def _mustard_splits(data: FusionData, cfg: FusionTrainConfig) -> list[RunSplit]:
