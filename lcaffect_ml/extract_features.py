@@ -27,6 +27,7 @@ Exit status: 0 done; 2 bad config or unreadable utterance table/checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -42,10 +43,11 @@ from .features import (BASE_FILE, FEATURES_CODE_VERSION, LC_FILE, LC_SOURCES, ME
                        media_fingerprint, pad_sequences, read_utterances)
 from .contracts.hashing import sha256_file
 from .feature_inputs import context_turns, released_featurizers, released_map, text_input, used_context  # noqa: F401
+from .hub import require as require_models
 from .options import build, opt
 from .pipes import TrainingReporter, pipes_metadata, pipes_session
-from .trainutil import (ConfigError, CheckpointFormatError, atomic_file, atomic_write_json,
-                        resolve_precision, config_with_overrides, program_args, setup_logging)
+from .trainutil import (ConfigError, CheckpointFormatError, RUNTIME_KEYS, atomic_file, atomic_write_json,
+                        resolve_device, resolve_precision, runtime_info, config_with_overrides, program_args, setup_logging)
 
 log = logging.getLogger("lcaffect_ml.extract_features")
 
@@ -105,6 +107,22 @@ class ExtractConfig:
         if cfg.lc_source not in LC_SOURCES:
             raise ConfigError(f"lc_source must be one of {LC_SOURCES}, not {cfg.lc_source!r}")
         return cfg
+
+
+def hub_models(options: dict[str, Any], used_by: str = "extract_features") -> list:
+    """The pretrained models (``lcaffect_ml.hub.ModelRef``) extraction with ``options`` (an
+    ``ExtractConfig`` as a dict, or the pipeline's per-task options) loads: each modality's encoder
+    unless it is the tiny stand-in or a released feature file replaces it."""
+    from .hub import ModelRef
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ExtractConfig)}
+    released = released_map(options.get("released_features"))
+    refs = []
+    for key, modality in (("text_model", "text"), ("audio_model", "audio"), ("vision_model", "visual")):
+        name = options.get(key, defaults[key])
+        if name != TINY and modality not in released:
+            refs.append(ModelRef(name, f"{used_by}.{key}"))
+    return refs
 
 
 # ----------------------------------------------------------------------------- cache keys
@@ -215,9 +233,9 @@ def _padded(name: str, seqs: list, dim: int) -> dict[str, torch.Tensor]:
 def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dict[str, Any]:
     """Extract (or reuse) one dataset's features; returns a summary (also written to features.json)."""
     reporter = reporter or TrainingReporter()
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    require_models(hub_models(vars(cfg)))  # before any utterance is read: an offline node fails here
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = Path(cfg.v2lc_checkpoint)
@@ -309,7 +327,7 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
     meta.update({
         "utterances": str(Path(cfg.utterances).resolve()), "n_utterances_table": len(utts),
         "skipped": skipped, "base_version": base_key, "lc_version": lc_key, "lc_source": cfg.lc_source,
-        "v2lc_sha256": v2lc_sha, "precision": precision, "code_version": FEATURES_CODE_VERSION,
+        "v2lc_sha256": v2lc_sha, **runtime_info(device, precision), "code_version": FEATURES_CODE_VERSION,
         "data_version": digest([meta["base_sha256"], meta["lc_sha256"]]),
         "base_recomputed": not base_hit, "lc_recomputed": lc_outputs is not None,
     })
@@ -367,7 +385,8 @@ def _report(reporter: TrainingReporter, meta: dict[str, Any], out_dir: Path) -> 
     values: dict[str, Any] = {
         "n_utterances": len(meta["utterance_ids"]), "n_skipped": len(meta["skipped"]),
         "n_no_audio": len(meta["no_audio"]), "base_version": meta["base_version"], "lc_version": meta["lc_version"],
-        "v2lc_sha256": meta["v2lc_sha256"], "lc_source": meta["lc_source"], "precision": meta["precision"],
+        "v2lc_sha256": meta["v2lc_sha256"], "lc_source": meta["lc_source"],
+        **{k: meta[k] for k in RUNTIME_KEYS if k in meta},
         "base_recomputed": meta["base_recomputed"], "lc_recomputed": meta["lc_recomputed"],
         "context_turns": int((meta.get("context") or {}).get("max_turns", 0)),
         **{f"dim_{k}": int(v) for k, v in meta["dims"].items()},
