@@ -46,8 +46,8 @@ from .feature_inputs import context_turns, released_featurizers, released_map, t
 from .hub import require as require_models
 from .options import build, opt
 from .pipes import TrainingReporter, pipes_metadata, pipes_session
-from .trainutil import (ConfigError, CheckpointFormatError, RUNTIME_KEYS, atomic_file, atomic_write_json,
-                        resolve_device, resolve_precision, runtime_info, config_with_overrides, program_args, setup_logging)
+from .devices import RUNTIME_KEYS, resolve_device, runtime_info
+from .trainutil import (ConfigError, CheckpointFormatError, atomic_file, atomic_write_json, resolve_precision, config_with_overrides, program_args, setup_logging)
 
 log = logging.getLogger("lcaffect_ml.extract_features")
 

@@ -72,11 +72,12 @@ from .fusion_data import (  # noqa: F401  (the program's names, importable from 
     _read_features, _read_table, _label_ok, load_data, _data_fingerprint, RunSplit,
     make_splits, _mustard_splits, describe_folds, resolve_fold_source,
 )
+from .devices import RUNTIME_KEYS, resolve_device, runtime_info
 from .pipes import TrainingReporter, pipes_session, report_model_materialization
 from .trainutil import (COMPLETE_MARKER, EXIT_NON_FINITE, CheckpointManager, ConfigError, NonFiniteLossError,
                         adamw_param_groups, atomic_write_json, autocast, capture_rng_state,
-                        cosine_schedule_with_warmup, load_state, resolve_device, resolve_precision,
-                        RUNTIME_KEYS, restore_rng_state, runtime_info, save_state, seed_everything,
+                        cosine_schedule_with_warmup, load_state, resolve_precision,
+                        restore_rng_state, save_state, seed_everything,
                         config_with_overrides, program_args, setup_logging)
 
 log = logging.getLogger("lcaffect_ml.train_fusion")

@@ -51,9 +51,10 @@ from .retrieval import retrieval_by_group, retrieval_metrics
 from .trainutil import (EXIT_NON_FINITE, COMPLETE_MARKER, CheckpointManager, ConfigError, DistInfo,
                         NonFiniteLossError, adamw_param_groups, atomic_file, atomic_write_json, autocast,
                         capture_rng_state, cosine_schedule_with_warmup, init_distributed,
-                        load_state, peak_memory_mb, resolve_precision, restore_rng_state, runtime_info,
+                        load_state, peak_memory_mb, resolve_precision, restore_rng_state,
                         save_state, seed_everything,
                         config_with_overrides, program_args, setup_logging)
+from .devices import runtime_info
 from .hub import require as require_models
 from .train_v2lc_config import RESUME_KEYS, TrainConfig, TrainerState, hub_models  # noqa: F401  (importable from here)
 from .v2lc import TEXT_PRESETS, V2LCModel

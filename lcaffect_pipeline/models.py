@@ -160,7 +160,7 @@ def above_chance(metrics: dict[str, Any]) -> bool:
 
 def runtime_keys() -> tuple[str, ...]:
     """What metrics.json records about where the run ran (device, precision, torch/CUDA versions)."""
-    from lcaffect_ml.trainutil import RUNTIME_KEYS  # torch: imported only when a value is built
+    from lcaffect_ml.devices import RUNTIME_KEYS  # torch: imported only when a value is built
 
     return RUNTIME_KEYS
 

@@ -81,7 +81,7 @@ def check(refs: list, gpus: list[str]) -> None:
 
     problems = []
     if gpus:
-        from lcaffect_ml.trainutil import CudaUnavailableError, require_cuda
+        from lcaffect_ml.devices import CudaUnavailableError, require_cuda
 
         try:
             require_cuda(", ".join(gpus))

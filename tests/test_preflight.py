@@ -20,7 +20,7 @@ import yaml
 
 from conftest import ROOT
 
-from lcaffect_ml import hub, trainutil
+from lcaffect_ml import devices, hub, trainutil
 from lcaffect_ml.hub import ModelRef
 from lcaffect_pipeline import fetch_models, preflight
 
@@ -136,8 +136,8 @@ def test_a_config_the_job_refuses_is_a_clear_error(tmp_path: Path, capsys) -> No
 
 def test_cuda_asked_for_without_cuda_fails_naming_the_build(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(trainutil.CudaUnavailableError) as err:
-        trainutil.resolve_device("cuda")
+    with pytest.raises(devices.CudaUnavailableError) as err:
+        devices.resolve_device("cuda")
     message = str(err.value)
     assert "CUDA is not available" in message and f"torch {torch.__version__}" in message
     assert f"torch.version.cuda={torch.version.cuda}" in message and "device(s) found" in message
@@ -146,14 +146,14 @@ def test_cuda_asked_for_without_cuda_fails_naming_the_build(monkeypatch) -> None
 
 def test_auto_says_which_device_and_precision_it_chose(monkeypatch, caplog) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with caplog.at_level(logging.INFO, logger="lcaffect_ml.trainutil"):
-        device = trainutil.resolve_device("auto")
+    with caplog.at_level(logging.INFO, logger="lcaffect_ml"):
+        device = devices.resolve_device("auto")
         precision = trainutil.resolve_precision("auto", device)
     assert (device.type, precision) == ("cpu", "fp32")
     assert "device auto -> cpu: CUDA not available (torch" in caplog.text
     assert "precision auto -> fp32 on cpu" in caplog.text
-    info = trainutil.runtime_info(device, precision)
-    assert set(info) <= set(trainutil.RUNTIME_KEYS)
+    info = devices.runtime_info(device, precision)
+    assert set(info) <= set(devices.RUNTIME_KEYS)
     assert info == {"device": "cpu", "precision": "fp32", "dtype": "float32", "torch_version": torch.__version__,
                     "cuda_version": torch.version.cuda or "none"}
 
