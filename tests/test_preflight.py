@@ -257,3 +257,27 @@ def test_a_model_missing_from_the_cache_fails_before_the_first_heavy_step(tmp_pa
     assert "acme/cached-video (" not in out  # the one in the cache is not reported
     lake = tmp_path / "lake"
     assert not (lake / "demo_world").exists() and not (lake / "models").exists()  # failed before the crawl
+
+
+def test_a_downstream_run_fails_at_its_first_step_naming_a_model_its_features_need(hf_home: Path, tmp_path: Path) -> None:
+    """In process: ``meld_utterances`` (the first step) checks the run's ``meld_features`` too, so
+    the run stops before the demo datasets are even generated."""
+    import dagster as dg
+
+    from conftest import demo_resources
+    from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS
+    from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS
+    from lcaffect_pipeline.defs.downstream_assets import ASSETS as DOWNSTREAM
+    from lcaffect_pipeline.defs.model_assets import ASSETS as MODEL
+    from lcaffect_pipeline.defs.resources import DownstreamResource
+
+    root = tmp_path / "lake"
+    res = demo_resources(root, downstream=DownstreamResource(demo=True, frames=2, size=16, text_model="acme/absent-text"))
+    assets = [*CORPUS, *CLIPS, *MODEL, *DOWNSTREAM]
+    failed = dg.materialize(assets, resources=res, selection=["meld_utterances", "meld_features"], raise_on_error=False)
+    assert not failed.success
+    (failure,) = [e for e in failed.all_events if e.is_step_failure]
+    assert failure.step_key == "meld_utterances"
+    message = failure.step_failure_data.error.message
+    assert "acme/absent-text (used by meld features.text_model)" in message and "fetch_models" in message
+    assert not (root / "demo_downstream").exists()
