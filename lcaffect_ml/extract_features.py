@@ -27,6 +27,7 @@ Exit status: 0 done; 2 bad config or unreadable utterance table/checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -36,18 +37,19 @@ from typing import Any, Sequence
 
 import torch
 
-from .features import (BASE_FILE, FEATURES_CODE_VERSION, LC_FILE, LC_FRAME_SAMPLINGS, LC_SOURCES, META_FILE,
-                       TEXT_POOLINGS, TINY, TINY_TEXT,
-                       TINY_VISION, AudioFeaturizer, FeatureFileError, MediaFormatError, SyntheticLCFeaturizer,
-                       TextFeaturizer, Utterance, VisualFeaturizer, digest, load_media, local_weights_digest,
-                       lc_frame_spacing, media_fingerprint, pad_sequences, read_utterances)
+from .features import (BASE_FILE, FEATURES_CODE_VERSION, LC_FILE, META_FILE, TEXT_POOLINGS, TINY, TINY_TEXT,
+                       TINY_VISION, AudioFeaturizer, FeatureFileError, MediaFormatError, TextFeaturizer, Utterance,
+                       VisualFeaturizer, digest, load_media, local_weights_digest, media_fingerprint, pad_sequences,
+                       read_utterances)
+from .lc_features import LC_FRAME_SAMPLINGS, LC_SOURCES, SyntheticLCFeaturizer, lc_frame_spacing
 from .contracts.hashing import sha256_file
 from .fusion import BASE_MODALITIES, LC_MODALITY, MODALITIES, check_base_modalities
 from .feature_inputs import context_turns, released_featurizers, released_map, text_input, used_context  # noqa: F401
+from .hub import require as require_models
 from .options import build, opt
 from .pipes import TrainingReporter, pipes_metadata, pipes_session
-from .trainutil import (ConfigError, CheckpointFormatError, atomic_file, atomic_write_json,
-                        resolve_precision, config_with_overrides, program_args, setup_logging)
+from .devices import RUNTIME_KEYS, resolve_device, runtime_info
+from .trainutil import (ConfigError, CheckpointFormatError, atomic_file, atomic_write_json, resolve_precision, config_with_overrides, program_args, setup_logging)
 
 log = logging.getLogger("lcaffect_ml.extract_features")
 
@@ -129,6 +131,23 @@ class ExtractConfig:
         if cfg.lc_frame_sampling not in LC_FRAME_SAMPLINGS:
             raise ConfigError(f"lc_frame_sampling must be one of {LC_FRAME_SAMPLINGS}, not {cfg.lc_frame_sampling!r}")
         return cfg
+
+
+def hub_models(options: dict[str, Any], used_by: str = "extract_features") -> list:
+    """The pretrained models (``lcaffect_ml.hub.ModelRef``) extraction with ``options`` (an
+    ``ExtractConfig`` as a dict, or the pipeline's per-task options) loads: each modality's encoder
+    it extracts unless it is the tiny stand-in or a released feature file replaces it."""
+    from .hub import ModelRef
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ExtractConfig)}
+    released = released_map(options.get("released_features"))
+    wanted = options.get("modalities") or MODALITIES
+    refs = []
+    for key, modality in (("text_model", "text"), ("audio_model", "audio"), ("vision_model", "visual")):
+        name = options.get(key, defaults[key])
+        if name != TINY and modality not in released and modality in wanted:
+            refs.append(ModelRef(name, f"{used_by}.{key}"))
+    return refs
 
 
 # ----------------------------------------------------------------------------- cache keys
@@ -245,9 +264,9 @@ def _padded(name: str, seqs: list, dim: int) -> dict[str, torch.Tensor]:
 def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dict[str, Any]:
     """Extract (or reuse) one dataset's features; returns a summary (also written to features.json)."""
     reporter = reporter or TrainingReporter()
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    require_models(hub_models(vars(cfg)))  # before any utterance is read: an offline node fails here
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base_modalities = [m for m in cfg.modalities if m in BASE_MODALITIES]
@@ -330,7 +349,7 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
     meta.update({
         "utterances": str(Path(cfg.utterances).resolve()), "n_utterances_table": len(utts),
         "modalities": list(cfg.modalities), "skipped": skipped, "base_version": base_key, "lc_version": lc_key,
-        "lc_source": cfg.lc_source, "v2lc_sha256": v2lc_sha, "precision": precision,
+        "lc_source": cfg.lc_source, "v2lc_sha256": v2lc_sha, **runtime_info(device, precision),
         "code_version": FEATURES_CODE_VERSION, "data_version": digest([meta["base_sha256"], meta["lc_sha256"]]),
         "base_recomputed": not base_hit, "lc_recomputed": lc_outputs is not None,
     })
@@ -424,7 +443,8 @@ def _report(reporter: TrainingReporter, meta: dict[str, Any], out_dir: Path) -> 
         "n_utterances": len(meta["utterance_ids"]), "n_skipped": len(meta["skipped"]),
         "n_no_audio": len(meta["no_audio"]), "base_version": meta["base_version"],
         "lc_version": meta["lc_version"] or "not extracted", "v2lc_sha256": meta["v2lc_sha256"] or "not used",
-        "lc_source": meta["lc_source"], "precision": meta["precision"], "modalities": ", ".join(meta["modalities"]),
+        "lc_source": meta["lc_source"], "modalities": ", ".join(meta["modalities"]),
+        **{k: meta[k] for k in RUNTIME_KEYS if k in meta},
         **{f"lc_frames_{k}": v for k, v in ((meta["models"].get("v2lc") or {}).get("frame_sampling") or {}).items()
            if k in ("mode", "effective_fps", "spacing_from") and v is not None},
         "base_recomputed": meta["base_recomputed"], "lc_recomputed": meta["lc_recomputed"],

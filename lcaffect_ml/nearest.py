@@ -86,7 +86,8 @@ def nearest_comments_for_media(checkpoint_dir: str | os.PathLike, comment_texts:
 
     For asset metadata ("what does this video's synthetic live comment say?").
     """
-    from .features import SyntheticLCFeaturizer, load_media
+    from .features import load_media
+    from .lc_features import SyntheticLCFeaturizer
 
     lc = SyntheticLCFeaturizer(checkpoint_dir, "post_projection", device=device, precision=precision,
                                frame_sampling=frame_sampling)

@@ -72,6 +72,7 @@ from .fusion_data import (  # noqa: F401  (the program's names, importable from 
     _read_features, _read_table, _label_ok, load_data, _data_fingerprint, RunSplit,
     make_splits, _mustard_splits, describe_folds, resolve_fold_source,
 )
+from .devices import RUNTIME_KEYS, resolve_device, runtime_info
 from .pipes import TrainingReporter, pipes_session, report_model_materialization
 from .trainutil import (COMPLETE_MARKER, EXIT_NON_FINITE, CheckpointManager, ConfigError, NonFiniteLossError,
                         adamw_param_groups, atomic_write_json, autocast, capture_rng_state,
@@ -403,12 +404,6 @@ class FusionRun:
 # ------------------------------------------------------------------------- all runs
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def aggregate(cfg: FusionTrainConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-seed metrics (the mean over folds for k-fold), then mean and population std over seeds."""
     names = METRIC_NAMES[cfg.task]
@@ -461,7 +456,7 @@ def per_utterance_predictions(seeds: list[int], results: list[dict[str, Any]]) -
 
 def train(cfg: FusionTrainConfig, reporter: TrainingReporter | None = None) -> dict[str, Any]:
     reporter = reporter or TrainingReporter()
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -480,7 +475,7 @@ def train(cfg: FusionTrainConfig, reporter: TrainingReporter | None = None) -> d
         "features": data.feature_info,
         "runs": [{k: r[k] for k in ("run", "seed", "fold", "selection", "selected_epoch", "steps", "train_time_s",
                                     "resumed_from_step", "n_train", "n_valid", "n_test")} for r in results],
-        "model_run": results[-1]["run"], "precision": precision, "device": str(device),
+        "model_run": results[-1]["run"], **runtime_info(device, precision),
         **({"folds_used": folds_used} if (folds_used := describe_folds(data, cfg)) else {}),
     })
     last = out_dir / "runs" / results[-1]["run"]
@@ -496,7 +491,8 @@ def _pipes_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     summary.update({"task": metrics["task"], "use_lc": metrics["use_lc"], "protocol": metrics["protocol"],
                     "n_seeds": len(metrics["seeds"]), "utterances_used": metrics["counts"]["utterances_used"],
                     "skipped_rows": sum(metrics["skipped"].values()),
-                    "lc_version": str(metrics["features"].get("lc_version") or "")})
+                    "lc_version": str(metrics["features"].get("lc_version") or ""),
+                    **{k: metrics[k] for k in RUNTIME_KEYS if k in metrics}})
     if metrics.get("folds_used"):
         summary["folds_used"] = metrics["folds_used"]
     return summary

@@ -54,7 +54,9 @@ from .trainutil import (EXIT_NON_FINITE, COMPLETE_MARKER, CheckpointManager, Con
                         load_state, peak_memory_mb, resolve_precision, restore_rng_state,
                         save_state, seed_everything,
                         config_with_overrides, program_args, setup_logging)
-from .train_v2lc_config import RESUME_KEYS, TrainConfig, TrainerState  # noqa: F401  (importable from here)
+from .devices import runtime_info
+from .hub import require as require_models
+from .train_v2lc_config import RESUME_KEYS, TrainConfig, TrainerState, hub_models  # noqa: F401  (importable from here)
 from .v2lc import TEXT_PRESETS, V2LCModel
 
 log = logging.getLogger("lcaffect_ml.train_v2lc")
@@ -80,6 +82,7 @@ def make_tokenizer(cfg: TrainConfig, train_shards: list[ShardSpec]):
 
 
 def _build_model(cfg: TrainConfig, train_shards: list[ShardSpec], dist: DistInfo) -> V2LCModel:
+    require_models(hub_models(dataclasses.asdict(cfg)))  # an offline node fails here, naming them
     tokenizer = make_tokenizer(cfg, train_shards)
     mcfg = cfg.model_config()
     timing = clip_timing(train_shards)  # recorded in config.json: extract_features samples at this rate
@@ -283,8 +286,7 @@ def _finish(run: Run, reporter: TrainingReporter) -> dict[str, Any]:
         "test_shards": len(run.test_shards),
         "clips_seen": state.micro_batches * cfg.batch_size * run.dist.world_size,
         "world_size": run.dist.world_size,
-        "precision": run.precision,
-        "device": str(run.device),
+        **runtime_info(run.device, run.precision),
         "logit_scale": float(run.model.scale().detach()),
         "resumed_from_step": state.resumed_from if state.resumed_from is not None else -1,
     })
@@ -475,7 +477,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    dist = init_distributed(cfg.device)
+    try:
+        dist = init_distributed(cfg.device)
+    except ConfigError as exc:  # e.g. device cuda where CUDA is not available: before any data is read
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         with pipes_session(rank=dist.rank, asset_key=cfg.pipes_asset_key) as reporter:
             metrics = train(cfg, reporter=reporter, dist=dist)

@@ -5,6 +5,7 @@ keep, and the trainer's progress state. ``lcaffect_ml.train_v2lc`` re-exports th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,3 +115,18 @@ class TrainerState:
     loss_history: list = field(default_factory=list)  # [step, loss]
     eval_history: list = field(default_factory=list)  # {"step": n, **metrics}
     resumed_from: int | None = None
+
+
+def hub_models(options: dict[str, Any], used_by: str = "train_v2lc") -> list:
+    """The pretrained models (``lcaffect_ml.hub.ModelRef``) that training with ``options`` (a
+    ``TrainConfig`` as a dict, or the pipeline's merged options) loads; presets need none."""
+    from .hub import ModelRef
+    from .v2lc import TEXT_PRESETS, VIDEO_PRESETS
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    get = lambda key: options.get(key, defaults[key])  # noqa: E731
+    refs = [ModelRef(get(key), f"{used_by}.{key}") for key, presets in
+            (("video_encoder", VIDEO_PRESETS), ("text_encoder", TEXT_PRESETS)) if get(key) not in presets]
+    if get("tokenizer"):
+        refs.append(ModelRef(get("tokenizer"), f"{used_by}.tokenizer", weights=False))
+    return refs

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_file, atomic_open  # noqa: F401  (re-exported: the training programs import them from here)
+from .devices import resolve_device
 from .options import ConfigError, program_args  # noqa: F401  (re-exported likewise)
 
 log = logging.getLogger(__name__)
@@ -346,13 +347,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device(device)
+    dev = resolve_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     if (world > 1 or "TORCHELASTIC_RUN_ID" in os.environ) and not torch.distributed.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend=backend)
@@ -365,9 +362,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in ("auto", "bf16", "fp16", "fp32"):
         raise ConfigError(f"precision must be auto, bf16, fp16 or fp32, not {precision!r}")
     if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
-        return "fp32"
+        chosen = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        log.info("precision auto -> %s on %s", chosen, device)
+        return chosen
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
     return precision

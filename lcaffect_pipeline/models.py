@@ -113,14 +113,19 @@ def run_dir(root, shards_version: str, cfg: dict[str, Any]):
     return lake.as_path(root) / "models" / "v2lc" / run_key(shards_version, cfg)
 
 
-def launch_command(config_path: Path, *, command: Sequence[str] | None = None, gpus: int = 1) -> list[str]:
-    """The training program's command line: a configured command, torchrun for several GPUs, else python -m."""
+def launch_command(config_path: Path, *, command: Sequence[str] | None = None, gpus: int = 0,
+                   device: str = "auto") -> list[str]:
+    """The training program's command line: a configured command, torchrun for several GPUs, else
+    python -m. With GPUs asked for and ``device: auto`` the program is told ``device=cuda``, so it
+    fails at start where CUDA is not usable instead of training on the CPU (also where it runs
+    elsewhere: a k8s pod, srun); the run's config, and so its run key, stay as they were."""
+    pin = ["--set", "device=cuda"] if gpus >= 1 and device == "auto" else []
     if command:
-        return [*command, "--config", str(config_path)]
+        return [*command, "--config", str(config_path), *pin]
     if gpus > 1:
         return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", "-m", TRAIN_MODULE,
-                "--config", str(config_path)]
-    return [sys.executable, "-m", TRAIN_MODULE, "--config", str(config_path)]
+                "--config", str(config_path), *pin]
+    return [sys.executable, "-m", TRAIN_MODULE, "--config", str(config_path), *pin]
 
 
 def k8s_pod_spec(gpus: int) -> dict:
@@ -153,9 +158,17 @@ def above_chance(metrics: dict[str, Any]) -> bool:
     return float(metrics.get("v2c_r1", 0)) > float(metrics.get("chance_r1", 1))
 
 
+def runtime_keys() -> tuple[str, ...]:
+    """What metrics.json records about where the run ran (device, precision, torch/CUDA versions)."""
+    from lcaffect_ml.devices import RUNTIME_KEYS  # torch: imported only when a value is built
+
+    return RUNTIME_KEYS
+
+
 def encoder_value(out: Path, metrics: dict[str, Any], data_version: str | None) -> dict[str, Any]:
     """The ``v2lc_encoder`` asset's value: where the finished run is, its weights' version and its
     headline metrics (what feature extraction and ``lcaffect_pipeline.report`` read)."""
     return {"output_dir": str(out), "data_version": data_version,
             "metrics": {k: float(metrics[k]) for k in METRIC_KEYS if k in metrics},
+            "runtime": {k: str(metrics[k]) for k in runtime_keys() if k in metrics},
             "groups": {k: metrics[k] for k in ("by_platform", "by_language") if k in metrics}}

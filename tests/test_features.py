@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from lcaffect_ml.extract_features import ExtractConfig, extract, main
-from lcaffect_ml.features import (AudioFeaturizer, FeatureFileError, MediaFormatError, TextFeaturizer, lc_frame_indices,
+from lcaffect_ml.features import (AudioFeaturizer, FeatureFileError, MediaFormatError, TextFeaturizer,
                                   VisualFeaturizer, load_features, load_media, log_mel, pool_frames)
+from lcaffect_ml.lc_features import lc_frame_indices
 from lcaffect_ml.nearest import build_comment_bank, nearest_comments, nearest_comments_for_media
 from lcaffect_ml.tokenizer import build_char_tokenizer
 from lcaffect_ml.v2lc import V2LCConfig, V2LCModel
@@ -401,7 +402,7 @@ def test_each_comment_retrieves_itself_and_media_search_matches(world):
 
 
 def test_bf16_autocast_gives_float32_features_close_to_fp32(world):
-    from lcaffect_ml.features import SyntheticLCFeaturizer
+    from lcaffect_ml.lc_features import SyntheticLCFeaturizer
 
     clips = [_frames(8, 32, 0), _frames(6, 48, 1)]
     full = SyntheticLCFeaturizer(world["ckpt_a"], precision="fp32")(clips)

@@ -12,7 +12,8 @@ import lcaffect_pipeline
 
 from conftest import ROOT
 
-DAGSTER_SIDE = ("lcaffect_pipeline.definitions", "lcaffect_pipeline.defs", "lcaffect_pipeline.run_launcher")
+DAGSTER_SIDE = ("lcaffect_pipeline.definitions", "lcaffect_pipeline.defs", "lcaffect_pipeline.run_launcher",
+                "lcaffect_pipeline.fetch_models")
 # Importing any of these fails in the child: dagster is "not installed" there. dagster_pipes is a
 # separate, light package that lcaffect_ml.pipes may use.
 BLOCKER = """

@@ -18,10 +18,29 @@ JOB_CONFIGS = {  # job → the example configs that must be valid for it (merged
     "clips_job": [["clips.example.yaml"]],
     "pretrain_job": [["pretrain.example.yaml"]],
     "downstream_job": [["downstream.example.yaml"], ["paper.example.yaml"]],
-    "reproduce_job": [["reproduce.example.yaml"], ["demo.yaml", "reproduce.example.yaml"]],
+    "reproduce_job": [["pretrain.example.yaml", "reproduce.example.yaml"], ["demo.yaml", "reproduce.example.yaml"]],
     "retention_job": [["retention.example.yaml"]],
-    "full_pipeline": [["demo.yaml"], ["demo.yaml", "rerun_one.yaml"], ["paper.example.yaml", "crosslingual.example.yaml"],
+    "full_pipeline": [["demo.yaml"], ["demo.yaml", "rerun_one.yaml"], ["paper.example.yaml"],
+                      ["paper.example.yaml", "crosslingual.example.yaml"],
                       ["scaleout_small.yaml"]],
+}
+# The configs that may train and extract with the "tiny" towers built in code: the demos.
+TINY_ALLOWED = {"demo.yaml", "scaleout_small.yaml"}
+TIMESFORMER, ZH_ROBERTA = "facebook/timesformer-base-finetuned-k400", "hfl/chinese-roberta-wwm-ext"
+ENGLISH = {"text_model": "roberta-base", "audio_model": "facebook/wav2vec2-base", "vision_model": "openai/clip-vit-base-patch32"}
+PAPER_FEATURES = {"chsims2": {**ENGLISH, "text_model": ZH_ROBERTA}, "meld": ENGLISH, "mustard": ENGLISH}
+# What each example (job, configs) trains V2LC with (variant -> video and text tower) and extracts each
+# task's features with, resolved as a run resolves them (README, "Models and devices").
+TOWERS = {
+    ("pretrain_job", ("pretrain.example.yaml",)): ({"default": (TIMESFORMER, ZH_ROBERTA)}, {}),
+    ("downstream_job", ("downstream.example.yaml",)): (None, PAPER_FEATURES),
+    ("downstream_job", ("paper.example.yaml",)): (None, PAPER_FEATURES),
+    ("reproduce_job", ("pretrain.example.yaml", "reproduce.example.yaml")): ({"default": (TIMESFORMER, ZH_ROBERTA)}, {}),
+    ("full_pipeline", ("paper.example.yaml",)): ({"default": (TIMESFORMER, ZH_ROBERTA)}, PAPER_FEATURES),
+    ("full_pipeline", ("paper.example.yaml", "crosslingual.example.yaml")): (
+        {"zh": (TIMESFORMER, ZH_ROBERTA), "bilingual": (TIMESFORMER, "xlm-roberta-base")}, PAPER_FEATURES),
+    ("full_pipeline", ("demo.yaml",)): ({"default": ("tiny", "tiny")}, {t: {"text_model": "tiny", "audio_model": "tiny",
+                                                                            "vision_model": "tiny"} for t in PAPER_FEATURES}),
 }
 
 
@@ -58,6 +77,48 @@ def test_every_job_schedule_and_sensor_resolves(defs) -> None:
 @pytest.mark.parametrize("job,names", [(j, n) for j, ns in JOB_CONFIGS.items() for n in ns], ids=lambda v: v if isinstance(v, str) else "+".join(v))
 def test_example_config_is_valid_for_its_job(defs, job: str, names: list[str]) -> None:
     dg.validate_run_config(defs.resolve_job_def(job), load(*names))
+
+
+def resolved_towers(job: str, names: list[str]) -> tuple[dict | None, dict]:
+    """(V2LC variant -> (video, text tower), task -> its three encoders) of a run of ``job`` with
+    ``names``, from the resources built as the run builds them (validated, defaults filled in)."""
+    from lcaffect_pipeline import preflight
+    from lcaffect_pipeline.defs.launch_checks import run_plan
+    from lcaffect_pipeline.fetch_models import job_assets, job_resources
+
+    res, planned = job_resources(job, load(*names)), job_assets(job)
+    v2lc = None
+    if "v2lc_encoder" in planned:
+        v2lc = {name: (o["video_encoder"], o["text_encoder"])
+                for name, o in preflight.v2lc_options(res["v2lc_training"].model_dump()).items()}
+    ds = res.get("downstream")
+    tasks = {t: {k: ds.features_options(t)[k] for k in ENGLISH} for t in PAPER_FEATURES
+             if f"{t}_features" in planned and (getattr(ds, f"{t}_root") or ds.demo)}
+    models, _ = run_plan(planned, res.get("v2lc_training"), ds)  # the list the preflight checks and fetch_models fetches
+    named = {n for towers in (v2lc or {}).values() for n in towers} | {n for e in tasks.values() for n in e.values()}
+    assert {m.name for m in models} == named - {"tiny"}
+    return v2lc, tasks
+
+
+@pytest.mark.parametrize("job,names", [(j, n) for j, ns in JOB_CONFIGS.items() for n in ns], ids=lambda v: v if isinstance(v, str) else "+".join(v))
+def test_example_configs_train_and_extract_with_the_towers_they_say(job: str, names: list[str]) -> None:
+    """No example outside the demos resolves to a tiny tower; the listed ones to exactly these towers
+    (full_pipeline with the paper config: TimeSformer-base and the Chinese RoBERTa)."""
+    v2lc, tasks = resolved_towers(job, names)
+    if not set(names) & TINY_ALLOWED:
+        used = {n for towers in (v2lc or {}).values() for n in towers} | {n for e in tasks.values() for n in e.values()}
+        assert "tiny" not in used, (names, v2lc, tasks)
+    if (job, tuple(names)) in TOWERS:
+        assert (v2lc, tasks) == TOWERS[job, tuple(names)]
+
+
+def test_the_paper_config_trains_with_gradient_checkpointing_on_gpus() -> None:
+    from lcaffect_pipeline import preflight
+    from lcaffect_pipeline.fetch_models import job_resources
+
+    training = job_resources("full_pipeline", load("paper.example.yaml"))["v2lc_training"].model_dump()
+    (options,) = preflight.v2lc_options(training).values()
+    assert options["gradient_checkpointing"] is True and options["batch_size"] == 64 and training["gpus"] >= 1
 
 
 def test_a_misspelt_option_is_rejected(defs) -> None:

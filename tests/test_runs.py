@@ -126,15 +126,20 @@ def test_finished_v2lc_run_is_reused_and_is_the_assets_value(tmp_path) -> None:
     assert version == hashlib.sha256(b"w").hexdigest() and models.above_chance(metrics)
     assert not models.above_chance({"v2c_r1": 0.1, "chance_r1": 0.1})
     assert models.latest_checkpoint(out).name == "step-10"  # numeric, not lexical, order
-    value = models.encoder_value(out, {**metrics, "not_a_metric": "x"}, version)
-    assert value == {"output_dir": str(out), "data_version": version, "metrics": {"v2c_r1": 0.2, "chance_r1": 0.1}, "groups": {}}
+    value = models.encoder_value(out, {**metrics, "not_a_metric": "x", "device": "cpu", "cuda_version": "none"}, version)
+    assert value == {"output_dir": str(out), "data_version": version, "metrics": {"v2c_r1": 0.2, "chance_r1": 0.1}, "groups": {},
+                     "runtime": {"device": "cpu", "cuda_version": "none"}}  # where it ran: the asset's metadata
 
 
 def test_launch_command() -> None:
     cfg = Path("c.yaml")
     assert models.launch_command(cfg) == [sys.executable, "-m", "lcaffect_ml.train_v2lc", "--config", "c.yaml"]
     assert models.launch_command(cfg, gpus=4)[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node=4", "-m"]
-    assert models.launch_command(cfg, command=["srun", "python"], gpus=4) == ["srun", "python", "--config", "c.yaml"]
+    # GPUs asked for: the program is told device=cuda, so it fails at start where CUDA is not usable
+    assert models.launch_command(cfg, command=["srun", "python"], gpus=4) == ["srun", "python", "--config", "c.yaml",
+                                                                              "--set", "device=cuda"]
+    assert models.launch_command(cfg, gpus=1)[-2:] == ["--set", "device=cuda"]
+    assert "--set" not in models.launch_command(cfg, gpus=1, device="cuda:1")  # chosen in the config: kept
 
 
 def test_variants_parse_and_select_their_corpus() -> None:

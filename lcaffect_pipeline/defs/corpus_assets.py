@@ -7,7 +7,9 @@ import dagster as dg
 from .. import corpus, plots, stages, tables, versions
 from ..lake import combine_hashes
 from .fanout import keyed, per_video_asset
-from .resources import CatalogueResource, CleaningResource, CrawlerResource, LakeResource, RunScope
+from .launch_checks import check_run
+from .resources import (CatalogueResource, CleaningResource, CrawlerResource, DownstreamResource, LakeResource, RunScope,
+                        V2LCTrainingResource)
 
 GROUP = "corpus"
 OWNERS = ["team:lcaffect-data"]
@@ -18,9 +20,13 @@ OWNERS = ["team:lcaffect-data"]
     code_version="1",
     kinds={"yaml", "parquet"},
     owners=OWNERS,
-    description="The videos to crawl (YAML or CSV: source, platform, language, genre), or the generated offline demo.",
+    description="The videos to crawl (YAML or CSV: source, platform, language, genre), or the generated offline demo. "
+                "The first step of a run: it checks that every model the run will load is on this machine and "
+                "that any GPU asked for is usable (README, 'Models and devices').",
 )
-def video_catalogue(context: dg.AssetExecutionContext, lake: LakeResource, catalogue: CatalogueResource) -> dg.Output:
+def video_catalogue(context: dg.AssetExecutionContext, lake: LakeResource, catalogue: CatalogueResource,
+                    v2lc_training: V2LCTrainingResource, downstream: DownstreamResource) -> dg.Output:
+    check_run(context, v2lc_training, downstream)  # before hours of crawling and clipping
     path = catalogue.path
     if catalogue.demo:
         from ..demo import generate_demo_world

@@ -27,7 +27,8 @@ from .. import lake as lake_mod
 from .. import tables, versions
 from ..lake import atomic_write_bytes, local_tree, workspace
 from .automation import ON_NEW_DATA
-from .resources import DownstreamResource, LakeResource
+from .launch_checks import check_run
+from .resources import DownstreamResource, LakeResource, V2LCTrainingResource
 
 GROUP = "downstream"
 OWNERS = ["team:lcaffect-ml"]
@@ -88,9 +89,11 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
 
     @dg.asset(name=names["utterances"], group_name=GROUP, owners=OWNERS, code_version="1", kinds={"parquet"},
               description=f"{task}: the dataset in its official layout as one utterance table, with prepared frames and 16 kHz audio per utterance.")
-    def utterances(context: dg.AssetExecutionContext, lake: LakeResource, downstream: DownstreamResource) -> dg.Output:
+    def utterances(context: dg.AssetExecutionContext, lake: LakeResource, downstream: DownstreamResource,
+                   v2lc_training: V2LCTrainingResource) -> dg.Output:
         from ..downstream import check_media, load_dataset, prepare_media
 
+        check_run(context, v2lc_training, downstream)  # a first step of the downstream runs
         with contextlib.ExitStack() as stack:
             root = _dataset_root(stack, lake, downstream, task)
             if root is None:
@@ -127,6 +130,7 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
         if not utts.get("available"):
             yield _not_available(utts.get("reason", "dataset not available"))
             return
+        check_run(context, None, downstream, only={names["features"]})  # the encoders and the GPU, before extraction
         try:
             arms = encoder_arms(encoder, downstream.lc_variants(task))
         except ArmError as exc:

@@ -18,6 +18,7 @@ from ..lake import as_path, atomic_write_bytes, workspace
 from ..models import METRIC_KEYS, k8s_pod_spec, latest_checkpoint  # noqa: F401  (imported from here too)
 from ..shards import content_name
 from .automation import ON_NEW_DATA
+from .launch_checks import check_run
 from .resources import LakeResource, V2LCTrainingResource
 
 GROUP = "model"
@@ -28,8 +29,8 @@ def training_config(training: V2LCTrainingResource, shards_index: str, output_di
     return models.training_config(training.model_dump(), V2LCTrainingResource.LAUNCH_FIELDS, shards_index, output_dir)
 
 
-def launch_command(training: V2LCTrainingResource, config_path: Path) -> list[str]:
-    return models.launch_command(config_path, command=training.command, gpus=training.gpus)
+def launch_command(training: V2LCTrainingResource, config_path: Path, device: str = "auto") -> list[str]:
+    return models.launch_command(config_path, command=training.command, gpus=training.gpus, device=device)
 
 
 def train_variant(context, root, training: V2LCTrainingResource, client: dg.PipesSubprocessClient,
@@ -73,7 +74,7 @@ def encoder_outputs(trained: dict[str, tuple[Path, tuple[dict, str], bool]], roo
     weights = {name: v["data_version"] for name, v in values.items()}
     version = weights[first] if len(weights) == 1 else sha256_bytes(json.dumps(weights, sort_keys=True).encode())[:32]
     out_first = trained[first][0]
-    metadata = {**values[first]["metrics"], "variant": first, "reused": all(r for _, _, r in trained.values()),
+    metadata = {**values[first]["metrics"], **values[first]["runtime"], "variant": first, "reused": all(r for _, _, r in trained.values()),
                 "checkpoint": dg.MetadataValue.path(str(latest_checkpoint(out_first))),
                 "variants": dg.MetadataValue.json({n: {**v["metrics"], **v["groups"], "output_dir": v["output_dir"]}
                                                    for n, v in values.items()})}
@@ -102,6 +103,7 @@ def encoder_outputs(trained: dict[str, tuple[Path, tuple[dict, str], bool]], roo
     description="The V2LC encoder (TimeSformer video tower + comment tower, symmetric multi-positive InfoNCE), trained by `python -m lcaffect_ml.train_v2lc` through Dagster Pipes; resumes from its last checkpoint on retry.",
 )
 def v2lc_encoder(context: dg.AssetExecutionContext, lake: LakeResource, v2lc_training: V2LCTrainingResource, pipes_subprocess_client: dg.PipesSubprocessClient, shards: dict):
+    check_run(context, v2lc_training, None, only={"v2lc_encoder"})  # the towers and the GPUs, before training
     if not shards.get("samples"):
         raise dg.Failure("no training samples: the segments stage produced no shards")
     try:
@@ -125,12 +127,12 @@ def _train(context, v2lc_training: V2LCTrainingResource, pipes_subprocess_client
         from dagster_k8s import PipesK8sClient  # optional: pip install dagster-k8s
 
         PipesK8sClient().run(
-            context=context, image=v2lc_training.k8s_image, command=launch_command(v2lc_training, config_path),
+            context=context, image=v2lc_training.k8s_image, command=launch_command(v2lc_training, config_path, cfg.get("device", "auto")),
             namespace=v2lc_training.k8s_namespace, base_pod_spec=k8s_pod_spec(v2lc_training.gpus),
         ).get_results()
     else:
         pipes_subprocess_client.run(
-            command=launch_command(v2lc_training, config_path), context=context, env={"PYTHONUNBUFFERED": "1"},
+            command=launch_command(v2lc_training, config_path, cfg.get("device", "auto")), context=context, env={"PYTHONUNBUFFERED": "1"},
         ).get_results()
 
 
