@@ -145,16 +145,32 @@ def peer_predictions(task: str, table: Path, feats: Path, seeds: list[int]) -> t
     return test_ids, labels, preds
 
 
-def summarise(task: str, labels: np.ndarray, per_seed: dict[str, list], rng_seed: int = 0) -> dict:
-    """Weighted F1 per seed, mean ± std, and a 95 % bootstrap interval of the seed mean over test
-    utterances (every seed scored on the same resamples)."""
+def summarise(task: str, labels: np.ndarray, groups: np.ndarray, per_seed: dict[str, list], rng_seed: int = 0) -> dict:
+    """Weighted F1 per seed as the project reports it (the mean over MUStARD's folds; ``groups``
+    names each test utterance's fold, one group for MELD), mean ± std over seeds, and a 95 %
+    bootstrap interval of that mean: each fold's test utterances resampled within the fold, every
+    seed scored on the same resamples."""
     from lcaffect_ml.metrics import resampled_metrics, task_metrics
 
-    scores = [task_metrics(task, p, labels)[HEADLINE] for p in per_seed.values()]
-    idx = np.random.default_rng(rng_seed).integers(0, len(labels), size=(BOOTSTRAP, len(labels)))
-    boot = np.mean([resampled_metrics(task, p, labels, idx)[HEADLINE] for p in per_seed.values()], axis=0)
+    rng = np.random.default_rng(rng_seed)
+    folds = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    draws = [rows[rng.integers(0, len(rows), size=(BOOTSTRAP, len(rows)))] for rows in folds]
+    scores, boot = [], []
+    for p in per_seed.values():
+        p = np.asarray(p)
+        scores.append(np.mean([task_metrics(task, p[rows], labels[rows])[HEADLINE] for rows in folds]))
+        boot.append(np.mean([resampled_metrics(task, p, labels, idx)[HEADLINE] for idx in draws], axis=0))
+    boot = np.mean(boot, axis=0)
     return {"mean": float(np.mean(scores)), "std": float(np.std(scores)), "per_seed": [float(s) for s in scores],
             "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
+
+
+def test_groups(table: Path, ids: list[str]) -> np.ndarray:
+    """Each test utterance's MUStARD fold (-1 for MELD's one test split)."""
+    import pyarrow.parquet as pq
+
+    fold = {r["utterance_id"]: r["fold"] for r in pq.read_table(table, columns=["utterance_id", "fold"]).to_pylist()}
+    return np.asarray([-1 if fold[u] is None else fold[u] for u in ids])
 
 
 def run_task(task: str, root: Path, work: Path, seeds: list[int], context: bool, text_model: str) -> dict:
@@ -170,13 +186,14 @@ def run_task(task: str, root: Path, work: Path, seeds: list[int], context: bool,
               "n_utterances": metrics["counts"]["utterances_used"], "protocol": metrics["protocol"],
               "folds_used": metrics.get("folds_used"), "seconds": {"features": round(t_feats, 1),
                                                                      "fusion": round(t_fusion, 1)},
-              "project": summarise(task, labels, pred["seeds"])}
+              "project": summarise(task, labels, groups := test_groups(table, pred["ids"]), pred["seeds"])}
     test_ids, peer_labels, peers = peer_predictions(task, table, feats, seeds)
     order = {u: i for i, u in enumerate(test_ids)}
     assert sorted(order) == sorted(pred["ids"]), "the peers and the project must be tested on the same utterances"
     back = np.asarray([order[u] for u in pred["ids"]])  # the peers' rows in the project's order
+    assert np.array_equal(peer_labels[back], labels), "the peers' labels must be the project's"
     for name, per_seed in peers.items():
-        result[name] = summarise(task, peer_labels[back], {s: np.asarray(p)[back] for s, p in per_seed.items()})
+        result[name] = summarise(task, labels, groups, {s: np.asarray(p)[back] for s, p in per_seed.items()})
     result["seconds"]["peers"] = round(time.perf_counter() - t0 - t_feats - t_fusion, 1)
     best = max((n for n in peers), key=lambda n: result[n]["mean"])
     result["best_peer"] = best
