@@ -34,6 +34,9 @@ opening a tar (``split_by_video``).
 * Segments without comments are dropped (no positives); an unreadable sample or shard is
   reported with its URL and key and skipped (``on_error="warn"``) or raises ``ShardSampleError``
   (``on_error="raise"``); either way the same samples are skipped on a resume.
+* ``shuffle_comments`` (a control, never for a real encoder) gives each segment of a batch the
+  comments of another segment of the batch: the same corpus, loader, sampling and loss, with the
+  link between a video and its own comments cut, so what the encoder learns must vanish.
 
 Evaluation uses the same class with ``shuffle=False, infinite=False`` (shards in index order,
 last partial batch kept).
@@ -320,7 +323,7 @@ class SegmentStream(IterableDataset):
                  max_length: int = 32, seed: int = 0, shuffle: bool = True, infinite: bool = True,
                  shuffle_buffer: int = 64, open_shards: int | None = None, start_batch: int = 0, rank: int = 0,
                  world_size: int = 1, on_error: str = "warn", max_segments: int | None = None,
-                 max_per_video: int | None = 2):
+                 max_per_video: int | None = 2, shuffle_comments: bool = False):
         super().__init__()
         if not shards:
             raise ShardIndexError("SegmentStream needs at least one shard")
@@ -336,6 +339,7 @@ class SegmentStream(IterableDataset):
         self.max_per_video = int(max_per_video) if max_per_video and shuffle else None
         self.start_batch, self.rank, self.world_size = int(start_batch), int(rank), int(world_size)
         self.on_error, self.max_segments = on_error, max_segments
+        self.shuffle_comments = bool(shuffle_comments)
 
     # -- the per-slot sample stream
 
@@ -468,7 +472,9 @@ class SegmentStream(IterableDataset):
             emitted += len(batch)
             yield batch
 
-    def collate(self, segments: list[Segment]) -> dict[str, Any]:
+    def collate(self, segments: list[Segment], index: int = 0) -> dict[str, Any]:
+        """One batch; with ``shuffle_comments`` (the control) each segment gets the comments of
+        another segment of the batch (batch ``index`` seeds the permutation: a resume repeats it)."""
         shape = segments[0].frames.shape
         for seg in segments:
             if seg.frames.shape != shape:
@@ -480,6 +486,8 @@ class SegmentStream(IterableDataset):
             "n_comments": torch.tensor([len(s.comments) for s in segments], dtype=torch.long),
         }
         comments = [s.comments for s in segments]
+        if self.shuffle_comments:
+            comments = derange(comments, random.Random(f"{self.seed}:shuffle-comments:{index}"))
         if self.tokenizer is not None:
             from .tokenizer import tokenize_comments
 
@@ -497,7 +505,18 @@ class SegmentStream(IterableDataset):
         slot, n_slots = self.rank * n_workers + logical, self.world_size * n_workers
         for i, batch in enumerate(self.batches(self.slot_segments(slot, n_slots))):
             if i >= skip_batches:  # batches already trained on are rebuilt, never collated
-                yield self.collate(batch)
+                yield self.collate(batch, i)
+
+
+def derange(items: list, rng: random.Random) -> list:
+    """``items`` permuted so that none keeps its place (one cycle through a random order);
+    a single item stays where it is."""
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    out = list(items)
+    for k, i in enumerate(order):
+        out[i] = items[order[(k + 1) % len(order)]]
+    return out
 
 
 def make_loader(stream: SegmentStream, num_workers: int = 0, pin_memory: bool = False,

@@ -361,7 +361,8 @@ def train_loader(cfg: TrainConfig, shards: list[ShardSpec], tokenizer, dist: Dis
                            max_comments=cfg.max_comments, max_length=cfg.text_max_length, seed=cfg.seed,
                            shuffle_buffer=cfg.shuffle_buffer, open_shards=cfg.open_shards,
                            start_batch=start_batch, rank=dist.rank, world_size=dist.world_size,
-                           on_error=cfg.on_error, max_per_video=cfg.max_per_video)
+                           on_error=cfg.on_error, max_per_video=cfg.max_per_video,
+                           shuffle_comments=cfg.shuffle_comments)
     return make_loader(stream, num_workers=cfg.num_workers, pin_memory=dist.device.type == "cuda", seed=cfg.seed)
 
 

@@ -45,6 +45,8 @@ class TrainConfig:
     text_max_length: int = opt(32, "tokens per comment")
     text_pooling: str = opt("cls", '"cls" or "mean"')
     positives: str = opt("sum", 'multi-positive video→comment form, "sum" or "mean" (see lcaffect_ml.losses)')
+    shuffle_comments: bool = opt(False, "control only: pair each training segment with the comments of another "
+                                 "segment of its batch (lcaffect_ml.data); evaluation keeps each segment's own")
     freeze_video: bool = opt(False, "train only the comment tower and the projections")
     freeze_text: bool = opt(False, "train only the video tower and the projections")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory)")
@@ -103,7 +105,7 @@ class TrainConfig:
 
 
 # Options that must match for a resume to continue the same run (others, e.g. max_steps, may change).
-RESUME_KEYS = ("batch_size", "grad_accum", "seed", "split_seed", "eval_fraction", "eval_platforms", "num_workers", "shards")
+RESUME_KEYS = ("batch_size", "grad_accum", "seed", "shuffle_comments", "split_seed", "eval_fraction", "eval_platforms", "num_workers", "shards")
 
 
 @dataclass

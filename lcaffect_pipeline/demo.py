@@ -136,12 +136,37 @@ def scene_comments(rng: random.Random, scene: int) -> list[str]:
     return texts
 
 
-def demo_comments(video_index: int, seed: int = 0, segments: int = SEGMENTS_PER_VIDEO) -> list[dict]:
+WORLDS = ("memorisation", "unseen")  # lcaffect_pipeline.demo (this module), lcaffect_pipeline.demo_unseen
+
+
+def _check_world(world: str) -> None:
+    if world not in WORLDS:
+        raise ValueError(f"unknown demo world {world!r}; worlds: {WORLDS}")
+
+
+def video_scene_keys(video_index: int, seed: int, segments: int, world: str) -> list[str]:
+    """The scene of each segment of a demo video, as the key the manifest (``SCENES_FILE``) records."""
+    if world == "unseen":
+        from .demo_unseen import corpus_scenes
+
+        return [s.key for s in corpus_scenes(video_index, segments)]
+    return [f"scene-{c}" for c in segment_scenes(video_index, seed, segments)]
+
+
+def demo_comments(video_index: int, seed: int = 0, segments: int = SEGMENTS_PER_VIDEO,
+                  world: str = WORLDS[0]) -> list[dict]:
     """The comments of one demo video: ``offset_ms``, ``text``, ``author``, ``id``, ``posted``."""
+    _check_world(world)
     rng = random.Random(f"comments-{seed}-{video_index}")
+    if world == "unseen":
+        from . import demo_unseen
+
+        scenes, say = demo_unseen.corpus_scenes(video_index, segments), demo_unseen.scene_comments
+    else:
+        scenes, say = segment_scenes(video_index, seed, segments), scene_comments
     out = []
-    for seg, scene in enumerate(segment_scenes(video_index, seed, segments)):
-        for text in scene_comments(rng, scene):
+    for seg, scene in enumerate(scenes):
+        for text in say(rng, scene):
             offset = seg * SEGMENT_S * 1000 + rng.randrange(200, SEGMENT_S * 1000 - 200)
             out.append({"offset_ms": offset, "text": text, "author": f"user{rng.randrange(40)}"})
     out.sort(key=lambda c: c["offset_ms"])
@@ -261,10 +286,20 @@ def make_demo_video(path: Path, scenes: list[int], *, size: str = "160x120", fps
     return path
 
 
+def _render_video(path: Path, video_index: int, seed: int, segments: int, world: str) -> Path:
+    if world == "unseen":
+        from . import demo_unseen
+
+        return demo_unseen.render(path, demo_unseen.corpus_scenes(video_index, segments), SEGMENT_S, tone_hz=440,
+                                  seed=1000 * seed + video_index)
+    return make_demo_video(path, segment_scenes(video_index, seed, segments))
+
+
 # ---------------------------------------------------------------- the world
 
 
 MARKER = ".demo-world.json"
+SCENES_FILE = "scenes.json"  # video id -> the scene key of each segment (pools are checked from it)
 
 
 def _upload_demo_world(root, params: dict):
@@ -273,20 +308,24 @@ def _upload_demo_world(root, params: dict):
         return catalogue
     with lake.scratch("the demo world (ffmpeg renders it)") as local:
         generate_demo_world(local, params["n_videos"], segments=params["segments"], seed=params["seed"],
-                            with_videos=params["with_videos"])
+                            with_videos=params["with_videos"], world=params["world"])
         lake.upload_tree(local, root, last=["catalogue.yaml", MARKER])
     return catalogue
 
 
 def generate_demo_world(root, n_videos: int = 16, *, segments: int = SEGMENTS_PER_VIDEO, seed: int = 0,
-                        with_videos: bool = True) -> Path:
+                        with_videos: bool = True, world: str = WORLDS[0]) -> Path:
     """Write the demo world under ``root`` and return its catalogue path (idempotent).
+
+    ``world``: ``memorisation`` (this module's scenes) or ``unseen`` (``lcaffect_pipeline.demo_unseen``).
 
     A marker file records the parameters; a second call with the same ones does nothing. On an
     object store (``s3://…``) the world is rendered in a local scratch folder (ffmpeg writes local
     files) and uploaded, its marker last.
     """
-    params = {"version": DEMO_VERSION, "n_videos": n_videos, "segments": segments, "seed": seed, "with_videos": with_videos}
+    _check_world(world)
+    params = {"version": DEMO_VERSION, "n_videos": n_videos, "segments": segments, "seed": seed, "with_videos": with_videos,
+              "world": world}
     if not lake.is_local(lake.as_path(root)):
         return _upload_demo_world(lake.as_path(root), params)
     root = lake.local_path(root, "the demo world")
@@ -298,7 +337,7 @@ def generate_demo_world(root, n_videos: int = 16, *, segments: int = SEGMENTS_PE
     for i in range(n_videos):
         fmt = FORMATS[i % len(FORMATS)]
         vid = f"demo_{i:02d}"
-        comments = demo_comments(i, seed, segments)
+        comments = demo_comments(i, seed, segments, world)
         folder = root / "comments" / vid
         cid = 90_000_000 + i
         writer = {
@@ -318,14 +357,16 @@ def generate_demo_world(root, n_videos: int = 16, *, segments: int = SEGMENTS_PE
             "title": f"Demo video {i} ({fmt})",
         }
         if with_videos:
-            video = root / "videos" / f"{vid}-{segments}x-seed{seed}-v{DEMO_VERSION}.mp4"
-            if not video.exists():  # same index, length and seed, same content: keep the rendered file
-                renders.append((video, segment_scenes(i, seed, segments)))
+            video = root / "videos" / f"{vid}-{segments}x-seed{seed}-{world}-v{DEMO_VERSION}.mp4"
+            if not video.exists():  # same index, length, seed and world, same content: keep the rendered file
+                renders.append((video, i))
             entry["video"] = str(video.relative_to(root))
         entries.append(entry)
     # ffmpeg does the work: one render per core at once
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(pool.map(lambda job: make_demo_video(*job), renders))
+        list(pool.map(lambda job: _render_video(job[0], job[1], seed, segments, world), renders))
+    keys = {entry["video_id"]: video_scene_keys(i, seed, segments, world) for i, entry in enumerate(entries)}
+    lake.atomic_write_bytes(root / SCENES_FILE, json.dumps(keys).encode())
     lake.atomic_write_bytes(catalogue, yaml.safe_dump({"videos": entries}, allow_unicode=True, sort_keys=False).encode("utf-8"))
     lake.atomic_write_bytes(marker, json.dumps(params).encode())
     return catalogue

@@ -52,3 +52,15 @@ def test_missing_arm_is_not_available_not_zero():
     table, md = ablation_table({"meld": {"with": _metrics({0: 0.7}), "without": None}})
     assert "meld" not in table["tasks"] and "| meld | not available |" in md
     assert "| chsims2 | not available |" in md
+
+
+def test_shuffled_comment_arm_goes_beside_the_primary_arm():
+    shuffled = _metrics({0: 0.61, 1: 0.59, 2: 0.60})
+    results = {"meld": {"with": _metrics({0: 0.80, 1: 0.82, 2: 0.84}), "without": _metrics({0: 0.60, 1: 0.62, 2: 0.58}),
+                        "lc_variant": "v2lc", "arms": {"shuffled_comments": {"with": shuffled}}}}
+    row = ablation_table(results, demo=True)[0]["tasks"]["meld"]["metrics"]["weighted_f1"]
+    assert row["shuffled_comments"] == pytest.approx(0.60)
+    assert row["std_shuffled_comments"] == pytest.approx(math.sqrt(0.0002 / 3))
+    assert row["seeds_shuffled_comments"] == {"0": 0.61, "1": 0.59, "2": 0.60}
+    other = {"meld": {**results["meld"], "arms": {"zh": {"with": shuffled}}}}  # any other arm is no control
+    assert "shuffled_comments" not in ablation_table(other, demo=True)[0]["tasks"]["meld"]["metrics"]["weighted_f1"]

@@ -325,6 +325,18 @@ def test_stream_resumes_exactly_at_a_batch(shards, tokenizer, workers):
     assert full[0]["frames"].dtype == torch.uint8 and full[0]["frames"].shape == (4, 4, 32, 32, 3)
 
 
+def test_shuffled_comments_control_pairs_each_segment_with_another_segments_comments(shards):
+    kw = dict(batch_size=6, seed=5, shuffle_buffer=8, open_shards=3, max_per_video=None)
+    own = _collect(SegmentStream(shards, **kw), 4)
+    shuffled = _collect(SegmentStream(shards, shuffle_comments=True, **kw), 4)
+    for a, b in zip(own, shuffled):
+        assert a["video_id"] == b["video_id"] and torch.equal(a["frames"], b["frames"])  # same segments, same order
+        assert sorted(map(tuple, a["comments"])) == sorted(map(tuple, b["comments"]))  # the batch's comments, moved
+        assert all(x != y for x, y in zip(a["comments"], b["comments"]))  # no segment keeps its own
+    again = _collect(SegmentStream(shards, shuffle_comments=True, start_batch=2, **kw), 2)
+    assert [b["comments"] for b in again] == [b["comments"] for b in shuffled[2:]]  # a resume repeats the pairing
+
+
 def test_ranks_split_an_epoch_without_overlap(shards):
     seen = []
     for rank in range(2):

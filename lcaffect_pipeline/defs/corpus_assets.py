@@ -32,7 +32,7 @@ def video_catalogue(context: dg.AssetExecutionContext, lake: LakeResource, catal
         from ..demo import generate_demo_world
 
         path = str(generate_demo_world(lake.path("demo_world"), n_videos=catalogue.demo_videos,
-                                       segments=catalogue.demo_segments))
+                                       segments=catalogue.demo_segments, world=catalogue.demo_world))
     if not path:
         raise dg.Failure("no catalogue: set resources.catalogue.config.path (or demo: true)")
     table = corpus.load_catalogue(path)

@@ -47,7 +47,7 @@ def _dataset_root(stack: contextlib.ExitStack, lake: LakeResource, downstream: D
         return downstream.root_for(task, demo_root)
     from ..downstream.demo import upload_demo_downstream
 
-    upload_demo_downstream(demo_root)
+    upload_demo_downstream(demo_root, world=downstream.demo_world)
     key = f"demo_downstream-{task}-{hashlib.sha256(str(demo_root).encode()).hexdigest()[:16]}"
     return stack.enter_context(local_tree(demo_root / task, "the demo datasets", key=key))
 

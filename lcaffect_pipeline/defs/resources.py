@@ -16,6 +16,7 @@ from lcaffect_ml.contracts.tables import DEFAULT_PROTOCOLS
 from pydantic import Field, model_validator
 
 from .. import lake, schema, versions
+from ..demo import WORLDS as DEMO_WORLDS
 from ..jsonopt import json_object
 
 
@@ -74,6 +75,8 @@ class CatalogueResource(dg.ConfigurableResource):
     demo: bool = Field(default=False, description="Generate the offline demo world into the lake and use its catalogue")
     demo_videos: int = Field(default=16, description="Number of demo videos")
     demo_segments: int = Field(default=5, description="8-second segments per demo video")
+    demo_world: Literal[DEMO_WORLDS] = Field(default=DEMO_WORLDS[0], description='"memorisation" (lcaffect_pipeline.demo) or '
+                                             '"unseen" (lcaffect_pipeline.demo_unseen: no labelled scene in the corpus)')
 
 
 class CrawlerResource(dg.ConfigurableResource):
@@ -284,6 +287,8 @@ class DownstreamResource(dg.ConfigurableResource):
     """Where the downstream datasets are, how their media are prepared, and how fusion is trained."""
 
     demo: bool = Field(default=False, description="Generate stand-in datasets in the official layouts into the lake")
+    demo_world: Literal[DEMO_WORLDS] = Field(default=DEMO_WORLDS[0], description="The demo world the stand-ins show "
+                                             "(the catalogue's demo_world)")
     chsims2_root: Optional[str] = Field(default=None, description="CH-SIMS v2 folder (label.csv, Raw/)")
     meld_root: Optional[str] = Field(default=None, description="MELD.Raw folder ({train,dev,test}_sent_emo.csv and the split folders)")
     mustard_root: Optional[str] = Field(default=None, description="MUStARD folder (sarcasm_data.json, utterances_final/)")
@@ -350,5 +355,5 @@ class DownstreamResource(dg.ConfigurableResource):
 
             from .. import lake
 
-            return Path(generate_demo_downstream(lake.local_path(demo_root, "the demo datasets"))[task])
+            return Path(generate_demo_downstream(lake.local_path(demo_root, "the demo datasets"), world=self.demo_world)[task])
         return None

@@ -7,6 +7,8 @@ margin, and says the difference in units of the larger of the two spreads over s
 inside the spread is not evidence of anything. Where the with-LC runs also tested their models on
 LC features shuffled across the test utterances (``lc_permuted``), that control is reported next
 to them: a gain that survives the shuffle does not come from each utterance's own LC features.
+A V2LC variant named ``SHUFFLED_ARM``, pretrained on comments shuffled across segments, is a second
+control: its with-LC scores are copied beside the primary arm's (``shuffled_comments``).
 
 Where both arms saved their test predictions (``predictions``), each metric also gets the paired
 difference with a 95 % bootstrap interval over test utterances (``bootstrap.paired_bootstrap``),
@@ -32,6 +34,9 @@ METRICS = {"chsims2": ("acc2", "acc2_weak", "acc3", "acc5", "f1", "mae", "corr")
            "mustard": ("weighted_precision", "weighted_recall", "weighted_f1")}
 LOWER_IS_BETTER = {"mae"}
 TINY = "tiny"
+# The V2LC variant trained on comments shuffled across segments (``shuffle_comments``, a control):
+# its with-LC scores go beside the primary arm's as ``shuffled_comments`` (its gain must vanish).
+SHUFFLED_ARM = "shuffled_comments"
 
 
 def stand_ins(features_meta: Mapping[str, Any] | None) -> list[str]:
@@ -76,6 +81,15 @@ def arm_rows(task: str, with_lc: Mapping[str, Any], without: Mapping[str, Any]) 
     return rows
 
 
+def add_shuffled(rows: Mapping[str, dict[str, Any]], shuffled: Mapping[str, Any]) -> None:
+    """Each metric's with-LC mean, std and per-seed values of the shuffled-comment control arm."""
+    for metric, row in rows.items():
+        seeds = {str(s): v[metric] for s, v in shuffled.get("seeds", {}).items() if metric in v}
+        if seeds:
+            row["shuffled_comments"], row["std_shuffled_comments"] = _mean_std(seeds.values())
+            row["seeds_shuffled_comments"] = seeds
+
+
 def ablation_table(results: Mapping[str, Mapping[str, Any] | None], *, demo: bool = False) -> tuple[dict, str]:
     """``results``: task → {"with": metrics.json, "without": metrics.json, "features": features.json,
     and optionally "lc_variant" (the primary arm's V2LC variant) and "arms": {variant: {"with",
@@ -96,6 +110,8 @@ def ablation_table(results: Mapping[str, Mapping[str, Any] | None], *, demo: boo
         primary = entry.get("lc_variant")
         others = {n: a for n, a in (entry.get("arms") or {}).items() if n != primary and a.get("with")}
         rows = arm_rows(task, with_lc, without)
+        if SHUFFLED_ARM in others:
+            add_shuffled(rows, others[SHUFFLED_ARM]["with"])
         table[task] = {"headline": HEADLINE[task], "metrics": rows, "stand_in_encoders": flagged, "lc_variant": primary,
                        "arms": {n: {"metrics": arm_rows(task, a["with"], without), "stand_in_encoders": stand_ins(a.get("features"))}
                                 for n, a in others.items()},

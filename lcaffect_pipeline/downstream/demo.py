@@ -25,6 +25,11 @@ the text, visual and acoustic features cannot predict it there: only the synthet
 features, from a V2LC encoder whose comment corpus covered every scene, carry it. This is the
 paper's situation in small: a large comment corpus teaches what a small labelled set cannot.
 
+**The unseen-videos world** (``world="unseen"``, ``lcaffect_pipeline.demo_unseen``): the same
+datasets over pattern scenes whose mood follows their pattern, each split's scenes from a pool of
+its own (``demo_unseen.split_scenes``), none of them in the comment corpus. ``SCENES_FILE`` in the
+root records every utterance's scene key, so the disjoint pools can be checked from the files.
+
 ``demo_label(task, cue, scene)`` is that function. Deterministic (seeded ``random.Random``,
 bit-exact ffmpeg flags); the clips are rendered once (64 scenes x 2 lengths) into a pool and
 hard-linked (copied where links fail) to every utterance, so generation takes a few seconds.
@@ -45,7 +50,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .. import lake
-from ..demo import MOODS, SCENES, scene_filter
+from .. import demo_unseen
+from ..demo import MOODS, SCENES, SCENES_FILE, WORLDS, _check_world, scene_filter
 from .datasets import MELD_MEDIA_DIRS, MELD_COLUMNS, CHSIMS_COLUMNS
 
 DEMO_DOWNSTREAM_VERSION = "2"
@@ -94,9 +100,19 @@ def grid(x: float) -> float:
     return max(-1.0, min(1.0, round(round(x / 0.2) * 0.2, 1))) + 0.0  # + 0.0: no -0.0
 
 
-def demo_label(task: str, cue: Any, scene: int) -> Any:
-    """The label of a demo utterance from its text cue and its scene index (module doc)."""
-    mood = MOODS[SCENES[scene].mood]
+def _scene(scene):
+    """A memorisation scene's index to its ``Scene``; an unseen world's scene is itself."""
+    return SCENES[scene] if isinstance(scene, int) else scene
+
+
+def _key(scene) -> str:
+    return f"scene-{scene}" if isinstance(scene, int) else scene.key
+
+
+def demo_label(task: str, cue: Any, scene) -> Any:
+    """The label of a demo utterance from its text cue and its scene (an index into ``SCENES``, or
+    a ``demo_unseen.UnseenScene``) (module doc)."""
+    mood = MOODS[_scene(scene).mood]
     if task == "chsims2":
         return grid(0.4 * cue + 0.6 * mood.valence)
     if task == "meld":
@@ -120,14 +136,16 @@ def text_cue(task: str, text: str) -> Any:
 MARKER = ".demo-downstream.json"
 
 
-def _params(n_per_split, seed: int, with_media: bool) -> tuple[dict[str, int], dict[str, Any]]:
+def _params(n_per_split, seed: int, with_media: bool, world: str = WORLDS[0]) -> tuple[dict[str, int], dict[str, Any]]:
     if n_per_split is None:
         counts = dict(DEFAULT_N)
     elif isinstance(n_per_split, int):
         counts = {s: n_per_split for s in DEFAULT_N}
     else:
         counts = {s: int(n_per_split[s]) for s in DEFAULT_N}
-    return counts, {"version": DEMO_DOWNSTREAM_VERSION, "n": counts, "seed": seed, "with_media": with_media}
+    _check_world(world)
+    params = {"version": DEMO_DOWNSTREAM_VERSION, "n": counts, "seed": seed, "with_media": with_media}
+    return counts, {**params, "world": world} if world != WORLDS[0] else params  # the memorisation marker as before
 
 
 def upload_demo_downstream(root, **options) -> None:
@@ -136,7 +154,8 @@ def upload_demo_downstream(root, **options) -> None:
     the marker there names the same parameters."""
     root = lake.as_path(root)
     marker = root / MARKER
-    _, params = _params(options.get("n_per_split"), options.get("seed", 0), options.get("with_media", True))
+    _, params = _params(options.get("n_per_split"), options.get("seed", 0), options.get("with_media", True),
+                        options.get("world", WORLDS[0]))
     if marker.exists() and json.loads(marker.read_text()) == params:
         return
     with lake.scratch("the demo datasets (ffmpeg renders them)") as local:
@@ -146,28 +165,30 @@ def upload_demo_downstream(root, **options) -> None:
 
 
 def generate_demo_downstream(root: str | os.PathLike, *, n_per_split: int | Mapping[str, int] | None = None,
-                             seed: int = 0, with_media: bool = True) -> dict[str, Path]:
+                             seed: int = 0, with_media: bool = True, world: str = WORLDS[0]) -> dict[str, Path]:
     """Write ``root/{chsims2,meld,mustard}`` in the official layouts; returns name -> folder.
 
     ``n_per_split``: utterances per split (an int for every split, or train/valid/test counts);
     MUStARD, which has no split, gets their sum. Idempotent: a marker records the parameters and
-    a second call with the same ones writes nothing.
+    a second call with the same ones writes nothing. ``world``: ``memorisation`` or ``unseen`` (module doc).
     """
     root = Path(root)
-    counts, params = _params(n_per_split, seed, with_media)
+    counts, params = _params(n_per_split, seed, with_media, world)
     folders = {name: root / name for name in ("chsims2", "meld", "mustard")}
     marker = root / MARKER
     if marker.is_file() and json.loads(marker.read_text()) == params and all(f.is_dir() for f in folders.values()):
         return folders
-    pool = _render_pool(root / ".clip-pool", seed) if with_media else None
-    _write_chsims2(folders["chsims2"], counts, seed, pool)
-    _write_meld(folders["meld"], counts, seed, pool)
-    _write_mustard(folders["mustard"], sum(counts.values()), seed, pool)
+    splits = demo_unseen.split_scenes() if world == "unseen" else SCENE_SPLITS
+    pool = _render_pool(root / ".clip-pool", seed, splits, world) if with_media else None
+    keys = {"chsims2": _write_chsims2(folders["chsims2"], counts, seed, pool, splits),
+            "meld": _write_meld(folders["meld"], counts, seed, pool, splits),
+            "mustard": _write_mustard(folders["mustard"], sum(counts.values()), seed, pool, splits)}
+    lake.atomic_write_bytes(root / SCENES_FILE, json.dumps(keys).encode())
     lake.atomic_write_bytes(marker, json.dumps(params).encode())
     return folders
 
 
-def _draw(rng: random.Random, task: str, scenes: tuple[int, ...],
+def _draw(rng: random.Random, task: str, scenes: tuple,
           cue_weights: Mapping[Any, float] | None = None) -> tuple[Any, int, int, str]:
     """(cue, scene, clip variant, text) of one utterance showing one of ``scenes``."""
     cues = list(CUES[task])
@@ -185,44 +206,50 @@ def _draw(rng: random.Random, task: str, scenes: tuple[int, ...],
 # ------------------------------------------------------------------------------ per dataset
 
 
-def _write_chsims2(folder: Path, counts: Mapping[str, int], seed: int, pool) -> None:
+def _write_chsims2(folder: Path, counts: Mapping[str, int], seed: int, pool, splits) -> dict[str, str]:
+    """Writes the dataset; returns utterance -> scene key (so do the other writers)."""
     rng = random.Random(f"chsims2-{seed}")
-    rows = []
+    rows, keys = [], {}
     for split, n in counts.items():
         for i in range(n):
-            cue, scene, variant, text = _draw(rng, "chsims2", SCENE_SPLITS[split])
+            cue, scene, variant, text = _draw(rng, "chsims2", splits[split])
             video_id, clip_id = f"demo_{split}_{i // 5:03d}", f"{i % 5 + 1:04d}"
             label = demo_label("chsims2", cue, scene)
-            valence = float(SCENES[scene].valence)
+            valence = float(_scene(scene).valence)
             annotation = "Positive" if label > 0 else "Negative" if label < 0 else "Neutral"
             rows.append([video_id, clip_id, text, label, grid(0.8 * cue), valence, valence, annotation, split])
             _place(pool, scene, variant, folder / "Raw" / video_id / f"{clip_id}.mp4")
+            keys[f"{video_id}/{clip_id}"] = _key(scene)
     _write_csv(folder / "label.csv", CHSIMS_COLUMNS, rows)
+    return keys
 
 
-def _write_meld(folder: Path, counts: Mapping[str, int], seed: int, pool) -> None:
+def _write_meld(folder: Path, counts: Mapping[str, int], seed: int, pool, splits) -> dict[str, str]:
     rng = random.Random(f"meld-{seed}")
+    keys = {}
     for official, split in (("train", "train"), ("dev", "valid"), ("test", "test")):
         rows = []
         for i in range(counts[split]):
-            cue, scene, variant, text = _draw(rng, "meld", SCENE_SPLITS[split])
+            cue, scene, variant, text = _draw(rng, "meld", splits[split])
             dia, utt = i // 4, i % 4
             start = 60 * dia + 5 * utt
             emotion = demo_label("meld", cue, scene)
             rows.append([i + 1, text, rng.choice(MELD_SPEAKERS), emotion, MELD_SENTIMENT[emotion], dia, utt,
                          1 + dia % 10, 1 + dia % 24, _srt_time(start), _srt_time(start + CLIP_SECONDS[variant])])
             _place(pool, scene, variant, folder / MELD_MEDIA_DIRS[official] / f"dia{dia}_utt{utt}.mp4")
+            keys[f"{official}/dia{dia}_utt{utt}"] = _key(scene)
         _write_csv(folder / f"{official}_sent_emo.csv", MELD_COLUMNS, rows)
+    return keys
 
 
-def _write_mustard(folder: Path, n: int, seed: int, pool) -> None:
+def _write_mustard(folder: Path, n: int, seed: int, pool, splits) -> dict[str, str]:
     rng = random.Random(f"mustard-{seed}")
-    data = {}
+    data, keys = {}, {}
     for i in range(n):
         # the show first: FRIENDS (the speaker-independent test show) shows only test scenes.
         # Praise twice as often as complaints: a third of the utterances are sarcastic.
         show, prefix, speakers = rng.choices(MUSTARD_SHOWS, weights=(5, 4, 1, 1))[0]
-        scenes = SCENE_SPLITS["test"] if show == "FRIENDS" else SCENE_SPLITS["train"] + SCENE_SPLITS["valid"]
+        scenes = splits["test"] if show == "FRIENDS" else splits["train"] + splits["valid"]
         cue, scene, variant, text = _draw(rng, "mustard", scenes, {"praise": 2.0, "complaint": 1.0})
         speaker, other = rng.sample(speakers, 2)
         uid = f"{prefix}_{1000 + i}"
@@ -231,7 +258,9 @@ def _write_mustard(folder: Path, n: int, seed: int, pool) -> None:
                      "context_speakers": [other, speaker], "show": show,
                      "sarcasm": demo_label("mustard", cue, scene)}
         _place(pool, scene, variant, folder / "utterances_final" / f"{uid}.mp4")
+        keys[uid] = _key(scene)
     lake.atomic_write_bytes(folder / "sarcasm_data.json", json.dumps(data, indent=2, ensure_ascii=False).encode())
+    return keys
 
 
 def _srt_time(seconds: int) -> str:
@@ -249,25 +278,33 @@ def _write_csv(path: Path, columns, rows) -> None:
 # ------------------------------------------------------------------------------ media
 
 
-def _render_pool(folder: Path, seed: int) -> dict[tuple[int, int], Path]:
+def _render_pool(folder: Path, seed: int, splits: Mapping[str, tuple], world: str) -> dict[tuple[Any, int], Path]:
+    """Every scene of every split rendered once per clip length (memorisation: all 64 scenes)."""
+    scenes = range(len(SCENES)) if world == WORLDS[0] else [s for split in splits.values() for s in split]
     pool, pending = {}, []
-    for c in range(len(SCENES)):
+    for n, c in enumerate(scenes):
         for v, seconds in enumerate(CLIP_SECONDS):
-            path = folder / f"scene{c:02d}-{seconds}s-seed{seed}-v{DEMO_DOWNSTREAM_VERSION}.mp4"
+            name = f"scene{c:02d}" if isinstance(c, int) else c.key
+            path = folder / f"{name}-{seconds}s-seed{seed}-v{DEMO_DOWNSTREAM_VERSION}.mp4"
             if not path.is_file():
-                pending.append((path, c, v, 1000 * seed + 10 * c + v))
+                pending.append((path, c, v, 1000 * seed + 10 * n + v))
             pool[(c, v)] = path
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as workers:  # ffmpeg does the work
         list(workers.map(lambda job: _render_clip(job[0], job[1], job[2], noise_seed=job[3]), pending))
     return pool
 
 
-def _render_clip(path: Path, scene: int, variant: int, noise_seed: int) -> None:
-    """One clip: the scene's mosaic under moving noise (as ``demo.make_demo_video``, shorter) with
-    the tone of its length, written to a temporary name and renamed."""
+def _render_clip(path: Path, scene, variant: int, noise_seed: int) -> None:
+    """One clip: the scene's mosaic (or an unseen world's pattern) under moving noise (as
+    ``demo.make_demo_video``, shorter) with the tone of its length, written to a temporary name
+    and renamed."""
+    seconds = CLIP_SECONDS[variant]
+    if not isinstance(scene, int):
+        demo_unseen.render(path, [scene], seconds, tone_hz=CLIP_TONES[variant], size=CLIP_SIZE, fps=CLIP_FPS,
+                           seed=noise_seed)
+        return
     if shutil.which("ffmpeg") is None:
         raise RuntimeError("ffmpeg is not installed (apt-get install ffmpeg)")
-    seconds = CLIP_SECONDS[variant]
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.mp4")
     graph = (scene_filter(scene, seconds, "s", size=CLIP_SIZE, fps=CLIP_FPS)
              + f";[s]noise=alls=30:allf=t+u:all_seed={noise_seed}[v]")
@@ -284,7 +321,7 @@ def _render_clip(path: Path, scene: int, variant: int, noise_seed: int) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _place(pool: dict[tuple[int, int], Path] | None, scene: int, variant: int, dest: Path) -> None:
+def _place(pool: dict[tuple[Any, int], Path] | None, scene, variant: int, dest: Path) -> None:
     """Hard-link the pooled clip to ``dest`` (a copy across file systems), replacing atomically."""
     if pool is None:
         return
