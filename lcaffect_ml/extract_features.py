@@ -72,7 +72,9 @@ class ExtractConfig:
     text_max_length: int = opt(128, "tokens per utterance, context included")
     text_pooling: str = opt("tokens", '"tokens": the token-level hidden states (the fusion model attends over '
                             'them) | "mean": their masked mean, one vector per utterance (the sentence embedding of '
-                            "sentence encoders such as all-MiniLM-L6-v2; much faster to fuse)")
+                            'sentence encoders such as all-MiniLM-L6-v2; much faster to fuse) | "turns": one such '
+                            "vector for the utterance and one for each context turn, each encoded alone (the fusion "
+                            "model attends over the dialogue)")
     context: bool = opt(True, "the text before the utterance (MELD's earlier turns of its dialogue, MUStARD's "
                         "context utterances: the table's `context`) enters the text modality, as the second "
                         "sentence of a pair after the utterance, most recent turn first, so truncation drops the "

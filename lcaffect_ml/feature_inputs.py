@@ -39,9 +39,12 @@ def context_turns(cfg, u: Utterance) -> list[str]:
     return [t for t in u.context if t.strip()][-int(cfg.context_turns):]
 
 
-def text_input(cfg, u: Utterance, sep: str) -> str | tuple[str, str]:
-    """The utterance alone, or (utterance, its context most recent first, joined by ``sep``)."""
+def text_input(cfg, u: Utterance, sep: str) -> str | tuple[str, str] | list[str]:
+    """The utterance alone, or (utterance, its context most recent first, joined by ``sep``); with
+    ``text_pooling: turns`` the list [utterance, context turns most recent first]."""
     turns = context_turns(cfg, u)
+    if cfg.text_pooling == "turns":
+        return [u.text, *reversed(turns)]
     return (u.text, f" {sep} ".join(reversed(turns))) if turns else u.text
 
 

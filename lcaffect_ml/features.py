@@ -137,14 +137,16 @@ class _Runner:
 # --------------------------------------------------------------------------------- text
 
 
-TEXT_POOLINGS = ("tokens", "mean")
+TEXT_POOLINGS = ("tokens", "mean", "turns")
 
 
 class TextFeaturizer:
     """Token-level hidden states (L_i, Dt) per utterance, [CLS]/[SEP] (or <s>/</s>) included; with
     ``pooling="mean"`` their masked mean as one token (1, Dt): the sentence embedding of encoders
     trained for it (sentence-transformers' all-MiniLM-L6-v2 pools so), and a sequence a fusion
-    model reads in a fraction of the time."""
+    model reads in a fraction of the time; with ``pooling="turns"`` one such sentence embedding per
+    dialogue turn (1 + n, Dt), the utterance first, then its context most recent first, each turn
+    encoded alone (as a sentence encoder was trained) and each distinct sentence once."""
 
     def __init__(self, name: str, texts: Iterable[str], max_length: int = 128, seed: int = 0,
                  device: torch.device | str = "cpu", precision: str = "fp32", pooling: str = "tokens"):
@@ -181,10 +183,13 @@ class TextFeaturizer:
             spec["weights"] = weights
         return spec
 
-    def __call__(self, texts: Sequence[str | tuple[str, str]]) -> list[np.ndarray]:
+    def __call__(self, texts: Sequence[str | tuple[str, str] | list[str]]) -> list[np.ndarray]:
         """One (L_i, Dt) array per item: a text, or a pair (utterance, context) encoded as the
         tokenizer's sentence pair with the utterance first (its [CLS] leads); when the pair is too
-        long, tokens come off the end of the longer part, so the oldest context goes first."""
+        long, tokens come off the end of the longer part, so the oldest context goes first. With
+        ``pooling="turns"`` an item is the list of its turns, and each gives one row."""
+        if self.pooling == "turns":
+            return self._turns([[t] if isinstance(t, str) else list(t) for t in texts])
         pairs = [i for i, t in enumerate(texts) if isinstance(t, tuple)]
         singles = [i for i, t in enumerate(texts) if not isinstance(t, tuple)]
         out: list[np.ndarray | None] = [None] * len(texts)
@@ -195,14 +200,19 @@ class TextFeaturizer:
                     out[i] = x
         return out  # type: ignore[return-value]
 
-    def _encode(self, texts: list[str], contexts: list[str] | None = None) -> list[np.ndarray]:
+    def _turns(self, items: list[list[str]]) -> list[np.ndarray]:
+        unique = list(dict.fromkeys(t for turns in items for t in turns))
+        vectors = dict(zip(unique, (x[0] for x in self._encode(unique, pool=True))))
+        return [np.stack([vectors[t] for t in turns]) for turns in items]
+
+    def _encode(self, texts: list[str], contexts: list[str] | None = None, pool: bool = False) -> list[np.ndarray]:
         enc = self.tokenizer(texts, contexts, padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="pt")
         ids = enc["input_ids"].to(self.run.device)
         mask = enc["attention_mask"].to(self.run.device)
         with self.run.infer():
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        if self.pooling == "mean":
+        if pool or self.pooling == "mean":
             hidden = ((hidden.float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1))[:, None]
             return list(hidden.cpu().numpy())
         hidden = hidden.float().cpu().numpy()

@@ -164,6 +164,9 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
             if not (utts.get("available") and feats.get("available")):
                 yield _not_available(utts.get("reason") or feats.get("reason") or "dataset not available")
                 return
+            if use_lc and "lc" not in downstream.modalities:
+                yield _not_available(f"lc is not among downstream.modalities {downstream.modalities}")
+                return
             arms = feats.get("variants") or {feats.get("variant") or "default": {"dir": feats["dir"]}}
             primary = feats.get("variant") or next(iter(arms))
             if use_lc:
@@ -204,7 +207,7 @@ def _fusion_run(context, lake: LakeResource, downstream: DownstreamResource, cli
                 utts: dict, features_dir: str) -> tuple[Path, tuple[dict, str | None]]:
     """One arm's fusion runs over the seeds, or the finished run of the same inputs (reused)."""
     cfg = runs.fusion_config(task, use_lc, utts["path"], features_dir, downstream.seeds,
-                             json.loads(downstream.fusion_extra_json or "{}"), downstream.mustard_protocol)
+                             downstream.fusion_options(), downstream.mustard_protocol)
     out = runs.fusion_run_dir(lake.path(), task, cfg, utts.get("data_version"))
     if (done := runs.finished_fusion(out)) is not None:
         values, version = done

@@ -297,6 +297,11 @@ class DownstreamResource(dg.ConfigurableResource):
     size: int = Field(default=224, description="Frame size (the V2LC video encoder's image size)")
     frame_backend: Literal["auto", "pyav", "decord"] = Field(default="auto", description="Frame decoder (exact "
                                                              "either way): PyAV, or decord (PyAV where it refuses a file)")
+    modalities: list[str] = Field(
+        default=["text", "audio", "visual", "lc"],
+        description="What is extracted and fused: at least one of text, audio, visual, and lc (the synthetic live "
+                    "comments, the with-LC arm; without it that arm reports not available). Text alone reads no media, "
+                    "so utterances whose media are missing are still scored")
     text_model: str = Field(default="tiny", description="Text encoder of every task without its own (task_features_json)")
     audio_model: str = Field(default="tiny", description="Acoustic encoder of every task without its own")
     vision_model: str = Field(default="tiny", description="Visual encoder of every task without its own")
@@ -322,6 +327,11 @@ class DownstreamResource(dg.ConfigurableResource):
         by extract_features itself, which names the valid ones)."""
         for name in ("features_extra_json", "task_features_json", "lc_variants_json", "fusion_extra_json"):
             json_object(getattr(self, name), f"downstream.{name}")
+        known = type(self).model_fields["modalities"].default
+        if (not set(self.modalities) <= set(known) or not set(self.modalities) - {"lc"}
+                or len(set(self.modalities)) != len(self.modalities)):
+            raise ValueError(f"downstream.modalities: distinct names from {known} with at least one of text, audio, "
+                             f"visual, got {self.modalities}")
         per_task = json.loads(self.task_features_json or "{}")
         unknown = sorted(set(per_task) - set(schema.DOWNSTREAM_TASKS))
         if unknown or not all(isinstance(v, dict) for v in per_task.values()):
@@ -343,8 +353,21 @@ class DownstreamResource(dg.ConfigurableResource):
         """The extract_features options of one task: the default encoders, features_extra_json, then
         the task's own entry of task_features_json (last wins)."""
         return {"text_model": self.text_model, "audio_model": self.audio_model, "vision_model": self.vision_model,
+                **self._chosen_modalities(self.modalities),
                 **json.loads(self.features_extra_json or "{}"),
                 **json.loads(self.task_features_json or "{}").get(task, {})}
+
+    def fusion_options(self) -> dict[str, Any]:
+        """The train_fusion options every fusion run gets: its modalities (besides lc, which the
+        with/without arms decide), then fusion_extra_json."""
+        return {**self._chosen_modalities([m for m in self.modalities if m != "lc"]),
+                **json.loads(self.fusion_extra_json or "{}")}
+
+    def _chosen_modalities(self, names: list[str]) -> dict[str, Any]:
+        """``{"modalities": names}`` unless every modality is chosen (the programs' own default, so
+        the run folders of a configuration that never named modalities stay where they were)."""
+        default = type(self).model_fields["modalities"].default
+        return {} if set(self.modalities) == set(default) else {"modalities": names}
 
     def root_for(self, task: str, demo_root) -> "Path | None":
         explicit = getattr(self, f"{task}_root")
