@@ -1,6 +1,6 @@
 """The unseen-videos world end to end without an oracle: the real corpus, clips, V2LC training
 (loader, comment sampling, loss), feature extraction, fusion and ablation report, for CH-SIMS v2,
-MELD and MUStARD, on a smaller copy of configs/demo_unseen.yaml (fewer corpus videos and steps).
+MELD and MUStARD, on a smaller copy of configs/demo_unseen.yaml (fewer corpus videos).
 
 No labelled or test scene had a comment, so the with-LC gain can only come from what V2LC learned
 on the corpus; the arm pretrained on shuffled comments has the same data and recipe and must not
@@ -26,7 +26,9 @@ from lcaffect_pipeline.defs.model_assets import ASSETS as MODEL_ASSETS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_unseen.yaml"
-SMALLER = {"catalogue": {"demo_videos": 48}, "v2lc_training": {"max_steps": 400, "checkpoint_every": 400}}
+# fewer corpus videos; V2LC keeps the config's steps: with 400 it had not left the loss plateau
+# (mean of the last 10 losses 3.56, held-out R@1 at chance; 2026-12-05)
+SMALLER = {"catalogue": {"demo_videos": 48}}
 MARGIN = 0.05  # the issue's bar: with-LC beats without-LC by 5 points on every headline metric
 
 
