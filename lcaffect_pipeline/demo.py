@@ -1,10 +1,10 @@
 """The built-in offline demo world: comment files in the real formats, and videos made by ffmpeg.
 
-A small copy of the paper's situation. Every 8-second segment of a demo video shows one of
-64 ``SCENES`` (a mosaic of 4 x 4 flat colour blocks, a stand-in for what a shot shows, under
-moving noise, with a tone of its own in the audio), and every scene has a ``mood`` (funny,
-amazing, scary or infuriating) that viewers react to. The mood is an arbitrary property of the
-scene, like a meme's or a jump scare's: it follows from nothing a frame or the audio shows (the
+Memorisation transfer (README, "Demo world: memorisation transfer"). Every 8-second segment of a
+demo video shows one of 64 ``SCENES`` (a mosaic of 4 x 4 flat colour blocks, a stand-in for what a
+shot shows, under moving noise, with a tone of its own in the audio), and every scene has a ``mood``
+(funny, amazing, scary or infuriating) that viewers react to. The mood is an arbitrary property of
+the scene, like a meme's or a jump scare's: it follows from nothing a frame or the audio shows (the
 block colours are random per scene, the tone is its own, the moods are shuffled over the scenes).
 
 The live comments of a segment are mostly *reactions* in the mood's words ("哈哈哈哈哈",
