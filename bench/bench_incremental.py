@@ -18,7 +18,8 @@ import dagster as dg
 from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS
 from lcaffect_pipeline.defs.resources import (
-    CatalogueResource, CleaningResource, ClipsResource, CrawlerResource, LakeJsonIOManager, LakeResource, RunScope,
+    CatalogueResource, CleaningResource, ClipsResource, CrawlerResource, DownstreamResource, LakeJsonIOManager,
+    LakeResource, RunScope, V2LCTrainingResource,
 )
 from lcaffect_pipeline.demo import generate_demo_world
 
@@ -27,7 +28,8 @@ def resources(root: Path, catalogue: Path) -> dict:
     lake = LakeResource(root=str(root), author_salt="bench")
     return {"lake": lake, "scope": RunScope(), "catalogue": CatalogueResource(path=str(catalogue)),
             "crawler": CrawlerResource(min_interval_s=0), "cleaning": CleaningResource(),
-            "clips": ClipsResource(size=64, frames_per_segment=8), "io_manager": LakeJsonIOManager(lake=lake)}
+            "clips": ClipsResource(size=64, frames_per_segment=8), "io_manager": LakeJsonIOManager(lake=lake),
+            "v2lc_training": V2LCTrainingResource(), "downstream": DownstreamResource()}
 
 
 def materialise(root: Path, catalogue: Path) -> float:

@@ -294,7 +294,8 @@ def test_a_cookie_echoed_by_the_server_leaves_no_trace_in_a_dagster_run(segments
 
     from lcaffect_pipeline.defs.corpus_assets import ASSETS
     from lcaffect_pipeline.defs.resources import (CatalogueResource, CleaningResource, CrawlerResource,
-                                                  LakeJsonIOManager, LakeResource, RunScope)
+                                                  DownstreamResource, LakeJsonIOManager, LakeResource, RunScope,
+                                                  V2LCTrainingResource)
 
     root, home = tmp_path / "lake", tmp_path / "dagster_home"
     root.mkdir(), home.mkdir()
@@ -308,7 +309,8 @@ def test_a_cookie_echoed_by_the_server_leaves_no_trace_in_a_dagster_run(segments
         crawler = CrawlerResource(api_base=srv.base_url, comment_base=srv.base_url, min_interval_s=0, attempts=1,
                                   cookie_file=str(cookies), rate_limit_dir=str(tmp_path / "slots"))
         resources = {"lake": lake_res, "scope": RunScope(), "catalogue": CatalogueResource(path=str(catalogue)),
-                     "crawler": crawler, "cleaning": CleaningResource(), "io_manager": LakeJsonIOManager(lake=lake_res)}
+                     "crawler": crawler, "cleaning": CleaningResource(), "io_manager": LakeJsonIOManager(lake=lake_res),
+                     "v2lc_training": V2LCTrainingResource(), "downstream": DownstreamResource()}
         result = dg.materialize(ASSETS, resources=resources, instance=instance, raise_on_error=False)
         events = "\n".join(repr(ev) for ev in result.all_events)
         stored = "\n".join(repr(rec) for rec in instance.all_logs(result.run_id))

@@ -478,7 +478,8 @@ def test_corpus_run_leaks_neither_the_cookie_nor_raw_author_ids(tmp_path):
     from lcaffect_pipeline.defs.checks import CHECKS
     from lcaffect_pipeline.defs.corpus_assets import ASSETS
     from lcaffect_pipeline.defs.resources import (CatalogueResource, CleaningResource, CrawlerResource,
-                                                  LakeJsonIOManager, LakeResource, RunScope)
+                                                  DownstreamResource, LakeJsonIOManager, LakeResource, RunScope,
+                                                  V2LCTrainingResource)
     from lcaffect_pipeline.demo import _crc_like
 
     root, home = tmp_path / "lake", tmp_path / "dagster_home"
@@ -488,7 +489,8 @@ def test_corpus_run_leaks_neither_the_cookie_nor_raw_author_ids(tmp_path):
     lake_res = LakeResource(root=str(root), author_salt=PRIVACY_SALT)
     resources = {"lake": lake_res, "scope": RunScope(), "catalogue": CatalogueResource(demo=True, demo_videos=5),
                  "crawler": CrawlerResource(min_interval_s=0, cookie_file=str(cookies)),
-                 "cleaning": CleaningResource(), "io_manager": LakeJsonIOManager(lake=lake_res)}
+                 "cleaning": CleaningResource(), "io_manager": LakeJsonIOManager(lake=lake_res),
+                 "v2lc_training": V2LCTrainingResource(), "downstream": DownstreamResource()}
     with dg.DagsterInstance.local_temp(str(home)) as instance:
         result = dg.materialize([*ASSETS, *CHECKS], resources=resources, instance=instance)
         assert result.success
