@@ -20,9 +20,16 @@ from conftest import ROOT
 
 
 def _module():
+    """The script as a module; it sets HF_HUB_OFFLINE for its own run, which must not leak into
+    the tests that run after these."""
     spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    before = os.environ.get("HF_HUB_OFFLINE")
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if before is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
     return module
 
 

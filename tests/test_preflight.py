@@ -49,6 +49,7 @@ def hf_home(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv(hub.ALLOW_DOWNLOAD_ENV, raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # set by whatever ran before (bench/gpu_check.py does)
     return home
 
 
