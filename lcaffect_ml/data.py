@@ -211,10 +211,12 @@ def split_by_video(shards: Sequence[ShardSpec], eval_fraction: float, seed: int 
 
 
 def _open_url(url: str):
-    if url.startswith("pipe:") or url.startswith("file:") or "://" not in url:
-        import webdataset as wds
-
-        return wds.gopen(url, "rb")
+    """A shard by path or by a store URL; never a ``pipe:`` URL, which webdataset's gopen would run
+    through a shell (a shard index is lake content, not a command)."""
+    if url.startswith("pipe:"):
+        raise ShardIndexError(f"{url[:80]!r}: pipe: URLs are refused (a shard is a path or an object-store URL)")
+    if url.startswith("file:") or "://" not in url:
+        return open(url.removeprefix("file://").removeprefix("file:"), "rb")
     import fsspec  # s3://, gs://, http(s)://, memory:// … through their fsspec implementations
 
     return fsspec.open(url, "rb").open()

@@ -276,3 +276,12 @@ def test_same_inputs_give_byte_identical_shards_and_a_complete_folder(tmp_path):
     tar = next(p for p in root.rglob("*.tar"))
     tar.write_bytes(tar.read_bytes()[:-512])  # a shard cut short: the folder is not complete
     assert complete_version(root, "BV1 x", "c" * 16) is None
+
+
+def test_a_pipe_url_in_an_index_is_refused_before_anything_runs(tmp_path):
+    from lcaffect_ml.data import ShardIndexError, _open_url
+
+    marker = tmp_path / "ran"
+    with pytest.raises(ShardIndexError, match="pipe"):
+        _open_url(f"pipe:touch {marker}")
+    assert not marker.exists()
