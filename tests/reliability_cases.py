@@ -106,4 +106,9 @@ RELIABILITY = [
     ("A run pinned to a table version that does not exist", "1 run", "the run fails naming the table and the version", "tests/test_versions.py::test_a_pin_to_a_version_the_table_lacks_fails_the_run_and_names_it"),
     ("Time travel to, or rollback to, a version that retention freed", "2 cases", "VersionError \"freed by retention\"; nothing changed", "tests/test_tables.py::test_retention_frees_by_count_and_keeps_what_a_model_was_built_from"),
     ("Versions CLI given bad TABLE=VERSION pairs, unknown tables, missing versions or manifests", "4 commands", "exit status 2 with the reason; a refused rollback changes nothing", "tests/test_tables.py::test_the_cli_lists_versions_and_refuses_bad_input"),
+    ("Another local user (nobody) on the throw-away PostgreSQL's socket", "2 roles", "refused (socket folder 700); its owner connects", "tests/test_private_servers.py::test_postgres_socket_is_out_of_reach_of_another_user"),
+    ("Another local user on the throw-away PostgreSQL over TCP, no or a wrong password", "2 roles x 2", "refused (scram-sha-256; no trust rule in pg_hba.conf)", "tests/test_private_servers.py::test_postgres_over_tcp_needs_the_password"),
+    ("COPY ... TO PROGRAM as the Dagster role", "1", "refused (ordinary role owning its database); the program never runs", "tests/test_private_servers.py::test_the_dagster_role_is_no_superuser_and_cannot_run_programs"),
+    ("Throw-away PostgreSQL started with umask 0 in a 777 folder; another local user reads its secrets", "1 server", "folder 700, files 600, no password printed or kept for the superuser; nobody gets Permission denied", "tests/test_private_servers.py::test_postgres_secrets_are_private"),
+    ("Throw-away S3 server started with umask 0 in a 777 folder; another local user reads its secrets", "2 files, 1 data folder", "folder 700, files 600, no secret printed; nobody gets Permission denied", "tests/test_private_servers.py::test_s3_secrets_are_private"),
 ]
