@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from contextlib import ExitStack, closing
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -43,17 +43,21 @@ def as_nobody(*cmd: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
-def started_loosely(script: str):
-    """scripts/SCRIPT started with umask 0 in a 777 state folder: what it makes private, it made so."""
+@contextmanager
+def started_loosely(script: str, client: str):
+    """scripts/SCRIPT started with umask 0 in a 777 state folder (what it makes private, it made
+    so); yields (state folder, its variables). ``client``: the module the tests talk to it with."""
+    other_user_available()
+    require_module(client)
     state = Path(tempfile.mkdtemp(prefix=Path(script).stem + "-"))
     state.chmod(0o777)
-    stack = ExitStack()
-    old = os.umask(0)
-    try:
-        env = stack.enter_context(running(script, state=state))
-    finally:
-        os.umask(old)
-    return stack, state, env
+    with ExitStack() as stack:
+        old = os.umask(0)
+        try:
+            env = stack.enter_context(running(script, state=state))
+        finally:
+            os.umask(old)
+        yield state, env
 
 
 def open_to_others(state: Path) -> list[str]:
@@ -66,20 +70,14 @@ def open_to_others(state: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def pg():
-    other_user_available()
-    require_module("psycopg2")
-    stack, state, env = started_loosely("postgres_server.sh")
-    with stack:
-        yield state, env
+    with started_loosely("postgres_server.sh", "psycopg2") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def s3():
-    other_user_available()
-    require_module("s3fs")
-    stack, state, env = started_loosely("s3_server.sh")
-    with stack:
-        yield state, env
+    with started_loosely("s3_server.sh", "s3fs") as server:
+        yield server
 
 
 def connect(env: dict[str, str], **overrides):
