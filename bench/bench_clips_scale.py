@@ -92,8 +92,11 @@ def in_process(folder: Path, job_lake: Path, n: int) -> dict[str, float]:
     from lcaffect_pipeline import lake, tables
     from lcaffect_pipeline.clips import ClipOptions, clean_comments
     from lcaffect_pipeline.segments import segment_video_stream
-    from lcaffect_pipeline.shards import update_shard_index, version_dir_name, write_shard_stream
-    from lcaffect_pipeline.videos import copy_local_video, extract_audio, probe_video
+    from lcaffect_pipeline.shards import update_shard_index, write_shard_stream
+    from lcaffect_ml.contracts.shards import version_dir_name
+    from lcaffect_pipeline.videos import copy_local_video
+    from lcaffect_pipeline.probe import probe_video
+    from lcaffect_pipeline.probe import extract_audio
 
     opts, out = ClipOptions(), folder / "in_process_lake"
     cleaned = json.loads((job_lake / "_manifests" / "clean_comments.json").read_text())["results"]

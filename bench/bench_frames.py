@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lcaffect_pipeline.segments import segment_video  # noqa: E402
-from lcaffect_pipeline.videos import probe_video  # noqa: E402
+from lcaffect_pipeline.probe import probe_video  # noqa: E402
 
 
 def keyframe_times(seconds: int, seed: int = 0) -> list[float]:

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from lcaffect_ml.fusion import FusionModel  # noqa: E402
-from lcaffect_ml.train_fusion import FusionRun, FusionTrainConfig, _batch, _loss, load_data, make_splits  # noqa: E402
+from lcaffect_ml.train_fusion import FusionRun, _batch, _loss
+from lcaffect_ml.fusion_data import FusionTrainConfig, load_data, make_splits
 from lcaffect_ml.trainutil import adamw_param_groups, seed_everything  # noqa: E402
 from test_fusion import write_dataset  # noqa: E402  (the tests' generator of contract-shaped feature folders)
 

@@ -28,10 +28,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lcaffect_ml.data import SegmentStream, load_shard_index, make_loader, read_comments, write_synthetic_shards  # noqa: E402
+from lcaffect_ml.data import SegmentStream, load_shard_index, make_loader, read_comments  # noqa: E402
+from lcaffect_ml.synthetic import write_synthetic_shards  # noqa: E402
 from lcaffect_ml.losses import v2lc_loss  # noqa: E402
 from lcaffect_ml.tokenizer import build_char_tokenizer  # noqa: E402
-from lcaffect_ml.train_v2lc import Run, TrainConfig, _train_step  # noqa: E402
+from lcaffect_ml.train_v2lc import Run, _train_step  # noqa: E402
+from lcaffect_ml.train_v2lc_config import TrainConfig  # noqa: E402
 from lcaffect_ml.trainutil import (CheckpointManager, DistInfo, adamw_param_groups,  # noqa: E402
                                    cosine_schedule_with_warmup)
 from lcaffect_ml.v2lc import V2LCConfig, V2LCModel  # noqa: E402

@@ -47,9 +47,11 @@ import yaml  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lcaffect_ml.data import SegmentStream, load_shard_index, write_synthetic_shards  # noqa: E402
+from lcaffect_ml.data import SegmentStream, load_shard_index  # noqa: E402
+from lcaffect_ml.synthetic import write_synthetic_shards  # noqa: E402
 from lcaffect_ml.losses import v2lc_loss  # noqa: E402
-from lcaffect_ml.train_v2lc import TrainConfig, make_tokenizer, train, train_loader  # noqa: E402
+from lcaffect_ml.train_v2lc import make_tokenizer, train, train_loader  # noqa: E402
+from lcaffect_ml.train_v2lc_config import TrainConfig  # noqa: E402
 from lcaffect_ml.trainutil import DistInfo, autocast, init_distributed, resolve_precision  # noqa: E402
 from lcaffect_ml.v2lc import VIDEO_PRESETS, V2LCModel  # noqa: E402
 

@@ -531,5 +531,3 @@ def make_loader(stream: SegmentStream, num_workers: int = 0, pin_memory: bool = 
         stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, generator=gen,
         persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None, in_order=True)
 
-
-from .synthetic import write_synthetic_shards  # noqa: E402,F401  (its public home since the split)

@@ -37,19 +37,24 @@ from typing import Any, Sequence
 
 import torch
 
-from .features import (BASE_FILE, FEATURES_CODE_VERSION, LC_FILE, META_FILE, TEXT_POOLINGS, TINY, TINY_TEXT,
-                       TINY_VISION, AudioFeaturizer, FeatureFileError, MediaFormatError, TextFeaturizer, Utterance,
-                       VisualFeaturizer, digest, load_media, local_weights_digest, media_fingerprint, pad_sequences,
-                       read_utterances)
+from .features import (FEATURES_CODE_VERSION, TEXT_POOLINGS, TINY, TINY_TEXT, TINY_VISION, AudioFeaturizer,
+                       TextFeaturizer, VisualFeaturizer, pad_sequences)
+from .feature_io import local_weights_digest
+from .contracts.tables import BASE_FILE, LC_FILE, META_FILE
+from .feature_io import (FeatureFileError, MediaFormatError, Utterance, digest, load_media, media_fingerprint,
+                         read_utterances)
 from .lc_features import LC_FRAME_SAMPLINGS, LC_SOURCES, SyntheticLCFeaturizer, lc_frame_spacing
 from .contracts.hashing import sha256_file
 from .fusion import BASE_MODALITIES, LC_MODALITY, MODALITIES, check_base_modalities
-from .feature_inputs import context_turns, released_featurizers, released_map, text_input, used_context  # noqa: F401
+from .feature_inputs import context_turns, released_featurizers, released_map, text_input, used_context
 from .hub import require as require_models
 from .options import build, opt
 from .pipes import TrainingReporter, pipes_metadata, pipes_session
 from .devices import RUNTIME_KEYS, resolve_device, runtime_info
-from .trainutil import (ConfigError, CheckpointFormatError, atomic_file, atomic_write_json, resolve_precision, config_with_overrides, program_args, setup_logging)
+from .trainutil import CheckpointFormatError, atomic_write_json, resolve_precision, config_with_overrides, setup_logging
+from .options import ConfigError
+from .atomic import atomic_file
+from .options import program_args
 
 log = logging.getLogger("lcaffect_ml.extract_features")
 

@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from .feature_io import Utterance
-from .trainutil import ConfigError
+from .options import ConfigError
 
 
 def released_map(value: Any) -> dict[str, str]:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .contracts.hashing import sha256_file
-from .contracts.tables import BASE_FILE, EXTRACT_COLUMNS, LC_FILE, MEDIA_ARRAYS, META_FILE, SAMPLE_RATE  # noqa: F401
+from .contracts.tables import BASE_FILE, EXTRACT_COLUMNS, LC_FILE, MEDIA_ARRAYS, META_FILE, SAMPLE_RATE
 
 
 class MediaFormatError(ValueError):

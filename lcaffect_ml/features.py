@@ -49,9 +49,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .feature_io import (FeatureFileError, Media, MediaFormatError, Utterance, digest, load_features,  # noqa: F401
-                         load_media, local_weights_digest, media_fingerprint, read_utterances)
-from .contracts.tables import BASE_FILE, EXTRACT_COLUMNS, LC_FILE, MEDIA_ARRAYS, META_FILE, SAMPLE_RATE  # noqa: F401
+from .feature_io import local_weights_digest
+from .contracts.tables import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .trainutil import CheckpointFormatError, atomic_file, atomic_write_json
+from .trainutil import CheckpointFormatError, atomic_write_json
+from .atomic import atomic_file
 
 FORMAT_VERSION = 1
 MODEL_TYPE = "lcaffect_fusion"

@@ -25,7 +25,7 @@ from .contracts.hashing import sha256_file
 from .contracts.tables import (BASE_FILE, DEFAULT_PROTOCOLS, FUSION_COLUMNS, FUSION_REQUIRED, LC_FILE, MEDIA_OK,
                                META_FILE)
 from .options import build, opt
-from .trainutil import ConfigError
+from .options import ConfigError
 
 # the program's logger: messages keep the name they had before the module was split
 log = logging.getLogger("lcaffect_ml.train_fusion")

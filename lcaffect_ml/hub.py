@@ -21,7 +21,7 @@ from .options import ConfigError
 
 log = logging.getLogger(__name__)
 
-FETCH_COMMAND = "python -m lcaffect_pipeline.fetch_models -c <the run's config files>"
+FETCH_COMMAND = "python -m lcaffect_pipeline.defs.fetch_models -c <the run's config files>"
 ALLOW_DOWNLOAD_ENV = "LCAFFECT_ALLOW_DOWNLOAD"
 # What a checkpoint folder needs for from_pretrained: the config and tokenizer files, and weights
 # (safetensors where the repository has them, else PyTorch .bin).

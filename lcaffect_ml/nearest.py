@@ -86,7 +86,7 @@ def nearest_comments_for_media(checkpoint_dir: str | os.PathLike, comment_texts:
 
     For asset metadata ("what does this video's synthetic live comment say?").
     """
-    from .features import load_media
+    from .feature_io import load_media
     from .lc_features import SyntheticLCFeaturizer
 
     lc = SyntheticLCFeaturizer(checkpoint_dir, "post_projection", device=device, precision=precision,

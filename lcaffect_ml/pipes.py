@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .contracts.hashing import sha256_file  # noqa: F401  (re-exported: the data version of a checkpoint)
+from .contracts.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 

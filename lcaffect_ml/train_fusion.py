@@ -67,18 +67,16 @@ import torch.nn.functional as F
 from . import trainutil
 from .fusion import LC_MODALITY, FusionModel
 from .metrics import METRIC_NAMES, NUM_CLASSES, is_better, selection_metric, task_metrics
-from .fusion_data import (  # noqa: F401  (the program's names, importable from here as before)
-    PROTOCOLS, DEFAULT_SELECT, NON_RESULT_KEYS, DownstreamDataError, FusionTrainConfig, FusionData,
-    _read_features, _read_table, _label_ok, load_data, _data_fingerprint, RunSplit,
-    make_splits, _mustard_splits, describe_folds, resolve_fold_source,
-)
+from .fusion_data import (NON_RESULT_KEYS, FusionTrainConfig, FusionData, load_data, RunSplit, make_splits,
+                          describe_folds)
 from .devices import RUNTIME_KEYS, resolve_device, runtime_info
 from .pipes import TrainingReporter, pipes_session, report_model_materialization
-from .trainutil import (COMPLETE_MARKER, EXIT_NON_FINITE, CheckpointManager, ConfigError, NonFiniteLossError,
-                        adamw_param_groups, atomic_write_json, autocast, capture_rng_state,
-                        cosine_schedule_with_warmup, load_state, resolve_precision,
-                        restore_rng_state, save_state, seed_everything,
-                        config_with_overrides, program_args, setup_logging)
+from .trainutil import (COMPLETE_MARKER, EXIT_NON_FINITE, CheckpointManager, NonFiniteLossError, adamw_param_groups,
+                        atomic_write_json, autocast, capture_rng_state, cosine_schedule_with_warmup, load_state,
+                        resolve_precision, restore_rng_state, save_state, seed_everything, config_with_overrides,
+                        setup_logging)
+from .options import ConfigError
+from .options import program_args
 
 log = logging.getLogger("lcaffect_ml.train_fusion")
 

@@ -48,15 +48,16 @@ from . import trainutil
 from .losses import v2lc_loss
 from .pipes import TrainingReporter, pipes_session
 from .retrieval import retrieval_by_group, retrieval_metrics
-from .trainutil import (EXIT_NON_FINITE, COMPLETE_MARKER, CheckpointManager, ConfigError, DistInfo,
-                        NonFiniteLossError, adamw_param_groups, atomic_file, atomic_write_json, autocast,
-                        capture_rng_state, cosine_schedule_with_warmup, init_distributed,
-                        load_state, peak_memory_mb, resolve_precision, restore_rng_state,
-                        save_state, seed_everything,
-                        config_with_overrides, program_args, setup_logging)
+from .trainutil import (EXIT_NON_FINITE, COMPLETE_MARKER, CheckpointManager, DistInfo, NonFiniteLossError,
+                        adamw_param_groups, atomic_write_json, autocast, capture_rng_state,
+                        cosine_schedule_with_warmup, init_distributed, load_state, peak_memory_mb, resolve_precision,
+                        restore_rng_state, save_state, seed_everything, config_with_overrides, setup_logging)
+from .options import ConfigError
+from .atomic import atomic_file
+from .options import program_args
 from .devices import runtime_info
 from .hub import require as require_models
-from .train_v2lc_config import RESUME_KEYS, TrainConfig, TrainerState, hub_models  # noqa: F401  (importable from here)
+from .train_v2lc_config import RESUME_KEYS, TrainConfig, TrainerState, hub_models
 from .v2lc import TEXT_PRESETS, V2LCModel
 
 log = logging.getLogger("lcaffect_ml.train_v2lc")

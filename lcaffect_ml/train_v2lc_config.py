@@ -12,7 +12,7 @@ from typing import Any
 
 
 from .options import build, opt
-from .trainutil import ConfigError
+from .options import ConfigError
 from .v2lc import V2LCConfig
 
 

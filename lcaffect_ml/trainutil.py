@@ -25,9 +25,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .atomic import atomic_file, atomic_open  # noqa: F401  (re-exported: the training programs import them from here)
+from .atomic import atomic_file, atomic_open
 from .devices import resolve_device
-from .options import ConfigError, program_args  # noqa: F401  (re-exported likewise)
+from .options import ConfigError
 
 log = logging.getLogger(__name__)
 

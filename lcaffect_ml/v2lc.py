@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .trainutil import CheckpointFormatError, atomic_file, atomic_write_json
+from .trainutil import CheckpointFormatError, atomic_write_json
+from .atomic import atomic_file
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -363,7 +364,3 @@ def _text_from_config(config):
         return AutoModel.from_config(config, add_pooling_layer=False)
     except TypeError:
         return AutoModel.from_config(config)
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -101,7 +101,7 @@ def _fetched(vid: str, fingerprint: str, have, **metrics) -> VideoResult:
 
 
 def _check_max_duration(source, max_duration_s: float) -> None:
-    from .videos import probe_video
+    from .probe import probe_video
 
     with lake.local_copy(source, "ffprobe") as local:
         duration = probe_video(local).duration_s
@@ -111,7 +111,8 @@ def _check_max_duration(source, max_duration_s: float) -> None:
 
 def probe_one(video: dict[str, Any], prev: dict | None, *, root, video_hash: str | None) -> VideoResult:
     """ffprobe one video; an undecodable file fails with the reason and is excluded downstream."""
-    from .videos import existing_video, probe_video
+    from .videos import existing_video
+    from .probe import probe_video
 
     vid = video["video_id"]
     have = existing_video(videos_dir(root), vid)
@@ -127,7 +128,7 @@ def probe_one(video: dict[str, Any], prev: dict | None, *, root, video_hash: str
 
 def audio_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict | None) -> VideoResult:
     """16 kHz mono WAV of the audio track; a silent video is done with no file."""
-    from .videos import extract_audio
+    from .probe import extract_audio
 
     vid = video["video_id"]
     if not probe or probe.get("status") == "failed" or not probe.get("output_hash"):
@@ -151,7 +152,8 @@ def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict |
     materialisation wrote is replaced. Inputs seen before (a reproduction on an older corpus
     version) reuse their complete folder and file without decoding the video again."""
     from .segments import segment_video_stream
-    from .shards import shard_folder, version_dir_name, write_shard_stream
+    from .shards import shard_folder, write_shard_stream
+    from lcaffect_ml.contracts.shards import version_dir_name
 
     vid = video["video_id"]
     if not probe or probe.get("status") == "failed" or not probe.get("output_hash"):
@@ -214,7 +216,7 @@ def recorded_probe(probe: dict | None):
     """The ``VideoProbe`` that ``probe_one`` recorded, so that later stages do not run ffprobe on
     the same file again (one subprocess per video and stage); None (probe again) when the record
     lacks a field, e.g. one written before that field existed."""
-    from .videos import VideoProbe
+    from .probe import VideoProbe
 
     metrics = (probe or {}).get("metrics") or {}
     names = [f.name for f in dataclasses.fields(VideoProbe)]

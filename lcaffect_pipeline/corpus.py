@@ -31,6 +31,7 @@ import yaml
 
 from . import lake, schema, tables
 from .stages import Skip, VideoResult
+from lcaffect_ml import atomic
 
 
 class CatalogueError(ValueError):
@@ -232,8 +233,8 @@ def build_corpus_catalog(root, durations: dict[str, float] | None = None,
         return {**card, "path": str(root_p / "corpus.duckdb"), "versions": versions}
     root_p = lake.local_path(root, "the DuckDB corpus catalog")
     db_path = root_p / "corpus.duckdb"
-    lake.sweep_stale_temps(root_p)
-    tmp = lake.temp_path(db_path)  # one per build: two runs building at once do not collide
+    atomic.sweep_stale_temps(root_p)
+    tmp = atomic.temp_path(db_path)  # one per build: two runs building at once do not collide
     try:
         card = _write_catalog(tmp, root_p, durations or {}, versions)
         os.replace(tmp, db_path)

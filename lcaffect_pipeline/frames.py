@@ -46,7 +46,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .videos import VideoDecodeError, VideoProbe, probe_video
+from .probe import VideoDecodeError, probe_video
+from .probe import VideoProbe
 
 log = logging.getLogger(__name__)
 

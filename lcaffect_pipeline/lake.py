@@ -25,10 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
-from lcaffect_ml.atomic import (STALE_UNOWNED_S, atomic_file, process_alive,  # noqa: F401  (the lake's names)
-                               sweep_stale_temps, temp_path)
+from lcaffect_ml.atomic import atomic_file
 from lcaffect_ml.contracts import hashing
-from lcaffect_ml.contracts.naming import HASH_LEN, MAX_NAME, MAX_STEM, safe_name  # noqa: F401  (the lake's names)
+from lcaffect_ml.contracts.naming import safe_name
 
 
 class LakePathError(ValueError):

@@ -2,7 +2,7 @@
 
 From a run's resolved settings (the ``v2lc_training`` resource's fields, each downstream task's
 extract_features options, the fusion options) this lists the pretrained models the run loads
-(``run_models``: the same list ``python -m lcaffect_pipeline.fetch_models`` downloads) and the
+(``run_models``: the same list ``python -m lcaffect_pipeline.defs.fetch_models`` downloads) and the
 GPUs it asks for (``gpu_requests``), and ``check`` fails with one message naming every missing
 model, the Hugging Face cache and the fetch command, and any GPU asked for where CUDA is not
 usable. ``lcaffect_pipeline.defs.launch_checks`` calls it at launch and before the long steps.

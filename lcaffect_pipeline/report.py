@@ -6,11 +6,11 @@ import json
 import sys
 from pathlib import Path
 
-from . import lake
+from . import lake, versions
 
 
 def _manifest(root, name: str) -> dict | None:
-    path = root / "_manifests" / f"{name}.json"
+    path = root / versions.MANIFESTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 

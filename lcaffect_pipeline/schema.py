@@ -1,7 +1,7 @@
 """The one schema module: every Arrow table the pipeline writes is declared here.
 
 Comments from every platform share ``COMMENTS_SCHEMA``; cleaning adds ``language``.
-Segments (8-second windows with up to 5 comments) use ``SEGMENTS_SCHEMA``.
+Segments (8-second windows with up to ``ClipOptions.comments_per_segment`` comments) use ``SEGMENTS_SCHEMA``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import pyarrow as pa
 
 # Downstream benchmarks (CH-SIMS v2, MELD, MUStARD): one row per utterance, every dataset. The
 # table is the contract the training programs read, so it is declared in the lower layer.
-from lcaffect_ml.contracts.tables import DOWNSTREAM_TASKS, UTTERANCES_SCHEMA  # noqa: F401
 
 PLATFORMS = ("bilibili", "niconico", "youtube", "acfun", "local")
 

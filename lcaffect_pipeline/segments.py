@@ -48,9 +48,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .frames import BACKENDS, FRAME_TOLERANCE_MS, iter_frames, resize_dims, sample_frames  # noqa: F401 (re-exported)
+from .frames import BACKENDS, FRAME_TOLERANCE_MS, iter_frames
 from .schema import SEGMENTS_SCHEMA
-from .videos import VideoDecodeError, VideoProbe, probe_video  # noqa: F401 (VideoDecodeError re-exported: users catch it here)
+from .probe import probe_video
+from .probe import VideoProbe
 
 log = logging.getLogger(__name__)
 

@@ -32,12 +32,12 @@ import numpy as np
 import pyarrow as pa
 
 from lcaffect_ml.contracts.hashing import sha256_bytes, sha256_file
-from lcaffect_ml.contracts.shards import (FRAMES_MEMBER, INDEX_NAME, META_FIELDS, META_MEMBER,  # noqa: F401
-                                          VIDEO_SHARDS_NAME, encode_sample, sample_key, shard_name, shard_number,
-                                          version_dir_name, video_dir_name)
+from lcaffect_ml.contracts.shards import (FRAMES_MEMBER, INDEX_NAME, META_FIELDS, META_MEMBER, VIDEO_SHARDS_NAME,
+                                          encode_sample, shard_name, shard_number, video_dir_name)
 
 from . import lake
 from .schema import SEGMENTS_SCHEMA
+from lcaffect_ml.contracts import naming
 
 TAR_BLOCK = 512
 TAR_END = 2 * TAR_BLOCK + 20 * TAR_BLOCK  # end-of-archive blocks plus the worst-case record padding
@@ -47,7 +47,7 @@ USTAR_NAME = 100  # longer member names take a PAX extended header (a header and
 def shard_folder(video_id: str, version: str | None = None) -> str:
     """The folder of one version of a video's shards, relative to the shards root
     (``{video}/{version}``; ``{video}`` alone without a version, the layout before versions)."""
-    return video_dir_name(video_id) + (f"/{lake.safe_name(version)}" if version else "")
+    return video_dir_name(video_id) + (f"/{naming.safe_name(version)}" if version else "")
 
 
 def video_shard_dir(shards_root: str | os.PathLike, video_id: str, version: str | None = None):

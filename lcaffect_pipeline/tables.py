@@ -33,6 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import lake, schema
+from lcaffect_ml.contracts import naming
+from lcaffect_ml.contracts import tables as contract_tables
 
 KEY = "video_key"  # the partition column: safe_name(video_id)
 
@@ -49,8 +51,8 @@ TABLES: dict[str, tuple[pa.Schema, bool]] = {
 PATHS: dict[str, str] = {}
 # Each downstream task's utterance table (one file per version) sits in the task's folder, beside
 # the prepared media its rows name relative to that folder.
-for _task in schema.DOWNSTREAM_TASKS:
-    TABLES[f"{_task}_utterances"] = (schema.UTTERANCES_SCHEMA, False)
+for _task in contract_tables.DOWNSTREAM_TASKS:
+    TABLES[f"{_task}_utterances"] = (contract_tables.UTTERANCES_SCHEMA, False)
     PATHS[f"{_task}_utterances"] = f"downstream/{_task}"
 
 
@@ -77,7 +79,7 @@ def table_path(root, table: str):
 
 
 def video_key(video_id: str) -> str:
-    return lake.safe_name(video_id)
+    return naming.safe_name(video_id)
 
 
 def file_name(digest: str) -> str:

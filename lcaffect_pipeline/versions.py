@@ -17,6 +17,7 @@ import re
 from typing import Any, Iterable, Mapping
 
 from . import lake
+from lcaffect_ml.contracts import naming
 
 MANIFESTS = "_manifests"
 
@@ -57,7 +58,7 @@ def latest(root, asset: str) -> dict[str, Any] | None:
 
 def load(root, asset: str, manifest_id: str | None = None) -> dict[str, Any]:
     """One manifest of ``asset`` (the latest when ``manifest_id`` is None)."""
-    path = latest_path(root, asset) if manifest_id is None else manifest_dir(root, asset) / f"{lake.safe_name(manifest_id)}.json"
+    path = latest_path(root, asset) if manifest_id is None else manifest_dir(root, asset) / f"{naming.safe_name(manifest_id)}.json"
     if not path.exists():
         raise ManifestError(f"{path}: {asset} has no manifest {manifest_id or '(none materialised yet)'} in this lake")
     return json.loads(path.read_text())

@@ -30,8 +30,8 @@ from typing import Any, Iterable
 
 
 from . import lake
-from .probe import (AudioDecodeError, VideoDecodeError, VideoDownloadError, VideoError,  # noqa: F401  (re-exported)
-                    VideoProbe, _existing_file, _ffmpeg_reason, extract_audio, probe_video)
+from .probe import VideoDecodeError, VideoDownloadError, probe_video
+from lcaffect_ml.contracts import naming
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def duration_filter(min_duration_s: float | None, max_duration_s: float | None) 
 def existing_video(dest_dir: str | os.PathLike, video_id: str) -> VideoFile | None:
     """The video already in ``dest_dir`` for ``video_id``, if any (no network)."""
     root = lake.under(dest_dir)
-    stem = lake.safe_name(video_id)
+    stem = naming.safe_name(video_id)
     sidecar = root / f"{stem}{_INFO_SUFFIX}"
     if sidecar.exists():
         try:
@@ -116,9 +116,9 @@ def _record(root, video_id: str, final, info: dict[str, Any], source: str | os.P
     extension (a replaced ``.mkv`` must not shadow the new ``.mp4``)."""
     key = source_key(source)
     sidecar = {"video_id": video_id, "file": final.name, "source_sha256": key, "info": info}
-    lake.atomic_write_bytes(root / f"{lake.safe_name(video_id)}{_INFO_SUFFIX}",
+    lake.atomic_write_bytes(root / f"{naming.safe_name(video_id)}{_INFO_SUFFIX}",
                             json.dumps(sidecar, ensure_ascii=False, indent=1).encode())
-    for old in _copies(root, lake.safe_name(video_id)):
+    for old in _copies(root, naming.safe_name(video_id)):
         if old.name != final.name:
             old.unlink()
     return VideoFile(_plain(final), video_id, info, key)
@@ -135,7 +135,7 @@ def copy_local_video(source: str | os.PathLike, dest_dir: str | os.PathLike, vid
     source = lake.source_path(source)
     ext = source.suffix.lstrip(".").lower()
     root = lake.under(dest_dir)
-    final = root / f"{lake.safe_name(video_id)}.{ext if _EXT.fullmatch(ext) else 'mp4'}"
+    final = root / f"{naming.safe_name(video_id)}.{ext if _EXT.fullmatch(ext) else 'mp4'}"
     with lake.atomic_write(final) as out, source.open("rb") as inp:
         shutil.copyfileobj(inp, out, 1 << 20)
     return _record(root, video_id, final, {}, source.resolve() if lake.is_local(source) else source)
@@ -206,7 +206,7 @@ def download_video(
             _check_duration(downloaded, video_id, min_duration_s, max_duration_s)
         ext = downloaded.suffix.lstrip(".")
         ext = ext if _EXT.fullmatch(ext) else "video"
-        final = root / f"{lake.safe_name(video_id)}.{ext}"
+        final = root / f"{naming.safe_name(video_id)}.{ext}"
         lake.publish_file(downloaded, final)
     kept = {k: info[k] for k in INFO_KEYS if info.get(k) is not None}
     kept = json.loads(redact(json.dumps(kept, ensure_ascii=False, default=str)))

@@ -29,8 +29,8 @@ LAYERS = (
     ("contracts", ("lcaffect_ml.contracts", "lcaffect_ml.atomic")),
     ("lcaffect_ml", ("lcaffect_ml",)),
     ("pipeline (plain)", ("lcaffect_pipeline",)),
-    ("defs (Dagster)", ("lcaffect_pipeline.defs", "lcaffect_pipeline.run_launcher")),
-    ("code location", ("lcaffect_pipeline.definitions", "lcaffect_pipeline.fetch_models")),
+    ("defs (Dagster)", ("lcaffect_pipeline.defs",)),
+    ("code location", ("lcaffect_pipeline.definitions", "lcaffect_pipeline.defs.fetch_models")),
 )
 
 # Why a module over LONG lines stays one module (a check fails for a long module missing here).
@@ -46,16 +46,11 @@ LONG_REASONS = {
                                     "caches (base, LC), its report and command line; the encoders are `features.py`",
 }
 
-# Each asset's plain function: the work its definition wraps (checked importable).
+# The plain function each asset's definition wraps (checked importable), for the assets that are
+# not per-video stages: those declare theirs (``per_video_asset``'s ``stage_function`` metadata).
 WORK = {
     "video_catalogue": ("lcaffect_pipeline.corpus", "load_catalogue"),
-    "raw_comments": ("lcaffect_pipeline.corpus", "fetch_and_parse"),
-    "clean_comments": ("lcaffect_pipeline.corpus", "clean_one"),
     "corpus_catalog": ("lcaffect_pipeline.corpus", "build_corpus_catalog"),
-    "videos": ("lcaffect_pipeline.clips", "fetch_video"),
-    "video_probes": ("lcaffect_pipeline.clips", "probe_one"),
-    "audio": ("lcaffect_pipeline.clips", "audio_one"),
-    "segments": ("lcaffect_pipeline.clips", "segment_one"),
     "training_shards": ("lcaffect_pipeline.shards", "write_shard_index"),
     "v2lc_encoder": ("lcaffect_ml.train_v2lc", "train"),
     "{task}_utterances": ("lcaffect_pipeline.downstream.datasets", "load_dataset"),
@@ -75,8 +70,9 @@ def _setup_path() -> None:
         sys.path.insert(0, str(ROOT))
 
 
-def asset_graph() -> list[tuple[str, str, list[str], str]]:
-    """(asset, group, sorted dependencies, defining file:line) for every asset, sorted by name."""
+def asset_graph() -> list[tuple[str, str, list[str], str, str | None]]:
+    """(asset, group, sorted dependencies, defining file:line, its declared stage function or None)
+    for every asset, sorted by name."""
     _setup_path()
     from lcaffect_pipeline.definitions import defs
 
@@ -84,8 +80,10 @@ def asset_graph() -> list[tuple[str, str, list[str], str]]:
     out = []
     for key in graph.get_all_asset_keys():
         node, name = graph.get(key), key.to_user_string()
+        assets_def = graph.assets_def_for_key(key)
+        stage = assets_def.specs_by_key[key].metadata.get("stage_function")
         out.append((name, node.group_name, sorted(p.to_user_string() for p in node.parent_keys),
-                    _defined_at(graph.assets_def_for_key(key), name)))
+                    _defined_at(assets_def, name), getattr(stage, "value", stage)))
     return sorted(out)
 
 
@@ -162,7 +160,10 @@ def long_modules() -> list[tuple[str, int]]:
                    if len(path.read_text().splitlines()) > LONG), key=lambda t: -t[1])
 
 
-def work_of(asset: str) -> tuple[str, str]:
+def work_of(asset: str, stage: str | None = None) -> tuple[str, str]:
+    if stage:
+        module, fn = stage.rsplit(".", 1)
+        return module, fn
     return WORK.get(asset) or WORK[TASK.sub("{task}_", asset)]
 
 
@@ -172,14 +173,14 @@ def work_of(asset: str) -> tuple[str, str]:
 def render_graph(assets) -> str:
     lines = ["```mermaid", "flowchart LR"]
     groups: dict[str, list[str]] = {}
-    for name, group, _, _ in assets:
+    for name, group, *_ in assets:
         groups.setdefault(group, []).append(name)
     for group in sorted(groups, key=lambda g: ["corpus", "clips", "model", "downstream"].index(g)
                         if g in ("corpus", "clips", "model", "downstream") else 9):
         lines.append(f"  subgraph {group}")
         lines += [f"    {n}" for n in groups[group]]
         lines.append("  end")
-    lines += [f"  {dep} --> {name}" for name, _, deps, _ in assets for dep in deps]
+    lines += [f"  {dep} --> {name}" for name, _, deps, *_ in assets for dep in deps]
     return "\n".join(lines + ["```"])
 
 
@@ -198,8 +199,8 @@ def render_long(long) -> str:
 
 def render_table(assets) -> str:
     rows = ["| asset | group | definition | the work (plain function) |", "|---|---|---|---|"]
-    for name, group, _, where in assets:
-        module, fn = work_of(name)
+    for name, group, _, where, stage in assets:
+        module, fn = work_of(name, stage)
         rows.append(f"| `{name}` | {group} | `{where.rsplit(':', 1)[0]}` | `{module}.{fn}` |")
     return "\n".join(rows)
 

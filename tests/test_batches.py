@@ -11,7 +11,8 @@ from collections import Counter
 import pytest
 import torch
 
-from lcaffect_ml.data import SegmentStream, load_shard_index, make_loader, write_synthetic_shards
+from lcaffect_ml.data import SegmentStream, load_shard_index, make_loader
+from lcaffect_ml.synthetic import write_synthetic_shards
 
 BATCH = 64
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 
 from lcaffect_ml.contracts import hashing
-from lcaffect_ml import pipes
 from lcaffect_pipeline import lake
 
 
@@ -16,7 +15,6 @@ def test_one_hash_convention_long_and_short(tmp_path) -> None:
     path.write_bytes(data)
     full = hashlib.sha256(data).hexdigest()
     assert hashing.sha256_file(path) == full == hashing.sha256_bytes(data)
-    assert pipes.sha256_file is hashing.sha256_file  # the Pipes data version is the same digest
     # The lake's short hash keeps its stored format (32 hex) and is a prefix of the full digest.
     assert lake.file_hash(path) == full[:32] == hashing.file_hash(str(path))
     assert hashing.sha256_file(lake.as_path(path)) == full  # a universal_pathlib path opens through .open
@@ -48,7 +46,8 @@ def test_synthetic_shards_follow_the_layout(tmp_path) -> None:
     import json
 
     from lcaffect_ml.contracts import shards as layout
-    from lcaffect_ml.data import load_shard_index, write_synthetic_shards
+    from lcaffect_ml.data import load_shard_index
+    from lcaffect_ml.synthetic import write_synthetic_shards
 
     index = write_synthetic_shards(tmp_path, n_videos=2, segments_per_video=2, frames=2, size=8)
     assert index == tmp_path / layout.SHARDS_DIR / layout.INDEX_NAME
@@ -61,10 +60,7 @@ def test_synthetic_shards_follow_the_layout(tmp_path) -> None:
 
 def test_utterance_table_is_declared_once_and_read_by_its_columns() -> None:
     from lcaffect_ml.contracts import tables
-    from lcaffect_pipeline import schema
 
-    assert schema.UTTERANCES_SCHEMA is tables.UTTERANCES_SCHEMA  # users keep importing it from schema
-    assert schema.DOWNSTREAM_TASKS is tables.DOWNSTREAM_TASKS
     names = set(tables.UTTERANCES_SCHEMA.names)
     assert set(tables.EXTRACT_COLUMNS) <= names and set(tables.FUSION_COLUMNS) <= names
     assert set(tables.FUSION_REQUIRED) <= set(tables.FUSION_COLUMNS)
@@ -77,7 +73,6 @@ def test_one_atomic_write_helper_for_lake_and_training(tmp_path) -> None:
 
     from lcaffect_ml import atomic, trainutil
 
-    assert trainutil.atomic_file is atomic.atomic_file and lake.sweep_stale_temps is atomic.sweep_stale_temps
     dead = tmp_path / f".w.json.tmp-{atomic._HOST}-999999999-0123abcd"  # this host, a writer long gone
     dead.write_text("half")
     trainutil.atomic_write_json(tmp_path / "w.json", {"a": 1})

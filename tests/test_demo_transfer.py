@@ -20,7 +20,8 @@ import torch
 from conftest import need_ffmpeg
 from lcaffect_ml.extract_features import ExtractConfig, extract
 from lcaffect_ml.tokenizer import build_char_tokenizer
-from lcaffect_ml.train_fusion import FusionTrainConfig, train
+from lcaffect_ml.train_fusion import train
+from lcaffect_ml.fusion_data import FusionTrainConfig
 from lcaffect_ml.v2lc import V2LCConfig, V2LCModel
 from lcaffect_pipeline.demo import MOODS, SCENES
 from lcaffect_pipeline.downstream import SCENE_SPLITS, generate_demo_downstream, load_dataset

@@ -31,8 +31,8 @@ from lcaffect_pipeline.downstream import (
 )
 from lcaffect_pipeline.downstream.datasets import CHSIMS_COLUMNS, MELD_COLUMNS
 from lcaffect_pipeline.downstream.demo import grid
-from lcaffect_pipeline.schema import UTTERANCES_SCHEMA
-from lcaffect_pipeline.segments import sample_frames
+from lcaffect_ml.contracts.tables import UTTERANCES_SCHEMA
+from lcaffect_pipeline.frames import sample_frames
 from conftest import data_path, need_ffmpeg
 
 MELD_FILES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}

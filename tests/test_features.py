@@ -22,13 +22,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from lcaffect_ml.extract_features import ExtractConfig, extract, main
-from lcaffect_ml.features import (AudioFeaturizer, FeatureFileError, MediaFormatError, TextFeaturizer,
-                                  VisualFeaturizer, load_features, load_media, log_mel, pool_frames)
+from lcaffect_ml.features import AudioFeaturizer, TextFeaturizer, VisualFeaturizer, log_mel, pool_frames
+from lcaffect_ml.feature_io import FeatureFileError, MediaFormatError, load_features, load_media
 from lcaffect_ml.lc_features import lc_frame_indices
 from lcaffect_ml.nearest import build_comment_bank, nearest_comments, nearest_comments_for_media
 from lcaffect_ml.tokenizer import build_char_tokenizer
 from lcaffect_ml.v2lc import V2LCConfig, V2LCModel
-from lcaffect_pipeline.schema import UTTERANCES_SCHEMA
+from lcaffect_ml.contracts.tables import UTTERANCES_SCHEMA
 
 from conftest import pipes_env
 

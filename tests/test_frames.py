@@ -13,7 +13,7 @@ from conftest import fixture_path, need_ffmpeg
 from lcaffect_pipeline import frames as frames_module
 from lcaffect_pipeline.frames import FRAME_TOLERANCE_MS, iter_frames, sample_frames
 from lcaffect_pipeline.segments import frame_times, plan_segments, segment_video
-from lcaffect_pipeline.videos import VideoDecodeError, probe_video
+from lcaffect_pipeline.probe import VideoDecodeError, probe_video
 
 FPS = 30
 

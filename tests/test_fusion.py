@@ -20,9 +20,10 @@ import yaml
 from safetensors.torch import save_file
 
 from lcaffect_ml.fusion import FusionConfig, FusionModel
-from lcaffect_ml.train_fusion import FusionTrainConfig, load_data, permute_lc, train
+from lcaffect_ml.train_fusion import permute_lc, train
+from lcaffect_ml.fusion_data import FusionTrainConfig, load_data
 from lcaffect_ml.trainutil import EXIT_NON_FINITE, CheckpointFormatError, NonFiniteLossError
-from lcaffect_pipeline.schema import UTTERANCES_SCHEMA
+from lcaffect_ml.contracts.tables import UTTERANCES_SCHEMA
 from faults import command as faults_command
 from faults import inject
 
@@ -334,7 +335,7 @@ def test_nan_loss_stops_before_a_checkpoint_of_poisoned_weights(chsims, tmp_path
 
 
 def test_unusable_inputs_raise_typed_errors(chsims, tmp_path):
-    from lcaffect_ml.train_fusion import DownstreamDataError
+    from lcaffect_ml.fusion_data import DownstreamDataError
 
     table, features = chsims
     broken = tmp_path / "features"

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from lcaffect_ml.train_v2lc import TrainConfig
+from lcaffect_ml.train_v2lc_config import TrainConfig
 
 from conftest import ROOT
 

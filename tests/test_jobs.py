@@ -84,7 +84,7 @@ def resolved_towers(job: str, names: list[str]) -> tuple[dict | None, dict]:
     ``names``, from the resources built as the run builds them (validated, defaults filled in)."""
     from lcaffect_pipeline import preflight
     from lcaffect_pipeline.defs.launch_checks import run_plan
-    from lcaffect_pipeline.fetch_models import job_assets, job_resources
+    from lcaffect_pipeline.defs.fetch_models import job_assets, job_resources
 
     res, planned = job_resources(job, load(*names)), job_assets(job)
     v2lc = None
@@ -114,7 +114,7 @@ def test_example_configs_train_and_extract_with_the_towers_they_say(job: str, na
 
 def test_the_paper_config_trains_with_gradient_checkpointing_on_gpus() -> None:
     from lcaffect_pipeline import preflight
-    from lcaffect_pipeline.fetch_models import job_resources
+    from lcaffect_pipeline.defs.fetch_models import job_resources
 
     training = job_resources("full_pipeline", load("paper.example.yaml"))["v2lc_training"].model_dump()
     (options,) = preflight.v2lc_options(training).values()

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from lcaffect_pipeline import lake
 from lcaffect_pipeline.schema import hash_author
+from lcaffect_ml.contracts import naming
 
 
 @pytest.mark.parametrize(
@@ -16,8 +17,8 @@ from lcaffect_pipeline.schema import hash_author
     ["../../etc/passwd", "/abs/path", "a\x00b", "x" * 10_000, "CON", "nul.txt", "ＢＶ１ｘｘ", "..", ".", "", "a/b\\c", "é" * 50],
 )
 def test_safe_name_stays_under_root(tmp_path: Path, raw: str) -> None:
-    name = lake.safe_name(raw)
-    assert 0 < len(name) <= lake.MAX_NAME
+    name = naming.safe_name(raw)
+    assert 0 < len(name) <= naming.MAX_NAME
     assert "/" not in name and "\\" not in name and "\x00" not in name
     assert not name.startswith(".")
     assert name.split(".")[0].lower() not in {"con", "nul"}
@@ -26,17 +27,17 @@ def test_safe_name_stays_under_root(tmp_path: Path, raw: str) -> None:
 
 
 def test_safe_name_is_injective_for_changed_ids() -> None:
-    assert lake.safe_name("a/b") != lake.safe_name("a_b")
-    assert lake.safe_name("BV1xx411c7mD") == "BV1xx411c7mD"  # clean ids stay readable
-    assert lake.safe_name("_state") == "_state"  # the lake's own folders keep their names
+    assert naming.safe_name("a/b") != naming.safe_name("a_b")
+    assert naming.safe_name("BV1xx411c7mD") == "BV1xx411c7mD"  # clean ids stay readable
+    assert naming.safe_name("_state") == "_state"  # the lake's own folders keep their names
 
 
 def test_a_hashed_name_never_equals_another_ids_kept_name() -> None:
-    hashed = lake.safe_name("my video")
-    assert hashed.startswith("my_video-") and len(hashed) == len("my_video-") + lake.HASH_LEN
-    assert lake.safe_name(hashed) != hashed  # an id that looks hashed is hashed again
-    assert lake.safe_name("my_video-22175423d8") != lake.safe_name("my video")  # the old collision
-    assert lake.safe_name("a.b", dots=False) != lake.safe_name("a_b", dots=False) == "a_b"
+    hashed = naming.safe_name("my video")
+    assert hashed.startswith("my_video-") and len(hashed) == len("my_video-") + naming.HASH_LEN
+    assert naming.safe_name(hashed) != hashed  # an id that looks hashed is hashed again
+    assert naming.safe_name("my_video-22175423d8") != naming.safe_name("my video")  # the old collision
+    assert naming.safe_name("a.b", dots=False) != naming.safe_name("a_b", dots=False) == "a_b"
 
 
 @settings(max_examples=400, deadline=None)
@@ -44,21 +45,21 @@ def test_a_hashed_name_never_equals_another_ids_kept_name() -> None:
                 min_size=2, max_size=6, unique=True))
 def test_safe_name_is_injective(ids: list[str]) -> None:
     for ext in ("", ".parquet", ".info.json"):
-        names = [lake.safe_name(i, ext) for i in ids]
+        names = [naming.safe_name(i, ext) for i in ids]
         assert len(set(names)) == len(ids), dict(zip(ids, names))
-    keys = [lake.safe_name(i, dots=False) for i in ids]
+    keys = [naming.safe_name(i, dots=False) for i in ids]
     assert len(set(keys)) == len(ids) and not any("." in k for k in keys)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=200), st.sampled_from(["", ".json", ".parquet", ".wav", ".mp4", ".info.json"]))
 def test_the_extension_comes_last_and_the_stem_does_not_depend_on_it(raw: str, ext: str) -> None:
-    name = lake.safe_name(raw, ext)
-    assert name == lake.safe_name(raw) + ext and len(name) <= lake.MAX_NAME
+    name = naming.safe_name(raw, ext)
+    assert name == naming.safe_name(raw) + ext and len(name) <= naming.MAX_NAME
     if ext:  # "my video.parquet" -> "my_video-<hash>.parquet", never "my_video.parquet-<hash>"
         assert Path(name).suffix == "." + ext.rsplit(".", 1)[-1]
     stem = name[: len(name) - len(ext)]
-    assert stem == raw or re.fullmatch(rf".*-[0-9a-f]{{{lake.HASH_LEN}}}", stem)
+    assert stem == raw or re.fullmatch(rf".*-[0-9a-f]{{{naming.HASH_LEN}}}", stem)
     assert not name.startswith((".", "-"))
     path = lake.under("/lake", "raw_comments", "bilibili", raw, ext=ext)
     assert path.name == name and path.parent.name == "bilibili"
@@ -67,7 +68,7 @@ def test_the_extension_comes_last_and_the_stem_does_not_depend_on_it(raw: str, e
 def test_an_extension_must_be_plain() -> None:
     for bad in ("parquet", ".a/b", "./..", ".弹幕"):
         with pytest.raises(ValueError, match="not a file extension"):
-            lake.safe_name("x", bad)
+            naming.safe_name("x", bad)
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:

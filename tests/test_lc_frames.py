@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lcaffect_ml.data import clip_timing, load_shard_index, write_synthetic_shards
+from lcaffect_ml.data import clip_timing, load_shard_index
+from lcaffect_ml.synthetic import write_synthetic_shards
 from lcaffect_ml.lc_features import effective_fps, lc_frame_indices, lc_frame_spacing
 from lcaffect_pipeline.segments import frame_times
 

@@ -15,10 +15,11 @@ import torch
 from lcaffect_ml.extract_features import ExtractConfig, extract, hub_models
 from lcaffect_ml.features import TextFeaturizer
 from lcaffect_ml.fusion_data import DownstreamDataError, load_data, make_splits
-from lcaffect_ml.train_fusion import FusionTrainConfig, train
-from lcaffect_ml.trainutil import ConfigError
+from lcaffect_ml.train_fusion import train
+from lcaffect_ml.fusion_data import FusionTrainConfig
+from lcaffect_ml.options import ConfigError
 from lcaffect_pipeline.defs.resources import DownstreamResource
-from lcaffect_pipeline.schema import UTTERANCES_SCHEMA
+from lcaffect_ml.contracts.tables import UTTERANCES_SCHEMA
 from test_fusion import write_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -16,7 +16,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lcaffect_pipeline import clips, corpus, lake, shards, tables
+from lcaffect_pipeline import clips, corpus, shards, tables
 from lcaffect_pipeline.defs.checks import CHECKS
 from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS_ASSETS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS_ASSETS
@@ -24,6 +24,8 @@ from lcaffect_pipeline.defs.resources import CatalogueResource, ClipsResource
 from lcaffect_pipeline.demo import SEGMENT_S, make_demo_video
 
 from conftest import demo_resources, manifest, need_ffmpeg
+from lcaffect_ml.contracts import naming
+from lcaffect_ml.contracts import shards as shard_contract
 
 ALL = [*CORPUS_ASSETS, *CLIPS_ASSETS]
 COMMENTS = 6
@@ -80,13 +82,13 @@ def _assert_every_reader_finds_every_video(root: Path, ids: list[str], result) -
     assert per_video == {vid: COMMENTS for vid in ids}  # the DuckDB glob finds every video's file
     # Each per-video file sits under the one name of its id, extension last.
     for vid in ids:
-        assert tables.files(root, "clean_comments")[lake.safe_name(vid)]  # the partition of its one name
-        assert clips.segments_of(root, vid) is not None and (root / "audio" / lake.safe_name(vid, ".wav")).exists()
+        assert tables.files(root, "clean_comments")[naming.safe_name(vid)]  # the partition of its one name
+        assert clips.segments_of(root, vid) is not None and (root / "audio" / naming.safe_name(vid, ".wav")).exists()
     assert len(list(root.glob("clean_comments/video_key=*/*.parquet"))) == len(ids)
     assert len(list(root.glob("_state/video_probes/*.json"))) == len(ids)
     index = shards.read_shard_index(root / "shards")
     assert {e["video_id"] for e in index} == set(ids) and sum(e["samples"] for e in index) == SEGMENTS * len(ids)
-    keys = {k for vid in ids for k in (shards.sample_key(vid, s) for s in range(SEGMENTS))}
+    keys = {k for vid in ids for k in (shard_contract.sample_key(vid, s) for s in range(SEGMENTS))}
     assert len(keys) == SEGMENTS * len(ids)  # sample keys are distinct across videos too
     checks = {(c.asset_key.to_user_string(), c.check_name): c for c in result.get_asset_check_evaluations()}
     offsets = checks[("clean_comments", "offsets_in_video")]
@@ -94,7 +96,7 @@ def _assert_every_reader_finds_every_video(root: Path, ids: list[str], result) -
 
 
 def test_ids_with_spaces_cjk_and_hashed_look_alikes_go_through_corpus_and_clips(media, tmp_path: Path) -> None:
-    lookalike = lake.safe_name("my video")  # the name "my video" maps to, used as an id of its own
+    lookalike = naming.safe_name("my video")  # the name "my video" maps to, used as an id of its own
     ids = [None, "my video", lookalike, "my_video-22175423d8", "a.b", "a_b", "CON", "ＢＶ１"]
     names = ["弹幕测试.xml"] + [f"{i}.xml" for i in range(1, len(ids))]
     catalogue = _world(tmp_path / "world", media, ids, names)

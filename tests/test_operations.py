@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from lcaffect_ml import atomic
 from lcaffect_pipeline import corpus, lake, tables
 from lcaffect_pipeline.cleaning import CleaningConfig, clean_comments
 from lcaffect_pipeline.formats import read_comments
@@ -53,7 +54,7 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
 def test_a_live_writers_temporary_is_kept_and_an_old_unowned_one_goes(tmp_path):
     old = tmp_path / ".a.parquet.tmp-0123abcd"  # the name older versions wrote: no writer in it
     old.write_bytes(b"old")
-    os.utime(old, (time.time() - 2 * lake.STALE_UNOWNED_S,) * 2)
+    os.utime(old, (time.time() - 2 * atomic.STALE_UNOWNED_S,) * 2)
     recent = tmp_path / ".b.parquet.tmp-4567cdef"
     recent.write_bytes(b"maybe still being written")
     other_host = tmp_path / ".c.parquet.tmp-ffffff-1-89abcdef"  # another machine's live writer
@@ -63,7 +64,7 @@ def test_a_live_writers_temporary_is_kept_and_an_old_unowned_one_goes(tmp_path):
     with lake.atomic_write(tmp_path / "d.parquet") as fh:  # the first write here sweeps the folder
         fh.write(b"half")
         assert not old.exists()
-        assert lake.sweep_stale_temps(tmp_path, force=True) == []  # as a concurrent run would: ours is alive
+        assert atomic.sweep_stale_temps(tmp_path, force=True) == []  # as a concurrent run would: ours is alive
         assert len([n for n in _temps(tmp_path) if n.startswith(".d.parquet.tmp-")]) == 1
     assert sorted(_temps(tmp_path)) == sorted([recent.name, other_host.name, checkpoint_tmp.name])
 

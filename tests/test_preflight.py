@@ -82,7 +82,7 @@ def test_require_names_every_missing_model_the_cache_and_the_fetch_command(hf_ho
     message = str(err.value)
     assert "2 model(s)" in message and "acme/absent-one" in message and "acme/absent-two" in message
     assert "acme/present" not in message and str(hf_home) in message
-    assert "python -m lcaffect_pipeline.fetch_models" in message and hub.ALLOW_DOWNLOAD_ENV in message
+    assert "python -m lcaffect_pipeline.defs.fetch_models" in message and hub.ALLOW_DOWNLOAD_ENV in message
     monkeypatch.setenv(hub.ALLOW_DOWNLOAD_ENV, "1")
     hub.require(refs)  # downloads allowed: logged, not raised
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -254,7 +254,7 @@ def test_a_model_missing_from_the_cache_fails_before_the_first_heavy_step(tmp_pa
     proc, took = _dagster(tmp_path, "full_pipeline", config, {"HF_HOME": str(home)})
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
-    assert "acme/not-fetched" in out and "lcaffect_pipeline.fetch_models" in out and str(home) in out
+    assert "acme/not-fetched" in out and "lcaffect_pipeline.defs.fetch_models" in out and str(home) in out
     assert "acme/cached-video (" not in out  # the one in the cache is not reported
     lake = tmp_path / "lake"
     assert not (lake / "demo_world").exists() and not (lake / "models").exists()  # failed before the crawl

@@ -17,14 +17,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from lcaffect_ml.contracts.tables import DEFAULT_PROTOCOLS
-from lcaffect_ml.extract_features import ExtractConfig, context_turns, extract, text_input
+from lcaffect_ml.extract_features import ExtractConfig, extract
+from lcaffect_ml.feature_inputs import context_turns, text_input
 from lcaffect_ml.feature_io import Utterance, read_utterances
 from lcaffect_ml.fusion_data import DownstreamDataError, FusionTrainConfig, describe_folds, load_data, make_splits
 from lcaffect_ml.train_fusion import train
-from lcaffect_ml.trainutil import ConfigError
+from lcaffect_ml.options import ConfigError
 from lcaffect_pipeline.downstream import DatasetError, load_chsims2, load_meld, load_mustard
 from lcaffect_pipeline.downstream.datasets import CHSIMS_COLUMNS
-from lcaffect_pipeline.schema import UTTERANCES_SCHEMA
+from lcaffect_ml.contracts.tables import UTTERANCES_SCHEMA
 
 from conftest import data_path
 from test_features import _checkpoint, _frames, _sine, _write_npz

@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 
 from lcaffect_ml.extract_features import ExtractConfig, extract, main
 from lcaffect_ml.released import ReleasedFeatureError, load_pickle, read_released
-from lcaffect_ml.trainutil import ConfigError
-from lcaffect_pipeline.schema import UTTERANCES_SCHEMA
+from lcaffect_ml.options import ConfigError
+from lcaffect_ml.contracts.tables import UTTERANCES_SCHEMA
 
 from test_features import _checkpoint, _frames, _sine, _write_npz
 

@@ -12,14 +12,9 @@ from conftest import fixture_path, need_ffmpeg
 
 from lcaffect_pipeline import lake
 from lcaffect_pipeline.schema import CLEAN_COMMENTS_SCHEMA, COMMENTS_SCHEMA, SEGMENTS_SCHEMA
-from lcaffect_pipeline.segments import (
-    assign_comments_duckdb,
-    frame_times,
-    plan_segments,
-    sample_frames,
-    segment_video,
-)
-from lcaffect_pipeline.videos import VideoDecodeError
+from lcaffect_pipeline.segments import assign_comments_duckdb, frame_times, plan_segments, segment_video
+from lcaffect_pipeline.frames import sample_frames
+from lcaffect_pipeline.probe import VideoDecodeError
 
 # ------------------------------------------------------------------------------ plan
 

@@ -18,17 +18,10 @@ from lcaffect_pipeline import lake
 from lcaffect_pipeline.schema import SEGMENTS_SCHEMA
 from lcaffect_pipeline.segments import segment_video
 from lcaffect_ml.data import load_shard_index
-from lcaffect_pipeline.shards import (
-    complete_version,
-    read_shard_index,
-    referenced_folders,
-    sample_key,
-    update_shard_index,
-    verify_shards,
-    version_folders,
-    write_shard_index,
-    write_shards,
-)
+from lcaffect_pipeline.shards import (complete_version, read_shard_index, referenced_folders, update_shard_index,
+                                      verify_shards, version_folders, write_shard_index, write_shards)
+from lcaffect_ml.contracts.shards import sample_key
+from lcaffect_ml.contracts import naming
 
 T, S = 4, 16
 # One sample in a tar: a header block for each of its two members, the .npy (128-byte header
@@ -64,7 +57,7 @@ def test_round_trip_real_video(lake_root):
     out = write_shards(table, frames, shards_root, "BV1.example")
     assert out.schema.equals(SEGMENTS_SCHEMA, check_metadata=False)
     keys = out.column("sample_key").to_pylist()
-    stem = lake.safe_name("BV1.example", dots=False)  # no dots in keys, and not the key of "BV1_example"
+    stem = naming.safe_name("BV1.example", dots=False)  # no dots in keys, and not the key of "BV1_example"
     assert stem.startswith("BV1_example-") and keys == [f"{stem}_000000", f"{stem}_000001"]
     urls = sorted(set(out.column("shard").to_pylist()))
     assert urls == ["BV1.example/BV1.example-00000.tar"]  # relative to the shards root

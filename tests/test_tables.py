@@ -12,6 +12,7 @@ import pytest
 from lcaffect_pipeline import lake, retention, schema, tables, versions
 
 from conftest import ROOT
+from lcaffect_ml.contracts import naming
 
 HOSTILE = ["plain", "../escape", "a/b", "弹幕 测试", "video_key=x", "50%", "CON", "a" * 300]
 
@@ -36,7 +37,7 @@ def test_per_video_commits_touch_only_changed_videos_and_keep_every_version(tmp_
     v1 = _refresh(root, {"../escape": ["a", "b", "c"]})
     assert v1 == 1
     before, after = tables.digests(root, "clean_comments", 0), tables.digests(root, "clean_comments", 1)
-    assert {k for k in before if before[k] != after[k]} == {lake.safe_name("../escape")}
+    assert {k for k in before if before[k] != after[k]} == {naming.safe_name("../escape")}
     assert tables.read(root, "clean_comments", 0).num_rows == 2 * len(HOSTILE)  # version 0 as it was
     assert tables.read(root, "clean_comments").num_rows == 2 * len(HOSTILE) + 1
     # Every file stays under the table's folder, named by its content.
@@ -90,7 +91,7 @@ def _three_versions(root) -> dict[str, dict]:
 
 def test_retention_frees_by_count_and_keeps_what_a_model_was_built_from(tmp_path) -> None:
     _three_versions(tmp_path)
-    middle = tables.files(tmp_path, "clean_comments", 1)[lake.safe_name("x")]
+    middle = tables.files(tmp_path, "clean_comments", 1)[naming.safe_name("x")]
     report = retention.run(tmp_path, keep_last=1)
     clean = report["tables"]["clean_comments"]
     assert (clean["versions"], clean["referenced"], clean["kept"]) == ([1], [0], [2])
@@ -101,7 +102,7 @@ def test_retention_frees_by_count_and_keeps_what_a_model_was_built_from(tmp_path
     with pytest.raises(tables.VersionError, match="freed by retention"):
         retention.rollback(tmp_path, {"clean_comments": 1})
     # y's file is shared by every version: never freed while a kept version holds it
-    assert lake.as_path(tables.files(tmp_path, "clean_comments", 0)[lake.safe_name("y")]).exists()
+    assert lake.as_path(tables.files(tmp_path, "clean_comments", 0)[naming.safe_name("y")]).exists()
 
 
 def test_retention_by_age_keeps_young_versions_and_needs_a_limit(tmp_path) -> None:
@@ -162,7 +163,7 @@ def test_tables_versions_and_retention_on_the_s3_server(tmp_path, monkeypatch) -
 
         count = "SELECT count(*) FROM clean_comments"
         assert connect_as_of(root, {"clean_comments": 1}).execute(count).fetchone()[0] == 3
-        middle = tables.files(root, "clean_comments", 1)[lake.safe_name("x")]
+        middle = tables.files(root, "clean_comments", 1)[naming.safe_name("x")]
         assert fs.exists(middle)
         report = retention.run(root, keep_last=1)
         assert report["tables"]["clean_comments"]["versions"] == [1] and not fs.exists(middle)

@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from lcaffect_ml.data import write_synthetic_shards
+from lcaffect_ml.synthetic import write_synthetic_shards
 from lcaffect_ml.trainutil import EXIT_NON_FINITE
 from lcaffect_ml.v2lc import V2LCModel
 from faults import command as faults_command

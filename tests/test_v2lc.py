@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from lcaffect_ml.data import (SegmentStream, ShardSampleError, ShardSpec, load_shard_index, make_loader,
-                              read_comments, split_by_video, write_synthetic_shards)
+                              read_comments, split_by_video)
+from lcaffect_ml.synthetic import write_synthetic_shards
 from lcaffect_ml.losses import multi_positive_infonce, v2lc_loss
 from lcaffect_ml.retrieval import best_positive_ranks, metrics_from_similarity, retrieval_metrics
 from lcaffect_ml.tokenizer import build_char_tokenizer, load_tokenizer, tokenize_comments
@@ -394,7 +395,8 @@ def test_shards_stream_from_an_fsspec_location(tmp_path) -> None:
 
     import fsspec
 
-    from lcaffect_ml.data import iter_raw_samples, load_shard_index, write_synthetic_shards
+    from lcaffect_ml.data import iter_raw_samples, load_shard_index
+    from lcaffect_ml.synthetic import write_synthetic_shards
 
     index = write_synthetic_shards(tmp_path / "shards", n_videos=2, segments_per_video=3)
     fs = fsspec.filesystem("memory")

@@ -21,6 +21,7 @@ from lcaffect_pipeline.defs.resources import CatalogueResource, RunScope
 from lcaffect_pipeline.demo import generate_demo_world
 
 from conftest import ROOT, demo_resources, manifest, need_ffmpeg
+from lcaffect_ml.contracts import naming
 
 N_VIDEOS = 4
 CHANGED = "demo_00"  # the demo's Bilibili XML video: its comment file is edited between refreshes
@@ -70,7 +71,7 @@ def test_two_refreshes_add_versions_and_keep_the_first_readable(history) -> None
     assert [h["version"] for h in log] == [v0, v0 + 1, v0 + 2]  # one version per refresh that changed something
     first, now = tables.read(root, "clean_comments", v0), tables.read(root, "clean_comments")
     assert now.num_rows == first.num_rows + 2
-    changed = lake.safe_name(CHANGED)
+    changed = naming.safe_name(CHANGED)
     before, after = tables.digests(root, "clean_comments", v0), tables.digests(root, "clean_comments")
     assert {k for k in before if before[k] != after[k]} == {changed}  # only that video's file was replaced
     # The first version is, by hash, what the encoder's segments read: the lineage names the clean
@@ -78,7 +79,7 @@ def test_two_refreshes_add_versions_and_keep_the_first_readable(history) -> None
     rows = versions.lineage(root, "v2lc_encoder", history["encoder"]["manifest_id"])
     clean = next(r for r in rows if r["asset"] == "clean_comments")
     read = versions.load(root, "clean_comments", clean["manifest_id"])["results"]
-    assert {lake.safe_name(v): r["output_hash"] for v, r in read.items()} == before
+    assert {naming.safe_name(v): r["output_hash"] for v, r in read.items()} == before
     assert all(lake.table_hash(tables.read_file(root, "clean_comments", v, r["output_hash"])) == r["output_hash"]
                for v, r in read.items())
 
@@ -136,7 +137,7 @@ def test_a_pin_to_a_version_the_table_lacks_fails_the_run_and_names_it(history) 
 
 def test_retention_frees_unreferenced_versions_and_keeps_referenced_ones(history) -> None:
     root, v0 = history["root"], history["clean_v0"]
-    middle = tables.files(root, "clean_comments", v0 + 1)[lake.safe_name(CHANGED)]
+    middle = tables.files(root, "clean_comments", v0 + 1)[naming.safe_name(CHANGED)]
     size = Path(middle).stat().st_size
     planned = retention.run(root, keep_last=1, dry_run=True)
     assert planned["tables"]["clean_comments"]["versions"] == [v0 + 1] and lake.as_path(middle).exists()
@@ -167,7 +168,7 @@ def test_rollback_makes_an_old_version_current_and_the_next_run_reads_it(history
     assert tables.digests(root, "clean_comments") == tables.digests(root, "clean_comments", v0)
     latest = manifest(root, "clean_comments")
     assert latest["rolled_back_to"] == v0 and latest["table_version"] == {"clean_comments": current}
-    assert {lake.safe_name(v): r["output_hash"] for v, r in latest["results"].items()} == tables.digests(root, "clean_comments", v0)
+    assert {naming.safe_name(v): r["output_hash"] for v, r in latest["results"].items()} == tables.digests(root, "clean_comments", v0)
     assert not list((root / "_state" / "clean_comments").glob("*.json"))  # the next run recomputes
     bad = subprocess.run([sys.executable, "-m", "lcaffect_pipeline.versions_cli", "--lake", str(root), "rollback",
                           "clean_comments=12345"], capture_output=True, text=True, cwd=ROOT)

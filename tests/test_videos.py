@@ -14,15 +14,10 @@ import pytest
 from conftest import fixture_path, need_ffmpeg
 from fault_server import FaultServer, Response
 
-from lcaffect_pipeline import lake
-from lcaffect_pipeline.videos import (
-    AudioDecodeError,
-    VideoDecodeError,
-    VideoDownloadError,
-    download_video,
-    extract_audio,
-    probe_video,
-)
+from lcaffect_pipeline.videos import download_video
+from lcaffect_pipeline.probe import VideoDecodeError, VideoDownloadError, probe_video
+from lcaffect_pipeline.probe import AudioDecodeError, extract_audio
+from lcaffect_ml.contracts import naming
 
 PAGE = """<!DOCTYPE html><html><head><title>Clip page</title></head><body>
 <video controls>{sources}</video></body></html>"""
@@ -130,7 +125,7 @@ def test_hostile_video_id_stays_in_the_folder(site, lake_root):
     dest = lake_root / "videos"
     got = download_video(site.url("/example.mp4"), dest, "../../etc/passwd")
     assert got.path.parent == dest
-    assert got.path.name == f"{lake.safe_name('../../etc/passwd')}.mp4"
+    assert got.path.name == f"{naming.safe_name('../../etc/passwd')}.mp4"
     assert got.video_id == "../../etc/passwd"
 
 

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from .. import clips, plots, stages, tables, versions
+from .. import clips, plots, tables, versions
 from ..clips import shards_dir
 from ..lake import as_path, combine_hashes
 from .fanout import keyed, per_video_asset
@@ -12,37 +12,26 @@ GROUP = "clips"
 OWNERS = ["team:lcaffect-data"]
 
 
-def _runner(stage, make_fn):
-    """A fan-out work function running ``make_fn(context, upstreams)(video, prev)`` per video."""
-
-    def work(context, chunk, upstreams):
-        root = context.resources.lake.path()
-        return stages.run_stage(root, stage, chunk, make_fn(context, root, upstreams), force=context.resources.scope.force)
-
-    return work
-
-
-def _fetch(context, root, up):
+def _fetch_args(context, up):
     opts = context.resources.clips.options()
-    return lambda video, prev: clips.fetch_video(video, prev, root=root, opts=opts)
+    return lambda video: {"opts": opts}
 
 
-def _probe(context, root, up):
+def _probe_args(context, up):
     fetched = keyed(up["videos"])
-    return lambda video, prev: clips.probe_one(video, prev, root=root, video_hash=(fetched.get(video["video_id"]) or {}).get("output_hash"))
+    return lambda video: {"video_hash": (fetched.get(video["video_id"]) or {}).get("output_hash")}
 
 
-def _audio(context, root, up):
+def _audio_args(context, up):
     probes = keyed(up["video_probes"])
-    return lambda video, prev: clips.audio_one(video, prev, root=root, probe=probes.get(video["video_id"]))
+    return lambda video: {"probe": probes.get(video["video_id"])}
 
 
-def _segment(context, root, up):
+def _segment_args(context, up):
     probes, comments = keyed(up["video_probes"]), keyed(up["clean_comments"])
     opts = context.resources.clips.options()
-    return lambda video, prev: clips.segment_one(
-        video, prev, root=root, probe=probes.get(video["video_id"]),
-        comments_hash=(comments.get(video["video_id"]) or {}).get("output_hash"), opts=opts)
+    return lambda video: {"probe": probes.get(video["video_id"]), "opts": opts,
+                          "comments_hash": (comments.get(video["video_id"]) or {}).get("output_hash")}
 
 
 def _no_metadata(context, manifest, upstreams):
@@ -67,22 +56,22 @@ def _segments_finish(context, manifest, upstreams):
 
 
 videos = per_video_asset(
-    name="videos", stage="videos", upstream="video_catalogue", work=_runner("videos", _fetch), finish=_no_metadata,
+    name="videos", stage="videos", upstream="video_catalogue", stage_fn=clips.fetch_video, stage_args=_fetch_args, finish=_no_metadata,
     work_resources={"clips"}, description="The catalogue's videos in the lake (local copies or yt-dlp downloads, capped at max_height).",
     code_version="1", group_name=GROUP, kinds={"python", "video"})
 
 video_probes = per_video_asset(
-    name="video_probes", stage="video_probes", upstream="videos", work=_runner("video_probes", _probe), finish=_probe_finish,
+    name="video_probes", stage="video_probes", upstream="videos", stage_fn=clips.probe_one, stage_args=_probe_args, finish=_probe_finish,
     description="ffprobe of every video (duration, fps, size, audio); undecodable videos are reported and excluded.",
     code_version="1", group_name=GROUP, kinds={"python", "ffmpeg"})
 
 audio = per_video_asset(
-    name="audio", stage="audio", upstream="video_probes", work=_runner("audio", _audio), finish=_no_metadata,
+    name="audio", stage="audio", upstream="video_probes", stage_fn=clips.audio_one, stage_args=_audio_args, finish=_no_metadata,
     description="16 kHz mono WAV of each video's audio track, for the acoustic features.",
     code_version="1", group_name=GROUP, kinds={"python", "ffmpeg"})
 
 segments = per_video_asset(
-    name="segments", stage="segments", upstream=("video_probes", "clean_comments"), work=_runner("segments", _segment),
+    name="segments", stage="segments", upstream=("video_probes", "clean_comments"), stage_fn=clips.segment_one, stage_args=_segment_args,
     finish=_segments_finish, work_resources={"clips"}, table="segments",
     description="8-second segments with up to K selected live comments and sampled frames (the Delta table `segments`), "
                 "written as each video's WebDataset shards in a folder per version of its inputs (never overwritten).",
@@ -128,7 +117,8 @@ def training_shards(context: dg.AssetExecutionContext, lake: LakeResource, segs:
 @dg.asset_check(asset=training_shards, description="Every segment has frames of the declared shape and the shard index matches the segments table "
                  "(the samples read back for the videos the last segments run wrote; every other shard against the index)")
 def shards_match_segments(lake: LakeResource, clips: ClipsResource) -> dg.AssetCheckResult:
-    from ..shards import INDEX_NAME, verify_shards
+    from ..shards import verify_shards
+    from lcaffect_ml.contracts.shards import INDEX_NAME
 
     try:
         table = tables.read(lake.path(), "segments")
@@ -155,7 +145,7 @@ def _written_by_last_segments_run(root) -> set[str] | None:
     """Videos whose segments the last ``segments`` materialisation wrote (None: unknown, read all)."""
     import json
 
-    path = root / "_manifests" / "segments.json"
+    path = root / versions.MANIFESTS / "segments.json"
     try:
         results = json.loads(path.read_text())["results"]
     except (OSError, ValueError, KeyError):

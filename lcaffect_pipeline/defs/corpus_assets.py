@@ -4,11 +4,11 @@
 import duckdb
 import dagster as dg
 
-from .. import corpus, plots, stages, tables, versions
+from .. import corpus, plots, tables, versions
 from ..lake import combine_hashes
 from .fanout import keyed, per_video_asset
 from .launch_checks import check_run
-from .resources import (CatalogueResource, CleaningResource, CrawlerResource, DownstreamResource, LakeResource, RunScope,
+from .resources import (CatalogueResource, DownstreamResource, LakeResource, RunScope,
                         V2LCTrainingResource)
 
 GROUP = "corpus"
@@ -51,31 +51,17 @@ def video_catalogue(context: dg.AssetExecutionContext, lake: LakeResource, catal
     )
 
 
-def _fetch_work(context, chunk, upstream):
+def _fetch_args(context, upstream):
     lake_r: LakeResource = context.resources.lake
     scope: RunScope = context.resources.scope
-    crawler: CrawlerResource = context.resources.crawler
-    root, salt = lake_r.path(), lake_r.salt()
-    config = crawler.source_config()
-    session = config.session()  # one per chunk: the per-host spacing holds across its videos
-
-    def one(video, prev):
-        return corpus.fetch_and_parse(video, prev, root=root, crawl=config, session=session, refresh=scope.refresh, salt=salt)
-
-    return stages.run_stage(root, "raw_comments", chunk, one, force=scope.force)
+    config = context.resources.crawler.source_config()
+    args = {"crawl": config, "session": config.session(), "refresh": scope.refresh, "salt": lake_r.salt()}
+    return lambda video: args  # one session per chunk: the per-host spacing holds across its videos
 
 
-def _clean_work(context, chunk, upstream):
-    lake_r: LakeResource = context.resources.lake
-    cleaning: CleaningResource = context.resources.cleaning
-    raw = keyed(upstream["raw_comments"])
-    root = lake_r.path()
-
-    def one(video, prev):
-        raw_hash = (raw.get(video["video_id"]) or {}).get("output_hash")
-        return corpus.clean_one(video, prev, root=root, raw_hash=raw_hash, config=cleaning.options_dict())
-
-    return stages.run_stage(root, "clean_comments", chunk, one, force=context.resources.scope.force)
+def _clean_args(context, upstream):
+    raw, config = keyed(upstream["raw_comments"]), context.resources.cleaning.options_dict()
+    return lambda video: {"raw_hash": (raw.get(video["video_id"]) or {}).get("output_hash"), "config": config}
 
 
 def _density_metadata(root, table: str) -> dict:
@@ -111,7 +97,8 @@ raw_comments = per_video_asset(
     name="raw_comments",
     stage="raw_comments",
     upstream="video_catalogue",
-    work=_fetch_work,
+    stage_fn=corpus.fetch_and_parse,
+    stage_args=_fetch_args,
     finish=_raw_finish,
     work_resources={"crawler"},
     table="raw_comments",
@@ -125,7 +112,8 @@ clean_comments = per_video_asset(
     name="clean_comments",
     stage="clean_comments",
     upstream="raw_comments",
-    work=_clean_work,
+    stage_fn=corpus.clean_one,
+    stage_args=_clean_args,
     finish=_clean_finish,
     work_resources={"cleaning"},
     table="clean_comments",

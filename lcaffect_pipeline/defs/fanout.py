@@ -20,8 +20,11 @@ from .. import stages, versions
 from ..corpus import load_catalogue_from_lake
 from .resources import LakeResource, RunScope
 
-# work(context, videos, upstreams: {asset name: manifest}) -> list[VideoResult]
-WorkFn = Callable[..., list[stages.VideoResult]]
+# stage_fn(video, prev, *, root, **kwargs) -> VideoResult: the plain per-video stage (clips, corpus)
+StageFn = Callable[..., stages.VideoResult]
+# stage_args(context, upstreams: {asset name: manifest}) -> (video -> stage_fn's other keyword
+# arguments), called once per chunk (a crawl session, the upstream results keyed by video id)
+StageArgs = Callable[..., Callable[[dict], dict[str, Any]]]
 # finish(context, manifest) -> metadata dict (the manifest already has per-video results)
 FinishFn = Callable[..., dict[str, Any]]
 
@@ -35,7 +38,8 @@ def per_video_asset(
     name: str,
     stage: str,
     upstream: str | tuple[str, ...],
-    work: WorkFn,
+    stage_fn: StageFn,
+    stage_args: StageArgs,
     finish: FinishFn,
     description: str,
     code_version: str,
@@ -79,7 +83,9 @@ def per_video_asset(
         pool=pool,
     )
     def work_op(context: dg.OpExecutionContext, chunk, upstream_manifest):
-        results = work(context, chunk, upstream_manifest)
+        root, args = context.resources.lake.path(), stage_args(context, upstream_manifest)
+        results = stages.run_stage(root, stage, chunk, lambda video, prev: stage_fn(video, prev, root=root, **args(video)),
+                                   force=context.resources.scope.force)
         for r in results:
             if r.status == "failed":
                 context.log.warning(f"{name}: {r.video_id} failed: {r.reason}")
@@ -133,6 +139,7 @@ def per_video_asset(
         owners=["team:lcaffect-data"],
         ins={arg: dg.AssetIn(key=n) for arg, n in zip("ab", names)},
         automation_condition=automation_condition,
+        metadata={"stage_function": f"{stage_fn.__module__}.{stage_fn.__qualname__}"},
     )
 
 

@@ -3,7 +3,7 @@ checked by its first steps (``video_catalogue``; each ``{task}_utterances``) and
 long steps themselves (``v2lc_encoder``, ``{task}_features``) before they launch a program.
 
 The listing and the check are plain functions (``lcaffect_pipeline.preflight``); here they are
-given the run's resources and its asset selection. ``python -m lcaffect_pipeline.fetch_models``
+given the run's resources and its asset selection. ``python -m lcaffect_pipeline.defs.fetch_models``
 uses ``run_plan`` with a job's assets, so it fetches exactly what a run checks.
 """
 

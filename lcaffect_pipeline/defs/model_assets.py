@@ -16,7 +16,7 @@ from .. import models, versions
 from ..corpus import load_catalogue_from_lake
 from ..lake import as_path, atomic_write_bytes, workspace
 from ..downstream.ablation import SHUFFLED_ARM
-from ..models import METRIC_KEYS, k8s_pod_spec, latest_checkpoint  # noqa: F401  (imported from here too)
+from ..models import k8s_pod_spec, latest_checkpoint
 from ..shards import content_name
 from .automation import ON_NEW_DATA
 from .launch_checks import check_run

@@ -18,6 +18,8 @@ from pydantic import Field, model_validator
 from .. import lake, schema, versions
 from ..demo import WORLDS as DEMO_WORLDS
 from ..jsonopt import json_object
+from lcaffect_ml.contracts import naming
+from lcaffect_ml.contracts import tables as contract_tables
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -195,7 +197,7 @@ class LakeJsonIOManager(dg.ConfigurableIOManager):
 
     def _path(self, context) -> Any:
         ident = context.get_identifier()
-        return self.lake.path("_dagster_io", *[lake.safe_name(p) for p in ident[:-1]], f"{lake.safe_name(ident[-1])}.json")
+        return self.lake.path("_dagster_io", *[naming.safe_name(p) for p in ident[:-1]], f"{naming.safe_name(ident[-1])}.json")
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if context.has_asset_key:
@@ -333,14 +335,14 @@ class DownstreamResource(dg.ConfigurableResource):
             raise ValueError(f"downstream.modalities: distinct names from {known} with at least one of text, audio, "
                              f"visual, got {self.modalities}")
         per_task = json.loads(self.task_features_json or "{}")
-        unknown = sorted(set(per_task) - set(schema.DOWNSTREAM_TASKS))
+        unknown = sorted(set(per_task) - set(contract_tables.DOWNSTREAM_TASKS))
         if unknown or not all(isinstance(v, dict) for v in per_task.values()):
-            raise ValueError(f"downstream.task_features_json: keys must be tasks {list(schema.DOWNSTREAM_TASKS)} with an "
+            raise ValueError(f"downstream.task_features_json: keys must be tasks {list(contract_tables.DOWNSTREAM_TASKS)} with an "
                              f"object of options each (unknown: {unknown})")
         arms = json.loads(self.lc_variants_json or "{}")
-        unknown = sorted(set(arms) - set(schema.DOWNSTREAM_TASKS))
+        unknown = sorted(set(arms) - set(contract_tables.DOWNSTREAM_TASKS))
         if unknown or not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in arms.values()):
-            raise ValueError(f"downstream.lc_variants_json: keys must be tasks {list(schema.DOWNSTREAM_TASKS)} with a "
+            raise ValueError(f"downstream.lc_variants_json: keys must be tasks {list(contract_tables.DOWNSTREAM_TASKS)} with a "
                              f"list of V2LC variant names each (unknown: {unknown})")
         return self
 

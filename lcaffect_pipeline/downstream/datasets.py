@@ -59,7 +59,7 @@ from typing import Any, Callable, Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..schema import UTTERANCES_SCHEMA
+from lcaffect_ml.contracts.tables import UTTERANCES_SCHEMA
 from .protocols import FoldsError, mustard_folds, with_preceding_turns
 
 log = logging.getLogger(__name__)

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import lake
+from lcaffect_ml.contracts import naming
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class PrepareReport:
 
 
 def npz_path(out_dir: str | os.PathLike, utterance_id: str) -> Path:
-    return lake.local_path(lake.under(out_dir), "media preparation") / f"{lake.safe_name(utterance_id)}.npz"
+    return lake.local_path(lake.under(out_dir), "media preparation") / f"{naming.safe_name(utterance_id)}.npz"
 
 
 def prepare_media(table: pa.Table, out_dir: str | os.PathLike, *, frames: int = 8, size: int = 32, sr: int = 16000,
@@ -150,8 +151,9 @@ def read_prep(path: Path) -> dict[str, Any] | None:
 def decode_utterance(path: Path, n_frames: int, size: int, sr: int,
                      backend: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Frames ``uint8 (T, S, S, 3)``, their times (ms) and the mono audio of one utterance."""
-    from ..segments import frame_times, sample_frames
-    from ..videos import probe_video
+    from ..segments import frame_times
+    from ..frames import sample_frames
+    from ..probe import probe_video
 
     probe = probe_video(path)
     times = frame_times([(0, max(1, int(probe.duration_s * 1000)))], n_frames)[0]
@@ -164,7 +166,7 @@ def decode_audio(path: Path, sr: int = 16000) -> np.ndarray:
     """The first audio stream as float32 mono at ``sr`` Hz, through an ffmpeg pipe (no temp file)."""
     import ffmpeg
 
-    from ..videos import AudioDecodeError, _ffmpeg_reason
+    from ..probe import AudioDecodeError, _ffmpeg_reason
 
     stream = ffmpeg.input(str(path)).output("pipe:", map="0:a:0", vn=None, ac=1, ar=int(sr), f="f32le",
                                             acodec="pcm_f32le").global_args("-nostdin")

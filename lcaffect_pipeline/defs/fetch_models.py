@@ -1,7 +1,7 @@
 """Fetch every pretrained model a run config names into the Hugging Face cache, for an offline node.
 
-    python -m lcaffect_pipeline.fetch_models -c configs/paper.example.yaml [-c more.yaml] [-j full_pipeline]
-    python -m lcaffect_pipeline.fetch_models -c configs/paper.example.yaml --check    # offline: present/missing
+    python -m lcaffect_pipeline.defs.fetch_models -c configs/paper.example.yaml [-c more.yaml] [-j full_pipeline]
+    python -m lcaffect_pipeline.defs.fetch_models -c configs/paper.example.yaml --check    # offline: present/missing
 
 The config files are merged and validated as ``dagster job execute -j JOB -c a -c b`` does (the
 job's run-config schema, resource defaults filled in); the models are those the job's assets load
@@ -65,7 +65,7 @@ def job_assets(job: str) -> set[str]:
 
 def planned_models(job: str, run_config: dict) -> list[ModelRef]:
     """The models a run of ``job`` with ``run_config`` loads."""
-    from .defs.launch_checks import run_plan
+    from .launch_checks import run_plan
 
     resources = job_resources(job, run_config)
     refs, _ = run_plan(job_assets(job), resources.get("v2lc_training"), resources.get("downstream"))
@@ -85,7 +85,7 @@ def fetch(ref: ModelRef) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lcaffect_pipeline.fetch_models", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lcaffect_pipeline.defs.fetch_models", description=__doc__.split("\n\n")[0])
     parser.add_argument("-c", "--config", action="append", required=True, help="run config YAML (repeatable, merged in order)")
     parser.add_argument("-j", "--job", default="full_pipeline", help="the job the configs are for (default: full_pipeline)")
     parser.add_argument("--check", action="store_true", help="download nothing: say which models are present or missing")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dagster import DagsterEventType
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
 
-from .lake import process_alive
+from lcaffect_ml.atomic import process_alive
 
 
 class LocalRunLauncher(DefaultRunLauncher):
