@@ -6,7 +6,9 @@ unless something kept was built from them: a kept manifest is any manifest of a 
 set, fusion run or report (every asset but the data-side ones in ``DATA_ASSETS``), and every
 table version its lineage reaches is referenced. The current version is always kept. A freed
 version is recorded (``tables.mark_expired``) so that time travel to it says so instead of
-failing on a missing file. Shard folders go with the segments versions that name them.
+failing on a missing file. Shard folders go with the segments versions that name them. Every path
+retention deletes was read from the lake (Delta log actions, segments rows) and resolved by
+``lcaffect_ml.contracts.lakepaths.resolve``: nothing outside the lake is ever touched.
 
 Rollback makes an earlier version of a table the current one (``DeltaTable.restore``: a new
 version, nothing deleted), writes a manifest for the asset that owns the table so the next run
@@ -19,6 +21,8 @@ from __future__ import annotations
 import shutil
 import time
 from typing import Any
+
+from lcaffect_ml.contracts import lakepaths
 
 from . import lake, tables, versions
 
@@ -85,8 +89,8 @@ def run(root, *, keep_last: int | None = None, max_age_days: float | None = None
         kept_files = {f for v in keep for f in tables.files(root, table, v).values()}
         freed_files = {f for v in p["free"] for f in tables.files(root, table, v).values()} - kept_files
         if table == "segments":
-            folders_kept |= _shard_folders_named(kept_files)
-            folders_freed |= _shard_folders_named(freed_files)
+            folders_kept |= _shard_folders_named(root, kept_files)
+            folders_freed |= _shard_folders_named(root, freed_files)
         size = sum(_size(f) for f in freed_files)
         report["tables"][table] = {"table": table, "versions": p["free"], "kept": p["keep"],
                                    "referenced": p["referenced"], "files": len(freed_files), "bytes": size}
@@ -97,8 +101,7 @@ def run(root, *, keep_last: int | None = None, max_age_days: float | None = None
                 lake.as_path(f).unlink(missing_ok=True)
             if p["free"]:
                 tables.mark_expired(root, table, set(p["free"]))
-    shards_root = lake.as_path(root) / "shards"
-    freed_shards = [shards_root / f for f in sorted(folders_freed - folders_kept) if (shards_root / f).exists()]
+    freed_shards = [lake.as_path(f) for f in sorted(folders_freed - folders_kept) if lake.as_path(f).exists()]
     report["shard_folders"] = len(freed_shards)
     report["bytes"] += sum(_tree_size(f) for f in freed_shards)
     if not dry_run:
@@ -114,16 +117,18 @@ def _size(path) -> int:
         return 0
 
 
-def _shard_folders_named(segment_files: set[str]) -> set[str]:
-    """The shard version folders (relative to ``shards/``) that these segments files name."""
+def _shard_folders_named(root, segment_files: set[str]) -> set[str]:
+    """The shard version folders (their locations, strictly inside ``shards/``) that these
+    segments files name; a row naming a folder anywhere else is refused (``LakeContentError``)."""
     from .shards import referenced_folders
 
     folders: set[str] = set()
     for f in segment_files:
         try:
-            folders |= referenced_folders(lake.read_parquet(f).column("shard").to_pylist())
+            named = referenced_folders(lake.read_parquet(f).column("shard").to_pylist())
         except FileNotFoundError:
             continue
+        folders |= {lakepaths.resolve(root, folder, f"{f} (column shard)", base="shards") for folder in named}
     return folders
 
 

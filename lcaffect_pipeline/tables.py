@@ -32,6 +32,8 @@ from typing import Any, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lcaffect_ml.contracts import lakepaths
+
 from . import lake, schema
 
 KEY = "video_key"  # the partition column: safe_name(video_id)
@@ -271,11 +273,12 @@ def files(root, table: str, version: int | None = None) -> dict[str | None, str]
     dt = _open(root, table, version)
     check_readable(root, table, dt.version())
     per_video = _spec(table)[1]
-    base = _uri(root, table)
+    log = f"{_uri(root, table)}/_delta_log (version {dt.version()})"
+    folder = PATHS.get(table, table)
     out: dict[str | None, str] = {}
     for key, paths in _current_files(dt, per_video).items():
-        for path in paths:
-            out[key if per_video else None] = f"{base}/{path}"
+        for path in paths:  # a log action names a file of this table's folder, nothing else
+            out[key if per_video else None] = lakepaths.resolve(root, path, log, base=folder)
     return out
 
 

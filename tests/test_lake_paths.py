@@ -1,0 +1,117 @@
+"""Paths read from lake content (manifests, Delta actions, segment rows, shard indexes) stay in the
+lake: ``lcaffect_ml.contracts.lakepaths.resolve`` and everything that reads or deletes through it."""
+
+import os
+
+import pytest
+
+from lcaffect_ml.contracts.lakepaths import LakeContentError, relative, resolve
+
+
+@pytest.mark.parametrize("value", ["../../victim/file", "shards/../../victim", "/etc/passwd", "file:///etc/passwd",
+                                   "pipe:id > MARKER; cat x.tar", "s3://other-bucket/lake/x.tar",
+                                   "http://attacker.example/x.tar", "", "a\x00b", "shards/..", "."])
+def test_escapes_and_other_schemes_are_refused_naming_the_file(tmp_path, value) -> None:
+    with pytest.raises(LakeContentError, match="index-1.json"):
+        resolve(tmp_path / "lake", value, "shards/index-1.json", base="shards")
+
+
+def test_relative_and_inside_paths_resolve_under_the_current_root(tmp_path) -> None:
+    root = tmp_path / "lake"
+    assert resolve(root, "v/1/v-00000.tar", "idx", base="shards") == str(root / "shards" / "v" / "1" / "v-00000.tar")
+    # an absolute path inside the lake (a lake written before paths were relative) is kept
+    assert resolve(root, str(root / "shards" / "x.tar"), "idx", base="shards") == str(root / "shards" / "x.tar")
+    assert resolve(root, "shards/./a/../b.tar", "idx") == str(root / "shards" / "b.tar")
+    assert relative(root, str(root / "a" / "b.json")) == "a/b.json" and relative(root, str(tmp_path / "x")) is None
+    # a sibling folder whose name starts like the lake's is not inside it
+    assert relative(root, str(tmp_path / "lake-copy" / "a")) is None
+
+
+def test_a_path_must_stay_inside_its_folder(tmp_path) -> None:
+    with pytest.raises(LakeContentError, match="not inside shards/"):
+        resolve(tmp_path, "_manifests/x.json", "segments file", inside="shards")
+    with pytest.raises(LakeContentError, match="not inside shards/"):
+        resolve(tmp_path, "shards", "segments file", inside="shards")  # never the folder itself
+
+
+def test_a_symbolic_link_out_of_the_lake_is_refused(tmp_path) -> None:
+    root = tmp_path / "lake"
+    (root / "shards").mkdir(parents=True)
+    (tmp_path / "victim").mkdir()
+    os.symlink(tmp_path / "victim", root / "shards" / "v")
+    with pytest.raises(LakeContentError, match="symbolic link"):
+        resolve(root, "v/x.tar", "idx", base="shards")
+
+
+def test_an_object_store_lake_admits_only_its_own_urls() -> None:
+    root = "s3://bucket/lake"
+    assert resolve(root, "shards/v/x.tar", "idx") == "s3://bucket/lake/shards/v/x.tar"
+    assert resolve(root, "s3://bucket/lake/shards/x.tar", "idx") == "s3://bucket/lake/shards/x.tar"
+    for bad in ("s3://bucket/lake-other/x.tar", "s3://bucket/x.tar", "gs://bucket/lake/x.tar", "/bucket/lake/x.tar",
+                "../x.tar"):
+        with pytest.raises(LakeContentError):
+            resolve(root, bad, "idx")
+
+
+# ---------------------------------------------------------------- the attacks of issue 26, item 2
+
+import datetime as dt  # noqa: E402
+import json  # noqa: E402
+
+import pyarrow as pa  # noqa: E402
+
+from lcaffect_pipeline import lake, retention, schema, tables  # noqa: E402
+
+
+def _comments(vid: str, texts: list[str]) -> pa.Table:
+    rows = [dict(platform="bilibili", video_id=vid, comment_id=str(i), offset_ms=1000 * i, text=t, mode="scroll",
+                 superchat=False, source_file="f", posted_at=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
+            for i, t in enumerate(texts)]
+    return pa.Table.from_pylist(rows, schema=schema.CLEAN_COMMENTS_SCHEMA)
+
+
+def _refresh(root, texts_by_video: dict[str, list[str]], table: str = "clean_comments") -> int:
+    changes = {vid: tables.write(root, table, _comments(vid, texts), vid) for vid, texts in texts_by_video.items()}
+    return tables.commit(root, table, changes)
+
+
+def _log_entry(root, table: str, version: int, actions: list[dict]) -> None:
+    """Append a hand-made Delta log entry (what an attacker with write access to the lake can do)."""
+    log = lake.local_path(tables.table_path(root, table), "test") / "_delta_log" / f"{version:020d}.json"
+    now = int(dt.datetime.now().timestamp() * 1000)
+    body = [{"commitInfo": {"timestamp": now, "operation": "WRITE"}}, *actions]
+    log.write_text("\n".join(json.dumps(a) for a in body) + "\n")
+
+
+def _victim(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "file").write_text("precious")
+    return victim / "file"
+
+
+def test_retention_never_deletes_a_delta_action_path_outside_the_lake(tmp_path) -> None:
+    root = tmp_path / "deep" / "lake"
+    victim = _victim(tmp_path)
+    _refresh(root, {"x": ["a"]})
+    now = int(dt.datetime.now().timestamp() * 1000)
+    evil = os.path.relpath(victim, root / "clean_comments")
+    _log_entry(root, "clean_comments", 1, [{"add": {"path": evil, "size": 8, "partitionValues": {"video_key": "z"},
+                                                    "modificationTime": now, "dataChange": True}}])
+    _log_entry(root, "clean_comments", 2, [{"remove": {"path": evil, "deletionTimestamp": now, "dataChange": True,
+                                                       "partitionValues": {"video_key": "z"}}}])
+    with pytest.raises(LakeContentError, match="_delta_log"):
+        retention.run(root, keep_last=1)
+    assert victim.read_text() == "precious"
+
+
+def test_retention_never_removes_a_shard_folder_a_segments_row_puts_outside_the_lake(tmp_path) -> None:
+    root = tmp_path / "deep" / "lake"
+    victim = _victim(tmp_path)
+    segments_file = root / "segments" / "video_key=v" / "bad.parquet"
+    segments_file.parent.mkdir(parents=True)
+    evil = os.path.relpath(victim.parent, root / "shards") + "/x-00000.tar"
+    lake.write_parquet(pa.table({"shard": ["v/1/v-00000.tar", evil]}), segments_file)
+    with pytest.raises(LakeContentError, match="segments"):
+        retention._shard_folders_named(root, {str(segments_file)})
+    assert victim.read_text() == "precious"
