@@ -115,3 +115,24 @@ def test_retention_never_removes_a_shard_folder_a_segments_row_puts_outside_the_
     with pytest.raises(LakeContentError, match="segments"):
         retention._shard_folders_named(root, {str(segments_file)})
     assert victim.read_text() == "precious"
+
+
+# ---------------------------------------------------------------- shard indexes (item 1)
+
+
+def test_a_shard_index_names_only_shards_of_its_own_lake(tmp_path) -> None:
+    from lcaffect_ml.data import ShardIndexError, load_shard_index, write_synthetic_shards
+
+    index = write_synthetic_shards(tmp_path / "lake", n_videos=1, segments_per_video=2)
+    good = json.loads(index.read_text())
+    assert not os.path.isabs(good[0]["url"])  # indexes store lake-relative paths
+    assert load_shard_index(index)[0].url == str(index.parent / good[0]["url"])
+    marker = tmp_path / "MARKER"
+    other = write_synthetic_shards(tmp_path / "other", n_videos=1, segments_per_video=2)
+    for url in (f"pipe:id > {marker}; cat {index.parent / good[0]['url']}", str(other.parent / good[0]["url"]),
+                "http://attacker.example/x.tar", "../../outside.tar", f"file://{other.parent / good[0]['url']}"):
+        bad = index.with_name("index-bad.json")
+        bad.write_text(json.dumps([{**good[0], "url": url}]))
+        with pytest.raises(ShardIndexError, match="index-bad.json"):
+            load_shard_index(bad)
+    assert not marker.exists()
