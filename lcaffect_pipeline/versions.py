@@ -2,7 +2,9 @@
 
 Every asset value the IO manager stores is a *manifest*: ``_manifests/{asset}/{id}.json``, never
 overwritten (``{id}`` is the UTC time and a hash of the content), plus ``_manifests/{asset}.json``,
-a copy of the latest one for readers that want "now". A manifest names what it wrote (a table
+a copy of the latest one for readers that want "now". Paths inside the lake are stored relative
+to it (``lakepaths.to_lake``) and resolved against the lake they are read from, so a copied or
+moved lake reads only itself; ``lineage`` reads only files inside ``_manifests``. A manifest names what it wrote (a table
 version, ``table_version``; a content-addressed file or run folder) and, in ``reads``, the
 manifest id of every input it was built from. ``lineage`` follows ``reads`` down to the corpus,
 so a model, a feature set or a report resolves to the exact table versions behind it.
@@ -15,6 +17,8 @@ import hashlib
 import json
 import re
 from typing import Any, Iterable, Mapping
+
+from lcaffect_ml.contracts import lakepaths
 
 from . import lake
 
@@ -41,26 +45,38 @@ def write_manifest(root, asset: str, value: Mapping[str, Any], now: dt.datetime 
     """Store ``value`` as a new manifest of ``asset`` (and as its latest); returns it with its
     ``manifest_id``. The history file is written first: a crash never leaves a latest without it."""
     body = {k: v for k, v in value.items() if k != "manifest_id"}
+    kept = lakepaths.to_lake(root, body)  # paths inside the lake stored relative to it
     stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%S%fZ")
-    manifest_id = f"{stamp}-{hashlib.sha256(_encode(body)).hexdigest()[:12]}"
-    stored = {**body, "manifest_id": manifest_id}
-    data = _encode(stored)
+    manifest_id = f"{stamp}-{hashlib.sha256(_encode(kept)).hexdigest()[:12]}"
+    data = _encode({**kept, "manifest_id": manifest_id})
     lake.atomic_write_bytes(manifest_dir(root, asset) / f"{manifest_id}.json", data)
     lake.atomic_write_bytes(latest_path(root, asset), data)
-    return stored
+    return {**body, "manifest_id": manifest_id}
+
+
+def _path(root, asset: str, manifest_id: str | None, source: str):
+    """A manifest's file, which must be in ``_manifests`` (an asset name read from a manifest's
+    ``reads`` is lake content: ``../x`` is refused, naming ``source``)."""
+    name = f"{asset}.json" if manifest_id is None else f"{asset}/{lake.safe_name(manifest_id)}.json"
+    return lake.as_path(lakepaths.resolve(root, name, source, base=MANIFESTS))
+
+
+def _read(root, path) -> dict[str, Any]:
+    return lakepaths.from_lake(root, json.loads(path.read_text()), str(path))
 
 
 def latest(root, asset: str) -> dict[str, Any] | None:
-    path = latest_path(root, asset)
-    return json.loads(path.read_text()) if path.exists() else None
+    path = _path(root, asset, None, "the asset name")
+    return _read(root, path) if path.exists() else None
 
 
-def load(root, asset: str, manifest_id: str | None = None) -> dict[str, Any]:
-    """One manifest of ``asset`` (the latest when ``manifest_id`` is None)."""
-    path = latest_path(root, asset) if manifest_id is None else manifest_dir(root, asset) / f"{lake.safe_name(manifest_id)}.json"
+def load(root, asset: str, manifest_id: str | None = None, source: str = "the asset name") -> dict[str, Any]:
+    """One manifest of ``asset`` (the latest when ``manifest_id`` is None); ``source``: where the
+    asset's name was read (a manifest's ``reads``), named when it points outside ``_manifests``."""
+    path = _path(root, asset, manifest_id, source)
     if not path.exists():
         raise ManifestError(f"{path}: {asset} has no manifest {manifest_id or '(none materialised yet)'} in this lake")
-    return json.loads(path.read_text())
+    return _read(root, path)
 
 
 def manifest_ids(root, asset: str) -> list[str]:
@@ -105,7 +121,7 @@ def _walk(root, asset: str, start: Mapping[str, Any], cache: dict | None = None)
             seen.add((up, up_id))
             if (up, up_id) not in cache:
                 try:  # only what lineage needs is kept: manifests hold every video's results
-                    found = load(root, up, up_id)
+                    found = load(root, up, up_id, source=f"{MANIFESTS}/{name}/{manifest.get('manifest_id')}.json (reads)")
                     cache[(up, up_id)] = {k: found.get(k) for k in ("manifest_id", "reads", "table_version")}
                 except ManifestError:
                     cache[(up, up_id)] = {"manifest_id": up_id, "missing": True}

@@ -136,3 +136,50 @@ def test_a_shard_index_names_only_shards_of_its_own_lake(tmp_path) -> None:
         with pytest.raises(ShardIndexError, match="index-bad.json"):
             load_shard_index(bad)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- manifests and state files (item 9)
+
+from lcaffect_pipeline import stages, versions  # noqa: E402
+
+
+def test_manifests_store_lake_relative_paths_and_resolve_them_in_the_lake_they_are_read_from(tmp_path) -> None:
+    root, copy = tmp_path / "lake", tmp_path / "copy"
+    index = str(root / "shards" / "index-1.json")
+    stored = versions.write_manifest(root, "training_shards", {"index": index, "results": {"v": {"metrics": {"path": str(
+        root / "videos" / "v.mp4")}}}, "source": str(tmp_path / "catalogue.csv")})
+    assert stored["index"] == index  # the caller's value, as it gave it
+    on_disk = json.loads((root / "_manifests" / "training_shards.json").read_text())
+    assert on_disk["index"] == "shards/index-1.json" and on_disk["source"] == str(tmp_path / "catalogue.csv")
+    assert on_disk["lake_paths"] == [["index"], ["results", "v", "metrics", "path"]]
+    import shutil
+
+    shutil.copytree(root, copy)
+    read = versions.load(copy, "training_shards")
+    assert read["index"] == str(copy / "shards" / "index-1.json") and "lake_paths" not in read
+    assert read["results"]["v"]["metrics"]["path"] == str(copy / "videos" / "v.mp4")
+    assert versions.load(copy, "training_shards", stored["manifest_id"])["index"] == read["index"]
+    # a stage's per-video state file too
+    stages.save_state(root, "videos", stages.VideoResult("v", "done", metrics={"path": str(root / "videos" / "v.mp4")}))
+    shutil.copytree(root / "_state", copy / "_state")
+    assert stages.load_state(copy, "videos", "v")["metrics"]["path"] == str(copy / "videos" / "v.mp4")
+
+
+def test_a_manifest_pointing_out_of_the_lake_is_refused_naming_it(tmp_path) -> None:
+    root = tmp_path / "lake"
+    versions.write_manifest(root, "training_shards", {"index": "x"})
+    path = root / "_manifests" / "training_shards.json"
+    path.write_text(json.dumps({"index": "../../etc/passwd", "lake_paths": [["index"]], "manifest_id": "m"}))
+    with pytest.raises(LakeContentError, match="training_shards.json"):
+        versions.latest(root, "training_shards")
+
+
+def test_lineage_reads_only_manifests_inside_the_manifests_folder(tmp_path) -> None:
+    root = tmp_path / "lake"
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "m.json").write_text(json.dumps({"table_version": {"segments": 9}}))
+    model = versions.write_manifest(root, "v2lc_encoder", {"reads": {"../../outside": "m"}})
+    with pytest.raises(LakeContentError, match="reads"):
+        versions.lineage(root, "v2lc_encoder", model["manifest_id"])
+    with pytest.raises(LakeContentError):
+        versions.load(root, "../../outside", "m")

@@ -92,3 +92,49 @@ def resolve(root: str | os.PathLike, value: object, source: str | os.PathLike, *
     if not real.startswith(real_root.rstrip("/") + "/"):
         raise LakeContentError(source, value, f"leaves the lake {root} through a symbolic link")
     return out
+
+
+# ------------------------------------------------------------ JSON kept in the lake (manifests, state)
+
+POINTERS = "lake_paths"  # the key that lists where a stored JSON object holds lake-relative paths
+
+
+def to_lake(root: str | os.PathLike, value: dict) -> dict:
+    """``value`` as stored in the lake: every string that is a path inside the lake made relative
+    to it, and their places (key paths) listed under ``POINTERS``, so a copied or moved lake
+    resolves them against its own root (``from_lake``)."""
+    pointers: list[list] = []
+
+    def walk(item, where: list):
+        if isinstance(item, dict):
+            return {k: walk(v, [*where, k]) for k, v in item.items() if not (not where and k == POINTERS)}
+        if isinstance(item, (list, tuple)):
+            return [walk(v, [*where, i]) for i, v in enumerate(item)]
+        if isinstance(item, str) and (rel := relative(root, item)) not in (None, "", "."):
+            pointers.append(where)
+            return rel
+        return item
+
+    out = walk(dict(value), [])
+    return {**out, POINTERS: pointers} if pointers else out
+
+
+def from_lake(root: str | os.PathLike, stored: dict, source: str | os.PathLike) -> dict:
+    """A JSON object ``to_lake`` stored, read from ``source``: the paths ``POINTERS`` lists resolved
+    against the current root (``resolve``: a path out of the lake is refused). An object without
+    ``POINTERS`` (written before paths were relative) is returned as it is."""
+    pointers = stored.get(POINTERS)
+    out = {k: v for k, v in stored.items() if k != POINTERS}
+    if not isinstance(pointers, list):
+        return out
+    for where in pointers:
+        if not isinstance(where, list) or not where:
+            raise LakeContentError(source, where, f"is not a place in the object ({POINTERS})")
+        holder = out
+        try:
+            for key in where[:-1]:
+                holder = holder[key]
+            holder[where[-1]] = resolve(root, holder[where[-1]], source)
+        except (KeyError, IndexError, TypeError) as exc:
+            raise LakeContentError(source, where, f"names no value ({POINTERS}: {exc})") from None
+    return out
