@@ -79,6 +79,24 @@ def load(root, asset: str, manifest_id: str | None = None, source: str = "the as
     return _read(root, path)
 
 
+def upgrade(root, old_root=None) -> int:
+    """Rewrite a lake written before paths were stored relative (``versions_cli upgrade``): in every
+    manifest and stage state file, the absolute paths under ``old_root`` (where the lake was
+    written; by default where it is) become relative to the lake. Returns the files rewritten."""
+    base = lake.as_path(root)
+    changed = 0
+    for folder in (base / MANIFESTS, base / "_state"):
+        for path in (folder.rglob("*.json") if folder.exists() else []):
+            stored = json.loads(path.read_text())
+            if not isinstance(stored, dict) or lakepaths.POINTERS in stored:
+                continue
+            kept = lakepaths.to_lake(old_root or root, stored)
+            if kept != stored:
+                lake.atomic_write_bytes(path, _encode(kept))
+                changed += 1
+    return changed
+
+
 def manifest_ids(root, asset: str) -> list[str]:
     """Every manifest id of ``asset``, oldest first."""
     folder = manifest_dir(root, asset)

@@ -5,6 +5,7 @@
     sql       a DuckDB query over the corpus as of given versions
     rollback  make earlier versions of tables current (nothing is deleted)
     retain    free versions past a count or age that nothing kept was built from
+    upgrade   store a lake's manifest paths relative to it (lakes written before; --from the old root)
 
 The lake is ``--lake`` or ``$LCAFFECT_LAKE`` (default ``./lake``), a folder or an ``s3://`` URL.
 """
@@ -106,6 +107,15 @@ def cmd_retain(args) -> int:
     return 0
 
 
+def cmd_upgrade(args) -> int:
+    from .versions import upgrade
+
+    root = _root(args)
+    old = _root(argparse.Namespace(lake=args.old_root)) if args.old_root else None
+    print(f"{upgrade(root, old)} manifest and state files now name the lake's files relative to it")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from .tables import VersionError
     from .versions import ManifestError
@@ -132,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-age-days", type=float)
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(fn=cmd_retain)
+    p = sub.add_parser("upgrade", help="make a lake written with absolute paths movable")
+    p.add_argument("--from", dest="old_root", help="where the lake was written (default: where it is now)")
+    p.set_defaults(fn=cmd_upgrade)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

@@ -183,3 +183,25 @@ def test_lineage_reads_only_manifests_inside_the_manifests_folder(tmp_path) -> N
         versions.lineage(root, "v2lc_encoder", model["manifest_id"])
     with pytest.raises(LakeContentError):
         versions.load(root, "../../outside", "m")
+
+
+def test_a_lake_written_with_absolute_paths_is_upgraded_by_the_cli(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    old, moved = tmp_path / "old", tmp_path / "moved"
+    legacy = {"index": str(old / "shards" / "index-1.json"), "manifest_id": "20260101T000000000000Z-abcdefabcdef"}
+    for path in (moved / "_manifests" / "training_shards.json",
+                 moved / "_manifests" / "training_shards" / f"{legacy['manifest_id']}.json",
+                 moved / "_state" / "videos" / "v.json"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(legacy))
+    assert versions.latest(moved, "training_shards")["index"] == legacy["index"]  # read as written
+    run = subprocess.run([sys.executable, "-m", "lcaffect_pipeline.versions_cli", "--lake", str(moved), "upgrade",
+                          "--from", str(old)], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0 and run.stdout.startswith("3 "), run.stderr
+    assert versions.latest(moved, "training_shards")["index"] == str(moved / "shards" / "index-1.json")
+    assert versions.load(moved, "training_shards", legacy["manifest_id"])["manifest_id"] == legacy["manifest_id"]
+    assert versions.upgrade(moved, old) == 0  # done once

@@ -173,3 +173,41 @@ def test_rollback_makes_an_old_version_current_and_the_next_run_reads_it(history
                           "clean_comments=12345"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "12345" in bad.stderr
     assert tables.version(root, "clean_comments") == current  # a refused rollback changed nothing
+
+
+def test_a_copied_lake_trains_and_reads_on_its_own_with_the_original_moved_away(history, tmp_path) -> None:
+    """Issue 26 item 9: manifests, state files and indexes hold lake-relative paths."""
+    import shutil
+
+    from lcaffect_ml.contracts.lakepaths import relative
+    from lcaffect_ml.data import iter_raw_samples, load_shard_index
+    from lcaffect_pipeline.defs.resources import LakeResource
+
+    root, copy = history["root"], tmp_path / "copy"
+    shutil.copytree(root, copy)
+    away = root.with_name(root.name + "-away")
+    root.rename(away)
+    try:
+        shards = manifest(copy, "training_shards")
+        specs = load_shard_index(shards["index"])
+        assert all(relative(copy, s.url) for s in specs)
+        assert next(iter_raw_samples(specs[0].url))["__key__"]
+        res = {**_resources(copy, history["catalogue"]), "lake": LakeResource(root=str(copy), author_salt="test-salt")}
+        result = dg.materialize([*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS], resources=res,
+                                selection=["training_shards", "v2lc_encoder"])
+        assert result.success
+        encoder = manifest(copy, "v2lc_encoder")
+        assert relative(copy, encoder["output_dir"]).startswith("models/v2lc/")
+        assert (Path(encoder["output_dir"]) / "model.safetensors").exists()
+    finally:
+        away.rename(root)
+    # with the original back in place, nothing the copy's manifests name is in it
+    def strings(value):
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    named = [s for asset in versions.assets(copy) for s in strings(versions.latest(copy, asset) or {})]
+    assert named and not [s for s in named if relative(root, s)]
