@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from lcaffect_ml.contracts import lakepaths
 
-from . import lake, schema
+from . import lake, leases, schema
 
 KEY = "video_key"  # the partition column: safe_name(video_id)
 
@@ -54,6 +54,9 @@ PATHS: dict[str, str] = {}
 for _task in schema.DOWNSTREAM_TASKS:
     TABLES[f"{_task}_utterances"] = (schema.UTTERANCES_SCHEMA, False)
     PATHS[f"{_task}_utterances"] = f"downstream/{_task}"
+
+
+WRITE_LEASE = "write-"  # the lease a stage takes on an existing data file it commits (``write``)
 
 
 class VersionError(LookupError):
@@ -107,7 +110,10 @@ def write(root, table: str, data: pa.Table, video_id: str | None = None) -> str:
     data = data.cast(data_schema)
     digest = lake.table_hash(data)
     path = data_file(root, table, video_id, digest)
-    if not path.exists():  # same rows, same name: an existing file already holds them
+    if path.exists():  # same rows, same name: an existing file (an earlier version's) already holds
+        # them; leased until the commit, so that retention does not free it in between
+        leases.take(root, f"{WRITE_LEASE}{table}-{digest}", files=[str(path)])
+    else:
         lake.write_parquet(data, path)
     return digest
 
@@ -130,7 +136,9 @@ def commit(root, table: str, changes: Mapping[str | None, str | None], *, operat
 
     for attempt in range(8):
         try:
-            return _commit_once(root, table, changes, operation, info or {}, rows or {})
+            committed = _commit_once(root, table, changes, operation, info or {}, rows or {})
+            leases.release_files(root, f"{WRITE_LEASE}{table}-", [d for d in changes.values() if d])
+            return committed
         except CommitFailedError:
             if attempt == 7:
                 raise

@@ -121,10 +121,11 @@ def lineage(root, asset: str, manifest_id: str | None = None, cache: dict | None
     """The manifests behind one, breadth first: ``{asset, manifest_id, depth, table_version,
     reads}`` for it and every manifest its ``reads`` reach (each once, each read once; ``cache``
     shares the manifests read between calls)."""
-    return _walk(root, asset, load(root, asset, manifest_id), cache)
+    return lineage_of(root, asset, load(root, asset, manifest_id), cache)
 
 
-def _walk(root, asset: str, start: Mapping[str, Any], cache: dict | None = None) -> list[dict[str, Any]]:
+def lineage_of(root, asset: str, start: Mapping[str, Any], cache: dict | None = None) -> list[dict[str, Any]]:
+    """``lineage`` of a manifest already read (``start``)."""
     cache = {} if cache is None else cache
     rows, seen = [], set()
     frontier = [(asset, start, 0)]
@@ -159,7 +160,7 @@ def table_versions(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[int]]:
 
 def lineage_markdown(root, manifest: Mapping[str, Any], asset: str | None = None) -> str:
     """What the UI shows: the inputs behind a materialisation, down to the corpus versions."""
-    rows = _walk(root, asset or "(this)", {**manifest, "manifest_id": "(this run)"})
+    rows = lineage_of(root, asset or "(this)", {**manifest, "manifest_id": "(this run)"})
     lines = ["| asset | manifest | table versions |", "|---|---|---|"]
     for r in rows:
         tv = ", ".join(f"{t} v{v}" for t, v in sorted(r["table_version"].items())) or ""

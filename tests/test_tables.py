@@ -187,3 +187,54 @@ def test_the_retention_job_reports_what_it_freed(tmp_path) -> None:
     md = mats[0].event_specific_data.metadata["tables"].value
     assert "| clean_comments | [1] | [2] | [0] | 1 |" in md and meta.step_key == "lake_retention"
     assert defs.resolve_schedule_def("weekly_retention").default_status.value == "STOPPED"
+
+
+# ---------------------------------------------------------------- leases and limits (issue 26, item 5)
+
+
+def test_retention_keeps_what_a_lease_names_until_it_lapses(tmp_path) -> None:
+    from lcaffect_pipeline import leases
+
+    _three_versions(tmp_path)
+    middle = tables.files(tmp_path, "clean_comments", 1)[lake.safe_name("x")]
+    with leases.held(tmp_path, "pinned reader", versions={"clean_comments": [1]}):
+        assert retention.plan(tmp_path, keep_last=1)["clean_comments"]["free"] == []
+        assert retention.run(tmp_path, keep_last=1)["files"] == 0 and lake.as_path(middle).exists()
+    leases.take(tmp_path, "crashed reader", versions={"clean_comments": [1]}, ttl_s=-1)  # lapsed
+    assert retention.run(tmp_path, keep_last=1)["tables"]["clean_comments"]["versions"] == [1]
+    assert not lake.as_path(middle).exists()
+
+
+def test_a_stage_that_finds_its_file_in_the_lake_leases_it_until_the_commit(tmp_path) -> None:
+    _three_versions(tmp_path)  # x: ["a"], ["a", "b"], ["a", "b", "c"]
+    # a stage recomputes x's version-1 rows: the file exists (version 1 holds it), so it is not written
+    digest = tables.write(tmp_path, "clean_comments", _comments("x", ["a", "b"]), "x")
+    report = retention.run(tmp_path, keep_last=1)  # retention runs before the stage's collect step
+    assert report["tables"]["clean_comments"]["versions"] == [1] and report["files"] == 0
+    assert tables.commit(tmp_path, "clean_comments", {"x": digest}) == 3  # the file is still there
+    assert tables.read(tmp_path, "clean_comments").num_rows == 3
+    assert not list((tmp_path / "_leases").glob("*.json"))  # released by the commit
+
+
+def test_an_unreadable_lease_stops_retention(tmp_path) -> None:
+    from lcaffect_pipeline import leases
+
+    _three_versions(tmp_path)
+    (tmp_path / "_leases").mkdir(exist_ok=True)
+    (tmp_path / "_leases" / "x.json").write_text("{trunc")
+    with pytest.raises(leases.LeaseError, match="x.json"):
+        retention.run(tmp_path, keep_last=1)
+    assert tables.read(tmp_path, "clean_comments", 1).num_rows == 3
+
+
+@pytest.mark.parametrize("args", [("--keep-last", "0"), ("--keep-last", "-1"), ("--max-age-days", "-1"),
+                                  ("--max-age-days", "0"), ("--max-age-days", "nan")])
+def test_the_cli_refuses_the_limits_the_job_refuses(tmp_path, args) -> None:
+    _three_versions(tmp_path)
+    bad = _cli(tmp_path, "retain", *args)
+    assert bad.returncode == 2 and args[0].strip("-").replace("-", "_") in bad.stderr and "Traceback" not in bad.stderr
+    assert tables.read(tmp_path, "clean_comments", 1).num_rows == 3  # nothing freed
+    from lcaffect_pipeline.defs.retention import RetentionConfig
+
+    with pytest.raises(Exception, match="greater than"):
+        RetentionConfig(**{args[0].strip("-").replace("-", "_"): float(args[1])})
