@@ -84,10 +84,12 @@ def plan(root, *, keep_last: int | None = None, max_age_days: float | None = Non
             past_age = max_age_days is None or (now_ms - (h["timestamp"] or now_ms)) > max_age_days * 86_400_000
             if v in gone:
                 continue
-            if v == current or not (past_count and past_age) or v in leased.get(table, ()):
+            if v == current or not (past_count and past_age):
                 keep.append(v)
             elif v in referenced.get(table, set()):
                 refs.append(v)
+            elif v in leased.get(table, ()):
+                keep.append(v)
             else:
                 free.append(v)
         out[table] = {"free": free, "keep": keep, "referenced": refs}

@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from lcaffect_pipeline import corpus, lake, retention, tables, versions
+from lcaffect_pipeline import corpus, lake, leases, retention, tables, versions
 from lcaffect_pipeline.defs.checks import CHECKS
 from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS_ASSETS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS_ASSETS
@@ -122,6 +122,7 @@ def test_a_reproduction_on_the_old_version_gives_the_same_shards_and_model(histo
     encoder = manifest(root, "v2lc_encoder")
     assert encoder["output_dir"] == history["encoder"]["output_dir"]  # the same run: its weights are reused
     assert versions.table_versions(versions.lineage(root, "v2lc_encoder"))["clean_comments"] == [history["clean_v0"]]
+    assert history["clean_v0"] in leases.active(root)[0]["clean_comments"]  # the pinned run leased what it read
 
 
 def test_a_pin_to_a_version_the_table_lacks_fails_the_run_and_names_it(history) -> None:
