@@ -63,6 +63,11 @@ class VersionError(LookupError):
     """A table or version that the lake does not have (or no longer has: retention freed it)."""
 
 
+class DamagedTableError(VersionError):
+    """A table whose Delta log cannot be read (a truncated or corrupt entry): names the table, the
+    first damaged version and the repair (``versions_cli repair``)."""
+
+
 def register(name: str, data_schema: pa.Schema, per_video: bool = False, path: str | None = None) -> None:
     """Declare another versioned table (the downstream utterance tables register theirs)."""
     TABLES[name] = (data_schema, per_video)
@@ -245,9 +250,81 @@ def _open(root, table: str, version: int | None = None, *, missing_ok: bool = Fa
             return None
         raise VersionError(f"{uri}: no {table} table in this lake yet") from None
     except Exception as exc:  # delta-rs raises a generic error for a version it has no log entry for
-        if version is not None and "version" in str(exc).lower():
+        if version is not None and "version" in str(exc).lower() and "json error" not in str(exc).lower():
             raise VersionError(f"{uri}: {table} has no version {version} ({exc})") from None
-        raise
+        last, bad = readable_until(root, table)
+        if not bad:
+            raise
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # delta-rs appends a Rust backtrace
+        raise DamagedTableError(f"{uri}: the {table} table cannot be read: {reason}; its log is damaged from version "
+                                f"{_log_version(bad[0])} (last readable version {last}); `python -m "
+                                f"lcaffect_pipeline.versions_cli repair {table}` moves the damaged entries aside "
+                                "(README, \"Versions\")") from None
+
+
+# ----------------------------------------------------------------------------- a damaged log
+
+
+def _log_version(path) -> int | None:
+    stem = lake.as_path(path).name.split(".", 1)[0]
+    return int(stem) if stem.isdigit() else None
+
+
+def _entry_readable(path) -> bool:
+    try:
+        lines = [line for line in lake.as_path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        return bool(lines) and all(isinstance(json.loads(line), dict) for line in lines)
+    except (OSError, ValueError):
+        return False
+
+
+def readable_until(root, table: str) -> tuple[int | None, list]:
+    """(the last version whose log entries, and every one before it, parse; the log's files after
+    it: damaged entries and whatever follows them)."""
+    log = table_path(root, table) / "_delta_log"
+    files = sorted((p for p in log.iterdir() if _log_version(p) is not None), key=lambda p: (_log_version(p), p.name))
+    entries = [p for p in files if p.name.endswith(".json")]
+    last = None
+    for path in entries:
+        version = _log_version(path)
+        if (last is not None and version != last + 1) or not _entry_readable(path):
+            break
+        last = version
+    return last, [p for p in files if last is None or _log_version(p) > last]
+
+
+def repair(root, table: str) -> dict[str, Any]:
+    """Move the damaged log entries of ``table`` (the first unreadable one and all after it, with
+    any checkpoint past the last readable version) to ``{table}/_delta_log_damaged/{time}/``: the
+    table is then its last readable version. The data files stay (content-addressed), so the next
+    run of the stage that writes the table commits its videos again."""
+    last, bad = readable_until(root, table)
+    if last is None:
+        raise DamagedTableError(f"{_uri(root, table)}: no readable version in the {table} log to go back to; "
+                                "rebuild the table by re-running its stage with refresh")
+    log = table_path(root, table) / "_delta_log"
+    pointer = log / "_last_checkpoint"
+    if pointer.exists():
+        try:
+            if json.loads(pointer.read_text()).get("version", -1) > last:
+                bad.append(pointer)
+        except ValueError:
+            bad.append(pointer)
+    aside = table_path(root, table) / "_delta_log_damaged" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for path in bad:
+        (aside / path.name).parent.mkdir(parents=True, exist_ok=True)
+        path.rename(aside / path.name)
+    freed = expired(root, table)
+    if any(v > last for v in freed):  # version numbers past ``last`` are given to new commits again
+        lake.atomic_write_bytes(_expired_path(root, table), json.dumps(sorted(v for v in freed if v <= last)).encode())
+    return {"table": table, "version": _open(root, table).version(), "moved": [p.name for p in bad], "to": str(aside)}
+
+
+def check_readable_tables(root) -> None:
+    """Open every table the lake has: a damaged log fails here (a run's first step) with the
+    table, the version and the repair, not after the run's work at its commit."""
+    for table in sorted(TABLES):
+        _open(root, table, missing_ok=True)
 
 
 def _current_files(dt, per_video: bool) -> dict[str | None, list[str]]:

@@ -5,6 +5,7 @@
     sql       a DuckDB query over the corpus as of given versions
     rollback  make earlier versions of tables current (nothing is deleted)
     retain    free versions past a count or age that nothing kept was built from
+    repair    move a table's damaged Delta log entries aside (back to its last readable version)
     upgrade   store a lake's manifest paths relative to it (lakes written before; --from the old root)
 
 The lake is ``--lake`` or ``$LCAFFECT_LAKE`` (default ``./lake``), a folder or an ``s3://`` URL.
@@ -107,6 +108,15 @@ def cmd_retain(args) -> int:
     return 0
 
 
+def cmd_repair(args) -> int:
+    from .tables import repair
+
+    done = repair(_root(args), args.table)
+    print(f"{done['table']}: now at version {done['version']}; moved {', '.join(done['moved']) or 'nothing'} to {done['to']}")
+    print("re-run the stage that writes it: its per-video files are kept, and its next commit adds them again")
+    return 0
+
+
 def cmd_upgrade(args) -> int:
     from .versions import upgrade
 
@@ -142,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-age-days", type=float)
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(fn=cmd_retain)
+    p = sub.add_parser("repair", help="move a table's damaged log entries aside")
+    p.add_argument("table")
+    p.set_defaults(fn=cmd_repair)
     p = sub.add_parser("upgrade", help="make a lake written with absolute paths movable")
     p.add_argument("--from", dest="old_root", help="where the lake was written (default: where it is now)")
     p.set_defaults(fn=cmd_upgrade)

@@ -238,3 +238,46 @@ def test_the_cli_refuses_the_limits_the_job_refuses(tmp_path, args) -> None:
 
     with pytest.raises(Exception, match="greater than"):
         RetentionConfig(**{args[0].strip("-").replace("-", "_"): float(args[1])})
+
+
+# ---------------------------------------------------------------- a damaged Delta log (issue 26, item 8)
+
+
+def _truncate_last_log_entry(root) -> None:
+    log = root / "clean_comments" / "_delta_log" / f"{2:020d}.json"
+    log.write_text(log.read_text()[: len(log.read_text()) // 2])
+
+
+def test_a_truncated_log_is_one_line_from_the_cli_and_the_repair_goes_back_to_the_last_readable_version(tmp_path) -> None:
+    _three_versions(tmp_path)
+    _truncate_last_log_entry(tmp_path)
+    listed = _cli(tmp_path, "list")
+    assert listed.returncode == 2 and "Traceback" not in listed.stderr, listed.stderr
+    assert len(listed.stderr.strip().splitlines()) == 1
+    assert "clean_comments" in listed.stderr and "from version 2" in listed.stderr and "repair clean_comments" in listed.stderr
+    with pytest.raises(tables.DamagedTableError, match="last readable version 1"):
+        tables.read(tmp_path, "clean_comments")
+    repaired = _cli(tmp_path, "repair", "clean_comments")
+    assert repaired.returncode == 0 and "now at version 1" in repaired.stdout, repaired.stderr
+    assert list((tmp_path / "clean_comments" / "_delta_log_damaged").rglob(f"{2:020d}.json"))  # kept aside
+    assert _cli(tmp_path, "list").returncode == 0
+    assert tables.read(tmp_path, "clean_comments").num_rows == 3  # version 1: x has a, b; y has same
+    # the stage's next run commits its videos again
+    assert _refresh(tmp_path, {"x": ["a", "b", "c"], "y": ["same"]}) == 2
+    assert tables.read(tmp_path, "clean_comments").num_rows == 4
+
+
+def test_the_corpus_job_fails_at_its_first_step_on_a_damaged_log(tmp_path) -> None:
+    import dagster as dg
+
+    from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS_ASSETS
+
+    from conftest import demo_resources
+
+    _three_versions(tmp_path)
+    _truncate_last_log_entry(tmp_path)
+    result = dg.materialize(CORPUS_ASSETS, resources=demo_resources(tmp_path), raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_key == "video_catalogue" and "repair clean_comments" in str(failure.event_specific_data.error)
+    assert not (tmp_path / "demo_world").exists() and not (tmp_path / "raw_comments").exists()  # no work was done
