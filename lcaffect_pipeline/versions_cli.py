@@ -73,11 +73,20 @@ def cmd_lineage(args) -> int:
 
 
 def cmd_sql(args) -> int:
+    from . import leases
     from .corpus import connect_as_of
 
-    con = connect_as_of(_root(args), _pairs(args.as_of))
+    root, pins = _root(args), _pairs(args.as_of)
+    if not pins:
+        return _query(connect_as_of(root, pins), args.query)
+    # retention keeps the pinned versions while the query reads them
+    with leases.held(root, f"versions-cli-sql-{os.getpid()}", versions={t: [v] for t, v in pins.items()}):
+        return _query(connect_as_of(root, pins), args.query)
+
+
+def _query(con, query: str) -> int:
     try:
-        result = con.execute(args.query)
+        result = con.execute(query)
         names = [d[0] for d in result.description or []]
         print("\t".join(names))
         for row in result.fetchall():

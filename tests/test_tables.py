@@ -281,3 +281,16 @@ def test_the_corpus_job_fails_at_its_first_step_on_a_damaged_log(tmp_path) -> No
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert failure.step_key == "video_catalogue" and "repair clean_comments" in str(failure.event_specific_data.error)
     assert not (tmp_path / "demo_world").exists() and not (tmp_path / "raw_comments").exists()  # no work was done
+
+
+def test_a_pinned_query_from_the_cli_holds_a_lease_while_it_reads(tmp_path, monkeypatch, capsys) -> None:
+    from lcaffect_pipeline import corpus, leases, versions_cli
+
+    _three_versions(tmp_path)
+    seen = []
+    real = corpus.connect_as_of
+    monkeypatch.setattr(corpus, "connect_as_of", lambda root, pins: seen.append(leases.active(root)[0]) or real(root, pins))
+    assert versions_cli.main(["--lake", str(tmp_path), "sql", "SELECT count(*) FROM clean_comments",
+                              "--as-of", "clean_comments=1"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "3"
+    assert seen == [{"clean_comments": {1}}] and leases.active(tmp_path) == ({}, set())  # released after
