@@ -205,3 +205,19 @@ def test_a_lake_written_with_absolute_paths_is_upgraded_by_the_cli(tmp_path) -> 
     assert versions.latest(moved, "training_shards")["index"] == str(moved / "shards" / "index-1.json")
     assert versions.load(moved, "training_shards", legacy["manifest_id"])["manifest_id"] == legacy["manifest_id"]
     assert versions.upgrade(moved, old) == 0  # done once
+
+
+def test_manifests_and_leases_on_an_object_store_lake() -> None:
+    from lcaffect_pipeline import leases
+
+    root = lake.as_path("memory://lcaffect-test/h6-lake")
+    copy = lake.as_path("memory://lcaffect-test/h6-copy")
+    versions.write_manifest(root, "training_shards", {"index": f"{root}/shards/index-1.json"})
+    stored = (root / "_manifests" / "training_shards.json").read_text()
+    assert json.loads(stored)["index"] == "shards/index-1.json"
+    (copy / "_manifests" / "training_shards.json").write_text(stored)
+    assert versions.latest(copy, "training_shards")["index"] == "memory://lcaffect-test/h6-copy/shards/index-1.json"
+    leases.take(root, "reader", versions={"segments": [2]}, files=[f"{root}/segments/a.parquet"])
+    assert leases.active(root) == ({"segments": {2}}, {f"{root}/segments/a.parquet"})
+    leases.release(root, "reader")
+    assert leases.active(root) == ({}, set())
