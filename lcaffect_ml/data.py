@@ -105,7 +105,8 @@ def load_shard_index(source: str | os.PathLike | Sequence[Any]) -> list[ShardSpe
 
     A bare URL's video is its folder's name (the shard contract puts each video's shards in
     ``shards/{safe_name(video_id)}/{version}/``). Relative URLs in an index are relative to the index's folder
-    (or, failing that, to the lake root above it).
+    (or, failing that, to the lake root above it); an index names only shards of its own lake
+    (``_resolve_in_lake``).
     """
     if isinstance(source, (list, tuple)):
         entries, index = list(source), None

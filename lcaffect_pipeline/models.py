@@ -106,11 +106,9 @@ def run_key(shards_version: str, cfg: dict[str, Any], root=None) -> str:
     stays the same when the shards change, and must not hide the version (it once did, so new
     shards reused the old run's weights). An index inside the lake ``root`` counts by its path
     relative to the lake, so a copied or moved lake finds its finished runs."""
-    shards = cfg.get("shards")
-    if root is not None and isinstance(shards, str):
-        shards = lakepaths.relative(root, shards) or shards
-    payload = {"shards_version": shards_version, **{k: v for k, v in cfg.items() if k != "output_dir"},
-               **({"shards": shards} if "shards" in cfg else {})}
+    payload = {"shards_version": shards_version, **{k: v for k, v in cfg.items() if k != "output_dir"}}
+    if root is not None and isinstance(payload.get("shards"), str):
+        payload["shards"] = lakepaths.relative(root, payload["shards"]) or payload["shards"]
     return sha256_bytes(json.dumps(payload, sort_keys=True).encode())[:16]
 
 

@@ -2,12 +2,13 @@
 
 Every asset value the IO manager stores is a *manifest*: ``_manifests/{asset}/{id}.json``, never
 overwritten (``{id}`` is the UTC time and a hash of the content), plus ``_manifests/{asset}.json``,
-a copy of the latest one for readers that want "now". Paths inside the lake are stored relative
-to it (``lakepaths.to_lake``) and resolved against the lake they are read from, so a copied or
-moved lake reads only itself; ``lineage`` reads only files inside ``_manifests``. A manifest names what it wrote (a table
+a copy of the latest one for readers that want "now". A manifest names what it wrote (a table
 version, ``table_version``; a content-addressed file or run folder) and, in ``reads``, the
 manifest id of every input it was built from. ``lineage`` follows ``reads`` down to the corpus,
-so a model, a feature set or a report resolves to the exact table versions behind it.
+so a model, a feature set or a report resolves to the exact table versions behind it, reading
+only files inside ``_manifests``. Paths inside the lake are stored relative to it
+(``lakepaths.to_lake``) and resolved against the lake they are read from, so a copied or moved
+lake reads only itself (``upgrade`` rewrites a lake written before that).
 """
 
 from __future__ import annotations
