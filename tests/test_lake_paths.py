@@ -221,3 +221,18 @@ def test_manifests_and_leases_on_an_object_store_lake() -> None:
     assert leases.active(root) == ({"segments": {2}}, {f"{root}/segments/a.parquet"})
     leases.release(root, "reader")
     assert leases.active(root) == ({}, set())
+
+
+def test_shard_folders_and_sidecars_name_only_the_lakes_shards(tmp_path) -> None:
+    from lcaffect_pipeline import shards
+
+    root = tmp_path / "lake" / "shards"
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "shards.json").write_text(json.dumps({"shards": [{"url": "/etc/passwd"}]}))
+    with pytest.raises(LakeContentError, match="version folders"):
+        shards.write_shard_index(root, ["../../outside"])
+    folder = root / "v" / "1"
+    folder.mkdir(parents=True)
+    (folder / "shards.json").write_text(json.dumps({"video_id": "v", "segments": "h", "shards": [
+        {"url": "../../../outside/shards.json", "bytes": 1}]}))
+    assert shards.complete_version(root, "v", "1") is None  # not reused: written again
