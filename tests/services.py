@@ -47,11 +47,12 @@ def read_env(path: Path) -> dict[str, str]:
 
 
 @contextmanager
-def running(script: str, timeout_s: float = 120) -> Iterator[dict[str, str]]:
-    """Run scripts/SCRIPT until the context ends; yield the variables it exported."""
-    state = Path(tempfile.mkdtemp(prefix=Path(script).stem + "-"))
+def running(script: str, timeout_s: float = 120, state: Path | None = None) -> Iterator[dict[str, str]]:
+    """Run scripts/SCRIPT until the context ends; yield the variables it exported. Its state
+    folder is ``state`` (a new temporary one by default), its output ``state``.log (mode 600)."""
+    state = state or Path(tempfile.mkdtemp(prefix=Path(script).stem + "-"))
     log = state.with_suffix(".log")
-    with open(log, "wb") as out:
+    with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
         proc = subprocess.Popen(["bash", str(ROOT / "scripts" / script), str(state)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout_s
