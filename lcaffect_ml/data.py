@@ -49,6 +49,7 @@ import io
 import json
 import logging
 import os
+import posixpath
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .contracts import lakepaths
 from .contracts.shards import FRAMES_MEMBER, INDEX_NAME, META_MEMBER
 
 log = logging.getLogger(__name__)
@@ -103,10 +105,11 @@ def load_shard_index(source: str | os.PathLike | Sequence[Any]) -> list[ShardSpe
 
     A bare URL's video is its folder's name (the shard contract puts each video's shards in
     ``shards/{safe_name(video_id)}/{version}/``). Relative URLs in an index are relative to the index's folder
-    (or, failing that, to the lake root above it).
+    (or, failing that, to the lake root above it); an index names only shards of its own lake
+    (``_resolve_in_lake``).
     """
     if isinstance(source, (list, tuple)):
-        entries, base = list(source), None
+        entries, index = list(source), None
     else:
         text = str(source)
         if "://" not in text and Path(text).is_dir():
@@ -118,8 +121,9 @@ def load_shard_index(source: str | os.PathLike | Sequence[Any]) -> list[ShardSpe
                 if not tars:
                     raise ShardIndexError(f"{text}: no index.json and no .tar shards under it")
                 return load_shard_index(tars)
-        entries, base = _read_index_json(text), text.rsplit("/", 1)[0] if "/" in text else "."
-    shards = [_as_spec(entry, base, i) for i, entry in enumerate(entries)]
+        local = "://" not in text or text.startswith("file://")
+        entries, index = _read_index_json(text), (os.path.abspath(text.removeprefix("file://")) if local else text)
+    shards = [_as_spec(entry, index, i) for i, entry in enumerate(entries)]
     if not shards:
         raise ShardIndexError(f"{source}: lists no shards")
     return shards
@@ -141,16 +145,14 @@ def _read_index_json(url: str) -> list[Any]:
     return data
 
 
-def _as_spec(entry: Any, base: str | None, position: int) -> ShardSpec:
+def _as_spec(entry: Any, index: str | None, position: int) -> ShardSpec:
     if isinstance(entry, ShardSpec):
         return entry
     if isinstance(entry, (str, os.PathLike)):
         url = str(entry)
         return ShardSpec(url, _video_folder(url))
     if isinstance(entry, dict) and isinstance(entry.get("url"), str) and entry.get("video_id") is not None:
-        url = entry["url"]
-        if base is not None and "://" not in url and not url.startswith("pipe:") and not os.path.isabs(url):
-            url = _resolve_relative(url, base)
+        url = entry["url"] if index is None else _resolve_in_lake(entry["url"], index)
         samples = entry.get("samples")
         return ShardSpec(url, str(entry["video_id"]), int(samples) if samples is not None else None,
                          entry.get("platform"), entry.get("language"))
@@ -167,14 +169,23 @@ def _video_folder(url: str) -> str:
     return path.parent.name or url
 
 
-def _resolve_relative(url: str, base: str) -> str:
-    """A relative shard path is taken relative to the index's folder, or else to the lake root
-    above it (``{lake}/shards/index.json`` may list ``shards/...`` paths)."""
-    beside = f"{base}/{url}"
-    if "://" in base or Path(beside).exists():
-        return beside
-    above = Path(base).parent / url
-    return str(above) if above.exists() else beside
+def _resolve_in_lake(url: str, index: str) -> str:
+    """An index entry's shard, inside the lake the index belongs to (the folder above the index's
+    folder: ``{lake}/shards/index.json``). A relative path is taken relative to the index's folder,
+    or else to the lake root; an absolute path or URL must be inside the lake (an index written
+    before paths were relative); anything else (``pipe:``, another host, ``..`` out of the lake)
+    is refused naming the index (``lakepaths.resolve``)."""
+    scheme, _, path = index.rpartition("://")
+    folder = posixpath.dirname(path)
+    lake_root, base = (f"{scheme}://" if scheme else "") + posixpath.dirname(folder), posixpath.basename(folder)
+    try:
+        beside = lakepaths.resolve(lake_root, url, index, base=base, inside="")
+        if "://" in lake_root or Path(beside).exists():
+            return beside
+        above = lakepaths.resolve(lake_root, url, index)
+    except lakepaths.LakeContentError as exc:
+        raise ShardIndexError(str(exc)) from exc
+    return above if Path(above).exists() else beside
 
 
 def split_by_video(shards: Sequence[ShardSpec], eval_fraction: float, seed: int = 0,

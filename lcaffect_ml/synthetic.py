@@ -58,8 +58,8 @@ def write_synthetic_shards(root: str | os.PathLike, n_videos: int = 12, segments
                     count += 1
             os.replace(tmp, path)
             data = path.read_bytes()
-            index.append({"url": str(path), "video_id": video_id, "samples": count, "bytes": len(data),
-                          "sha256": sha256_bytes(data)})
+            index.append({"url": path.relative_to(root / SHARDS_DIR).as_posix(),  # lake-relative, as the pipeline's
+                          "video_id": video_id, "samples": count, "bytes": len(data), "sha256": sha256_bytes(data)})
     index_path = root / SHARDS_DIR / INDEX_NAME
     tmp = index_path.with_name(f".{INDEX_NAME}.tmp")
     tmp.write_text(json.dumps(index, indent=1), encoding="utf-8")

@@ -270,7 +270,8 @@ def contact_sheet(root, video_id: str, segments_hash: str | None = None, max_seg
     for row in table.slice(0, max_segments).to_pylist():
         if not row.get("shard"):
             continue
-        with resolve_url(shards_dir(root), row["shard"]).open("rb") as fh, tarfile.open(fileobj=fh) as tar:
+        shard = resolve_url(shards_dir(root), row["shard"], f"the segments row {video_id}#{row['segment_index']}")
+        with shard.open("rb") as fh, tarfile.open(fileobj=fh) as tar:
             member = tar.extractfile(f"{row['sample_key']}.frames.npy")
             frames = np.load(io.BytesIO(member.read()))
         tiles.append(frames[0])

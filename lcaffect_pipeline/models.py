@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from lcaffect_ml.contracts import lakepaths
 from lcaffect_ml.contracts.hashing import sha256_bytes, sha256_file
 
 from .jsonopt import json_object
@@ -98,19 +99,22 @@ def training_config(settings: dict[str, Any], launch_fields: Sequence[str], shar
     return cfg
 
 
-def run_key(shards_version: str, cfg: dict[str, Any]) -> str:
+def run_key(shards_version: str, cfg: dict[str, Any], root=None) -> str:
     """16 hex digits naming one (shard data, training config): a retry or re-run resumes there.
 
     The shards' data version has a key of its own: ``cfg["shards"]`` is the index *path*, which
     stays the same when the shards change, and must not hide the version (it once did, so new
-    shards reused the old run's weights)."""
+    shards reused the old run's weights). An index inside the lake ``root`` counts by its path
+    relative to the lake, so a copied or moved lake finds its finished runs."""
     payload = {"shards_version": shards_version, **{k: v for k, v in cfg.items() if k != "output_dir"}}
+    if root is not None and isinstance(payload.get("shards"), str):
+        payload["shards"] = lakepaths.relative(root, payload["shards"]) or payload["shards"]
     return sha256_bytes(json.dumps(payload, sort_keys=True).encode())[:16]
 
 
 def run_dir(root, shards_version: str, cfg: dict[str, Any]):
     """``{root}/models/v2lc/{run key}`` (a local path, or a universal_pathlib path on an object store)."""
-    return lake.as_path(root) / "models" / "v2lc" / run_key(shards_version, cfg)
+    return lake.as_path(root) / "models" / "v2lc" / run_key(shards_version, cfg, root)
 
 
 def launch_command(config_path: Path, *, command: Sequence[str] | None = None, gpus: int = 0,

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from . import lake, versions
-
-
-def _manifest(root, name: str) -> dict | None:
-    path = root / versions.MANIFESTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def headline(root: str | Path) -> str:
@@ -19,16 +13,16 @@ def headline(root: str | Path) -> str:
     root = lake.as_path(root)
     root = lake.as_path(lake.local_path(root, "the report").resolve()) if lake.is_local(root) else root
     lines = [f"Lake: {root}"]
-    if corpus := _manifest(root, "corpus_catalog"):
+    if corpus := versions.latest(root, "corpus_catalog"):
         lines.append(f"Corpus: {corpus['videos']} videos, {corpus['hours']:.2f} hours, {corpus['comments']} clean comments -> {corpus['path']}")
     for name in ("raw_comments", "clean_comments"):
-        if m := _manifest(root, name):
+        if m := versions.latest(root, name):
             lines.append(f"{name}: {m['rows']} rows; {m['done']} videos processed, {m['skipped']} unchanged, {m['failed']} failed")
             for vid, reason in list(m.get("failures", {}).items())[:10]:
                 lines.append(f"  failed {vid}: {reason}")
-    if segs := _manifest(root, "segments"):
+    if segs := versions.latest(root, "segments"):
         lines.append(f"segments: {segs['rows']} segments over {segs['videos']} videos ({segs['failed']} failed) -> {root / 'shards' / 'index.json'}")
-    if (encoder := _manifest(root, "v2lc_encoder")) and (m := encoder.get("metrics")):
+    if (encoder := versions.latest(root, "v2lc_encoder")) and (m := encoder.get("metrics")):
         ratio = m["v2c_r1"] / m["chance_r1"] if m.get("chance_r1") else float("nan")
         lines.append(
             f"V2LC encoder: held-out video->comment R@1 {m['v2c_r1']:.3f} vs chance {m['chance_r1']:.3f} ({ratio:.1f}x), "

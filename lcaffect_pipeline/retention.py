@@ -4,9 +4,12 @@ Retention deletes the data files of table versions that are past the configured 
 (past the newest ``keep_last`` and older than ``max_age_days``; either alone when only one is set),
 unless something kept was built from them: a kept manifest is any manifest of a model, feature
 set, fusion run or report (every asset but the data-side ones in ``DATA_ASSETS``), and every
-table version its lineage reaches is referenced. The current version is always kept. A freed
+table version its lineage reaches is referenced. The current version is always kept, and so is every version and file a lease names
+(``lcaffect_pipeline.leases``: a pinned reader, a stage between writing and committing). A freed
 version is recorded (``tables.mark_expired``) so that time travel to it says so instead of
-failing on a missing file. Shard folders go with the segments versions that name them.
+failing on a missing file. Shard folders go with the segments versions that name them. Every path
+retention deletes was read from the lake (Delta log actions, segments rows) and resolved by
+``lcaffect_ml.contracts.lakepaths.resolve``: nothing outside the lake is ever touched.
 
 Rollback makes an earlier version of a table the current one (``DeltaTable.restore``: a new
 version, nothing deleted), writes a manifest for the asset that owns the table so the next run
@@ -20,7 +23,9 @@ import shutil
 import time
 from typing import Any
 
-from . import lake, tables, versions
+from lcaffect_ml.contracts import lakepaths
+
+from . import lake, leases, tables, versions
 
 # Assets whose manifests describe data (tables, media, shards); every other asset's manifests are
 # models, features, fusion runs and reports, which retention keeps with everything behind them.
@@ -41,13 +46,28 @@ def referenced_versions(root) -> dict[str, set[int]]:
     return out
 
 
-def plan(root, *, keep_last: int | None = None, max_age_days: float | None = None,
-         now_ms: int | None = None) -> dict[str, dict[str, list[int]]]:
-    """Per table: the versions to free, to keep, and those kept because something was built from them."""
+KEEP_LAST_MIN = 1  # the current version is always kept: fewer is meaningless
+
+
+def check_limits(keep_last: int | None, max_age_days: float | None) -> None:
+    """The limits retention accepts (the job's config and ``versions_cli retain``): at least one;
+    ``keep_last`` a whole number >= 1, ``max_age_days`` a number > 0."""
     if keep_last is None and max_age_days is None:
         raise ValueError("retention needs keep_last or max_age_days (otherwise every version is kept)")
+    if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < KEEP_LAST_MIN):
+        raise ValueError(f"keep_last (--keep-last) must be a whole number >= {KEEP_LAST_MIN}, not {keep_last!r}")
+    if max_age_days is not None and not (isinstance(max_age_days, (int, float)) and max_age_days > 0):
+        raise ValueError(f"max_age_days (--max-age-days) must be a number > 0, not {max_age_days!r}")
+
+
+def plan(root, *, keep_last: int | None = None, max_age_days: float | None = None,
+         now_ms: int | None = None) -> dict[str, dict[str, list[int]]]:
+    """Per table: the versions to free, to keep (the newest, the young, the leased), and those kept
+    because something was built from them."""
+    check_limits(keep_last, max_age_days)
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     referenced = referenced_versions(root)
+    leased = leases.active(root, now_ms)[0]
     out = {}
     for table in sorted(tables.TABLES):
         if tables.version(root, table) is None:
@@ -68,6 +88,8 @@ def plan(root, *, keep_last: int | None = None, max_age_days: float | None = Non
                 keep.append(v)
             elif v in referenced.get(table, set()):
                 refs.append(v)
+            elif v in leased.get(table, ()):
+                keep.append(v)
             else:
                 free.append(v)
         out[table] = {"free": free, "keep": keep, "referenced": refs}
@@ -80,13 +102,14 @@ def run(root, *, keep_last: int | None = None, max_age_days: float | None = None
     report: dict[str, Any] = {"tables": {}, "files": 0, "bytes": 0, "dry_run": dry_run, "shard_folders": 0}
     folders_kept: set[str] = set()
     folders_freed: set[str] = set()
+    leased_files = leases.active(root)[1]
     for table, p in plan(root, keep_last=keep_last, max_age_days=max_age_days, now_ms=now_ms).items():
         keep = p["keep"] + p["referenced"]
-        kept_files = {f for v in keep for f in tables.files(root, table, v).values()}
+        kept_files = {f for v in keep for f in tables.files(root, table, v).values()} | leased_files
         freed_files = {f for v in p["free"] for f in tables.files(root, table, v).values()} - kept_files
         if table == "segments":
-            folders_kept |= _shard_folders_named(kept_files)
-            folders_freed |= _shard_folders_named(freed_files)
+            folders_kept |= _shard_folders_named(root, kept_files)
+            folders_freed |= _shard_folders_named(root, freed_files)
         size = sum(_size(f) for f in freed_files)
         report["tables"][table] = {"table": table, "versions": p["free"], "kept": p["keep"],
                                    "referenced": p["referenced"], "files": len(freed_files), "bytes": size}
@@ -97,8 +120,7 @@ def run(root, *, keep_last: int | None = None, max_age_days: float | None = None
                 lake.as_path(f).unlink(missing_ok=True)
             if p["free"]:
                 tables.mark_expired(root, table, set(p["free"]))
-    shards_root = lake.as_path(root) / "shards"
-    freed_shards = [shards_root / f for f in sorted(folders_freed - folders_kept) if (shards_root / f).exists()]
+    freed_shards = [lake.as_path(f) for f in sorted(folders_freed - folders_kept) if lake.as_path(f).exists()]
     report["shard_folders"] = len(freed_shards)
     report["bytes"] += sum(_tree_size(f) for f in freed_shards)
     if not dry_run:
@@ -114,16 +136,18 @@ def _size(path) -> int:
         return 0
 
 
-def _shard_folders_named(segment_files: set[str]) -> set[str]:
-    """The shard version folders (relative to ``shards/``) that these segments files name."""
+def _shard_folders_named(root, segment_files: set[str]) -> set[str]:
+    """The shard version folders (their locations, strictly inside ``shards/``) that these
+    segments files name; a row naming a folder anywhere else is refused (``LakeContentError``)."""
     from .shards import referenced_folders
 
     folders: set[str] = set()
     for f in segment_files:
         try:
-            folders |= referenced_folders(lake.read_parquet(f).column("shard").to_pylist())
+            named = referenced_folders(lake.read_parquet(f).column("shard").to_pylist())
         except FileNotFoundError:
             continue
+        folders |= {lakepaths.resolve(root, folder, f"{f} (column shard)", base="shards") for folder in named}
     return folders
 
 

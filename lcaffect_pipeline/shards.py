@@ -31,6 +31,7 @@ from typing import Any, Collection, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
+from lcaffect_ml.contracts import lakepaths
 from lcaffect_ml.contracts.hashing import sha256_bytes, sha256_file
 from lcaffect_ml.contracts.shards import (FRAMES_MEMBER, INDEX_NAME, META_FIELDS, META_MEMBER, VIDEO_SHARDS_NAME,
                                           encode_sample, shard_name, shard_number, video_dir_name)
@@ -64,11 +65,12 @@ def relative_url(video_id: str, n: int, version: str | None = None) -> str:
     return f"{shard_folder(video_id, version)}/{shard_name(video_id, n)}"
 
 
-def resolve_url(shards_root: str | os.PathLike, url: str):
-    """The shard a (relative) index URL names, under ``shards_root`` (absolute URLs as they are)."""
-    if "://" in url or os.path.isabs(url):
-        return lake.as_path(url)
-    return lake.as_path(shards_root).joinpath(*url.split("/"))
+def resolve_url(shards_root: str | os.PathLike, url: str, source: str | os.PathLike):
+    """The shard (or version folder) that ``url``, read from ``source`` (an index, a folder's
+    ``shards.json``, a segments row), names under ``shards_root``: ``lakepaths.resolve`` in the lake
+    above it, so nothing outside ``shards/`` is named (``LakeContentError``)."""
+    root = lake.as_path(shards_root)
+    return lake.as_path(lakepaths.resolve(root.parent, url, source, base=root.name))
 
 
 # ------------------------------------------------------------------------------ write
@@ -247,7 +249,10 @@ def complete_version(shards_root: str | os.PathLike, video_id: str, version: str
     if not isinstance(sidecar, dict) or not sidecar.get("segments") or sidecar.get("video_id") != video_id:
         return None
     for entry in sidecar.get("shards", []):
-        path = resolve_url(shards_root, entry["url"])
+        try:
+            path = resolve_url(shards_root, entry["url"], folder / VIDEO_SHARDS_NAME)
+        except lakepaths.LakeContentError:
+            return None  # not reused: the video's shards are written again
         if not path.exists() or path.stat().st_size != entry["bytes"]:
             return None
     return sidecar
@@ -261,7 +266,7 @@ def write_shard_index(shards_root: str | os.PathLike, folders: Iterable[str]) ->
     root = lake.as_path(shards_root)
     entries: list[dict[str, Any]] = []
     for folder in sorted(set(folders)):
-        sidecar = root.joinpath(*folder.split("/")) / VIDEO_SHARDS_NAME
+        sidecar = resolve_url(root, folder, f"{root}: the segments' shard version folders") / VIDEO_SHARDS_NAME
         try:
             entries += json.loads(sidecar.read_text())["shards"]
         except (OSError, ValueError, KeyError) as exc:
@@ -365,7 +370,12 @@ def verify_shards(
         elif entry["samples"] != len(expected):
             problems.append(f"shard {url}: index says {entry['samples']} samples, table has {len(expected)}")
         deep = deep_videos is None or next(iter(expected.values()))["video_id"] in deep_videos
-        problems += _verify_tar(url, resolve_url(shards_root, url), expected, entry, check_hashes, sizes, deep=deep)
+        try:
+            path = resolve_url(shards_root, url, f"{index_name} / the segments table")
+        except lakepaths.LakeContentError as exc:
+            problems.append(str(exc))
+            continue
+        problems += _verify_tar(url, path, expected, entry, check_hashes, sizes, deep=deep)
     if len(sizes) > 1:
         problems.append(f"frames have different sizes across samples: {sorted(sizes)}")
     return problems

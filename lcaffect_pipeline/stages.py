@@ -16,6 +16,8 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
+from lcaffect_ml.contracts import lakepaths
+
 from . import lake
 
 log = logging.getLogger(__name__)
@@ -53,14 +55,15 @@ def load_state(root, stage: str, video_id: str) -> dict[str, Any] | None:
     path = state_path(root, stage, video_id)
     if not path.exists():
         return None
-    try:
-        return json.loads(path.read_text())
+    try:  # paths inside the lake are kept relative to it (a copied lake reads its own files)
+        return lakepaths.from_lake(root, json.loads(path.read_text()), str(path))
     except (OSError, ValueError):
-        return None  # a corrupt state file only costs a recomputation
+        return None  # a corrupt state file (or one naming files outside the lake) only costs a recomputation
 
 
 def save_state(root, stage: str, result: VideoResult) -> None:
-    lake.atomic_write_bytes(state_path(root, stage, result.video_id), json.dumps(result.to_dict(), sort_keys=True).encode())
+    lake.atomic_write_bytes(state_path(root, stage, result.video_id),
+                            json.dumps(lakepaths.to_lake(root, result.to_dict()), sort_keys=True).encode())
 
 
 def forget(root, stage: str) -> int:

@@ -32,9 +32,10 @@ from typing import Any, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import lake, schema
-from lcaffect_ml.contracts import naming
+from lcaffect_ml.contracts import lakepaths, naming
 from lcaffect_ml.contracts import tables as contract_tables
+
+from . import lake, leases, schema
 
 KEY = "video_key"  # the partition column: safe_name(video_id)
 
@@ -56,8 +57,16 @@ for _task in contract_tables.DOWNSTREAM_TASKS:
     PATHS[f"{_task}_utterances"] = f"downstream/{_task}"
 
 
+WRITE_LEASE = "write-"  # the lease a stage takes on an existing data file it commits (``write``)
+
+
 class VersionError(LookupError):
     """A table or version that the lake does not have (or no longer has: retention freed it)."""
+
+
+class DamagedTableError(VersionError):
+    """A table whose Delta log cannot be read (a truncated or corrupt entry): names the table, the
+    first damaged version and the repair (``versions_cli repair``)."""
 
 
 def register(name: str, data_schema: pa.Schema, per_video: bool = False, path: str | None = None) -> None:
@@ -107,7 +116,10 @@ def write(root, table: str, data: pa.Table, video_id: str | None = None) -> str:
     data = data.cast(data_schema)
     digest = lake.table_hash(data)
     path = data_file(root, table, video_id, digest)
-    if not path.exists():  # same rows, same name: an existing file already holds them
+    if path.exists():  # same rows, same name: an existing file (an earlier version's) already holds
+        # them; leased until the commit, so that retention does not free it in between
+        leases.take(root, f"{WRITE_LEASE}{table}-{digest}", files=[str(path)])
+    else:
         lake.write_parquet(data, path)
     return digest
 
@@ -130,7 +142,9 @@ def commit(root, table: str, changes: Mapping[str | None, str | None], *, operat
 
     for attempt in range(8):
         try:
-            return _commit_once(root, table, changes, operation, info or {}, rows or {})
+            committed = _commit_once(root, table, changes, operation, info or {}, rows or {})
+            leases.release_files(root, f"{WRITE_LEASE}{table}-", [d for d in changes.values() if d])
+            return committed
         except CommitFailedError:
             if attempt == 7:
                 raise
@@ -237,9 +251,81 @@ def _open(root, table: str, version: int | None = None, *, missing_ok: bool = Fa
             return None
         raise VersionError(f"{uri}: no {table} table in this lake yet") from None
     except Exception as exc:  # delta-rs raises a generic error for a version it has no log entry for
-        if version is not None and "version" in str(exc).lower():
+        if version is not None and "version" in str(exc).lower() and "json error" not in str(exc).lower():
             raise VersionError(f"{uri}: {table} has no version {version} ({exc})") from None
-        raise
+        last, bad = readable_until(root, table)
+        if not bad:
+            raise
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # delta-rs appends a Rust backtrace
+        raise DamagedTableError(f"{uri}: the {table} table cannot be read: {reason}; its log is damaged from version "
+                                f"{_log_version(bad[0])} (last readable version {last}); `python -m "
+                                f"lcaffect_pipeline.versions_cli repair {table}` moves the damaged entries aside "
+                                "(README, \"Versions\")") from None
+
+
+# ----------------------------------------------------------------------------- a damaged log
+
+
+def _log_version(path) -> int | None:
+    stem = lake.as_path(path).name.split(".", 1)[0]
+    return int(stem) if stem.isdigit() else None
+
+
+def _entry_readable(path) -> bool:
+    try:
+        lines = [line for line in lake.as_path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        return bool(lines) and all(isinstance(json.loads(line), dict) for line in lines)
+    except (OSError, ValueError):
+        return False
+
+
+def readable_until(root, table: str) -> tuple[int | None, list]:
+    """(the last version whose log entries, and every one before it, parse; the log's files after
+    it: damaged entries and whatever follows them)."""
+    log = table_path(root, table) / "_delta_log"
+    files = sorted((p for p in log.iterdir() if _log_version(p) is not None), key=lambda p: (_log_version(p), p.name))
+    entries = [p for p in files if p.name.endswith(".json")]
+    last = None
+    for path in entries:
+        version = _log_version(path)
+        if (last is not None and version != last + 1) or not _entry_readable(path):
+            break
+        last = version
+    return last, [p for p in files if last is None or _log_version(p) > last]
+
+
+def repair(root, table: str) -> dict[str, Any]:
+    """Move the damaged log entries of ``table`` (the first unreadable one and all after it, with
+    any checkpoint past the last readable version) to ``{table}/_delta_log_damaged/{time}/``: the
+    table is then its last readable version. The data files stay (content-addressed), so the next
+    run of the stage that writes the table commits its videos again."""
+    last, bad = readable_until(root, table)
+    if last is None:
+        raise DamagedTableError(f"{_uri(root, table)}: no readable version in the {table} log to go back to; "
+                                "rebuild the table by re-running its stage with refresh")
+    log = table_path(root, table) / "_delta_log"
+    pointer = log / "_last_checkpoint"
+    if pointer.exists():
+        try:
+            if json.loads(pointer.read_text()).get("version", -1) > last:
+                bad.append(pointer)
+        except ValueError:
+            bad.append(pointer)
+    aside = table_path(root, table) / "_delta_log_damaged" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for path in bad:
+        (aside / path.name).parent.mkdir(parents=True, exist_ok=True)
+        path.rename(aside / path.name)
+    freed = expired(root, table)
+    if any(v > last for v in freed):  # version numbers past ``last`` are given to new commits again
+        lake.atomic_write_bytes(_expired_path(root, table), json.dumps(sorted(v for v in freed if v <= last)).encode())
+    return {"table": table, "version": _open(root, table).version(), "moved": [p.name for p in bad], "to": str(aside)}
+
+
+def check_readable_tables(root) -> None:
+    """Open every table the lake has: a damaged log fails here (a run's first step) with the
+    table, the version and the repair, not after the run's work at its commit."""
+    for table in sorted(TABLES):
+        _open(root, table, missing_ok=True)
 
 
 def _current_files(dt, per_video: bool) -> dict[str | None, list[str]]:
@@ -273,11 +359,12 @@ def files(root, table: str, version: int | None = None) -> dict[str | None, str]
     dt = _open(root, table, version)
     check_readable(root, table, dt.version())
     per_video = _spec(table)[1]
-    base = _uri(root, table)
+    log = f"{_uri(root, table)}/_delta_log (version {dt.version()})"
+    folder = PATHS.get(table, table)
     out: dict[str | None, str] = {}
     for key, paths in _current_files(dt, per_video).items():
-        for path in paths:
-            out[key if per_video else None] = f"{base}/{path}"
+        for path in paths:  # a log action names a file of this table's folder, nothing else
+            out[key if per_video else None] = lakepaths.resolve(root, path, log, base=folder)
     return out
 
 

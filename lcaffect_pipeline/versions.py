@@ -5,7 +5,10 @@ overwritten (``{id}`` is the UTC time and a hash of the content), plus ``_manife
 a copy of the latest one for readers that want "now". A manifest names what it wrote (a table
 version, ``table_version``; a content-addressed file or run folder) and, in ``reads``, the
 manifest id of every input it was built from. ``lineage`` follows ``reads`` down to the corpus,
-so a model, a feature set or a report resolves to the exact table versions behind it.
+so a model, a feature set or a report resolves to the exact table versions behind it, reading
+only files inside ``_manifests``. Paths inside the lake are stored relative to it
+(``lakepaths.to_lake``) and resolved against the lake they are read from, so a copied or moved
+lake reads only itself (``upgrade`` rewrites a lake written before that).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import json
 import re
 from typing import Any, Iterable, Mapping
 
+from lcaffect_ml.contracts import lakepaths, naming
+
 from . import lake
-from lcaffect_ml.contracts import naming
 
 MANIFESTS = "_manifests"
 
@@ -42,26 +46,56 @@ def write_manifest(root, asset: str, value: Mapping[str, Any], now: dt.datetime 
     """Store ``value`` as a new manifest of ``asset`` (and as its latest); returns it with its
     ``manifest_id``. The history file is written first: a crash never leaves a latest without it."""
     body = {k: v for k, v in value.items() if k != "manifest_id"}
+    kept = lakepaths.to_lake(root, body)  # paths inside the lake stored relative to it
     stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%S%fZ")
-    manifest_id = f"{stamp}-{hashlib.sha256(_encode(body)).hexdigest()[:12]}"
-    stored = {**body, "manifest_id": manifest_id}
-    data = _encode(stored)
+    manifest_id = f"{stamp}-{hashlib.sha256(_encode(kept)).hexdigest()[:12]}"
+    data = _encode({**kept, "manifest_id": manifest_id})
     lake.atomic_write_bytes(manifest_dir(root, asset) / f"{manifest_id}.json", data)
     lake.atomic_write_bytes(latest_path(root, asset), data)
-    return stored
+    return {**body, "manifest_id": manifest_id}
+
+
+def _path(root, asset: str, manifest_id: str | None, source: str):
+    """A manifest's file, which must be in ``_manifests`` (an asset name read from a manifest's
+    ``reads`` is lake content: ``../x`` is refused, naming ``source``)."""
+    name = f"{asset}.json" if manifest_id is None else f"{asset}/{naming.safe_name(manifest_id)}.json"
+    return lake.as_path(lakepaths.resolve(root, name, source, base=MANIFESTS))
+
+
+def _read(root, path) -> dict[str, Any]:
+    return lakepaths.from_lake(root, json.loads(path.read_text()), str(path))
 
 
 def latest(root, asset: str) -> dict[str, Any] | None:
-    path = latest_path(root, asset)
-    return json.loads(path.read_text()) if path.exists() else None
+    path = _path(root, asset, None, "the asset name")
+    return _read(root, path) if path.exists() else None
 
 
-def load(root, asset: str, manifest_id: str | None = None) -> dict[str, Any]:
-    """One manifest of ``asset`` (the latest when ``manifest_id`` is None)."""
-    path = latest_path(root, asset) if manifest_id is None else manifest_dir(root, asset) / f"{naming.safe_name(manifest_id)}.json"
+def load(root, asset: str, manifest_id: str | None = None, source: str = "the asset name") -> dict[str, Any]:
+    """One manifest of ``asset`` (the latest when ``manifest_id`` is None); ``source``: where the
+    asset's name was read (a manifest's ``reads``), named when it points outside ``_manifests``."""
+    path = _path(root, asset, manifest_id, source)
     if not path.exists():
         raise ManifestError(f"{path}: {asset} has no manifest {manifest_id or '(none materialised yet)'} in this lake")
-    return json.loads(path.read_text())
+    return _read(root, path)
+
+
+def upgrade(root, old_root=None) -> int:
+    """Rewrite a lake written before paths were stored relative (``versions_cli upgrade``): in every
+    manifest and stage state file, the absolute paths under ``old_root`` (where the lake was
+    written; by default where it is) become relative to the lake. Returns the files rewritten."""
+    base = lake.as_path(root)
+    changed = 0
+    for folder in (base / MANIFESTS, base / "_state"):
+        for path in (folder.rglob("*.json") if folder.exists() else []):
+            stored = json.loads(path.read_text())
+            if not isinstance(stored, dict) or lakepaths.POINTERS in stored:
+                continue
+            kept = lakepaths.to_lake(old_root or root, stored)
+            if kept != stored:
+                lake.atomic_write_bytes(path, _encode(kept))
+                changed += 1
+    return changed
 
 
 def manifest_ids(root, asset: str) -> list[str]:
@@ -88,10 +122,11 @@ def lineage(root, asset: str, manifest_id: str | None = None, cache: dict | None
     """The manifests behind one, breadth first: ``{asset, manifest_id, depth, table_version,
     reads}`` for it and every manifest its ``reads`` reach (each once, each read once; ``cache``
     shares the manifests read between calls)."""
-    return _walk(root, asset, load(root, asset, manifest_id), cache)
+    return lineage_of(root, asset, load(root, asset, manifest_id), cache)
 
 
-def _walk(root, asset: str, start: Mapping[str, Any], cache: dict | None = None) -> list[dict[str, Any]]:
+def lineage_of(root, asset: str, start: Mapping[str, Any], cache: dict | None = None) -> list[dict[str, Any]]:
+    """``lineage`` of a manifest already read (``start``)."""
     cache = {} if cache is None else cache
     rows, seen = [], set()
     frontier = [(asset, start, 0)]
@@ -106,7 +141,7 @@ def _walk(root, asset: str, start: Mapping[str, Any], cache: dict | None = None)
             seen.add((up, up_id))
             if (up, up_id) not in cache:
                 try:  # only what lineage needs is kept: manifests hold every video's results
-                    found = load(root, up, up_id)
+                    found = load(root, up, up_id, source=f"{MANIFESTS}/{name}/{manifest.get('manifest_id')}.json (reads)")
                     cache[(up, up_id)] = {k: found.get(k) for k in ("manifest_id", "reads", "table_version")}
                 except ManifestError:
                     cache[(up, up_id)] = {"manifest_id": up_id, "missing": True}
@@ -126,7 +161,7 @@ def table_versions(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[int]]:
 
 def lineage_markdown(root, manifest: Mapping[str, Any], asset: str | None = None) -> str:
     """What the UI shows: the inputs behind a materialisation, down to the corpus versions."""
-    rows = _walk(root, asset or "(this)", {**manifest, "manifest_id": "(this run)"})
+    rows = lineage_of(root, asset or "(this)", {**manifest, "manifest_id": "(this run)"})
     lines = ["| asset | manifest | table versions |", "|---|---|---|"]
     for r in rows:
         tv = ", ".join(f"{t} v{v}" for t, v in sorted(r["table_version"].items())) or ""

@@ -5,6 +5,8 @@
     sql       a DuckDB query over the corpus as of given versions
     rollback  make earlier versions of tables current (nothing is deleted)
     retain    free versions past a count or age that nothing kept was built from
+    repair    move a table's damaged Delta log entries aside (back to its last readable version)
+    upgrade   store a lake's manifest paths relative to it (lakes written before; --from the old root)
 
 The lake is ``--lake`` or ``$LCAFFECT_LAKE`` (default ``./lake``), a folder or an ``s3://`` URL.
 """
@@ -71,11 +73,20 @@ def cmd_lineage(args) -> int:
 
 
 def cmd_sql(args) -> int:
+    from . import leases
     from .corpus import connect_as_of
 
-    con = connect_as_of(_root(args), _pairs(args.as_of))
+    root, pins = _root(args), _pairs(args.as_of)
+    if not pins:
+        return _query(connect_as_of(root, pins), args.query)
+    # retention keeps the pinned versions while the query reads them
+    with leases.held(root, f"versions-cli-sql-{os.getpid()}", versions={t: [v] for t, v in pins.items()}):
+        return _query(connect_as_of(root, pins), args.query)
+
+
+def _query(con, query: str) -> int:
     try:
-        result = con.execute(args.query)
+        result = con.execute(query)
         names = [d[0] for d in result.description or []]
         print("\t".join(names))
         for row in result.fetchall():
@@ -106,6 +117,24 @@ def cmd_retain(args) -> int:
     return 0
 
 
+def cmd_repair(args) -> int:
+    from .tables import repair
+
+    done = repair(_root(args), args.table)
+    print(f"{done['table']}: now at version {done['version']}; moved {', '.join(done['moved']) or 'nothing'} to {done['to']}")
+    print("re-run the stage that writes it: its per-video files are kept, and its next commit adds them again")
+    return 0
+
+
+def cmd_upgrade(args) -> int:
+    from .versions import upgrade
+
+    root = _root(args)
+    old = _root(argparse.Namespace(lake=args.old_root)) if args.old_root else None
+    print(f"{upgrade(root, old)} manifest and state files now name the lake's files relative to it")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from .tables import VersionError
     from .versions import ManifestError
@@ -132,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-age-days", type=float)
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(fn=cmd_retain)
+    p = sub.add_parser("repair", help="move a table's damaged log entries aside")
+    p.add_argument("table")
+    p.set_defaults(fn=cmd_repair)
+    p = sub.add_parser("upgrade", help="make a lake written with absolute paths movable")
+    p.add_argument("--from", dest="old_root", help="where the lake was written (default: where it is now)")
+    p.set_defaults(fn=cmd_upgrade)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

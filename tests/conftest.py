@@ -125,7 +125,7 @@ def demo_resources(root: Path, **overrides) -> dict:
 
 
 def manifest(root: Path, name: str) -> dict:
-    """An asset's JSON manifest as the pipeline stored it in the lake."""
-    import json
+    """An asset's latest manifest as the pipeline reads it (its lake paths resolved in ``root``)."""
+    from lcaffect_pipeline import versions
 
-    return json.loads((root / "_manifests" / f"{name}.json").read_text())
+    return versions.latest(root, name)

@@ -12,7 +12,7 @@ from lcaffect_pipeline.defs.downstream_assets import ASSETS as DOWNSTREAM_ASSETS
 from lcaffect_pipeline.defs.model_assets import ASSETS as MODEL_ASSETS
 from lcaffect_pipeline.defs.resources import DownstreamResource, V2LCTrainingResource
 
-from conftest import demo_resources, need_ffmpeg
+from conftest import demo_resources, manifest, need_ffmpeg
 
 # the module fixture runs the whole demo with two V2LC variants: minutes on two busy cores
 pytestmark = pytest.mark.timeout(1200)
@@ -88,7 +88,7 @@ def test_per_task_features_options_context_and_the_paired_interval(downstream_ru
 
 def test_two_v2lc_variants_are_two_lc_arms_of_the_ablation(downstream_run) -> None:
     root, result = downstream_run
-    encoder = json.loads((root / "_manifests" / "v2lc_encoder.json").read_text())
+    encoder = manifest(root, "v2lc_encoder")
     assert set(encoder["variants"]) == {"zh", "seed1"} and encoder["variant"] == "zh"
     tasks = json.loads((root / "ablation.json").read_text())["tasks"]
     assert (tasks["meld"]["lc_variant"], set(tasks["meld"]["arms"])) == ("seed1", {"zh"})  # as lc_variants_json lists
@@ -99,7 +99,7 @@ def test_two_v2lc_variants_are_two_lc_arms_of_the_ablation(downstream_run) -> No
         for metric, row in other["metrics"].items():
             # the same without-LC runs, a different with-LC model
             assert row["without"] == task["metrics"][metric]["without"] and row["seeds_with"].keys() == {"0", "1"}
-    feats = json.loads((root / "_manifests" / "meld_features.json").read_text())
+    feats = manifest(root, "meld_features")
     seed1, zh = feats["variants"]["seed1"], feats["variants"]["zh"]
     # folders named by variant (the encoder's first is features/), whatever the task's order; a version below
     assert feats["dir"] == seed1["dir"] and (Path(seed1["dir"]).parent.name, Path(zh["dir"]).parent.name) == ("features-seed1", "features")
@@ -108,7 +108,7 @@ def test_two_v2lc_variants_are_two_lc_arms_of_the_ablation(downstream_run) -> No
     meta = {n: json.loads((Path(v["dir"]) / "features.json").read_text()) for n, v in feats["variants"].items()}
     assert meta["seed1"]["base_version"] == meta["zh"]["base_version"]  # one set of base features
     assert meta["seed1"]["lc_version"] != meta["zh"]["lc_version"]  # each arm its own encoder's LC features
-    with_lc = json.loads((root / "_manifests" / "meld_fusion_with_lc.json").read_text())
+    with_lc = manifest(root, "meld_fusion_with_lc")
     assert {Path(v["features_dir"]).parent.name for v in with_lc["variants"].values()} == {"features", "features-seed1"}
     md = (root / "ablation.md").read_text()
     assert "| meld · LC seed1 | **weighted_f1** |" in md and "| meld · LC zh | **weighted_f1** |" in md
@@ -130,7 +130,7 @@ def test_the_ablations_lineage_reaches_the_corpus_versions(downstream_run) -> No
     found = versions.table_versions(versions.lineage(root, "ablation_report"))
     assert found["clean_comments"] == [tables.version(root, "clean_comments")] and found["meld_utterances"] == [0]
     assert f"clean_comments v{found['clean_comments'][0]}" in shown
-    kept = json.loads((root / "_manifests" / "ablation_report.json").read_text())["version_path"]
+    kept = manifest(root, "ablation_report")["version_path"]
     assert Path(kept).read_bytes() == (root / "ablation.json").read_bytes()  # the latest, kept under its version
 
 
@@ -187,7 +187,7 @@ def test_a_failed_fusion_run_keeps_the_last_good_one(downstream_run) -> None:
     root, _ = downstream_run
     value = root / "_manifests" / "meld_fusion_with_lc.json"
     before = value.read_text()
-    assert (Path(json.loads(before)["output_dir"]) / "metrics.json").exists()
+    assert (Path(manifest(root, "meld_fusion_with_lc")["output_dir"]) / "metrics.json").exists()
     ds = DownstreamResource(demo=True, frames=4, size=32, seeds=[0, 1],
                             fusion_extra_json='{"epochs": 5, "batch_size": 32, "no_such_option": 1}')
     failed = dg.materialize(ALL, resources=resources(root, ds), selection=["meld_fusion_with_lc"], raise_on_error=False)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import need_ffmpeg
+from conftest import manifest, need_ffmpeg
 from lcaffect_pipeline.models import METRIC_KEYS
 from services import ROOT, require_module, unavailable
 
@@ -61,7 +61,7 @@ def local_run(tmp_path_factory):
     result = defs.resolve_job_def("full_pipeline").execute_in_process(run_config=config, instance=dg.DagsterInstance.ephemeral(),
                                                                       raise_on_error=False)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
-    encoder = json.loads((root / "_manifests" / "v2lc_encoder.json").read_text())
+    encoder = manifest(root, "v2lc_encoder")
     return json.loads((Path(encoder["output_dir"]) / "metrics.json").read_text()), json.loads((root / "ablation.json").read_text())
 
 

@@ -188,3 +188,110 @@ def test_the_retention_job_reports_what_it_freed(tmp_path) -> None:
     md = mats[0].event_specific_data.metadata["tables"].value
     assert "| clean_comments | [1] | [2] | [0] | 1 |" in md and meta.step_key == "lake_retention"
     assert defs.resolve_schedule_def("weekly_retention").default_status.value == "STOPPED"
+
+
+# ---------------------------------------------------------------- leases and limits (issue 26, item 5)
+
+
+def test_retention_keeps_what_a_lease_names_until_it_lapses(tmp_path) -> None:
+    from lcaffect_pipeline import leases
+
+    _three_versions(tmp_path)
+    middle = tables.files(tmp_path, "clean_comments", 1)[naming.safe_name("x")]
+    with leases.held(tmp_path, "pinned reader", versions={"clean_comments": [1]}):
+        assert retention.plan(tmp_path, keep_last=1)["clean_comments"]["free"] == []
+        assert retention.run(tmp_path, keep_last=1)["files"] == 0 and lake.as_path(middle).exists()
+    leases.take(tmp_path, "crashed reader", versions={"clean_comments": [1]}, ttl_s=-1)  # lapsed
+    assert retention.run(tmp_path, keep_last=1)["tables"]["clean_comments"]["versions"] == [1]
+    assert not lake.as_path(middle).exists()
+
+
+def test_a_stage_that_finds_its_file_in_the_lake_leases_it_until_the_commit(tmp_path) -> None:
+    _three_versions(tmp_path)  # x: ["a"], ["a", "b"], ["a", "b", "c"]
+    # a stage recomputes x's version-1 rows: the file exists (version 1 holds it), so it is not written
+    digest = tables.write(tmp_path, "clean_comments", _comments("x", ["a", "b"]), "x")
+    report = retention.run(tmp_path, keep_last=1)  # retention runs before the stage's collect step
+    assert report["tables"]["clean_comments"]["versions"] == [1] and report["files"] == 0
+    assert tables.commit(tmp_path, "clean_comments", {"x": digest}) == 3  # the file is still there
+    assert tables.read(tmp_path, "clean_comments").num_rows == 3
+    assert not list((tmp_path / "_leases").glob("*.json"))  # released by the commit
+
+
+def test_an_unreadable_lease_stops_retention(tmp_path) -> None:
+    from lcaffect_pipeline import leases
+
+    _three_versions(tmp_path)
+    (tmp_path / "_leases").mkdir(exist_ok=True)
+    (tmp_path / "_leases" / "x.json").write_text("{trunc")
+    with pytest.raises(leases.LeaseError, match="x.json"):
+        retention.run(tmp_path, keep_last=1)
+    assert tables.read(tmp_path, "clean_comments", 1).num_rows == 3
+
+
+@pytest.mark.parametrize("args", [("--keep-last", "0"), ("--keep-last", "-1"), ("--max-age-days", "-1"),
+                                  ("--max-age-days", "0"), ("--max-age-days", "nan")])
+def test_the_cli_refuses_the_limits_the_job_refuses(tmp_path, args) -> None:
+    _three_versions(tmp_path)
+    bad = _cli(tmp_path, "retain", *args)
+    assert bad.returncode == 2 and args[0].strip("-").replace("-", "_") in bad.stderr and "Traceback" not in bad.stderr
+    assert tables.read(tmp_path, "clean_comments", 1).num_rows == 3  # nothing freed
+    from lcaffect_pipeline.defs.retention import RetentionConfig
+
+    with pytest.raises(Exception, match="greater than"):
+        RetentionConfig(**{args[0].strip("-").replace("-", "_"): float(args[1])})
+
+
+# ---------------------------------------------------------------- a damaged Delta log (issue 26, item 8)
+
+
+def _truncate_last_log_entry(root) -> None:
+    log = root / "clean_comments" / "_delta_log" / f"{2:020d}.json"
+    log.write_text(log.read_text()[: len(log.read_text()) // 2])
+
+
+def test_a_truncated_log_is_one_line_from_the_cli_and_the_repair_goes_back_to_the_last_readable_version(tmp_path) -> None:
+    _three_versions(tmp_path)
+    _truncate_last_log_entry(tmp_path)
+    listed = _cli(tmp_path, "list")
+    assert listed.returncode == 2 and "Traceback" not in listed.stderr, listed.stderr
+    assert len(listed.stderr.strip().splitlines()) == 1
+    assert "clean_comments" in listed.stderr and "from version 2" in listed.stderr and "repair clean_comments" in listed.stderr
+    with pytest.raises(tables.DamagedTableError, match="last readable version 1"):
+        tables.read(tmp_path, "clean_comments")
+    repaired = _cli(tmp_path, "repair", "clean_comments")
+    assert repaired.returncode == 0 and "now at version 1" in repaired.stdout, repaired.stderr
+    assert list((tmp_path / "clean_comments" / "_delta_log_damaged").rglob(f"{2:020d}.json"))  # kept aside
+    assert _cli(tmp_path, "list").returncode == 0
+    assert tables.read(tmp_path, "clean_comments").num_rows == 3  # version 1: x has a, b; y has same
+    # the stage's next run commits its videos again
+    assert _refresh(tmp_path, {"x": ["a", "b", "c"], "y": ["same"]}) == 2
+    assert tables.read(tmp_path, "clean_comments").num_rows == 4
+
+
+def test_the_corpus_job_fails_at_its_first_step_on_a_damaged_log(tmp_path) -> None:
+    import dagster as dg
+
+    from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS_ASSETS
+
+    from conftest import demo_resources
+
+    _three_versions(tmp_path)
+    _truncate_last_log_entry(tmp_path)
+    result = dg.materialize(CORPUS_ASSETS, resources=demo_resources(tmp_path), raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_key == "video_catalogue" and "repair clean_comments" in str(failure.event_specific_data.error)
+    assert not (tmp_path / "demo_world").exists() and not (tmp_path / "raw_comments").exists()  # no work was done
+
+
+def test_a_pinned_query_from_the_cli_holds_a_lease_while_it_reads(tmp_path, monkeypatch, capsys) -> None:
+    from lcaffect_pipeline import corpus, leases, versions_cli
+
+    _three_versions(tmp_path)
+    seen = []
+    real = corpus.connect_as_of
+    monkeypatch.setattr(corpus, "connect_as_of", lambda root, pins: seen.append(leases.active(root)[0]) or real(root, pins))
+    assert versions_cli.main(["--lake", str(tmp_path), "sql", "SELECT count(*) FROM clean_comments",
+                              "--as-of", "clean_comments=1"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "3"
+    assert seen == [{"clean_comments": {1}}] and leases.active(tmp_path) == ({}, set())  # released after

@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from lcaffect_pipeline import corpus, lake, retention, tables, versions
+from lcaffect_pipeline import corpus, lake, leases, retention, tables, versions
 from lcaffect_pipeline.defs.checks import CHECKS
 from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS_ASSETS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS_ASSETS
@@ -123,6 +123,7 @@ def test_a_reproduction_on_the_old_version_gives_the_same_shards_and_model(histo
     encoder = manifest(root, "v2lc_encoder")
     assert encoder["output_dir"] == history["encoder"]["output_dir"]  # the same run: its weights are reused
     assert versions.table_versions(versions.lineage(root, "v2lc_encoder"))["clean_comments"] == [history["clean_v0"]]
+    assert history["clean_v0"] in leases.active(root)[0]["clean_comments"]  # the pinned run leased what it read
 
 
 def test_a_pin_to_a_version_the_table_lacks_fails_the_run_and_names_it(history) -> None:
@@ -174,3 +175,41 @@ def test_rollback_makes_an_old_version_current_and_the_next_run_reads_it(history
                           "clean_comments=12345"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "12345" in bad.stderr
     assert tables.version(root, "clean_comments") == current  # a refused rollback changed nothing
+
+
+def test_a_copied_lake_trains_and_reads_on_its_own_with_the_original_moved_away(history, tmp_path) -> None:
+    """Issue 26 item 9: manifests, state files and indexes hold lake-relative paths."""
+    import shutil
+
+    from lcaffect_ml.contracts.lakepaths import relative
+    from lcaffect_ml.data import iter_raw_samples, load_shard_index
+    from lcaffect_pipeline.defs.resources import LakeResource
+
+    root, copy = history["root"], tmp_path / "copy"
+    shutil.copytree(root, copy)
+    away = root.with_name(root.name + "-away")
+    root.rename(away)
+    try:
+        shards = manifest(copy, "training_shards")
+        specs = load_shard_index(shards["index"])
+        assert all(relative(copy, s.url) for s in specs)
+        assert next(iter_raw_samples(specs[0].url))["__key__"]
+        res = {**_resources(copy, history["catalogue"]), "lake": LakeResource(root=str(copy), author_salt="test-salt")}
+        result = dg.materialize([*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS], resources=res,
+                                selection=["training_shards", "v2lc_encoder"])
+        assert result.success
+        encoder = manifest(copy, "v2lc_encoder")
+        assert relative(copy, encoder["output_dir"]).startswith("models/v2lc/")
+        assert (Path(encoder["output_dir"]) / "model.safetensors").exists()
+    finally:
+        away.rename(root)
+    # with the original back in place, nothing the copy's manifests name is in it
+    def strings(value):
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    named = [s for asset in versions.assets(copy) for s in strings(versions.latest(copy, asset) or {})]
+    assert named and not [s for s in named if relative(root, s)]

@@ -27,6 +27,7 @@ OWNERS = ["team:lcaffect-data"]
 def video_catalogue(context: dg.AssetExecutionContext, lake: LakeResource, catalogue: CatalogueResource,
                     v2lc_training: V2LCTrainingResource, downstream: DownstreamResource) -> dg.Output:
     check_run(context, v2lc_training, downstream)  # before hours of crawling and clipping
+    tables.check_readable_tables(lake.path())  # a damaged log fails here, not at the commit after the work
     path = catalogue.path
     if catalogue.demo:
         from ..demo import generate_demo_world

@@ -15,7 +15,7 @@ from lcaffect_ml.contracts.shards import DEFAULT_FRAMES_PER_SEGMENT, DEFAULT_SEG
 from lcaffect_ml.contracts.tables import DEFAULT_PROTOCOLS
 from pydantic import Field, model_validator
 
-from .. import lake, schema, versions
+from .. import lake, leases, schema, versions
 from ..demo import WORLDS as DEMO_WORLDS
 from ..jsonopt import json_object
 from lcaffect_ml.contracts import naming
@@ -215,6 +215,9 @@ class LakeJsonIOManager(dg.ConfigurableIOManager):
                 pinned = versions.pinned_input(self.lake.path(), asset, latest, versions.parse_as_of(self.as_of_json))
                 if pinned is not latest:
                     context.log.info(f"reading {asset} as of {pinned.get('as_of')} (manifest {pinned.get('manifest_id')})")
+                    # retention keeps what this run reads (the lease lapses after a day)
+                    leases.take(self.lake.path(), f"run-{context.step_context.run_id}-{asset}",
+                                versions=versions.table_versions(versions.lineage_of(self.lake.path(), asset, pinned)))
                 return pinned
             except versions.ManifestError as exc:
                 raise FileNotFoundError(f"{exc}: upstream {upstream.asset_key.to_user_string()} has not been "

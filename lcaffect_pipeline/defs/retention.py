@@ -11,7 +11,7 @@ from .resources import LakeResource
 
 
 class RetentionConfig(dg.Config):
-    keep_last: Optional[int] = Field(default=10, ge=1, description="Keep each table's newest versions (the current one always)")
+    keep_last: Optional[int] = Field(default=10, ge=retention.KEEP_LAST_MIN, description="Keep each table's newest versions (the current one always)")
     max_age_days: Optional[float] = Field(default=None, gt=0, description="Keep versions younger than this too (a version goes when past both limits)")
     dry_run: bool = Field(default=False, description="Report what would be freed, delete nothing")
 
