@@ -75,7 +75,7 @@ def features(task: str, table: Path, work: Path, text_model: str, context: bool)
 # inputs of one sentence per turn, and larger batches with fewer epochs (MELD's 10k training rows
 # train in minutes on two cores; MUStARD's 552 overfit less: +1 point over 30 epochs of 32, five
 # seeds). The epoch is chosen on MELD's dev split; MUStARD's folds have no validation rows, so its
-# last epoch is kept (README: "Real text, real labels" says what else was tried).
+# last epoch is kept (bench/README.md, "Real text, real labels", says what else was tried).
 FUSION_OPTIONS = {"meld": {"dropout": 0.3, "batch_size": 128, "epochs": 15, "lr": 1e-3},
                   "mustard": {"dropout": 0.3, "batch_size": 64, "epochs": 20}}
 

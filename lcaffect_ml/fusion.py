@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .trainutil import CheckpointFormatError, atomic_write_json
+from .trainutil import CheckpointFormatError, atomic_write_json, load_weights
 from .atomic import atomic_file
 
 FORMAT_VERSION = 1
@@ -173,9 +173,6 @@ class FusionModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "FusionModel":
         """Load a folder written by ``save_pretrained``; only safetensors weights are accepted."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (weights, cfg_path):
@@ -188,10 +185,5 @@ class FusionModel(nn.Module):
             model = cls(FusionConfig.from_dict(data))
         except (ValueError, TypeError) as exc:
             raise CheckpointFormatError(f"{cfg_path}: {exc}") from exc
-        try:
-            model.load_state_dict(load_file(str(weights), device=str(map_location)), strict=True)
-        except SafetensorError as exc:
-            raise CheckpointFormatError(f"{weights}: not a safetensors file ({exc})") from exc
-        except RuntimeError as exc:
-            raise CheckpointFormatError(f"{weights}: does not match {cfg_path}: {exc}") from exc
+        load_weights(model, weights, cfg_path, map_location)
         return model.to(map_location)

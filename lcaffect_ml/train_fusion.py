@@ -71,11 +71,10 @@ from .fusion_data import (NON_RESULT_KEYS, FusionTrainConfig, FusionData, load_d
                           describe_folds)
 from .devices import RUNTIME_KEYS, resolve_device, runtime_info
 from .pipes import TrainingReporter, pipes_session, report_model_materialization
-from .trainutil import (COMPLETE_MARKER, EXIT_NON_FINITE, CheckpointManager, NonFiniteLossError, adamw_param_groups,
+from .trainutil import (COMPLETE_MARKER, CheckpointManager, NonFiniteLossError, adamw_param_groups,
                         atomic_write_json, autocast, capture_rng_state, cosine_schedule_with_warmup, load_state,
                         resolve_precision, restore_rng_state, save_state, seed_everything, config_with_overrides,
-                        setup_logging)
-from .options import ConfigError
+                        run_program, setup_logging)
 from .options import program_args
 
 log = logging.getLogger("lcaffect_ml.train_fusion")
@@ -510,17 +509,13 @@ def config_from_args(args) -> FusionTrainConfig:
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-        with pipes_session(asset_key=cfg.pipes_asset_key) as reporter:
-            metrics = train(cfg, reporter=reporter)
-    except NonFiniteLossError as exc:
-        log.error("%s", exc)
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_NON_FINITE
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_program(lambda: _run(args))
+
+
+def _run(args) -> int:
+    cfg = config_from_args(args)
+    with pipes_session(asset_key=cfg.pipes_asset_key) as reporter:
+        metrics = train(cfg, reporter=reporter)
     print(json.dumps({"task": metrics["task"], "use_lc": metrics["use_lc"], "mean": metrics["mean"]}))
     return 0
 

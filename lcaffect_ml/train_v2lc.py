@@ -48,10 +48,10 @@ from . import trainutil
 from .losses import v2lc_loss
 from .pipes import TrainingReporter, pipes_session
 from .retrieval import retrieval_by_group, retrieval_metrics
-from .trainutil import (EXIT_NON_FINITE, COMPLETE_MARKER, CheckpointManager, DistInfo, NonFiniteLossError,
+from .trainutil import (COMPLETE_MARKER, CheckpointManager, DistInfo, NonFiniteLossError,
                         adamw_param_groups, atomic_write_json, autocast, capture_rng_state,
                         cosine_schedule_with_warmup, init_distributed, load_state, peak_memory_mb, resolve_precision,
-                        restore_rng_state, save_state, seed_everything, config_with_overrides, setup_logging)
+                        restore_rng_state, save_state, seed_everything, config_with_overrides, run_program, setup_logging)
 from .options import ConfigError
 from .atomic import atomic_file
 from .options import program_args
@@ -474,26 +474,15 @@ def config_from_args(args) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        dist = init_distributed(cfg.device)
-    except ConfigError as exc:  # e.g. device cuda where CUDA is not available: before any data is read
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_program(lambda: _run(args))
+
+
+def _run(args) -> int:
+    cfg = config_from_args(args)
+    dist = init_distributed(cfg.device)  # e.g. device cuda where CUDA is not usable: before any data is read
     try:
         with pipes_session(rank=dist.rank, asset_key=cfg.pipes_asset_key) as reporter:
             metrics = train(cfg, reporter=reporter, dist=dist)
-    except NonFiniteLossError as exc:
-        log.error("%s", exc)
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_NON_FINITE
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     finally:
         if dist.distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .trainutil import CheckpointFormatError, atomic_write_json
+from .trainutil import CheckpointFormatError, atomic_write_json, load_weights
 from .atomic import atomic_file
 
 FORMAT_VERSION = 1
@@ -327,9 +327,6 @@ class V2LCModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "V2LCModel":
         """Load a folder written by ``save_pretrained``; only safetensors weights are accepted."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         if not weights.is_file():
@@ -348,12 +345,7 @@ class V2LCModel(nn.Module):
 
             tokenizer = load_tokenizer(directory / TOKENIZER_DIR)
         model = cls.from_config(config, tokenizer)
-        try:
-            model.load_state_dict(load_file(str(weights), device=str(map_location)), strict=True)
-        except SafetensorError as exc:
-            raise CheckpointFormatError(f"{weights}: not a safetensors file ({exc})") from exc
-        except RuntimeError as exc:  # missing/unexpected keys, shape mismatch
-            raise CheckpointFormatError(f"{weights}: does not match {cfg_path}: {exc}") from exc
+        load_weights(model, weights, cfg_path, map_location)
         return model.to(map_location)
 
 

@@ -1,6 +1,6 @@
 """The built-in offline demo world: comment files in the real formats, and videos made by ffmpeg.
 
-Memorisation transfer (README, "Demo world: memorisation transfer"). Every 8-second segment of a
+Memorisation transfer (bench/README.md, "Demo world: memorisation transfer"). Every 8-second segment of a
 demo video shows one of 64 ``SCENES`` (a mosaic of 4 x 4 flat colour blocks, a stand-in for what a
 shot shows, under moving noise, with a tone of its own in the audio), and every scene has a ``mood``
 (funny, amazing, scary or infuriating) that viewers react to. The mood is an arbitrary property of

@@ -19,7 +19,7 @@ can read it on scenes it never saw:
 
 A random projection of the frames (the stand-in visual features) is dominated by the colours and
 the phase; the pattern class under them is what a trained video tower learns and about a hundred
-labelled examples do not teach (README, "Demo world: transfer to unseen videos": the probes).
+labelled examples do not teach (bench/README.md, "Demo world: transfer to unseen videos": the probes).
 Deterministic: the same key always renders the same pixels and comments.
 """
 

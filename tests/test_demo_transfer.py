@@ -5,7 +5,7 @@ here in seconds) beat the generic stand-ins on scenes the labelled set never sho
 disappears when those features are permuted across utterances (the wiring check).
 
 That the real V2LC, trained by the main job on the demo corpus, learns the moods is shown by the
-demo run itself (README, "Demo world"); this test pins the half that a wiring bug would break.
+demo run itself (bench/README.md, "Demo world"); this test pins the half that a wiring bug would break.
 """
 
 from __future__ import annotations

@@ -121,7 +121,8 @@ def test_retention_never_removes_a_shard_folder_a_segments_row_puts_outside_the_
 
 
 def test_a_shard_index_names_only_shards_of_its_own_lake(tmp_path) -> None:
-    from lcaffect_ml.data import ShardIndexError, load_shard_index, write_synthetic_shards
+    from lcaffect_ml.data import ShardIndexError, load_shard_index
+    from lcaffect_ml.synthetic import write_synthetic_shards
 
     index = write_synthetic_shards(tmp_path / "lake", n_videos=1, segments_per_video=2)
     good = json.loads(index.read_text())

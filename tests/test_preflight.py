@@ -22,7 +22,8 @@ from conftest import ROOT
 
 from lcaffect_ml import devices, hub, trainutil
 from lcaffect_ml.hub import ModelRef
-from lcaffect_pipeline import fetch_models, preflight
+from lcaffect_pipeline import preflight
+from lcaffect_pipeline.defs import fetch_models
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 

@@ -126,7 +126,7 @@ def ablation_table(results: Mapping[str, Mapping[str, Any] | None], *, demo: boo
         for name, arm in table[task]["arms"].items():
             lines += _markdown_rows(task, f"{task} · LC {name}", arm["metrics"])
     if demo:
-        warnings.append("Demo world: stand-in datasets and encoders (README, \"Demo world\"); not real data.")
+        warnings.append("Demo world: stand-in datasets and encoders (bench/README.md, \"Demo world\"); not real data.")
     notes = "\n".join(f"- {line}" for line in setups)
     body = "\n\n".join(part for part in ("\n".join(lines), notes) if part)
     return ({"tasks": table, "demo": demo, "warnings": warnings},
