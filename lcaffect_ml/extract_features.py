@@ -51,10 +51,9 @@ from .hub import require as require_models
 from .options import build, opt
 from .pipes import TrainingReporter, pipes_metadata, pipes_session
 from .devices import RUNTIME_KEYS, resolve_device, runtime_info
-from .trainutil import CheckpointFormatError, atomic_write_json, resolve_precision, config_with_overrides, setup_logging
+from .trainutil import (atomic_write_json, CheckpointFormatError, program_main, resolve_precision)
 from .options import ConfigError
 from .atomic import atomic_file
-from .options import program_args
 
 log = logging.getLogger("lcaffect_ml.extract_features")
 
@@ -480,24 +479,14 @@ def _report(reporter: TrainingReporter, meta: dict[str, Any], out_dir: Path) -> 
 # ------------------------------------------------------------------------------------ main
 
 
-def parse_args(argv: list[str] | None = None):
-    return program_args("lcaffect_ml.extract_features", "Downstream feature extraction", argv, config_cls=ExtractConfig)
-
-
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    args = parse_args(argv)
-    try:
-        cfg = config_with_overrides(args, ExtractConfig)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        with pipes_session(asset_key=cfg.pipes_asset_key) as reporter:
-            meta = extract(cfg, reporter)
-    except (ConfigError, CheckpointFormatError, FeatureFileError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return program_main(argv, "lcaffect_ml.extract_features", "Downstream feature extraction", ExtractConfig,
+                        _run, errors=(CheckpointFormatError, FeatureFileError))
+
+
+def _run(cfg: ExtractConfig) -> int:
+    with pipes_session(asset_key=cfg.pipes_asset_key) as reporter:
+        meta = extract(cfg, reporter)
     print(json.dumps({k: meta[k] for k in ("data_version", "base_recomputed", "lc_recomputed", "dims")}
                      | {"n_utterances": len(meta["utterance_ids"]), "n_skipped": len(meta["skipped"])}))
     return 0

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from .trainutil import CheckpointFormatError, atomic_write_json, load_weights
+from .trainutil import CheckpointFormatError, atomic_write_json, load_weights, saved_config
 from .atomic import atomic_file
 
 FORMAT_VERSION = 1
@@ -85,11 +85,7 @@ class FusionConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FusionConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known - {"format_version", "model_type"}
-        if unknown:
-            raise ValueError(f"unknown fusion config keys: {sorted(unknown)}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return saved_config(cls, data, "fusion")
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": MODEL_TYPE, "format_version": FORMAT_VERSION, **asdict(self)}

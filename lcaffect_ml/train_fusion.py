@@ -71,11 +71,9 @@ from .fusion_data import (NON_RESULT_KEYS, FusionTrainConfig, FusionData, load_d
                           describe_folds)
 from .devices import RUNTIME_KEYS, resolve_device, runtime_info
 from .pipes import TrainingReporter, pipes_session, report_model_materialization
-from .trainutil import (COMPLETE_MARKER, CheckpointManager, NonFiniteLossError, adamw_param_groups,
-                        atomic_write_json, autocast, capture_rng_state, cosine_schedule_with_warmup, load_state,
-                        resolve_precision, restore_rng_state, save_state, seed_everything, config_with_overrides,
-                        run_program, setup_logging)
-from .options import program_args
+from .trainutil import (adamw_param_groups, atomic_write_json, autocast, capture_rng_state, CheckpointManager,
+                        COMPLETE_MARKER, cosine_schedule_with_warmup, load_state, NonFiniteLossError, program_main,
+                        resolve_precision, restore_rng_state, save_state, seed_everything)
 
 log = logging.getLogger("lcaffect_ml.train_fusion")
 
@@ -498,22 +496,11 @@ def _pipes_summary(metrics: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None = None):
-    return program_args("lcaffect_ml.train_fusion", "Downstream fusion training", argv, config_cls=FusionTrainConfig)
-
-
-def config_from_args(args) -> FusionTrainConfig:
-    return config_with_overrides(args, FusionTrainConfig)
-
-
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    args = parse_args(argv)
-    return run_program(lambda: _run(args))
+    return program_main(argv, "lcaffect_ml.train_fusion", "Downstream fusion training", FusionTrainConfig, _run)
 
 
-def _run(args) -> int:
-    cfg = config_from_args(args)
+def _run(cfg: FusionTrainConfig) -> int:
     with pipes_session(asset_key=cfg.pipes_asset_key) as reporter:
         metrics = train(cfg, reporter=reporter)
     print(json.dumps({"task": metrics["task"], "use_lc": metrics["use_lc"], "mean": metrics["mean"]}))

@@ -48,13 +48,12 @@ from . import trainutil
 from .losses import v2lc_loss
 from .pipes import TrainingReporter, pipes_session
 from .retrieval import retrieval_by_group, retrieval_metrics
-from .trainutil import (COMPLETE_MARKER, CheckpointManager, DistInfo, NonFiniteLossError,
-                        adamw_param_groups, atomic_write_json, autocast, capture_rng_state,
-                        cosine_schedule_with_warmup, init_distributed, load_state, peak_memory_mb, resolve_precision,
-                        restore_rng_state, save_state, seed_everything, config_with_overrides, run_program, setup_logging)
+from .trainutil import (adamw_param_groups, atomic_write_json, autocast, capture_rng_state, CheckpointManager,
+                        COMPLETE_MARKER, cosine_schedule_with_warmup, DistInfo, init_distributed, load_state,
+                        NonFiniteLossError, peak_memory_mb, program_main, resolve_precision, restore_rng_state,
+                        save_state, seed_everything)
 from .options import ConfigError
 from .atomic import atomic_file
-from .options import program_args
 from .devices import runtime_info
 from .hub import require as require_models
 from .train_v2lc_config import RESUME_KEYS, TrainConfig, TrainerState, hub_models
@@ -463,22 +462,11 @@ def _train_step(run: Run, batches) -> float:
 # ------------------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None = None):
-    return program_args("lcaffect_ml.train_v2lc", "V2LC pretraining", argv, config_cls=TrainConfig)
-
-
-def config_from_args(args) -> TrainConfig:
-    return config_with_overrides(args, TrainConfig)
-
-
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    args = parse_args(argv)
-    return run_program(lambda: _run(args))
+    return program_main(argv, "lcaffect_ml.train_v2lc", "V2LC pretraining", TrainConfig, _run)
 
 
-def _run(args) -> int:
-    cfg = config_from_args(args)
+def _run(cfg: TrainConfig) -> int:
     dist = init_distributed(cfg.device)  # e.g. device cuda where CUDA is not usable: before any data is read
     try:
         with pipes_session(rank=dist.rank, asset_key=cfg.pipes_asset_key) as reporter:

@@ -18,16 +18,16 @@ import random
 import re
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
 from .atomic import atomic_file, atomic_open
 from .devices import resolve_device
-from .options import ConfigError
+from .options import ConfigError, program_args
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,15 @@ class CheckpointFormatError(ValueError):
 # ----------------------------------------------------------------------------------- config
 
 
+def saved_config(cls, data: Mapping[str, Any], what: str):
+    """A model's saved ``config.json`` as its dataclass ``cls``; unknown keys refused (ValueError)."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known - {"format_version", "model_type"}
+    if unknown:
+        raise ValueError(f"unknown {what} config keys: {sorted(unknown)}")
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
 def load_weights(model: torch.nn.Module, weights: Path, cfg_path: Path, map_location) -> None:
     """``weights`` (safetensors only) into ``model``, strictly; every failure a CheckpointFormatError
     naming the file (a pickle or a truncated file, keys or shapes that do not match ``cfg_path``)."""
@@ -70,16 +79,24 @@ def load_weights(model: torch.nn.Module, weights: Path, cfg_path: Path, map_loca
         raise CheckpointFormatError(f"{weights}: does not match {cfg_path}: {exc}") from exc
 
 
-def run_program(body: Callable[[], int]) -> int:
-    """A training program's exit status: ``body()``'s, or the one each known failure maps to
-    (65 for a non-finite loss, 2 for a bad configuration), with the reason on stderr."""
+def program_config(argv: list[str] | None, prog: str, description: str, config_cls):
+    """A program's config: ``--config FILE`` with its ``--set key=value`` overrides, validated."""
+    return config_with_overrides(program_args(prog, description, argv, config_cls=config_cls), config_cls)
+
+
+def program_main(argv: list[str] | None, prog: str, description: str, config_cls, body: Callable[[Any], int],
+                 errors: tuple[type[Exception], ...] = ()) -> int:
+    """The ``main`` of every training program: ``body(config)``'s exit status, or the one each known
+    failure maps to (65 for a non-finite loss; 2 for a bad configuration or one of ``errors``),
+    with the reason on stderr."""
+    setup_logging()
     try:
-        return body()
+        return body(program_config(argv, prog, description, config_cls))
     except NonFiniteLossError as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NON_FINITE
-    except ConfigError as exc:
+    except (ConfigError, *errors) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

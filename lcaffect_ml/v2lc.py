@@ -24,7 +24,7 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .trainutil import CheckpointFormatError, atomic_write_json, load_weights
+from .trainutil import CheckpointFormatError, atomic_write_json, load_weights, saved_config
 from .atomic import atomic_file
 
 FORMAT_VERSION = 1
@@ -83,11 +83,7 @@ class V2LCConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "V2LCConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known - {"format_version", "model_type"}
-        if unknown:
-            raise ValueError(f"unknown V2LC config keys: {sorted(unknown)}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return saved_config(cls, data, "V2LC")
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": "v2lc", "format_version": FORMAT_VERSION, **asdict(self)}

@@ -183,11 +183,12 @@ def test_bad_config_is_refused_with_exit_2(tmp_path, capsys):
 def test_every_option_is_documented_and_overridable(tmp_path):
     import lcaffect_ml.train_v2lc as program
     from lcaffect_ml.options import undocumented
+    from lcaffect_ml.trainutil import program_config
 
     assert undocumented(program.TrainConfig) == []
     cfg = _config(tmp_path / "c.yaml", shards="s", output_dir="o", lr=1e-3)
-    parsed = program.config_from_args(program.parse_args(
-        ["--config", str(cfg), "--set", "lr=0.5", "--set", "betas=[0.8, 0.9]", "--set", "freeze_text=true"]))
+    parsed = program_config(["--config", str(cfg), "--set", "lr=0.5", "--set", "betas=[0.8, 0.9]",
+                             "--set", "freeze_text=true"], "lcaffect_ml.train_v2lc", "V2LC pretraining", program.TrainConfig)
     assert parsed.lr == 0.5 and parsed.betas == [0.8, 0.9] and parsed.freeze_text is True
 
 
