@@ -51,7 +51,8 @@ from .hub import require as require_models
 from .options import build, opt
 from .pipes import TrainingReporter, pipes_metadata, pipes_session
 from .devices import RUNTIME_KEYS, resolve_device, runtime_info
-from .trainutil import (atomic_write_json, CheckpointFormatError, program_main, resolve_precision)
+from .program import program_main
+from .trainutil import (atomic_write_json, CheckpointFormatError, resolve_precision)
 from .options import ConfigError
 from .atomic import atomic_file
 

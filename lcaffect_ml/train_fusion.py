@@ -71,8 +71,9 @@ from .fusion_data import (NON_RESULT_KEYS, FusionTrainConfig, FusionData, load_d
                           describe_folds)
 from .devices import RUNTIME_KEYS, resolve_device, runtime_info
 from .pipes import TrainingReporter, pipes_session, report_model_materialization
+from .program import program_main
 from .trainutil import (adamw_param_groups, atomic_write_json, autocast, capture_rng_state, CheckpointManager,
-                        COMPLETE_MARKER, cosine_schedule_with_warmup, load_state, NonFiniteLossError, program_main,
+                        COMPLETE_MARKER, cosine_schedule_with_warmup, load_state, NonFiniteLossError, 
                         resolve_precision, restore_rng_state, save_state, seed_everything)
 
 log = logging.getLogger("lcaffect_ml.train_fusion")

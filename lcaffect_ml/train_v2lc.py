@@ -48,9 +48,10 @@ from . import trainutil
 from .losses import v2lc_loss
 from .pipes import TrainingReporter, pipes_session
 from .retrieval import retrieval_by_group, retrieval_metrics
+from .program import program_main
 from .trainutil import (adamw_param_groups, atomic_write_json, autocast, capture_rng_state, CheckpointManager,
                         COMPLETE_MARKER, cosine_schedule_with_warmup, DistInfo, init_distributed, load_state,
-                        NonFiniteLossError, peak_memory_mb, program_main, resolve_precision, restore_rng_state,
+                        NonFiniteLossError, peak_memory_mb, resolve_precision, restore_rng_state,
                         save_state, seed_everything)
 from .options import ConfigError
 from .atomic import atomic_file

@@ -27,7 +27,7 @@ import torch
 
 from .atomic import atomic_file, atomic_open
 from .devices import resolve_device
-from .options import ConfigError, program_args
+from .options import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -77,28 +77,6 @@ def load_weights(model: torch.nn.Module, weights: Path, cfg_path: Path, map_loca
         raise CheckpointFormatError(f"{weights}: not a safetensors file ({exc})") from exc
     except RuntimeError as exc:  # missing/unexpected keys, shape mismatch
         raise CheckpointFormatError(f"{weights}: does not match {cfg_path}: {exc}") from exc
-
-
-def program_config(argv: list[str] | None, prog: str, description: str, config_cls):
-    """A program's config: ``--config FILE`` with its ``--set key=value`` overrides, validated."""
-    return config_with_overrides(program_args(prog, description, argv, config_cls=config_cls), config_cls)
-
-
-def program_main(argv: list[str] | None, prog: str, description: str, config_cls, body: Callable[[Any], int],
-                 errors: tuple[type[Exception], ...] = ()) -> int:
-    """The ``main`` of every training program: ``body(config)``'s exit status, or the one each known
-    failure maps to (65 for a non-finite loss; 2 for a bad configuration or one of ``errors``),
-    with the reason on stderr."""
-    setup_logging()
-    try:
-        return body(program_config(argv, prog, description, config_cls))
-    except NonFiniteLossError as exc:
-        log.error("%s", exc)
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_NON_FINITE
-    except (ConfigError, *errors) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:

@@ -183,7 +183,7 @@ def test_bad_config_is_refused_with_exit_2(tmp_path, capsys):
 def test_every_option_is_documented_and_overridable(tmp_path):
     import lcaffect_ml.train_v2lc as program
     from lcaffect_ml.options import undocumented
-    from lcaffect_ml.trainutil import program_config
+    from lcaffect_ml.program import program_config
 
     assert undocumented(program.TrainConfig) == []
     cfg = _config(tmp_path / "c.yaml", shards="s", output_dir="o", lr=1e-3)
