@@ -278,19 +278,14 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
     out_dir.mkdir(parents=True, exist_ok=True)
     base_modalities = [m for m in cfg.modalities if m in BASE_MODALITIES]
     want_lc = LC_MODALITY in cfg.modalities
-    needs_media = want_lc or base_modalities != ["text"]
     ckpt = Path(cfg.v2lc_checkpoint) if want_lc else None
     if ckpt is not None and not (ckpt / "model.safetensors").is_file():
         raise CheckpointFormatError(f"{ckpt}: no model.safetensors (a V2LC save_pretrained folder is needed)")
 
     utts = read_utterances(cfg.utterances)
     released = released_featurizers(cfg)
-    skip_reasons = {u.utterance_id: f"no prepared media (media_status={u.media_status or 'unknown'})"
-                    for u in utts if u.media_npz is None} if needs_media else {}
-    for m, featurizer in released.items():  # an utterance the released file lacks has no features
-        for u in utts:
-            if u.utterance_id not in featurizer.features and u.utterance_id not in skip_reasons:
-                skip_reasons[u.utterance_id] = f"not in the released {m} features {featurizer.path}"
+    needs_media = want_lc or base_modalities != ["text"]
+    skip_reasons = _skip_reasons(utts, released, needs_media)
     rows = [u for u in utts if u.utterance_id not in skip_reasons]
     prev = _previous(out_dir)
     base_key = _base_key(cfg, utts, precision, released)
@@ -310,35 +305,15 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
                                                  "context") if k in prev and base_hit}
     meta.setdefault("dims", {})
     meta.setdefault("models", {})
-    lc_outputs: list | None = None
-    lc_featurizer = None
+    lc_outputs, lc_featurizer = None, None
     if not base_hit:
-        log.info("computing base features (%s) for %d utterances on %s (%s)",
-                 ", ".join(f"{m} {_model_name(cfg, m)}" for m in base_modalities), len(rows), device, precision)
-        featurizers = _base_featurizers(cfg, base_modalities, released, utts, device, precision)
-        if want_lc and not lc_hit:  # share the media reads with the LC pass
-            featurizers[LC_MODALITY] = lc_featurizer = make_lc()
-        sep = getattr(getattr(featurizers.get("text"), "tokenizer", None), "sep_token", None) or "|"
-        kept, bad, outputs = _run_pass(rows, featurizers, cfg.batch_size, cfg.progress, "features",
-                                       lambda u: text_input(cfg, u, sep), media=needs_media)
-        if not kept:
-            raise FeatureFileError(f"{cfg.utterances}: no utterance has readable prepared media")
-        tensors: dict[str, torch.Tensor] = {}
-        for name in base_modalities:
-            meta["dims"][name] = featurizers[name].dim
-            meta["models"][name] = featurizers[name].spec()
-            tensors.update(_padded(name, outputs[name], featurizers[name].dim))
-        meta["base_sha256"] = _write_tensors(out_dir / BASE_FILE, tensors, base_key)
-        lc_outputs = outputs.get(LC_MODALITY)
-        if lc_hit and kept != prev.get("utterance_ids"):
+        lc_featurizer = make_lc() if want_lc and not lc_hit else None  # shares the media reads of the base pass
+        lc_outputs = _base_pass(cfg, meta, utts, rows, skip_reasons, base_modalities, released, lc_featurizer,
+                                needs_media, base_key, device, precision)
+        if lc_hit and meta["utterance_ids"] != prev.get("utterance_ids"):
             lc_hit = False  # the rows changed under cached LC features: recompute them
-        meta["utterance_ids"], meta["skip_reasons"] = kept, {**skip_reasons, **bad}
-        by_id = {u.utterance_id: u for u in utts}
-        meta["context"] = {"used": used_context(cfg), "max_turns": int(cfg.context_turns) if used_context(cfg) else 0,
-                           "utterances_with_context": sum(bool(context_turns(cfg, by_id[i])) for i in kept)}
     else:
         meta["skip_reasons"] = prev.get("skip_reasons", skip_reasons)
-    kept = meta["utterance_ids"]
     if not want_lc:
         meta["lc_sha256"] = None
     elif lc_hit:
@@ -346,36 +321,84 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
         meta["dims"]["lc"], meta["models"]["v2lc"] = prev["dims"]["lc"], prev["models"]["v2lc"]
     else:
         lc_featurizer = lc_featurizer or make_lc()
-        lc_outputs = lc_outputs if lc_outputs is not None else _lc_pass(cfg, utts, kept, lc_featurizer, v2lc_sha)
+        if lc_outputs is None:
+            lc_outputs = _lc_pass(cfg, utts, meta["utterance_ids"], lc_featurizer, v2lc_sha)
         meta["dims"]["lc"] = lc_featurizer.dim
         meta["models"]["v2lc"] = lc_featurizer.spec()
         meta["lc_sha256"] = _write_tensors(out_dir / LC_FILE, _padded("lc", lc_outputs, lc_featurizer.dim), lc_key)
-
-    ids_order = [u.utterance_id for u in utts]
-    skipped = [i for i in ids_order if i in meta["skip_reasons"]]
-    meta.update({
-        "utterances": str(Path(cfg.utterances).resolve()), "n_utterances_table": len(utts),
-        "modalities": list(cfg.modalities), "skipped": skipped, "base_version": base_key, "lc_version": lc_key,
-        "lc_source": cfg.lc_source, "v2lc_sha256": v2lc_sha, **runtime_info(device, precision),
-        "code_version": FEATURES_CODE_VERSION, "data_version": digest([meta["base_sha256"], meta["lc_sha256"]]),
-        "base_recomputed": not base_hit, "lc_recomputed": lc_outputs is not None,
-    })
-    if "audio" not in base_modalities:
-        meta["no_audio"] = []
-    elif not base_hit or "no_audio" not in prev:
-        meta["no_audio"] = _no_audio(out_dir, kept)
-    else:
-        meta["no_audio"] = prev["no_audio"]
-    if cfg.comment_bank and want_lc:
-        meta["nearest_version"], meta["nearest_comments"] = _nearest(cfg, utts, kept, lc_key, prev, device,
-                                                                     precision)
+    _describe(cfg, meta, utts, prev, base_key, lc_key, v2lc_sha, device, precision,
+              base_recomputed=not base_hit, lc_recomputed=lc_outputs is not None)
     # features.json last: a reader sees the new ids only once both tensor files are in place
     atomic_write_json(out_dir / META_FILE, meta)
-    log.info("features for %d utterances (%d skipped) in %s: base %s, LC %s", len(kept), len(skipped), out_dir,
-             "recomputed" if meta["base_recomputed"] else "cached",
+    log.info("features for %d utterances (%d skipped) in %s: base %s, LC %s", len(meta["utterance_ids"]),
+             len(meta["skipped"]), out_dir, "recomputed" if meta["base_recomputed"] else "cached",
              "not asked for" if not want_lc else "recomputed" if meta["lc_recomputed"] else "cached")
     _report(reporter, meta, out_dir)
     return meta
+
+
+def _skip_reasons(utts: list, released: dict, needs_media: bool) -> dict[str, str]:
+    """Why each utterance left out is left out: no prepared media (when media are read), or absent
+    from a released feature file."""
+    reasons = {u.utterance_id: f"no prepared media (media_status={u.media_status or 'unknown'})"
+               for u in utts if u.media_npz is None} if needs_media else {}
+    for m, featurizer in released.items():  # an utterance the released file lacks has no features
+        for u in utts:
+            if u.utterance_id not in featurizer.features and u.utterance_id not in reasons:
+                reasons[u.utterance_id] = f"not in the released {m} features {featurizer.path}"
+    return reasons
+
+
+def _base_pass(cfg: ExtractConfig, meta: dict, utts: list, rows: list, skip_reasons: dict, base_modalities: list,
+               released: dict, lc_featurizer, needs_media: bool, base_key: str, device, precision: str):
+    """Compute and write the base features into ``meta`` (and the LC outputs too when
+    ``lc_featurizer`` is given, from the same media reads); returns those LC outputs or None. With
+    ``needs_media`` an utterance whose media cannot be read is left out, as the LC pass would."""
+    log.info("computing base features (%s) for %d utterances on %s (%s)",
+             ", ".join(f"{m} {_model_name(cfg, m)}" for m in base_modalities), len(rows), device, precision)
+    featurizers = _base_featurizers(cfg, base_modalities, released, utts, device, precision)
+    if lc_featurizer is not None:
+        featurizers[LC_MODALITY] = lc_featurizer
+    sep = getattr(getattr(featurizers.get("text"), "tokenizer", None), "sep_token", None) or "|"
+    kept, bad, outputs = _run_pass(rows, featurizers, cfg.batch_size, cfg.progress, "features",
+                                   lambda u: text_input(cfg, u, sep), media=needs_media)
+    if not kept:
+        raise FeatureFileError(f"{cfg.utterances}: no utterance has readable prepared media")
+    tensors: dict[str, torch.Tensor] = {}
+    for name in base_modalities:
+        meta["dims"][name] = featurizers[name].dim
+        meta["models"][name] = featurizers[name].spec()
+        tensors.update(_padded(name, outputs[name], featurizers[name].dim))
+    meta["base_sha256"] = _write_tensors(Path(cfg.output_dir) / BASE_FILE, tensors, base_key)
+    meta["utterance_ids"], meta["skip_reasons"] = kept, {**skip_reasons, **bad}
+    by_id = {u.utterance_id: u for u in utts}
+    meta["context"] = {"used": used_context(cfg), "max_turns": int(cfg.context_turns) if used_context(cfg) else 0,
+                       "utterances_with_context": sum(bool(context_turns(cfg, by_id[i])) for i in kept)}
+    return outputs.get(LC_MODALITY)
+
+
+def _describe(cfg: ExtractConfig, meta: dict, utts: list, prev: dict, base_key: str, lc_key: str | None,
+              v2lc_sha: str | None, device, precision: str, *, base_recomputed: bool, lc_recomputed: bool) -> None:
+    """The rest of features.json: what was read and skipped, the versions, the runtime, the
+    utterances without audio and the nearest real comments."""
+    kept = meta["utterance_ids"]
+    meta.update({
+        "utterances": str(Path(cfg.utterances).resolve()), "n_utterances_table": len(utts),
+        "modalities": list(cfg.modalities), "skipped": [u.utterance_id for u in utts if u.utterance_id in meta["skip_reasons"]],
+        "base_version": base_key, "lc_version": lc_key, "lc_source": cfg.lc_source, "v2lc_sha256": v2lc_sha,
+        **runtime_info(device, precision), "code_version": FEATURES_CODE_VERSION,
+        "data_version": digest([meta["base_sha256"], meta["lc_sha256"]]),
+        "base_recomputed": base_recomputed, "lc_recomputed": lc_recomputed,
+    })
+    out_dir = Path(cfg.output_dir)
+    if "audio" not in cfg.modalities:
+        meta["no_audio"] = []
+    elif base_recomputed or "no_audio" not in prev:
+        meta["no_audio"] = _no_audio(out_dir, kept)
+    else:
+        meta["no_audio"] = prev["no_audio"]
+    if cfg.comment_bank and LC_MODALITY in cfg.modalities:
+        meta["nearest_version"], meta["nearest_comments"] = _nearest(cfg, utts, kept, lc_key, prev, device, precision)
 
 
 def _model_name(cfg: ExtractConfig, modality: str) -> str:

@@ -57,63 +57,9 @@ def per_video_asset(
     version (recorded in the manifest as ``table_version``)."""
 
     names = (upstream,) if isinstance(upstream, str) else tuple(upstream)
-
-    @dg.op(name=f"{name}_plan", ins={n: dg.In() for n in names},
-           out={"chunks": dg.DynamicOut(), "upstream": dg.Out()},
-           description=f"Split the catalogue into chunks for {name}; pass the upstream manifests on")
-    def plan(context: dg.OpExecutionContext, lake: LakeResource, scope: RunScope, **manifests):
-        # upstream manifests arrive as of scope.as_of_json (the IO manager); the catalogue is read here
-        videos = load_catalogue_from_lake(lake.path(), scope.as_of().get("catalogue"))
-        if scope.videos:
-            wanted = set(scope.videos)
-            missing = wanted - {v["video_id"] for v in videos}
-            if missing:
-                raise dg.Failure(f"videos not in the catalogue: {', '.join(sorted(missing))}")
-            videos = [v for v in videos if v["video_id"] in wanted]
-        chunks = scope.chunks(len(videos))
-        context.log.info(f"{name}: {len(videos)} videos in {len(chunks)} chunk(s)")
-        yield dg.Output(dict(manifests), "upstream")
-        for i, (start, end) in enumerate(chunks):
-            yield dg.DynamicOutput(videos[start:end], mapping_key=_mapping_key(i), output_name="chunks")
-
-    @dg.op(
-        name=f"{name}_work",
-        description=f"Process one chunk of videos for {name}",
-        required_resource_keys={"lake", "scope", *work_resources},
-        pool=pool,
-    )
-    def work_op(context: dg.OpExecutionContext, chunk, upstream_manifest):
-        root, args = context.resources.lake.path(), stage_args(context, upstream_manifest)
-        results = stages.run_stage(root, stage, chunk, lambda video, prev: stage_fn(video, prev, root=root, **args(video)),
-                                   force=context.resources.scope.force)
-        for r in results:
-            if r.status == "failed":
-                context.log.warning(f"{name}: {r.video_id} failed: {r.reason}")
-        return [r.to_dict() for r in results]
-
-    @dg.op(name=f"{name}_collect", description=f"Merge per-video results of {name} into one materialisation")
-    def collect(context: dg.OpExecutionContext, lake: LakeResource, scope: RunScope, results, upstream_manifest):
-        new = {r["video_id"]: r for chunk in results for r in chunk}
-        verdict = failure_verdict(name, new, scope.max_failed_share)
-        if verdict:  # the good videos' outputs and states stay; the run says what went wrong
-            raise dg.Failure(description=verdict, metadata={"per_video": dg.MetadataValue.md(per_video_summary(new))})
-        manifest = merge_manifest(lake.path(), stage, new, scoped=bool(scope.videos))
-        manifest["reads"] = versions.reads(upstream_manifest)
-        if table:
-            manifest["table_version"] = {table: commit_table(lake.path(), table, manifest, context.run_id)}
-        table_path = write_per_video_table(lake.path(), stage, manifest["results"])
-        metadata = {
-            "videos": manifest["videos"],
-            "done": manifest["done"],
-            "skipped": manifest["skipped"],
-            "failed": manifest["failed"],
-            "rows": dg.MetadataValue.int(manifest["rows"]),
-            "per_video": dg.MetadataValue.md(per_video_summary(manifest["results"])),
-            "per_video_table": dg.MetadataValue.path(str(table_path)),
-            "lineage": dg.MetadataValue.md(versions.lineage_markdown(lake.path(), manifest, name)),
-            **finish(context, manifest, upstream_manifest),
-        }
-        return dg.Output(manifest, data_version=dg.DataVersion(manifest["data_version"]), metadata=metadata)
+    plan = _plan_op(name, names)
+    work_op = _work_op(name, stage, stage_fn, stage_args, work_resources, pool)
+    collect = _collect_op(name, stage, finish, table)
 
     def chain(**inputs):
         chunks, manifests = plan(**inputs)
@@ -141,6 +87,71 @@ def per_video_asset(
         automation_condition=automation_condition,
         metadata={"stage_function": f"{stage_fn.__module__}.{stage_fn.__qualname__}"},
     )
+
+
+def _plan_op(name: str, names: tuple[str, ...]):
+    @dg.op(name=f"{name}_plan", ins={n: dg.In() for n in names},
+           out={"chunks": dg.DynamicOut(), "upstream": dg.Out()},
+           description=f"Split the catalogue into chunks for {name}; pass the upstream manifests on")
+    def plan(context: dg.OpExecutionContext, lake: LakeResource, scope: RunScope, **manifests):
+        # upstream manifests arrive as of scope.as_of_json (the IO manager); the catalogue is read here
+        videos = load_catalogue_from_lake(lake.path(), scope.as_of().get("catalogue"))
+        if scope.videos:
+            wanted = set(scope.videos)
+            missing = wanted - {v["video_id"] for v in videos}
+            if missing:
+                raise dg.Failure(f"videos not in the catalogue: {', '.join(sorted(missing))}")
+            videos = [v for v in videos if v["video_id"] in wanted]
+        chunks = scope.chunks(len(videos))
+        context.log.info(f"{name}: {len(videos)} videos in {len(chunks)} chunk(s)")
+        yield dg.Output(dict(manifests), "upstream")
+        for i, (start, end) in enumerate(chunks):
+            yield dg.DynamicOutput(videos[start:end], mapping_key=_mapping_key(i), output_name="chunks")
+
+    return plan
+
+
+def _work_op(name: str, stage: str, stage_fn: StageFn, stage_args: StageArgs, work_resources, pool: str | None):
+    @dg.op(name=f"{name}_work", description=f"Process one chunk of videos for {name}",
+           required_resource_keys={"lake", "scope", *work_resources}, pool=pool)
+    def work_op(context: dg.OpExecutionContext, chunk, upstream_manifest):
+        root, args = context.resources.lake.path(), stage_args(context, upstream_manifest)
+        results = stages.run_stage(root, stage, chunk, lambda video, prev: stage_fn(video, prev, root=root, **args(video)),
+                                   force=context.resources.scope.force)
+        for r in results:
+            if r.status == "failed":
+                context.log.warning(f"{name}: {r.video_id} failed: {r.reason}")
+        return [r.to_dict() for r in results]
+
+    return work_op
+
+
+def _collect_op(name: str, stage: str, finish: FinishFn, table: str | None):
+    @dg.op(name=f"{name}_collect", description=f"Merge per-video results of {name} into one materialisation")
+    def collect(context: dg.OpExecutionContext, lake: LakeResource, scope: RunScope, results, upstream_manifest):
+        new = {r["video_id"]: r for chunk in results for r in chunk}
+        verdict = failure_verdict(name, new, scope.max_failed_share)
+        if verdict:  # the good videos' outputs and states stay; the run says what went wrong
+            raise dg.Failure(description=verdict, metadata={"per_video": dg.MetadataValue.md(per_video_summary(new))})
+        manifest = merge_manifest(lake.path(), stage, new, scoped=bool(scope.videos))
+        manifest["reads"] = versions.reads(upstream_manifest)
+        if table:
+            manifest["table_version"] = {table: commit_table(lake.path(), table, manifest, context.run_id)}
+        table_path = write_per_video_table(lake.path(), stage, manifest["results"])
+        metadata = {
+            "videos": manifest["videos"],
+            "done": manifest["done"],
+            "skipped": manifest["skipped"],
+            "failed": manifest["failed"],
+            "rows": dg.MetadataValue.int(manifest["rows"]),
+            "per_video": dg.MetadataValue.md(per_video_summary(manifest["results"])),
+            "per_video_table": dg.MetadataValue.path(str(table_path)),
+            "lineage": dg.MetadataValue.md(versions.lineage_markdown(lake.path(), manifest, name)),
+            **finish(context, manifest, upstream_manifest),
+        }
+        return dg.Output(manifest, data_version=dg.DataVersion(manifest["data_version"]), metadata=metadata)
+
+    return collect
 
 
 def merge_manifest(root, stage: str, new: dict[str, dict], *, scoped: bool) -> dict[str, Any]:
