@@ -141,6 +141,7 @@ def test_clips_assets_with_the_decord_frame_backend(tmp_path: Path, caplog) -> N
     import numpy as np
 
     from conftest import fixture_path
+    from lcaffect_ml.contracts.shards import decode_frames_member
     from lcaffect_pipeline.frames import sample_frames
 
     need_ffmpeg()
@@ -159,7 +160,7 @@ def test_clips_assets_with_the_decord_frame_backend(tmp_path: Path, caplog) -> N
     assert table.column("frame_times_ms").to_pylist() == [[1000, 3000, 5000, 7000], [9000, 11000, 13000, 15000]]
     row = table.slice(0, 1).to_pylist()[0]
     with tarfile.open(root / "shards" / row["shard"]) as tar:
-        stored = np.load(io.BytesIO(tar.extractfile(f"{row['sample_key']}.frames.npy").read()))
+        stored = decode_frames_member("frames.jpg", tar.extractfile(f"{row['sample_key']}.frames.jpg").read())
     pyav = sample_frames(videos["ex"], np.array(row["frame_times_ms"]), 32, backend="pyav")
     assert np.abs(stored.astype(int) - pyav).mean() < 3  # decord's frames, the same pictures as PyAV's
 
