@@ -5,7 +5,7 @@
 Decodes every 8-frame segment of the fixture videos (``../shared/fixtures/video``, catalogue in
 its README; the project's own ``segments.segment_video``, as ``clips_job`` does) at ``--size``
 px, then for each candidate prints, per segment: bytes in the tar (member payload plus its tar
-header and padding), encode and decode ms (best of ``--repeat``, one thread), the ratio to the raw
+header and padding; mean and largest), encode and decode ms (best of ``--repeat``, one thread), the ratio to the raw
 ``.npy`` bytes of the same run, and PSNR against the exact frames (mean over segments, and the
 worst segment). Candidates:
 
@@ -152,7 +152,8 @@ def main(argv=None) -> None:
     segs = [s for stacks in videos.values() for s in stacks]
     print(f"# {len(segs)} segments of {args.frames} x {args.size} px from {len(videos)} videos: "
           + ", ".join(f"{k} ({len(v)})" for k, v in videos.items()))
-    print(f"{'candidate':28} {'bytes/seg':>10} {'x raw':>7} {'enc ms':>7} {'dec ms':>7} {'PSNR dB':>8} {'worst':>6}")
+    print(f"{'candidate':28} {'bytes/seg':>10} {'largest':>8} {'x raw':>7} {'enc ms':>7} {'dec ms':>7} {'PSNR dB':>8} "
+          f"{'worst':>6}")
     raw = None
     for name, (enc, dec) in candidates():
         sizes, enc_ms, dec_ms, scores = [], [], [], []
@@ -165,7 +166,7 @@ def main(argv=None) -> None:
             scores.append(psnr(back, seg))
         mean_bytes = float(np.mean(sizes))
         raw = raw or mean_bytes
-        print(f"{name:28} {mean_bytes:10.0f} {mean_bytes / raw:7.3f} {np.mean(enc_ms):7.2f} {np.mean(dec_ms):7.2f} "
+        print(f"{name:28} {mean_bytes:10.0f} {max(sizes):8d} {mean_bytes / raw:7.3f} {np.mean(enc_ms):7.2f} {np.mean(dec_ms):7.2f} "
               f"{np.mean(np.minimum(scores, 99)):8.1f} {min(scores):6.1f}")
 
 
