@@ -151,3 +151,19 @@ def test_the_codec_is_part_of_the_shard_fingerprint(tmp_path):
     assert _segment(tmp_path / "b", dataclasses.replace(base, cookie_file="c.txt", max_height=720)).fingerprint in prints
     folders = sorted(p.parent.name for p in (tmp_path / "shards").rglob("*.tar"))
     assert len(set(folders)) == 4  # one version folder per codec setting, none replaced
+
+
+@pytest.mark.slow  # a real (tiny) training run, ~8 s; the fast test above covers the reading
+def test_a_lake_of_old_raw_shards_still_trains(tmp_path):
+    """Shards written before frame codecs (``frames.npy`` only) train V2LC as they did."""
+    from lcaffect_ml.train_v2lc import TrainConfig, train
+
+    rng = np.random.default_rng(1)
+    urls = []
+    for v in range(4):
+        _old_shard(tmp_path / f"old{v}.tar", f"old{v}", rng.integers(0, 256, (4, 4, 32, 32, 3), dtype=np.uint8))
+        urls.append(str(tmp_path / f"old{v}.tar"))
+    metrics = train(TrainConfig(shards=urls, output_dir=str(tmp_path / "out"), max_steps=2, batch_size=4,
+                                num_workers=0, warmup_steps=1, checkpoint_every=2, eval_fraction=0.0, embed_dim=16,
+                                progress=False, on_error="raise"))
+    assert metrics["steps"] == 2 and metrics["clips_seen"] == 8 and np.isfinite(metrics["final_loss"])
