@@ -1,7 +1,7 @@
 """Does the shard loader keep a GPU fed at the real shape? Compressed against raw shards, one run.
 
     python bench/bench_loader.py [--videos 64] [--segments-per-video 4] [--batch-size 64]
-                                 [--workers 1 2] [--batches 6] [--gpu-clips-per-s 125 370]
+                                 [--workers 1 2] [--batches 6] [--gpu-clips-per-s 125 370] [--s3]
 
 Writes two local lakes of the same segments with the project's writer
 (``lcaffect_pipeline.shards.write_shards``): the default frame codec (JPEG) and raw ``npy``, 8
@@ -12,7 +12,9 @@ shuffle buffer, per-video cap, tokenisation of 5 comments, collation; clips/s af
 batch) and prints clips/s, clips/s per worker, and the workers one GPU needs at
 ``--gpu-clips-per-s`` (the TimeSformer-base training rate; default: the README's estimate, 0.8
 TFLOP a clip at 10-30 % of an H100's 989 TFLOP/s, i.e. 125-370 clips/s; measure it with
-``bench/gpu_check.py``). Only the local lake: the S3 lake is not measured here.
+``bench/gpu_check.py``). ``--s3`` also copies both lakes to the object store that
+``scripts/s3_server.sh`` starts (run under its ``env.sh``: ``LCAFFECT_S3_BUCKET``, the endpoint
+and keys) and measures the loader reading them from there.
 """
 
 from __future__ import annotations
@@ -56,6 +58,16 @@ def write_lake(root: Path, segments: list, videos: int, per_video: int, codec: s
     return shards / "index.json"
 
 
+def upload(shards: Path, codec: str) -> str:
+    """The shards folder copied to ``s3://$LCAFFECT_S3_BUCKET/bench-loader/{codec}/shards``; its index's URL."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=os.environ["LCAFFECT_S3_ENDPOINT"])
+    dest = f"{os.environ['LCAFFECT_S3_BUCKET']}/bench-loader/{codec}/shards"
+    fs.put(str(shards), dest, recursive=True)
+    return f"s3://{dest}/index.json"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", type=int, default=64)
@@ -64,23 +76,26 @@ def main(argv=None) -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, TrainConfig.__dataclass_fields__["num_workers"].default])
     ap.add_argument("--batches", type=int, default=6)
     ap.add_argument("--gpu-clips-per-s", type=float, nargs="+", default=[125.0, 370.0])
+    ap.add_argument("--s3", action="store_true", help="also read the lakes from the S3 store of scripts/s3_server.sh")
     args = ap.parse_args(argv)
     segments = [s for stacks in load_segments(FIXTURES, 224, 8).values() for s in stacks]
     print(f"# {len(segments)} real segments (8 x 224 px), {args.videos} videos x {args.segments_per_video}, "
           f"batch {args.batch_size}, {os.cpu_count()} CPUs")
     gpu = " ".join(f"{'workers@' + format(r, 'g'):>12}" for r in args.gpu_clips_per_s)
-    print(f"{'codec':6} {'lake MB':>8} {'workers':>7} {'clips/s':>8} {'per worker':>10} {gpu}")
+    print(f"{'lake':6} {'codec':6} {'lake MB':>8} {'workers':>7} {'clips/s':>8} {'per worker':>10} {gpu}")
     with tempfile.TemporaryDirectory() as tmp:
         for codec in (DEFAULT_FRAME_CODEC, "npy"):
             index = write_lake(Path(tmp) / codec, segments, args.videos, args.segments_per_video, codec)
             mb = sum(p.stat().st_size for p in index.parent.rglob("*.tar")) / 1e6
-            for w in args.workers:
-                cfg = TrainConfig(shards=str(index), output_dir=str(Path(tmp) / "out"), batch_size=args.batch_size,
-                                  num_workers=w)
-                rate = loader_clips_per_s(cfg, torch.device("cpu"), args.batches)["clips_per_s"]
-                per = rate / max(w, 1)
-                need = " ".join(f"{math.ceil(r / per):12d}" for r in args.gpu_clips_per_s)
-                print(f"{codec:6} {mb:8.0f} {w:7d} {rate:8.1f} {per:10.1f} {need}", flush=True)
+            places = [("local", str(index))] + ([("s3", upload(index.parent, codec))] if args.s3 else [])
+            for where, url in places:
+                for w in args.workers:
+                    cfg = TrainConfig(shards=url, output_dir=str(Path(tmp) / "out"), batch_size=args.batch_size,
+                                      num_workers=w)
+                    rate = loader_clips_per_s(cfg, torch.device("cpu"), args.batches)["clips_per_s"]
+                    per = rate / max(w, 1)
+                    need = " ".join(f"{math.ceil(r / per):12d}" for r in args.gpu_clips_per_s)
+                    print(f"{where:6} {codec:6} {mb:8.0f} {w:7d} {rate:8.1f} {per:10.1f} {need}", flush=True)
 
 
 if __name__ == "__main__":
