@@ -1,6 +1,7 @@
 """Streaming the V2LC training shards (WebDataset tars; layout in ``lcaffect_ml.contracts.shards``).
 
-Each sample is one 8-second segment: ``frames.npy`` (uint8 (T, H, W, 3) RGB) and ``json``
+Each sample is one 8-second segment: its frames (uint8 (T, H, W, 3) RGB; a JPEG or WebP stack, or
+the raw ``frames.npy`` of shards written before frame codecs: ``contracts.shards``) and ``json``
 (video id, segment index, its live comments). The index (``{lake}/shards/index.json``) lists
 every shard with its video id and sample count, so the train/test split is done by video without
 opening a tar (``split_by_video``).
@@ -45,7 +46,6 @@ last partial batch kept).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -60,7 +60,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .contracts import lakepaths
-from .contracts.shards import FRAMES_MEMBER, INDEX_NAME, META_MEMBER
+from .contracts.shards import FRAME_MEMBERS, INDEX_NAME, META_MEMBER, decode_frames_member, frames_member
 
 log = logging.getLogger(__name__)
 
@@ -273,15 +273,13 @@ def parse_meta(raw: dict[str, Any]) -> dict[str, Any]:
 
 def decode_frames(raw: dict[str, Any]) -> np.ndarray:
     url, key = raw.get("__url__", "?"), raw.get("__key__")
-    if FRAMES_MEMBER not in raw:
-        raise ShardSampleError(url, key, "sample has no frames.npy member")
+    member = frames_member(raw)
+    if member is None:
+        raise ShardSampleError(url, key, f"sample has no frames member (one of {', '.join(FRAME_MEMBERS)})")
     try:
-        frames = np.load(io.BytesIO(raw[FRAMES_MEMBER]), allow_pickle=False)  # never unpickle shard data
-    except (ValueError, OSError, EOFError) as exc:
-        raise ShardSampleError(url, key, f"frames.npy is not a plain .npy array: {exc}") from exc
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
-        raise ShardSampleError(url, key, f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
-    return frames
+        return decode_frames_member(member, raw[member])
+    except ValueError as exc:
+        raise ShardSampleError(url, key, str(exc)) from exc
 
 
 def clip_timing(shards: Sequence[ShardSpec]) -> tuple[float, int] | None:
@@ -364,7 +362,7 @@ class SegmentStream(IterableDataset):
     def _shard_metas(self, shard: ShardSpec, stride: tuple[int, int] | None) -> Iterator[dict[str, Any]]:
         """(raw sample with parsed meta) for each usable segment of one shard."""
         try:
-            for i, raw in enumerate(iter_raw_samples(shard.url, select=(FRAMES_MEMBER, META_MEMBER))):
+            for i, raw in enumerate(iter_raw_samples(shard.url, select=(*FRAME_MEMBERS, META_MEMBER))):
                 if stride is not None and i % stride[1] != stride[0]:
                     continue
                 try:

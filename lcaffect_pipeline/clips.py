@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from lcaffect_ml.contracts.shards import DEFAULT_FRAMES_PER_SEGMENT, DEFAULT_SEGMENT_S
+from lcaffect_ml.contracts.shards import (DEFAULT_FRAME_CODEC, DEFAULT_FRAME_QUALITY, DEFAULT_FRAMES_PER_SEGMENT,
+                                          DEFAULT_SEGMENT_S, FRAME_MEMBERS, check_frame_codec, decode_frames_member)
 
 from . import lake, tables
 from .stages import Skip, VideoResult
@@ -39,12 +40,22 @@ class ClipOptions:
     demote_filler: bool = False
     exact_frames: bool = False  # decode every frame (frames.py): slower, frame times exactly as planned
     frame_backend: str = "auto"  # auto | pyav | decord (frames.py; decord decodes every frame)
+    frame_codec: str = DEFAULT_FRAME_CODEC  # how shards store frames: jpeg | webp | npy (contracts.shards)
+    frame_quality: int = DEFAULT_FRAME_QUALITY
+
+    # The options that shape the shards: the segments stage's fingerprint hashes them by name.
+    SHARD_FIELDS = ("segment_s", "comments_per_segment", "frames_per_segment", "size", "max_shard_bytes",
+                    "exact_frames", "demote_filler", "frame_backend", "frame_codec", "frame_quality")
 
     def __post_init__(self):
         from .frames import BACKENDS
 
         if self.frame_backend not in BACKENDS:
             raise ValueError(f"frame_backend {self.frame_backend!r}: one of {' | '.join(BACKENDS)}")
+        check_frame_codec(self.frame_codec, self.frame_quality)
+
+    def shard_fingerprint(self) -> dict[str, str]:
+        return {name: str(getattr(self, name)) for name in self.SHARD_FIELDS}
 
 
 def videos_dir(root):
@@ -159,8 +170,7 @@ def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict |
     if not probe or probe.get("status") == "failed" or not probe.get("output_hash"):
         raise RuntimeError("video was not probed successfully")
     fingerprint = lake.combine_hashes({"video": probe["fingerprint"], "comments": str(comments_hash),
-                                       "opts": str(dataclasses.astuple(opts)[:5] + (opts.exact_frames, opts.demote_filler,
-                                                                    opts.frame_backend))})
+                                       "opts": lake.combine_hashes(opts.shard_fingerprint())})
     if (prev and prev.get("fingerprint") == fingerprint and prev.get("output_hash")
             and tables.data_file(root, "segments", vid, prev["output_hash"]).exists()):
         raise Skip
@@ -177,7 +187,7 @@ def segment_one(video: dict[str, Any], prev: dict | None, *, root, probe: dict |
                                              exact=opts.exact_frames, backend=opts.frame_backend,
                                              demote_filler=opts.demote_filler, probe=recorded_probe(probe))
         table = write_shard_stream(table, stacks, shards_dir(root), vid, max_shard_bytes=opts.max_shard_bytes,
-                                   version=version)
+                                   version=version, codec=opts.frame_codec, quality=opts.frame_quality)
     digest = tables.write(root, "segments", table, vid)
     return VideoResult(vid, "done", fingerprint, digest, table.num_rows, metrics={
         **_segment_metrics(table, probe), "shard_folder": shard_folder(vid, version),
@@ -258,7 +268,6 @@ def shards_dir(root):
 def contact_sheet(root, video_id: str, segments_hash: str | None = None, max_segments: int = 6) -> np.ndarray | None:
     """The first frame of up to ``max_segments`` segments of one video, side by side (its rows in
     the segments file ``segments_hash``, by default the table's current one)."""
-    import io
     import tarfile
 
     from .shards import resolve_url
@@ -272,7 +281,8 @@ def contact_sheet(root, video_id: str, segments_hash: str | None = None, max_seg
             continue
         shard = resolve_url(shards_dir(root), row["shard"], f"the segments row {video_id}#{row['segment_index']}")
         with shard.open("rb") as fh, tarfile.open(fileobj=fh) as tar:
-            member = tar.extractfile(f"{row['sample_key']}.frames.npy")
-            frames = np.load(io.BytesIO(member.read()))
+            names = set(tar.getnames())
+            member = next(m for m in FRAME_MEMBERS if f"{row['sample_key']}.{m}" in names)
+            frames = decode_frames_member(member, tar.extractfile(f"{row['sample_key']}.{member}").read())
         tiles.append(frames[0])
     return np.concatenate(tiles, axis=1) if tiles else None

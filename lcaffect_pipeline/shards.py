@@ -33,8 +33,9 @@ import pyarrow as pa
 
 from lcaffect_ml.contracts import lakepaths
 from lcaffect_ml.contracts.hashing import sha256_bytes, sha256_file
-from lcaffect_ml.contracts.shards import (FRAMES_MEMBER, INDEX_NAME, META_FIELDS, META_MEMBER, VIDEO_SHARDS_NAME,
-                                          encode_sample, shard_name, shard_number, video_dir_name)
+from lcaffect_ml.contracts.shards import (DEFAULT_FRAME_CODEC, DEFAULT_FRAME_QUALITY, FRAME_MEMBERS, INDEX_NAME,
+                                          META_FIELDS, META_MEMBER, VIDEO_SHARDS_NAME, check_frame_codec,
+                                          decode_frames_member, encode_sample, shard_name, shard_number, video_dir_name)
 
 from . import lake
 from .schema import SEGMENTS_SCHEMA
@@ -84,6 +85,8 @@ def write_shards(
     *,
     max_shard_bytes: int = 1_000_000_000,
     version: str | None = None,
+    codec: str = DEFAULT_FRAME_CODEC,
+    quality: int = DEFAULT_FRAME_QUALITY,
 ) -> pa.Table:
     """Write one video's segments as WebDataset shards under ``dest_dir`` (the shards root).
 
@@ -94,7 +97,7 @@ def write_shards(
     _check_inputs(segments_table, frames, video_id)
     times = segments_table.column("frame_times_ms").to_pylist()
     return write_shard_stream(segments_table, zip(frames, times), dest_dir, video_id, max_shard_bytes=max_shard_bytes,
-                              version=version)
+                              version=version, codec=codec, quality=quality)
 
 
 def write_shard_stream(
@@ -105,6 +108,8 @@ def write_shard_stream(
     *,
     max_shard_bytes: int = 1_000_000_000,
     version: str | None = None,
+    codec: str = DEFAULT_FRAME_CODEC,
+    quality: int = DEFAULT_FRAME_QUALITY,
 ) -> pa.Table:
     """Write one video's segments as shards, taking the frames one segment at a time.
 
@@ -118,10 +123,12 @@ def write_shard_stream(
     fingerprint) names the folder, ``{video}/{version}/``; without it the shards go in ``{video}/``.
     The folder's ``shards.json``, written last, lists the shards and ``segments``, the content hash
     of the returned rows (``lake.table_hash``: the name of their file in the segments table).
-    Returns the table with ``shard``, ``sample_key`` and ``frame_times_ms`` filled in.
+    ``codec``/``quality``: how the frames are stored (``contracts.shards.FRAME_CODECS``). Returns
+    the table with ``shard``, ``sample_key`` and ``frame_times_ms`` filled in.
     """
     _check_table(segments_table, video_id)
-    samples = _samples(video_id, segments_table.to_pylist(), stacks)
+    check_frame_codec(codec, quality)  # before any work, not at the first sample
+    samples = _samples(video_id, segments_table.to_pylist(), stacks, codec, quality)
     entries, shard_of_row, keys, times = [], [], [], []
     with contextlib.ExitStack() as finished:  # on success the shards are renamed into place together
         sample = next(samples, None)
@@ -166,8 +173,8 @@ def _check_inputs(table: pa.Table, frames: np.ndarray, video_id: str) -> None:
     _check_table(table, video_id)
 
 
-def _samples(video_id: str, rows: list[dict[str, Any]],
-             stacks: Iterable[tuple[np.ndarray, Sequence[int]]]) -> Iterator[tuple[dict[str, Any], list[int]]]:
+def _samples(video_id: str, rows: list[dict[str, Any]], stacks: Iterable[tuple[np.ndarray, Sequence[int]]],
+             codec: str, quality: int) -> Iterator[tuple[dict[str, Any], list[int]]]:
     """Encoded samples with their frame times, one row at a time; the stacks must match the rows."""
     stacks = iter(stacks)
     for row in rows:
@@ -179,7 +186,7 @@ def _samples(video_id: str, rows: list[dict[str, Any]],
             raise ValueError(f"segment {row['segment_index']}: frames must be uint8 (T, H, W, 3), "
                              f"got {frames.dtype} {frames.shape}")
         row = {**row, "frame_times_ms": [int(t) for t in taken]}
-        yield encode_sample({**row, "video_id": video_id}, frames), row["frame_times_ms"]
+        yield encode_sample({**row, "video_id": video_id}, frames, codec, quality), row["frame_times_ms"]
     if next(stacks, None) is not None:
         raise ValueError(f"more frame stacks than the {len(rows)} segments")
 
@@ -400,8 +407,8 @@ def _verify_tar(url: str, path, expected: dict[str, dict], entry: dict | None, c
                 problems.append(f"shard {url}: unexpected sample {key}")
                 continue
             seen.add(key)
-            if name == FRAMES_MEMBER:
-                problems += _check_frames(url, key, payload, len(row["frame_times_ms"]), sizes)
+            if name in FRAME_MEMBERS:
+                problems += _check_frames(url, key, name, payload, len(row["frame_times_ms"]), sizes)
             elif name == META_MEMBER:
                 problems += _check_json(url, key, payload, row)
     except (tarfile.TarError, OSError) as exc:
@@ -418,13 +425,13 @@ def _members(path) -> Iterator[tuple[str, str, bytes]]:
                 yield key, name, tar.extractfile(info).read()
 
 
-def _check_frames(url: str, key: str, payload: bytes, t: int, sizes: set[int]) -> list[str]:
+def _check_frames(url: str, key: str, name: str, payload: bytes, t: int, sizes: set[int]) -> list[str]:
     try:
-        arr = np.load(io.BytesIO(payload), allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        return [f"shard {url}: {key}.frames.npy does not load: {exc}"]
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[0] != t or arr.shape[3] != 3 or arr.shape[1] != arr.shape[2]:
-        return [f"shard {url}: {key}.frames.npy is {arr.dtype}{arr.shape}, expected uint8 ({t}, S, S, 3)"]
+        arr = decode_frames_member(name, payload)
+    except ValueError as exc:
+        return [f"shard {url}: {key}.{name} does not load: {exc}"]
+    if arr.shape[0] != t or arr.shape[1] != arr.shape[2]:
+        return [f"shard {url}: {key}.{name} is {arr.dtype}{arr.shape}, expected uint8 ({t}, S, S, 3)"]
     sizes.add(arr.shape[1])
     return []
 

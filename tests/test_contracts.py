@@ -35,11 +35,13 @@ def test_shard_layout_is_one_definition_for_writer_and_reader(tmp_path) -> None:
     frames = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
     meta = {"video_id": vid, "segment_index": np.int32(7), "start_ms": 56000, "end_ms": 64000, "comments": ("好", "哈哈"),
             "comment_ids": ["a", "b"], "comment_count": 2, "frame_times_ms": [57000, 61000], "shard": "ignored"}
-    sample = layout.encode_sample(meta, frames)
-    raw = {**sample, "__url__": "mem"}
-    assert sorted(data.parse_meta(raw)) == sorted(layout.META_FIELDS)  # the reader sees exactly the contract's fields
-    assert data.parse_meta(raw)["segment_index"] == 7 and data.parse_meta(raw)["comments"] == ["好", "哈哈"]
-    assert np.array_equal(data.decode_frames(raw), frames)
+    for codec in layout.FRAME_CODECS:  # every codec the writer has, the reader reads
+        raw = {**layout.encode_sample(meta, frames, codec), "__url__": "mem"}
+        assert sorted(data.parse_meta(raw)) == sorted(layout.META_FIELDS)  # the reader sees exactly the contract's fields
+        assert data.parse_meta(raw)["segment_index"] == 7 and data.parse_meta(raw)["comments"] == ["好", "哈哈"]
+        back = data.decode_frames(raw)
+        assert back.shape == frames.shape and back.dtype == np.uint8
+        assert np.array_equal(back, frames) if codec == "npy" else np.abs(back.astype(int) - frames).mean() < 3
 
 
 def test_synthetic_shards_follow_the_layout(tmp_path) -> None:

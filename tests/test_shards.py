@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
@@ -18,10 +19,15 @@ from lcaffect_pipeline import lake
 from lcaffect_pipeline.schema import SEGMENTS_SCHEMA
 from lcaffect_pipeline.segments import segment_video
 from lcaffect_ml.data import load_shard_index
+from lcaffect_pipeline import shards
 from lcaffect_pipeline.shards import (complete_version, read_shard_index, referenced_folders, update_shard_index,
-                                      verify_shards, version_folders, write_shard_index, write_shards)
+                                      verify_shards, version_folders, write_shard_index)
 from lcaffect_ml.contracts.shards import sample_key
 from lcaffect_ml.contracts import naming
+
+# These tests check the tar layout, sizes and hashes with exact (npy) frames; the frame codecs have
+# their own tests (test_frame_codecs.py).
+write_shards = functools.partial(shards.write_shards, codec="npy")
 
 T, S = 4, 16
 # One sample in a tar: a header block for each of its two members, the .npy (128-byte header

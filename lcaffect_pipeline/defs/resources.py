@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import dagster as dg
-from lcaffect_ml.contracts.shards import DEFAULT_FRAMES_PER_SEGMENT, DEFAULT_SEGMENT_S
+from lcaffect_ml.contracts.shards import (DEFAULT_FRAME_CODEC, DEFAULT_FRAME_QUALITY, DEFAULT_FRAMES_PER_SEGMENT,
+                                          DEFAULT_SEGMENT_S, FRAME_CODECS)
 from lcaffect_ml.contracts.tables import DEFAULT_PROTOCOLS
 from pydantic import Field, model_validator
 
@@ -247,6 +248,10 @@ class ClipsResource(dg.ConfigurableResource):
     frame_backend: Literal["auto", "pyav", "decord"] = Field(
         default="auto", description="Frame decoder: auto (PyAV, skipping what the samples do not need), "
         "pyav, or decord (exact, every needed frame; PyAV where decord refuses a file)")
+    frame_codec: Literal[tuple(FRAME_CODECS)] = Field(
+        default=DEFAULT_FRAME_CODEC, description="How shards store frames: jpeg (default, about 1/10 of raw), "
+        "webp, or npy (exact raw uint8, the layout before codecs); a new codec writes a new shard version")
+    frame_quality: int = Field(default=DEFAULT_FRAME_QUALITY, ge=1, le=100, description="jpeg/webp quality (1-100)")
 
     def options(self):
         from ..clips import ClipOptions
