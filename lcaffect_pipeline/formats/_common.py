@@ -58,10 +58,14 @@ class ParseContext:
         return CommentFormatError(self.path, reason)
 
 
+DERIVED_ID_PATTERN = r"^h[0-9a-f]{20}$"  # what ``derived_id`` returns (no platform id looks like it)
+
+
 def derived_id(*parts: object) -> str:
     """A stable comment id from content, for formats (or old files) without one.
 
-    Verbatim-repeated elements get the same id and so deduplicate to one row.
+    Verbatim-repeated elements get the same id and so deduplicate to one row; the reader then
+    keeps distinct viewers' identical comments apart (``reader.separate_viewers``).
     """
     digest = hashlib.blake2b(digest_size=10)
     for part in parts:
