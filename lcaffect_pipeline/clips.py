@@ -86,13 +86,13 @@ def _copy_if_changed(vid: str, source, have, prev: dict | None, root, max_durati
     last = (prev or {}).get("metrics", {})
     if have is not None and last.get("source_stat") == seen:
         raise Skip
-    if max_duration_s is not None:  # what yt-dlp's duration filter does for downloads
-        _check_max_duration(source, max_duration_s)
+    probe = _check_local_video(source, max_duration_s)
     fingerprint = lake.file_hash(source)
     if have is not None and prev and prev.get("fingerprint") == fingerprint:
         # Touched or copied over with the same bytes: keep the copy, remember the new stat.
         return VideoResult(**{**prev, "status": "skipped", "reason": None, "metrics": {**last, "source_stat": seen}})
-    return _fetched(vid, fingerprint, copy_local_video(source, videos_dir(root), vid), source_stat=seen)
+    return _fetched(vid, fingerprint, copy_local_video(source, videos_dir(root), vid), source_stat=seen,
+                    **dataclasses.asdict(probe))  # the probe stage reuses it: same bytes
 
 
 def _fetched(vid: str, fingerprint: str, have, **metrics) -> VideoResult:
@@ -100,28 +100,39 @@ def _fetched(vid: str, fingerprint: str, have, **metrics) -> VideoResult:
                        metrics={"path": str(have.path), "bytes": have.path.stat().st_size, **metrics})
 
 
-def _check_max_duration(source, max_duration_s: float) -> None:
+def _check_local_video(source, max_duration_s: float | None):
+    """Probe a local file before it is copied: any path can be named in a catalogue, and a file
+    that is not a video (``/etc/passwd``) must fail here with ffprobe's reason, never enter the
+    lake as one; ``max_duration_s`` is then what yt-dlp's duration filter is for downloads."""
     from .probe import probe_video
 
     with lake.local_copy(source, "ffprobe") as local:
-        duration = probe_video(local).duration_s
-    if duration > max_duration_s:
-        raise ValueError(f"{source}: the video is {duration:.1f} s long, over max_duration_s = {max_duration_s:g} s")
+        probe = probe_video(local)  # VideoDecodeError naming the file and the reason
+    if max_duration_s is not None and probe.duration_s > max_duration_s:
+        raise ValueError(f"{source}: the video is {probe.duration_s:.1f} s long, "
+                         f"over max_duration_s = {max_duration_s:g} s")
+    return probe
 
 
-def probe_one(video: dict[str, Any], prev: dict | None, *, root, video_hash: str | None) -> VideoResult:
-    """ffprobe one video; an undecodable file fails with the reason and is excluded downstream."""
-    from .videos import existing_video
+def probe_one(video: dict[str, Any], prev: dict | None, *, root, fetched: dict | None) -> VideoResult:
+    """ffprobe one video; an undecodable file fails with the reason and is excluded downstream.
+    ``fetched`` is the fetch stage's record: a local file it probed before copying (the same
+    bytes: its fingerprint is the copy's hash) is not probed again."""
     from .probe import probe_video
+    from .videos import existing_video
 
     vid = video["video_id"]
+    video_hash = (fetched or {}).get("output_hash")
     have = existing_video(videos_dir(root), vid)
     if have is None or video_hash is None:
         raise FileNotFoundError("no video in the lake (the fetch failed)")
     if prev and prev.get("fingerprint") == video_hash:
         raise Skip
-    with lake.local_copy(have.path, "ffprobe") as local:
-        probe = dataclasses.asdict(probe_video(local))
+    known = recorded_probe(fetched) if fetched.get("fingerprint") == video_hash else None
+    if known is None:
+        with lake.local_copy(have.path, "ffprobe") as local:
+            known = probe_video(local)
+    probe = dataclasses.asdict(known)
     digest = lake.combine_hashes({k: str(v) for k, v in probe.items()})
     return VideoResult(vid, "done", video_hash, digest, 1, metrics={**probe, "path": str(have.path)})
 
