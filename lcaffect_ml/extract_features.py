@@ -45,6 +45,7 @@ from .feature_io import (FeatureFileError, MediaFormatError, Utterance, digest, 
                          read_utterances)
 from .lc_features import LC_FRAME_SAMPLINGS, LC_SOURCES, SyntheticLCFeaturizer, lc_frame_spacing
 from .contracts.hashing import sha256_file
+from .contracts.tables import MAX_CONTEXT_TURNS
 from .fusion import BASE_MODALITIES, LC_MODALITY, MODALITIES, check_base_modalities
 from .feature_inputs import context_turns, released_featurizers, released_map, text_input, used_context
 from .hub import require as require_models
@@ -119,8 +120,8 @@ class ExtractConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ExtractConfig":
         cfg = build(cls, data)
-        if int(cfg.context_turns) < 0:
-            raise ConfigError(f"context_turns must be >= 0, got {cfg.context_turns}")
+        if not 0 <= int(cfg.context_turns) <= MAX_CONTEXT_TURNS:  # the utterance table holds no more
+            raise ConfigError(f"context_turns must be in [0, {MAX_CONTEXT_TURNS}], got {cfg.context_turns}")
         for name in ("text_max_length", "max_audio_frames", "n_mels", "batch_size", "nearest_k"):
             if int(getattr(cfg, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")

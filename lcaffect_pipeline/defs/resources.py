@@ -298,6 +298,8 @@ class DownstreamResource(dg.ConfigurableResource):
     meld_root: Optional[str] = Field(default=None, description="MELD.Raw folder ({train,dev,test}_sent_emo.csv and the split folders)")
     mustard_root: Optional[str] = Field(default=None, description="MUStARD folder (sarcasm_data.json, utterances_final/)")
     media_policy: str = Field(default="skip", description='Utterances whose media are missing: "skip" them (reported) or "fail"')
+    follow_symlinks: bool = Field(default=False, description="Admit media files or folders symlinked out of a dataset "
+                                  "folder (refused by default: the folder is untrusted input)")
     frames: int = Field(default=8, description="Frames per utterance")
     size: int = Field(default=224, description="Frame size (the V2LC video encoder's image size)")
     frame_backend: Literal["auto", "pyav", "decord"] = Field(default="auto", description="Frame decoder (exact "
