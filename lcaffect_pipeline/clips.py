@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from lcaffect_ml.contracts.shards import DEFAULT_FRAMES_PER_SEGMENT, DEFAULT_SEGMENT_S
+from lcaffect_ml.options import check_bounds, opt
 
 from . import lake, tables
 from .stages import Skip, VideoResult
@@ -27,15 +28,19 @@ from .stages import Skip, VideoResult
 
 @dataclasses.dataclass(frozen=True)
 class ClipOptions:
-    segment_s: float = DEFAULT_SEGMENT_S
-    comments_per_segment: int = 32
-    frames_per_segment: int = DEFAULT_FRAMES_PER_SEGMENT
-    size: int = 224
-    max_shard_bytes: int = 1_000_000_000
-    max_height: int = 360
+    """How videos become training clips (``ClipsResource`` documents each option). The bounds
+    are here, once: the resource builds one at launch, so a value outside them fails the run
+    before any video is fetched, naming the option and its range."""
+
+    segment_s: float = opt(DEFAULT_SEGMENT_S, "segment length, seconds", above=0, high=600)
+    comments_per_segment: int = opt(32, "comments kept per segment", low=1, high=10_000)
+    frames_per_segment: int = opt(DEFAULT_FRAMES_PER_SEGMENT, "frames sampled per segment", low=1, high=256)
+    size: int = opt(224, "frames are size x size RGB", low=16, high=2048)
+    max_shard_bytes: int = opt(1_000_000_000, "a video's shards split at this size", low=1 << 16)
+    max_height: int = opt(360, "yt-dlp format cap", low=16, high=8640)
     cookie_file: str | None = None
-    rate_limit: int | None = None
-    max_duration_s: float | None = None
+    rate_limit: int | None = opt(None, "download rate limit, bytes/s", low=1)
+    max_duration_s: float | None = opt(None, "longest video fetched, seconds", above=0)
     demote_filler: bool = False
     exact_frames: bool = False  # decode every frame (frames.py): slower, frame times exactly as planned
     frame_backend: str = "auto"  # auto | pyav | decord (frames.py; decord decodes every frame)
@@ -45,6 +50,7 @@ class ClipOptions:
 
         if self.frame_backend not in BACKENDS:
             raise ValueError(f"frame_backend {self.frame_backend!r}: one of {' | '.join(BACKENDS)}")
+        check_bounds(self, "clips: ")
 
 
 def videos_dir(root):

@@ -82,6 +82,7 @@ CHSIMS_MODES = {"train": "train", "valid": "valid", "val": "valid", "dev": "vali
 MUSTARD_KEYS = ("utterance", "speaker", "context", "context_speakers", "show", "sarcasm")
 SPLITS = ("train", "valid", "test", "all")
 MEDIA_STATUSES = ("ok", "missing", "unreadable")
+MEDIA_POLICIES = ("skip", "keep", "fail")  # what check_media does with media that are not ok
 MAX_ID_DIGITS = 18  # an id column's integer fits int64 (MELD's are below 10,000)
 
 
@@ -445,8 +446,8 @@ def check_media(table: pa.Table, policy: str = "skip") -> tuple[pa.Table, MediaR
     (text-only work); ``fail``: raise ``DatasetError`` naming the dataset, how many and the first
     few files when there is any.
     """
-    if policy not in ("skip", "keep", "fail"):
-        raise ValueError(f"unknown media policy {policy!r} (skip | keep | fail)")
+    if policy not in MEDIA_POLICIES:
+        raise ValueError(f"unknown media policy {policy!r} ({' | '.join(MEDIA_POLICIES)})")
     dataset = ",".join(sorted(set(table.column("dataset").to_pylist()))) or "?"
     rows = table.select(["utterance_id", "split", "media_status", "media_path"]).to_pylist()
     report = MediaReport(dataset, policy, table.num_rows)
