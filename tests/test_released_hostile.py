@@ -1,4 +1,4 @@
-"""The released-feature reader against hostile pickles (issue 26 item 3): no dtype or array that can
+"""The released-feature reader (``released_pickle``) against hostile pickles (issue 26 item 3): no dtype or array that can
 carry object pointers, nothing built larger than the file before it is refused, bounded nesting,
 and every refusal a ``ReleasedFeatureError``; a fuzz of mutated pickles of the three layouts runs
 in a subprocess, so a crash or a memory blow-up is seen."""
@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lcaffect_ml import released
-from lcaffect_ml.released import ReleasedFeatureError, load_pickle, read_released
+from lcaffect_ml import released_pickle
+from lcaffect_ml.released import read_released
+from lcaffect_ml.released_pickle import ReleasedFeatureError, load_pickle
 
 RECONSTRUCT = np._core.multiarray._reconstruct
 
@@ -67,7 +68,7 @@ def test_big_length_fields_and_deep_nesting_are_refused(tmp_path: Path):
         load_pickle(path)
     depth = 200_000  # EMPTY_LIST x n, APPEND x n-1: a list nested 200k deep in 400 KB
     path.write_bytes(b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b".")
-    with pytest.raises(ReleasedFeatureError, match=rf"nested more than {released.MAX_DEPTH} deep"):
+    with pytest.raises(ReleasedFeatureError, match=rf"nested more than {released_pickle.MAX_DEPTH} deep"):
         load_pickle(path)
 
 
@@ -75,7 +76,7 @@ def test_opcode_budget(tmp_path: Path, monkeypatch):
     path = tmp_path / "x.pkl"
     path.write_bytes(pickle.dumps({"1_1": np.ones((2, 3))}, protocol=2))
     assert load_pickle(path)["1_1"].shape == (2, 3)
-    monkeypatch.setattr(released, "MAX_OPCODES", 10)
+    monkeypatch.setattr(released_pickle, "MAX_OPCODES", 10)
     with pytest.raises(ReleasedFeatureError, match=r"refused a pickle of more than 10 opcodes"):
         load_pickle(path)
 
@@ -96,15 +97,16 @@ def test_object_dtype_refused_where_numbers_only(tmp_path: Path):
     path = tmp_path / "split_indices.p"
     path.write_bytes(pickle.dumps([np.array(["a", 1], dtype=object)], protocol=2))
     with pytest.raises(ReleasedFeatureError, match=r"refused an array of dtype object"):
-        load_pickle(path, released.NUMPY_ARRAY_GLOBALS, object_arrays=False)
+        load_pickle(path, released_pickle.NUMPY_ARRAY_GLOBALS, object_arrays=False)
 
 
 _FUZZ = r"""
-import json, pickle, random, resource, sys
+import json, pickle, random, sys
 from collections import OrderedDict
 from pathlib import Path
 import numpy as np
-from lcaffect_ml.released import ReleasedFeatureError, read_released, load_pickle
+from lcaffect_ml.released import read_released
+from lcaffect_ml.released_pickle import ReleasedFeatureError
 
 rng = np.random.default_rng(0)
 f32 = lambda *s: rng.normal(size=s).astype(np.float32)
@@ -138,7 +140,8 @@ for case in range(n):
     except BaseException as exc:
         print(json.dumps({"case": case, "error": f"{type(exc).__name__}: {exc}"[:300]}))
         sys.exit(1)
-out["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# this process's peak (VmHWM: ru_maxrss would carry over the forking pytest's peak across exec)
+out["maxrss_mib"] = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:"))) / 1024
 print(json.dumps(out))
 """
 

@@ -117,7 +117,7 @@ def mustard_folds(root: Path, ids: list[str]) -> tuple[dict[str, int] | None, st
 
 def _folds_from(path: Path, ids: list[str]) -> dict[str, int]:
     """utterance id -> test fold, from ``split_indices.p`` or ``split_indices.json``."""
-    from lcaffect_ml.released import NUMPY_ARRAY_GLOBALS, ReleasedFeatureError, load_pickle
+    from lcaffect_ml.released_pickle import NUMPY_ARRAY_GLOBALS, ReleasedFeatureError, load_pickle
 
     try:
         if path.name == MUSTARD_FOLDS_PICKLE:

@@ -25,7 +25,7 @@ from lcaffect_pipeline.schema import COMMENTS_SCHEMA, PLATFORMS
 from lcaffect_pipeline.schema import author_salt as author_salt_of
 
 from . import acfun, bilibili, niconico, youtube
-from ._common import DERIVED_ID_PATTERN, CommentFormatError, ParseContext, derived_id, hash_authors
+from ._common import CommentFormatError, ParseContext, hash_authors, separate_viewers
 from ._xml import XML_ERRORS, xml_root_tag
 
 FORMAT_PLATFORM = {
@@ -373,38 +373,6 @@ def _assembled(parsed: list[tuple[pa.Table, ParseContext]]) -> list[pa.Table]:
         if table is not None:
             out.append(table)
     return out
-
-
-def separate_viewers(table: pa.Table) -> pa.Table:
-    """Ids derived from content (``derived_id``) kept apart for distinct viewers.
-
-    A derived id covers the comment, not its author (an id must not reveal who wrote it), so two
-    viewers posting the same text at the same moment would share it and deduplicate to one row.
-    Among the rows sharing a derived id, the k-th distinct raw author (in file order, k >= 1)
-    gets ``derived_id(id, k)``: viewers stay distinct, a verbatim repeat by the same author still
-    deduplicates, the first author keeps the plain id (so ids of ordinary comments do not change),
-    and the id depends only on the file, never on who the authors are.
-    """
-    derived = pc.and_(pc.match_substring_regex(table["comment_id"], DERIVED_ID_PATTERN),
-                      pc.is_valid(table["author"]))
-    rows = pc.indices_nonzero(derived.combine_chunks() if isinstance(derived, pa.ChunkedArray) else derived)
-    if len(rows) < 2:
-        return table
-    ids = table["comment_id"].take(rows).to_pylist()
-    authors = table["author"].take(rows).to_pylist()
-    rank: dict[str, dict[str, int]] = {}
-    made = []
-    for cid, author in zip(ids, authors):
-        seen = rank.setdefault(cid, {})
-        k = seen.setdefault(author, len(seen))
-        made.append(derived_id(cid, k) if k else cid)
-    if made == ids:
-        return table
-    column = table["comment_id"].combine_chunks()
-    mask = np.zeros(len(column), bool)
-    mask[rows.to_numpy()] = True
-    replaced = pc.replace_with_mask(column, pa.array(mask), pa.array(made, pa.string()))
-    return table.set_column(table.schema.get_field_index("comment_id"), table.schema.field("comment_id"), replaced)
 
 
 def dedupe(table: pa.Table) -> pa.Table:
