@@ -46,7 +46,9 @@ class ReleasedFeatureError(FeatureFileError):
 
 
 # Bounds on what one pickle may build, checked before each thing is built (see ``SafeUnpickler``).
-MAX_OPCODES = 4_000_000  # MELD's largest feature pickle runs ~0.4 M; each opcode builds at most one small object
+# A protocol-2 dict of 14,000 float32 vectors (MELD's size) takes 0.42 M opcodes; each opcode builds
+# at most one small object, so this bounds the containers a pickle may build.
+MAX_OPCODES = 4_000_000
 MAX_DEPTH = 32  # the released layouts nest 4 deep (dict > split > list/array > item)
 
 
