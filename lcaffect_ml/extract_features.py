@@ -45,6 +45,7 @@ from .feature_io import (FeatureFileError, MediaFormatError, Utterance, digest, 
                          read_utterances)
 from .lc_features import LC_FRAME_SAMPLINGS, LC_SOURCES, SyntheticLCFeaturizer, lc_frame_spacing
 from .contracts.hashing import sha256_file
+from .contracts.tables import MAX_CONTEXT_TURNS
 from .fusion import BASE_MODALITIES, LC_MODALITY, MODALITIES, check_base_modalities
 from .feature_inputs import context_turns, released_featurizers, released_map, text_input, used_context
 from .hub import require as require_models
@@ -74,17 +75,17 @@ class ExtractConfig:
                            "facebook/hubert-base-ls960)")
     vision_model: str = opt(TINY, '"tiny" or a hub name/local path (openai/clip-vit-base-patch32, '
                             "google/vit-base-patch16-224-in21k)")
-    text_max_length: int = opt(128, "tokens per utterance, context included")
+    text_max_length: int = opt(128, "tokens per utterance, context included", low=1)
     text_pooling: str = opt("tokens", '"tokens": the token-level hidden states (the fusion model attends over '
                             'them) | "mean": their masked mean, one vector per utterance (the sentence embedding of '
                             'sentence encoders such as all-MiniLM-L6-v2; much faster to fuse) | "turns": one such '
                             "vector for the utterance and one for each context turn, each encoded alone (the fusion "
-                            "model attends over the dialogue)")
+                            "model attends over the dialogue)", choices=TEXT_POOLINGS)
     context: bool = opt(True, "the text before the utterance (MELD's earlier turns of its dialogue, MUStARD's "
                         "context utterances: the table's `context`) enters the text modality, as the second "
                         "sentence of a pair after the utterance, most recent turn first, so truncation drops the "
                         "oldest; false: the utterance alone", section="Dialogue context")
-    context_turns: int = opt(5, "at most this many turns of context, the most recent ones")
+    context_turns: int = opt(5, "at most this many turns of context, the most recent ones", low=0, high=MAX_CONTEXT_TURNS)
     released_features: Any = opt(None, "features the benchmark releases, in place of the encoders: a mapping "
                                  "modality (text | audio | visual) -> file, or one file for all three (an MMSA "
                                  "pickle); layouts in lcaffect_ml.released (MMSA / CH-SIMS v2 pickle, MUStARD "
@@ -92,16 +93,16 @@ class ExtractConfig:
                                  "NumPy arrays and plain containers. Utterances the file lacks are skipped with that "
                                  "reason; the live-comment features still come from the videos",
                                  section="Released features")
-    max_audio_frames: int = opt(64, "acoustic steps after window-mean pooling", section="Encoder details")
-    n_mels: int = opt(80, "log-mel bands of the tiny acoustic features")
+    max_audio_frames: int = opt(64, "acoustic steps after window-mean pooling", section="Encoder details", low=1)
+    n_mels: int = opt(80, "log-mel bands of the tiny acoustic features", low=1)
     lc_source: str = opt("post_projection", '"post_projection" (the V2LC space, length 1) or "pre_projection" '
-                         "(CLS + per-frame tokens)")
+                         "(CLS + per-frame tokens)", choices=LC_SOURCES)
     lc_frame_sampling: str = opt("training_rate", '"training_rate": the frames V2LC sees are as far apart as in its '
                                  "training clips (its config.json; 1 s for 8 frames over 8 s), centred on the "
                                  "utterance, looped when it is shorter than the clip; \"spread\": spread over the "
-                                 "whole utterance (2.5 s: 3.2 fps). Recorded in features.json (models.v2lc.frame_sampling)")
+                                 "whole utterance (2.5 s: 3.2 fps). Recorded in features.json (models.v2lc.frame_sampling)", choices=LC_FRAME_SAMPLINGS)
     seed: int = opt(0, "initialisation seed of the tiny text/vision stand-ins")
-    batch_size: int = opt(16, "utterances per forward pass", section="Running")
+    batch_size: int = opt(16, "utterances per forward pass", section="Running", low=1)
     device: str = opt("auto", '"auto", "cuda" or "cpu"')
     precision: str = opt("auto", '"auto" (bf16 on CUDA), "bf16" or "fp32"')
     progress: bool = opt(True, "tqdm progress bar")
@@ -109,7 +110,7 @@ class ExtractConfig:
     comment_bank: str | None = opt(None, "optional Parquet with a `text` column (the clean live-comment corpus): "
                                    "the nearest real comments to the first utterances' synthetic features go into "
                                    "features.json and the materialisation", section="Nearest real comments")
-    nearest_k: int = opt(5, "nearest comments listed per utterance")
+    nearest_k: int = opt(5, "nearest comments listed per utterance", low=1)
     nearest_examples: int = opt(8, "utterances given their nearest comments")
     comment_bank_limit: int = opt(200_000, "the bank is capped at this many unique comments")
 
@@ -119,11 +120,6 @@ class ExtractConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ExtractConfig":
         cfg = build(cls, data)
-        if int(cfg.context_turns) < 0:
-            raise ConfigError(f"context_turns must be >= 0, got {cfg.context_turns}")
-        for name in ("text_max_length", "max_audio_frames", "n_mels", "batch_size", "nearest_k"):
-            if int(getattr(cfg, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
         try:
             base = check_base_modalities([m for m in cfg.modalities if m != LC_MODALITY], "modalities (besides lc)")
         except ValueError as exc:
@@ -131,12 +127,6 @@ class ExtractConfig:
         cfg.modalities = base + ([LC_MODALITY] if LC_MODALITY in cfg.modalities else [])
         if LC_MODALITY in cfg.modalities and not cfg.v2lc_checkpoint:
             raise ConfigError("v2lc_checkpoint is needed for the lc modality")
-        if cfg.text_pooling not in TEXT_POOLINGS:
-            raise ConfigError(f"text_pooling must be one of {TEXT_POOLINGS}, not {cfg.text_pooling!r}")
-        if cfg.lc_source not in LC_SOURCES:
-            raise ConfigError(f"lc_source must be one of {LC_SOURCES}, not {cfg.lc_source!r}")
-        if cfg.lc_frame_sampling not in LC_FRAME_SAMPLINGS:
-            raise ConfigError(f"lc_frame_sampling must be one of {LC_FRAME_SAMPLINGS}, not {cfg.lc_frame_sampling!r}")
         return cfg
 
 

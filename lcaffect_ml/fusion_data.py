@@ -24,8 +24,7 @@ from .metrics import METRIC_NAMES, NUM_CLASSES, TASKS
 from .contracts.hashing import sha256_file
 from .contracts.tables import (BASE_FILE, DEFAULT_PROTOCOLS, FUSION_COLUMNS, FUSION_REQUIRED, LC_FILE, MEDIA_OK,
                                META_FILE)
-from .options import build, opt
-from .options import ConfigError
+from .options import ConfigError, build, check_bounds, opt
 
 # the program's logger: messages keep the name they had before the module was split
 log = logging.getLogger("lcaffect_ml.train_fusion")
@@ -35,6 +34,7 @@ PROTOCOLS = ("speaker_dependent", "speaker_independent")
 # column, from split_indices.p / .json) when every row has one, else stratified folds drawn here.
 FOLD_SOURCES = ("auto", "official", "stratified")
 DEFAULT_SELECT = {"chsims2": "mae", "meld": "weighted_f1", "mustard": "weighted_f1"}
+MAX_SEEDS = 100  # fusion runs per arm: each seed trains every fold again
 # Options that do not change a run's result: left out of its fingerprint.
 NON_RESULT_KEYS = ("output_dir", "utterances", "features_dir", "seeds", "checkpoint_every", "checkpoint_every_s",
                    "keep_checkpoints", "log_every", "pipes_asset_key", "eval_batch_size", "device")
@@ -55,7 +55,7 @@ class FusionTrainConfig:
                                   "visual (the features folder must hold them); null: every one it holds. "
                                   "Without audio, visual and LC, utterances whose media are missing are kept")
     seeds: list = opt(help="seeds of model init, dropout and data order; metrics are mean ± std over them",
-                      factory=lambda: [0])
+                      factory=lambda: [0], max_items=MAX_SEEDS)
     protocol: str | None = opt(None, "MUStARD only: speaker_dependent (the default: 5-fold cross-validation) | "
                                "speaker_independent (held_out_show is the test set); the other tasks use their "
                                "official split")
@@ -74,30 +74,30 @@ class FusionTrainConfig:
     dropout: float = opt(0.1, "dropout")
     regression_activation: str = opt("linear", "CH-SIMS v2 output: linear (predictions clipped to [-1, 1] when "
                                      "scored) | tanh")
-    epochs: int = opt(30, "passes over the training split", section="Optimisation")
-    batch_size: int = opt(32, "utterances per optimiser step")
-    lr: float = opt(5e-4, "peak learning rate (AdamW)")
+    epochs: int = opt(30, "passes over the training split", section="Optimisation", low=1)
+    batch_size: int = opt(32, "utterances per optimiser step", low=1)
+    lr: float = opt(5e-4, "peak learning rate (AdamW)", above=0, high=10.0)
     weight_decay: float = opt(0.01, "AdamW weight decay; none on biases, norms and embeddings")
     betas: list = opt(help="AdamW betas", factory=lambda: [0.9, 0.999])
     eps: float = opt(1e-8, "AdamW epsilon")
     warmup_ratio: float = opt(0.1, "share of all steps spent in linear warm-up before the cosine decay")
     min_lr_ratio: float = opt(0.0, "the cosine decay's floor, as a share of lr")
     grad_clip: float = opt(1.0, "max gradient norm (0 disables)")
-    regression_loss: str = opt("l1", "l1 (MMSA's regression criterion; MAE is the reported error) | mse")
+    regression_loss: str = opt("l1", "l1 (MMSA's regression criterion; MAE is the reported error) | mse", choices=("l1", "mse"))
     class_weights: Any = opt(None, 'null | "balanced" (n / (k * count) over the training labels) | a list per class')
     select_metric: str | None = opt(None, "validation metric for model selection (default: chsims2 mae, lower is "
                                     "better; meld and mustard weighted_f1)")
-    eval_every: int = opt(1, "epochs between validation evaluations")
-    eval_batch_size: int = opt(256, "utterances per evaluation forward pass")
+    eval_every: int = opt(1, "epochs between validation evaluations", low=1)
+    eval_batch_size: int = opt(256, "utterances per evaluation forward pass", low=1)
     precision: str = opt("auto", '"auto" (bf16 on CUDA, else fp32) | "bf16" | "fp16" | "fp32"')
     device: str = opt("auto", '"auto", "cuda" or "cpu"')
     checkpoint_every: int = opt(0, "optimiser steps between checkpoints (0: by time, below); one is always "
-                                "written at a run's last step", section="Checkpoints, reporting")
+                                "written at a run's last step", section="Checkpoints, reporting", low=0)
     checkpoint_every_s: float = opt(120.0, "with checkpoint_every 0: a checkpoint at the first epoch end this many "
                                     "seconds after the last one (one per epoch cost more than training a small "
-                                    "run); a killed run loses at most this much work")
-    keep_checkpoints: int = opt(2, "newest checkpoints kept per run")
-    log_every: int = opt(10, "epochs between progress lines")
+                                    "run); a killed run loses at most this much work", low=0)
+    keep_checkpoints: int = opt(2, "newest checkpoints kept per run", low=1)
+    log_every: int = opt(10, "epochs between progress lines", low=1)
     pipes_asset_key: str | None = opt(None, "asset key of the materialisation reported under Dagster Pipes")
 
     @classmethod
@@ -107,6 +107,7 @@ class FusionTrainConfig:
         return cfg
 
     def validate(self) -> None:
+        check_bounds(self)  # each option's bounds, declared on its field
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {TASKS}, not {self.task!r}")
         if isinstance(self.seeds, int):
@@ -122,13 +123,10 @@ class FusionTrainConfig:
                 raise ConfigError(f"fold_source must be one of {FOLD_SOURCES}, not {self.fold_source!r}")
         elif self.protocol not in (None, "official"):
             raise ConfigError(f"protocol applies to mustard only ({self.task} uses its official split)")
-        for name in ("epochs", "batch_size", "eval_every", "eval_batch_size", "keep_checkpoints", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.task == "mustard" and self.protocol == "speaker_dependent" and self.folds < 2:
             raise ConfigError(f"folds must be >= 2, got {self.folds}")
-        if not (self.lr > 0 and math.isfinite(self.lr)) or not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"lr must be > 0 and warmup_ratio in [0, 1), got {self.lr}, {self.warmup_ratio}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.modalities is not None:
             try:
                 self.modalities = check_base_modalities(self.modalities, "modalities")
@@ -136,8 +134,6 @@ class FusionTrainConfig:
                 raise ConfigError(str(exc)) from None
         if not 0 <= self.valid_fraction < 0.5:
             raise ConfigError(f"valid_fraction must be in [0, 0.5), got {self.valid_fraction}")
-        if self.regression_loss not in ("l1", "mse"):
-            raise ConfigError(f"regression_loss must be l1 or mse, not {self.regression_loss!r}")
         self.select_metric = self.select_metric or DEFAULT_SELECT[self.task]
         if self.select_metric not in METRIC_NAMES[self.task]:
             raise ConfigError(f"select_metric {self.select_metric!r} is not a {self.task} metric "

@@ -18,11 +18,8 @@ project's baselines be compared with the published ones. Three layouts, told apa
   ``text_glove_average_emotion.pkl``, ...): a triple ``(train, val, test)`` of ``{"{dia}_{utt}":
   vector}`` -> ``{split}_dia{D}_utt{U}`` (``val`` is the ``dev`` file), one token each.
 
-These are pickles, and unpickling a file can run any code its author chose. ``SafeUnpickler``
-admits only what these layouts need to rebuild NumPy arrays and plain containers, and refuses
-anything else with an error naming the file and the class, before it can be called. A caller
-that expects less narrows it further (``load_pickle(allowed=..., object_arrays=False)``: MUStARD's
-``split_indices.p`` admits only ``NUMPY_ARRAY_GLOBALS`` and no object-dtype array).
+These are pickles, read through ``released_pickle.load_pickle``: a restricted unpickler that admits
+only NumPy arrays and plain containers and bounds what a pickle may build.
 
 The CH-SIMS v2 pickle (``ch-simsv2s.pkl``) also has a ``train_mix`` split: the authors' loader
 (thuiar/ch-sims-v2 ``data/load_data.py``) feeds it to their semi-supervised AV-MC(Semi) only,
@@ -34,14 +31,13 @@ marking the labelled ones. The supervised benchmark this project runs uses train
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .contracts.hashing import sha256_file
-from .feature_io import FeatureFileError
+from .released_pickle import ReleasedFeatureError, load_pickle
 
 MODALITIES = ("text", "audio", "visual")
 FORMATS = ("mmsa", "mustard", "meld")
@@ -52,68 +48,6 @@ MMSA_IGNORED_SPLITS = {"train_mix": "CH-SIMS v2's semi-supervised split (the lab
                                     "benchmark, whose train/valid/test splits are read"}
 MMSA_KEYS = {"text": "text", "audio": "audio", "visual": "vision"}
 MELD_SPLITS = ("train", "dev", "test")  # the order of the released triples (train, val, test)
-
-# (module, name) a pickle of plain NumPy arrays references (numpy 1 and 2 module paths), and the
-# bytes decoder Python 3 writes at protocol 2 (a Python 2 file such as MUStARD's has no need of it).
-NUMPY_ARRAY_GLOBALS = frozenset({
-    *((m, "_reconstruct") for m in ("numpy.core.multiarray", "numpy._core.multiarray")),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-})
-# (module, name) a released feature pickle may reference: NumPy's array and scalar
-# reconstruction and plain containers (Python 2 names included, since MELD's and MUStARD's
-# pickles were written by Python 2).
-ALLOWED_GLOBALS = NUMPY_ARRAY_GLOBALS | frozenset({
-    *((m, "scalar") for m in ("numpy.core.multiarray", "numpy._core.multiarray")),
-    *((m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")),
-    *((m, n) for m in ("builtins", "__builtin__")
-      for n in ("list", "dict", "tuple", "set", "frozenset", "bytearray", "complex")),
-    ("collections", "OrderedDict"),
-})
-
-
-class ReleasedFeatureError(FeatureFileError):
-    """A released feature file cannot be used: names the file and the reason."""
-
-
-class SafeUnpickler(pickle.Unpickler):
-    """An unpickler that rebuilds only what ``allowed`` names (by default NumPy arrays and plain
-    containers, ``ALLOWED_GLOBALS``); ``object_arrays=False`` also refuses object-dtype arrays
-    (their items would be arbitrary objects, not numbers)."""
-
-    def __init__(self, file, path: str | os.PathLike, allowed: frozenset = ALLOWED_GLOBALS,
-                 object_arrays: bool = True):
-        super().__init__(file, encoding="latin1")  # Python 2 NumPy pickles need latin1
-        self.path, self.allowed, self.object_arrays = str(path), allowed, object_arrays
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self.allowed:
-            what = "NumPy arrays" if self.allowed == NUMPY_ARRAY_GLOBALS else "NumPy arrays and plain containers"
-            raise ReleasedFeatureError(f"{self.path}: refused to load {module}.{name}: this file may hold only {what}")
-        if (module, name) == ("numpy", "dtype") and not self.object_arrays:
-            return self._plain_dtype
-        return super().find_class(module, name)
-
-    def _plain_dtype(self, *args: Any) -> np.dtype:
-        """``numpy.dtype`` refusing object dtypes (a structured dtype's fields come through here too)."""
-        dtype = np.dtype(*args)
-        if dtype.hasobject:
-            raise ReleasedFeatureError(f"{self.path}: refused an array of dtype {dtype}: only numeric arrays here")
-        return dtype
-
-
-def load_pickle(path: str | os.PathLike, allowed: frozenset = ALLOWED_GLOBALS, object_arrays: bool = True) -> Any:
-    """The object in a released pickle, rebuilt by ``SafeUnpickler`` with ``allowed`` and ``object_arrays``."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            return SafeUnpickler(fh, path, allowed, object_arrays).load()
-    except ReleasedFeatureError:
-        raise
-    except OSError as exc:
-        raise ReleasedFeatureError(f"{path}: cannot read the released feature file: {exc}") from exc
-    except Exception as exc:  # UnpicklingError, EOFError, ValueError, ... from a damaged file
-        raise ReleasedFeatureError(f"{path}: not a readable feature pickle: {type(exc).__name__}: {exc}") from exc
-
 
 # ------------------------------------------------------------------------------ layouts
 
@@ -199,15 +133,16 @@ def read_released(path: str | os.PathLike, modality: str,
         cache[path] = load_pickle(path)
     obj = cache[path]
     fmt = detect_format(obj)
-    if fmt == "mmsa":
-        out = read_mmsa(path, obj, modality)
-    elif fmt == "mustard":
-        out = read_mustard(path, obj)
-    elif fmt == "meld":
-        out = read_meld(path, obj)
-    else:
+    if fmt is None:
         raise ReleasedFeatureError(f"{path}: not a released feature layout this project reads ({', '.join(FORMATS)}; "
                                    f"found a {type(obj).__name__})")
+    try:
+        out = read_mmsa(path, obj, modality) if fmt == "mmsa" else \
+            read_mustard(path, obj) if fmt == "mustard" else read_meld(path, obj)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError, OverflowError) as exc:
+        # the content does not fit the layout (object arrays of lists, ragged ids, ...)
+        raise ReleasedFeatureError(f"{path}: a {fmt} file whose content does not fit the layout: "
+                                   f"{type(exc).__name__}: {exc}") from exc
     dims = {x.shape[1] for x in out.values()}
     if len(dims) > 1:
         raise ReleasedFeatureError(f"{path}: {modality} features of several widths {sorted(dims)}")

@@ -6,13 +6,11 @@ keep, and the trainer's progress state. ``lcaffect_ml.train_v2lc`` re-exports th
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 
-from .options import build, opt
-from .options import ConfigError
+from .options import ConfigError, build, check_bounds, opt
 from .v2lc import V2LCConfig
 
 
@@ -25,11 +23,11 @@ class TrainConfig:
     eval_platforms: list = opt(help="hold out every video of these platforms instead of a share (e.g. [niconico]: "
                                "train on Bilibili, test on another live-comment culture); the index must name "
                                "each shard's platform", factory=list)
-    num_workers: int = opt(2, "DataLoader worker processes; keep it unchanged across a resume")
+    num_workers: int = opt(2, "DataLoader worker processes; keep it unchanged across a resume", low=0)
     shuffle_buffer: int = opt(64, "samples in each worker's shuffle buffer (frames are held as raw bytes)")
     open_shards: int | None = opt(None, "shards (videos) each worker reads interleaved (default: batch_size)")
     max_per_video: int = opt(2, "at most this many segments of one video in a batch (0 disables): segments of "
-                             "one video are alike, and all others in a batch are negatives")
+                             "one video are alike, and all others in a batch are negatives", low=0)
     on_error: str = opt("warn", '"warn" (skip a bad sample or shard, naming it) or "raise"')
     video_encoder: str = opt("tiny", '"tiny", "base" (TimeSformer-base shape, random init) or a hub name/local '
                              "path, e.g. facebook/timesformer-base-finetuned-k400", section="Model")
@@ -44,33 +42,33 @@ class TrainConfig:
                             "stored comments (up to 32) with a generator seeded by (seed, epoch, sample)")
     text_max_length: int = opt(32, "tokens per comment")
     text_pooling: str = opt("cls", '"cls" or "mean"')
-    positives: str = opt("sum", 'multi-positive video→comment form, "sum" or "mean" (see lcaffect_ml.losses)')
+    positives: str = opt("sum", 'multi-positive video→comment form, "sum" or "mean" (see lcaffect_ml.losses)', choices=("sum", "mean"))
     shuffle_comments: bool = opt(False, "control only: pair each training segment with the comments of another "
                                  "segment of its batch (lcaffect_ml.data); evaluation keeps each segment's own")
     freeze_video: bool = opt(False, "train only the comment tower and the projections")
     freeze_text: bool = opt(False, "train only the video tower and the projections")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (less memory)")
-    batch_size: int = opt(32, "segments per rank per micro-batch", section="Optimisation")
+    batch_size: int = opt(32, "segments per rank per micro-batch", section="Optimisation", low=1)
     grad_accum: int = opt(1, "micro-batches per optimiser step; a step sees batch_size*grad_accum*world segments, "
-                          "but negatives come from one micro-batch (gathered across ranks)")
-    lr: float = opt(1e-4, "peak learning rate (AdamW)")
-    weight_decay: float = opt(0.1, "AdamW weight decay; none on biases, norms and the temperature")
+                          "but negatives come from one micro-batch (gathered across ranks)", low=1)
+    lr: float = opt(1e-4, "peak learning rate (AdamW)", above=0, high=10.0)
+    weight_decay: float = opt(0.1, "AdamW weight decay; none on biases, norms and the temperature", low=0)
     betas: list = opt(help="AdamW betas", factory=lambda: [0.9, 0.98])
     eps: float = opt(1e-6, "AdamW epsilon")
-    warmup_steps: int = opt(100, "linear warm-up steps before the cosine decay")
+    warmup_steps: int = opt(100, "linear warm-up steps before the cosine decay", low=0)
     min_lr_ratio: float = opt(0.0, "the cosine decay's floor, as a share of lr")
-    max_steps: int = opt(1000, "optimiser steps")
+    max_steps: int = opt(1000, "optimiser steps", low=1)
     grad_clip: float = opt(1.0, "max gradient norm (0 disables)")
     precision: str = opt("auto", '"auto" (bf16 on CUDA where supported, else fp32), "bf16", "fp16" (GradScaler), "fp32"')
     device: str = opt("auto", '"auto", "cuda" or "cpu"')
     seed: int = opt(0, "model init, dropout and data order")
     eval_every: int = opt(0, "steps between held-out retrieval evaluations (0: only at the end)",
-                          section="Evaluation, checkpoints, output")
-    eval_batch_size: int = opt(64, "segments per evaluation forward pass")
+                          section="Evaluation, checkpoints, output", low=0)
+    eval_batch_size: int = opt(64, "segments per evaluation forward pass", low=1)
     eval_max_segments: int = opt(2000, "caps the evaluation pool (chance R@1 = 1/pool)")
-    checkpoint_every: int = opt(500, "steps between checkpoints; one is always written at the last step")
-    keep_checkpoints: int = opt(2, "newest checkpoints kept")
-    log_every: int = opt(10, "steps between log lines")
+    checkpoint_every: int = opt(500, "steps between checkpoints; one is always written at the last step", low=0)
+    keep_checkpoints: int = opt(2, "newest checkpoints kept", low=1)
+    log_every: int = opt(10, "steps between log lines", low=1)
     progress: bool = opt(True, "tqdm progress bar with clips/s")
     pipes_asset_key: str | None = opt(None, "asset key to report under Dagster Pipes when the step has several assets")
 
@@ -81,19 +79,9 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        positive = ("batch_size", "grad_accum", "max_steps", "eval_batch_size", "keep_checkpoints", "log_every")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("checkpoint_every", "eval_every", "warmup_steps", "num_workers"):
-            if int(getattr(self, name)) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        check_bounds(self)  # each option's bounds, declared on its field
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-        if self.positives not in ("sum", "mean"):
-            raise ConfigError(f"positives must be 'sum' or 'mean', got {self.positives!r}")
 
     def model_config(self) -> V2LCConfig:
         return V2LCConfig(

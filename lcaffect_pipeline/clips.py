@@ -21,6 +21,7 @@ import numpy as np
 
 from lcaffect_ml.contracts.shards import (DEFAULT_FRAME_CODEC, DEFAULT_FRAME_QUALITY, DEFAULT_FRAMES_PER_SEGMENT,
                                           DEFAULT_SEGMENT_S, FRAME_MEMBERS, check_frame_codec, decode_frames_member)
+from lcaffect_ml.options import check_bounds, opt
 
 from . import lake, tables
 from .stages import Skip, VideoResult
@@ -28,15 +29,19 @@ from .stages import Skip, VideoResult
 
 @dataclasses.dataclass(frozen=True)
 class ClipOptions:
-    segment_s: float = DEFAULT_SEGMENT_S
-    comments_per_segment: int = 32
-    frames_per_segment: int = DEFAULT_FRAMES_PER_SEGMENT
-    size: int = 224
-    max_shard_bytes: int = 1_000_000_000
-    max_height: int = 360
+    """How videos become training clips (``ClipsResource`` documents each option). The bounds
+    are here, once: the resource builds one at launch, so a value outside them fails the run
+    before any video is fetched, naming the option and its range."""
+
+    segment_s: float = opt(DEFAULT_SEGMENT_S, "segment length, seconds", above=0, high=600)
+    comments_per_segment: int = opt(32, "comments kept per segment", low=1, high=10_000)
+    frames_per_segment: int = opt(DEFAULT_FRAMES_PER_SEGMENT, "frames sampled per segment", low=1, high=256)
+    size: int = opt(224, "frames are size x size RGB", low=16, high=2048)
+    max_shard_bytes: int = opt(1_000_000_000, "a video's shards split at this size", low=1 << 16)
+    max_height: int = opt(360, "yt-dlp format cap", low=16, high=8640)
     cookie_file: str | None = None
-    rate_limit: int | None = None
-    max_duration_s: float | None = None
+    rate_limit: int | None = opt(None, "download rate limit, bytes/s", low=1)
+    max_duration_s: float | None = opt(None, "longest video fetched, seconds", above=0)
     demote_filler: bool = False
     exact_frames: bool = False  # decode every frame (frames.py): slower, frame times exactly as planned
     frame_backend: str = "auto"  # auto | pyav | decord (frames.py; decord decodes every frame)
@@ -53,6 +58,7 @@ class ClipOptions:
         if self.frame_backend not in BACKENDS:
             raise ValueError(f"frame_backend {self.frame_backend!r}: one of {' | '.join(BACKENDS)}")
         check_frame_codec(self.frame_codec, self.frame_quality)
+        check_bounds(self, "clips: ")
 
     def shard_fingerprint(self) -> dict[str, str]:
         return {name: str(getattr(self, name)) for name in self.SHARD_FIELDS}
@@ -97,13 +103,13 @@ def _copy_if_changed(vid: str, source, have, prev: dict | None, root, max_durati
     last = (prev or {}).get("metrics", {})
     if have is not None and last.get("source_stat") == seen:
         raise Skip
-    if max_duration_s is not None:  # what yt-dlp's duration filter does for downloads
-        _check_max_duration(source, max_duration_s)
+    probe = _check_local_video(source, max_duration_s)
     fingerprint = lake.file_hash(source)
     if have is not None and prev and prev.get("fingerprint") == fingerprint:
         # Touched or copied over with the same bytes: keep the copy, remember the new stat.
         return VideoResult(**{**prev, "status": "skipped", "reason": None, "metrics": {**last, "source_stat": seen}})
-    return _fetched(vid, fingerprint, copy_local_video(source, videos_dir(root), vid), source_stat=seen)
+    return _fetched(vid, fingerprint, copy_local_video(source, videos_dir(root), vid), source_stat=seen,
+                    **dataclasses.asdict(probe))  # the probe stage reuses it: same bytes
 
 
 def _fetched(vid: str, fingerprint: str, have, **metrics) -> VideoResult:
@@ -111,28 +117,39 @@ def _fetched(vid: str, fingerprint: str, have, **metrics) -> VideoResult:
                        metrics={"path": str(have.path), "bytes": have.path.stat().st_size, **metrics})
 
 
-def _check_max_duration(source, max_duration_s: float) -> None:
+def _check_local_video(source, max_duration_s: float | None):
+    """Probe a local file before it is copied: any path can be named in a catalogue, and a file
+    that is not a video (``/etc/passwd``) must fail here with ffprobe's reason, never enter the
+    lake as one; ``max_duration_s`` is then what yt-dlp's duration filter is for downloads."""
     from .probe import probe_video
 
     with lake.local_copy(source, "ffprobe") as local:
-        duration = probe_video(local).duration_s
-    if duration > max_duration_s:
-        raise ValueError(f"{source}: the video is {duration:.1f} s long, over max_duration_s = {max_duration_s:g} s")
+        probe = probe_video(local)  # VideoDecodeError naming the file and the reason
+    if max_duration_s is not None and probe.duration_s > max_duration_s:
+        raise ValueError(f"{source}: the video is {probe.duration_s:.1f} s long, "
+                         f"over max_duration_s = {max_duration_s:g} s")
+    return probe
 
 
-def probe_one(video: dict[str, Any], prev: dict | None, *, root, video_hash: str | None) -> VideoResult:
-    """ffprobe one video; an undecodable file fails with the reason and is excluded downstream."""
-    from .videos import existing_video
+def probe_one(video: dict[str, Any], prev: dict | None, *, root, fetched: dict | None) -> VideoResult:
+    """ffprobe one video; an undecodable file fails with the reason and is excluded downstream.
+    ``fetched`` is the fetch stage's record: a local file it probed before copying (the same
+    bytes: its fingerprint is the copy's hash) is not probed again."""
     from .probe import probe_video
+    from .videos import existing_video
 
     vid = video["video_id"]
+    video_hash = (fetched or {}).get("output_hash")
     have = existing_video(videos_dir(root), vid)
     if have is None or video_hash is None:
         raise FileNotFoundError("no video in the lake (the fetch failed)")
     if prev and prev.get("fingerprint") == video_hash:
         raise Skip
-    with lake.local_copy(have.path, "ffprobe") as local:
-        probe = dataclasses.asdict(probe_video(local))
+    known = recorded_probe(fetched) if fetched.get("fingerprint") == video_hash else None
+    if known is None:
+        with lake.local_copy(have.path, "ffprobe") as local:
+            known = probe_video(local)
+    probe = dataclasses.asdict(known)
     digest = lake.combine_hashes({k: str(v) for k, v in probe.items()})
     return VideoResult(vid, "done", video_hash, digest, 1, metrics={**probe, "path": str(have.path)})
 

@@ -42,6 +42,9 @@ LONG_REASONS = {
                               "command line; the configuration, each option documented for `--help`, is `train_v2lc_config.py`",
     "lcaffect_ml.data": "`SegmentStream`, one resumable, deterministic sampler (slots, epochs, shuffle "
                         "buffer, per-video cap) and the index reader it needs",
+    "lcaffect_pipeline.downstream.datasets": "the three benchmark loaders and the checks they share on "
+                                             "untrusted folders (typed errors naming file and row, ids and media "
+                                             "kept inside the folder) with the media policy; each loader is short",
     "lcaffect_ml.extract_features": "the feature extraction program: one pass per modality choice with its two "
                                     "caches (base, LC), its report and command line; the encoders are `features.py`",
 }

@@ -189,7 +189,9 @@ def test_a_failed_fusion_run_keeps_the_last_good_one(downstream_run) -> None:
     before = value.read_text()
     assert (Path(manifest(root, "meld_fusion_with_lc")["output_dir"]) / "metrics.json").exists()
     ds = DownstreamResource(demo=True, frames=4, size=32, seeds=[0, 1],
-                            fusion_extra_json='{"epochs": 5, "batch_size": 32, "no_such_option": 1}')
+                            # a metric of no MELD task: the program refuses it (an unknown option would be
+                            # refused at launch, before the run; see tests/test_config_bounds.py)
+                            fusion_extra_json='{"epochs": 5, "batch_size": 32, "select_metric": "no_such_metric"}')
     failed = dg.materialize(ALL, resources=resources(root, ds), selection=["meld_fusion_with_lc"], raise_on_error=False)
     assert not failed.success
     assert value.read_text() == before  # the asset's value still names the good run

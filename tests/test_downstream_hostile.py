@@ -144,3 +144,82 @@ def test_any_bad_mustard_value_names_file_and_entry(tmp_path: Path, uid: str, ke
         assert "sarcasm_data.json" in str(exc) and ("entry" in str(exc) or "more than once" in str(exc)), exc
     else:
         assert all(p.startswith(str(tmp_path / "utterances_final") + "/") for p in table.column("media_path").to_pylist())
+
+
+def test_one_long_meld_dialogue_keeps_a_capped_context_in_bounded_memory(tmp_path: Path) -> None:
+    """8,000 turns of one dialogue (700 KB): every earlier turn per row reached 5.7 GiB; the cap is
+    applied while collecting, so the table holds rows x MAX_CONTEXT_TURNS turns at most."""
+    import tracemalloc
+
+    from lcaffect_ml.contracts.tables import MAX_CONTEXT_TURNS
+
+    n = 8_000
+    _meld(tmp_path, [{**MELD_ROW, "Sr No.": str(i + 1), "Utterance_ID": str(i), "Utterance": f"turn number {i} " * 4}
+                     for i in range(n)])
+    tracemalloc.start()
+    table = load_meld(tmp_path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    rows = {r["utterance_id"]: r["context"] for r in table.select(["utterance_id", "context"]).to_pylist()}
+    assert rows["train_dia0_utt0"] == [] and len(rows["train_dia0_utt5"]) == 5
+    last = rows[f"train_dia0_utt{n - 1}"]
+    assert len(last) == MAX_CONTEXT_TURNS and last[-1].startswith(f"turn number {n - 2} ")  # the most recent turns
+    assert table.nbytes < 100 << 20 and peak < 400 << 20, (table.nbytes, peak)
+
+
+def test_a_meld_id_of_thousands_of_digits_is_a_dataset_error(tmp_path: Path) -> None:
+    _meld(tmp_path, [MELD_ROW, {**MELD_ROW, "Dialogue_ID": "7" * 5_000}])
+    with pytest.raises(DatasetError, match=r"train_sent_emo\.csv.*row 3: Dialogue_ID has 5000 digits, more than 18"):
+        load_meld(tmp_path)
+
+
+def _outside_video(tmp_path: Path) -> Path:
+    secret = tmp_path / "elsewhere" / "secret.mp4"
+    secret.parent.mkdir()
+    secret.write_bytes(b"not the dataset's")
+    return secret
+
+
+def test_media_symlinked_out_of_the_dataset_folder_is_refused(tmp_path: Path) -> None:
+    """``utterances_final`` or one ``1_60.mp4`` symlinked elsewhere was reported as media "ok"."""
+    root = tmp_path / "mustard"
+    root.mkdir()
+    (root / "sarcasm_data.json").write_text(json.dumps({"1_60": MUSTARD_ENTRY}), encoding="utf-8")
+    secret = _outside_video(tmp_path)
+    (root / "utterances_final").mkdir()
+    (root / "utterances_final" / "1_60.mp4").symlink_to(secret)
+    with pytest.raises(DatasetError, match=r"1_60\.mp4\): resolves to .*secret\.mp4, outside the dataset folder"):
+        load_mustard(root)
+    (root / "utterances_final" / "1_60.mp4").unlink()
+    (root / "utterances_final").rmdir()
+    (root / "utterances_final").symlink_to(secret.parent)
+    with pytest.raises(DatasetError, match=r"outside the dataset folder .*follow_symlinks: true allows it"):
+        load_mustard(root)
+    (secret.parent / "1_60.mp4").write_bytes(b"x")
+    assert load_mustard(root, follow_symlinks=True)["media_status"].to_pylist() == ["ok"]  # the documented option
+    inside = tmp_path / "meld"
+    _meld(inside, [MELD_ROW])
+    (inside / "train_splits").mkdir()
+    (inside / "train_splits" / "dia0_utt0.mp4").symlink_to(secret)
+    with pytest.raises(DatasetError, match=r"dia0_utt0\.mp4\): resolves to .*outside the dataset folder"):
+        load_meld(inside)
+
+
+def test_a_symlink_inside_the_folder_is_fine(tmp_path: Path) -> None:
+    root = tmp_path / "mustard"
+    (root / "utterances_final").mkdir(parents=True)
+    (root / "sarcasm_data.json").write_text(json.dumps({"1_60": MUSTARD_ENTRY}), encoding="utf-8")
+    (root / "store.mp4").write_bytes(b"x")
+    (root / "utterances_final" / "1_60.mp4").symlink_to(root / "store.mp4")
+    assert load_mustard(root)["media_status"].to_pylist() == ["ok"]
+
+
+@pytest.mark.parametrize("part", ["train", "test"])
+def test_an_id_twice_in_one_fold_list_is_refused(tmp_path: Path, part: str) -> None:
+    ids = [f"{i}_1" for i in range(4)]
+    (tmp_path / "sarcasm_data.json").write_text(json.dumps({u: MUSTARD_ENTRY for u in ids}), encoding="utf-8")
+    folds = [{"train": ids[2:], "test": ids[:2]}, {"train": ids[:2], "test": ids[2:]}]
+    folds[0][part] = folds[0][part] + folds[0][part][:1]
+    (tmp_path / "split_indices.json").write_text(json.dumps({"folds": folds}), encoding="utf-8")
+    with pytest.raises(DatasetError, match=rf"split_indices\.json.*fold 0: {part} lists utterance '\d_1' more than once"):
+        load_mustard(tmp_path)

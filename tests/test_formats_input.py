@@ -81,6 +81,40 @@ def test_protobuf_comments_without_an_id_stay_distinct(tmp_path: Path) -> None:
     assert again.column("comment_id").to_pylist() == ids  # derived ids are stable across runs
 
 
+@pytest.mark.parametrize("salt", ["s", None])
+def test_two_viewers_identical_comments_stay_two_rows(tmp_path: Path, salt) -> None:
+    """Same text, same offset, same second, no platform id: two AcFun users, two protobuf id-0
+    elements with different midHash, two XML rows with different user hashes stay two rows; a
+    verbatim repeat by the same viewer still deduplicates, the first viewer keeps the content id,
+    and no id carries the raw user id."""
+    acfun = tmp_path / "ac.json"
+    acfun.write_text(json.dumps([{"c": f"1.5,16777215,1,25,{u},1315564729", "m": "同"} for u in ("u1", "u2", "u1")]),
+                     encoding="utf-8")
+    xml = tmp_path / "1.xml"
+    xml.write_text("<i>" + "".join(f'<d p="1.5,1,25,16777215,1300000000,0,{u}">same</d>'
+                                   for u in ("aaaa1111", "bbbb2222", "aaaa1111")) + "</i>", encoding="utf-8")
+    folder = tmp_path / "123"
+    folder.mkdir()
+    base = {"id": 0, "mode": 1, "fontsize": 25, "color": 16777215, "ctime": 1700000000, "progress": 1000,
+            "content": "同"}
+    (folder / "123-1.pb").write_bytes(_segment([{**base, "midHash": m} for m in ("abcd1234", "ef567890", "abcd1234")]))
+    for path, users in ((acfun, ("u1", "u2")), (xml, ("aaaa1111", "bbbb2222")), (folder, ("abcd1234", "ef567890"))):
+        table = read_comments(path, author_salt=salt)
+        ids = table["comment_id"].to_pylist()
+        assert table.num_rows == 2 and len(set(ids)) == 2 and comment_stats(table)["duplicates"] == 1, path
+        assert not any(u in i for u in users for i in ids)
+        assert read_comments(path, author_salt=salt)["comment_id"].to_pylist() == ids  # stable
+        alone = tmp_path / "alone" / path.name
+        alone.parent.mkdir(exist_ok=True)
+        if path.is_dir():  # the first viewer alone: the id an ordinary comment had before
+            alone.mkdir()
+            (alone / "123-1.pb").write_bytes(_segment([{**base, "midHash": "abcd1234"}]))
+        else:
+            alone.write_text(path.read_text(encoding="utf-8").replace("u2", "u1").replace("bbbb2222", "aaaa1111"),
+                             encoding="utf-8")
+        assert read_comments(alone, author_salt=salt)["comment_id"].to_pylist() == ids[:1]
+
+
 def _huge_line(path: Path, mib: int) -> None:
     """One live-chat action whose message is ``mib`` MiB of text, on a single line."""
     text = "弹" * ((mib << 20) // 3)

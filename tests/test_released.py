@@ -19,7 +19,8 @@ import pytest
 from safetensors.torch import load_file
 
 from lcaffect_ml.extract_features import ExtractConfig, extract, main
-from lcaffect_ml.released import ReleasedFeatureError, load_pickle, read_released
+from lcaffect_ml.released import read_released
+from lcaffect_ml.released_pickle import ReleasedFeatureError, load_pickle
 from lcaffect_ml.options import ConfigError
 from lcaffect_ml.contracts.tables import UTTERANCES_SCHEMA
 

@@ -3,6 +3,7 @@ failing part-way keeps the previous shards, and ``max_duration_s`` holds for loc
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ from lcaffect_pipeline import clips
 from lcaffect_pipeline.clips import ClipOptions
 from lcaffect_pipeline.schema import SEGMENTS_SCHEMA
 from lcaffect_pipeline.shards import update_shard_index, verify_shards, write_shard_stream
+from lcaffect_pipeline.stages import run_stage
 
 # Runs the clips stage's segment step on one video in a fresh process and reports how far its
 # resident memory rose above what the imports take.
@@ -120,3 +122,18 @@ def test_max_duration_applies_to_local_videos(lake_root):
     assert not clips.videos_dir(lake_root).exists() or not list(clips.videos_dir(lake_root).iterdir())
     done = clips.fetch_video(video, None, root=lake_root, opts=ClipOptions(max_duration_s=60))
     assert done.status == "done" and Path(done.metrics["path"]).exists()
+
+
+def test_a_local_file_that_is_not_a_video_is_refused_not_copied(lake_root, tmp_path):
+    """``video: /etc/passwd`` (any local file) is probed before it is copied: the video fails with
+    ffprobe's reason, and nothing enters the lake."""
+    need_ffmpeg()
+    text = tmp_path / "notes.mp4"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n" * 50)
+    videos = [{"video_id": "v4", "platform": "local", "video": str(text)},
+              {"video_id": "ok", "platform": "local", "video": str(fixture_path("video", "example.mp4"))}]
+    fetch = functools.partial(clips.fetch_video, root=lake_root, opts=ClipOptions())
+    bad, good = run_stage(lake_root, "fetch", videos, fetch)
+    assert bad.status == "failed" and "VideoDecodeError" in bad.reason and str(text) in bad.reason
+    assert good.status == "done"
+    assert [p.name for p in clips.videos_dir(lake_root).iterdir() if p.name.startswith("v4")] == []

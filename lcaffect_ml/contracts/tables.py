@@ -43,6 +43,10 @@ UTTERANCES_SCHEMA = pa.schema(
 )
 
 MEDIA_OK = "ok"  # media_status of a row whose media could be prepared
+# The most earlier turns a row's ``context`` holds: MELD's loader caps while collecting, so one long
+# dialogue costs rows x this, not rows squared (an 8,000-turn dialogue reached 5.7 GiB);
+# ``ExtractConfig.context_turns`` may not ask for more.
+MAX_CONTEXT_TURNS = 32
 EXTRACT_COLUMNS = ("utterance_id", "text", "media_npz", "media_status")
 FUSION_REQUIRED = ("utterance_id", "split", "label", "media_status")
 FUSION_COLUMNS = ("dataset", *FUSION_REQUIRED, "show", "fold", "extra_labels")

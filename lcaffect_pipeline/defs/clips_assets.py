@@ -19,7 +19,7 @@ def _fetch_args(context, up):
 
 def _probe_args(context, up):
     fetched = keyed(up["videos"])
-    return lambda video: {"video_hash": (fetched.get(video["video_id"]) or {}).get("output_hash")}
+    return lambda video: {"fetched": fetched.get(video["video_id"])}
 
 
 def _audio_args(context, up):

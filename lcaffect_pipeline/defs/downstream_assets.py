@@ -99,7 +99,7 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
             if root is None:
                 return dg.Output({"available": False, "reason": f"no root configured for {task}"},
                                  metadata={"available": False}, data_version=dg.DataVersion("not-available"))
-            table = load_dataset(task, root)
+            table = load_dataset(task, root, downstream.follow_symlinks)
             table, media_report = check_media(table, policy=downstream.media_policy)
             media = stack.enter_context(workspace(task_dir(lake, task) / "media", "media preparation"))
             table, prep_report = prepare_media(table, media, frames=downstream.frames,

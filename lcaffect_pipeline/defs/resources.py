@@ -18,9 +18,17 @@ from pydantic import Field, model_validator
 
 from .. import lake, leases, schema, versions
 from ..demo import WORLDS as DEMO_WORLDS
+from ..downstream.datasets import MEDIA_POLICIES
 from ..jsonopt import json_object
 from lcaffect_ml.contracts import naming
 from lcaffect_ml.contracts import tables as contract_tables
+
+
+def changed_from_defaults(resource: dg.ConfigurableResource) -> set[str]:
+    """The names of the options ``resource`` sets to other than their defaults."""
+    values = resource.model_dump()
+    return {name for name, field in type(resource).model_fields.items()
+            if name in values and values[name] != field.get_default(call_default_factory=True)}
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -46,10 +54,10 @@ class RunScope(dg.ConfigurableResource):
     videos: list[str] = Field(default=[], description="Only these video ids (empty: the whole catalogue)")
     force: bool = Field(default=False, description="Recompute even when inputs are unchanged")
     refresh: bool = Field(default=False, description="Re-crawl comments of videos already fetched (new comments keep arriving)")
-    chunk_size: Optional[int] = Field(default=None, description="Videos per fan-out step (each step is one process, or pod); default: sized to the executor, below")
-    workers: Optional[int] = Field(default=None, description="Steps the executor runs at once, for sizing chunks (default: the CPU count; 16 under LCAFFECT_EXECUTOR=k8s)")
-    min_chunk: Optional[int] = Field(default=None, description="Fewest videos per chunk, so a step's start-up is amortised (default 16; 64 under k8s, where a step is a pod)")
-    max_chunk: int = Field(default=500, description="Most videos per chunk (memory, and what a dying step loses)")
+    chunk_size: Optional[int] = Field(default=None, ge=1, description="Videos per fan-out step (each step is one process, or pod); default: sized to the executor, below")
+    workers: Optional[int] = Field(default=None, ge=1, description="Steps the executor runs at once, for sizing chunks (default: the CPU count; 16 under LCAFFECT_EXECUTOR=k8s)")
+    min_chunk: Optional[int] = Field(default=None, ge=1, description="Fewest videos per chunk, so a step's start-up is amortised (default 16; 64 under k8s, where a step is a pod)")
+    max_chunk: int = Field(default=500, ge=1, description="Most videos per chunk (memory, and what a dying step loses)")
     max_failed_share: float = Field(default=0.5, ge=0.0, le=1.0, description="A per-video asset fails its run when more than this share of the videos it worked on failed (all failed always fails)")
     as_of_json: str = Field(default="{}", description='Read these inputs as of an earlier version, to reproduce a run: tables by version, other assets by manifest id, e.g. {"clean_comments": 3, "v2lc_encoder": "<manifest id>"} (README, "Versions")')
 
@@ -99,6 +107,12 @@ class CrawlerResource(dg.ConfigurableResource):
     max_redirects: int = 5
     redirect_hosts: list[str] = Field(default=[], description="Hosts a redirect may lead to besides the one asked (others are refused)")
     rate_limit_dir: Optional[str] = Field(default=None, description="Folder of per-host lock files that pace every process; default a temp folder (point it at a shared one for several machines)")
+
+    @model_validator(mode="after")
+    def _valid(self) -> "CrawlerResource":
+        """Checked when the resource is built, before any request: ``SourceConfig`` holds the bounds."""
+        self.source_config()
+        return self
 
     def source_config(self):
         from ..sources import SourceConfig
@@ -253,6 +267,13 @@ class ClipsResource(dg.ConfigurableResource):
         "webp, or npy (exact raw uint8, the layout before codecs); a new codec writes a new shard version")
     frame_quality: int = Field(default=DEFAULT_FRAME_QUALITY, ge=1, le=100, description="jpeg/webp quality (1-100)")
 
+    @model_validator(mode="after")
+    def _valid(self) -> "ClipsResource":
+        """Checked when the resource is built, before any video is fetched: ``ClipOptions`` holds
+        the bounds (``frames_per_segment: 1000000`` once failed 75 s in with bare MemoryErrors)."""
+        self.options()
+        return self
+
     def options(self):
         from ..clips import ClipOptions
 
@@ -283,11 +304,26 @@ class V2LCTrainingResource(dg.ConfigurableResource):
                                '{"text_encoder": "xlm-roberta-base"}}}; the first is the one downstream reads. Empty: one '
                                'encoder, "default", on every shard')
     # how to launch (not training options)
-    launcher: str = Field(default="subprocess", description='"subprocess" (PipesSubprocessClient) or "k8s" (PipesK8sClient, needs dagster-k8s)')
+    launcher: Literal["subprocess", "k8s"] = Field(default="subprocess", description='"subprocess" (PipesSubprocessClient) or "k8s" (PipesK8sClient, needs dagster-k8s)')
     gpus: int = Field(default=0, description="GPUs: >1 launches torchrun --nproc_per_node=gpus; for k8s, the nvidia.com/gpu limit")
     command: list[str] = Field(default=[], description='Replace the launch command prefix, e.g. ["srun", "python", "-m", "lcaffect_ml.train_v2lc"]')
     k8s_image: Optional[str] = None
     k8s_namespace: Optional[str] = None
+
+
+    @model_validator(mode="after")
+    def _valid(self) -> "V2LCTrainingResource":
+        """The training options checked when the resource is built, against ``TrainConfig``'s
+        fields and bounds (the program's own), not when the program starts after the shards."""
+        extra = json_object(self.extra_json, "v2lc_training.extra_json")
+        changed = changed_from_defaults(self) - {*self.LAUNCH_FIELDS, "extra_json"}
+        if changed or extra:  # the defaults need no check (nor torch's import)
+            from lcaffect_ml.options import check_options
+            from lcaffect_ml.train_v2lc_config import TrainConfig
+
+            check_options(TrainConfig, extra, "v2lc_training.extra_json")
+            check_options(TrainConfig, {k: getattr(self, k) for k in changed}, "v2lc_training")
+        return self
 
 
 V2LCTrainingResource.LAUNCH_FIELDS = ("launcher", "gpus", "command", "k8s_image", "k8s_namespace", "variants_json")
@@ -302,9 +338,12 @@ class DownstreamResource(dg.ConfigurableResource):
     chsims2_root: Optional[str] = Field(default=None, description="CH-SIMS v2 folder (label.csv, Raw/)")
     meld_root: Optional[str] = Field(default=None, description="MELD.Raw folder ({train,dev,test}_sent_emo.csv and the split folders)")
     mustard_root: Optional[str] = Field(default=None, description="MUStARD folder (sarcasm_data.json, utterances_final/)")
-    media_policy: str = Field(default="skip", description='Utterances whose media are missing: "skip" them (reported) or "fail"')
-    frames: int = Field(default=8, description="Frames per utterance")
-    size: int = Field(default=224, description="Frame size (the V2LC video encoder's image size)")
+    media_policy: Literal[MEDIA_POLICIES] = Field(default="skip", description='Utterances whose media are missing: '
+                                                  '"skip" them (reported), "keep" them (text-only work) or "fail"')
+    follow_symlinks: bool = Field(default=False, description="Admit media files or folders symlinked out of a dataset "
+                                  "folder (refused by default: the folder is untrusted input)")
+    frames: int = Field(default=8, ge=1, le=256, description="Frames per utterance")
+    size: int = Field(default=224, ge=16, le=2048, description="Frame size (the V2LC video encoder's image size)")
     frame_backend: Literal["auto", "pyav", "decord"] = Field(default="auto", description="Frame decoder (exact "
                                                              "either way): PyAV, or decord (PyAV where it refuses a file)")
     modalities: list[str] = Field(
@@ -347,12 +386,32 @@ class DownstreamResource(dg.ConfigurableResource):
         if unknown or not all(isinstance(v, dict) for v in per_task.values()):
             raise ValueError(f"downstream.task_features_json: keys must be tasks {list(contract_tables.DOWNSTREAM_TASKS)} with an "
                              f"object of options each (unknown: {unknown})")
+        self._check_program_options()
         arms = json.loads(self.lc_variants_json or "{}")
         unknown = sorted(set(arms) - set(contract_tables.DOWNSTREAM_TASKS))
         if unknown or not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in arms.values()):
             raise ValueError(f"downstream.lc_variants_json: keys must be tasks {list(contract_tables.DOWNSTREAM_TASKS)} with a "
                              f"list of V2LC variant names each (unknown: {unknown})")
         return self
+
+    def _check_program_options(self) -> None:
+        """Unknown keys and values out of bounds inside the ``*_json`` options and ``seeds``,
+        refused as at the top level, against the programs' own config fields."""
+        from lcaffect_ml.options import check_options
+
+        features = {"features_extra_json": json.loads(self.features_extra_json or "{}"),
+                    **{f"task_features_json[{t}]": v for t, v in json.loads(self.task_features_json or "{}").items()}}
+        if any(features.values()):  # importing the program costs torch's import: only when there is something
+            from lcaffect_ml.extract_features import ExtractConfig
+
+            for where, values in features.items():
+                check_options(ExtractConfig, values, f"downstream.{where}")
+        fusion = json.loads(self.fusion_extra_json or "{}")
+        if fusion or "seeds" in changed_from_defaults(self):
+            from lcaffect_ml.fusion_data import FusionTrainConfig
+
+            check_options(FusionTrainConfig, fusion, "downstream.fusion_extra_json")
+            check_options(FusionTrainConfig, {"seeds": self.seeds}, "downstream")
 
     def lc_variants(self, task: str) -> list[str] | None:
         """The V2LC variants ``task`` is evaluated with (``lc_variants_json``), None: every one."""

@@ -36,7 +36,11 @@ as cp1252 (``"â€™"``) is decoded back when that round trip is exact. The co
 ``../shared/data`` is clean UTF-8 (``’`` is U+2019, CRLF line ends): the rules change nothing there.
 
 Media: a loader never fails for a missing media file; the row gets ``media_status`` "missing" and
-``check_media`` applies the caller's policy. A malformed annotation file raises ``DatasetError``
+``check_media`` applies the caller's policy. A media path that resolves outside the dataset folder
+(``utterances_final`` or ``1_60.mp4`` symlinked elsewhere) is a ``DatasetError`` unless the caller
+passes ``follow_symlinks`` (``DownstreamResource.follow_symlinks``). MELD's ``context`` keeps at
+most ``protocols.MAX_CONTEXT_TURNS`` earlier turns, capped while it is collected; ids have at
+most ``MAX_ID_DIGITS`` digits; an id listed twice in one fold of ``split_indices`` is refused. A malformed annotation file raises ``DatasetError``
 naming the file, the row (or JSON entry) and the reason: a value that is not what its column
 holds, an id that would put a media path outside the dataset folder (``../../etc/passwd``), a
 duplicate CSV column, JSON key or utterance id, JSON nested too deeply. A split without any
@@ -78,6 +82,8 @@ CHSIMS_MODES = {"train": "train", "valid": "valid", "val": "valid", "dev": "vali
 MUSTARD_KEYS = ("utterance", "speaker", "context", "context_speakers", "show", "sarcasm")
 SPLITS = ("train", "valid", "test", "all")
 MEDIA_STATUSES = ("ok", "missing", "unreadable")
+MEDIA_POLICIES = ("skip", "keep", "fail")  # what check_media does with media that are not ok
+MAX_ID_DIGITS = 18  # an id column's integer fits int64 (MELD's are below 10,000)
 
 
 class DatasetError(ValueError):
@@ -154,6 +160,17 @@ def read_csv_rows(dataset: str, path: Path, columns: Iterable[str], fallback: st
 # ------------------------------------------------------------------------------ table
 
 
+def media_inside(dataset: str, root: Path, media: Path, follow_symlinks: bool) -> Path:
+    """``media`` as it is, refusing (``DatasetError``) a path that resolves outside the dataset
+    folder ``root`` (a media file or folder symlinked out of it) unless ``follow_symlinks``."""
+    if not follow_symlinks:
+        target, inside = media.resolve(), root.resolve()
+        if not target.is_relative_to(inside):
+            raise DatasetError(dataset, media, f"resolves to {target}, outside the dataset folder {inside}: a symlink "
+                                               "out of the folder is refused (follow_symlinks: true allows it)")
+    return media
+
+
 def _media_status(path: Path) -> str:
     return "ok" if path.is_file() else "missing"
 
@@ -218,7 +235,9 @@ def _int_text(dataset: str, path: Path, row: int, name: str, value: str) -> str:
     """An id column holding an integer, as its canonical text ("07" -> "7", "3.0" is refused)."""
     value = value.strip()
     if not (value.isascii() and value.isdigit()):  # "²".isdigit() is true, int("²") fails
-        raise DatasetError(dataset, path, f"row {row}: {name} {value!r} is not a non-negative integer")
+        raise DatasetError(dataset, path, f"row {row}: {name} {value[:40]!r} is not a non-negative integer")
+    if len(value.lstrip("0")) > MAX_ID_DIGITS:  # int() refuses over 4,300 digits, untyped
+        raise DatasetError(dataset, path, f"row {row}: {name} has {len(value)} digits, more than {MAX_ID_DIGITS}")
     return str(int(value))
 
 
@@ -235,7 +254,7 @@ def chsims2_label_file(root: Path) -> Path:
     return found[0]
 
 
-def load_chsims2(root: str | os.PathLike) -> pa.Table:
+def load_chsims2(root: str | os.PathLike, follow_symlinks: bool = False) -> pa.Table:
     """CH-SIMS v2 (supervised) from its folder: the label file + ``Raw/{video_id}/{clip_id}.mp4``."""
     root = Path(root)
     path = chsims2_label_file(root)
@@ -255,7 +274,8 @@ def load_chsims2(root: str | os.PathLike) -> pa.Table:
             raise DatasetError("chsims2", path, f"row {i}: {out_of_range} outside [-1, 1]")
         extra = {k: labels[k] for k in ("label_T", "label_A", "label_V")} | {"annotation": r["annotation"].strip()}
         rows.append(utterance_row("chsims2", f"{vid}_{clip}", mode, repair_text(r["text"]), labels["label"],
-                                  _chsims_media(root, vid, clip), label_name=r["annotation"].strip() or None,
+                                  media_inside("chsims2", root, _chsims_media(root, vid, clip), follow_symlinks),
+                                  label_name=r["annotation"].strip() or None,
                                   extra=extra))
     _unique_ids("chsims2", path, rows)
     return utterance_table("chsims2", path, rows, {s: path for s in ("train", "valid", "test")})
@@ -275,7 +295,7 @@ def _chsims_media(root: Path, video_id: str, clip_id: str) -> Path:
 # ------------------------------------------------------------------------------ MELD
 
 
-def load_meld(root: str | os.PathLike) -> pa.Table:
+def load_meld(root: str | os.PathLike, follow_symlinks: bool = False) -> pa.Table:
     """MELD from the MELD.Raw folder: the three ``*_sent_emo.csv`` and the split media folders."""
     root = Path(root)
     rows: list[dict[str, Any]] = []
@@ -283,7 +303,7 @@ def load_meld(root: str | os.PathLike) -> pa.Table:
     for official, split in MELD_SPLITS.items():
         path = files[split]
         media_dir = meld_media_dir(root, official)
-        split_rows = [_meld_row(path, i, r, official, split, media_dir)
+        split_rows = [_meld_row(path, i, r, official, split, media_dir, follow_symlinks)
                       for i, r in enumerate(read_csv_rows("meld", path, MELD_COLUMNS, "cp1252"), start=2)]
         _unique_ids("meld", path, split_rows)
         rows += with_preceding_turns(split_rows)
@@ -299,7 +319,8 @@ def meld_media_dir(root: Path, official: str) -> Path:
     return root / name
 
 
-def _meld_row(path: Path, i: int, r: dict[str, str], official: str, split: str, media_dir: Path) -> dict[str, Any]:
+def _meld_row(path: Path, i: int, r: dict[str, str], official: str, split: str, media_dir: Path,
+              follow_symlinks: bool) -> dict[str, Any]:
     dia = _int_text("meld", path, i, "Dialogue_ID", r["Dialogue_ID"])
     utt = _int_text("meld", path, i, "Utterance_ID", r["Utterance_ID"])
     emotion, sentiment = r["Emotion"].strip().lower(), r["Sentiment"].strip().lower()
@@ -310,14 +331,16 @@ def _meld_row(path: Path, i: int, r: dict[str, str], official: str, split: str, 
     extra = {"sentiment": sentiment, "dialogue_id": int(dia), "utterance_id": int(utt), "season": r["Season"].strip(),
              "episode": r["Episode"].strip(), "start_time": r["StartTime"].strip(), "end_time": r["EndTime"].strip()}
     return utterance_row("meld", f"{official}_dia{dia}_utt{utt}", split, repair_text(r["Utterance"]),
-                         MELD_EMOTIONS.index(emotion), media_dir / f"dia{dia}_utt{utt}.mp4", label_name=emotion,
+                         MELD_EMOTIONS.index(emotion),
+                         media_inside("meld", path.parent, media_dir / f"dia{dia}_utt{utt}.mp4", follow_symlinks),
+                         label_name=emotion,
                          extra=extra, speaker=repair_text(r["Speaker"]).strip() or None)
 
 
 # ------------------------------------------------------------------------------ MUStARD
 
 
-def load_mustard(root: str | os.PathLike) -> pa.Table:
+def load_mustard(root: str | os.PathLike, follow_symlinks: bool = False) -> pa.Table:
     """MUStARD from its folder: ``sarcasm_data.json`` + ``utterances_final/{id}.mp4``."""
     root = Path(root)
     path = root / "sarcasm_data.json"
@@ -331,7 +354,7 @@ def load_mustard(root: str | os.PathLike) -> pa.Table:
         raise DatasetError("mustard", path, "not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise DatasetError("mustard", path, f"top level is a {type(data).__name__}, expected an object of utterances")
-    rows = [_mustard_row(root, path, uid, entry) for uid, entry in data.items()]
+    rows = [_mustard_row(root, path, uid, entry, follow_symlinks) for uid, entry in data.items()]
     try:
         folds, source = mustard_folds(root, [r["utterance_id"] for r in rows])
     except FoldsError as exc:
@@ -357,7 +380,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _mustard_row(root: Path, path: Path, uid: str, e: Any) -> dict[str, Any]:
+def _mustard_row(root: Path, path: Path, uid: str, e: Any, follow_symlinks: bool) -> dict[str, Any]:
     if not isinstance(e, dict):
         raise DatasetError("mustard", path, f"entry {uid!r} is a {type(e).__name__}, expected an object")
     _path_part("mustard", path, f"entry {uid!r}", "id", uid)
@@ -373,7 +396,7 @@ def _mustard_row(root: Path, path: Path, uid: str, e: Any) -> dict[str, Any]:
     sarcastic = bool(e["sarcasm"])
     return utterance_row(
         "mustard", uid, "all", repair_text(e["utterance"]), 1.0 if sarcastic else 0.0,
-        root / "utterances_final" / f"{uid}.mp4", label_name="sarcastic" if sarcastic else "not_sarcastic",
+        media_inside("mustard", root, root / "utterances_final" / f"{uid}.mp4", follow_symlinks), label_name="sarcastic" if sarcastic else "not_sarcastic",
         extra={"context_speakers": e["context_speakers"]}, speaker=e["speaker"], show=e["show"],
         context=[repair_text(t) for t in e["context"]])
 
@@ -381,20 +404,21 @@ def _mustard_row(root: Path, path: Path, uid: str, e: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ dispatch + policy
 
 
-LOADERS: dict[str, Callable[[str | os.PathLike], pa.Table]] = {
+LOADERS: dict[str, Callable[[str | os.PathLike, bool], pa.Table]] = {
     "chsims2": load_chsims2, "meld": load_meld, "mustard": load_mustard,
 }
 
 
-def load_dataset(name: str, root: str | os.PathLike) -> pa.Table:
-    """The loader for ``name`` (one of ``schema.DOWNSTREAM_TASKS``) applied to ``root``."""
+def load_dataset(name: str, root: str | os.PathLike, follow_symlinks: bool = False) -> pa.Table:
+    """The loader for ``name`` (one of ``schema.DOWNSTREAM_TASKS``) applied to ``root``;
+    ``follow_symlinks`` admits media symlinked out of the folder."""
     try:
         loader = LOADERS[name]
     except KeyError:
         raise DatasetError(name, None, f"unknown dataset (known: {sorted(LOADERS)})") from None
     if not Path(root).is_dir():
         raise DatasetError(name, root, "dataset folder not found")
-    return loader(root)
+    return loader(root, follow_symlinks)
 
 
 @dataclass
@@ -422,8 +446,8 @@ def check_media(table: pa.Table, policy: str = "skip") -> tuple[pa.Table, MediaR
     (text-only work); ``fail``: raise ``DatasetError`` naming the dataset, how many and the first
     few files when there is any.
     """
-    if policy not in ("skip", "keep", "fail"):
-        raise ValueError(f"unknown media policy {policy!r} (skip | keep | fail)")
+    if policy not in MEDIA_POLICIES:
+        raise ValueError(f"unknown media policy {policy!r} ({' | '.join(MEDIA_POLICIES)})")
     dataset = ",".join(sorted(set(table.column("dataset").to_pylist()))) or "?"
     rows = table.select(["utterance_id", "split", "media_status", "media_path"]).to_pylist()
     report = MediaReport(dataset, policy, table.num_rows)

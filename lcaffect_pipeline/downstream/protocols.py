@@ -4,9 +4,12 @@ MUStARD's official cross-validation folds (``fold``) and MELD's dialogue context
 
 from __future__ import annotations
 
+import bisect
 import json
 from pathlib import Path
 from typing import Any
+
+from lcaffect_ml.contracts.tables import MAX_CONTEXT_TURNS
 
 MUSTARD_FOLDS_FILE = "split_indices.json"
 # The folds as MUStARD ships them (``data/split_indices.p``): a Python 2 protocol-2 pickle of a
@@ -15,19 +18,23 @@ MUSTARD_FOLDS_PICKLE = "split_indices.p"
 
 
 def with_preceding_turns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each row's ``context``: the texts of the earlier turns of its dialogue, oldest first.
+    """Each row's ``context``: the texts of the earlier turns of its dialogue, oldest first, at
+    most the last ``MAX_CONTEXT_TURNS``.
 
     Ordered by ``Utterance_ID``, not by row position, so a file whose rows are not in dialogue
     order still never gives an utterance a later turn."""
     dialogues: dict[int, list[tuple[int, str]]] = {}
+    keys = []
     for r in rows:
         extra = json.loads(r["extra_labels"])
+        keys.append((extra["dialogue_id"], extra["utterance_id"]))
         dialogues.setdefault(extra["dialogue_id"], []).append((extra["utterance_id"], r["text"]))
     for turns in dialogues.values():
         turns.sort()
-    for r in rows:
-        extra = json.loads(r["extra_labels"])
-        r["context"] = [text for utt, text in dialogues[extra["dialogue_id"]] if utt < extra["utterance_id"]]
+    for r, (dia, utt) in zip(rows, keys):
+        turns = dialogues[dia]
+        end = bisect.bisect_left(turns, (utt,))  # the first turn at or after this one
+        r["context"] = [text for _utt, text in turns[max(0, end - MAX_CONTEXT_TURNS):end]]
     return rows
 
 
@@ -55,6 +62,11 @@ def mustard_official_folds(data: Any, ids: list[str]) -> dict[str, int]:
         if not isinstance(fold, dict) or not all(isinstance(fold.get(p), list) for p in ("train", "test")):
             raise FoldsError(f"fold {k}: needs `train` and `test` lists of utterance ids")
         train, test = [str(u) for u in fold["train"]], [str(u) for u in fold["test"]]
+        for part, listed in (("train", train), ("test", test)):
+            if len(set(listed)) != len(listed):
+                seen: set[str] = set()
+                dup = next(u for u in listed if u in seen or seen.add(u))
+                raise FoldsError(f"fold {k}: {part} lists utterance {dup!r} more than once")
         unknown = sorted((set(train) | set(test)) - known)
         if unknown:
             raise FoldsError(f"fold {k}: ids not in sarcasm_data.json: {unknown[:5]}")
@@ -105,7 +117,7 @@ def mustard_folds(root: Path, ids: list[str]) -> tuple[dict[str, int] | None, st
 
 def _folds_from(path: Path, ids: list[str]) -> dict[str, int]:
     """utterance id -> test fold, from ``split_indices.p`` or ``split_indices.json``."""
-    from lcaffect_ml.released import NUMPY_ARRAY_GLOBALS, ReleasedFeatureError, load_pickle
+    from lcaffect_ml.released_pickle import NUMPY_ARRAY_GLOBALS, ReleasedFeatureError, load_pickle
 
     try:
         if path.name == MUSTARD_FOLDS_PICKLE:

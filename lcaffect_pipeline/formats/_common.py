@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -58,16 +59,52 @@ class ParseContext:
         return CommentFormatError(self.path, reason)
 
 
+DERIVED_ID_PATTERN = r"^h[0-9a-f]{20}$"  # what ``derived_id`` returns (no platform id looks like it)
+
+
 def derived_id(*parts: object) -> str:
     """A stable comment id from content, for formats (or old files) without one.
 
-    Verbatim-repeated elements get the same id and so deduplicate to one row.
+    Verbatim-repeated elements get the same id and so deduplicate to one row; the reader then
+    keeps distinct viewers' identical comments apart (``separate_viewers``).
     """
     digest = hashlib.blake2b(digest_size=10)
     for part in parts:
         digest.update(str(part).encode("utf-8", "surrogatepass"))
         digest.update(b"\x1f")
     return "h" + digest.hexdigest()
+
+
+def separate_viewers(table: pa.Table) -> pa.Table:
+    """Ids derived from content (``derived_id``) kept apart for distinct viewers.
+
+    A derived id covers the comment, not its author (an id must not reveal who wrote it), so two
+    viewers posting the same text at the same moment would share it and deduplicate to one row.
+    Among the rows sharing a derived id, the k-th distinct raw author (in file order, k >= 1)
+    gets ``derived_id(id, k)``: viewers stay distinct, a verbatim repeat by the same author still
+    deduplicates, the first author keeps the plain id (so ids of ordinary comments do not change),
+    and the id depends only on the file, never on who the authors are.
+    """
+    derived = pc.and_(pc.match_substring_regex(table["comment_id"], DERIVED_ID_PATTERN),
+                      pc.is_valid(table["author"]))
+    rows = pc.indices_nonzero(derived.combine_chunks() if isinstance(derived, pa.ChunkedArray) else derived)
+    if len(rows) < 2:
+        return table
+    ids = table["comment_id"].take(rows).to_pylist()
+    authors = table["author"].take(rows).to_pylist()
+    rank: dict[str, dict[str, int]] = {}
+    made = []
+    for cid, author in zip(ids, authors):
+        seen = rank.setdefault(cid, {})
+        k = seen.setdefault(author, len(seen))
+        made.append(derived_id(cid, k) if k else cid)
+    if made == ids:
+        return table
+    column = table["comment_id"].combine_chunks()
+    mask = np.zeros(len(column), bool)
+    mask[rows.to_numpy()] = True
+    replaced = pc.replace_with_mask(column, pa.array(mask), pa.array(made, pa.string()))
+    return table.set_column(table.schema.get_field_index("comment_id"), table.schema.field("comment_id"), replaced)
 
 
 def hash_authors(raw_ids: pa.Array | pa.ChunkedArray, salt: str | None) -> pa.Array:

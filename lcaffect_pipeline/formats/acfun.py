@@ -6,7 +6,8 @@ payload is kept in ``raw`` (a payload that is not JSON keeps its raw text). Othe
 ``\\r`` or ``/n`` for line breaks; both become ``\\n``. Old dumps have no comment id: one is
 derived from ``c`` without its user field, and ``m``, so verbatim repeats deduplicate and the id
 reveals nothing about the user (an unsalted hash over the user id could be reversed by trying
-candidate ids). The user ``guest`` is no user. ``m`` should be a string; a number, object or list
+candidate ids); two users' identical comments are kept apart by ``_common.separate_viewers``. The
+user ``guest`` is no user. ``m`` should be a string; a number, object or list
 (some dumps store a mode-7 payload as an object) is kept as its JSON text, and a record whose
 ``m`` is null is skipped and counted.
 """

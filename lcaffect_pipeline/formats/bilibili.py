@@ -18,7 +18,8 @@ Decisions (documented for users of the corpus):
   first segment. A row whose numeric fields do not parse is skipped and counted the same way.
 - Files older than the dmid (7 fields) or rows whose dmid is empty or ``0`` get an id derived
   from ``p`` and the text, so verbatim-repeated elements deduplicate to one. Protobuf
-  elements with ``id`` 0 likewise get one derived from their fields (not the user hash).
+  elements with ``id`` 0 likewise get one derived from their fields (not the user hash);
+  identical comments of distinct viewers are kept apart by ``_common.separate_viewers``.
 - The 8-field form has no weight: ``weight`` is null (not 0, which is a real weight).
 - ``/n`` is Bilibili's newline and becomes ``\\n``; XML entities are decoded by the parser.
 - Mode 7 (positioned): the text is element [4] of the JSON array and the payload is kept in

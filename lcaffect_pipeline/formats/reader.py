@@ -25,7 +25,7 @@ from lcaffect_pipeline.schema import COMMENTS_SCHEMA, PLATFORMS
 from lcaffect_pipeline.schema import author_salt as author_salt_of
 
 from . import acfun, bilibili, niconico, youtube
-from ._common import CommentFormatError, ParseContext, hash_authors
+from ._common import CommentFormatError, ParseContext, hash_authors, separate_viewers
 from ._xml import XML_ERRORS, xml_root_tag
 
 FORMAT_PLATFORM = {
@@ -343,6 +343,7 @@ def _combine(parsed: list[tuple[pa.Table, ParseContext]], salt: str | None) -> p
     tables = _assembled(parsed)
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
     single_video = len({(ctx.platform, ctx.video_id) for _t, ctx in parsed}) == 1
+    table = separate_viewers(table)
     deduped = _dedupe_ids(table) if single_video else dedupe(table)
     author = deduped.schema.get_field_index("author")
     deduped = deduped.set_column(author, COMMENTS_SCHEMA.field("author"), hash_authors(deduped["author"], salt))

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from lcaffect_ml.options import check_bounds, opt
+
 from lcaffect_pipeline import lake
 from lcaffect_pipeline.schema import PLATFORMS
 from lcaffect_pipeline.sources.http import DEFAULT_MAX_BYTES, DEFAULT_USER_AGENT, FetchError, PoliteSession, mask_text, masked_logger
@@ -23,22 +25,25 @@ class SourceConfig:
 
     api_base: str = "https://api.bilibili.com"
     comment_base: str = "https://comment.bilibili.com"
-    min_interval_s: float = 1.0
-    timeout_s: float = 30.0
-    attempts: int = 5
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 60.0
-    retry_after_max_s: float = 120.0
+    min_interval_s: float = opt(1.0, "seconds between requests to one host", low=0)
+    timeout_s: float = opt(30.0, "seconds per read", above=0)
+    attempts: int = opt(5, "attempts per request", low=1, high=100)
+    backoff_base_s: float = opt(1.0, "base of the exponential back-off", low=0)
+    backoff_max_s: float = opt(60.0, "longest back-off", low=0)
+    retry_after_max_s: float = opt(120.0, "longest Retry-After honoured", low=0)
     user_agent: str = DEFAULT_USER_AGENT
     cookie_file: str | None = None
     refresh: bool = False
     tracks: tuple[str, ...] = DEFAULT_TRACKS
-    max_response_bytes: int = DEFAULT_MAX_BYTES  # per reply, on the wire and after decompression
-    deadline_s: float = 120.0  # per request attempt, whole answer (timeout_s is per read)
-    max_segments: int = 1000  # Bilibili 6-minute segments per video (100 hours)
-    max_redirects: int = 5
+    max_response_bytes: int = opt(DEFAULT_MAX_BYTES, "per reply, on the wire and after decompression", low=1)
+    deadline_s: float = opt(120.0, "per request attempt, whole answer (timeout_s is per read)", above=0)
+    max_segments: int = opt(1000, "Bilibili 6-minute segments per video (100 hours)", low=1)
+    max_redirects: int = opt(5, "redirects followed per request", low=0, high=50)
     redirect_hosts: tuple[str, ...] = ()  # hosts a redirect may lead to besides the one asked
     rate_limit_dir: str | None = None  # lock files pacing each host; default: a temp folder
+
+    def __post_init__(self) -> None:
+        check_bounds(self, "crawler: ")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> "SourceConfig":
