@@ -18,7 +18,7 @@ the event log size, the in-process time (and CPU time) per video split into fetc
 comments, decode and shard writing, the lake's bytes per video, and the job's step times added
 up per op (where the job's time went). Target: the job costs the in-process work plus a fixed
 start-up, nothing per video; ``--max-concurrent 1`` runs the job's steps one at a time, on equal
-terms with the one-process loop. The README's "Operating at scale" scales these figures to the
+terms with the one-process loop. docs/OPERATIONS.md scales these figures to the
 paper's 829 hours. Default: 40 videos of 60 s, a few minutes on 2 busy cores.
 
     python bench/bench_clips_scale.py [--n 40] [--seconds 60] [--height 360] [--max-concurrent 1] [--json out.json]

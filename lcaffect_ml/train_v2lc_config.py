@@ -114,7 +114,7 @@ def hub_models(options: dict[str, Any], used_by: str = "train_v2lc") -> list:
     from .v2lc import TEXT_PRESETS, VIDEO_PRESETS
 
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    get = lambda key: options.get(key, defaults[key])  # noqa: E731
+    get = lambda key: defaults[key] if options.get(key) is None else options[key]  # noqa: E731  (None: the default)
     refs = [ModelRef(get(key), f"{used_by}.{key}") for key, presets in
             (("video_encoder", VIDEO_PRESETS), ("text_encoder", TEXT_PRESETS)) if get(key) not in presets]
     if get("tokenizer"):

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from lcaffect_ml.contracts.shards import (DEFAULT_FRAME_CODEC, DEFAULT_FRAME_QUALITY, DEFAULT_FRAMES_PER_SEGMENT,
-                                          DEFAULT_SEGMENT_S, FRAME_MEMBERS, check_frame_codec, decode_frames_member)
+from lcaffect_ml.contracts.shards import (DEFAULT_COMMENTS_PER_SEGMENT, DEFAULT_FRAME_CODEC, DEFAULT_FRAME_QUALITY,
+                                          DEFAULT_FRAME_SIZE, DEFAULT_FRAMES_PER_SEGMENT, DEFAULT_SEGMENT_S, FRAME_MEMBERS,
+                                          check_frame_codec, decode_frames_member)
 from lcaffect_ml.options import check_bounds, opt
 
 from . import lake, tables
@@ -34,9 +35,9 @@ class ClipOptions:
     before any video is fetched, naming the option and its range."""
 
     segment_s: float = opt(DEFAULT_SEGMENT_S, "segment length, seconds", above=0, high=600)
-    comments_per_segment: int = opt(32, "comments kept per segment", low=1, high=10_000)
+    comments_per_segment: int = opt(DEFAULT_COMMENTS_PER_SEGMENT, "comments kept per segment", low=1, high=10_000)
     frames_per_segment: int = opt(DEFAULT_FRAMES_PER_SEGMENT, "frames sampled per segment", low=1, high=256)
-    size: int = opt(224, "frames are size x size RGB", low=16, high=2048)
+    size: int = opt(DEFAULT_FRAME_SIZE, "frames are size x size RGB", low=16, high=2048)
     max_shard_bytes: int = opt(1_000_000_000, "a video's shards split at this size", low=1 << 16)
     max_height: int = opt(360, "yt-dlp format cap", low=16, high=8640)
     cookie_file: str | None = None

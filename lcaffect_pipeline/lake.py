@@ -80,7 +80,7 @@ def local_path(path: str | os.PathLike, needed_by: str) -> Path:
     upath = as_path(path)
     if not is_local(upath):
         raise RemoteLakeError(f"{path}: {needed_by} needs a local or mounted file system, "
-                              f"not a {upath.protocol}:// URL (README, \"Operating at scale\")")
+                              f"not a {upath.protocol}:// URL (docs/OPERATIONS.md)")
     return Path(upath.path if getattr(upath, "protocol", "") else str(upath))
 
 

@@ -48,10 +48,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lcaffect_ml.contracts.shards import (DEFAULT_COMMENTS_PER_SEGMENT, DEFAULT_FRAME_SIZE, DEFAULT_FRAMES_PER_SEGMENT,
+                                          DEFAULT_SEGMENT_S)
+
 from .frames import BACKENDS, FRAME_TOLERANCE_MS, iter_frames
+from .probe import VideoProbe, probe_video
 from .schema import SEGMENTS_SCHEMA
-from .probe import probe_video
-from .probe import VideoProbe
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ FILLER_PATTERN = (
 # ------------------------------------------------------------------------------ plan
 
 
-def plan_segments(duration_s: float, segment_s: float = 8.0) -> list[tuple[int, int]]:
+def plan_segments(duration_s: float, segment_s: float = DEFAULT_SEGMENT_S) -> list[tuple[int, int]]:
     """``[(start_ms, end_ms), ...]`` for a video of ``duration_s`` (tail policy in the module doc)."""
     duration_ms = int(duration_s * 1000)
     seg_ms = int(round(segment_s * 1000))
@@ -126,10 +128,10 @@ def segment_video_stream(
     video_path: str | os.PathLike,
     comments: pa.Table | None = None,
     *,
-    segment_s: float = 8.0,
-    comments_per_segment: int = 32,
-    frames_per_segment: int = 8,
-    size: int = 224,
+    segment_s: float = DEFAULT_SEGMENT_S,
+    comments_per_segment: int = DEFAULT_COMMENTS_PER_SEGMENT,
+    frames_per_segment: int = DEFAULT_FRAMES_PER_SEGMENT,
+    size: int = DEFAULT_FRAME_SIZE,
     video_id: str | None = None,
     exact: bool = False,
     threads: int = 0,
@@ -216,7 +218,7 @@ def assign_comments_duckdb(
     comments: pa.Table | str | os.PathLike | Sequence[str],
     segments: pa.Table | str | os.PathLike | Sequence[str],
     *,
-    k: int = 32,
+    k: int = DEFAULT_COMMENTS_PER_SEGMENT,
     demote_filler: bool = False,
     con: duckdb.DuckDBPyConnection | None = None,
 ) -> pa.Table:

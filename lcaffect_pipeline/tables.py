@@ -260,7 +260,7 @@ def _open(root, table: str, version: int | None = None, *, missing_ok: bool = Fa
         raise DamagedTableError(f"{uri}: the {table} table cannot be read: {reason}; its log is damaged from version "
                                 f"{_log_version(bad[0])} (last readable version {last}); `python -m "
                                 f"lcaffect_pipeline.versions_cli repair {table}` moves the damaged entries aside "
-                                "(README, \"Versions\")") from None
+                                "(docs/VERSIONS.md)") from None
 
 
 # ----------------------------------------------------------------------------- a damaged log

@@ -26,7 +26,7 @@ if [ ! -f "$stamp" ]; then
   # The scale-out integrations, so their definitions are tested. dagster-k8s/-postgres
   # 0.29.27 (the newest on the index) pin dagster==1.13.27; resolving them normally would
   # downgrade dagster and protobuf, so they go in without their pins and their own needs
-  # are installed explicitly. See README, "Operating at scale".
+  # are installed explicitly. See docs/OPERATIONS.md.
   "$VENV/bin/python" -m pip install -q --no-deps "dagster-k8s==0.29.27" "dagster-postgres==0.29.27"
   "$VENV/bin/python" -m pip install -q "kubernetes>=30,<37" "psycopg2-binary>=2.9" "google-auth>=2"
   touch "$stamp"

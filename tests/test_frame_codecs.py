@@ -20,7 +20,7 @@ from lcaffect_pipeline import clips
 from lcaffect_pipeline.segments import segment_video
 from lcaffect_pipeline.shards import update_shard_index, verify_shards
 
-MIN_PSNR_DB = 38.0  # the bar the default codec was chosen by (README "Frame codec")
+MIN_PSNR_DB = 38.0  # the bar the default codec was chosen by (docs/OPERATIONS.md, "Frame codec")
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -30,7 +30,7 @@ TIMESFORMER, ZH_ROBERTA = "facebook/timesformer-base-finetuned-k400", "hfl/chine
 ENGLISH = {"text_model": "roberta-base", "audio_model": "facebook/wav2vec2-base", "vision_model": "openai/clip-vit-base-patch32"}
 PAPER_FEATURES = {"chsims2": {**ENGLISH, "text_model": ZH_ROBERTA}, "meld": ENGLISH, "mustard": ENGLISH}
 # What each example (job, configs) trains V2LC with (variant -> video and text tower) and extracts each
-# task's features with, resolved as a run resolves them (README, "Models and devices").
+# task's features with, resolved as a run resolves them (docs/OPERATIONS.md, "Models and devices").
 TOWERS = {
     ("pretrain_job", ("pretrain.example.yaml",)): ({"default": (TIMESFORMER, ZH_ROBERTA)}, {}),
     ("downstream_job", ("downstream.example.yaml",)): (None, PAPER_FEATURES),
@@ -89,7 +89,10 @@ def resolved_towers(job: str, names: list[str]) -> tuple[dict | None, dict]:
     res, planned = job_resources(job, load(*names)), job_assets(job)
     v2lc = None
     if "v2lc_encoder" in planned:
-        v2lc = {name: (o["video_encoder"], o["text_encoder"])
+        from lcaffect_ml.train_v2lc_config import TrainConfig
+
+        program = TrainConfig(shards="", output_dir="")  # the defaults of the options a config leaves out
+        v2lc = {name: (o.get("video_encoder", program.video_encoder), o.get("text_encoder", program.text_encoder))
                 for name, o in preflight.v2lc_options(res["v2lc_training"].model_dump()).items()}
     ds = res.get("downstream")
     tasks = {t: {k: ds.features_options(t)[k] for k in ENGLISH} for t in PAPER_FEATURES

@@ -45,7 +45,7 @@ FRAMES_MEMBER = "frames.npy"  # raw frames: the only member before frame codecs 
 FRAME_CODECS = {"npy": (FRAMES_MEMBER, None), "jpeg": ("frames.jpg", "JPEG"), "webp": ("frames.webp", "WEBP")}
 FRAME_MEMBERS = tuple(member for member, _ in FRAME_CODECS.values())
 # The default codec and quality (ClipOptions, ClipsResource): chosen by bench/bench_codecs.py on the
-# fixture videos (README "Frame codec"): about 1/10 of the raw bytes, PSNR >= 39 dB on every segment.
+# fixture videos (docs/OPERATIONS.md, "Frame codec"): about 1/10 of the raw bytes, PSNR >= 39 dB on every segment.
 DEFAULT_FRAME_CODEC = "jpeg"
 DEFAULT_FRAME_QUALITY = 90
 MAX_TILE_HEIGHT = 16383  # WebP's limit on a side (the stacked image is T*S high)
@@ -54,6 +54,8 @@ META_MEMBER = "json"
 # V2LC checkpoint that does not record its own (``V2LCConfig.train_segment_s``/``train_frames``).
 DEFAULT_SEGMENT_S = 8.0
 DEFAULT_FRAMES_PER_SEGMENT = 8
+DEFAULT_COMMENTS_PER_SEGMENT = 32  # all kept in order of appearance; training samples its few (5) from them
+DEFAULT_FRAME_SIZE = 224  # frames are size x size RGB
 META_FIELDS = ("video_id", "segment_index", "start_ms", "end_ms", "comments", "comment_ids",
                "comment_count", "frame_times_ms")
 INDEX_FIELDS = ("url", "video_id", "samples", "bytes", "sha256")

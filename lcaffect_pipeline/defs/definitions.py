@@ -4,7 +4,7 @@ The executor is chosen by configuration, not code: ``LCAFFECT_EXECUTOR`` = ``mul
 (the default: steps as local processes forked from a server that has already loaded this code
 location, ``local_multiprocess``), ``in_process``, or ``k8s`` (every step, e.g. each
 fan-out chunk or the training step, as its own Kubernetes Job; needs ``pip install .[scale]``
-and a K8sRunLauncher instance, see README "Operating at scale").
+and a K8sRunLauncher instance, see docs/OPERATIONS.md).
 """
 
 import os

@@ -5,23 +5,36 @@ with ``dagster job execute -c`` (or the launchpad) sets it in one place: see ``c
 """
 
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import dagster as dg
-from lcaffect_ml.contracts.shards import (DEFAULT_FRAME_CODEC, DEFAULT_FRAME_QUALITY, DEFAULT_FRAMES_PER_SEGMENT,
-                                          DEFAULT_SEGMENT_S, FRAME_CODECS)
+from lcaffect_ml.contracts.shards import FRAME_CODECS
 from lcaffect_ml.contracts.tables import DEFAULT_PROTOCOLS
 from pydantic import Field, model_validator
 
 from .. import lake, leases, schema, versions
+from ..cleaning import CleaningConfig
+from ..clips import ClipOptions
+from ..sources import SourceConfig
 from ..demo import WORLDS as DEMO_WORLDS
 from ..downstream.datasets import MEDIA_POLICIES
 from ..jsonopt import json_object
 from lcaffect_ml.contracts import naming
 from lcaffect_ml.contracts import tables as contract_tables
+
+
+def owned(cls, name: str, **field_kwargs) -> Any:
+    """A resource option whose default is the one the dataclass ``cls`` declares (``cls`` owns the
+    option: its default, bounds and help live there once); the resource declares its type and,
+    where it says more than ``cls``'s help, its description in the UI."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    field_kwargs.setdefault("description", (f.metadata or {}).get("help") or None)
+    return Field(default=list(default) if isinstance(default, tuple) else default, **field_kwargs)
 
 
 def changed_from_defaults(resource: dg.ConfigurableResource) -> set[str]:
@@ -59,7 +72,7 @@ class RunScope(dg.ConfigurableResource):
     min_chunk: Optional[int] = Field(default=None, ge=1, description="Fewest videos per chunk, so a step's start-up is amortised (default 16; 64 under k8s, where a step is a pod)")
     max_chunk: int = Field(default=500, ge=1, description="Most videos per chunk (memory, and what a dying step loses)")
     max_failed_share: float = Field(default=0.5, ge=0.0, le=1.0, description="A per-video asset fails its run when more than this share of the videos it worked on failed (all failed always fails)")
-    as_of_json: str = Field(default="{}", description='Read these inputs as of an earlier version, to reproduce a run: tables by version, other assets by manifest id, e.g. {"clean_comments": 3, "v2lc_encoder": "<manifest id>"} (README, "Versions")')
+    as_of_json: str = Field(default="{}", description='Read these inputs as of an earlier version, to reproduce a run: tables by version, other assets by manifest id, e.g. {"clean_comments": 3, "v2lc_encoder": "<manifest id>"} (docs/VERSIONS.md)')
 
     @model_validator(mode="after")
     def _check_as_of(self):
@@ -93,20 +106,20 @@ class CatalogueResource(dg.ConfigurableResource):
 class CrawlerResource(dg.ConfigurableResource):
     """Crawler politeness and endpoints (tests point the bases at a loopback server)."""
 
-    api_base: str = "https://api.bilibili.com"
-    comment_base: str = "https://comment.bilibili.com"
-    min_interval_s: float = Field(default=1.0, description="Minimum seconds between requests to one host")
-    attempts: int = Field(default=6, description="Attempts per request before the video is reported failed")
-    backoff_base_s: float = Field(default=1.0, description="Base of the exponential back-off (with jitter)")
-    backoff_max_s: float = 60.0
-    timeout_s: float = 20.0
-    cookie_file: Optional[str] = Field(default=None, description="Netscape cookies.txt (SESSDATA) for full history; a secret")
-    max_response_bytes: int = Field(default=64 * 1024 * 1024, description="Largest reply accepted, on the wire and after decompression (bytes)")
-    deadline_s: float = Field(default=120.0, description="Whole-answer deadline per request attempt (timeout_s is per read)")
-    max_segments: int = Field(default=1000, description="Most Bilibili 6-minute comment segments per video; more is refused")
-    max_redirects: int = 5
-    redirect_hosts: list[str] = Field(default=[], description="Hosts a redirect may lead to besides the one asked (others are refused)")
-    rate_limit_dir: Optional[str] = Field(default=None, description="Folder of per-host lock files that pace every process; default a temp folder (point it at a shared one for several machines)")
+    api_base: str = owned(SourceConfig, "api_base")
+    comment_base: str = owned(SourceConfig, "comment_base")
+    min_interval_s: float = owned(SourceConfig, "min_interval_s", description="Minimum seconds between requests to one host")
+    attempts: int = owned(SourceConfig, "attempts", description="Attempts per request before the video is reported failed")
+    backoff_base_s: float = owned(SourceConfig, "backoff_base_s", description="Base of the exponential back-off (with jitter)")
+    backoff_max_s: float = owned(SourceConfig, "backoff_max_s")
+    timeout_s: float = owned(SourceConfig, "timeout_s")
+    cookie_file: Optional[str] = owned(SourceConfig, "cookie_file", description="Netscape cookies.txt (SESSDATA) for full history; a secret")
+    max_response_bytes: int = owned(SourceConfig, "max_response_bytes", description="Largest reply accepted, on the wire and after decompression (bytes)")
+    deadline_s: float = owned(SourceConfig, "deadline_s", description="Whole-answer deadline per request attempt (timeout_s is per read)")
+    max_segments: int = owned(SourceConfig, "max_segments", description="Most Bilibili 6-minute comment segments per video; more is refused")
+    max_redirects: int = owned(SourceConfig, "max_redirects")
+    redirect_hosts: list[str] = owned(SourceConfig, "redirect_hosts", description="Hosts a redirect may lead to besides the one asked (others are refused)")
+    rate_limit_dir: Optional[str] = owned(SourceConfig, "rate_limit_dir", description="Folder of per-host lock files that pace every process; default a temp folder (point it at a shared one for several machines)")
 
     @model_validator(mode="after")
     def _valid(self) -> "CrawlerResource":
@@ -120,39 +133,33 @@ class CrawlerResource(dg.ConfigurableResource):
         return SourceConfig.from_mapping(self.model_dump())
 
 
-def _cleaning_default(name: str):
-    from ..cleaning import CleaningConfig
-
-    return CleaningConfig().to_dict()[name]
-
-
 class CleaningOptions(dg.Config):
     """The fields of ``lcaffect_pipeline.cleaning.CleaningConfig`` as Dagster config, so that an
     unknown field is refused when the run is launched, naming it and the valid ones."""
 
-    drop_code: bool = _cleaning_default("drop_code")
-    min_weight: Optional[int] = _cleaning_default("min_weight")
-    min_score: Optional[int] = _cleaning_default("min_score")
-    strip_control: bool = _cleaning_default("strip_control")
-    nfkc: bool = _cleaning_default("nfkc")
-    trim_whitespace: bool = _cleaning_default("trim_whitespace")
-    max_repeat: Optional[int] = _cleaning_default("max_repeat")
-    repeat_unit_max: int = _cleaning_default("repeat_unit_max")
-    t2s: bool = _cleaning_default("t2s")
-    t2s_platforms: Optional[list[str]] = _cleaning_default("t2s_platforms")
-    min_chars: Optional[int] = _cleaning_default("min_chars")
-    max_chars: Optional[int] = _cleaning_default("max_chars")
-    langid: bool = _cleaning_default("langid")
-    langid_min_letters: int = _cleaning_default("langid_min_letters")
-    langid_min_score: float = _cleaning_default("langid_min_score")
-    languages: Optional[list[str]] = _cleaning_default("languages")
-    keep_unknown_language: bool = _cleaning_default("keep_unknown_language")
-    dedup_ids: bool = _cleaning_default("dedup_ids")
-    dedup_exact: bool = _cleaning_default("dedup_exact")
-    dedup_near: bool = _cleaning_default("dedup_near")
-    dedup_window_ms: Optional[int] = _cleaning_default("dedup_window_ms")
-    batch_rows: int = _cleaning_default("batch_rows")
-    langid_cache_size: int = _cleaning_default("langid_cache_size")
+    drop_code: bool = owned(CleaningConfig, "drop_code")
+    min_weight: Optional[int] = owned(CleaningConfig, "min_weight")
+    min_score: Optional[int] = owned(CleaningConfig, "min_score")
+    strip_control: bool = owned(CleaningConfig, "strip_control")
+    nfkc: bool = owned(CleaningConfig, "nfkc")
+    trim_whitespace: bool = owned(CleaningConfig, "trim_whitespace")
+    max_repeat: Optional[int] = owned(CleaningConfig, "max_repeat")
+    repeat_unit_max: int = owned(CleaningConfig, "repeat_unit_max")
+    t2s: bool = owned(CleaningConfig, "t2s")
+    t2s_platforms: Optional[list[str]] = owned(CleaningConfig, "t2s_platforms")
+    min_chars: Optional[int] = owned(CleaningConfig, "min_chars")
+    max_chars: Optional[int] = owned(CleaningConfig, "max_chars")
+    langid: bool = owned(CleaningConfig, "langid")
+    langid_min_letters: int = owned(CleaningConfig, "langid_min_letters")
+    langid_min_score: float = owned(CleaningConfig, "langid_min_score")
+    languages: Optional[list[str]] = owned(CleaningConfig, "languages")
+    keep_unknown_language: bool = owned(CleaningConfig, "keep_unknown_language")
+    dedup_ids: bool = owned(CleaningConfig, "dedup_ids")
+    dedup_exact: bool = owned(CleaningConfig, "dedup_exact")
+    dedup_near: bool = owned(CleaningConfig, "dedup_near")
+    dedup_window_ms: Optional[int] = owned(CleaningConfig, "dedup_window_ms")
+    batch_rows: int = owned(CleaningConfig, "batch_rows")
+    langid_cache_size: int = owned(CleaningConfig, "langid_cache_size")
 
 
 class CleaningResource(dg.ConfigurableResource):
@@ -246,26 +253,26 @@ class LakeJsonIOManager(dg.ConfigurableIOManager):
 class ClipsResource(dg.ConfigurableResource):
     """How videos become training clips (segment length, comments per segment, frames, shards)."""
 
-    segment_s: float = DEFAULT_SEGMENT_S
-    comments_per_segment: int = Field(default=32, description="Comments kept per segment in order of appearance "
-                                      "(after exact duplicates); training samples its few from these")
-    frames_per_segment: int = DEFAULT_FRAMES_PER_SEGMENT
-    size: int = Field(default=224, description="Frames are size x size RGB")
-    max_shard_bytes: int = Field(default=1_000_000_000, description="Split a video's shards at this size")
-    max_height: int = Field(default=360, description="yt-dlp format cap for downloads")
-    cookie_file: Optional[str] = Field(default=None, description="cookies.txt for yt-dlp (a secret)")
-    rate_limit: Optional[int] = Field(default=None, description="Download rate limit, bytes/s")
-    max_duration_s: Optional[float] = Field(default=None, description="Skip videos longer than this")
-    demote_filler: bool = Field(default=False, description="Rank laughter/filler comments last (off: they are affect signal)")
-    exact_frames: bool = Field(default=False, description="Decode every frame: frame times exactly as planned, "
-                               "instead of the nearest kept frame within 100 ms (slower)")
-    frame_backend: Literal["auto", "pyav", "decord"] = Field(
-        default="auto", description="Frame decoder: auto (PyAV, skipping what the samples do not need), "
+    segment_s: float = owned(ClipOptions, "segment_s")
+    comments_per_segment: int = owned(ClipOptions, "comments_per_segment", description="Comments kept per segment in "
+                                      "order of appearance (after exact duplicates); training samples its few from these")
+    frames_per_segment: int = owned(ClipOptions, "frames_per_segment")
+    size: int = owned(ClipOptions, "size", description="Frames are size x size RGB")
+    max_shard_bytes: int = owned(ClipOptions, "max_shard_bytes", description="Split a video's shards at this size")
+    max_height: int = owned(ClipOptions, "max_height", description="yt-dlp format cap for downloads")
+    cookie_file: Optional[str] = owned(ClipOptions, "cookie_file", description="cookies.txt for yt-dlp (a secret)")
+    rate_limit: Optional[int] = owned(ClipOptions, "rate_limit", description="Download rate limit, bytes/s")
+    max_duration_s: Optional[float] = owned(ClipOptions, "max_duration_s", description="Skip videos longer than this")
+    demote_filler: bool = owned(ClipOptions, "demote_filler", description="Rank laughter/filler comments last (off: they are affect signal)")
+    exact_frames: bool = owned(ClipOptions, "exact_frames", description="Decode every frame: frame times exactly as "
+                               "planned, instead of the nearest kept frame within 100 ms (slower)")
+    frame_backend: Literal["auto", "pyav", "decord"] = owned(
+        ClipOptions, "frame_backend", description="Frame decoder: auto (PyAV, skipping what the samples do not need), "
         "pyav, or decord (exact, every needed frame; PyAV where decord refuses a file)")
-    frame_codec: Literal[tuple(FRAME_CODECS)] = Field(
-        default=DEFAULT_FRAME_CODEC, description="How shards store frames: jpeg (default, about 1/10 of raw), "
+    frame_codec: Literal[tuple(FRAME_CODECS)] = owned(
+        ClipOptions, "frame_codec", description="How shards store frames: jpeg (default, about 1/10 of raw), "
         "webp, or npy (exact raw uint8, the layout before codecs); a new codec writes a new shard version")
-    frame_quality: int = Field(default=DEFAULT_FRAME_QUALITY, ge=1, le=100, description="jpeg/webp quality (1-100)")
+    frame_quality: int = owned(ClipOptions, "frame_quality", description="jpeg/webp quality (1-100)")
 
     @model_validator(mode="after")
     def _valid(self) -> "ClipsResource":
@@ -283,20 +290,23 @@ class ClipsResource(dg.ConfigurableResource):
 class V2LCTrainingResource(dg.ConfigurableResource):
     """Options of ``python -m lcaffect_ml.train_v2lc`` (``--help`` documents each) and how to launch it."""
 
-    video_encoder: str = Field(default="tiny", description='"tiny", "base", or a hub name/path e.g. facebook/timesformer-base-finetuned-k400')
-    text_encoder: str = Field(default="tiny", description='"tiny", "base", or e.g. hfl/chinese-roberta-wwm-ext, xlm-roberta-base')
-    max_steps: int = 1000
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 1e-4
-    warmup_steps: int = 100
-    eval_every: int = 0
-    eval_fraction: float = 0.1
-    checkpoint_every: int = 500
-    num_workers: int = 2
-    max_per_video: int = Field(default=2, description="At most this many segments of one video per batch (0: no cap)")
-    seed: int = 0
-    precision: str = "auto"
+    # Training options: null keeps train_v2lc's own default (``TrainConfig``, the one home of each:
+    # ``python -m lcaffect_ml.train_v2lc --help`` lists them); only the options set are passed on.
+    video_encoder: Optional[str] = Field(default=None, description='"tiny" (the default), "base", or a hub name/path e.g. facebook/timesformer-base-finetuned-k400')
+    text_encoder: Optional[str] = Field(default=None, description='"tiny" (the default), "base", or e.g. hfl/chinese-roberta-wwm-ext, xlm-roberta-base')
+    max_steps: Optional[int] = Field(default=None, description="Optimiser steps (null: train_v2lc's default)")
+    batch_size: Optional[int] = Field(default=None, description="Clips per step (null: train_v2lc's default)")
+    grad_accum: Optional[int] = Field(default=None, description="Micro-batches per step (null: train_v2lc's default)")
+    lr: Optional[float] = Field(default=None, description="Peak learning rate (null: train_v2lc's default)")
+    warmup_steps: Optional[int] = Field(default=None, description="Linear warm-up steps (null: train_v2lc's default)")
+    eval_every: Optional[int] = Field(default=None, description="Steps between held-out evaluations (null: train_v2lc's default)")
+    eval_fraction: Optional[float] = Field(default=None, description="Share of videos held out (null: train_v2lc's default)")
+    checkpoint_every: Optional[int] = Field(default=None, description="Steps between checkpoints (null: train_v2lc's default)")
+    num_workers: Optional[int] = Field(default=None, description="Loader workers (null: train_v2lc's default)")
+    max_per_video: Optional[int] = Field(default=None, description="At most this many segments of one video per batch, "
+                                         "0: no cap (null: train_v2lc's default)")
+    seed: Optional[int] = Field(default=None, description="Seed (null: train_v2lc's default)")
+    precision: Optional[str] = Field(default=None, description="auto | bf16 | fp16 | fp32 (null: train_v2lc's default)")
     extra_json: str = Field(default="{}", description="Any other training option, as a JSON object")
     variants_json: str = Field(default="{}", description='Named encoders trained side by side, each on the corpus it '
                                'selects by catalogue language/platform and with its own options, e.g. {"zh": {"languages": '

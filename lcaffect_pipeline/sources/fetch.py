@@ -26,8 +26,8 @@ class SourceConfig:
     api_base: str = "https://api.bilibili.com"
     comment_base: str = "https://comment.bilibili.com"
     min_interval_s: float = opt(1.0, "seconds between requests to one host", low=0)
-    timeout_s: float = opt(30.0, "seconds per read", above=0)
-    attempts: int = opt(5, "attempts per request", low=1, high=100)
+    timeout_s: float = opt(20.0, "seconds per read", above=0)
+    attempts: int = opt(6, "attempts per request before the video is reported failed", low=1, high=100)
     backoff_base_s: float = opt(1.0, "base of the exponential back-off", low=0)
     backoff_max_s: float = opt(60.0, "longest back-off", low=0)
     retry_after_max_s: float = opt(120.0, "longest Retry-After honoured", low=0)
