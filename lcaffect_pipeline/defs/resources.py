@@ -266,6 +266,9 @@ class V2LCTrainingResource(dg.ConfigurableResource):
     warmup_steps: int = 100
     eval_every: int = 0
     eval_fraction: float = 0.1
+    split_group: Optional[str] = Field(default=None, description='What the held-out retrieval split keeps together: '
+                                       '"video", a catalogue column (series, uploader, group …) or "auto" (unset: the '
+                                       "program's default, auto: the catalogue's group column where it has one)")
     checkpoint_every: int = 500
     num_workers: int = 2
     max_per_video: int = Field(default=2, description="At most this many segments of one video per batch (0: no cap)")
@@ -273,7 +276,8 @@ class V2LCTrainingResource(dg.ConfigurableResource):
     precision: str = "auto"
     extra_json: str = Field(default="{}", description="Any other training option, as a JSON object")
     variants_json: str = Field(default="{}", description='Named encoders trained side by side, each on the corpus it '
-                               'selects by catalogue language/platform and with its own options, e.g. {"zh": {"languages": '
+                               'selects (languages, platforms, genres, or where: {column: [values]} for any catalogue column; '
+                               'segments or hours: a seeded subsample of that size, seed sample_seed) and with its own options, e.g. {"zh": {"languages": '
                                '["zh"], "options": {"text_encoder": "hfl/chinese-roberta-wwm-ext"}}, "bilingual": {"options": '
                                '{"text_encoder": "xlm-roberta-base"}}}; the first is the one downstream reads. Empty: one '
                                'encoder, "default", on every shard')
