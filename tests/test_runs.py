@@ -252,3 +252,16 @@ def test_the_without_lc_arm_does_not_follow_the_task_order() -> None:
     assert arms.base_arm({"seed1": "/l/meld/features-seed1", "zh": "/l/meld/features"}) == "zh"
     assert arms.base_arm({"zh": "/l/meld/features", "seed1": "/l/meld/features-seed1"}) == "zh"
     assert arms.base_arm({"b": "/l/x/features-b", "a": "/l/x/features-a"}) == "a"
+
+
+def test_the_diversity_example_compares_two_variants_of_equal_size() -> None:
+    import yaml
+
+    from conftest import ROOT
+
+    cfg = yaml.safe_load((ROOT / "configs" / "diversity.example.yaml").read_text())["resources"]
+    narrow, diverse = models.parse_variants(cfg["v2lc_training"]["config"]["variants_json"])
+    assert (narrow.name, diverse.name) == ("narrow", "diverse") and narrow.where and not diverse.where
+    assert narrow.segments == diverse.segments and narrow.hours is diverse.hours is None
+    wanted = json.loads(cfg["downstream"]["config"]["lc_variants_json"])
+    assert set(wanted) == set(runs.TASKS) and all(names == ["diverse", "narrow"] for names in wanted.values())

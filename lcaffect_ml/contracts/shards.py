@@ -14,6 +14,9 @@ A shard is a plain (WebDataset) tar of samples; a sample is one segment under it
 pickled) and ``{key}.json`` (the ``META_FIELDS`` of its segment row). An index entry has the
 ``INDEX_FIELDS``; its ``url`` is relative to the index's folder (``{video}/{version}/{video}-00000.tar``), so
 a lake can be moved or copied (another folder, another bucket); ``sha256`` is ``lcaffect_ml.contracts.hashing``'s 64-hex digest of the tar.
+A V2LC variant's index (``index.v2lc-{variant}-{sha16}.json``) adds the video's ``platform`` and
+``language`` and, under ``catalogue``, its other catalogue columns that are set (genre, series,
+uploader, group …), which the held-out split may group by (``lcaffect_ml.data.split_grouping``).
 """
 
 from __future__ import annotations
