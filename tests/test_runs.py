@@ -265,3 +265,15 @@ def test_the_diversity_example_compares_two_variants_of_equal_size() -> None:
     assert narrow.segments == diverse.segments and narrow.hours is diverse.hours is None
     wanted = json.loads(cfg["downstream"]["config"]["lc_variants_json"])
     assert set(wanted) == set(runs.TASKS) and all(names == ["diverse", "narrow"] for names in wanted.values())
+
+
+def test_the_unseen_platform_example_holds_niconico_out_of_one_variant() -> None:
+    import yaml
+
+    from conftest import ROOT
+
+    cfg = yaml.safe_load((ROOT / "configs" / "unseen_platform.example.yaml").read_text())["resources"]
+    with_, without = models.parse_variants(cfg["v2lc_training"]["config"]["variants_json"])
+    assert with_.options == {} and without.options == {"eval_platforms": ["niconico"]}
+    wanted = json.loads(cfg["downstream"]["config"]["lc_variants_json"])
+    assert set(wanted) == set(runs.TASKS) and all(set(names) == {with_.name, without.name} for names in wanted.values())

@@ -124,6 +124,21 @@ def test_a_narrow_and_a_diverse_variant_of_equal_size_train_side_by_side(shards_
     assert m.metadata["split_group"].value == "video"
 
 
+def test_a_variant_pretrained_without_a_platform_is_evaluated_on_it(shards_lake: Path) -> None:
+    """configs/unseen_platform.example.yaml's variants on the demo world (its third video is Niconico's)."""
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "unseen_platform.example.yaml").read_text())["resources"]
+    variants = cfg["v2lc_training"]["config"]["variants_json"]  # the towers: the demo's stand-ins
+    result = dg.materialize([*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS], resources=resources(shards_lake, tiny(variants_json=variants)),
+                            selection=["v2lc_encoder"])
+    assert result.success
+    value = manifest(shards_lake, "v2lc_encoder")
+    metrics = {n: json.loads((Path(v["output_dir"]) / "metrics.json").read_text()) for n, v in value["variants"].items()}
+    without, with_ = metrics["without-niconico"], metrics["with-niconico"]
+    assert set(without["by_platform"]) == {"niconico"} and without["split_group"] == "platform"
+    assert without["train_videos"] == 3 and without["test_videos"] == 1  # no Niconico video in its training
+    assert with_["train_videos"] + with_["test_videos"] == 4 and with_["split_group"] == "video"
+
+
 def test_a_variant_that_selects_nothing_fails_naming_it(shards_lake: Path) -> None:
     res = resources(shards_lake, tiny(variants_json='{"ja": {"languages": ["ja"]}}'))
     result = dg.materialize([*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS], resources=res, selection=["v2lc_encoder"],
