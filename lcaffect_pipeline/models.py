@@ -50,8 +50,8 @@ class VariantError(ValueError):
 
 
 # Catalogue columns an index entry carries under "catalogue" (what the held-out split can group by);
-# platform and language are entry fields of their own, the paths (source, video) are not attributes.
-INDEX_COLUMNS = tuple(n for n in schema.CATALOGUE_SCHEMA.names if n not in ("video_id", "platform", "language", "source", "video"))
+# platform and language are entry fields of their own; the paths (source, video) and the title are not groupings.
+INDEX_COLUMNS = tuple(n for n in schema.CATALOGUE_SCHEMA.names if n not in ("video_id", "platform", "language", "source", "video", "title"))
 VARIANT_KEYS = ("languages", "platforms", "genres", "where", "segments", "hours", "sample_seed", "options")
 
 

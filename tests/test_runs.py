@@ -162,7 +162,7 @@ def test_variants_parse_and_select_their_corpus() -> None:
 def test_variants_select_by_any_catalogue_column_and_subsample_to_equal_sizes() -> None:
     # 12 anime videos in 4 series and 12 videos of 4 other genres, 5 segments each
     genres = ["anime"] * 12 + ["game", "music", "vlog", "sports"] * 3
-    catalogue = [{"video_id": f"v{i:02d}", "platform": "bilibili", "genre": g, "series": f"s{i // 3}", "title": None}
+    catalogue = [{"video_id": f"v{i:02d}", "platform": "bilibili", "genre": g, "series": f"s{i // 3}", "title": f"t{i}"}
                  for i, g in enumerate(genres)]
     entries = [{"url": f"v{i:02d}/v{i:02d}-00000.tar", "video_id": f"v{i:02d}", "samples": 5} for i in range(24)]
     narrow, diverse, series = models.parse_variants(
@@ -175,7 +175,7 @@ def test_variants_select_by_any_catalogue_column_and_subsample_to_equal_sizes() 
     assert {catalogue[int(e["video_id"][1:])]["genre"] for e in picked["narrow"]} == {"anime"}
     assert len({catalogue[int(e["video_id"][1:])]["genre"] for e in picked["diverse"]}) > 1
     # the entries carry the catalogue's other columns (the held-out split groups by them)
-    assert {e["catalogue"]["series"] for e in picked["s1"]} == {"s1"} and "title" not in picked["s1"][0]["catalogue"]
+    assert {e["catalogue"]["series"] for e in picked["s1"]} == {"s1"} and set(picked["s1"][0]["catalogue"]) == {"genre", "series"}
     # seeded: the same seed draws the same videos, another seed others
     again = models.parse_variants('{"narrow": {"genres": ["anime"], "segments": 30, "sample_seed": 2}}')[0]
     assert models.variant_index(entries, catalogue, narrow) == picked["narrow"]
