@@ -78,6 +78,11 @@ class ShardSampleError(ValueError):
         super().__init__(f"{where}: {reason}")
 
 
+VIDEO_GROUP = "video"  # split_group: each video its own group
+AUTO_GROUP = "auto"  # split_group: the catalogue's declared ``group`` where the index names any, else video
+DECLARED_GROUP = "group"
+
+
 @dataclass(frozen=True)
 class ShardSpec:
     url: str
@@ -85,6 +90,16 @@ class ShardSpec:
     samples: int | None = None
     platform: str | None = None  # the index may say; used to hold out or report by platform
     language: str | None = None
+    catalogue: tuple[tuple[str, str], ...] = ()  # the video's other catalogue columns (series, group …)
+
+    def column(self, name: str) -> str | None:
+        """This shard's video's value of a catalogue column (``video_id``, ``platform``, ``language``
+        or one of ``catalogue``; ``video`` is the video id), None where the index does not say."""
+        if name in ("video_id", VIDEO_GROUP):
+            return self.video_id
+        if name in ("platform", "language"):
+            return getattr(self, name)
+        return dict(self.catalogue).get(name)
 
 
 @dataclass
@@ -153,9 +168,12 @@ def _as_spec(entry: Any, index: str | None, position: int) -> ShardSpec:
         return ShardSpec(url, _video_folder(url))
     if isinstance(entry, dict) and isinstance(entry.get("url"), str) and entry.get("video_id") is not None:
         url = entry["url"] if index is None else _resolve_in_lake(entry["url"], index)
-        samples = entry.get("samples")
+        samples, catalogue = entry.get("samples"), entry.get("catalogue") or {}
+        if not isinstance(catalogue, dict):
+            raise ShardIndexError(f"shard entry {position}: 'catalogue' must be an object of column values, got {catalogue!r}")
         return ShardSpec(url, str(entry["video_id"]), int(samples) if samples is not None else None,
-                         entry.get("platform"), entry.get("language"))
+                         entry.get("platform"), entry.get("language"),
+                         tuple(sorted((str(k), str(v)) for k, v in catalogue.items() if v is not None)))
     raise ShardIndexError(f"shard entry {position} is not a URL or a {{url, video_id}} object: {entry!r}")
 
 
@@ -188,13 +206,28 @@ def _resolve_in_lake(url: str, index: str) -> str:
     return above if Path(above).exists() else beside
 
 
-def split_by_video(shards: Sequence[ShardSpec], eval_fraction: float, seed: int = 0,
-                   eval_platforms: Sequence[str] = ()) -> tuple[list[ShardSpec], list[ShardSpec]]:
-    """Deterministic (train, test) split of *videos*: every segment of a video lands on one side.
+def split_grouping(shards: Sequence[ShardSpec], split_group: str) -> str:
+    """The column the held-out split groups videos by: ``split_group`` itself, or for ``auto`` the
+    declared ``group`` column when any shard's video has one, else ``video``."""
+    if split_group == AUTO_GROUP:
+        return DECLARED_GROUP if any(s.column(DECLARED_GROUP) is not None for s in shards) else VIDEO_GROUP
+    if split_group != VIDEO_GROUP and all(s.column(split_group) is None for s in shards):
+        raise ValueError(f"split_group {split_group!r}: no shard of the index names that catalogue column "
+                         f"(use auto, video, or a column the catalogue fills: series, uploader, group, genre …)")
+    return split_group
 
-    Videos are ordered by a hash of (seed, video_id) and the first ``round(fraction * n)`` (at least
-    one when the fraction is positive and there are two or more videos) are held out. Hashing,
-    not the index order, decides, so adding a video moves at most one other across the line.
+
+def split_by_video(shards: Sequence[ShardSpec], eval_fraction: float, seed: int = 0,
+                   eval_platforms: Sequence[str] = (), group_by: str = VIDEO_GROUP
+                   ) -> tuple[list[ShardSpec], list[ShardSpec]]:
+    """Deterministic (train, test) split of *videos*: every segment of a video lands on one side,
+    and with ``group_by`` a catalogue column (a series, an uploader hash, a declared group: see
+    ``split_grouping``) every video of one group does, so related videos never straddle the split
+    (a video without a value is a group of its own).
+
+    Groups are ordered by a hash of (seed, group) and the first ``round(fraction * n)`` (at least
+    one when the fraction is positive and there are two or more groups) are held out. Hashing,
+    not the index order, decides, so adding a group moves at most one other across the line.
 
     With ``eval_platforms`` every video of those platforms is held out and no other (train on one
     live-comment culture, test on another); the index entries must then name their platform.
@@ -207,15 +240,21 @@ def split_by_video(shards: Sequence[ShardSpec], eval_fraction: float, seed: int 
                 [s for s in shards if s.platform.lower() in held_out])
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
-    videos = sorted({s.video_id for s in shards},
-                    key=lambda v: hashlib.sha256(f"{seed}:{v}".encode("utf-8")).hexdigest())
-    n_test = round(eval_fraction * len(videos))
-    if eval_fraction > 0 and len(videos) >= 2:
-        n_test = min(max(n_test, 1), len(videos) - 1)
-    test_videos = set(videos[:n_test])
-    train = [s for s in shards if s.video_id not in test_videos]
-    test = [s for s in shards if s.video_id in test_videos]
+    group_of = {s.video_id: _group_key(s, group_by) for s in shards}
+    groups = sorted(set(group_of.values()), key=lambda g: hashlib.sha256(f"{seed}:{g}".encode("utf-8")).hexdigest())
+    n_test = round(eval_fraction * len(groups))
+    if eval_fraction > 0 and len(groups) >= 2:
+        n_test = min(max(n_test, 1), len(groups) - 1)
+    test_groups = set(groups[:n_test])
+    train = [s for s in shards if group_of[s.video_id] not in test_groups]
+    test = [s for s in shards if group_of[s.video_id] in test_groups]
     return train, test
+
+
+def _group_key(shard: ShardSpec, group_by: str) -> str:
+    # video ids hash as before (the split by video is unchanged); a group value cannot collide with a video id
+    value = None if group_by == VIDEO_GROUP else shard.column(group_by)
+    return shard.video_id if value is None else f"{group_by}\x1f{value}"
 
 
 # --------------------------------------------------------------------- reading tars

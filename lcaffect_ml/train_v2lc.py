@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from .data import (ShardSpec, SegmentStream, clip_timing, load_shard_index, make_loader, read_comments,
-                   split_by_video)
+                   split_by_video, split_grouping)
 from . import trainutil
 from .losses import v2lc_loss
 from .pipes import TrainingReporter, pipes_session
@@ -119,6 +119,7 @@ class Run:
     manager: CheckpointManager
     train_shards: list[ShardSpec]
     test_shards: list[ShardSpec]
+    split_group: str  # what the held-out split grouped by (metrics.json names it)
     state: TrainerState = field(default_factory=TrainerState)
     net: torch.nn.Module | None = None  # the DDP wrapper, or the model itself
 
@@ -285,6 +286,8 @@ def _finish(run: Run, reporter: TrainingReporter) -> dict[str, Any]:
         "test_videos": len({s.video_id for s in run.test_shards}),
         "train_shards": len(run.train_shards),
         "test_shards": len(run.test_shards),
+        "train_segments": sum(s.samples or 0 for s in run.train_shards),
+        "split_group": run.split_group,
         "clips_seen": state.micro_batches * cfg.batch_size * run.dist.world_size,
         "world_size": run.dist.world_size,
         **runtime_info(run.device, run.precision),
@@ -308,6 +311,15 @@ def _finish(run: Run, reporter: TrainingReporter) -> dict[str, Any]:
 # -------------------------------------------------------------------------------- train
 
 
+SPLIT_NAME = "split.json"
+
+
+def _write_split(path: Path, group: str, train: list[ShardSpec], test: list[ShardSpec]) -> None:
+    """The held-out split actually used: its grouping and each side's videos with their group value."""
+    side = lambda shards: {s.video_id: s.column(group) for s in shards}  # noqa: E731
+    atomic_write_json(path, {"split_group": group, "train": side(train), "test": side(test)})
+
+
 def setup_run(cfg: TrainConfig, dist: DistInfo, reporter: TrainingReporter) -> Run:
     """Split the shards, then build a new run or restore the newest checkpoint's."""
     precision = resolve_precision(cfg.precision, dist.device)
@@ -318,17 +330,21 @@ def setup_run(cfg: TrainConfig, dist: DistInfo, reporter: TrainingReporter) -> R
         for stale in manager.clean_stale():
             log.warning("removed %s, left by a run killed while writing a checkpoint", stale)
     try:
-        train_shards, test_shards = split_by_video(load_shard_index(cfg.shards), cfg.eval_fraction, cfg.split_seed,
-                                                   cfg.eval_platforms)
+        shards = load_shard_index(cfg.shards)
+        group = "platform" if cfg.eval_platforms else split_grouping(shards, cfg.split_group)
+        train_shards, test_shards = split_by_video(shards, cfg.eval_fraction, cfg.split_seed, cfg.eval_platforms,
+                                                   group_by=group)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     if not train_shards:
         raise ConfigError("no training videos after the split")
     if cfg.eval_platforms and not test_shards:
         raise ConfigError(f"eval_platforms {cfg.eval_platforms}: the index has no video of those platforms")
-    log.info("%d train videos, %d held-out videos; precision %s on %s, world size %d",
-             len({s.video_id for s in train_shards}), len({s.video_id for s in test_shards}), precision,
+    log.info("%d train videos, %d held-out videos (split by %s); precision %s on %s, world size %d",
+             len({s.video_id for s in train_shards}), len({s.video_id for s in test_shards}), group, precision,
              dist.device, dist.world_size)
+    if dist.is_main:
+        _write_split(out_dir / SPLIT_NAME, group, train_shards, test_shards)
     latest = manager.latest()
     if latest is not None:
         log.info("resuming from %s%s", latest,
@@ -344,7 +360,7 @@ def setup_run(cfg: TrainConfig, dist: DistInfo, reporter: TrainingReporter) -> R
     run = Run(cfg, dist, precision, model, optimizer,
               cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio),
               torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16"), manager,
-              train_shards, test_shards)
+              train_shards, test_shards, group)
     seed_everything(cfg.seed + 1000 * dist.rank)  # per-rank dropout streams
     if latest is not None:
         _load_checkpoint(run, latest)

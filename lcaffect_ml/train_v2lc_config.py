@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+from .data import AUTO_GROUP
 from .options import ConfigError, build, check_bounds, opt
 from .v2lc import V2LCConfig
 
@@ -20,6 +21,9 @@ class TrainConfig:
     output_dir: str = opt(help="where everything is written: model, metrics, loss curve, checkpoints/")
     eval_fraction: float = opt(0.1, "share of *videos* held out for retrieval evaluation (split by video id)")
     split_seed: int = opt(0, "seed of the video split, independent of `seed`")
+    split_group: str = opt(AUTO_GROUP, 'what the held-out split keeps together: "video", a catalogue column the index '
+                           'names (series, uploader, group, genre …: every video of one value on one side), or '
+                           '"auto" (the catalogue\'s declared group where the index names any, else video)')
     eval_platforms: list = opt(help="hold out every video of these platforms instead of a share (e.g. [niconico]: "
                                "train on Bilibili, test on another live-comment culture); the index must name "
                                "each shard's platform", factory=list)
@@ -93,7 +97,7 @@ class TrainConfig:
 
 
 # Options that must match for a resume to continue the same run (others, e.g. max_steps, may change).
-RESUME_KEYS = ("batch_size", "grad_accum", "seed", "shuffle_comments", "split_seed", "eval_fraction", "eval_platforms", "num_workers", "shards")
+RESUME_KEYS = ("batch_size", "grad_accum", "seed", "shuffle_comments", "split_seed", "split_group", "eval_fraction", "eval_platforms", "num_workers", "shards")
 
 
 @dataclass

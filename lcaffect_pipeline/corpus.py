@@ -84,9 +84,13 @@ def _catalogue_row(path, i: int, row: Any) -> dict[str, Any]:
         "source": source,
         "video": video,
         "language": row.get("language"),
-        "genre": row.get("genre"),
-        "title": row.get("title"),
+        **{key: _text(row.get(key)) for key in ("genre", "title", "series", "uploader", "group")},
     }
+
+
+def _text(value: Any) -> str | None:
+    """A free-text catalogue column as text (YAML reads ``series: 2`` as a number), None when empty."""
+    return None if value is None or value == "" else str(value).strip()
 
 
 def _resolve_local(catalogue, value: str | None) -> str | None:

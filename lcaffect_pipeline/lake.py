@@ -303,7 +303,12 @@ def read_parquet(path: str | os.PathLike, schema: pa.Schema | None = None) -> pa
     path = as_path(path)
     with path.open("rb") as fh:
         table = pq.read_table(fh)
-    return table.cast(schema) if schema is not None else table
+    if schema is None:
+        return table
+    for f in schema:  # a file written before a nullable column was added reads it as nulls
+        if f.nullable and f.name not in table.column_names:
+            table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
+    return table.select(schema.names).cast(schema)
 
 
 def table_hash(table: pa.Table) -> str:

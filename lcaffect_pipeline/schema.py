@@ -56,8 +56,12 @@ CATALOGUE_SCHEMA = pa.schema(
         pa.field("language", pa.string()),
         pa.field("genre", pa.string()),
         pa.field("title", pa.string()),
+        # what related videos share: V2LC's held-out split keeps each value on one side (split_group)
+        pa.field("series", pa.string()),
+        pa.field("uploader", pa.string()),  # an uploader hash (or channel name), never a raw user id
+        pa.field("group", pa.string()),  # a declared group: the split's default where given
     ],
-    metadata={"lcaffect.table": "catalogue", "lcaffect.schema_version": "1"},
+    metadata={"lcaffect.table": "catalogue", "lcaffect.schema_version": "2"},
 )
 
 SEGMENTS_SCHEMA = pa.schema(

@@ -69,3 +69,24 @@ def test_a_40k_entry_catalogue_loads_and_checks_in_linear_time(tmp_path: Path) -
     with pytest.raises(corpus.CatalogueError, match="duplicate video_id v0"):
         corpus.check_unique_ids(dupes, "big.csv")
     assert time.perf_counter() - started < 1
+
+
+def test_series_uploader_and_group_columns_load_and_an_older_catalogue_still_reads(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from lcaffect_pipeline import tables
+
+    path = tmp_path / "catalogue.yaml"
+    path.write_text("videos:\n- {source: BV1, series: 2, uploader: u9f3, group: show-a}\n- {source: BV2, genre: game}\n",
+                    encoding="utf-8")
+    table = corpus.load_catalogue(path)
+    assert table.column("series").to_pylist() == ["2", None]  # YAML's number, as text
+    assert table.column("group").to_pylist() == ["show-a", None] and table.column("uploader").to_pylist()[0] == "u9f3"
+    # a catalogue committed before these columns existed reads them as nulls
+    root = tmp_path / "lake"
+    corpus.write_catalogue(root, table, str(path))
+    (data_file,) = tables.files(root, "catalogue").values()
+    old = table.drop_columns(["series", "uploader", "group"])
+    pq.write_table(old, data_file)
+    rows = corpus.load_catalogue_from_lake(root)
+    assert [r["video_id"] for r in rows] == ["BV1", "BV2"] and rows[0]["group"] is None and rows[1]["genre"] == "game"

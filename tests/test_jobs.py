@@ -22,6 +22,8 @@ JOB_CONFIGS = {  # job → the example configs that must be valid for it (merged
     "retention_job": [["retention.example.yaml"]],
     "full_pipeline": [["demo.yaml"], ["demo.yaml", "rerun_one.yaml"], ["paper.example.yaml"],
                       ["paper.example.yaml", "crosslingual.example.yaml"],
+                      ["paper.example.yaml", "diversity.example.yaml"],
+                      ["paper.example.yaml", "unseen_platform.example.yaml"],
                       ["scaleout_small.yaml"]],
 }
 # The configs that may train and extract with the "tiny" towers built in code: the demos.
@@ -39,6 +41,11 @@ TOWERS = {
     ("full_pipeline", ("paper.example.yaml",)): ({"default": (TIMESFORMER, ZH_ROBERTA)}, PAPER_FEATURES),
     ("full_pipeline", ("paper.example.yaml", "crosslingual.example.yaml")): (
         {"zh": (TIMESFORMER, ZH_ROBERTA), "bilingual": (TIMESFORMER, "xlm-roberta-base")}, PAPER_FEATURES),
+    ("full_pipeline", ("paper.example.yaml", "diversity.example.yaml")): (
+        {"narrow": (TIMESFORMER, ZH_ROBERTA), "diverse": (TIMESFORMER, ZH_ROBERTA)}, PAPER_FEATURES),
+    ("full_pipeline", ("paper.example.yaml", "unseen_platform.example.yaml")): (
+        {"with-niconico": (TIMESFORMER, "xlm-roberta-base"), "without-niconico": (TIMESFORMER, "xlm-roberta-base")},
+        PAPER_FEATURES),
     ("full_pipeline", ("demo.yaml",)): ({"default": ("tiny", "tiny")}, {t: {"text_model": "tiny", "audio_model": "tiny",
                                                                             "vision_model": "tiny"} for t in PAPER_FEATURES}),
 }

@@ -126,9 +126,11 @@ def test_finished_v2lc_run_is_reused_and_is_the_assets_value(tmp_path) -> None:
     assert version == hashlib.sha256(b"w").hexdigest() and models.above_chance(metrics)
     assert not models.above_chance({"v2c_r1": 0.1, "chance_r1": 0.1})
     assert models.latest_checkpoint(out).name == "step-10"  # numeric, not lexical, order
-    value = models.encoder_value(out, {**metrics, "not_a_metric": "x", "device": "cpu", "cuda_version": "none"}, version)
+    value = models.encoder_value(out, {**metrics, "not_a_metric": "x", "device": "cpu", "cuda_version": "none",
+                                       "split_group": "series"}, version)
     assert value == {"output_dir": str(out), "data_version": version, "metrics": {"v2c_r1": 0.2, "chance_r1": 0.1}, "groups": {},
-                     "runtime": {"device": "cpu", "cuda_version": "none"}}  # where it ran: the asset's metadata
+                     "runtime": {"device": "cpu", "cuda_version": "none"},  # where it ran: the asset's metadata
+                     "split_group": "series"}  # what the held-out split kept together
 
 
 def test_launch_command() -> None:
@@ -146,7 +148,7 @@ def test_variants_parse_and_select_their_corpus() -> None:
     assert models.parse_variants("") == [models.Variant("default")]
     zh, everything = models.parse_variants(
         '{"zh": {"languages": ["ZH"], "platforms": ["Bilibili"], "options": {"text_encoder": "x"}}, "all": null}')
-    assert (zh.name, zh.languages, zh.platforms, zh.options) == ("zh", ("zh",), ("bilibili",), {"text_encoder": "x"})
+    assert (zh.name, zh.where, zh.options) == ("zh", (("language", ("zh",)), ("platform", ("bilibili",))), {"text_encoder": "x"})
     catalogue = [{"video_id": "a", "platform": "bilibili", "language": "zh"},
                  {"video_id": "b", "platform": "niconico", "language": "ja"},
                  {"video_id": "c", "platform": "bilibili", "language": None}]
@@ -155,8 +157,35 @@ def test_variants_parse_and_select_their_corpus() -> None:
     kept = models.variant_index(entries, catalogue, everything)
     assert [(e["video_id"], e["platform"], e["language"]) for e in kept] == [
         ("a", "bilibili", "zh"), ("b", "niconico", "ja"), ("c", "bilibili", None), ("unknown", None, None)]
+
+
+def test_variants_select_by_any_catalogue_column_and_subsample_to_equal_sizes() -> None:
+    # 12 anime videos in 4 series and 12 videos of 4 other genres, 5 segments each
+    genres = ["anime"] * 12 + ["game", "music", "vlog", "sports"] * 3
+    catalogue = [{"video_id": f"v{i:02d}", "platform": "bilibili", "genre": g, "series": f"s{i // 3}", "title": f"t{i}"}
+                 for i, g in enumerate(genres)]
+    entries = [{"url": f"v{i:02d}/v{i:02d}-00000.tar", "video_id": f"v{i:02d}", "samples": 5} for i in range(24)]
+    narrow, diverse, series = models.parse_variants(
+        '{"narrow": {"genres": ["Anime"], "segments": 30, "sample_seed": 1},'
+        ' "diverse": {"where": {"genre": ["game", "music", "vlog", "sports"]}, "hours": 0.0667, "sample_seed": 1},'
+        ' "s1": {"where": {"series": "s1"}}}')
+    picked = {v.name: models.variant_index(entries, catalogue, v, segment_s=8.0) for v in (narrow, diverse, series)}
+    sizes = {name: sum(e["samples"] for e in kept) for name, kept in picked.items()}
+    assert sizes == {"narrow": 30, "diverse": 30, "s1": 15}  # 0.0667 h of 8 s segments: 30
+    assert {catalogue[int(e["video_id"][1:])]["genre"] for e in picked["narrow"]} == {"anime"}
+    assert len({catalogue[int(e["video_id"][1:])]["genre"] for e in picked["diverse"]}) > 1
+    # the entries carry the catalogue's other columns (the held-out split groups by them)
+    assert {e["catalogue"]["series"] for e in picked["s1"]} == {"s1"} and set(picked["s1"][0]["catalogue"]) == {"genre", "series"}
+    # seeded: the same seed draws the same videos, another seed others
+    again = models.parse_variants('{"narrow": {"genres": ["anime"], "segments": 30, "sample_seed": 2}}')[0]
+    assert models.variant_index(entries, catalogue, narrow) == picked["narrow"]
+    assert models.variant_index(entries, catalogue, again) != picked["narrow"]
+    too_big = models.parse_variants('{"big": {"genres": ["anime"], "segments": 61}}')[0]
+    with pytest.raises(models.VariantError, match=r"asks for 61 segments but its selection \(genre in \['anime'\]\) has only 60"):
+        models.variant_index(entries, catalogue, too_big)
     for bad, message in (("[1]", "JSON object"), ('{"Zh!": {}}', "variant name"), ('{"x": {"lang": []}}', "unknown key"),
-                         ("{", "not JSON")):
+                         ("{", "not JSON"), ('{"x": {"where": {"studio": ["a"]}}}', r"where names \['studio'\], not catalogue"),
+                         ('{"x": {"segments": 10, "hours": 1}}', "not both"), ('{"x": {"hours": -1}}', "positive")):
         with pytest.raises(models.VariantError, match=message):
             models.parse_variants(bad)
 
@@ -199,7 +228,7 @@ def test_the_crosslingual_example_names_variants_that_exist() -> None:
 
     cfg = yaml.safe_load((ROOT / "configs" / "crosslingual.example.yaml").read_text())["resources"]
     variants = models.parse_variants(cfg["v2lc_training"]["config"]["variants_json"])
-    assert [v.name for v in variants] == ["zh", "bilingual"] and variants[0].languages == ("zh",)
+    assert [v.name for v in variants] == ["zh", "bilingual"] and variants[0].where == (("language", ("zh",)),)
     wanted = json.loads(cfg["downstream"]["config"]["lc_variants_json"])
     assert set(wanted) == set(runs.TASKS) and {n for names in wanted.values() for n in names} <= {v.name for v in variants}
 
@@ -223,3 +252,28 @@ def test_the_without_lc_arm_does_not_follow_the_task_order() -> None:
     assert arms.base_arm({"seed1": "/l/meld/features-seed1", "zh": "/l/meld/features"}) == "zh"
     assert arms.base_arm({"zh": "/l/meld/features", "seed1": "/l/meld/features-seed1"}) == "zh"
     assert arms.base_arm({"b": "/l/x/features-b", "a": "/l/x/features-a"}) == "a"
+
+
+def test_the_diversity_example_compares_two_variants_of_equal_size() -> None:
+    import yaml
+
+    from conftest import ROOT
+
+    cfg = yaml.safe_load((ROOT / "configs" / "diversity.example.yaml").read_text())["resources"]
+    narrow, diverse = models.parse_variants(cfg["v2lc_training"]["config"]["variants_json"])
+    assert (narrow.name, diverse.name) == ("narrow", "diverse") and narrow.where and not diverse.where
+    assert narrow.segments == diverse.segments and narrow.hours is diverse.hours is None
+    wanted = json.loads(cfg["downstream"]["config"]["lc_variants_json"])
+    assert set(wanted) == set(runs.TASKS) and all(names == ["diverse", "narrow"] for names in wanted.values())
+
+
+def test_the_unseen_platform_example_holds_niconico_out_of_one_variant() -> None:
+    import yaml
+
+    from conftest import ROOT
+
+    cfg = yaml.safe_load((ROOT / "configs" / "unseen_platform.example.yaml").read_text())["resources"]
+    with_, without = models.parse_variants(cfg["v2lc_training"]["config"]["variants_json"])
+    assert with_.options == {} and without.options == {"eval_platforms": ["niconico"]}
+    wanted = json.loads(cfg["downstream"]["config"]["lc_variants_json"])
+    assert set(wanted) == set(runs.TASKS) and all(set(names) == {with_.name, without.name} for names in wanted.values())

@@ -316,3 +316,45 @@ def test_holding_out_a_platform_the_index_does_not_name_is_a_config_error(index,
                       **{**BASE, "max_steps": 1}, eval_platforms=["youtube"])
         proc = _train(cfg)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ grouped held-out split
+
+
+def _index_with_series(index: Path, column: str) -> Path:
+    """The synthetic index with each video's catalogue ``column`` naming its series: four series
+    of three episodes (the variant index carries catalogue columns under ``catalogue``)."""
+    entries = json.loads(index.read_text())
+    videos = sorted({e["video_id"] for e in entries})
+    for e in entries:
+        e["catalogue"] = {column: f"series-{videos.index(e['video_id']) // 3}", "genre": "anime"}
+    out = index.with_name(f"index.{column}.json")
+    out.write_text(json.dumps(entries))
+    return out
+
+
+@pytest.mark.parametrize("column, split_group", [("series", "series"), ("group", "auto")])
+def test_a_series_never_straddles_the_held_out_split_and_the_metrics_name_it(index, tmp_path, column, split_group):
+    cfg = _config(tmp_path / "c.yaml", shards=str(_index_with_series(index, column)), output_dir=str(tmp_path / "out"),
+                  **{**BASE, "max_steps": 2, "eval_every": 0, "checkpoint_every": 0, "grad_accum": 1,
+                     "eval_fraction": 0.3}, split_group=split_group)
+    proc = _train(cfg)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    split = json.loads((tmp_path / "out" / "split.json").read_text())  # the split the run actually used
+    train_series, test_series = set(split["train"].values()), set(split["test"].values())
+    assert test_series and train_series and train_series.isdisjoint(test_series)
+    assert len(split["test"]) == 3 * len(test_series)  # every episode of a held-out series is held out
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["split_group"] == split["split_group"] == column and m["test_videos"] == len(split["test"])
+
+
+def test_the_default_split_is_by_video_without_a_group_and_an_unknown_column_is_refused(index, tmp_path):
+    annotated = _index_with_series(index, "series")  # a series but no declared group: auto splits by video
+    cfg = _config(tmp_path / "c.yaml", shards=str(annotated), output_dir=str(tmp_path / "out"),
+                  **{**BASE, "max_steps": 1, "eval_every": 0, "checkpoint_every": 0, "grad_accum": 1})
+    assert _train(cfg).returncode == 0
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["split_group"] == "video"
+    bad = _config(tmp_path / "bad.yaml", shards=str(annotated), output_dir=str(tmp_path / "bad"),
+                  **{**BASE, "max_steps": 1}, split_group="uploader")
+    proc = _train(bad)
+    assert proc.returncode == 2 and "split_group 'uploader'" in proc.stderr, proc.stderr[-2000:]

@@ -286,6 +286,24 @@ def shards(tmp_path_factory):
     return load_shard_index(index)
 
 
+def test_a_grouped_split_keeps_each_group_on_one_side():
+    from lcaffect_ml.data import split_grouping
+
+    # 10 series of 2 episodes, and 4 videos without a series (each its own group)
+    shards = [ShardSpec(f"v{i}.tar", f"v{i}", 4, catalogue=(("series", f"s{i // 2}"),) if i < 20 else ())
+              for i in range(24)]
+    for seed in range(5):
+        train, test = split_by_video(shards, 0.3, seed=seed, group_by="series")
+        series = lambda side: {s.column("series") for s in side} - {None}  # noqa: E731
+        assert series(train).isdisjoint(series(test)) and len(train) + len(test) == 24
+        assert len(series(test)) + sum(s.column("series") is None for s in test) == round(0.3 * 14)
+    assert split_by_video(shards, 0.3, group_by="video") == split_by_video(shards, 0.3)
+    assert split_grouping(shards, "auto") == "video" and split_grouping(shards, "series") == "series"
+    assert split_grouping([ShardSpec("a.tar", "a", catalogue=(("group", "g"),))], "auto") == "group"
+    with pytest.raises(ValueError, match="split_group 'uploader'"):
+        split_grouping(shards, "uploader")
+
+
 def test_index_and_split_are_by_video(shards):
     assert len(shards) == 12 and len({s.video_id for s in shards}) == 6
     assert sum(s.samples for s in shards) == 36

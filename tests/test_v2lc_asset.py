@@ -16,7 +16,7 @@ from lcaffect_pipeline.models import k8s_pod_spec
 from faults import command as faults_command
 from lcaffect_pipeline.defs.resources import V2LCTrainingResource
 
-from conftest import demo_resources, need_ffmpeg
+from conftest import demo_resources, manifest, need_ffmpeg
 
 
 def resources(root: Path, training: V2LCTrainingResource) -> dict:
@@ -86,7 +86,7 @@ def test_two_variants_train_side_by_side_on_their_own_selections(shards_lake: Pa
     result = dg.materialize([*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS], resources=res, selection=["v2lc_encoder"])
     assert result.success
     (m,) = mat(result)
-    value = json.loads((shards_lake / "_manifests" / "v2lc_encoder.json").read_text())
+    value = manifest(shards_lake, "v2lc_encoder")  # lake paths resolved
     assert set(value["variants"]) == {"zh", "seed-1"} and value["variant"] == "zh"  # the first listed
     zh, seed1 = value["variants"]["zh"], value["variants"]["seed-1"]
     assert value["output_dir"] == zh["output_dir"] != seed1["output_dir"]  # downstream reads the first
@@ -101,6 +101,42 @@ def test_two_variants_train_side_by_side_on_their_own_selections(shards_lake: Pa
     assert set(m.metadata["variants"].value) == {"zh", "seed-1"}
     (check,) = result.get_asset_check_evaluations()
     assert {"zh_v2c_r1", "seed-1_v2c_r1"} <= set(check.metadata)
+
+
+def test_a_narrow_and_a_diverse_variant_of_equal_size_train_side_by_side(shards_lake: Path) -> None:
+    """configs/diversity.example.yaml's comparison on the demo world (4 videos of 5 segments: two
+    Bilibili, one Niconico, one YouTube), with its variants' selections and tiny training options."""
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "diversity.example.yaml").read_text())["resources"]
+    # the demo's size, and its one genre in place of the narrow variant's
+    variants = {name: {**spec, "segments": 10, **({"genres": ["demo-scenes"]} if "genres" in spec else {})}
+                for name, spec in json.loads(cfg["v2lc_training"]["config"]["variants_json"]).items()}
+    res = resources(shards_lake, tiny(variants_json=json.dumps(variants), split_group="video"))
+    result = dg.materialize([*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS], resources=res, selection=["v2lc_encoder"])
+    assert result.success
+    indexes = {name: json.loads(next((shards_lake / "shards").glob(f"index.v2lc-{name}-*.json")).read_text())
+               for name in variants}
+    assert {n: sum(e["samples"] for e in index) for n, index in indexes.items()} == {"narrow": 10, "diverse": 10}
+    assert {e["platform"] for e in indexes["narrow"]} == {"bilibili"}
+    assert len({e["platform"] for e in indexes["diverse"]}) == 2  # this seed draws two platforms' videos
+    (m,) = mat(result)
+    side_by_side = m.metadata["variants"].value
+    assert {n: v["split_group"] for n, v in side_by_side.items()} == {"narrow": "video", "diverse": "video"}
+    assert m.metadata["split_group"].value == "video"
+
+
+def test_a_variant_pretrained_without_a_platform_is_evaluated_on_it(shards_lake: Path) -> None:
+    """configs/unseen_platform.example.yaml's variants on the demo world (its third video is Niconico's)."""
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "unseen_platform.example.yaml").read_text())["resources"]
+    variants = cfg["v2lc_training"]["config"]["variants_json"]  # the towers: the demo's stand-ins
+    result = dg.materialize([*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS], resources=resources(shards_lake, tiny(variants_json=variants)),
+                            selection=["v2lc_encoder"])
+    assert result.success
+    value = manifest(shards_lake, "v2lc_encoder")
+    metrics = {n: json.loads((Path(v["output_dir"]) / "metrics.json").read_text()) for n, v in value["variants"].items()}
+    without, with_ = metrics["without-niconico"], metrics["with-niconico"]
+    assert set(without["by_platform"]) == {"niconico"} and without["split_group"] == "platform"
+    assert without["train_videos"] == 3 and without["test_videos"] == 1  # no Niconico video in its training
+    assert with_["train_videos"] + with_["test_videos"] == 4 and with_["split_group"] == "video"
 
 
 def test_a_variant_that_selects_nothing_fails_naming_it(shards_lake: Path) -> None:

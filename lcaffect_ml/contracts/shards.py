@@ -24,6 +24,9 @@ its width. With S a multiple of 16 (224 is) the JPEG blocks never straddle two f
 stack costs nothing in fidelity against frames encoded one by one. An index entry has the
 ``INDEX_FIELDS``; its ``url`` is relative to the index's folder (``{video}/{version}/{video}-00000.tar``), so
 a lake can be moved or copied (another folder, another bucket); ``sha256`` is ``lcaffect_ml.contracts.hashing``'s 64-hex digest of the tar.
+A V2LC variant's index (``index.v2lc-{variant}-{sha16}.json``) adds the video's ``platform`` and
+``language`` and, under ``catalogue``, its other catalogue columns that are set (genre, series,
+uploader, group …), which the held-out split may group by (``lcaffect_ml.data.split_grouping``).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from ..models import k8s_pod_spec, latest_checkpoint
 from ..shards import content_name
 from .automation import ON_NEW_DATA
 from .launch_checks import check_run
-from .resources import LakeResource, V2LCTrainingResource
+from .resources import ClipsResource, LakeResource, V2LCTrainingResource
 
 GROUP = "model"
 CHECK = "retrieval_above_chance"
@@ -35,15 +35,18 @@ def launch_command(training: V2LCTrainingResource, config_path: Path, device: st
 
 
 def train_variant(context, root, training: V2LCTrainingResource, client: dg.PipesSubprocessClient,
-                  shards: dict, entries: list[dict], catalogue: list[dict], variant: models.Variant
-                  ) -> tuple[Path, tuple[dict, str], bool]:
+                  shards: dict, entries: list[dict], catalogue: list[dict], variant: models.Variant,
+                  segment_s: float) -> tuple[Path, tuple[dict, str], bool]:
     """Train (or reuse) one variant: its shard index (from the full index's ``entries``), its run
     folder, the program through Pipes. Returns (run folder, (metrics, weights version), reused)."""
     shards_index = as_path(shards["index"])
-    selected = models.variant_index(entries, catalogue, variant)
+    try:
+        selected = models.variant_index(entries, catalogue, variant, segment_s)
+    except models.VariantError as exc:
+        raise dg.Failure(str(exc)) from exc
     if not selected:
-        raise dg.Failure(f"V2LC variant {variant.name!r} selects no shard (languages {list(variant.languages)}, "
-                         f"platforms {list(variant.platforms)}; the catalogue's values are lower-cased)")
+        raise dg.Failure(f"V2LC variant {variant.name!r} selects no shard ({variant.describe()}; the catalogue's "
+                         "values are compared lower-cased)")
     payload = json.dumps(selected, ensure_ascii=False, indent=1).encode()
     # Content-addressed beside the main index (relative URLs hold): a later materialisation adds
     # its own, and the config of every earlier run still names an index that exists.
@@ -76,8 +79,10 @@ def encoder_outputs(trained: dict[str, tuple[Path, tuple[dict, str], bool]], roo
     version = weights[first] if len(weights) == 1 else sha256_bytes(json.dumps(weights, sort_keys=True).encode())[:32]
     out_first = trained[first][0]
     metadata = {**values[first]["metrics"], **values[first]["runtime"], "variant": first, "reused": all(r for _, _, r in trained.values()),
+                "split_group": str(values[first]["split_group"]),  # what the held-out retrieval split kept together
                 "checkpoint": dg.MetadataValue.path(str(latest_checkpoint(out_first))),
-                "variants": dg.MetadataValue.json({n: {**v["metrics"], **v["groups"], "output_dir": v["output_dir"]}
+                "variants": dg.MetadataValue.json({n: {**v["metrics"], **v["groups"], "split_group": v["split_group"],
+                                                       "output_dir": v["output_dir"]}
                                                    for n, v in values.items()})}
     value = {**values[first], "variant": first, "variants": values, "reads": reads}
     if root is not None:
@@ -104,7 +109,8 @@ def encoder_outputs(trained: dict[str, tuple[Path, tuple[dict, str], bool]], roo
     automation_condition=ON_NEW_DATA,  # retrain only when the shards' data version changed
     description="The V2LC encoder (TimeSformer video tower + comment tower, symmetric multi-positive InfoNCE), trained by `python -m lcaffect_ml.train_v2lc` through Dagster Pipes; resumes from its last checkpoint on retry.",
 )
-def v2lc_encoder(context: dg.AssetExecutionContext, lake: LakeResource, v2lc_training: V2LCTrainingResource, pipes_subprocess_client: dg.PipesSubprocessClient, shards: dict):
+def v2lc_encoder(context: dg.AssetExecutionContext, lake: LakeResource, v2lc_training: V2LCTrainingResource,
+                 clips: ClipsResource, pipes_subprocess_client: dg.PipesSubprocessClient, shards: dict):
     check_run(context, v2lc_training, None, only={"v2lc_encoder"})  # the towers and the GPUs, before training
     if not shards.get("samples"):
         raise dg.Failure("no training samples: the segments stage produced no shards")
@@ -115,7 +121,7 @@ def v2lc_encoder(context: dg.AssetExecutionContext, lake: LakeResource, v2lc_tra
     catalogue = load_catalogue_from_lake(lake.path())
     entries = json.loads(as_path(shards["index"]).read_text())  # read once for every variant
     trained = {v.name: train_variant(context, lake.path(), v2lc_training, pipes_subprocess_client, shards, entries,
-                                     catalogue, v)
+                                     catalogue, v, clips.segment_s)  # a variant's hours count these segments
                for v in variants}
     yield from encoder_outputs(trained, lake.path(), shards)
 

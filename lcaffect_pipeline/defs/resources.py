@@ -301,6 +301,9 @@ class V2LCTrainingResource(dg.ConfigurableResource):
     warmup_steps: Optional[int] = Field(default=None, description="Linear warm-up steps (null: train_v2lc's default)")
     eval_every: Optional[int] = Field(default=None, description="Steps between held-out evaluations (null: train_v2lc's default)")
     eval_fraction: Optional[float] = Field(default=None, description="Share of videos held out (null: train_v2lc's default)")
+    split_group: Optional[str] = Field(default=None, description='What the held-out retrieval split keeps together: '
+                                       '"video", a catalogue column (series, uploader, group …) or "auto" (null: the '
+                                       "program's default, auto: the catalogue's group column where it has one)")
     checkpoint_every: Optional[int] = Field(default=None, description="Steps between checkpoints (null: train_v2lc's default)")
     num_workers: Optional[int] = Field(default=None, description="Loader workers (null: train_v2lc's default)")
     max_per_video: Optional[int] = Field(default=None, description="At most this many segments of one video per batch, "
@@ -309,7 +312,8 @@ class V2LCTrainingResource(dg.ConfigurableResource):
     precision: Optional[str] = Field(default=None, description="auto | bf16 | fp16 | fp32 (null: train_v2lc's default)")
     extra_json: str = Field(default="{}", description="Any other training option, as a JSON object")
     variants_json: str = Field(default="{}", description='Named encoders trained side by side, each on the corpus it '
-                               'selects by catalogue language/platform and with its own options, e.g. {"zh": {"languages": '
+                               'selects (languages, platforms, genres, or where: {column: [values]} for any catalogue column; '
+                               'segments or hours: a seeded subsample of that size, seed sample_seed) and with its own options, e.g. {"zh": {"languages": '
                                '["zh"], "options": {"text_encoder": "hfl/chinese-roberta-wwm-ext"}}, "bilingual": {"options": '
                                '{"text_encoder": "xlm-roberta-base"}}}; the first is the one downstream reads. Empty: one '
                                'encoder, "default", on every shard')
