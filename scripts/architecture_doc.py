@@ -35,6 +35,8 @@ LAYERS = (
 
 # Why a module over LONG lines stays one module (a check fails for a long module missing here).
 LONG_REASONS = {
+    "lcaffect_pipeline.defs.resources": "every resource a run configures, each option declared once for the UI "
+                                        "and `-c` files (its default, bounds and help owned by its dataclass)",
     "lcaffect_ml.train_fusion": "the fusion trainer (one run: epochs, checkpoints, early stopping, the "
                                 "permuted-LC control) with its aggregation and command line; its input side "
                                 "is `fusion_data.py`",
