@@ -21,7 +21,7 @@ from lcaffect_pipeline.defs.resources import (
     CatalogueResource, CleaningResource, ClipsResource, CrawlerResource, DownstreamResource, LakeJsonIOManager,
     LakeResource, RunScope, V2LCTrainingResource,
 )
-from lcaffect_pipeline.demo import generate_demo_world
+from lcaffect_pipeline.demo_world import generate_demo_world
 
 
 def resources(root: Path, catalogue: Path) -> dict:

@@ -1,6 +1,6 @@
 """The unseen-videos demo world: the mood follows what a frame shows, and no labelled scene had a comment.
 
-The memorisation world (``lcaffect_pipeline.demo``) gives every scene an arbitrary mood, so V2LC
+The memorisation world (``lcaffect_pipeline.demo_world``) gives every scene an arbitrary mood, so V2LC
 can only pass a mood on to a scene it saw with its comments. Here a scene's mood follows from a
 visual factor that varies across scenes, so an encoder that learned it from the comment corpus
 can read it on scenes it never saw:
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .demo import MOODS, MOOD_COMMENTS
+from .demo_world import MOODS, MOOD_COMMENTS
 
 WORLD = "unseen"
 POOLS = ("corpus", "train", "valid", "test")  # valid: the downstream model selection's scenes

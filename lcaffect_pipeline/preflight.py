@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from lcaffect_ml.options import ConfigError
 
-from . import models
+from . import v2lc_runs
 
 
 class PreflightError(ConfigError):
@@ -34,8 +34,8 @@ def runs_elsewhere(training: Mapping[str, Any]) -> bool:
 def v2lc_options(training: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """variant name -> the train_v2lc options it runs with (the resource's fields, extra_json, then
     the variant's own options: the order ``defs.model_assets.train_variant`` applies)."""
-    base = models.training_config(dict(training), (), "", Path("."))
-    return {v.name: {**base, **v.options} for v in models.parse_variants(training.get("variants_json"))}
+    base = v2lc_runs.training_config(dict(training), (), "", Path("."))
+    return {v.name: {**base, **v.options} for v in v2lc_runs.parse_variants(training.get("variants_json"))}
 
 
 def run_models(training: Mapping[str, Any] | None, task_options: Mapping[str, Mapping[str, Any]]) -> list:

@@ -178,7 +178,7 @@ ASSET_TABLES = {"video_catalogue": "catalogue"}
 def parse_as_of(text: str | None) -> dict[str, int | str]:
     """``RunScope.as_of_json``: a table's version (``{"clean_comments": 3}``) or an asset's manifest
     id (``{"v2lc_encoder": "20261202T…-ab12…"}``) that this run's assets read instead of the latest."""
-    from .jsonopt import json_object
+    from .json_options import json_object
     from .tables import TABLES
 
     value = json_object(text, "scope.as_of_json")

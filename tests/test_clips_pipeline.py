@@ -12,7 +12,7 @@ from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS_ASSETS
 from lcaffect_pipeline.defs.clips_assets import CHECKS as CLIPS_CHECKS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS_ASSETS
 from lcaffect_pipeline.defs.resources import CatalogueResource, ClipsResource, RunScope
-from lcaffect_pipeline.demo import SEGMENTS_PER_VIDEO
+from lcaffect_pipeline.demo_world import SEGMENTS_PER_VIDEO
 
 from conftest import demo_resources, manifest, need_ffmpeg
 

@@ -15,7 +15,7 @@ from lcaffect_pipeline.defs.sensors import catalogue_changed
 from lcaffect_pipeline.defs.checks import CHECKS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS
 from lcaffect_pipeline.defs.resources import CatalogueResource, RunScope
-from lcaffect_pipeline.demo import demo_comments
+from lcaffect_pipeline.demo_world import demo_comments
 
 from conftest import ROOT, demo_resources, fixture_path, manifest, need_ffmpeg
 

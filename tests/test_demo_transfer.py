@@ -23,7 +23,7 @@ from lcaffect_ml.tokenizer import build_char_tokenizer
 from lcaffect_ml.train_fusion import train
 from lcaffect_ml.fusion_data import FusionTrainConfig
 from lcaffect_ml.v2lc import V2LCConfig, V2LCModel
-from lcaffect_pipeline.demo import MOODS, SCENES
+from lcaffect_pipeline.demo_world import MOODS, SCENES
 from lcaffect_pipeline.downstream import SCENE_SPLITS, generate_demo_downstream, load_dataset
 from lcaffect_pipeline.downstream.ablation import ablation_table, metric_row
 from lcaffect_pipeline.downstream.media import decode_utterance, prepare_media

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from lcaffect_pipeline import demo_unseen
-from lcaffect_pipeline.demo import SCENES_FILE, generate_demo_world
-from lcaffect_pipeline.downstream.demo import demo_label, generate_demo_downstream, text_cue
+from lcaffect_pipeline.demo_world import SCENES_FILE, generate_demo_world
+from lcaffect_pipeline.downstream.demo_datasets import demo_label, generate_demo_downstream, text_cue
 
 
 def _scene(key: str) -> demo_unseen.UnseenScene:

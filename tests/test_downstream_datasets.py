@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lcaffect_pipeline.demo import MOODS, MOSAIC, SCENES
+from lcaffect_pipeline.demo_world import MOODS, MOSAIC, SCENES
 from lcaffect_pipeline.downstream import (
     MELD_EMOTIONS,
     DatasetError,
@@ -30,7 +30,7 @@ from lcaffect_pipeline.downstream import (
     text_cue,
 )
 from lcaffect_pipeline.downstream.datasets import CHSIMS_COLUMNS, MELD_COLUMNS
-from lcaffect_pipeline.downstream.demo import grid
+from lcaffect_pipeline.downstream.demo_datasets import grid
 from lcaffect_ml.contracts.tables import UTTERANCES_SCHEMA
 from lcaffect_pipeline.frames import sample_frames
 from conftest import data_path, need_ffmpeg

@@ -21,7 +21,7 @@ from lcaffect_pipeline.defs.checks import CHECKS
 from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS_ASSETS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS_ASSETS
 from lcaffect_pipeline.defs.resources import CatalogueResource, ClipsResource
-from lcaffect_pipeline.demo import SEGMENT_S, make_demo_video
+from lcaffect_pipeline.demo_world import SEGMENT_S, make_demo_video
 
 from conftest import demo_resources, manifest, need_ffmpeg
 from lcaffect_ml.contracts import naming

@@ -480,7 +480,7 @@ def test_corpus_run_leaks_neither_the_cookie_nor_raw_author_ids(tmp_path):
     from lcaffect_pipeline.defs.resources import (CatalogueResource, CleaningResource, CrawlerResource,
                                                   DownstreamResource, LakeJsonIOManager, LakeResource, RunScope,
                                                   V2LCTrainingResource)
-    from lcaffect_pipeline.demo import _crc_like
+    from lcaffect_pipeline.demo_world import _crc_like
 
     root, home = tmp_path / "lake", tmp_path / "dagster_home"
     root.mkdir(), home.mkdir()

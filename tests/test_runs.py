@@ -1,5 +1,5 @@
 """Run folders, reuse decisions, the comment bank and the ablation as plain functions
-(``lcaffect_pipeline.models``, ``lcaffect_pipeline.downstream.runs``): no Dagster involved."""
+(``lcaffect_pipeline.v2lc_runs``, ``lcaffect_pipeline.downstream.runs``): no Dagster involved."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lcaffect_pipeline import models
+from lcaffect_pipeline import v2lc_runs
 from lcaffect_pipeline.downstream import runs
 
 
@@ -104,29 +104,29 @@ def test_comment_bank_is_the_distinct_clean_texts(tmp_path) -> None:
 
 
 def test_v2lc_run_folder_ignores_the_output_dir_and_follows_the_config(tmp_path) -> None:
-    cfg = models.training_config({"lr": 1e-3, "gpus": 2, "extra_json": '{"max_steps": 5}', "seed": None},
+    cfg = v2lc_runs.training_config({"lr": 1e-3, "gpus": 2, "extra_json": '{"max_steps": 5}', "seed": None},
                                  ("gpus",), "idx.json", tmp_path / "x")
     assert cfg == {"lr": 1e-3, "max_steps": 5, "shards": "idx.json", "output_dir": str(tmp_path / "x"),
                    "pipes_asset_key": "v2lc_encoder"}
-    first = models.run_dir(tmp_path, "shards-v1", cfg)
-    assert models.run_dir(tmp_path, "shards-v1", {**cfg, "output_dir": "elsewhere"}) == first
-    assert models.run_dir(tmp_path, "shards-v1", {**cfg, "lr": 2e-3}) != first
+    first = v2lc_runs.run_dir(tmp_path, "shards-v1", cfg)
+    assert v2lc_runs.run_dir(tmp_path, "shards-v1", {**cfg, "output_dir": "elsewhere"}) == first
+    assert v2lc_runs.run_dir(tmp_path, "shards-v1", {**cfg, "lr": 2e-3}) != first
     # new shard data at the same index path trains anew (the path must not hide the version)
-    assert models.run_dir(tmp_path, "shards-v2", cfg) != first
+    assert v2lc_runs.run_dir(tmp_path, "shards-v2", cfg) != first
 
 
 def test_finished_v2lc_run_is_reused_and_is_the_assets_value(tmp_path) -> None:
     out = tmp_path / "models" / "v2lc" / "k"
     (out / "checkpoints" / "step-10").mkdir(parents=True)
     (out / "checkpoints" / "step-9").mkdir()
-    assert models.finished_run(out) is None
+    assert v2lc_runs.finished_run(out) is None
     (out / "model.safetensors").write_bytes(b"w")
     (out / "metrics.json").write_text(json.dumps({"v2c_r1": 0.2, "chance_r1": 0.1}))
-    metrics, version = models.finished_run(out)
-    assert version == hashlib.sha256(b"w").hexdigest() and models.above_chance(metrics)
-    assert not models.above_chance({"v2c_r1": 0.1, "chance_r1": 0.1})
-    assert models.latest_checkpoint(out).name == "step-10"  # numeric, not lexical, order
-    value = models.encoder_value(out, {**metrics, "not_a_metric": "x", "device": "cpu", "cuda_version": "none",
+    metrics, version = v2lc_runs.finished_run(out)
+    assert version == hashlib.sha256(b"w").hexdigest() and v2lc_runs.above_chance(metrics)
+    assert not v2lc_runs.above_chance({"v2c_r1": 0.1, "chance_r1": 0.1})
+    assert v2lc_runs.latest_checkpoint(out).name == "step-10"  # numeric, not lexical, order
+    value = v2lc_runs.encoder_value(out, {**metrics, "not_a_metric": "x", "device": "cpu", "cuda_version": "none",
                                        "split_group": "series"}, version)
     assert value == {"output_dir": str(out), "data_version": version, "metrics": {"v2c_r1": 0.2, "chance_r1": 0.1}, "groups": {},
                      "runtime": {"device": "cpu", "cuda_version": "none"},  # where it ran: the asset's metadata
@@ -135,26 +135,26 @@ def test_finished_v2lc_run_is_reused_and_is_the_assets_value(tmp_path) -> None:
 
 def test_launch_command() -> None:
     cfg = Path("c.yaml")
-    assert models.launch_command(cfg) == [sys.executable, "-m", "lcaffect_ml.train_v2lc", "--config", "c.yaml"]
-    assert models.launch_command(cfg, gpus=4)[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node=4", "-m"]
+    assert v2lc_runs.launch_command(cfg) == [sys.executable, "-m", "lcaffect_ml.train_v2lc", "--config", "c.yaml"]
+    assert v2lc_runs.launch_command(cfg, gpus=4)[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node=4", "-m"]
     # GPUs asked for: the program is told device=cuda, so it fails at start where CUDA is not usable
-    assert models.launch_command(cfg, command=["srun", "python"], gpus=4) == ["srun", "python", "--config", "c.yaml",
+    assert v2lc_runs.launch_command(cfg, command=["srun", "python"], gpus=4) == ["srun", "python", "--config", "c.yaml",
                                                                               "--set", "device=cuda"]
-    assert models.launch_command(cfg, gpus=1)[-2:] == ["--set", "device=cuda"]
-    assert "--set" not in models.launch_command(cfg, gpus=1, device="cuda:1")  # chosen in the config: kept
+    assert v2lc_runs.launch_command(cfg, gpus=1)[-2:] == ["--set", "device=cuda"]
+    assert "--set" not in v2lc_runs.launch_command(cfg, gpus=1, device="cuda:1")  # chosen in the config: kept
 
 
 def test_variants_parse_and_select_their_corpus() -> None:
-    assert models.parse_variants("") == [models.Variant("default")]
-    zh, everything = models.parse_variants(
+    assert v2lc_runs.parse_variants("") == [v2lc_runs.Variant("default")]
+    zh, everything = v2lc_runs.parse_variants(
         '{"zh": {"languages": ["ZH"], "platforms": ["Bilibili"], "options": {"text_encoder": "x"}}, "all": null}')
     assert (zh.name, zh.where, zh.options) == ("zh", (("language", ("zh",)), ("platform", ("bilibili",))), {"text_encoder": "x"})
     catalogue = [{"video_id": "a", "platform": "bilibili", "language": "zh"},
                  {"video_id": "b", "platform": "niconico", "language": "ja"},
                  {"video_id": "c", "platform": "bilibili", "language": None}]
     entries = [{"url": f"{v}/{v}-00000.tar", "video_id": v} for v in ("a", "b", "c", "unknown")]
-    assert [e["video_id"] for e in models.variant_index(entries, catalogue, zh)] == ["a"]
-    kept = models.variant_index(entries, catalogue, everything)
+    assert [e["video_id"] for e in v2lc_runs.variant_index(entries, catalogue, zh)] == ["a"]
+    kept = v2lc_runs.variant_index(entries, catalogue, everything)
     assert [(e["video_id"], e["platform"], e["language"]) for e in kept] == [
         ("a", "bilibili", "zh"), ("b", "niconico", "ja"), ("c", "bilibili", None), ("unknown", None, None)]
 
@@ -165,11 +165,11 @@ def test_variants_select_by_any_catalogue_column_and_subsample_to_equal_sizes() 
     catalogue = [{"video_id": f"v{i:02d}", "platform": "bilibili", "genre": g, "series": f"s{i // 3}", "title": f"t{i}"}
                  for i, g in enumerate(genres)]
     entries = [{"url": f"v{i:02d}/v{i:02d}-00000.tar", "video_id": f"v{i:02d}", "samples": 5} for i in range(24)]
-    narrow, diverse, series = models.parse_variants(
+    narrow, diverse, series = v2lc_runs.parse_variants(
         '{"narrow": {"genres": ["Anime"], "segments": 30, "sample_seed": 1},'
         ' "diverse": {"where": {"genre": ["game", "music", "vlog", "sports"]}, "hours": 0.0667, "sample_seed": 1},'
         ' "s1": {"where": {"series": "s1"}}}')
-    picked = {v.name: models.variant_index(entries, catalogue, v, segment_s=8.0) for v in (narrow, diverse, series)}
+    picked = {v.name: v2lc_runs.variant_index(entries, catalogue, v, segment_s=8.0) for v in (narrow, diverse, series)}
     sizes = {name: sum(e["samples"] for e in kept) for name, kept in picked.items()}
     assert sizes == {"narrow": 30, "diverse": 30, "s1": 15}  # 0.0667 h of 8 s segments: 30
     assert {catalogue[int(e["video_id"][1:])]["genre"] for e in picked["narrow"]} == {"anime"}
@@ -177,17 +177,17 @@ def test_variants_select_by_any_catalogue_column_and_subsample_to_equal_sizes() 
     # the entries carry the catalogue's other columns (the held-out split groups by them)
     assert {e["catalogue"]["series"] for e in picked["s1"]} == {"s1"} and set(picked["s1"][0]["catalogue"]) == {"genre", "series"}
     # seeded: the same seed draws the same videos, another seed others
-    again = models.parse_variants('{"narrow": {"genres": ["anime"], "segments": 30, "sample_seed": 2}}')[0]
-    assert models.variant_index(entries, catalogue, narrow) == picked["narrow"]
-    assert models.variant_index(entries, catalogue, again) != picked["narrow"]
-    too_big = models.parse_variants('{"big": {"genres": ["anime"], "segments": 61}}')[0]
-    with pytest.raises(models.VariantError, match=r"asks for 61 segments but its selection \(genre in \['anime'\]\) has only 60"):
-        models.variant_index(entries, catalogue, too_big)
+    again = v2lc_runs.parse_variants('{"narrow": {"genres": ["anime"], "segments": 30, "sample_seed": 2}}')[0]
+    assert v2lc_runs.variant_index(entries, catalogue, narrow) == picked["narrow"]
+    assert v2lc_runs.variant_index(entries, catalogue, again) != picked["narrow"]
+    too_big = v2lc_runs.parse_variants('{"big": {"genres": ["anime"], "segments": 61}}')[0]
+    with pytest.raises(v2lc_runs.VariantError, match=r"asks for 61 segments but its selection \(genre in \['anime'\]\) has only 60"):
+        v2lc_runs.variant_index(entries, catalogue, too_big)
     for bad, message in (("[1]", "JSON object"), ('{"Zh!": {}}', "variant name"), ('{"x": {"lang": []}}', "unknown key"),
                          ("{", "not JSON"), ('{"x": {"where": {"studio": ["a"]}}}', r"where names \['studio'\], not catalogue"),
                          ('{"x": {"segments": 10, "hours": 1}}', "not both"), ('{"x": {"hours": -1}}', "positive")):
-        with pytest.raises(models.VariantError, match=message):
-            models.parse_variants(bad)
+        with pytest.raises(v2lc_runs.VariantError, match=message):
+            v2lc_runs.parse_variants(bad)
 
 
 def test_lc_arms_follow_the_encoder_and_the_task_list(tmp_path) -> None:
@@ -227,7 +227,7 @@ def test_the_crosslingual_example_names_variants_that_exist() -> None:
     from conftest import ROOT
 
     cfg = yaml.safe_load((ROOT / "configs" / "crosslingual.example.yaml").read_text())["resources"]
-    variants = models.parse_variants(cfg["v2lc_training"]["config"]["variants_json"])
+    variants = v2lc_runs.parse_variants(cfg["v2lc_training"]["config"]["variants_json"])
     assert [v.name for v in variants] == ["zh", "bilingual"] and variants[0].where == (("language", ("zh",)),)
     wanted = json.loads(cfg["downstream"]["config"]["lc_variants_json"])
     assert set(wanted) == set(runs.TASKS) and {n for names in wanted.values() for n in names} <= {v.name for v in variants}
@@ -260,7 +260,7 @@ def test_the_diversity_example_compares_two_variants_of_equal_size() -> None:
     from conftest import ROOT
 
     cfg = yaml.safe_load((ROOT / "configs" / "diversity.example.yaml").read_text())["resources"]
-    narrow, diverse = models.parse_variants(cfg["v2lc_training"]["config"]["variants_json"])
+    narrow, diverse = v2lc_runs.parse_variants(cfg["v2lc_training"]["config"]["variants_json"])
     assert (narrow.name, diverse.name) == ("narrow", "diverse") and narrow.where and not diverse.where
     assert narrow.segments == diverse.segments and narrow.hours is diverse.hours is None
     wanted = json.loads(cfg["downstream"]["config"]["lc_variants_json"])
@@ -273,7 +273,7 @@ def test_the_unseen_platform_example_holds_niconico_out_of_one_variant() -> None
     from conftest import ROOT
 
     cfg = yaml.safe_load((ROOT / "configs" / "unseen_platform.example.yaml").read_text())["resources"]
-    with_, without = models.parse_variants(cfg["v2lc_training"]["config"]["variants_json"])
+    with_, without = v2lc_runs.parse_variants(cfg["v2lc_training"]["config"]["variants_json"])
     assert with_.options == {} and without.options == {"eval_platforms": ["niconico"]}
     wanted = json.loads(cfg["downstream"]["config"]["lc_variants_json"])
     assert set(wanted) == set(runs.TASKS) and all(set(names) == {with_.name, without.name} for names in wanted.values())

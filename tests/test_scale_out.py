@@ -149,7 +149,7 @@ def test_the_training_pod_spec_matches_the_kubernetes_schema() -> None:
     dagster-k8s from our spec and checked against the Kubernetes client's models (a misspelt key fails)."""
     from dagster_k8s.pipes import build_pod_body
 
-    from lcaffect_pipeline.models import k8s_pod_spec
+    from lcaffect_pipeline.v2lc_runs import k8s_pod_spec
 
     pod = build_pod_body("lcaffect-train", "lcaffect:latest", ["python", "-m", "lcaffect_ml.train_v2lc"], {}, None, k8s_pod_spec(2))
     assert pod.spec.containers[0].resources.limits == {"nvidia.com/gpu": "2"}

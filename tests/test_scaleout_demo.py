@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import manifest, need_ffmpeg
-from lcaffect_pipeline.models import METRIC_KEYS
+from lcaffect_pipeline.v2lc_runs import METRIC_KEYS
 from services import ROOT, require_module, unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]

@@ -12,7 +12,7 @@ from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS_ASSETS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS_ASSETS
 from lcaffect_pipeline.defs.model_assets import ASSETS as MODEL_ASSETS
 from lcaffect_pipeline.defs.model_assets import launch_command
-from lcaffect_pipeline.models import k8s_pod_spec
+from lcaffect_pipeline.v2lc_runs import k8s_pod_spec
 from faults import command as faults_command
 from lcaffect_pipeline.defs.resources import V2LCTrainingResource
 

@@ -18,7 +18,7 @@ from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS_ASSETS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS_ASSETS
 from lcaffect_pipeline.defs.model_assets import ASSETS as MODEL_ASSETS
 from lcaffect_pipeline.defs.resources import CatalogueResource, RunScope
-from lcaffect_pipeline.demo import generate_demo_world
+from lcaffect_pipeline.demo_world import generate_demo_world
 
 from conftest import ROOT, demo_resources, manifest, need_ffmpeg
 from lcaffect_ml.contracts import naming

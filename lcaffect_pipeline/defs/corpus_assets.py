@@ -30,7 +30,7 @@ def video_catalogue(context: dg.AssetExecutionContext, lake: LakeResource, catal
     tables.check_readable_tables(lake.path())  # a damaged log fails here, not at the commit after the work
     path = catalogue.path
     if catalogue.demo:
-        from ..demo import generate_demo_world
+        from ..demo_world import generate_demo_world
 
         path = str(generate_demo_world(lake.path("demo_world"), n_videos=catalogue.demo_videos,
                                        segments=catalogue.demo_segments, world=catalogue.demo_world))

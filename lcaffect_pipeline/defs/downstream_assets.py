@@ -45,7 +45,7 @@ def _dataset_root(stack: contextlib.ExitStack, lake: LakeResource, downstream: D
     demo_root = lake.path("demo_downstream")
     if lake_mod.is_local(demo_root) or not downstream.demo or getattr(downstream, f"{task}_root"):
         return downstream.root_for(task, demo_root)
-    from ..downstream.demo import upload_demo_downstream
+    from ..downstream.demo_datasets import upload_demo_downstream
 
     upload_demo_downstream(demo_root, world=downstream.demo_world)
     key = f"demo_downstream-{task}-{hashlib.sha256(str(demo_root).encode()).hexdigest()[:16]}"

@@ -2,7 +2,7 @@
 per configured variant (``V2LCTrainingResource.variants_json``).
 
 Variants, their shard selection, run folders, reuse and the launch command are plain functions in
-``lcaffect_pipeline.models``."""
+``lcaffect_pipeline.v2lc_runs``."""
 
 import json
 from pathlib import Path
@@ -12,11 +12,11 @@ import yaml
 
 from lcaffect_ml.contracts.hashing import sha256_bytes
 
-from .. import models, versions
+from .. import v2lc_runs, versions
 from ..corpus import load_catalogue_from_lake
 from ..lake import as_path, atomic_write_bytes, workspace
 from ..downstream.ablation import SHUFFLED_ARM
-from ..models import k8s_pod_spec, latest_checkpoint
+from ..v2lc_runs import k8s_pod_spec, latest_checkpoint
 from ..shards import content_name
 from .automation import ON_NEW_DATA
 from .launch_checks import check_run
@@ -27,22 +27,22 @@ CHECK = "retrieval_above_chance"
 
 
 def training_config(training: V2LCTrainingResource, shards_index: str, output_dir: Path) -> dict:
-    return models.training_config(training.model_dump(), V2LCTrainingResource.LAUNCH_FIELDS, shards_index, output_dir)
+    return v2lc_runs.training_config(training.model_dump(), V2LCTrainingResource.LAUNCH_FIELDS, shards_index, output_dir)
 
 
 def launch_command(training: V2LCTrainingResource, config_path: Path, device: str = "auto") -> list[str]:
-    return models.launch_command(config_path, command=training.command, gpus=training.gpus, device=device)
+    return v2lc_runs.launch_command(config_path, command=training.command, gpus=training.gpus, device=device)
 
 
 def train_variant(context, root, training: V2LCTrainingResource, client: dg.PipesSubprocessClient,
-                  shards: dict, entries: list[dict], catalogue: list[dict], variant: models.Variant,
+                  shards: dict, entries: list[dict], catalogue: list[dict], variant: v2lc_runs.Variant,
                   segment_s: float) -> tuple[Path, tuple[dict, str], bool]:
     """Train (or reuse) one variant: its shard index (from the full index's ``entries``), its run
     folder, the program through Pipes. Returns (run folder, (metrics, weights version), reused)."""
     shards_index = as_path(shards["index"])
     try:
-        selected = models.variant_index(entries, catalogue, variant, segment_s)
-    except models.VariantError as exc:
+        selected = v2lc_runs.variant_index(entries, catalogue, variant, segment_s)
+    except v2lc_runs.VariantError as exc:
         raise dg.Failure(str(exc)) from exc
     if not selected:
         raise dg.Failure(f"V2LC variant {variant.name!r} selects no shard ({variant.describe()}; the catalogue's "
@@ -54,15 +54,15 @@ def train_variant(context, root, training: V2LCTrainingResource, client: dg.Pipe
     if not index.exists():
         atomic_write_bytes(index, payload)
     cfg = {**training_config(training, str(index), Path(".")), **variant.options}
-    out = models.run_dir(root, f"{shards['data_version']}:{sha256_bytes(payload)[:16]}", cfg)
-    if (done := models.finished_run(out)) is not None:
+    out = v2lc_runs.run_dir(root, f"{shards['data_version']}:{sha256_bytes(payload)[:16]}", cfg)
+    if (done := v2lc_runs.finished_run(out)) is not None:
         context.log.info(f"V2LC variant {variant.name}: training already finished in {out}: reusing it")
         return out, done, True
     # The program writes local files: on an object store it runs in a scratch copy of the run
     # folder (kept when it fails, so a retry resumes there), uploaded with the weights last.
-    with workspace(out, "V2LC training", last=models.FINISHED_FILES) as local_out:
+    with workspace(out, "V2LC training", last=v2lc_runs.FINISHED_FILES) as local_out:
         _train(context, training, client, {**cfg, "output_dir": str(local_out)}, local_out)
-    if (done := models.finished_run(out)) is None:
+    if (done := v2lc_runs.finished_run(out)) is None:
         raise dg.Failure(f"variant {variant.name}: the training program exited without metrics.json and "
                          f"model.safetensors in {out}")
     return out, done, False
@@ -72,7 +72,7 @@ def encoder_outputs(trained: dict[str, tuple[Path, tuple[dict, str], bool]], roo
     """One ``Output`` for every variant trained (the first is the one downstream reads by default)
     and the check: every variant's held-out R@1 above its chance level (the control ``SHUFFLED_ARM`` aside). ``shards``: the
     training_shards value the variants read, recorded (``reads``) for lineage."""
-    values = {name: models.encoder_value(out, *done) for name, (out, done, _) in trained.items()}
+    values = {name: v2lc_runs.encoder_value(out, *done) for name, (out, done, _) in trained.items()}
     reads = versions.reads({"training_shards": shards})
     first = next(iter(values))
     weights = {name: v["data_version"] for name, v in values.items()}
@@ -89,7 +89,7 @@ def encoder_outputs(trained: dict[str, tuple[Path, tuple[dict, str], bool]], roo
         metadata["lineage"] = dg.MetadataValue.md(versions.lineage_markdown(root, value, "v2lc_encoder"))
     yield dg.Output(value, metadata=metadata, data_version=dg.DataVersion(version))
     # the shuffled-comment control is meant to stay at chance: it is reported, not checked
-    passed = {name: models.above_chance(done[0]) for name, (_, done, _) in trained.items() if name != SHUFFLED_ARM}
+    passed = {name: v2lc_runs.above_chance(done[0]) for name, (_, done, _) in trained.items() if name != SHUFFLED_ARM}
     yield dg.AssetCheckResult(check_name=CHECK, passed=all(passed.values()), metadata={
         **{f"{n}_v2c_r1": float(v["metrics"].get("v2c_r1", 0)) for n, v in values.items()},
         **{f"{n}_chance_r1": float(v["metrics"].get("chance_r1", 0)) for n, v in values.items()},
@@ -115,8 +115,8 @@ def v2lc_encoder(context: dg.AssetExecutionContext, lake: LakeResource, v2lc_tra
     if not shards.get("samples"):
         raise dg.Failure("no training samples: the segments stage produced no shards")
     try:
-        variants = models.parse_variants(v2lc_training.variants_json)
-    except models.VariantError as exc:
+        variants = v2lc_runs.parse_variants(v2lc_training.variants_json)
+    except v2lc_runs.VariantError as exc:
         raise dg.Failure(str(exc)) from exc
     catalogue = load_catalogue_from_lake(lake.path())
     entries = json.loads(as_path(shards["index"]).read_text())  # read once for every variant

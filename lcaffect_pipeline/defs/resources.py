@@ -20,9 +20,9 @@ from .. import lake, leases, schema, versions
 from ..cleaning import CleaningConfig
 from ..clips import ClipOptions
 from ..sources import SourceConfig
-from ..demo import WORLDS as DEMO_WORLDS
+from ..demo_world import WORLDS as DEMO_WORLDS
 from ..downstream.datasets import MEDIA_POLICIES
-from ..jsonopt import json_object
+from ..json_options import json_object
 from lcaffect_ml.contracts import naming
 from lcaffect_ml.contracts import tables as contract_tables
 
@@ -99,7 +99,7 @@ class CatalogueResource(dg.ConfigurableResource):
     demo: bool = Field(default=False, description="Generate the offline demo world into the lake and use its catalogue")
     demo_videos: int = Field(default=16, description="Number of demo videos")
     demo_segments: int = Field(default=5, description="8-second segments per demo video")
-    demo_world: Literal[DEMO_WORLDS] = Field(default=DEMO_WORLDS[0], description='"memorisation" (lcaffect_pipeline.demo) or '
+    demo_world: Literal[DEMO_WORLDS] = Field(default=DEMO_WORLDS[0], description='"memorisation" (lcaffect_pipeline.demo_world) or '
                                              '"unseen" (lcaffect_pipeline.demo_unseen: no labelled scene in the corpus)')
 
 

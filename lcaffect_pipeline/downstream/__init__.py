@@ -19,7 +19,7 @@ from .datasets import (
     load_mustard,
     repair_text,
 )
-from .demo import SCENE_SPLITS, demo_label, generate_demo_downstream, text_cue
+from .demo_datasets import SCENE_SPLITS, demo_label, generate_demo_downstream, text_cue
 from .media import PrepareReport, decode_audio, npz_path, prepare_media
 
 __all__ = [

@@ -1,6 +1,6 @@
 """The live-comment arms of the downstream ablation: one per V2LC variant a task is evaluated with.
 
-The ``v2lc_encoder`` asset may hold several named encoders (``lcaffect_pipeline.models``
+The ``v2lc_encoder`` asset may hold several named encoders (``lcaffect_pipeline.v2lc_runs``
 variants, e.g. ``zh`` and ``bilingual``). A task is evaluated with the variants
 ``DownstreamResource.lc_variants_json`` lists for it, by default all of them, its primary arm (the
 first listed, else the encoder's first variant) first. Folders under ``downstream/{task}/``

@@ -270,11 +270,6 @@ def _fill_missing_ids(dmid: pa.Array, p_of_rows, text: pa.Array) -> pa.Array:
 _ELEM_COLUMNS = ("id", "progress", "mode", "fontsize", "color", "midHash", "content", "ctime", "weight", "pool")
 
 
-def parse_protobuf(ctx: ParseContext, data: bytes) -> list[pa.RecordBatch]:
-    """One ``seg.so`` body (``DmSegMobileReply``) into a batch; unknown fields are ignored."""
-    return assemble_segments([(ctx, decode_segment(ctx, data))]).to_batches()
-
-
 def decode_segment(ctx: ParseContext, data: bytes) -> pa.Table:
     """The comment fields of one ``seg.so`` body, as columns (see ``assemble_segments``).
 

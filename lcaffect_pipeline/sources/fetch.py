@@ -150,14 +150,3 @@ def fetch_comments(
             error=error, folder=str(dest_dir),
         )
 
-
-__all__ = [
-    "DEFAULT_TRACKS",
-    "FetchError",
-    "FetchResult",
-    "MANIFEST",
-    "SourceConfig",
-    "SourceFolder",
-    "choose_fetcher",
-    "fetch_comments",
-]

@@ -171,7 +171,6 @@ class SourceFolder:
 
     def _check_parses(self, names: list[str], *, platform: str, video_id: str, source: str, metadata: dict) -> None:
         from lcaffect_pipeline.formats import CommentFormatError, read_comments
-        from lcaffect_pipeline.schema import PLATFORMS
 
         if not is_local(self.staging) or not names:
             return  # the readers take local paths; remote lakes are checked when parsed

@@ -1,7 +1,7 @@
 """Small stand-ins for CH-SIMS v2, MELD and MUStARD, in their official layouts, for the offline demo.
 
 Each utterance's video is a short clip (2 or 3 s, 160x120, 10 fps) of one of the demo world's
-scenes (``lcaffect_pipeline.demo.SCENES``: the scene's mosaic under moving noise), rendered like
+scenes (``lcaffect_pipeline.demo_world.SCENES``: the scene's mosaic under moving noise), rendered like
 the V2LC demo videos; its audio is a tone of the clip's length, not of the scene (an utterance's
 sound is its speaker's, not the shot's). The text carries one cue, the scene's mood (which only
 the live comments of the pretraining corpus reveal) another, and the label is a fixed function
@@ -51,7 +51,7 @@ from typing import Any, Mapping
 
 from .. import lake
 from .. import demo_unseen
-from ..demo import MOODS, SCENES, SCENES_FILE, WORLDS, _check_world, scene_filter
+from ..demo_world import MOODS, SCENES, SCENES_FILE, WORLDS, _check_world, scene_filter
 from .datasets import MELD_MEDIA_DIRS, MELD_COLUMNS, CHSIMS_COLUMNS
 
 DEMO_DOWNSTREAM_VERSION = "2"

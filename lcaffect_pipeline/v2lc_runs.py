@@ -31,7 +31,7 @@ from lcaffect_ml.contracts import lakepaths
 from lcaffect_ml.contracts.shards import DEFAULT_SEGMENT_S
 from lcaffect_ml.contracts.hashing import sha256_bytes, sha256_file
 
-from .jsonopt import json_object
+from .json_options import json_object
 
 from . import lake, schema
 

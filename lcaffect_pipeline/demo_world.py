@@ -13,7 +13,7 @@ The live comments of a segment are mostly *reactions* in the mood's words ("å“ˆå
 * the comment corpus, which covers every scene, teaches V2LC each scene's mood: a video's
   embedding is pulled towards the reactions its comments share with every other scene of that
   mood, so the mood becomes readable from the synthetic live-comment feature;
-* the downstream stand-ins (``lcaffect_pipeline.downstream.demo``) label utterances by their
+* the downstream stand-ins (``lcaffect_pipeline.downstream.demo_datasets``) label utterances by their
   text and the mood of their scene, and their test (and validation) utterances show scenes
   their training utterances never show. From about a hundred labelled examples the generic
   visual and acoustic features can only learn the moods of the training scenes; for a new
@@ -136,7 +136,7 @@ def scene_comments(rng: random.Random, scene: int) -> list[str]:
     return texts
 
 
-WORLDS = ("memorisation", "unseen")  # lcaffect_pipeline.demo (this module), lcaffect_pipeline.demo_unseen
+WORLDS = ("memorisation", "unseen")  # lcaffect_pipeline.demo_world (this module), lcaffect_pipeline.demo_unseen
 
 
 def _check_world(world: str) -> None:
