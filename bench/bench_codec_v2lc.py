@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import dagster as dg  # noqa: E402
 import torch  # noqa: E402
 
-from lcaffect_pipeline import models, versions  # noqa: E402
+from lcaffect_pipeline import v2lc_runs, versions  # noqa: E402
 from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS  # noqa: E402
 from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS  # noqa: E402
 from lcaffect_pipeline.defs.definitions import build_resources  # noqa: E402
@@ -79,7 +79,7 @@ def shard_bytes_per_segment(value: dict) -> float:
 def train_one(index: str, seed: int, out: Path, max_steps: int | None) -> dict:
     settings = yaml.safe_load(DEMO_CONFIG.read_text())["resources"]["v2lc_training"]["config"]
     training = V2LCTrainingResource(**settings)
-    cfg = models.training_config(training.model_dump(), V2LCTrainingResource.LAUNCH_FIELDS, index, out)
+    cfg = v2lc_runs.training_config(training.model_dump(), V2LCTrainingResource.LAUNCH_FIELDS, index, out)
     cfg.update(seed=seed, progress=False, pipes_asset_key=None, **({"max_steps": max_steps} if max_steps else {}))
     t0 = time.perf_counter()
     metrics = train(TrainConfig.from_dict(cfg))
