@@ -125,7 +125,9 @@ out, lake = sys.argv[1], UPath(os.environ["LCAFFECT_LAKE"])
 keys = sorted(p.path[len(lake.path.rstrip("/")) + 1:] for p in lake.rglob("*") if p.is_file())
 open(os.path.join(out, "lake_objects.txt"), "w").write("\n".join(keys) + "\n")
 (lake / "ablation.json").fs.get_file((lake / "ablation.json").path, os.path.join(out, "ablation.json"))
-encoder = json.loads((lake / "_manifests" / "v2lc_encoder.json").read_text())
+from lcaffect_pipeline import versions
+
+encoder = versions.latest(os.environ["LCAFFECT_LAKE"], "v2lc_encoder")  # its lake paths resolved in the lake
 metrics = UPath(encoder["output_dir"]) / "metrics.json"
 metrics.fs.get_file(metrics.path, os.path.join(out, "v2lc_metrics.json"))
 PYEOF

@@ -58,7 +58,11 @@ def materialize(root: str, assets=None) -> dg.ExecuteInProcessResult:
 
 
 def manifests(fs, prefix: str) -> dict[str, dict]:
-    return {s: json.loads(fs.cat(f"{prefix}/_manifests/{s}.json")) for s in (*STAGES, "training_shards")}
+    """Each stage's latest manifest as the pipeline reads it: its lake-relative paths resolved
+    against the lake's URL (``versions.latest``)."""
+    from lcaffect_pipeline import versions
+
+    return {s: versions.latest(f"s3://{prefix}", s) for s in (*STAGES, "training_shards")}
 
 
 def outputs(fs, m: dict[str, dict]) -> dict[str, Any]:
