@@ -226,7 +226,11 @@ def storage_options(root) -> dict[str, str] | None:
     endpoint = (getattr(fs, "endpoint_url", None) or kwargs.get("endpoint_url")
                 or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
     opts = {"AWS_S3_ALLOW_UNSAFE_RENAME": "true",
-            "AWS_REGION": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"}
+            "AWS_REGION": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
+            # a store that refuses connections for a while is waited for, as s3fs waits (lake.py):
+            # delta-rs's default back-off spends its retries in about 3 s
+            "max_retries": str(lake.OBJECT_STORE_RETRIES), "backoff_config.init_backoff": "500ms",
+            "backoff_config.max_backoff": "5s", "backoff_config.base": "2"}
     if endpoint:
         opts["AWS_ENDPOINT_URL"] = endpoint
         opts["AWS_ALLOW_HTTP"] = "true" if endpoint.startswith("http://") else "false"
