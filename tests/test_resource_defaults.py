@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+from pathlib import Path
 
 import pytest
 
@@ -70,5 +71,5 @@ def test_an_owned_default_is_the_dataclasses_own(cls_name: str) -> None:
 def test_a_null_training_option_leaves_the_programs_default() -> None:
     from lcaffect_pipeline.defs.model_assets import training_config
 
-    cfg = training_config(resources.V2LCTrainingResource(max_steps=7), "index.json", __import__("pathlib").Path("o"))
+    cfg = training_config(resources.V2LCTrainingResource(max_steps=7), "index.json", Path("o"))
     assert cfg["max_steps"] == 7 and "lr" not in cfg and "batch_size" not in cfg  # TrainConfig's apply

@@ -16,15 +16,16 @@ from lcaffect_ml.contracts.shards import FRAME_CODECS
 from lcaffect_ml.contracts.tables import DEFAULT_PROTOCOLS
 from pydantic import Field, model_validator
 
+from lcaffect_ml.contracts import naming
+from lcaffect_ml.contracts import tables as contract_tables
+
 from .. import lake, leases, schema, versions
 from ..cleaning import CleaningConfig
 from ..clips import ClipOptions
-from ..sources import SourceConfig
 from ..demo_world import WORLDS as DEMO_WORLDS
 from ..downstream.datasets import MEDIA_POLICIES
 from ..json_options import json_object
-from lcaffect_ml.contracts import naming
-from lcaffect_ml.contracts import tables as contract_tables
+from ..sources import SourceConfig
 
 
 def owned(cls, name: str, **field_kwargs) -> Any:
@@ -128,8 +129,6 @@ class CrawlerResource(dg.ConfigurableResource):
         return self
 
     def source_config(self):
-        from ..sources import SourceConfig
-
         return SourceConfig.from_mapping(self.model_dump())
 
 
@@ -172,8 +171,6 @@ class CleaningResource(dg.ConfigurableResource):
     @model_validator(mode="after")
     def _valid(self) -> "CleaningResource":
         """Checked when the resource is built, before any video is cleaned."""
-        from ..cleaning import CleaningConfig
-
         try:
             CleaningConfig(**self.options_dict())
         except TypeError as exc:
@@ -190,8 +187,6 @@ class CleaningResource(dg.ConfigurableResource):
 
 def cleaning_overrides(options_json: str | None) -> dict[str, Any]:
     """Parse and check ``options_json``: a ValueError names an unknown field and the valid ones."""
-    from ..cleaning import CleaningConfig
-
     overrides = json_object(options_json, "cleaning.options_json")
     valid = list(CleaningConfig().to_dict())
     unknown = sorted(set(overrides) - set(valid))
@@ -282,8 +277,6 @@ class ClipsResource(dg.ConfigurableResource):
         return self
 
     def options(self):
-        from ..clips import ClipOptions
-
         return ClipOptions(**self.model_dump())
 
 
