@@ -20,6 +20,7 @@ JOB_CONFIGS = {  # job → the example configs that must be valid for it (merged
     "downstream_job": [["downstream.example.yaml"], ["paper.example.yaml"]],
     "reproduce_job": [["pretrain.example.yaml", "reproduce.example.yaml"], ["demo.yaml", "reproduce.example.yaml"]],
     "retention_job": [["retention.example.yaml"]],
+    "human_eval_job": [["human_eval.example.yaml"], ["demo.yaml", "human_eval.example.yaml"]],
     "full_pipeline": [["demo.yaml"], ["demo.yaml", "rerun_one.yaml"], ["paper.example.yaml"],
                       ["paper.example.yaml", "crosslingual.example.yaml"],
                       ["paper.example.yaml", "diversity.example.yaml"],

@@ -15,10 +15,12 @@ import pytest
 from lcaffect_pipeline.cleaning import CleaningConfig
 from lcaffect_pipeline.clips import ClipOptions
 from lcaffect_pipeline.defs import resources
+from lcaffect_pipeline.human_eval.kit import KitOptions
 from lcaffect_pipeline.sources import SourceConfig
 
 # resource class -> the dataclass that owns its options (TrainConfig by name: importing it loads torch)
 OWNERS = {"ClipsResource": ClipOptions, "CrawlerResource": SourceConfig, "CleaningOptions": CleaningConfig,
+          "HumanEvalResource": KitOptions,
           "V2LCTrainingResource": "lcaffect_ml.train_v2lc_config.TrainConfig"}
 
 

@@ -20,8 +20,9 @@ from .clips_assets import ASSETS as CLIPS_ASSETS
 from .clips_assets import CHECKS as CLIPS_CHECKS
 from .corpus_assets import ASSETS as CORPUS_ASSETS
 from .downstream_assets import ASSETS as DOWNSTREAM_ASSETS
+from .evaluation_assets import ASSETS as EVALUATION_ASSETS
 from .model_assets import ASSETS as MODEL_ASSETS
-from .resources import CatalogueResource, ClipsResource, DownstreamResource, CleaningResource, CrawlerResource, LakeJsonIOManager, LakeResource, RunScope, V2LCTrainingResource
+from .resources import CatalogueResource, ClipsResource, DownstreamResource, CleaningResource, CrawlerResource, HumanEvalResource, LakeJsonIOManager, LakeResource, RunScope, V2LCTrainingResource
 
 
 @dg.configured(dg.multi_or_in_process_executor, config_schema=dg.Field(dg.Selector({
@@ -80,13 +81,14 @@ def build_resources() -> dict:
         "clips": ClipsResource(),
         "v2lc_training": V2LCTrainingResource(),
         "downstream": DownstreamResource(),
+        "human_eval": HumanEvalResource(),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
         "io_manager": lake_io_manager,
     }
 
 
 defs = dg.Definitions(
-    assets=[*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS, *DOWNSTREAM_ASSETS],
+    assets=[*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS, *DOWNSTREAM_ASSETS, *EVALUATION_ASSETS],
     asset_checks=[*CHECKS, *CLIPS_CHECKS],
     jobs=[*JOBS, retention_job],
     schedules=[*SCHEDULES, weekly_retention],

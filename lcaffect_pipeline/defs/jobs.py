@@ -15,7 +15,8 @@ corpus_job = dg.define_asset_job(
 full_pipeline = dg.define_asset_job(
     "full_pipeline",
     selection=dg.AssetSelection.all(),
-    description="Everything, from the catalogue to the latest stage (the README's main command).",
+    description="Everything, from the catalogue to the ablation report and the human evaluation kit (the README's "
+                "main command); human_eval_job re-reads the ratings once raters have sent them.",
     tags=GPU_RUN_TAGS,
 )
 
@@ -47,4 +48,11 @@ reproduce_job = dg.define_asset_job(
     tags=GPU_RUN_TAGS,
 )
 
-JOBS = [corpus_job, reproduce_job, clips_job, pretrain_job, downstream_job, full_pipeline]
+human_eval_job = dg.define_asset_job(
+    "human_eval_job",
+    selection=dg.AssetSelection.groups("evaluation"),
+    description="The human evaluation: build (or reuse) the rating kit from the encoder's held-out clips, and report "
+                "agreement and synthetic-vs-control rates over the rating files in the kit's ratings/ folder.",
+)
+
+JOBS = [corpus_job, reproduce_job, clips_job, pretrain_job, downstream_job, human_eval_job, full_pipeline]

@@ -24,6 +24,7 @@ from ..cleaning import CleaningConfig
 from ..clips import ClipOptions
 from ..demo_world import WORLDS as DEMO_WORLDS
 from ..downstream.datasets import MEDIA_POLICIES
+from ..human_eval.kit import KitOptions
 from ..json_options import json_object
 from ..sources import SourceConfig
 
@@ -334,6 +335,25 @@ class V2LCTrainingResource(dg.ConfigurableResource):
 
 
 V2LCTrainingResource.LAUNCH_FIELDS = ("launcher", "gpus", "command", "k8s_image", "k8s_namespace", "variants_json")
+
+
+class HumanEvalResource(dg.ConfigurableResource):
+    """What the human evaluation kit samples and shows (``KitOptions`` owns each default and bound)."""
+
+    items: int = owned(KitOptions, "items")
+    seed: int = owned(KitOptions, "seed")
+    comments_per_set: int = owned(KitOptions, "comments_per_set")
+    bank_limit: int = owned(KitOptions, "bank_limit")
+    variant: str = owned(KitOptions, "variant")
+    device: str = owned(KitOptions, "device")
+
+    @model_validator(mode="after")
+    def _valid(self) -> "HumanEvalResource":
+        self.options()  # out-of-range values fail at launch, naming the option
+        return self
+
+    def options(self) -> KitOptions:
+        return KitOptions(**self.model_dump())
 
 
 class DownstreamResource(dg.ConfigurableResource):
