@@ -28,6 +28,8 @@ def headline(root: str | Path) -> str:
             f"V2LC encoder: held-out video->comment R@1 {m['v2c_r1']:.3f} vs chance {m['chance_r1']:.3f} ({ratio:.1f}x), "
             f"comment->video R@1 {m['c2v_r1']:.3f}; {int(m['steps'])} steps at {m['clips_per_s']:.1f} clips/s -> {encoder['output_dir']}"
         )
+    if kit := versions.latest(root, "human_eval_kit"):
+        lines.append(f"Human evaluation kit: {kit['items']} held-out clips -> {kit['page']} (rating files into {kit['ratings_dir']})")
     ablation = root / "ablation.md"
     if ablation.exists():
         lines += ["Ablation (synthetic live-comment features; mean ± std over seeds):", ablation.read_text().rstrip()]

@@ -63,6 +63,8 @@ WORK = {
     "{task}_fusion_with_lc": ("lcaffect_ml.train_fusion", "train"),
     "{task}_fusion_without_lc": ("lcaffect_ml.train_fusion", "train"),
     "ablation_report": ("lcaffect_pipeline.downstream.runs", "write_ablation"),
+    "human_eval_kit": ("lcaffect_pipeline.human_eval.kit", "build_kit"),
+    "human_eval_report": ("lcaffect_pipeline.human_eval.ratings", "report"),
 }
 TASK = re.compile(r"^(chsims2|meld|mustard)_")
 
@@ -180,8 +182,8 @@ def render_graph(assets) -> str:
     groups: dict[str, list[str]] = {}
     for name, group, *_ in assets:
         groups.setdefault(group, []).append(name)
-    for group in sorted(groups, key=lambda g: ["corpus", "clips", "model", "downstream"].index(g)
-                        if g in ("corpus", "clips", "model", "downstream") else 9):
+    for group in sorted(groups, key=lambda g: ["corpus", "clips", "model", "downstream", "evaluation"].index(g)
+                        if g in ("corpus", "clips", "model", "downstream", "evaluation") else 9):
         lines.append(f"  subgraph {group}")
         lines += [f"    {n}" for n in groups[group]]
         lines.append("  end")

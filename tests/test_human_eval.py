@@ -26,6 +26,7 @@ from lcaffect_pipeline.defs.evaluation_assets import ASSETS as EVALUATION_ASSETS
 from lcaffect_pipeline.defs.model_assets import ASSETS as MODEL_ASSETS
 from lcaffect_pipeline.defs.resources import HumanEvalResource, V2LCTrainingResource
 from lcaffect_pipeline.human_eval.kit import LETTERS
+from lcaffect_pipeline.report import headline
 
 CHROMIUM = Path("/usr/bin/chromium")
 ASSETS = [*CORPUS_ASSETS, *CLIPS_ASSETS, *MODEL_ASSETS, *EVALUATION_ASSETS]
@@ -124,6 +125,7 @@ def test_the_kit_is_blinded_seeded_and_from_held_out_clips(kit) -> None:
     assert not [v for v in (*split["test"], *split["train"]) if v in html]  # nor a video id
     assert all((kit["dir"] / "page" / "clips" / f"item-{it['item']:03d}.mp4").stat().st_size > 0 for it in key["items"])
     assert kit["metadata"]["reused"].value is False
+    assert str(kit["page"]) in headline(kit["root"])  # scripts/demo.sh names the page
     again, mats = materialize(kit["root"], "human_eval_kit")  # same inputs and seed: the same kit, reused
     assert again.success and mats["human_eval_kit"].metadata["kit_id"].value == key["kit_id"]
     assert mats["human_eval_kit"].metadata["reused"].value is True
