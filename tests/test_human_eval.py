@@ -153,11 +153,13 @@ def test_two_raters_who_always_agree_give_alpha_1_and_bad_files_are_named_and_sk
     assert json.loads(files[0].read_text())["kit_id"] == kit["key"]["kit_id"]
     (folder / "broken.json").write_text("{not json")
     (folder / "other-kit.json").write_text(json.dumps({"kit_id": "0000", "rater": "cy", "ratings": []}))
+    (folder / "zz-ana-again.json").write_text(files[0].read_text())  # one rater counts once
     m = report(kit)
-    assert m.metadata["raters"].value == 2 and m.metadata["rejected_files"].value == 2
+    assert m.metadata["raters"].value == 2 and m.metadata["rejected_files"].value == 3
     assert m.metadata["alpha_choice"].value == pytest.approx(1.0) and m.metadata["alpha_scores"].value == pytest.approx(1.0)
     text = m.metadata["report"].value
     assert "broken.json: not a JSON rating export" in text and "other-kit.json: rates kit '0000'" in text
+    assert "zz-ana-again.json: rater 'ana' is already counted from" in text
     # the rates, counted here from the key: the synthetic set above the control, and the picks
     beats = chose_synthetic = 0
     for item in kit["key"]["items"]:
@@ -190,3 +192,13 @@ def test_a_folder_of_only_bad_files_fails_naming_them(kit) -> None:
     assert not result.success
     message = "\n".join(e.step_failure_data.error.message for e in result.get_step_failure_events())
     assert "scores-out-of-range.json: clip 1: scores {'A': 7}" in message
+
+
+def test_an_encoder_without_held_out_videos_is_refused_with_the_reason(tmp_path) -> None:
+    from lcaffect_pipeline.human_eval.kit import KitError, read_split
+
+    (tmp_path / "split.json").write_text(json.dumps({"split_group": "video", "train": {"v1": "v1"}, "test": {}}))
+    with pytest.raises(KitError, match="no held-out video"):
+        read_split(tmp_path)
+    with pytest.raises(KitError, match="split.json is absent"):
+        read_split(tmp_path / "nowhere")

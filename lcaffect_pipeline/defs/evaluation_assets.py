@@ -33,7 +33,7 @@ def human_eval_kit(context: dg.AssetExecutionContext, lake: LakeResource, human_
     files = {vid: str(lake_file(root, p)) for vid, p in video_files(videos).items()}
     try:
         value = human_kit.build_kit(root, encoder, files, human_eval.options())
-    except (human_kit.KitError, KeyError) as exc:
+    except human_kit.KitError as exc:
         raise dg.Failure(f"human evaluation kit: {exc}") from exc
     value["reads"] = versions.reads({"v2lc_encoder": encoder, "videos": videos})
     context.log.info(f"kit {value['kit_id']}: give raters the folder {value['page'].rsplit('/', 1)[0]}; "

@@ -169,7 +169,7 @@ def _sid(seg: Mapping[str, Any]) -> tuple[str, int]:
 
 def build_kit(root, encoder: Mapping[str, Any], video_paths: Mapping[str, str], opts: KitOptions) -> dict[str, Any]:
     """Write (or reuse) the kit for ``encoder`` (the ``v2lc_encoder`` value); ``video_paths``: each
-    video's file in the lake. Returns the asset's value (kit id, folders, counts)."""
+    video's file (a path or URL) in the lake. Returns the asset's value (kit id, folders, counts)."""
     variant, run = encoder_run(encoder, opts.variant)
     split = read_split(run["output_dir"])
     candidates = held_out_segments(root, sorted(split["test"]))
@@ -195,7 +195,9 @@ def build_kit(root, encoder: Mapping[str, Any], video_paths: Mapping[str, str], 
     with lake.workspace(out, "the human evaluation kit", last=(KEY_FILE,)) as local:
         (local / PAGE_DIR / "clips").mkdir(parents=True, exist_ok=True)
         for (seg, _), item in zip(pairs, page_items):
-            with lake.local_copy(lake.as_path(root) / video_paths[seg["video_id"]], "a kit clip") as video:
+            if seg["video_id"] not in video_paths:
+                raise KitError(f"video {seg['video_id']!r} has no file in the lake (its `videos` result failed)")
+            with lake.local_copy(video_paths[seg["video_id"]], "a kit clip") as video:
                 cut_clip(video, seg["start_ms"], seg["end_ms"], local / PAGE_DIR / item["clip"])
         lake.atomic_write_bytes(local / PAGE_DIR / "index.html", page.render(kit_id, page_items).encode())
         (local / RATINGS_DIR).mkdir(exist_ok=True)
