@@ -118,6 +118,7 @@ def demo_resources(root: Path, **overrides) -> dict:
                                                 num_workers=0, eval_fraction=0.25),
         # speaker-independent as in configs/demo.yaml: one MUStARD run instead of 5 folds
         "downstream": r.DownstreamResource(demo=True, frames=4, size=32, seeds=[0], mustard_protocol="speaker_independent"),
+        "human_eval": r.HumanEvalResource(),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
         "io_manager": r.LakeJsonIOManager(lake=lake, as_of_json=scope.as_of_json),  # as lake_io_manager does
     }

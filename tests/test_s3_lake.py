@@ -49,12 +49,12 @@ def corpus_and_clips():
     return [*CORPUS, *CLIPS, *CHECKS, *COMMENT_CHECKS]
 
 
-def materialize(root: str, assets=None) -> dg.ExecuteInProcessResult:
+def materialize(root: str, assets=None, selection=None) -> dg.ExecuteInProcessResult:
     from lcaffect_pipeline.defs.resources import CatalogueResource, LakeResource
 
     lake = LakeResource(root=root, author_salt="test-salt")
     res = demo_resources(None, lake=lake, catalogue=CatalogueResource(demo=True, demo_videos=N_VIDEOS))
-    return dg.materialize(assets or corpus_and_clips(), resources=res, raise_on_error=False)
+    return dg.materialize(assets or corpus_and_clips(), resources=res, raise_on_error=False, selection=selection)
 
 
 def manifests(fs, prefix: str) -> dict[str, dict]:
@@ -294,3 +294,28 @@ def test_shard_versions_on_the_store(s3) -> None:
     assert version_folders(root) == {"v": [f"v/{'a' * 16}", f"v/{'b' * 16}"]}
     assert complete_version(root, "v", "a" * 16)["shards"] == json.loads(fs.cat(str(first).removeprefix("s3://")))
     fs.rm(f"{bucket}/versions", recursive=True)
+
+
+def test_the_human_evaluation_kit_and_report_on_the_store(s3, tmp_path) -> None:
+    """The kit (frames from the store's shards, clips cut from its videos, the comment bank through
+    DuckDB on s3fs) lands in the bucket whole; the report reads a rating file from the bucket."""
+    from lcaffect_pipeline.defs.evaluation_assets import ASSETS as EVALUATION
+    from lcaffect_pipeline.defs.model_assets import ASSETS as MODEL
+
+    fs, bucket = s3
+    need_ffmpeg()
+    result = materialize(f"s3://{bucket}/human", [*corpus_and_clips(), *MODEL, *EVALUATION])
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    keys = listing(fs, f"{bucket}/human/human_eval")
+    (kit_id,) = {k.split("/")[0] for k in keys}
+    key = json.loads(fs.cat(f"{bucket}/human/human_eval/{kit_id}/key.json"))
+    assert f"{kit_id}/page/index.html" in keys and not temporaries(keys)
+    assert all(keys[f"{kit_id}/page/clips/item-{it['item']:03d}.mp4"] > 0 for it in key["items"])
+    ratings = [{"item": it["item"], "best": "A", "scores": {"A": 3}} for it in key["items"]]
+    fs.pipe(f"{bucket}/human/human_eval/{kit_id}/ratings/ana.json",
+            json.dumps({"kit_id": kit_id, "rater": "ana", "ratings": ratings}).encode())
+    again = materialize(f"s3://{bucket}/human", [*corpus_and_clips(), *MODEL, *EVALUATION], selection=["human_eval_report"])
+    (report,) = [e.materialization for e in again.get_asset_materialization_events()
+                 if e.materialization.asset_key.to_user_string() == "human_eval_report"]
+    assert report.metadata["raters"].value == 1 and report.metadata["rejected_files"].value == 0
+    assert list((tmp_path / "scratch").glob("*")) == []  # local copies removed

@@ -118,11 +118,13 @@ def segment_frames(root, seg: Mapping[str, Any]):
 
 
 def retrieve(checkpoint: str, bank: list[str], frames: list, k: int, device: str) -> list[list[str]]:
-    """Top-``k`` bank comments nearest each clip's synthetic feature (the comment tower's space)."""
+    """Top-``k`` bank comments nearest each clip's synthetic feature (the comment tower's space);
+    ``checkpoint``: the encoder's run folder (on an object store, copied without its checkpoints)."""
     from lcaffect_ml.devices import resolve_device
     from lcaffect_ml.nearest import nearest_comments_for_media
 
-    found = nearest_comments_for_media(checkpoint, bank, frames, k=k, device=resolve_device(device))
+    with lake.local_tree(checkpoint, "the human evaluation kit", exclude=("checkpoints",)) as local:
+        found = nearest_comments_for_media(local, bank, frames, k=k, device=resolve_device(device))
     return [[text for text, _ in hits] for hits in found]
 
 
