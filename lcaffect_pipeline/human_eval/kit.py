@@ -174,6 +174,23 @@ def build_kit(root, encoder: Mapping[str, Any], video_paths: Mapping[str, str], 
     video's file (a path or URL) in the lake. Returns the asset's value (kit id, folders, counts)."""
     variant, run = encoder_run(encoder, opts.variant)
     split = read_split(run["output_dir"])
+    # A kit is fixed by the encoder, its held-out videos and the options, not by the corpus: a
+    # refresh while raters work keeps the page they hold (a new encoder or seed makes a new kit).
+    kit_id = digest([run.get("data_version"), variant, sorted(split["test"]),
+                     dataclasses.asdict(opts) | {"device": None}])[:16]
+    out = kit_dir(root, kit_id)
+    reused = (out / KEY_FILE).exists()
+    key = (json.loads((out / KEY_FILE).read_text()) if reused
+           else write_kit(root, out, kit_id, variant, run, split, video_paths, opts))
+    return {"kit_id": kit_id, "kit_dir": str(out), "page": str(out / PAGE_DIR / "index.html"),
+            "ratings_dir": str(out / RATINGS_DIR), "items": len(key["items"]), "variant": variant,
+            "encoder_version": run.get("data_version"), "bank_size": key["bank_size"],
+            "held_out_videos": len(split["test"]), "reused": reused}
+
+
+def write_kit(root, out, kit_id: str, variant: str, run: Mapping[str, Any], split: Mapping[str, Any],
+              video_paths: Mapping[str, str], opts: KitOptions) -> dict[str, Any]:
+    """Draw the items, retrieve their sets, and write clips, page and (last) the key; returns the key."""
     candidates = held_out_segments(root, sorted(split["test"]))
     if not candidates:
         raise KitError(f"the held-out videos {sorted(split['test'])} have no segment with comments and frames")
@@ -182,18 +199,13 @@ def build_kit(root, encoder: Mapping[str, Any], video_paths: Mapping[str, str], 
     if not bank:
         raise KitError(f"the training videos {sorted(split['train'])} have no clean comment to retrieve")
     real_sets = [list(dict.fromkeys(seg["comments"]))[: opts.comments_per_set] for seg, _ in pairs]
-    kit_id = digest([run.get("data_version"), variant, dataclasses.asdict(opts) | {"device": None},
-                     [[_sid(s), _sid(c), r] for (s, c), r in zip(pairs, real_sets)], digest(bank)])[:16]
-    out = kit_dir(root, kit_id)
-    value = {"kit_id": kit_id, "kit_dir": str(out), "page": str(out / PAGE_DIR / "index.html"),
-             "ratings_dir": str(out / RATINGS_DIR), "items": len(pairs), "variant": variant,
-             "encoder_version": run.get("data_version"), "bank_size": len(bank), "held_out_videos": len(split["test"])}
-    if (out / KEY_FILE).exists():
-        return {**value, "reused": True}
     segs = {_sid(s): s for pair in pairs for s in pair}
     found = retrieve(run["output_dir"], bank, [segment_frames(root, s) for s in segs.values()], opts.comments_per_set,
                      opts.device)
     page_items, key_items = blinded_items(pairs, real_sets, dict(zip(segs, found)), opts)
+    key = {"kit_id": kit_id, "variant": variant, "encoder_version": run.get("data_version"),
+           "split_group": split.get("split_group"), "options": dataclasses.asdict(opts), "bank_size": len(bank),
+           "bank_digest": digest(bank), "items": key_items}
     with lake.workspace(out, "the human evaluation kit", last=(KEY_FILE,)) as local:
         (local / PAGE_DIR / "clips").mkdir(parents=True, exist_ok=True)
         for (seg, _), item in zip(pairs, page_items):
@@ -203,7 +215,5 @@ def build_kit(root, encoder: Mapping[str, Any], video_paths: Mapping[str, str], 
                 cut_clip(video, seg["start_ms"], seg["end_ms"], local / PAGE_DIR / item["clip"])
         lake.atomic_write_bytes(local / PAGE_DIR / "index.html", page.render(kit_id, page_items).encode())
         (local / RATINGS_DIR).mkdir(exist_ok=True)
-        key = {"kit_id": kit_id, "variant": variant, "encoder_version": run.get("data_version"),
-               "split_group": split.get("split_group"), "options": dataclasses.asdict(opts), "items": key_items}
         lake.atomic_write_bytes(local / KEY_FILE, json.dumps(key, ensure_ascii=False, indent=1).encode())
-    return {**value, "reused": False}
+    return key

@@ -179,8 +179,9 @@ def report(kit_dir, seed: int = 0) -> dict[str, Any]:
            "mean_scores": mean_scores(raters)}
     version = digest([key["kit_id"], [(r["rater"], r["items"]) for r in raters], errors])[:16]
     out = lake.as_path(kit_dir) / "reports" / version
-    lake.atomic_write_bytes(out / "report.json", json.dumps(doc, ensure_ascii=False, indent=1).encode())
-    lake.atomic_write_bytes(out / "report.md", markdown(doc).encode())
+    if not (out / "report.md").exists():  # written last: the same ratings again reuse the report
+        lake.atomic_write_bytes(out / "report.json", json.dumps(doc, ensure_ascii=False, indent=1).encode())
+        lake.atomic_write_bytes(out / "report.md", markdown(doc).encode())
     return {**doc, "version": version, "report_dir": str(out)}
 
 
