@@ -20,9 +20,9 @@ from typing import Any, Sequence
 SCORES = (1, 2, 3, 4, 5)  # the rating scale, also what the report accepts
 
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 70em; padding: 0 1em; color: #222; }
+body { font-family: system-ui, "Noto Sans CJK SC", "PingFang SC", "Microsoft YaHei", sans-serif; margin: 1.5em auto; max-width: 70em; padding: 0 1em; color: #222; }
 .item { border-top: 2px solid #ccc; padding: 1em 0; }
-video { max-width: 100%; max-height: 22em; background: #000; }
+video { width: 28em; max-width: 100%; max-height: 22em; background: #000; }
 .sets { display: grid; grid-template-columns: repeat(3, 1fr); gap: 1em; margin-top: 0.8em; }
 .set { border: 1px solid #bbb; border-radius: 6px; padding: 0.6em; }
 .set ul { padding-left: 1.2em; min-height: 6em; }
