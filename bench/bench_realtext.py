@@ -61,13 +61,22 @@ def utterance_table(task: str, root: Path, work: Path) -> Path:
     return out
 
 
-def features(task: str, table: Path, work: Path, text_model: str, context: bool) -> Path:
+# How the text is extracted for each arm: the frozen sentence embeddings (one per turn) that the
+# peers and the frozen-head arm read, and, for the tuned arm, the token-level hidden states below
+# MiniLM's top layer (the utterance and its context as one sentence pair), whose top layer the
+# fusion model fine-tunes.
+TUNED_LAYERS = 1
+EXTRACT_OPTIONS = {"frozen": {"text_pooling": "turns"},
+                   "tuned": {"text_pooling": "tokens", "text_layers_below_top": TUNED_LAYERS}}
+
+
+def features(task: str, table: Path, work: Path, text_model: str, context: bool, arm: str) -> Path:
     from lcaffect_ml.extract_features import ExtractConfig, extract
 
-    out = work / task / f"features-context-{'on' if context else 'off'}"
+    out = work / task / f"features-{arm}-context-{'on' if context else 'off'}"
     extract(ExtractConfig.from_dict({
         "utterances": str(table), "output_dir": str(out), "modalities": ["text"], "text_model": text_model,
-        "text_pooling": "turns", "context": context, "batch_size": 64, "device": "cpu", "progress": False}))
+        "context": context, "batch_size": 64, "device": "cpu", "progress": False, **EXTRACT_OPTIONS[arm]}))
     return out
 
 
@@ -76,17 +85,26 @@ def features(task: str, table: Path, work: Path, text_model: str, context: bool)
 # train in minutes on two cores; MUStARD's 552 overfit less: +1 point over 30 epochs of 32, five
 # seeds). The epoch is chosen on MELD's dev split; MUStARD's folds have no validation rows, so its
 # last epoch is kept (bench/README.md, "Real text, real labels", says what else was tried).
-FUSION_OPTIONS = {"meld": {"dropout": 0.3, "batch_size": 128, "epochs": 15, "lr": 1e-3},
-                  "mustard": {"dropout": 0.3, "batch_size": 64, "epochs": 20}}
+# The tuned arm: MiniLM's top layer fine-tuned with the fusion model at a lower learning rate, for
+# a few epochs (it overfits MUStARD's 552 training rows after about 5; MELD's dev split chooses).
+FUSION_OPTIONS = {
+    "frozen": {"meld": {"dropout": 0.3, "batch_size": 128, "epochs": 15, "lr": 1e-3},
+               "mustard": {"dropout": 0.3, "batch_size": 64, "epochs": 20}},
+    "tuned": {"meld": {"batch_size": 32, "epochs": 4, "lr": 5e-4, "text_tune_layers": TUNED_LAYERS,
+                       "text_tune_lr": 5e-5},
+              "mustard": {"batch_size": 16, "epochs": 5, "lr": 1e-3, "text_tune_layers": TUNED_LAYERS,
+                          "text_tune_lr": 5e-5}},
+}
+ARMS = {"tuned": "project", "frozen": "project_frozen"}  # arm -> its key in the results
 
 
-def fusion(task: str, table: Path, feats: Path, work: Path, seeds: list[int]) -> dict:
+def fusion(task: str, table: Path, feats: Path, seeds: list[int], arm: str) -> dict:
     from lcaffect_ml.train_fusion import train
     from lcaffect_ml.fusion_data import FusionTrainConfig
 
     return train(FusionTrainConfig.from_dict({
         "task": task, "utterances": str(table), "features_dir": str(feats), "output_dir": str(feats / "fusion"),
-        "use_lc": False, "modalities": ["text"], "seeds": seeds, "device": "cpu", **FUSION_OPTIONS[task]}))
+        "use_lc": False, "modalities": ["text"], "seeds": seeds, "device": "cpu", **FUSION_OPTIONS[arm][task]}))
 
 
 def sentence_embeddings(feats: Path) -> tuple[list[str], np.ndarray]:
@@ -189,31 +207,44 @@ def test_groups(table: Path, ids: list[str]) -> np.ndarray:
     return np.asarray([-1 if fold[u] is None else fold[u] for u in ids])
 
 
-def run_task(task: str, root: Path, work: Path, seeds: list[int], context: bool, text_model: str) -> dict:
+def run_task(task: str, root: Path, work: Path, seeds: list[int], context: bool, text_model: str,
+             arms: list[str]) -> dict:
     t0 = time.perf_counter()
     table = utterance_table(task, root, work)
-    feats = features(task, table, work, text_model, context)
-    t_feats = time.perf_counter() - t0
-    metrics = fusion(task, table, feats, work, seeds)
-    t_fusion = time.perf_counter() - t0 - t_feats
-    pred = metrics["predictions"]
-    labels = np.asarray(pred["labels"])
-    result = {"task": task, "context": context, "metric": HEADLINE, "fusion_options": FUSION_OPTIONS[task], "n_test": len(labels),
-              "n_utterances": metrics["counts"]["utterances_used"], "protocol": metrics["protocol"],
-              "folds_used": metrics.get("folds_used"), "seconds": {"features": round(t_feats, 1),
-                                                                     "fusion": round(t_fusion, 1)},
-              "project": summarise(task, labels, groups := test_groups(table, pred["ids"]), pred["seeds"])}
-    test_ids, peer_labels, peers = peer_predictions(task, table, feats, seeds)
+    result: dict = {"task": task, "context": context, "metric": HEADLINE, "seconds": {},
+                    "fusion_options": {ARMS[a]: FUSION_OPTIONS[a][task] for a in arms}}
+    feats = {}
+    for arm in ("frozen", *(a for a in arms if a != "frozen")):  # the peers read the frozen features
+        t = time.perf_counter()
+        feats[arm] = features(task, table, work, text_model, context, arm)
+        result["seconds"][f"features_{arm}"] = round(time.perf_counter() - t, 1)
+    pred = None
+    for arm in arms:
+        t = time.perf_counter()
+        metrics = fusion(task, table, feats[arm], seeds, arm)
+        result["seconds"][f"fusion_{arm}"] = round(time.perf_counter() - t, 1)
+        if pred is not None:
+            assert metrics["predictions"]["ids"] == pred["ids"], "every arm is tested on the same utterances"
+        pred = metrics["predictions"]
+        labels = np.asarray(pred["labels"])
+        groups = test_groups(table, pred["ids"])
+        result[ARMS[arm]] = summarise(task, labels, groups, pred["seeds"])
+        result.update(n_test=len(labels), n_utterances=metrics["counts"]["utterances_used"],
+                      protocol=metrics["protocol"], folds_used=metrics.get("folds_used"))
+    t = time.perf_counter()
+    test_ids, peer_labels, peers = peer_predictions(task, table, feats["frozen"], seeds)
     order = {u: i for i, u in enumerate(test_ids)}
     assert sorted(order) == sorted(pred["ids"]), "the peers and the project must be tested on the same utterances"
     back = np.asarray([order[u] for u in pred["ids"]])  # the peers' rows in the project's order
     assert np.array_equal(peer_labels[back], labels), "the peers' labels must be the project's"
     for name, per_seed in peers.items():
         result[name] = summarise(task, labels, groups, {s: np.asarray(p)[back] for s, p in per_seed.items()})
-    result["seconds"]["peers"] = round(time.perf_counter() - t0 - t_feats - t_fusion, 1)
-    best = max((n for n in peers), key=lambda n: result[n]["mean"])
-    result["best_peer"] = best
-    result["project_minus_best_peer"] = result["project"]["mean"] - result[best]["mean"]
+    result["seconds"]["peers"] = round(time.perf_counter() - t, 1)
+    result["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+    best = max(peers, key=lambda n: result[n]["mean"])
+    headline = ARMS[arms[0]]
+    result.update(best_peer=best, headline_arm=headline,
+                  project_minus_best_peer=result[headline]["mean"] - result[best]["mean"])
     return result
 
 
@@ -226,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared 2-core machine more "
                     "threads spin at barriers and run slower)")
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
+                    help="the project's arms: tuned (the headline: MiniLM's top layer fine-tuned in the fusion "
+                    "model) and frozen (a head over the peers' frozen features)")
     args = ap.parse_args(argv)
     import torch
 
@@ -234,15 +268,18 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for task in args.tasks:
         for ctx in args.context:
-            r = run_task(task, Path(args.shared) / "data" / task, work, args.seeds, ctx == "on", text_model)
+            r = run_task(task, Path(args.shared) / "data" / task, work, args.seeds, ctx == "on", text_model,
+                         args.arms)
             print(json.dumps(r), flush=True)
             results.append(r)
-    (work / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"\n{'task':8} {'context':8} {'project':>16} {'majority':>10} {'logreg':>16} {'svm':>16}")
+    out = work / f"results-{'-'.join(args.tasks)}-context-{'-'.join(args.context)}.json"
+    out.write_text(json.dumps(results, indent=2))
+    columns = [ARMS[a] for a in args.arms] + ["majority", "logistic_regression", "svm"]
+    print("\n" + f"{'task':8} {'context':8} " + " ".join(f"{c:>20}" for c in columns))
     for r in results:
-        cell = lambda s: f"{s['mean']:.4f}±{s['std']:.4f}"  # noqa: E731
-        print(f"{r['task']:8} {'on' if r['context'] else 'off':8} {cell(r['project']):>16} "
-              f"{r['majority']['mean']:>10.4f} {cell(r['logistic_regression']):>16} {cell(r['svm']):>16}")
+        cells = " ".join(f"{r[c]['mean']:.4f}±{r[c]['std']:.4f}".rjust(20) for c in columns)
+        print(f"{r['task']:8} {'on' if r['context'] else 'off':8} {cells}")
+    print(f"written to {out}")
     return 0
 
 

@@ -81,6 +81,10 @@ class ExtractConfig:
                             'sentence encoders such as all-MiniLM-L6-v2; much faster to fuse) | "turns": one such '
                             "vector for the utterance and one for each context turn, each encoded alone (the fusion "
                             "model attends over the dialogue)", choices=TEXT_POOLINGS)
+    text_layers_below_top: int = opt(0, "0: the text encoder's output; k > 0: its token-level hidden states k "
+                                     "layers below the top (text_pooling tokens), for a fusion model that "
+                                     "fine-tunes the encoder's top k layers (train_fusion's text_tune_layers)",
+                                     low=0)
     context: bool = opt(True, "the text before the utterance (MELD's earlier turns of its dialogue, MUStARD's "
                         "context utterances: the table's `context`) enters the text modality, as the second "
                         "sentence of a pair after the utterance, most recent turn first, so truncation drops the "
@@ -127,6 +131,9 @@ class ExtractConfig:
         cfg.modalities = base + ([LC_MODALITY] if LC_MODALITY in cfg.modalities else [])
         if LC_MODALITY in cfg.modalities and not cfg.v2lc_checkpoint:
             raise ConfigError("v2lc_checkpoint is needed for the lc modality")
+        if cfg.text_layers_below_top and cfg.text_pooling != "tokens":
+            raise ConfigError(f"text_layers_below_top needs text_pooling tokens (the layers above read every "
+                              f"token), not {cfg.text_pooling!r}")
         return cfg
 
 
@@ -168,6 +175,8 @@ def _base_key(cfg: ExtractConfig, utts: Sequence[Utterance], precision: str, rel
         "context": [context_turns(cfg, u) for u in utts] if used_context(cfg) else None,
         "text": source("text", model(cfg.text_model, max_length=cfg.text_max_length,
                                      **({"pooling": cfg.text_pooling} if cfg.text_pooling != "tokens" else {}),
+                                     **({"layers_below_top": cfg.text_layers_below_top}
+                                        if cfg.text_layers_below_top else {}),
                                      tiny=[cfg.seed, TINY_TEXT] if cfg.text_model == TINY else None)),
         "audio": source("audio", model(cfg.audio_model, max_frames=cfg.max_audio_frames,
                                        n_mels=cfg.n_mels if cfg.audio_model == TINY else None)),
@@ -400,7 +409,8 @@ def _base_featurizers(cfg: ExtractConfig, modalities: list[str], released: dict[
     """A released file's reader, else the encoder, for each base modality asked for."""
     build = {
         "text": lambda: TextFeaturizer(cfg.text_model, [t for u in utts for t in (u.text, *context_turns(cfg, u))],
-                                       cfg.text_max_length, cfg.seed, device, precision, cfg.text_pooling),
+                                       cfg.text_max_length, cfg.seed, device, precision, cfg.text_pooling,
+                                       cfg.text_layers_below_top),
         "audio": lambda: AudioFeaturizer(cfg.audio_model, cfg.max_audio_frames, cfg.n_mels, device, precision),
         "visual": lambda: VisualFeaturizer(cfg.vision_model, cfg.seed, device, precision),
     }

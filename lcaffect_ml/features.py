@@ -145,13 +145,22 @@ class TextFeaturizer:
     trained for it (sentence-transformers' all-MiniLM-L6-v2 pools so), and a sequence a fusion
     model reads in a fraction of the time; with ``pooling="turns"`` one such sentence embedding per
     dialogue turn (1 + n, Dt), the utterance first, then its context most recent first, each turn
-    encoded alone (as a sentence encoder was trained) and each distinct sentence once."""
+    encoded alone (as a sentence encoder was trained) and each distinct sentence once.
+
+    ``layers_below_top`` k > 0 takes the token-level hidden states k layers below the top (the input
+    of the encoder's last k layers) instead of its output: the fusion model then fine-tunes those k
+    layers (``FusionTrainConfig.text_tune_layers``) while the frozen rest is computed once here."""
 
     def __init__(self, name: str, texts: Iterable[str], max_length: int = 128, seed: int = 0,
-                 device: torch.device | str = "cpu", precision: str = "fp32", pooling: str = "tokens"):
+                 device: torch.device | str = "cpu", precision: str = "fp32", pooling: str = "tokens",
+                 layers_below_top: int = 0):
         if pooling not in TEXT_POOLINGS:
             raise ValueError(f"text pooling must be one of {TEXT_POOLINGS}, not {pooling!r}")
+        if layers_below_top and pooling != "tokens":
+            raise ValueError(f"hidden states below the top layer are token-level: pooling must be tokens, "
+                             f"not {pooling!r}")
         self.name, self.max_length, self.seed, self.pooling = name, int(max_length), int(seed), pooling
+        self.layers_below_top = int(layers_below_top)
         self.run = _Runner(torch.device(device), precision)
         if name == TINY:
             from transformers import BertConfig, BertModel
@@ -169,6 +178,9 @@ class TextFeaturizer:
             self.tokenizer = AutoTokenizer.from_pretrained(name)
             self.model = AutoModel.from_pretrained(name)
         self.model.to(self.run.device).eval()
+        if not 0 <= self.layers_below_top <= self.model.config.num_hidden_layers:
+            raise ValueError(f"{name} has {self.model.config.num_hidden_layers} layers: layers_below_top "
+                             f"{self.layers_below_top} is out of range")
 
     @property
     def dim(self) -> int:
@@ -176,6 +188,8 @@ class TextFeaturizer:
 
     def spec(self) -> dict[str, Any]:
         spec = {"name": self.name, "max_length": self.max_length, "dim": self.dim, "pooling": self.pooling}
+        if self.layers_below_top:
+            spec["layers_below_top"] = self.layers_below_top
         if self.name == TINY:
             spec.update(seed=self.seed, config=TINY_TEXT, vocab_size=len(self.tokenizer))
         elif weights := local_weights_digest(self.name):
@@ -210,7 +224,8 @@ class TextFeaturizer:
         ids = enc["input_ids"].to(self.run.device)
         mask = enc["attention_mask"].to(self.run.device)
         with self.run.infer():
-            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=self.layers_below_top > 0)
+            hidden = out.hidden_states[-1 - self.layers_below_top] if self.layers_below_top else out.last_hidden_state
         if pool or self.pooling == "mean":
             hidden = ((hidden.float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1))[:, None]
             return list(hidden.cpu().numpy())

@@ -62,6 +62,9 @@ class FusionConfig:
     dropout: float = 0.1
     max_positions: int = 512  # longest sequence per modality
     regression_activation: str = "linear"  # "linear" (clipped when scored) or "tanh"
+    # The text encoder's top layers, tuned here (lcaffect_ml.text_tower): {"model": hub name or path,
+    # "layers": k, "encoder": its config}; empty: the text features are used as they are.
+    text_tower: dict[str, Any] = field(default_factory=dict)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -112,12 +115,23 @@ class FusionModel(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, config.num_layers, norm=nn.LayerNorm(d),
                                              enable_nested_tensor=False)
         self.head = nn.Linear(d, config.num_outputs)
+        self.text_tower = None
+        if config.text_tower:
+            from .text_tower import TextTower
+
+            self.text_tower = TextTower(config.text_tower["encoder"], int(config.text_tower["layers"]))
+
+    @property
+    def standardised(self) -> tuple[str, ...]:
+        """The modalities whose features are standardised (the text tower normalises its own output)."""
+        return tuple(m for m in self.config.modalities if not (m == "text" and self.text_tower is not None))
 
     # ------------------------------------------------------------------------ forward
 
     def set_feature_stats(self, stats: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Per-dimension (mean, std) of each modality's valid training tokens; a std of 0 counts as 1."""
-        for m in self.config.modalities:
+        """Per-dimension (mean, std) of each standardised modality's valid training tokens; a std of 0
+        counts as 1."""
+        for m in self.standardised:
             mean, std = stats[m]
             std = torch.where(std > 1e-6, std, torch.ones_like(std))
             getattr(self, f"{m}_mean").copy_(mean)
@@ -133,8 +147,11 @@ class FusionModel(nn.Module):
                 raise ValueError(f"{m} sequence of {length} exceeds max_positions {self.config.max_positions}")
             if bool((lengths < 0).any()) or bool((lengths > length).any()):
                 raise ValueError(f"{m}_len outside [0, {length}]")
+            if m == "text" and self.text_tower is not None:  # the tuned top layers pool to one token
+                x, lengths, length = self.text_tower(x.float(), lengths), (lengths > 0).long(), 1
             pad = torch.arange(length, device=x.device)[None, :] >= lengths[:, None]
-            x = (x.float() - getattr(self, f"{m}_mean")) / getattr(self, f"{m}_std")
+            if m in self.standardised:
+                x = (x.float() - getattr(self, f"{m}_mean")) / getattr(self, f"{m}_std")
             h = self.proj[m](x) + self.modality_embed[index] + self.pos_embed[:length]
             tokens.append(h.masked_fill(pad[..., None], 0.0))  # padding is never attended; zero it anyway
             masks.append(pad)

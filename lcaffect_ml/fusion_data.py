@@ -72,6 +72,12 @@ class FusionTrainConfig:
     num_heads: int = opt(4, "attention heads")
     ff_dim: int = opt(256, "feed-forward width")
     dropout: float = opt(0.1, "dropout")
+    text_tune_layers: int = opt(0, "0: the text features as extracted (frozen); k > 0: the fusion model holds the "
+                                "text encoder's top k layers, initialised from its checkpoint and fine-tuned (the "
+                                "features must be extracted with text_layers_below_top k; lcaffect_ml.text_tower)",
+                                low=0)
+    text_tune_lr: float = opt(5e-5, "with text_tune_layers: the learning rate of the tuned encoder layers (the "
+                              "rest of the model uses lr)", above=0, high=1.0)
     regression_activation: str = opt("linear", "CH-SIMS v2 output: linear (predictions clipped to [-1, 1] when "
                                      "scored) | tanh")
     epochs: int = opt(30, "passes over the training split", section="Optimisation", low=1)
@@ -146,7 +152,16 @@ class FusionTrainConfig:
         return FusionConfig(input_dims=data.input_dims, num_outputs=NUM_CLASSES[self.task], task=self.task,
                             use_lc=self.use_lc, base_modalities=list(data.base_modalities), d_model=self.d_model, num_layers=self.num_layers,
                             num_heads=self.num_heads, ff_dim=self.ff_dim, dropout=self.dropout,
-                            max_positions=data.max_positions, regression_activation=self.regression_activation)
+                            max_positions=data.max_positions, regression_activation=self.regression_activation,
+                            text_tower=self._text_tower(data))
+
+    def _text_tower(self, data: "FusionData") -> dict[str, Any]:
+        if not self.text_tune_layers:
+            return {}
+        from .text_tower import encoder_config
+
+        name = data.feature_info["text_model"]["name"]
+        return {"model": name, "layers": self.text_tune_layers, "encoder": encoder_config(name)}
 
 
 # ------------------------------------------------------------------------------ data
@@ -272,6 +287,8 @@ def load_data(cfg: FusionTrainConfig) -> FusionData:
     shows = cols.get("show") or [None] * len(cols["utterance_id"])
     folds = cols.get("fold") or [None] * len(cols["utterance_id"])
     info = {k: meta.get(k) for k in ("base_version", "lc_version", "lc_source", "dims", "context")}
+    if "text" in base:
+        info["text_model"] = _tunable_text(cfg, meta, meta_path)
     return FusionData(
         ids=[cols["utterance_id"][i] for i in keep],
         labels=np.asarray([float(cols["label"][i]) for i in keep], dtype=np.float64),
@@ -283,6 +300,22 @@ def load_data(cfg: FusionTrainConfig) -> FusionData:
         fingerprint=_data_fingerprint(table_path, features_dir, meta, cfg.use_lc), base_modalities=base,
         folds_file=_folds_file([cols["extra_labels"][i] for i in keep if folds[i] is not None] if "extra_labels" in cols
                                else []))
+
+
+def _tunable_text(cfg: FusionTrainConfig, meta: dict[str, Any], meta_path: Path) -> dict[str, Any] | None:
+    """The text encoder the features came from; with ``text_tune_layers`` k, checked to be a
+    pretrained encoder whose hidden states were taken k layers below its top."""
+    model = (meta.get("models") or {}).get("text")
+    k = cfg.text_tune_layers
+    if not k:
+        return model
+    below = (model or {}).get("layers_below_top", 0)
+    if not model or model.get("name") in (None, "tiny") or below != k:
+        raise DownstreamDataError(
+            f"{meta_path}: text_tune_layers {k} needs text features from a pretrained encoder taken {k} layers "
+            f"below its top (extract with text_layers_below_top: {k}); these are "
+            f"{'from ' + repr(model.get('name')) + f', {below} below the top' if model else 'of no recorded encoder'}")
+    return model
 
 
 def _folds_file(extras: list[str | None]) -> str | None:

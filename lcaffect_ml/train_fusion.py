@@ -102,6 +102,8 @@ def run_fingerprint(cfg: FusionTrainConfig, data: FusionData, seed: int, fold: i
     options = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NON_RESULT_KEYS}
     if options["modalities"] is None:  # all the features hold: data.fingerprint says which (earlier runs stay valid)
         del options["modalities"]
+    if not options["text_tune_layers"]:  # frozen text: the key runs had before the option (they stay valid)
+        del options["text_tune_layers"], options["text_tune_lr"]
     blob = json.dumps({"options": options, "seed": seed, "fold": fold, "data": data.fingerprint}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -119,6 +121,18 @@ def feature_stats(inputs: dict[str, torch.Tensor], rows: np.ndarray, modalities)
         else:
             stats[m] = (tokens.mean(0).float(), tokens.std(0, unbiased=False).float())
     return stats
+
+
+def _param_groups(model: FusionModel, cfg: FusionTrainConfig) -> list[dict[str, Any]]:
+    """AdamW's groups, with the tuned text encoder layers at their own (lower) learning rate."""
+    tower = {id(p) for p in model.text_tower.parameters()} if model.text_tower is not None else set()
+    groups = []
+    for group in adamw_param_groups(model, cfg.weight_decay):
+        for params, lr in (([p for p in group["params"] if id(p) not in tower], cfg.lr),
+                           ([p for p in group["params"] if id(p) in tower], cfg.text_tune_lr)):
+            if params:
+                groups.append({**group, "params": params, "lr": lr})
+    return groups
 
 
 def _batch(inputs: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -218,10 +232,11 @@ class FusionRun:
         seed_everything(self.seed)
         cfg = self.cfg
         model = FusionModel(cfg.model_config(self.data))
-        model.set_feature_stats(feature_stats(self.data.inputs, self.split.train, model.config.modalities))
+        model.set_feature_stats(feature_stats(self.data.inputs, self.split.train, model.standardised))
+        if model.text_tower is not None and latest is None:
+            model.text_tower.load_pretrained(model.config.text_tower["model"])
         model.to(self.device).train()
-        optimizer = torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                      betas=tuple(cfg.betas), eps=cfg.eps)
+        optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
         scheduler = cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * self.total_steps),
                                                 self.total_steps, cfg.min_lr_ratio)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
