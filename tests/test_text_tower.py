@@ -5,7 +5,6 @@ the layers learned and saved with the model, and the configurations that cannot 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
