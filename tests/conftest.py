@@ -129,3 +129,22 @@ def manifest(root: Path, name: str) -> dict:
     from lcaffect_pipeline import versions
 
     return versions.latest(root, name)
+
+
+def write_frames(table, frames, shards_root, video_id: str, *, version: str = "a" * 16, **options):
+    """Shards of frames held in memory (``frames[i]`` for row ``i``), through the writer the segments
+    stage uses (``shards.write_shard_stream``), in version folder ``version``."""
+    from lcaffect_pipeline.shards import write_shard_stream
+
+    times = table.column("frame_times_ms").to_pylist()
+    stacks = [(stack, times[i] if i < len(times) else []) for i, stack in enumerate(frames)]  # the writer counts
+    return write_shard_stream(table, stacks, shards_root, video_id, version=version, **options)
+
+
+def index_shards(shards_root, *written) -> list[dict]:
+    """The shard index over the version folders that the written segment tables name, as the
+    training_shards asset writes it (``shards.write_shard_index``)."""
+    from lcaffect_pipeline.shards import referenced_folders, write_shard_index
+
+    folders = set().union(*(referenced_folders(t.column("shard").to_pylist()) for t in written))
+    return write_shard_index(shards_root, folders)[1]

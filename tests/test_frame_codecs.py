@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
-from conftest import fixture_path, need_ffmpeg
+from conftest import fixture_path, index_shards, need_ffmpeg
 
 from lcaffect_ml.contracts import shards as layout
 from lcaffect_ml.data import SegmentStream, ShardSampleError, ShardSpec, decode_frames
 from lcaffect_pipeline import clips
 from lcaffect_pipeline.segments import segment_video
-from lcaffect_pipeline.shards import update_shard_index, verify_shards
+from lcaffect_pipeline.shards import verify_shards
 
 MIN_PSNR_DB = 38.0  # the bar the default codec was chosen by (docs/OPERATIONS.md, "Frame codec")
 
@@ -131,7 +131,7 @@ def test_default_clips_options_write_a_fifth_of_the_raw_bytes_on_real_footage(tm
     table = clips.segments_of(tmp_path, "ex", result.output_hash)
     raw_bytes = table.num_rows * clips.ClipOptions().frames_per_segment * 224 * 224 * 3
     assert table.num_rows == 2 and sum(p.stat().st_size for p in tars) * 5 <= raw_bytes
-    update_shard_index(tmp_path / "shards")
+    index_shards(tmp_path / "shards", table)
     assert verify_shards(table, tmp_path / "shards", check_hashes=True) == []  # the check reads jpeg members
     _, exact = real_segments
     for row, seg in zip(table.to_pylist(), exact):

@@ -199,13 +199,32 @@ def test_a_lake_written_with_absolute_paths_is_upgraded_by_the_cli(tmp_path) -> 
                  moved / "_state" / "videos" / "v.json"):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(legacy))
-    assert versions.latest(moved, "training_shards")["index"] == legacy["index"]  # read as written
+    read = versions.latest(moved, "training_shards")["index"]  # another lake's path: nothing reads it
+    with pytest.raises(LakeContentError, match="outside the lake"):
+        resolve(moved, read, "training_shards.json")
     run = subprocess.run([sys.executable, "-m", "lcaffect_pipeline.versions_cli", "--lake", str(moved), "upgrade",
                           "--from", str(old)], capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0 and run.stdout.startswith("3 "), run.stderr
     assert versions.latest(moved, "training_shards")["index"] == str(moved / "shards" / "index-1.json")
     assert versions.load(moved, "training_shards", legacy["manifest_id"])["manifest_id"] == legacy["manifest_id"]
     assert versions.upgrade(moved, old) == 0  # done once
+
+
+def test_a_lake_naming_its_own_files_by_absolute_path_is_refused_until_upgraded(tmp_path) -> None:
+    from lcaffect_pipeline import versions_cli
+
+    root = tmp_path / "lake"
+    stored = {"index": str(root / "shards" / "index-1.json"), "manifest_id": "20260101T000000000000Z-abcdefabcdef"}
+    for path in (root / "_manifests" / "training_shards.json", root / "_state" / "videos" / "v.json"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(stored))
+    with pytest.raises(LakeContentError, match="by absolute path") as refused:
+        versions.latest(root, "training_shards")
+    assert "training_shards.json" in str(refused.value) and "versions_cli --lake LAKE upgrade" in str(refused.value)
+    assert stages.load_state(root, "videos", "v") is None  # a state file refused only costs a recomputation
+    assert versions_cli.main(["--lake", str(root), "upgrade"]) == 0
+    assert versions.latest(root, "training_shards")["index"] == stored["index"]
+    assert stages.load_state(root, "videos", "v")["index"] == stored["index"]
 
 
 def test_manifests_and_leases_on_an_object_store_lake() -> None:

@@ -187,7 +187,7 @@ def test_shards_that_fail_part_way_keep_the_previous_version(s3) -> None:
     table = pa.Table.from_pylist(rows, schema=SEGMENTS_SCHEMA)
     frames = np.zeros((1, 8, 8, 3), np.uint8)
     root = f"s3://{bucket}/failing/shards"
-    write_shard_stream(table, ((frames, r["frame_times_ms"]) for r in rows), root, "v", max_shard_bytes=1)
+    write_shard_stream(table, ((frames, r["frame_times_ms"]) for r in rows), root, "v", version="a" * 16, max_shard_bytes=1)
     before = {k: fs.cat(k) for k in fs.find(f"{bucket}/failing")}
 
     def dying():
@@ -195,7 +195,7 @@ def test_shards_that_fail_part_way_keep_the_previous_version(s3) -> None:
         raise OSError("decoder died")
 
     with pytest.raises(OSError, match="decoder died"):
-        write_shard_stream(table, dying(), root, "v", max_shard_bytes=1)
+        write_shard_stream(table, dying(), root, "v", version="a" * 16, max_shard_bytes=1)
     assert {k: fs.cat(k) for k in fs.find(f"{bucket}/failing")} == before
 
 
@@ -275,7 +275,7 @@ def test_shard_versions_on_the_store(s3) -> None:
     import pyarrow as pa
 
     from lcaffect_pipeline.schema import SEGMENTS_SCHEMA
-    from lcaffect_pipeline.shards import (complete_version, referenced_folders, version_folders, write_shard_index,
+    from lcaffect_pipeline.shards import (complete_version, referenced_folders, unversioned_folders, write_shard_index,
                                           write_shard_stream)
 
     fs, bucket = s3
@@ -291,6 +291,7 @@ def test_shard_versions_on_the_store(s3) -> None:
                              version="b" * 16)
     write_shard_index(root, referenced_folders(new.column("shard").to_pylist()))
     assert {k: fs.cat(k) for k in before} == before  # the first version is untouched
-    assert version_folders(root) == {"v": [f"v/{'a' * 16}", f"v/{'b' * 16}"]}
+    assert sorted(fs.ls(f"{bucket}/versions/shards/v")) == [f"{bucket}/versions/shards/v/{c * 16}" for c in "ab"]
+    assert unversioned_folders(root) == []
     assert complete_version(root, "v", "a" * 16)["shards"] == json.loads(fs.cat(str(first).removeprefix("s3://")))
     fs.rm(f"{bucket}/versions", recursive=True)
