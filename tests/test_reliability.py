@@ -22,25 +22,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import FIXTURES, ROOT, fixture_path, need_ffmpeg
+from conftest import FIXTURES, ROOT, check_contract, fixture_path, hash_author, need_ffmpeg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lcaffect_pipeline import lake
 from lcaffect_pipeline.formats.bili_proto import DmSegMobileReply
 from lcaffect_pipeline.formats import CommentFormatError, comment_stats, read_comments
-from lcaffect_pipeline.schema import COMMENTS_SCHEMA, MODES, author_salt, hash_author
+from lcaffect_pipeline.schema import author_salt
 
 SALT = "reliability-salt"
 P = "1,25,16777215,1300000000,0,u{i},{i},10"  # Bilibili p fields after the time
 
-
-def check_contract(table: pa.Table) -> None:
-    assert table.schema.equals(COMMENTS_SCHEMA)
-    for field in COMMENTS_SCHEMA:
-        if not field.nullable:
-            assert table[field.name].null_count == 0, field.name
-    assert set(table["mode"].to_pylist()) <= set(MODES)
 
 
 def read_or_error(path: Path) -> pa.Table | CommentFormatError:
