@@ -293,7 +293,7 @@ def test_shard_versions_on_the_store(s3) -> None:
                              version="b" * 16)
     write_shard_index(root, referenced_folders(new.column("shard").to_pylist()))
     assert {k: fs.cat(k) for k in before} == before  # the first version is untouched
-    assert sorted(fs.ls(f"{bucket}/versions/shards/v")) == [f"{bucket}/versions/shards/v/{c * 16}" for c in "ab"]
+    assert sorted(fs.ls(f"{bucket}/versions/shards/v", refresh=True)) == [f"{bucket}/versions/shards/v/{c * 16}" for c in "ab"]
     assert unversioned_folders(root) == []
     assert complete_version(root, "v", "a" * 16)["shards"] == json.loads(fs.cat(str(first).removeprefix("s3://")))
     fs.rm(f"{bucket}/versions", recursive=True)
