@@ -28,8 +28,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .trainutil import (CONFIG_NAME, WEIGHTS_NAME, CheckpointFormatError, atomic_write_json, load_weights, save_weights,
-                        saved_config)
+from .pretrained import CONFIG_NAME, WEIGHTS_NAME, load_weights, save_weights
+from .trainutil import CheckpointFormatError, atomic_write_json, saved_config
 
 FORMAT_VERSION = 1
 MODEL_TYPE = "lcaffect_fusion"

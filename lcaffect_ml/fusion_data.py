@@ -3,7 +3,7 @@ table joined with the extracted features, ``lcaffect_ml.contracts.tables``) and 
 each protocol (official splits; MUStARD speaker-dependent folds or the held-out show).
 
 ``python -m lcaffect_ml.train_fusion`` (``lcaffect_ml.train_fusion``) trains on what ``load_data``
-and ``make_splits`` return; every name here is also importable from there.
+and ``make_splits`` return.
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .trainutil import (CONFIG_NAME, WEIGHTS_NAME, CheckpointFormatError, atomic_write_json, load_weights, save_weights,
-                        saved_config)
+from .pretrained import CONFIG_NAME, WEIGHTS_NAME, load_weights, save_weights
+from .trainutil import CheckpointFormatError, atomic_write_json, saved_config
 from .atomic import atomic_file
 
 FORMAT_VERSION = 1

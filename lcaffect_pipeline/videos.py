@@ -1,5 +1,5 @@
-"""Videos: download (yt-dlp); probing (ffprobe) and audio extraction (ffmpeg) are in ``probe``
-and importable from here.
+"""Videos: download (yt-dlp) and local copies; probing (ffprobe) and audio extraction (ffmpeg)
+are in ``probe``.
 
 Every function names the video and the reason when it fails, with a typed error
 (``VideoDownloadError``, ``VideoDecodeError``, ``AudioDecodeError``), so that a batch over many

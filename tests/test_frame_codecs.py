@@ -97,7 +97,7 @@ def _old_shard(path: Path, video_id: str, frames: np.ndarray) -> None:
                 tar.addfile(info, io.BytesIO(data))
 
 
-def test_old_raw_shards_and_new_compressed_ones_load_together(tmp_path):
+def test_raw_npy_shards_and_compressed_ones_load_together(tmp_path):
     rng = np.random.default_rng(0)
     old_frames = rng.integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8)
     _old_shard(tmp_path / "old.tar", "old", old_frames)
@@ -154,8 +154,8 @@ def test_the_codec_is_part_of_the_shard_fingerprint(tmp_path):
 
 
 @pytest.mark.slow  # a real (tiny) training run, ~8 s; the fast test above covers the reading
-def test_a_lake_of_old_raw_shards_still_trains(tmp_path):
-    """Shards written before frame codecs (``frames.npy`` only) train V2LC as they did."""
+def test_a_lake_of_raw_npy_shards_trains(tmp_path):
+    """Shards of codec ``npy`` (exact frames, ``frames.npy``) train V2LC as the compressed ones do."""
     from lcaffect_ml.train_v2lc import TrainConfig, train
 
     rng = np.random.default_rng(1)
