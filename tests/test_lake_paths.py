@@ -19,7 +19,7 @@ def test_escapes_and_other_schemes_are_refused_naming_the_file(tmp_path, value) 
 def test_relative_and_inside_paths_resolve_under_the_current_root(tmp_path) -> None:
     root = tmp_path / "lake"
     assert resolve(root, "v/1/v-00000.tar", "idx", base="shards") == str(root / "shards" / "v" / "1" / "v-00000.tar")
-    # an absolute path inside the lake (a lake written before paths were relative) is kept
+    # an absolute path inside the lake (a Delta log may name its files so) is kept
     assert resolve(root, str(root / "shards" / "x.tar"), "idx", base="shards") == str(root / "shards" / "x.tar")
     assert resolve(root, "shards/./a/../b.tar", "idx") == str(root / "shards" / "b.tar")
     assert relative(root, str(root / "a" / "b.json")) == "a/b.json" and relative(root, str(tmp_path / "x")) is None
