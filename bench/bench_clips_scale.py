@@ -89,17 +89,17 @@ class _Timed:
 
 def in_process(folder: Path, job_lake: Path, n: int) -> dict[str, float]:
     """The clips work of every video in this process; seconds per part, summed over videos."""
-    from lcaffect_pipeline import lake, tables
+    from lcaffect_pipeline import lake, tables, versions
     from lcaffect_pipeline.clips import ClipOptions, clean_comments
     from lcaffect_pipeline.segments import segment_video_stream
-    from lcaffect_pipeline.shards import update_shard_index, write_shard_stream
+    from lcaffect_pipeline.shards import referenced_folders, write_shard_index, write_shard_stream
     from lcaffect_ml.contracts.shards import version_dir_name
     from lcaffect_pipeline.videos import copy_local_video
     from lcaffect_pipeline.probe import probe_video
     from lcaffect_pipeline.probe import extract_audio
 
-    opts, out = ClipOptions(), folder / "in_process_lake"
-    cleaned = json.loads((job_lake / "_manifests" / "clean_comments.json").read_text())["results"]
+    opts, out, folders = ClipOptions(), folder / "in_process_lake", set()
+    cleaned = versions.latest(job_lake, "clean_comments")["results"]
     parts = dict.fromkeys(PARTS, 0.0)
 
     def timed(part, fn, *args, **kwargs):
@@ -126,9 +126,10 @@ def in_process(folder: Path, job_lake: Path, n: int) -> dict[str, float]:
         table = timed("shards", write_shard_stream, table, frames, out / "shards", vid, max_shard_bytes=opts.max_shard_bytes,
                       version=version)
         timed("shards", tables.write, out, "segments", table, vid)
+        folders |= referenced_folders(table.column("shard").to_pylist())
         parts["shards"] -= frames.seconds
         parts["decode"] += frames.seconds
-    timed("shards", update_shard_index, out / "shards")
+    timed("shards", write_shard_index, out / "shards", folders)
     return {"total": time.perf_counter() - t0, "cpu": _cpu_seconds() - cpu0, **parts}
 
 

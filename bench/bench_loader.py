@@ -4,7 +4,7 @@
                                  [--workers 1 2] [--batches 6] [--gpu-clips-per-s 125 370] [--s3]
 
 Writes two local lakes of the same segments with the project's writer
-(``lcaffect_pipeline.shards.write_shards``): the default frame codec (JPEG) and raw ``npy``, 8
+(``lcaffect_pipeline.shards.write_shard_stream`` and ``write_shard_index``): the default frame codec (JPEG) and raw ``npy``, 8
 frames of 224 px per segment, the real frames of the fixture videos (``bench_codecs.load_segments``)
 dealt out to ``--videos`` videos. For each lake and each worker count it runs the training
 program's loader alone (``train_v2lc.train_loader`` through ``gpu_check.loader_clips_per_s``:
@@ -38,24 +38,23 @@ from gpu_check import loader_clips_per_s  # noqa: E402
 from lcaffect_ml.contracts.shards import DEFAULT_FRAME_CODEC  # noqa: E402
 from lcaffect_ml.train_v2lc import TrainConfig  # noqa: E402
 from lcaffect_pipeline.schema import SEGMENTS_SCHEMA  # noqa: E402
-from lcaffect_pipeline.shards import update_shard_index, write_shards  # noqa: E402
+from lcaffect_pipeline.shards import referenced_folders, write_shard_index, write_shard_stream  # noqa: E402
 
 
 def write_lake(root: Path, segments: list, videos: int, per_video: int, codec: str) -> Path:
     """``videos`` videos of ``per_video`` segments (the real segments, cycled), their index's path."""
-    import numpy as np
-
-    shards = root / "shards"
+    shards, folders = root / "shards", set()
     for v in range(videos):
         vid = f"v{v:04d}"
         rows = [{"video_id": vid, "segment_index": i, "start_ms": 8000 * i, "end_ms": 8000 * (i + 1),
                  "comments": [f"{vid} 弹幕 {i} {k}" for k in range(8)], "comment_ids": [str(k) for k in range(8)],
                  "comment_count": 8, "frame_times_ms": [8000 * i + 1000 * j for j in range(8)],
                  "shard": None, "sample_key": None} for i in range(per_video)]
-        frames = np.stack([segments[(v * per_video + i) % len(segments)] for i in range(per_video)])
-        write_shards(pa.Table.from_pylist(rows, schema=SEGMENTS_SCHEMA), frames, shards, vid, codec=codec)
-    update_shard_index(shards)
-    return shards / "index.json"
+        stacks = ((segments[(v * per_video + i) % len(segments)], row["frame_times_ms"]) for i, row in enumerate(rows))
+        table = write_shard_stream(pa.Table.from_pylist(rows, schema=SEGMENTS_SCHEMA), stacks, shards, vid,
+                                   version="bench", codec=codec)
+        folders |= referenced_folders(table.column("shard").to_pylist())
+    return write_shard_index(shards, folders)[0]
 
 
 def upload(shards: Path, codec: str) -> str:

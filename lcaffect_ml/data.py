@@ -1,7 +1,7 @@
 """Streaming the V2LC training shards (WebDataset tars; layout in ``lcaffect_ml.contracts.shards``).
 
 Each sample is one 8-second segment: its frames (uint8 (T, H, W, 3) RGB; a JPEG or WebP stack, or
-the raw ``frames.npy`` of shards written before frame codecs: ``contracts.shards``) and ``json``
+the exact ``frames.npy`` of codec ``npy``: ``contracts.shards``) and ``json``
 (video id, segment index, its live comments). The index (``{lake}/shards/index.json``) lists
 every shard with its video id and sample count, so the train/test split is done by video without
 opening a tar (``split_by_video``).
@@ -24,8 +24,8 @@ opening a tar (``split_by_video``).
 * Shards keep every comment of a segment (up to the clips' cap, 32 by default); each time a
   segment is read, ``max_comments`` of them (5) are sampled with a generator seeded by (seed,
   epoch, shard, sample key), so over epochs the model sees all reactions of a busy segment, and a
-  resumed run sees exactly the samples of an uninterrupted one. Old shards with 5 comments load
-  as they are (they just have fewer to sample from).
+  resumed run sees exactly the samples of an uninterrupted one. A segment with ``max_comments``
+  or fewer comments gives all of them.
 * A ``DataLoader`` fetches from its workers round-robin, in order, and endless workers never drop
   out of the rotation, so micro-batch ``n`` always comes from logical worker ``n % W``. Resuming
   after ``n`` micro-batches therefore starts each worker ``n // W`` (or one more) batches in,
@@ -252,7 +252,7 @@ def split_by_video(shards: Sequence[ShardSpec], eval_fraction: float, seed: int 
 
 
 def _group_key(shard: ShardSpec, group_by: str) -> str:
-    # video ids hash as before (the split by video is unchanged); a group value cannot collide with a video id
+    # a video is keyed by its id alone (the split by video hashes plain ids); a group value cannot collide with one
     value = None if group_by == VIDEO_GROUP else shard.column(group_by)
     return shard.video_id if value is None else f"{group_by}\x1f{value}"
 

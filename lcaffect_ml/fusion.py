@@ -28,13 +28,11 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .trainutil import CheckpointFormatError, atomic_write_json, load_weights, saved_config
-from .atomic import atomic_file
+from .pretrained import CONFIG_NAME, WEIGHTS_NAME, load_weights, save_weights
+from .trainutil import CheckpointFormatError, atomic_write_json, saved_config
 
 FORMAT_VERSION = 1
 MODEL_TYPE = "lcaffect_fusion"
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 BASE_MODALITIES = ("text", "audio", "visual")
 LC_MODALITY = "lc"
 MODALITIES = BASE_MODALITIES + (LC_MODALITY,)
@@ -173,15 +171,9 @@ class FusionModel(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``model.safetensors`` and ``config.json``, each atomically; identical weights, identical bytes."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
-        with atomic_file(directory / WEIGHTS_NAME) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt"})  # one key: byte-stable file (data version)
-        atomic_write_json(directory / CONFIG_NAME, self.config.to_dict())
-        return directory / WEIGHTS_NAME
+        weights = save_weights(self, directory)
+        atomic_write_json(Path(directory) / CONFIG_NAME, self.config.to_dict())
+        return weights
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "FusionModel":

@@ -3,7 +3,7 @@ table joined with the extracted features, ``lcaffect_ml.contracts.tables``) and 
 each protocol (official splits; MUStARD speaker-dependent folds or the held-out show).
 
 ``python -m lcaffect_ml.train_fusion`` (``lcaffect_ml.train_fusion``) trains on what ``load_data``
-and ``make_splits`` return; every name here is also importable from there.
+and ``make_splits`` return.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from .fusion import BASE_MODALITIES, LC_MODALITY, FusionConfig, check_base_modalities
 from .metrics import METRIC_NAMES, NUM_CLASSES, TASKS
 from .contracts.hashing import sha256_file
+from .feature_io import FeatureFileError, load_features
 from .contracts.tables import (BASE_FILE, DEFAULT_PROTOCOLS, FUSION_COLUMNS, FUSION_REQUIRED, LC_FILE, MEDIA_OK,
                                META_FILE)
 from .options import ConfigError, build, check_bounds, opt
@@ -190,16 +191,25 @@ class FusionData:
         return max(1, *(int(v.shape[1]) for k, v in self.inputs.items() if not k.endswith("_len")))
 
 
-def _read_features(path: Path, names: tuple[str, ...], n_rows: int) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise DownstreamDataError(f"{path}: feature file is missing")
+def _read_features(features_dir: Path, meta: dict[str, Any], base: tuple[str, ...], use_lc: bool
+                   ) -> dict[str, torch.Tensor]:
+    """The features of ``meta``'s utterances, read by ``feature_io.load_features`` (which checks that
+    the files were written for this ``features.json``), each modality checked for its shape."""
     try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise DownstreamDataError(f"{path}: not a safetensors file ({exc})") from exc
+        loaded = load_features(features_dir, with_lc=use_lc)
+    except FeatureFileError as exc:
+        raise DownstreamDataError(str(exc)) from exc
+    if any(loaded.get(k) != meta.get(k) for k in ("utterance_ids", "base_version", "lc_version")):
+        raise DownstreamDataError(f"{features_dir / META_FILE}: changed while it was read (an extraction in progress)")
+    n_rows = len(meta["utterance_ids"])
+    out = _modalities(features_dir / BASE_FILE, loaded["base"], base, n_rows)
+    if use_lc:
+        out.update(_modalities(features_dir / LC_FILE, loaded["lc"], (LC_MODALITY,), n_rows))
+    return out
+
+
+def _modalities(path: Path, tensors: dict[str, torch.Tensor], names: tuple[str, ...], n_rows: int
+                ) -> dict[str, torch.Tensor]:
     out = {}
     for m in names:
         x, lengths = tensors.get(m), tensors.get(f"{m}_len")
@@ -253,12 +263,10 @@ def load_data(cfg: FusionTrainConfig) -> FusionData:
         raise DownstreamDataError(f"{meta_path}: unreadable features index ({exc})") from exc
     row_of = {u: i for i, u in enumerate(feature_ids)}
     base = _base_modalities(cfg, meta, meta_path)
-    feats = _read_features(features_dir / BASE_FILE, base, len(feature_ids))
-    if cfg.use_lc:
-        if LC_MODALITY not in meta.get("modalities", [LC_MODALITY]):
-            raise DownstreamDataError(f"{meta_path}: no live-comment features (extracted with modalities "
-                                      f"{meta['modalities']}); use_lc needs them")
-        feats.update(_read_features(features_dir / LC_FILE, (LC_MODALITY,), len(feature_ids)))
+    if cfg.use_lc and LC_MODALITY not in meta.get("modalities", [LC_MODALITY]):
+        raise DownstreamDataError(f"{meta_path}: no live-comment features (extracted with modalities "
+                                  f"{meta['modalities']}); use_lc needs them")
+    feats = _read_features(features_dir, meta, base, cfg.use_lc)
     needs_media = cfg.use_lc or base != ("text",)
 
     table_path = Path(cfg.utterances)

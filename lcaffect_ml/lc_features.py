@@ -29,7 +29,7 @@ def lc_frame_spacing(checkpoint_dir: str | os.PathLike) -> tuple[float, str]:
     import json
 
     from .contracts.shards import DEFAULT_FRAMES_PER_SEGMENT, DEFAULT_SEGMENT_S
-    from .v2lc import CONFIG_NAME
+    from .pretrained import CONFIG_NAME
 
     path = Path(checkpoint_dir) / CONFIG_NAME
     try:
@@ -73,7 +73,8 @@ class SyntheticLCFeaturizer:
 
     def __init__(self, checkpoint_dir: str | os.PathLike, source: str = "post_projection",
                  device: torch.device | str = "cpu", precision: str = "fp32", frame_sampling: str = "training_rate"):
-        from .v2lc import WEIGHTS_NAME, V2LCModel
+        from .pretrained import WEIGHTS_NAME
+        from .v2lc import V2LCModel
 
         if source not in LC_SOURCES:
             raise ValueError(f"lc_source must be one of {LC_SOURCES}, not {source!r}")

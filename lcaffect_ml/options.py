@@ -127,11 +127,6 @@ def build(config_cls: type, data: dict[str, Any]) -> Any:
     return config
 
 
-def undocumented(config_cls: type) -> list[str]:
-    """Names of the options of ``config_cls`` that carry no help (the tests keep this empty)."""
-    return [f.name for f in dataclasses.fields(config_cls) if not f.metadata.get("help")]
-
-
 def program_args(prog: str, description: str, argv: list[str] | None = None, config_cls: type | None = None):
     """Parse ``--config FILE [--set key=value ...]``; ``--help`` lists ``config_cls``'s options."""
     parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description,

@@ -65,20 +65,6 @@ def saved_config(cls, data: Mapping[str, Any], what: str):
     return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def load_weights(model: torch.nn.Module, weights: Path, cfg_path: Path, map_location) -> None:
-    """``weights`` (safetensors only) into ``model``, strictly; every failure a CheckpointFormatError
-    naming the file (a pickle or a truncated file, keys or shapes that do not match ``cfg_path``)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        model.load_state_dict(load_file(str(weights), device=str(map_location)), strict=True)
-    except SafetensorError as exc:
-        raise CheckpointFormatError(f"{weights}: not a safetensors file ({exc})") from exc
-    except RuntimeError as exc:  # missing/unexpected keys, shape mismatch
-        raise CheckpointFormatError(f"{weights}: does not match {cfg_path}: {exc}") from exc
-
-
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``) or JSON config file into a dict."""
     path = Path(path)

@@ -32,12 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .trainutil import CheckpointFormatError, atomic_write_json, load_weights, saved_config
+from .pretrained import CONFIG_NAME, WEIGHTS_NAME, load_weights, save_weights
+from .trainutil import CheckpointFormatError, atomic_write_json, saved_config
 from .atomic import atomic_file
 
 FORMAT_VERSION = 1
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 TOKENIZER_DIR = "tokenizer"
 # TimeSformer was trained on ImageNet-normalised frames (transformers' TimesformerVideoProcessor).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -258,14 +257,6 @@ class V2LCModel(nn.Module):
             feats = self.text_proj(feats)
         return F.normalize(feats, dim=-1) if normalize else feats
 
-    def tokenize(self, comments: list[list[str]]):
-        """(B, K, L) ids, attention mask and (B, K) comment mask for a batch of segments' comments."""
-        from .tokenizer import tokenize_comments
-
-        if self.tokenizer is None:
-            raise ValueError("this V2LCModel has no tokenizer")
-        return tokenize_comments(self.tokenizer, comments, self.config.max_comments, self.config.text_max_length)
-
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped at ``max_logit_scale`` (CLIP: at most 100)."""
         return self.logit_scale.clamp(0.0, self.config.max_logit_scale).exp()
@@ -298,15 +289,8 @@ class V2LCModel(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``model.safetensors``, ``config.json`` and ``tokenizer/``, each file atomically."""
-        from safetensors.torch import save_file
-
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
-        with atomic_file(directory / WEIGHTS_NAME) as tmp:
-            # one metadata key only: safetensors writes its metadata map in hash order, and the file's
-            # sha256 is the model's data version, so identical weights must give identical bytes
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        weights = save_weights(self, directory)
         if self.tokenizer is not None:
             # in a subfolder: AutoTokenizer reads a config.json beside it and would take ours for its own.
             # Tokenizers write several files by name: stage them, then move each into place atomically.
@@ -318,7 +302,7 @@ class V2LCModel(nn.Module):
                     with atomic_file(tok_dir / name) as tmp:
                         shutil.copyfile(Path(staging) / name, tmp)
         atomic_write_json(directory / CONFIG_NAME, self.config.to_dict())
-        return directory / WEIGHTS_NAME
+        return weights
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "V2LCModel":

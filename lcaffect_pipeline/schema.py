@@ -6,7 +6,6 @@ Segments (8-second windows with up to ``ClipOptions.comments_per_segment`` comme
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import pyarrow as pa
@@ -81,20 +80,6 @@ SEGMENTS_SCHEMA = pa.schema(
 )
 
 AUTHOR_SALT_ENV = "LCAFFECT_AUTHOR_SALT"
-
-
-def hash_author(raw_id: object, salt: str | None) -> str | None:
-    """Salted hash of a platform user id; ``None`` when there is no id or no salt.
-
-    The hash is the first 24 hex digits of SHA-256(salt + U+001F + id): a secret-prefix hash,
-    which DuckDB computes column-wise for whole files (``formats._common.hash_authors``) with
-    the same result as this reference. Without a configured salt the author is dropped rather
-    than hashed with a salt written in code: an unsalted hash of a Bilibili crc32 user hash is
-    reversible.
-    """
-    if raw_id is None or raw_id == "" or not salt:
-        return None
-    return hashlib.sha256(f"{salt}\x1f{raw_id}".encode("utf-8")).hexdigest()[:24]
 
 
 def author_salt(salt: str | None = None) -> str | None:

@@ -1,7 +1,8 @@
 """Segments: cut a video into 8-second windows, attach live comments, sample frames.
 
 The paper pairs each 8-second video segment with up to 5 of the live comments posted inside
-it. ``segment_video`` is the entry point; it returns the segments table (SEGMENTS_SCHEMA, shard
+it; a segment here keeps up to ``comments_per_segment`` of them (``ClipOptions``, 32 by default)
+and training samples its 5 from those. ``segment_video`` is the entry point; it returns the segments table (SEGMENTS_SCHEMA, shard
 columns empty) and the frames as one uint8 array ``(n_segments, frames_per_segment, size, size, 3)``.
 
 Policies (each one a documented choice):
@@ -10,7 +11,7 @@ Policies (each one a documented choice):
   shorter tail segment when it is at least half a segment long (``MIN_TAIL_FRACTION``), else it
   is dropped. A video shorter than one segment gives one segment covering all of it when it is at
   least ``MIN_VIDEO_S`` (0.5 s) long, and no segment otherwise (an empty table, not an error). The
-  duration is the video stream's (see ``videos.probe_video``).
+  duration is the video stream's (see ``probe.probe_video``).
 * Frame times: ``frames_per_segment`` instants at the centres of equal slices of the segment,
   so every time lies strictly inside it, relative to the first video frame. ``frame_times_ms``
   records the time of each frame taken: the instant itself (exact decoding), or the start of

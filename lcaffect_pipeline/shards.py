@@ -44,23 +44,26 @@ from lcaffect_ml.contracts import naming
 TAR_BLOCK = 512
 TAR_END = 2 * TAR_BLOCK + 20 * TAR_BLOCK  # end-of-archive blocks plus the worst-case record padding
 USTAR_NAME = 100  # longer member names take a PAX extended header (a header and a data block)
+UPGRADE = ("run `python -m lcaffect_pipeline.versions_cli --lake LAKE upgrade`, then materialise segments again: "
+           "it writes every video's shards in a version folder")
 
 
-def shard_folder(video_id: str, version: str | None = None) -> str:
-    """The folder of one version of a video's shards, relative to the shards root
-    (``{video}/{version}``; ``{video}`` alone without a version, the layout before versions)."""
-    return video_dir_name(video_id) + (f"/{naming.safe_name(version)}" if version else "")
+def shard_folder(video_id: str, version: str) -> str:
+    """The folder of one version of a video's shards, relative to the shards root: ``{video}/{version}``."""
+    if not version:
+        raise ValueError(f"shards of {video_id!r} need a version (contracts.shards.version_dir_name)")
+    return f"{video_dir_name(video_id)}/{naming.safe_name(version)}"
 
 
-def video_shard_dir(shards_root: str | os.PathLike, video_id: str, version: str | None = None):
+def video_shard_dir(shards_root: str | os.PathLike, video_id: str, version: str):
     return lake.as_path(shards_root).joinpath(*shard_folder(video_id, version).split("/"))
 
 
-def shard_path(shards_root: str | os.PathLike, video_id: str, n: int, version: str | None = None):
+def shard_path(shards_root: str | os.PathLike, video_id: str, n: int, version: str):
     return video_shard_dir(shards_root, video_id, version) / shard_name(video_id, n)
 
 
-def relative_url(video_id: str, n: int, version: str | None = None) -> str:
+def relative_url(video_id: str, n: int, version: str) -> str:
     """A shard's path relative to the shards root, as the index and the segment table keep it:
     a lake moved or copied elsewhere (another folder, another bucket) still resolves."""
     return f"{shard_folder(video_id, version)}/{shard_name(video_id, n)}"
@@ -77,37 +80,14 @@ def resolve_url(shards_root: str | os.PathLike, url: str, source: str | os.PathL
 # ------------------------------------------------------------------------------ write
 
 
-def write_shards(
-    segments_table: pa.Table,
-    frames: np.ndarray,
-    dest_dir: str | os.PathLike,
-    video_id: str,
-    *,
-    max_shard_bytes: int = 1_000_000_000,
-    version: str | None = None,
-    codec: str = DEFAULT_FRAME_CODEC,
-    quality: int = DEFAULT_FRAME_QUALITY,
-) -> pa.Table:
-    """Write one video's segments as WebDataset shards under ``dest_dir`` (the shards root).
-
-    ``frames[i]`` (uint8 ``(n, T, H, W, 3)``, all in memory) belongs to row ``i`` of
-    ``segments_table``; ``write_shard_stream`` takes them one segment at a time. Returns the
-    table with ``shard`` and ``sample_key`` filled in.
-    """
-    _check_inputs(segments_table, frames, video_id)
-    times = segments_table.column("frame_times_ms").to_pylist()
-    return write_shard_stream(segments_table, zip(frames, times), dest_dir, video_id, max_shard_bytes=max_shard_bytes,
-                              version=version, codec=codec, quality=quality)
-
-
 def write_shard_stream(
     segments_table: pa.Table,
     stacks: Iterable[tuple[np.ndarray, Sequence[int]]],
     dest_dir: str | os.PathLike,
     video_id: str,
     *,
+    version: str,
     max_shard_bytes: int = 1_000_000_000,
-    version: str | None = None,
     codec: str = DEFAULT_FRAME_CODEC,
     quality: int = DEFAULT_FRAME_QUALITY,
 ) -> pa.Table:
@@ -120,7 +100,7 @@ def write_shard_stream(
     larger sample gets a shard to itself). Every shard keeps a temporary name until the last
     one is complete, so a failure part-way (a decoding error, a full disk) leaves the previous
     version of the video's shards whole. ``version`` (``version_dir_name`` of the inputs'
-    fingerprint) names the folder, ``{video}/{version}/``; without it the shards go in ``{video}/``.
+    fingerprint) names the folder, ``{video}/{version}/``.
     The folder's ``shards.json``, written last, lists the shards and ``segments``, the content hash
     of the returned rows (``lake.table_hash``: the name of their file in the segments table).
     ``codec``/``quality``: how the frames are stored (``contracts.shards.FRAME_CODECS``). Returns
@@ -163,14 +143,6 @@ def _check_table(table: pa.Table, video_id: str) -> None:
     others = set(table.column("video_id").to_pylist()) - {video_id}
     if others:
         raise ValueError(f"segments of other videos {sorted(others)[:3]} passed for {video_id!r}")
-
-
-def _check_inputs(table: pa.Table, frames: np.ndarray, video_id: str) -> None:
-    if frames.dtype != np.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be uint8 (n, T, H, W, 3), got {frames.dtype} {frames.shape}")
-    if frames.shape[0] != table.num_rows:
-        raise ValueError(f"{frames.shape[0]} frame stacks for {table.num_rows} segments")
-    _check_table(table, video_id)
 
 
 def _samples(video_id: str, rows: list[dict[str, Any]], stacks: Iterable[tuple[np.ndarray, Sequence[int]]],
@@ -229,9 +201,9 @@ def _add_sample(tar: tarfile.TarFile, sample: dict[str, Any]) -> None:
         tar.addfile(info, io.BytesIO(data))
 
 
-def _remove_stale(shards_root, video_id: str, keep: int, version: str | None) -> None:
+def _remove_stale(shards_root, video_id: str, keep: int, version: str) -> None:
     """Shards past the last one just written, left in the same folder by an earlier, longer write
-    (only an unversioned folder, or a version folder whose write was never completed, has any)."""
+    (only a version folder whose write was never completed has any)."""
     folder = video_shard_dir(shards_root, video_id, version)
     if not folder.exists():
         return
@@ -269,10 +241,14 @@ def write_shard_index(shards_root: str | os.PathLike, folders: Iterable[str]) ->
     """Merge the ``shards.json`` of the given version folders (relative to ``shards_root``, one
     per video: ``shard_folder``) into a content-addressed ``index-{sha16}.json`` (sorted by url),
     and copy it to ``index.json``, the latest. Returns (the index's path, its entries). An index
-    once written is never replaced: every materialisation's index stays readable."""
+    once written is never replaced: every materialisation's index stays readable. A folder
+    without a version (shards written before version folders) is refused: ``UPGRADE`` says how."""
     root = lake.as_path(shards_root)
     entries: list[dict[str, Any]] = []
     for folder in sorted(set(folders)):
+        if "/" not in folder.strip("/"):
+            raise ValueError(f"{root / folder}: shards written without a version folder (a lake from before shard "
+                             f"versions); {UPGRADE}")
         sidecar = resolve_url(root, folder, f"{root}: the segments' shard version folders") / VIDEO_SHARDS_NAME
         try:
             entries += json.loads(sidecar.read_text())["shards"]
@@ -293,21 +269,14 @@ def content_name(payload: bytes, prefix: str = "index") -> str:
     return f"{prefix}-{sha256_bytes(payload)[:16]}.json"
 
 
-def version_folders(shards_root: str | os.PathLike) -> dict[str, list[str]]:
-    """``{video folder: [its version folders, relative to shards_root]}``: every version in the
-    lake, referenced or not (retention compares them with ``referenced_folders``). A video folder
-    that holds its shards directly (the layout before versions) counts as its own version."""
+def unversioned_folders(shards_root: str | os.PathLike) -> list[str]:
+    """The video folders under ``shards_root`` that hold shards directly, not in version folders:
+    the layout before versions, which ``versions_cli upgrade`` has the segments stage write again."""
     root = lake.as_path(shards_root)
-    out: dict[str, list[str]] = {}
     if not root.exists():
-        return out
-    for video in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name):
-        children = list(video.iterdir())
-        versions = sorted(f"{video.name}/{p.name}" for p in children if p.is_dir())
-        if any(p.name == VIDEO_SHARDS_NAME or p.name.endswith(".tar") for p in children):
-            versions.insert(0, video.name)
-        out[video.name] = versions
-    return out
+        return []
+    return sorted(video.name for video in root.iterdir() if video.is_dir()
+                  and any(p.name == VIDEO_SHARDS_NAME or p.name.endswith(".tar") for p in video.iterdir()))
 
 
 def referenced_folders(entries: Iterable[Mapping[str, Any] | str | None]) -> set[str]:
@@ -315,17 +284,6 @@ def referenced_folders(entries: Iterable[Mapping[str, Any] | str | None]) -> set
     as the segments table's ``shard`` column, name."""
     urls = (e.get("url") if isinstance(e, Mapping) else e for e in entries)
     return {url.rsplit("/", 1)[0] for url in urls if url and "/" in url}
-
-
-def update_shard_index(shards_root: str | os.PathLike, folders: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """``write_shard_index`` over ``folders``; by default every folder in the lake, which must
-    then hold one version per video (else which one is meant is unknown: pass ``folders``)."""
-    if folders is None:
-        found = version_folders(shards_root)
-        if several := sorted(v for v, versions in found.items() if len(versions) > 1):
-            raise ValueError(f"{shards_root}: videos {several[:3]} have several shard versions: name the folders to index")
-        folders = [versions[0] for versions in found.values() if versions]
-    return write_shard_index(shards_root, folders)[1]
 
 
 def read_shard_index(shards_root: str | os.PathLike, name: str = INDEX_NAME) -> list[dict[str, Any]]:

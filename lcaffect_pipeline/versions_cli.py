@@ -6,7 +6,8 @@
     rollback  make earlier versions of tables current (nothing is deleted)
     retain    free versions past a count or age that nothing kept was built from
     repair    move a table's damaged Delta log entries aside (back to its last readable version)
-    upgrade   store a lake's manifest paths relative to it (lakes written before; --from the old root)
+    upgrade   bring a lake written before versions up to date: manifest paths stored relative to it
+              (--from the old root), shards held outside version folders written again by the next run
 
 The lake is ``--lake`` or ``$LCAFFECT_LAKE`` (default ``./lake``), a folder or an ``s3://`` URL.
 """
@@ -127,11 +128,20 @@ def cmd_repair(args) -> int:
 
 
 def cmd_upgrade(args) -> int:
+    from .clips import shards_dir
+    from .shards import unversioned_folders
+    from .stages import forget
     from .versions import upgrade
 
     root = _root(args)
     old = _root(argparse.Namespace(lake=args.old_root)) if args.old_root else None
     print(f"{upgrade(root, old)} manifest and state files now name the lake's files relative to it")
+    if unversioned := unversioned_folders(shards_dir(root)):
+        # the segments stage keeps a video whose inputs are unchanged: without its state it writes the
+        # video's shards again, in a version folder (the old folder's shards are left as they are)
+        forget(root, "segments")
+        print(f"{len(unversioned)} videos' shards are not in version folders ({', '.join(unversioned[:3])}…): "
+              f"the next materialisation of segments writes them again")
     return 0
 
 
@@ -164,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("repair", help="move a table's damaged log entries aside")
     p.add_argument("table")
     p.set_defaults(fn=cmd_repair)
-    p = sub.add_parser("upgrade", help="make a lake written with absolute paths movable")
+    p = sub.add_parser("upgrade", help="bring a lake written before versions up to date")
     p.add_argument("--from", dest="old_root", help="where the lake was written (default: where it is now)")
     p.set_defaults(fn=cmd_upgrade)
     args = parser.parse_args(argv)

@@ -1,5 +1,5 @@
-"""Videos: download (yt-dlp); probing (ffprobe) and audio extraction (ffmpeg) are in ``probe``
-and importable from here.
+"""Videos: download (yt-dlp) and local copies; probing (ffprobe) and audio extraction (ffmpeg)
+are in ``probe``.
 
 Every function names the video and the reason when it fails, with a typed error
 (``VideoDownloadError``, ``VideoDecodeError``, ``AudioDecodeError``), so that a batch over many
@@ -92,10 +92,8 @@ def existing_video(dest_dir: str | os.PathLike, video_id: str) -> VideoFile | No
             meta = json.loads(sidecar.read_text())
             path = root / meta["file"]
             if path.exists() and path.stat().st_size > 0:
-                info = meta.get("info", {})
-                # Sidecars written before source_sha256 existed still name yt-dlp's original_url.
-                key = meta.get("source_sha256") or (source_key(info["original_url"]) if info.get("original_url") else None)
-                return VideoFile(_plain(path), video_id, info, key)
+                # no source_sha256: where the file came from is unknown, so the next fetch downloads it again
+                return VideoFile(_plain(path), video_id, meta.get("info", {}), meta.get("source_sha256"))
         except (OSError, ValueError, KeyError):
             pass  # a damaged sidecar only costs a look at the files themselves
     if not root.exists():

@@ -130,3 +130,53 @@ def manifest(root: Path, name: str) -> dict:
     from lcaffect_pipeline import versions
 
     return versions.latest(root, name)
+
+
+def write_frames(table, frames, shards_root, video_id: str, *, version: str = "a" * 16, **options):
+    """Shards of frames held in memory (``frames[i]`` for row ``i``), through the writer the segments
+    stage uses (``shards.write_shard_stream``), in version folder ``version``."""
+    from lcaffect_pipeline.shards import write_shard_stream
+
+    times = table.column("frame_times_ms").to_pylist()
+    stacks = [(stack, times[i] if i < len(times) else []) for i, stack in enumerate(frames)]  # the writer counts
+    return write_shard_stream(table, stacks, shards_root, video_id, version=version, **options)
+
+
+def index_shards(shards_root, *written) -> list[dict]:
+    """The shard index over the version folders that the written segment tables name, as the
+    training_shards asset writes it (``shards.write_shard_index``)."""
+    from lcaffect_pipeline.shards import referenced_folders, write_shard_index
+
+    folders = set().union(*(referenced_folders(t.column("shard").to_pylist()) for t in written))
+    return write_shard_index(shards_root, folders)[1]
+
+
+def hash_author(raw_id: object, salt: str | None) -> str | None:
+    """The author hash (``formats._common.hash_authors``, which DuckDB computes) by ``hashlib``:
+    the first 24 hex digits of SHA-256(salt + U+001F + id); None without an id or a salt."""
+    import hashlib
+
+    if raw_id is None or raw_id == "" or not salt:
+        return None
+    return hashlib.sha256(f"{salt}\x1f{raw_id}".encode("utf-8")).hexdigest()[:24]
+
+
+def undocumented(config_cls: type) -> list[str]:
+    """Names of the options of ``config_cls`` (``lcaffect_ml.options.opt`` fields) with no help."""
+    import dataclasses
+
+    return [f.name for f in dataclasses.fields(config_cls) if not f.metadata.get("help")]
+
+
+def check_contract(table) -> None:
+    """What every comments table must satisfy: the exact schema, no nulls where forbidden, known
+    modes, no comment twice."""
+    from lcaffect_pipeline.schema import COMMENTS_SCHEMA, MODES
+
+    assert table.schema.equals(COMMENTS_SCHEMA)
+    for field in COMMENTS_SCHEMA:
+        if not field.nullable:
+            assert table[field.name].null_count == 0, field.name
+    assert set(table["mode"].to_pylist()) <= set(MODES)
+    ids = list(zip(table["platform"].to_pylist(), table["video_id"].to_pylist(), table["comment_id"].to_pylist()))
+    assert len(ids) == len(set(ids)), "duplicates survived"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lcaffect_ml.losses import v2lc_loss
-from lcaffect_ml.tokenizer import build_char_tokenizer
+from lcaffect_ml.tokenizer import build_char_tokenizer, tokenize_comments
 from lcaffect_ml.v2lc import V2LCConfig, V2LCModel
 
 from conftest import spawn_gloo_ranks
@@ -33,7 +33,7 @@ def _model(checkpointing: bool) -> V2LCModel:
 def _batch(model: V2LCModel, seed: int) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
     frames = torch.randint(0, 256, (len(COMMENTS), 4, 32, 32, 3), dtype=torch.uint8, generator=g)
-    return (frames, *model.tokenize(COMMENTS))
+    return (frames, *tokenize_comments(model.tokenizer, COMMENTS, model.config.max_comments, model.config.text_max_length))
 
 
 def _loss(net: torch.nn.Module, batch) -> torch.Tensor:

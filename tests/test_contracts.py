@@ -28,8 +28,8 @@ def test_shard_layout_is_one_definition_for_writer_and_reader(tmp_path) -> None:
     from lcaffect_pipeline import shards
 
     vid = "弹幕.测试"  # not a plain name: hashed folder and file names, a dot-free key
-    assert shards.shard_path(tmp_path, vid, 3).relative_to(tmp_path).as_posix() == \
-        f"{layout.video_dir_name(vid)}/{layout.shard_name(vid, 3)}"
+    assert shards.shard_path(tmp_path, vid, 3, "v1").relative_to(tmp_path).as_posix() == \
+        f"{layout.video_dir_name(vid)}/v1/{layout.shard_name(vid, 3)}"
     assert layout.shard_number(vid, layout.shard_name(vid, 3)) == 3 and layout.shard_number("other", layout.shard_name(vid, 3)) is None
     assert "." not in layout.sample_key(vid, 7)
     frames = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)

@@ -10,6 +10,7 @@ from lcaffect_pipeline.defs.clips_assets import ASSETS as CLIPS_ASSETS
 from lcaffect_pipeline.defs.corpus_assets import ASSETS as CORPUS_ASSETS
 from lcaffect_pipeline.defs.downstream_assets import ASSETS as DOWNSTREAM_ASSETS
 from lcaffect_pipeline.defs.model_assets import ASSETS as MODEL_ASSETS
+from lcaffect_pipeline import versions
 from lcaffect_pipeline.defs.resources import DownstreamResource, V2LCTrainingResource
 
 from conftest import demo_resources, manifest, need_ffmpeg
@@ -119,7 +120,7 @@ def test_two_v2lc_variants_are_two_lc_arms_of_the_ablation(downstream_run) -> No
 
 def test_the_ablations_lineage_reaches_the_corpus_versions(downstream_run) -> None:
     """The UI shows, for the ablation, the fusion runs, features, encoder, shards and corpus versions."""
-    from lcaffect_pipeline import tables, versions
+    from lcaffect_pipeline import tables
 
     root, result = downstream_run
     mats = {e.materialization.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
@@ -185,7 +186,7 @@ def test_rerun_with_nothing_changed_reuses_the_expensive_steps(downstream_run) -
 def test_a_failed_fusion_run_keeps_the_last_good_one(downstream_run) -> None:
     """The ablation reads the last *finished* fusion run: a failure must not point it elsewhere."""
     root, _ = downstream_run
-    value = root / "_manifests" / "meld_fusion_with_lc.json"
+    value = versions.latest_path(root, "meld_fusion_with_lc")
     before = value.read_text()
     assert (Path(manifest(root, "meld_fusion_with_lc")["output_dir"]) / "metrics.json").exists()
     ds = DownstreamResource(demo=True, frames=4, size=32, seeds=[0, 1],

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import fixture_path
+from conftest import check_contract, fixture_path, hash_author
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,7 +32,7 @@ from lcaffect_pipeline.formats import (
     read_comments,
     video_id_from_path,
 )
-from lcaffect_pipeline.schema import COMMENTS_SCHEMA, MODES, hash_author
+from lcaffect_pipeline.schema import COMMENTS_SCHEMA
 
 SALT = "test-salt"
 
@@ -43,17 +43,6 @@ def utc(seconds: int, ms: int = 0) -> datetime:
 
 def rows_by_id(table: pa.Table) -> dict[str, dict]:
     return {row["comment_id"]: row for row in table.to_pylist()}
-
-
-def check_contract(table: pa.Table) -> None:
-    """What every table must satisfy: the exact schema, no nulls where forbidden, known modes."""
-    assert table.schema.equals(COMMENTS_SCHEMA)
-    for field in COMMENTS_SCHEMA:
-        if not field.nullable:
-            assert table[field.name].null_count == 0, field.name
-    assert set(table["mode"].to_pylist()) <= set(MODES)
-    ids = list(zip(table["platform"].to_pylist(), table["video_id"].to_pylist(), table["comment_id"].to_pylist()))
-    assert len(ids) == len(set(ids)), "duplicates survived"
 
 
 def write(tmp: Path, name: str, data: bytes | str) -> Path:

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
-from conftest import fixture_path, need_ffmpeg
+from conftest import fixture_path, index_shards, need_ffmpeg
 
 from lcaffect_ml.contracts import shards as layout
 from lcaffect_ml.data import SegmentStream, ShardSampleError, ShardSpec, decode_frames
 from lcaffect_pipeline import clips
 from lcaffect_pipeline.segments import segment_video
-from lcaffect_pipeline.shards import update_shard_index, verify_shards
+from lcaffect_pipeline.shards import verify_shards
 
 MIN_PSNR_DB = 38.0  # the bar the default codec was chosen by (docs/OPERATIONS.md, "Frame codec")
 
@@ -97,7 +97,7 @@ def _old_shard(path: Path, video_id: str, frames: np.ndarray) -> None:
                 tar.addfile(info, io.BytesIO(data))
 
 
-def test_old_raw_shards_and_new_compressed_ones_load_together(tmp_path):
+def test_raw_npy_shards_and_compressed_ones_load_together(tmp_path):
     rng = np.random.default_rng(0)
     old_frames = rng.integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8)
     _old_shard(tmp_path / "old.tar", "old", old_frames)
@@ -131,7 +131,7 @@ def test_default_clips_options_write_a_fifth_of_the_raw_bytes_on_real_footage(tm
     table = clips.segments_of(tmp_path, "ex", result.output_hash)
     raw_bytes = table.num_rows * clips.ClipOptions().frames_per_segment * 224 * 224 * 3
     assert table.num_rows == 2 and sum(p.stat().st_size for p in tars) * 5 <= raw_bytes
-    update_shard_index(tmp_path / "shards")
+    index_shards(tmp_path / "shards", table)
     assert verify_shards(table, tmp_path / "shards", check_hashes=True) == []  # the check reads jpeg members
     _, exact = real_segments
     for row, seg in zip(table.to_pylist(), exact):
@@ -154,8 +154,8 @@ def test_the_codec_is_part_of_the_shard_fingerprint(tmp_path):
 
 
 @pytest.mark.slow  # a real (tiny) training run, ~8 s; the fast test above covers the reading
-def test_a_lake_of_old_raw_shards_still_trains(tmp_path):
-    """Shards written before frame codecs (``frames.npy`` only) train V2LC as they did."""
+def test_a_lake_of_raw_npy_shards_trains(tmp_path):
+    """Shards of codec ``npy`` (exact frames, ``frames.npy``) train V2LC as the compressed ones do."""
     from lcaffect_ml.train_v2lc import TrainConfig, train
 
     rng = np.random.default_rng(1)

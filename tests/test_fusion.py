@@ -88,12 +88,14 @@ def write_dataset(folder: Path, task: str, n: int = 120, seed: int = 0, missing_
     feats = _features(n, rng, labels, task)
     keep = np.arange(no_features, n)  # the first rows have no features (extraction failed for them)
     base = {k: v[keep] for m in ("text", "audio", "visual") for k, v in feats[m].items()}
-    save_file({k: v.contiguous() for k, v in base.items()}, str(features_dir / "base_features.safetensors"))
+    versions = {"base_version": f"base-{task}-{seed}", "lc_version": f"lc-{task}-{seed}"}
+    # each file names the version it was written for, as extract_features writes it (contracts.tables §3)
+    save_file({k: v.contiguous() for k, v in base.items()}, str(features_dir / "base_features.safetensors"),
+              metadata={"version": versions["base_version"]})
     save_file({k: v[keep].contiguous() for k, v in feats["lc"].items()},
-              str(features_dir / "lc_features.safetensors"))
-    meta = {"utterance_ids": [ids[i] for i in keep], "dims": {m: d[1] for m, d in DIMS.items()},
-            "base_version": f"base-{task}-{seed}", "lc_version": f"lc-{task}-{seed}", "lc_source": "pre_projection",
-            "models": {}}
+              str(features_dir / "lc_features.safetensors"), metadata={"version": versions["lc_version"]})
+    meta = {"utterance_ids": [ids[i] for i in keep], "dims": {m: d[1] for m, d in DIMS.items()}, **versions,
+            "lc_source": "pre_projection", "models": {}}
     (features_dir / "features.json").write_text(json.dumps(meta), encoding="utf-8")
     return table_path, features_dir
 

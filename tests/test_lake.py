@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lcaffect_pipeline import lake
-from lcaffect_pipeline.schema import hash_author
+from conftest import hash_author
 from lcaffect_ml.contracts import naming
 
 

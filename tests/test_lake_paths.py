@@ -19,7 +19,7 @@ def test_escapes_and_other_schemes_are_refused_naming_the_file(tmp_path, value) 
 def test_relative_and_inside_paths_resolve_under_the_current_root(tmp_path) -> None:
     root = tmp_path / "lake"
     assert resolve(root, "v/1/v-00000.tar", "idx", base="shards") == str(root / "shards" / "v" / "1" / "v-00000.tar")
-    # an absolute path inside the lake (a lake written before paths were relative) is kept
+    # an absolute path inside the lake (a Delta log may name its files so) is kept
     assert resolve(root, str(root / "shards" / "x.tar"), "idx", base="shards") == str(root / "shards" / "x.tar")
     assert resolve(root, "shards/./a/../b.tar", "idx") == str(root / "shards" / "b.tar")
     assert relative(root, str(root / "a" / "b.json")) == "a/b.json" and relative(root, str(tmp_path / "x")) is None
@@ -150,7 +150,7 @@ def test_manifests_store_lake_relative_paths_and_resolve_them_in_the_lake_they_a
     stored = versions.write_manifest(root, "training_shards", {"index": index, "results": {"v": {"metrics": {"path": str(
         root / "videos" / "v.mp4")}}}, "source": str(tmp_path / "catalogue.csv")})
     assert stored["index"] == index  # the caller's value, as it gave it
-    on_disk = json.loads((root / "_manifests" / "training_shards.json").read_text())
+    on_disk = json.loads(versions.latest_path(root, "training_shards").read_text())
     assert on_disk["index"] == "shards/index-1.json" and on_disk["source"] == str(tmp_path / "catalogue.csv")
     assert on_disk["lake_paths"] == [["index"], ["results", "v", "metrics", "path"]]
     import shutil
@@ -169,7 +169,7 @@ def test_manifests_store_lake_relative_paths_and_resolve_them_in_the_lake_they_a
 def test_a_manifest_pointing_out_of_the_lake_is_refused_naming_it(tmp_path) -> None:
     root = tmp_path / "lake"
     versions.write_manifest(root, "training_shards", {"index": "x"})
-    path = root / "_manifests" / "training_shards.json"
+    path = versions.latest_path(root, "training_shards")
     path.write_text(json.dumps({"index": "../../etc/passwd", "lake_paths": [["index"]], "manifest_id": "m"}))
     with pytest.raises(LakeContentError, match="training_shards.json"):
         versions.latest(root, "training_shards")
@@ -194,12 +194,14 @@ def test_a_lake_written_with_absolute_paths_is_upgraded_by_the_cli(tmp_path) -> 
 
     old, moved = tmp_path / "old", tmp_path / "moved"
     legacy = {"index": str(old / "shards" / "index-1.json"), "manifest_id": "20260101T000000000000Z-abcdefabcdef"}
-    for path in (moved / "_manifests" / "training_shards.json",
-                 moved / "_manifests" / "training_shards" / f"{legacy['manifest_id']}.json",
+    for path in (versions.latest_path(moved, "training_shards"),
+                 versions.manifest_dir(moved, "training_shards") / f"{legacy['manifest_id']}.json",
                  moved / "_state" / "videos" / "v.json"):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(legacy))
-    assert versions.latest(moved, "training_shards")["index"] == legacy["index"]  # read as written
+    read = versions.latest(moved, "training_shards")["index"]  # another lake's path: nothing reads it
+    with pytest.raises(LakeContentError, match="outside the lake"):
+        resolve(moved, read, "training_shards.json")
     run = subprocess.run([sys.executable, "-m", "lcaffect_pipeline.versions_cli", "--lake", str(moved), "upgrade",
                           "--from", str(old)], capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0 and run.stdout.startswith("3 "), run.stderr
@@ -208,15 +210,32 @@ def test_a_lake_written_with_absolute_paths_is_upgraded_by_the_cli(tmp_path) -> 
     assert versions.upgrade(moved, old) == 0  # done once
 
 
+def test_a_lake_naming_its_own_files_by_absolute_path_is_refused_until_upgraded(tmp_path) -> None:
+    from lcaffect_pipeline import versions_cli
+
+    root = tmp_path / "lake"
+    stored = {"index": str(root / "shards" / "index-1.json"), "manifest_id": "20260101T000000000000Z-abcdefabcdef"}
+    for path in (versions.latest_path(root, "training_shards"), stages.state_path(root, "videos", "v")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(stored))
+    with pytest.raises(LakeContentError, match="by absolute path") as refused:
+        versions.latest(root, "training_shards")
+    assert "training_shards.json" in str(refused.value) and "versions_cli --lake LAKE upgrade" in str(refused.value)
+    assert stages.load_state(root, "videos", "v") is None  # a state file refused only costs a recomputation
+    assert versions_cli.main(["--lake", str(root), "upgrade"]) == 0
+    assert versions.latest(root, "training_shards")["index"] == stored["index"]
+    assert stages.load_state(root, "videos", "v")["index"] == stored["index"]
+
+
 def test_manifests_and_leases_on_an_object_store_lake() -> None:
     from lcaffect_pipeline import leases
 
     root = lake.as_path("memory://lcaffect-test/h6-lake")
     copy = lake.as_path("memory://lcaffect-test/h6-copy")
     versions.write_manifest(root, "training_shards", {"index": f"{root}/shards/index-1.json"})
-    stored = (root / "_manifests" / "training_shards.json").read_text()
+    stored = versions.latest_path(root, "training_shards").read_text()
     assert json.loads(stored)["index"] == "shards/index-1.json"
-    (copy / "_manifests" / "training_shards.json").write_text(stored)
+    versions.latest_path(copy, "training_shards").write_text(stored)
     assert versions.latest(copy, "training_shards")["index"] == "memory://lcaffect-test/h6-copy/shards/index-1.json"
     leases.take(root, "reader", versions={"segments": [2]}, files=[f"{root}/segments/a.parquet"])
     assert leases.active(root) == ({"segments": {2}}, {f"{root}/segments/a.parquet"})

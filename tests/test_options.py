@@ -8,8 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import undocumented
 
-from lcaffect_ml.options import opt, options_help, undocumented
+from lcaffect_ml.options import opt, options_help
 from lcaffect_ml.extract_features import ExtractConfig
 from lcaffect_ml.fusion_data import FusionTrainConfig
 from lcaffect_ml.train_v2lc_config import TrainConfig

@@ -26,7 +26,7 @@ import sys, json
 from pathlib import Path
 import numpy as np, pyarrow as pa, torch
 from lcaffect_pipeline import lake
-from lcaffect_pipeline.shards import write_shards
+from lcaffect_pipeline.shards import write_shard_stream
 from lcaffect_ml.trainutil import CheckpointManager, save_state, COMPLETE_MARKER
 
 out, mode = Path(sys.argv[1]), sys.argv[2]
@@ -45,7 +45,7 @@ def write_ckpt(folder):
 
 def once():
     lake.write_parquet(table, out / "comments.parquet")
-    write_shards(segs, frames, out / "shards", "v", max_shard_bytes=400_000)
+    write_shard_stream(segs, zip(frames, [[0]] * n), out / "shards", "v", version="a" * 16, max_shard_bytes=400_000)
     CheckpointManager(out / "ckpt").save(1, write_ckpt)
 
 print("ready", flush=True)
@@ -100,7 +100,7 @@ def test_sigkill_during_parquet_shard_and_checkpoint_writes(tmp_path):
     clean = tmp_path / "clean"
     _finish(clean)
     expected = _content(clean)
-    assert {"comments.parquet", "shards/v/shards.json", "ckpt/step-1/model.safetensors"} <= set(expected)
+    assert {"comments.parquet", f"shards/v/{'a' * 16}/shards.json", "ckpt/step-1/model.safetensors"} <= set(expected)
     rng = random.Random(7)
     victim = tmp_path / "killed"
     kills = 0

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, demo_resources, need_ffmpeg
+
+from lcaffect_pipeline.versions import MANIFESTS
 from s3_lake import RefusingProxy, listing, s3_env, s3_server, temporaries
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -117,7 +119,7 @@ def test_corpus_and_clips_run_with_the_lake_on_the_store(reference) -> None:
     for part in ("demo_world/catalogue.yaml", "catalogue/_delta_log/00000000000000000000.json",
                  "clean_comments/_delta_log/00000000000000000000.json", "segments/_delta_log/00000000000000000000.json",
                  "corpus.duckdb", "shards/index.json", segments_file, index.removeprefix(f"s3://{prefix}/"),
-                 "audio/demo_00.wav", "videos/demo_00.mp4", "_manifests/segments.json"):
+                 "audio/demo_00.wav", "videos/demo_00.mp4", f"{MANIFESTS}/segments.json"):
         assert part in keys, part
     assert sum(k.startswith("shards/demo_") and k.endswith(".tar") for k in keys) == N_VIDEOS
     assert temporaries(keys) == []
@@ -187,7 +189,7 @@ def test_shards_that_fail_part_way_keep_the_previous_version(s3) -> None:
     table = pa.Table.from_pylist(rows, schema=SEGMENTS_SCHEMA)
     frames = np.zeros((1, 8, 8, 3), np.uint8)
     root = f"s3://{bucket}/failing/shards"
-    write_shard_stream(table, ((frames, r["frame_times_ms"]) for r in rows), root, "v", max_shard_bytes=1)
+    write_shard_stream(table, ((frames, r["frame_times_ms"]) for r in rows), root, "v", version="a" * 16, max_shard_bytes=1)
     before = {k: fs.cat(k) for k in fs.find(f"{bucket}/failing")}
 
     def dying():
@@ -195,7 +197,7 @@ def test_shards_that_fail_part_way_keep_the_previous_version(s3) -> None:
         raise OSError("decoder died")
 
     with pytest.raises(OSError, match="decoder died"):
-        write_shard_stream(table, dying(), root, "v", max_shard_bytes=1)
+        write_shard_stream(table, dying(), root, "v", version="a" * 16, max_shard_bytes=1)
     assert {k: fs.cat(k) for k in fs.find(f"{bucket}/failing")} == before
 
 
@@ -213,7 +215,7 @@ def test_a_store_that_refuses_connections_for_a_while_is_waited_for(reference, s
             stop = threading.Event()
 
             def restart_mid_run():  # once the comments are in, the store goes away for 4 s
-                while not stop.is_set() and not direct.exists(f"{prefix}/_manifests/clean_comments.json"):
+                while not stop.is_set() and not direct.exists(f"{prefix}/{MANIFESTS}/clean_comments.json"):
                     time.sleep(0.1)
                 if not stop.is_set():
                     proxy.refuse()
@@ -247,7 +249,7 @@ def test_a_run_that_fails_while_the_store_is_away_completes_when_run_again(refer
             stop = threading.Event()
 
             def stop_after_the_videos():  # the store stays away for the rest of the run
-                while not stop.is_set() and not direct.exists(f"{prefix}/_manifests/videos.json"):
+                while not stop.is_set() and not direct.exists(f"{prefix}/{MANIFESTS}/videos.json"):
                     time.sleep(0.1)
                 proxy.refuse()
 
@@ -259,7 +261,7 @@ def test_a_run_that_fails_while_the_store_is_away_completes_when_run_again(refer
             stop.set()
             watcher.join()
             assert not failed.success
-            assert not direct.exists(f"{prefix}/_manifests/training_shards.json")
+            assert not direct.exists(f"{prefix}/{MANIFESTS}/training_shards.json")
             proxy.serve()
             again = materialize(f"s3://{prefix}")
             assert again.success, [e.message for e in again.all_events if e.is_failure]
@@ -275,7 +277,7 @@ def test_shard_versions_on_the_store(s3) -> None:
     import pyarrow as pa
 
     from lcaffect_pipeline.schema import SEGMENTS_SCHEMA
-    from lcaffect_pipeline.shards import (complete_version, referenced_folders, version_folders, write_shard_index,
+    from lcaffect_pipeline.shards import (complete_version, referenced_folders, unversioned_folders, write_shard_index,
                                           write_shard_stream)
 
     fs, bucket = s3
@@ -291,7 +293,8 @@ def test_shard_versions_on_the_store(s3) -> None:
                              version="b" * 16)
     write_shard_index(root, referenced_folders(new.column("shard").to_pylist()))
     assert {k: fs.cat(k) for k in before} == before  # the first version is untouched
-    assert version_folders(root) == {"v": [f"v/{'a' * 16}", f"v/{'b' * 16}"]}
+    assert sorted(fs.ls(f"{bucket}/versions/shards/v", refresh=True)) == [f"{bucket}/versions/shards/v/{c * 16}" for c in "ab"]
+    assert unversioned_folders(root) == []
     assert complete_version(root, "v", "a" * 16)["shards"] == json.loads(fs.cat(str(first).removeprefix("s3://")))
     fs.rm(f"{bucket}/versions", recursive=True)
 

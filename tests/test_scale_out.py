@@ -18,6 +18,8 @@ import yaml
 
 from conftest import ROOT
 
+from lcaffect_pipeline import versions
+
 POSTGRES_YAML = ROOT / "configs" / "instance" / "dagster.postgres.yaml"
 PG_ENV = {"DAGSTER_PG_USERNAME": "lcaffect", "DAGSTER_PG_PASSWORD": "p@ss word", "DAGSTER_PG_HOST": "pg.internal", "DAGSTER_PG_PORT": "5432", "DAGSTER_PG_DB": "dagster"}
 needs = {m: importlib.util.find_spec(m) is None for m in ("dagster_postgres", "dagster_k8s")}
@@ -129,9 +131,9 @@ def test_lake_root_accepts_an_fsspec_url() -> None:
     from lcaffect_pipeline import lake
     from lcaffect_pipeline.defs.resources import LakeResource
 
-    path = LakeResource(root="memory://lcaffect-test/prod").path("_manifests", "x.json")
+    path = LakeResource(root="memory://lcaffect-test/prod").path(versions.MANIFESTS, "x.json")
     lake.atomic_write_bytes(path, b"{}")
-    assert path.read_bytes() == b"{}" and str(path) == "memory://lcaffect-test/prod/_manifests/x.json"
+    assert path.read_bytes() == b"{}" and str(path) == f"memory://lcaffect-test/prod/{versions.MANIFESTS}/x.json"
 
 
 def test_lake_root_accepts_an_s3_url() -> None:
@@ -174,5 +176,5 @@ def test_a_lake_root_set_in_run_config_holds_the_manifests_too(tmp_path, monkeyp
     result = job.execute_in_process(run_config=config, instance=dg.DagsterInstance.ephemeral(),
                                     asset_selection=[dg.AssetKey("video_catalogue")])
     assert result.success
-    assert json.loads((root / "_manifests" / "video_catalogue.json").read_text())["videos"] == 2
+    assert versions.latest(root, "video_catalogue")["videos"] == 2
     assert not (tmp_path / "lake").exists()

@@ -20,6 +20,7 @@ import yaml
 
 from conftest import manifest, need_ffmpeg
 from lcaffect_pipeline.v2lc_runs import METRIC_KEYS
+from lcaffect_pipeline.versions import MANIFESTS
 from services import ROOT, require_module, unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -79,7 +80,7 @@ def test_the_queued_run_succeeds_with_the_lake_in_the_bucket(scaleout) -> None:
     assert re.search(r"corpus versions: .*catalogue \[0\].*clean_comments \[0\].*raw_comments \[0\].*segments \[0\]", proc.stdout), proc.stdout[-2000:]
     objects = set((results / "lake_objects.txt").read_text().split())
     for key in ("demo_world/catalogue.yaml", "catalogue/_delta_log/00000000000000000000.json", "corpus.duckdb", "shards/index.json", "ablation.json",
-                "downstream/meld/_delta_log/00000000000000000000.json", "_manifests/ablation_report.json"):
+                "downstream/meld/_delta_log/00000000000000000000.json", f"{MANIFESTS}/ablation_report.json"):
         assert key in objects, key
     assert any(k.startswith("models/v2lc/") and k.endswith("/model.safetensors") for k in objects)
     assert sum(k.startswith("downstream/") and k.endswith("/metrics.json") for k in objects) == 6  # 3 tasks x with/without LC

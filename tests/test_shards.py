@@ -13,21 +13,21 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import webdataset as wds
-from conftest import fixture_path, need_ffmpeg
+from conftest import fixture_path, index_shards, need_ffmpeg, write_frames
 
-from lcaffect_pipeline import lake
+from lcaffect_pipeline import lake, stages, versions_cli
 from lcaffect_pipeline.schema import SEGMENTS_SCHEMA
 from lcaffect_pipeline.segments import segment_video
 from lcaffect_ml.data import load_shard_index
-from lcaffect_pipeline import shards
-from lcaffect_pipeline.shards import (complete_version, read_shard_index, referenced_folders, update_shard_index,
-                                      verify_shards, version_folders, write_shard_index)
+from lcaffect_pipeline.shards import (UPGRADE, complete_version, read_shard_index, referenced_folders,
+                                      unversioned_folders, verify_shards, write_shard_index)
 from lcaffect_ml.contracts.shards import sample_key
 from lcaffect_ml.contracts import naming
 
 # These tests check the tar layout, sizes and hashes with exact (npy) frames; the frame codecs have
 # their own tests (test_frame_codecs.py).
-write_shards = functools.partial(shards.write_shards, codec="npy")
+write_shards = functools.partial(write_frames, codec="npy")
+V = "a" * 16  # the version folder write_shards writes in
 
 T, S = 4, 16
 # One sample in a tar: a header block for each of its two members, the .npy (128-byte header
@@ -66,7 +66,7 @@ def test_round_trip_real_video(lake_root):
     stem = naming.safe_name("BV1.example", dots=False)  # no dots in keys, and not the key of "BV1_example"
     assert stem.startswith("BV1_example-") and keys == [f"{stem}_000000", f"{stem}_000001"]
     urls = sorted(set(out.column("shard").to_pylist()))
-    assert urls == ["BV1.example/BV1.example-00000.tar"]  # relative to the shards root
+    assert urls == [f"BV1.example/{V}/BV1.example-00000.tar"]  # relative to the shards root
     samples = _read_back([str(shards_root / u) for u in urls])
     assert sorted(samples) == keys
     for row, stack in zip(out.to_pylist(), frames):
@@ -75,7 +75,7 @@ def test_round_trip_real_video(lake_root):
         meta = s["json"]
         assert meta == {k: row[k] for k in ("video_id", "segment_index", "start_ms", "end_ms", "comments",
                                               "comment_ids", "comment_count", "frame_times_ms")}
-    update_shard_index(shards_root)
+    index_shards(shards_root, out)
     assert verify_shards(out, shards_root, check_hashes=True) == []
 
 
@@ -85,14 +85,14 @@ def test_split_by_size_and_remove_stale_shards(lake_root):
     out = write_shards(_table("v", 10), _frames(10), root, "v", max_shard_bytes=limit)
     per_shard = [len(list(g)) for _, g in itertools.groupby(out.column("shard").to_pylist())]
     assert per_shard == [3, 3, 3, 1]
-    tars = sorted((root / "v").glob("*.tar"))
+    tars = sorted((root / "v" / V).glob("*.tar"))
     assert [p.name for p in tars] == [f"v-{n:05d}.tar" for n in range(4)]
     assert all(p.stat().st_size <= limit for p in tars)
     assert sorted(_read_back([str(p) for p in tars])) == out.column("sample_key").to_pylist()
 
     shorter = write_shards(_table("v", 4), _frames(4), root, "v", max_shard_bytes=limit)
-    assert [p.name for p in sorted((root / "v").glob("*.tar"))] == ["v-00000.tar", "v-00001.tar"]
-    index = update_shard_index(root)
+    assert [p.name for p in sorted((root / "v" / V).glob("*.tar"))] == ["v-00000.tar", "v-00001.tar"]
+    index = index_shards(root, shorter)
     assert [(e["samples"], e["video_id"]) for e in index] == [(3, "v"), (1, "v")]
     assert verify_shards(shorter, root) == []
 
@@ -106,7 +106,7 @@ def test_index_lists_every_video_and_matches_files(lake_root):
     root = lake_root / "shards"
     a = write_shards(_table("BV1a", 2), _frames(2), root, "BV1a")
     b = write_shards(_table("sm9/../x", 3), _frames(3, seed=1), root, "sm9/../x")  # hostile id
-    index = update_shard_index(root)
+    index = index_shards(root, a, b)
     assert index == read_shard_index(root)
     assert json.loads((root / "index.json").read_text()) == index
     assert {(e["video_id"], e["samples"]) for e in index} == {("BV1a", 2), ("sm9/../x", 3)}
@@ -131,18 +131,15 @@ def test_long_video_id_round_trips(lake_root):
     assert all((root / u).stat().st_size <= limit for u in set(out.column("shard").to_pylist()))
     samples = _read_back(sorted(str(root / u) for u in set(out.column("shard").to_pylist())))
     assert sorted(samples) == keys and samples[keys[0]]["json"]["video_id"] == video_id
-    update_shard_index(root)
+    index_shards(root, out)
     assert verify_shards(out, root) == []
 
 
 def test_shards_are_reproducible(lake_root):
     root = lake_root / "shards"
-    write_shards(_table("v", 2), _frames(2), root, "v")
-    first = update_shard_index(root)
-    write_shards(_table("v", 2), _frames(2), root, "v")
-    assert update_shard_index(root) == first
-    write_shards(_table("v", 2), _frames(2, seed=5), root, "v")
-    assert update_shard_index(root)[0]["sha256"] != first[0]["sha256"]
+    first = index_shards(root, write_shards(_table("v", 2), _frames(2), root, "v"))
+    assert index_shards(root, write_shards(_table("v", 2), _frames(2), root, "v")) == first
+    assert index_shards(root, write_shards(_table("v", 2), _frames(2, seed=5), root, "v"))[0]["sha256"] != first[0]["sha256"]
 
 
 def test_tar_members_follow_the_contract(lake_root):
@@ -159,6 +156,9 @@ def test_bad_inputs_are_refused(lake_root):
         write_shards(_table("v", 2), _frames(2).astype(np.float32), lake_root, "v")
     with pytest.raises(ValueError, match="other videos"):
         write_shards(_table("w", 2), _frames(2), lake_root, "v")
+    with pytest.raises(ValueError, match="need a version"):
+        write_shards(_table("v", 2), _frames(2), lake_root, "v", version="")
+    assert not list(lake_root.rglob("*.tar"))  # nothing under a final name
 
 
 # ------------------------------------------------------------------------------ verify_shards
@@ -168,7 +168,7 @@ def test_bad_inputs_are_refused(lake_root):
 def written(lake_root):
     root = lake_root / "shards"
     out = write_shards(_table("v", 4), _frames(4), root, "v", max_shard_bytes=2 * SAMPLE_BYTES + 11 * 1024)
-    update_shard_index(root)
+    index_shards(root, out)
     assert verify_shards(out, root, check_hashes=True) == []
     return root, out
 
@@ -251,13 +251,27 @@ def test_a_new_version_adds_a_folder_and_each_index_stays_readable(lake_root):
     assert json.loads(first_path.read_text()) == first and read_shard_index(root) == second  # index.json: the latest
     assert verify_shards(old, root, check_hashes=True, index_name=first_path.name) == []
     assert verify_shards(new, root, check_hashes=True) == []
-    assert version_folders(root) == {"v": [f"v/{'a' * 16}", f"v/{'b' * 16}"]}
-    assert referenced_folders(first) == {f"v/{'a' * 16}"}
-    with pytest.raises(ValueError, match="several shard versions"):
-        update_shard_index(root)  # which version is meant must be said
+    assert referenced_folders(first) == {f"v/{'a' * 16}"} and unversioned_folders(root) == []
     specs = load_shard_index(str(first_path))  # relative URLs resolve beside the content-addressed index
     assert [s.video_id for s in specs] == ["v"] and Path(specs[0].url).read_bytes() == (root / first[0]["url"]).read_bytes()
     assert {s.video_id for s in load_shard_index(sorted(str(p) for p in root.rglob("*.tar")))} == {"v"}  # bare URLs
+
+
+def test_shards_outside_version_folders_are_refused_until_the_lake_is_upgraded(lake_root, capsys):
+    root = lake_root / "shards"
+    write_shards(_table("v", 2), _frames(2), root, "v")
+    for p in (root / "v" / V).iterdir():  # the layout before versions: shards straight in the video's folder
+        p.rename(root / "v" / p.name)
+    (root / "v" / V).rmdir()
+    stages.save_state(lake_root, "segments", stages.VideoResult("v", "done", fingerprint="f", output_hash="h"))
+    with pytest.raises(ValueError, match="without a version folder") as refused:
+        write_shard_index(root, ["v"])
+    assert str(root / "v") in str(refused.value) and UPGRADE in str(refused.value)
+    assert "versions_cli --lake LAKE upgrade" in UPGRADE
+    assert unversioned_folders(root) == ["v"]
+    assert versions_cli.main(["--lake", str(lake_root), "upgrade"]) == 0
+    assert "1 videos' shards are not in version folders (v" in capsys.readouterr().out
+    assert stages.load_state(lake_root, "segments", "v") is None  # so the next run writes them again
 
 
 def test_same_inputs_give_byte_identical_shards_and_a_complete_folder(tmp_path):

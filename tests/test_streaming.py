@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import ROOT, fixture_path, need_ffmpeg
+from conftest import ROOT, fixture_path, index_shards, need_ffmpeg
 
 from lcaffect_pipeline import clips
 from lcaffect_pipeline.clips import ClipOptions
 from lcaffect_pipeline.schema import SEGMENTS_SCHEMA
-from lcaffect_pipeline.shards import update_shard_index, verify_shards, write_shard_stream
+from lcaffect_pipeline.shards import verify_shards, write_shard_stream
+
+V = "a" * 16  # the version folder the stream tests write in
 from lcaffect_pipeline.stages import run_stage
 
 # Runs the clips stage's segment step on one video in a fresh process and reports how far its
@@ -71,7 +73,7 @@ def test_hour_long_video_streams_into_shards_in_bounded_memory(hour_long_video, 
     assert report["frames_bytes"] == 450 * 8 * 112 * 112 * 3  # 135 MB of frames went through
     assert report["growth_kib"] < 48 * 1024, report  # holding them all would take 135 MB or more
     table = clips.segments_of(root, "long", report["output_hash"])
-    update_shard_index(clips.shards_dir(root))
+    index_shards(clips.shards_dir(root), table)
     assert verify_shards(table, clips.shards_dir(root), check_hashes=True) == []
     assert len(set(table.column("shard").to_pylist())) == 4  # split at 40 MB while streaming
 
@@ -95,21 +97,21 @@ def _stacks(n: int, seed: int, fail_at: int | None = None):
 
 def test_stream_failing_part_way_keeps_the_previous_shards(lake_root):
     root = lake_root / "shards"
-    first = write_shard_stream(_table(3), _stacks(3, seed=0), root, "v", max_shard_bytes=4000)
+    first = write_shard_stream(_table(3), _stacks(3, seed=0), root, "v", version=V, max_shard_bytes=4000)
     assert first.column("frame_times_ms").to_pylist()[1] == [8400, 12400]  # the times taken are recorded
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     assert len([p for p in before if p.suffix == ".tar"]) == 3
     with pytest.raises(RuntimeError, match="decoder gave up"):
-        write_shard_stream(_table(3), _stacks(3, seed=1, fail_at=2), root, "v", max_shard_bytes=4000)
+        write_shard_stream(_table(3), _stacks(3, seed=1, fail_at=2), root, "v", version=V, max_shard_bytes=4000)
     after = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     assert after == before  # no shard of the failed run replaced one, no temporary file left
-    update_shard_index(root)
+    index_shards(root, first)
     assert verify_shards(first, root, check_hashes=True) == []
 
 
 def test_stream_with_fewer_stacks_than_segments_is_refused(lake_root):
     with pytest.raises(ValueError, match="frame stacks ended before segment 2"):
-        write_shard_stream(_table(3), _stacks(2, seed=0), lake_root / "shards", "v")
+        write_shard_stream(_table(3), _stacks(2, seed=0), lake_root / "shards", "v", version=V)
     assert not list((lake_root / "shards").rglob("*.tar"))
 
 

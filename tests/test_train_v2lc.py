@@ -182,7 +182,7 @@ def test_bad_config_is_refused_with_exit_2(tmp_path, capsys):
 
 def test_every_option_is_documented_and_overridable(tmp_path):
     import lcaffect_ml.train_v2lc as program
-    from lcaffect_ml.options import undocumented
+    from conftest import undocumented
     from lcaffect_ml.program import program_config
 
     assert undocumented(program.TrainConfig) == []

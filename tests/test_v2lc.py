@@ -50,8 +50,13 @@ def _frames(batch=3, t=4, size=32, seed=0):
 # ------------------------------------------------------------------------------- model
 
 
+def _tokens(model: V2LCModel):
+    """COMMENTS as the training loader tokenises them for ``model``."""
+    return tokenize_comments(model.tokenizer, COMMENTS, model.config.max_comments, model.config.text_max_length)
+
+
 def test_forward_backward_on_tiny_config(model):
-    ids, attn, mask = model.tokenize(COMMENTS)
+    ids, attn, mask = _tokens(model)
     assert ids.shape[:2] == (3, 3) and mask.tolist() == [[True, True, False], [True, True, True], [True, False, False]]
     out = model(_frames(), ids, attn, mask)
     assert out.video_embeds.shape == (3, 16)
@@ -107,7 +112,7 @@ def test_freezing_a_tower_stops_its_gradients(tokenizer, tower):
     model.train()
     frozen, live = (model.video, model.text) if tower == "video" else (model.text, model.video)
     assert not frozen.training and live.training  # frozen tower stays in eval mode (no dropout)
-    out = model(_frames(), *model.tokenize(COMMENTS))
+    out = model(_frames(), *_tokens(model))
     v2lc_loss(*out[:3], out.logit_scale).loss.backward()
     assert all(p.grad is None for p in frozen.parameters())
     assert all(p.grad is not None for p in live.parameters())

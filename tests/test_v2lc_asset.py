@@ -96,7 +96,7 @@ def test_two_variants_train_side_by_side_on_their_own_selections(shards_lake: Pa
     index = json.loads(zh_index.read_text())
     assert index and {(e["platform"], e["language"]) for e in index} == {("bilibili", "zh")}
     assert yaml.safe_load((Path(zh["output_dir"]) / "train_config.yaml").read_text())["shards"] == str(zh_index)
-    shards = json.loads((shards_lake / "_manifests" / "training_shards.json").read_text())
+    shards = manifest(shards_lake, "training_shards")
     assert value["reads"] == {"training_shards": shards["manifest_id"]} and "training_shards" in m.metadata["lineage"].value
     assert set(m.metadata["variants"].value) == {"zh", "seed-1"}
     (check,) = result.get_asset_check_evaluations()

@@ -101,11 +101,14 @@ def test_a_changed_video_url_is_downloaded_again(site, lake_root, force):
     assert run(new_url, force=True).output_hash == second.output_hash  # same URL: force keeps the file
     assert len(site.requests) == before
 
-    # A sidecar written before the source hash existed still tells where its file came from.
+    # A sidecar that does not say where its file came from (no source hash) is not trusted: fetched again.
     sidecar = lake_root / "videos" / "v1.info.json"
     meta = json.loads(sidecar.read_text())
     del meta["source_sha256"]
     sidecar.write_text(json.dumps(meta))
+    assert existing_video(lake_root / "videos", "v1").source_key is None
+    before = len(site.requests)
+    assert run(new_url).status == "done" and len(site.requests) > before
     assert existing_video(lake_root / "videos", "v1").source_key == source_key(new_url)
 
 def test_html_page_with_video_tag(site, lake_root):

@@ -2,8 +2,8 @@
 
 A manifest, a Delta log action, a segments row or a shard index names files of the lake. Such a
 name is lake content, not a command and not a pointer to elsewhere: it is a path relative to the
-lake (or to a folder of it), or, for lakes written before paths were stored relative, an absolute
-path or object-store URL *inside* the lake root. ``resolve`` turns it into the file's location
+lake (or to a folder of it), or an absolute path or object-store URL *inside* the lake root (a Delta
+log may name its files so). ``resolve`` turns it into the file's location
 under the current root and refuses anything else (``..`` out of the lake, absolute paths outside
 it, another host or bucket, ``pipe:`` and other schemes) with ``LakeContentError`` naming the file
 the name came from. Everything that reads or deletes such a path goes through it (retention
@@ -97,6 +97,7 @@ def resolve(root: str | os.PathLike, value: object, source: str | os.PathLike, *
 # ------------------------------------------------------------ JSON kept in the lake (manifests, state)
 
 POINTERS = "lake_paths"  # the key that lists where a stored JSON object holds lake-relative paths
+UPGRADE = "run `python -m lcaffect_pipeline.versions_cli --lake LAKE upgrade` (with --from OLD_ROOT for a moved lake)"
 
 
 def to_lake(root: str | os.PathLike, value: dict) -> dict:
@@ -121,20 +122,27 @@ def to_lake(root: str | os.PathLike, value: dict) -> dict:
 
 def from_lake(root: str | os.PathLike, stored: dict, source: str | os.PathLike) -> dict:
     """A JSON object ``to_lake`` stored, read from ``source``: the paths ``POINTERS`` lists resolved
-    against the current root (``resolve``: a path out of the lake is refused). An object without
-    ``POINTERS`` (written before paths were relative) is returned as it is."""
+    against the current root (``resolve``: a path out of the lake is refused). An object that names
+    files of the lake by absolute path (stored before paths were relative) is refused: ``UPGRADE``."""
     pointers = stored.get(POINTERS)
     out = {k: v for k, v in stored.items() if k != POINTERS}
     if not isinstance(pointers, list):
+        if stale := to_lake(root, out).get(POINTERS):
+            raise LakeContentError(source, _at(out, stale[0]), f"names a file of the lake by absolute path (stored "
+                                                               f"before paths were relative): {UPGRADE}")
         return out
     for where in pointers:
         if not isinstance(where, list) or not where:
             raise LakeContentError(source, where, f"is not a place in the object ({POINTERS})")
-        holder = out
         try:
-            for key in where[:-1]:
-                holder = holder[key]
+            holder = _at(out, where[:-1])
             holder[where[-1]] = resolve(root, holder[where[-1]], source)
         except (KeyError, IndexError, TypeError) as exc:
             raise LakeContentError(source, where, f"names no value ({POINTERS}: {exc})") from None
     return out
+
+
+def _at(item, where: list):
+    for key in where:
+        item = item[key]
+    return item

@@ -15,8 +15,7 @@ the codec (``FRAME_MEMBERS``), and ``{key}.json`` (the ``META_FIELDS`` of its se
 
     {key}.frames.jpg    the T frames stacked top to bottom as one (T*S, S) JPEG (4:4:4, the default)
     {key}.frames.webp   the same image as lossy WebP
-    {key}.frames.npy    ``np.save`` of the exact array, never pickled (every shard written before
-                        frame codecs existed; codec ``npy``)
+    {key}.frames.npy    ``np.save`` of the exact array, never pickled (codec ``npy``)
 
 One image per sample rather than one member per frame: one tar header and one decoder call per
 segment, and WebDataset's own image decoders (``.decode("rgb8")``) read it as it is; reshape by

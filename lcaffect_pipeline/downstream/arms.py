@@ -71,5 +71,5 @@ def seed_base_features(first_dir, arm_dir) -> bool:
 def base_arm(folders: dict[str, str]) -> str:
     """The arm the without-LC fusion trains on (all arms share its base features): the one whose
     folder name sorts first, ``features`` where present, so reordering the arms retrains nothing."""
-    # folders are {arm folder}/{version}: the arm folder decides, as it did before versions
+    # folders are {arm folder}/{version}: the arm folder decides, its version only breaks ties
     return min(folders, key=lambda n: (lake.as_path(folders[n]).parent.name, lake.as_path(folders[n]).name, n))

@@ -145,7 +145,7 @@ def _params(n_per_split, seed: int, with_media: bool, world: str = WORLDS[0]) ->
         counts = {s: int(n_per_split[s]) for s in DEFAULT_N}
     _check_world(world)
     params = {"version": DEMO_DOWNSTREAM_VERSION, "n": counts, "seed": seed, "with_media": with_media}
-    return counts, {**params, "world": world} if world != WORLDS[0] else params  # the memorisation marker as before
+    return counts, {**params, "world": world} if world != WORLDS[0] else params  # the default world adds no key: its version stays the memorisation marker
 
 
 def upload_demo_downstream(root, **options) -> None:

@@ -108,12 +108,16 @@ def separate_viewers(table: pa.Table) -> pa.Table:
 
 
 def hash_authors(raw_ids: pa.Array | pa.ChunkedArray, salt: str | None) -> pa.Array:
-    """``schema.hash_author`` over a column: each distinct raw id hashed once, by DuckDB.
+    """Salted hashes of a column of platform user ids; null where there is no id or no salt.
+
+    A hash is the first 24 hex digits of SHA-256(salt + U+001F + id): a secret-prefix hash.
+    Without a configured salt the author is dropped rather than hashed with a salt written in
+    code: an unsalted hash of a Bilibili crc32 user hash is reversible.
 
     Run once per file over the whole column (not per batch): the same users comment all
     through a video, so a file has far fewer distinct authors than comments, but still
     hundreds of thousands on a busy one; DuckDB's vectorised sha256 is several times faster
-    than a Python call per id (``tests/test_formats.py`` checks it equals the reference).
+    than a Python call per id (``tests/test_formats.py`` checks it against ``hashlib``).
     """
     if isinstance(raw_ids, pa.ChunkedArray):
         raw_ids = raw_ids.combine_chunks()

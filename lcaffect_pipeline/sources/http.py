@@ -59,7 +59,6 @@ DEFAULT_USER_AGENT = (
 )
 # Statuses worth another try: timeouts, Bilibili's anti-crawler 412, rate limits, server errors.
 RETRY_STATUSES = frozenset({408, 412, 425, 429})
-SECRET_HEADERS = frozenset({"cookie", "set-cookie", "authorization", "proxy-authorization"})
 # A parameter or cookie name that looks secret: SESSDATA, bili_jct, access_key, token, ...
 _SECRET_NAME = r"[\w.-]*(?:sess|token|key|secret|passw|sign|auth|cookie|csrf|jct|sid|userid)[\w.-]*"
 _SECRET_PAIR = re.compile(rf"(?i)\b({_SECRET_NAME})=([^&;\s'\"]+)")
@@ -166,12 +165,6 @@ class RetryableError(Exception):
     def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None):
         super().__init__(reason)
         self.reason, self.status, self.retry_after = reason, status, retry_after
-
-
-def mask_headers(headers: Mapping[str, str], secrets: frozenset[str] | set[str] = frozenset()) -> dict:
-    return {
-        k: (MASK if k.lower() in SECRET_HEADERS else mask_text(v, secrets)) for k, v in headers.items()
-    }
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -328,9 +321,6 @@ class PoliteSession(requests.Session):
         except RetryableError as exc:
             raise FetchError(shown, exc.reason, status=exc.status, attempts=self.attempts, transient=True) from None
 
-    def get_bytes(self, url: str, **kwargs) -> bytes:
-        return self.fetch(url, **kwargs).content
-
     def _fetch_once(self, url, shown, params, headers, check) -> requests.Response:
         log.debug("GET %s", shown)
         with Deadline(self.deadline_s) as deadline:
@@ -422,7 +412,6 @@ __all__ = [
     "ResponseTooLarge",
     "RetryableError",
     "load_cookie_file",
-    "mask_headers",
     "mask_obj",
     "mask_text",
     "masked_logger",
