@@ -216,7 +216,7 @@ def _save_checkpoint(run: Run) -> Path | None:
                 "config": dataclasses.asdict(run.cfg)})
 
         path = run.manager.save(run.state.step, write)
-        log.info("checkpoint %s written", path)
+        log.info("checkpoint %s written", run.folder.location(path))
     if run.dist.distributed:
         torch.distributed.barrier()
     return path
