@@ -6,7 +6,9 @@ that launched it: ``run_folder(output_dir)`` gives it a local scratch copy of it
 the lake (the files of a previous attempt, of the checkpoints only the newest complete one), each
 checkpoint is published to the lake as soon as it is complete (its marker file last, so a
 killed program resumes from the lake), and ``publish`` uploads the outputs with the files that
-mark a finished run last. A local ``output_dir`` is used as it is, with nothing copied.
+mark a finished run last. ``local_inputs`` copies the inputs named by lake URLs (the utterance
+table with its media, a features folder, a V2LC run) into scratch. A local ``output_dir`` or input
+is used as it is, with nothing copied.
 
 Only fsspec (and its s3fs, gcsfs ... implementations) is used here: the ML package imports
 nothing of the pipeline.
@@ -16,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,6 +29,7 @@ from typing import Iterator, Sequence
 from .contracts.naming import safe_name
 
 CHECKPOINTS = "checkpoints"
+_STEP = re.compile(rf"({CHECKPOINTS}(?:/[^/]+)?)/step-(\d+)/(.+)")  # (checkpoint folder, step, file)
 
 
 def is_url(text: str | os.PathLike) -> bool:
@@ -66,16 +71,19 @@ class RunFolder:
 
     def pull(self) -> None:
         """The lake folder's files into ``local``: everything but the checkpoints, and of those the
-        newest complete one (its ``marker`` present: it was uploaded last)."""
+        newest complete one of each checkpoint folder (``checkpoints/step-N``, or one per run as
+        ``checkpoints/{run}/step-N``; complete: its ``marker`` present, uploaded last)."""
         fs, root = _fs(self.url)
         if not fs.exists(root):
             return
         files = [f[len(root.rstrip("/")) + 1:] for f in fs.find(root)]
-        steps = sorted((int(f.split("/")[1].removeprefix("step-")) for f in files
-                        if f.startswith(f"{CHECKPOINTS}/step-") and f.endswith("/" + self.marker)))
-        newest = f"{CHECKPOINTS}/step-{steps[-1]}/" if steps else None
+        newest: dict[str, int] = {}  # checkpoint folder -> its newest complete step
         for rel in files:
-            if rel.startswith(CHECKPOINTS + "/") and (newest is None or not rel.startswith(newest)):
+            if (step := _STEP.fullmatch(rel)) and step.group(3) == self.marker:
+                newest[step.group(1)] = max(newest.get(step.group(1), -1), int(step.group(2)))
+        for rel in files:
+            step = _STEP.fullmatch(rel)
+            if rel.startswith(CHECKPOINTS + "/") and not (step and newest.get(step.group(1)) == int(step.group(2))):
                 continue
             target = self.local / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -86,13 +94,18 @@ class RunFolder:
         checkpoints that are no longer among ``kept`` removed."""
         if self.url is None:
             return
-        self._upload([p for p in sorted(folder.rglob("*")) if p.is_file()], last=(folder / self.marker,))
+        self.publish_tree(folder, last=(self.marker,))
         fs, root = _fs(self.url)
-        ckpts = f"{root}/{CHECKPOINTS}"
+        ckpts = f"{root}/{folder.parent.relative_to(self.local).as_posix()}"
         keep = {p.name for p in kept}
         for entry in fs.ls(ckpts, detail=False) if fs.exists(ckpts) else []:
             if entry.rstrip("/").rsplit("/", 1)[-1] not in keep:
                 fs.rm(entry, recursive=True)
+
+    def publish_tree(self, folder: Path, last: Sequence[str] = ()) -> None:
+        """The files of ``folder`` (under ``local``) to the lake, the names in ``last`` at the end."""
+        if self.url is not None:
+            self._upload([p for p in sorted(folder.rglob("*")) if p.is_file()], last=tuple(folder / n for n in last))
 
     def publish(self, last: Sequence[str] = ()) -> None:
         """Every file of ``local`` outside the checkpoints (published as they were written) to the
@@ -113,9 +126,10 @@ class RunFolder:
 
 @contextlib.contextmanager
 def run_folder(output_dir: str | os.PathLike, marker: str, *, pull: bool = True) -> Iterator[RunFolder]:
-    """The program's run folder (``marker``: the file written last into a complete checkpoint): ``output_dir`` itself when local; for a lake URL a scratch folder
+    """The program's run folder: ``output_dir`` itself when local; for a lake URL a scratch folder
     named after it (the same local path for every rank of a one-node torchrun job; only the rank
-    that ``pull``s fills it), removed at the end whatever happened: the lake holds what counts."""
+    that ``pull``s fills it), removed at the end whatever happened: the lake holds what counts.
+    ``marker``: the file written last into a complete checkpoint."""
     if not is_url(output_dir):
         local = Path(str(output_dir).removeprefix("file://"))
         yield RunFolder(local, marker=marker)
@@ -133,3 +147,46 @@ def run_folder(output_dir: str | os.PathLike, marker: str, *, pull: bool = True)
     finally:
         if pull:
             shutil.rmtree(local, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_inputs(paths: dict[str, str | None], for_output: str, *, exclude: Sequence[str] = (),
+                 beside: dict[str, Sequence[str]] | None = None) -> Iterator[dict[str, str | None]]:
+    """Each input (a file or a folder: a local path, used as it is, or a lake URL, copied into a
+    scratch folder that is removed after) as a local path, under the same keys. The folder is named
+    after the inputs and ``for_output`` (the program's output_dir): the same local paths every time,
+    since programs fold input paths into their cache keys. A folder is copied
+    without its top-level names in ``exclude``; ``beside[key]``: the folders next to a file input
+    that it names relative to its own folder (an utterance table's ``media``), copied with it."""
+    urls = {k: v for k, v in paths.items() if v and is_url(v)}
+    if not urls:
+        yield dict(paths)
+        return
+    name = json.dumps([for_output, sorted(urls.items())])
+    folder = scratch_root() / "inputs" / hashlib.sha256(name.encode()).hexdigest()[:16]
+    shutil.rmtree(folder, ignore_errors=True)  # a killed attempt's copies
+    folder.mkdir(parents=True)
+    try:
+        local = dict(paths)
+        for key, url in urls.items():
+            fs, path = _fs(url.rstrip("/"))
+            local[key] = str(folder / key / path.rsplit("/", 1)[-1])
+            if fs.isdir(path):
+                _get_tree(fs, path, Path(local[key]), exclude)
+            else:
+                Path(local[key]).parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(path, local[key])
+                for name in (beside or {}).get(key, ()):
+                    if fs.isdir(sibling := f"{path.rsplit('/', 1)[0]}/{name}"):
+                        _get_tree(fs, sibling, Path(local[key]).parent / name, ())
+        yield local
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _get_tree(fs, path: str, local: Path, exclude: Sequence[str]) -> None:
+    for key in fs.find(path):
+        rel = key[len(path) + 1:]
+        if rel.split("/", 1)[0] not in exclude:
+            (local / rel).parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(key, str(local / rel))

@@ -25,10 +25,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .contracts.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -105,22 +103,20 @@ class TrainingReporter:
         return result
 
 
-def report_model_materialization(reporter: TrainingReporter, metrics: Mapping[str, Any],
-                                 model_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> str:
-    """One materialization (metrics as metadata, model path, data version = sha256 of
-    ``model.safetensors``) and no asset check: for models without a pass/fail criterion, such as the
-    downstream fusion model. Returns the data version; a no-op report outside Dagster."""
-    version = sha256_file(Path(model_dir) / "model.safetensors")
+def report_model_materialization(reporter: TrainingReporter, metrics: Mapping[str, Any], data_version: str,
+                                 model_dir: str, checkpoint: str | None = None) -> None:
+    """One materialization (metrics as metadata, where the model and its checkpoint are: paths or
+    lake URLs, ``data_version`` = the sha256 of ``model.safetensors``) and no asset check: for
+    models without a pass/fail criterion, such as the downstream fusion model. A no-op outside Dagster."""
     if not reporter.active:
-        return version
+        return
     metadata = pipes_metadata(metrics)
-    metadata["model_dir"] = {"raw_value": str(Path(model_dir).resolve()), "type": "path"}
-    metadata["model_sha256"] = {"raw_value": version, "type": "text"}
+    metadata["model_dir"] = {"raw_value": model_dir, "type": "path"}
+    metadata["model_sha256"] = {"raw_value": data_version, "type": "text"}
     if checkpoint is not None:
-        metadata["checkpoint"] = {"raw_value": str(Path(checkpoint).resolve()), "type": "path"}
-    reporter.context.report_asset_materialization(metadata=metadata, data_version=version,
+        metadata["checkpoint"] = {"raw_value": checkpoint, "type": "path"}
+    reporter.context.report_asset_materialization(metadata=metadata, data_version=data_version,
                                                   asset_key=reporter.asset_key)
-    return version
 
 
 def pipes_metadata(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

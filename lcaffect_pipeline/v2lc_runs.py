@@ -191,12 +191,15 @@ def launch_command(config_path: Path, *, command: Sequence[str] | None = None, g
     return [sys.executable, "-m", TRAIN_MODULE, "--config", str(config_path), *pin]
 
 
-def k8s_pod_spec(gpus: int) -> dict:
-    """Pod spec fragment for the Kubernetes launcher: the GPUs as limits, shared memory for loaders."""
-    return {
-        "containers": [{"resources": {"limits": {"nvidia.com/gpu": str(max(1, gpus))}}, "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}],
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
-    }
+def k8s_pod_spec(gpus: int, secret: str | None = None) -> dict:
+    """Pod spec fragment for the Kubernetes launcher: the GPUs as limits, shared memory for loaders,
+    and the keys of ``secret`` (the lake's credentials) as environment variables: with the lake's
+    URL in its configuration, that is all the program needs."""
+    container = {"resources": {"limits": {"nvidia.com/gpu": str(max(1, gpus))}},
+                 "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}
+    if secret:
+        container["envFrom"] = [{"secretRef": {"name": secret}}]
+    return {"containers": [container], "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]}
 
 
 def latest_checkpoint(out: Path) -> Path:

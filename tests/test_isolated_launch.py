@@ -127,3 +127,50 @@ def test_a_program_killed_mid_training_resumes_from_the_lake(lake, tmp_path) -> 
     metrics = json.loads(fs.cat(out.removeprefix("s3://") + "/metrics.json"))
     assert metrics["resumed_from_step"] == 4 and metrics["steps"] == 6
     assert (r_figures, r_version) == (figures, version)  # on CPU a resumed run equals an uninterrupted one
+
+
+def downstream(root: str, prefix: list[str]) -> dg.ExecuteInProcessResult:
+    """CH-SIMS v2's utterances, features and both fusion runs on the lake's encoder, the programs
+    launched through ``prefix`` (empty: the ordinary launch)."""
+    from lcaffect_pipeline.defs.downstream_assets import ASSETS as DOWNSTREAM
+    from lcaffect_pipeline.defs.model_assets import ASSETS as MODEL
+    from lcaffect_pipeline.defs.resources import DownstreamResource
+
+    res = {**resources(root, None), "downstream": DownstreamResource(
+        demo=True, frames=4, size=32, seeds=[0], fusion_extra_json='{"epochs": 3, "batch_size": 32}',
+        mustard_protocol="speaker_independent", launch_prefix=prefix)}
+    return dg.materialize([*corpus_and_clips(), *MODEL, *DOWNSTREAM], resources=res, raise_on_error=False,
+                          selection=[DOWNSTREAM_NAMES[k] for k in ("utterances", "features", "with_lc", "without_lc")])
+
+
+DOWNSTREAM_NAMES = {"utterances": "chsims2_utterances", "features": "chsims2_features",
+                    "with_lc": "chsims2_fusion_with_lc", "without_lc": "chsims2_fusion_without_lc"}
+
+
+def made(result) -> dict[str, tuple]:
+    """Per feature and fusion asset: its data version, its numbers, and the lake folder it names."""
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    out = {}
+    for e in result.get_asset_materialization_events():
+        name, m = e.materialization.asset_key.to_user_string(), e.materialization
+        if name in (DOWNSTREAM_NAMES["features"], DOWNSTREAM_NAMES["with_lc"], DOWNSTREAM_NAMES["without_lc"]):
+            value = result.output_for_node(name)
+            numbers = {k: v.value for k, v in m.metadata.items() if type(v.value) in (int, float)}
+            out[name] = (m.tags["dagster/data_version"], numbers, value.get("dir") or value.get("output_dir"))
+    return out
+
+
+def test_feature_and_fusion_programs_in_a_private_mount_namespace(lake) -> None:
+    fs, root = lake
+    trained(materialize(root, None))  # the encoder the features read (trained, or found in the lake)
+    ordinary = made(downstream(root, []))
+    for _, _, folder in ordinary.values():
+        fs.rm(folder.removeprefix("s3://"), recursive=True)  # the same runs again, from nothing
+    isolated_run = made(downstream(root, isolated([])))
+    assert isolated_run == ordinary
+    fusion = isolated_run[DOWNSTREAM_NAMES["with_lc"]][2].removeprefix("s3://")
+    assert {"metrics.json", "model.safetensors", "train_fusion_config.yaml"} <= {p.rsplit("/", 1)[-1] for p in fs.find(fusion)}
+    from lcaffect_pipeline import versions
+
+    lineage = versions.latest(root, DOWNSTREAM_NAMES["with_lc"])
+    assert DOWNSTREAM_NAMES["features"] in lineage["reads"]

@@ -141,7 +141,7 @@ def _train(context, v2lc_training: V2LCTrainingResource, root, pipes_subprocess_
         # context in the pod's environment, messages in its log: the Kubernetes client's defaults
         invocation = PipesK8sClient().run(
             context=context, image=v2lc_training.k8s_image, command=command,
-            namespace=v2lc_training.k8s_namespace, base_pod_spec=k8s_pod_spec(v2lc_training.gpus))
+            namespace=v2lc_training.k8s_namespace, base_pod_spec=k8s_pod_spec(v2lc_training.gpus, v2lc_training.k8s_secret))
     else:
         invocation = lake_pipes_client(pipes_subprocess_client, root).run(
             command=command, context=context, env={"PYTHONUNBUFFERED": "1"})
