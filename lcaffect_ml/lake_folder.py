@@ -17,6 +17,7 @@ nothing of the pipeline.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import os
@@ -185,8 +186,24 @@ def local_inputs(paths: dict[str, str | None], for_output: str, *, exclude: Sequ
 
 
 def _get_tree(fs, path: str, local: Path, exclude: Sequence[str]) -> None:
-    for key in fs.find(path):
+    """Copy a lake folder; each copy keeps its object's modification time, so a program's cache key
+    of size and mtime (``feature_io.media_fingerprint``) stays the same from one copy to the next."""
+    for key, info in fs.find(path, detail=True).items():
         rel = key[len(path) + 1:]
         if rel.split("/", 1)[0] not in exclude:
-            (local / rel).parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(key, str(local / rel))
+            target = local / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(key, str(target))
+            if (modified := _modified(info)) is not None:
+                os.utime(target, ns=(modified, modified))
+
+
+def _modified(info: dict) -> int | None:
+    """An fsspec listing entry's modification time in ns (s3fs: LastModified; local: mtime)."""
+    value = info.get("LastModified") or info.get("mtime") or info.get("updated")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    seconds = value.timestamp() if hasattr(value, "timestamp") else float(value)
+    return int(seconds * 1e9)
