@@ -147,7 +147,7 @@ def run_folder(output_dir: str | os.PathLike, marker: str, *, pull: bool = True)
         yield folder
     finally:
         if pull:
-            shutil.rmtree(local, ignore_errors=True)
+            _remove(local)
 
 
 @contextlib.contextmanager
@@ -182,7 +182,14 @@ def local_inputs(paths: dict[str, str | None], for_output: str, *, exclude: Sequ
                         _get_tree(fs, sibling, Path(local[key]).parent / name, ())
         yield local
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        _remove(folder)
+
+
+def _remove(folder: Path) -> None:
+    """A scratch folder, and its parent (``runs/``, ``inputs/``) once no other program uses it."""
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):  # not empty: another program's folder is there
+        folder.parent.rmdir()
 
 
 def _get_tree(fs, path: str, local: Path, exclude: Sequence[str]) -> None:
@@ -199,8 +206,9 @@ def _get_tree(fs, path: str, local: Path, exclude: Sequence[str]) -> None:
 
 
 def _modified(info: dict) -> int | None:
-    """An fsspec listing entry's modification time in ns (s3fs: LastModified; local: mtime)."""
-    value = info.get("LastModified") or info.get("mtime") or info.get("updated")
+    """An fsspec listing entry's modification time in ns (s3fs: LastModified; local: mtime; gcsfs:
+    updated; memory: created, its objects being written whole)."""
+    value = info.get("LastModified") or info.get("mtime") or info.get("updated") or info.get("created")
     if value is None:
         return None
     if isinstance(value, str):
