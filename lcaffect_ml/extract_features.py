@@ -51,6 +51,7 @@ from .feature_inputs import context_turns, released_featurizers, released_map, t
 from .hub import require as require_models
 from .options import build, opt
 from .pipes import TrainingReporter, pipes_metadata, pipes_session
+from .lake_folder import RunFolder, local_inputs, run_folder
 from .devices import RUNTIME_KEYS, resolve_device, runtime_info
 from .program import program_main
 from .trainutil import (atomic_write_json, CheckpointFormatError, resolve_precision)
@@ -267,9 +268,12 @@ def _padded(name: str, seqs: list, dim: int) -> dict[str, torch.Tensor]:
     return {name: values, f"{name}_len": lengths}
 
 
-def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dict[str, Any]:
-    """Extract (or reuse) one dataset's features; returns a summary (also written to features.json)."""
+def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None,
+            folder: RunFolder | None = None) -> dict[str, Any]:
+    """Extract (or reuse) one dataset's features; returns a summary (also written to features.json),
+    published to ``folder``'s lake URL where it has one."""
     reporter = reporter or TrainingReporter()
+    folder = folder or RunFolder(Path(cfg.output_dir))
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     require_models(hub_models(vars(cfg)))  # before any utterance is read: an offline node fails here
@@ -332,7 +336,8 @@ def extract(cfg: ExtractConfig, reporter: TrainingReporter | None = None) -> dic
     log.info("features for %d utterances (%d skipped) in %s: base %s, LC %s", len(meta["utterance_ids"]),
              len(meta["skipped"]), out_dir, "recomputed" if meta["base_recomputed"] else "cached",
              "not asked for" if not want_lc else "recomputed" if meta["lc_recomputed"] else "cached")
-    _report(reporter, meta, out_dir)
+    folder.publish(last=(META_FILE,))  # before the report: what it names is in the lake
+    _report(reporter, meta, folder.location(out_dir))
     return meta
 
 
@@ -465,7 +470,7 @@ def _nearest(cfg: ExtractConfig, utts: Sequence[Utterance], kept: list[str], lc_
                       "comments": [[t, round(s, 4)] for t, s in hits]} for u, hits in zip(chosen, found)]
 
 
-def _report(reporter: TrainingReporter, meta: dict[str, Any], out_dir: Path) -> None:
+def _report(reporter: TrainingReporter, meta: dict[str, Any], out_dir: str) -> None:
     """One materialization: counts, dims, versions, paths (and the nearest comments as a table)."""
     if not reporter.active:
         return
@@ -486,7 +491,7 @@ def _report(reporter: TrainingReporter, meta: dict[str, Any], out_dir: Path) -> 
     stand_ins += ["v2lc"] if meta["models"].get("v2lc", {}).get("video_encoder") == "tiny" else []
     values["stand_in_encoders"] = ", ".join(stand_ins) or "none"
     metadata = pipes_metadata(values)
-    metadata["features_dir"] = {"raw_value": str(out_dir.resolve()), "type": "path"}
+    metadata["features_dir"] = {"raw_value": out_dir, "type": "path"}
     if stand_ins:  # random projections built in code: say so where a reader of this asset looks
         metadata["WARNING"] = {"type": "text", "raw_value": f"features from STAND-IN encoders ({', '.join(stand_ins)}): "
                                "random projections for tests and the demo, not real models"}
@@ -509,8 +514,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(cfg: ExtractConfig) -> int:
-    with pipes_session(asset_key=cfg.pipes_asset_key) as reporter:
-        meta = extract(cfg, reporter)
+    # inputs and the features folder may be lake URLs: local copies here (the table with its media,
+    # the V2LC run without its checkpoints), the folder published when done
+    inputs = {"utterances": cfg.utterances, "v2lc_checkpoint": cfg.v2lc_checkpoint, "comment_bank": cfg.comment_bank}
+    with local_inputs(inputs, cfg.output_dir, exclude=("checkpoints",), beside={"utterances": ("media",)}) as local, \
+            run_folder(cfg.output_dir, META_FILE) as folder, pipes_session(asset_key=cfg.pipes_asset_key) as reporter:
+        meta = extract(dataclasses.replace(cfg, output_dir=str(folder.local), **local), reporter, folder)
     print(json.dumps({k: meta[k] for k in ("data_version", "base_recomputed", "lc_recomputed", "dims")}
                      | {"n_utterances": len(meta["utterance_ids"]), "n_skipped": len(meta["skipped"])}))
     return 0

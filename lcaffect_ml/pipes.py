@@ -4,10 +4,17 @@
 (``PipesSubprocessClient`` sets ``DAGSTER_PIPES_CONTEXT``/``DAGSTER_PIPES_MESSAGES``) it opens the
 Pipes context, forwards the ``lcaffect_ml`` log records to the Dagster run log, exposes the step's
 ``retry_number`` and, at the end, reports one asset materialization (metrics as numeric metadata,
-checkpoint path, ``data_version`` = sha256 of ``model.safetensors``) and the asset check
+where the model and checkpoint are in the lake, ``data_version`` = sha256 of ``model.safetensors``,
+hashed once by the program) and the asset check
 ``retrieval_above_chance`` (passed when held-out video→comment R@1 beats chance). An exception
 inside the block is reported to Dagster by the Pipes context. Outside Dagster, and on every
 rank but 0 of a torchrun job, it does nothing, so the same program runs by hand.
+
+Channels: the context comes as Dagster sends it (an environment variable from the pipeline's
+launchers, so nothing of the launcher's disk is needed); messages go where the launcher's params
+say: ``LAKE_MESSAGES_KEY`` (a URL prefix in the lake, written in numbered chunks through fsspec with
+the lake's credentials, ``lcaffect_pipeline.defs.pipes_channels`` reads them), else Dagster's
+default channels (a file, or stdout/stderr as the Kubernetes pod-log reader expects).
 
 ``dagster_pipes`` is imported lazily (it is light, and absent is fine outside Dagster); this is
 the only module of ``lcaffect_ml`` that touches Dagster at all.
@@ -18,14 +25,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .contracts.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
 CHECK_NAME = "retrieval_above_chance"
+LAKE_MESSAGES_KEY = "lake_messages"  # the launcher's message params: the lake URL prefix of the chunks
 
 
 def launched_by_dagster() -> bool:
@@ -67,20 +73,20 @@ class TrainingReporter:
     def retry_number(self) -> int:
         return int(self.context.retry_number or 0) if self.active else 0
 
-    def report_training_result(self, metrics: Mapping[str, Any], model_dir: str | os.PathLike,
-                               checkpoint: str | os.PathLike | None) -> dict[str, Any]:
-        """Materialization with metrics/paths/data version, and the above-chance check.
+    def report_training_result(self, metrics: Mapping[str, Any], model_dir: str,
+                               checkpoint: str | None) -> dict[str, Any]:
+        """Materialization with metrics, where the model and its checkpoint are (paths or lake
+        URLs), the data version (``metrics["model_sha256"]``, the weights' hash), and the
+        above-chance check.
 
         Without retrieval metrics (no held-out videos) the check is reported as failed, saying why,
         so that a declared check never goes missing.
         """
-        weights = Path(model_dir) / "model.safetensors"
-        version = sha256_file(weights)
+        version = metrics["model_sha256"]
         metadata = pipes_metadata(metrics)
-        metadata["model_dir"] = {"raw_value": str(Path(model_dir).resolve()), "type": "path"}
-        metadata["model_sha256"] = {"raw_value": version, "type": "text"}
+        metadata["model_dir"] = {"raw_value": model_dir, "type": "path"}
         if checkpoint is not None:
-            metadata["checkpoint"] = {"raw_value": str(Path(checkpoint).resolve()), "type": "path"}
+            metadata["checkpoint"] = {"raw_value": checkpoint, "type": "path"}
         if "v2c_r1" in metrics:
             passed = bool(float(metrics["v2c_r1"]) > float(metrics["chance_r1"]))
             check_meta = {"v2c_r1": {"raw_value": float(metrics["v2c_r1"]), "type": "float"},
@@ -97,22 +103,20 @@ class TrainingReporter:
         return result
 
 
-def report_model_materialization(reporter: TrainingReporter, metrics: Mapping[str, Any],
-                                 model_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> str:
-    """One materialization (metrics as metadata, model path, data version = sha256 of
-    ``model.safetensors``) and no asset check: for models without a pass/fail criterion, such as the
-    downstream fusion model. Returns the data version; a no-op report outside Dagster."""
-    version = sha256_file(Path(model_dir) / "model.safetensors")
+def report_model_materialization(reporter: TrainingReporter, metrics: Mapping[str, Any], data_version: str,
+                                 model_dir: str, checkpoint: str | None = None) -> None:
+    """One materialization (metrics as metadata, where the model and its checkpoint are: paths or
+    lake URLs, ``data_version`` = the sha256 of ``model.safetensors``) and no asset check: for
+    models without a pass/fail criterion, such as the downstream fusion model. A no-op outside Dagster."""
     if not reporter.active:
-        return version
+        return
     metadata = pipes_metadata(metrics)
-    metadata["model_dir"] = {"raw_value": str(Path(model_dir).resolve()), "type": "path"}
-    metadata["model_sha256"] = {"raw_value": version, "type": "text"}
+    metadata["model_dir"] = {"raw_value": model_dir, "type": "path"}
+    metadata["model_sha256"] = {"raw_value": data_version, "type": "text"}
     if checkpoint is not None:
-        metadata["checkpoint"] = {"raw_value": str(Path(checkpoint).resolve()), "type": "path"}
-    reporter.context.report_asset_materialization(metadata=metadata, data_version=version,
+        metadata["checkpoint"] = {"raw_value": checkpoint, "type": "path"}
+    reporter.context.report_asset_materialization(metadata=metadata, data_version=data_version,
                                                   asset_key=reporter.asset_key)
-    return version
 
 
 def pipes_metadata(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -139,7 +143,7 @@ def pipes_session(rank: int = 0, asset_key: str | None = None) -> Iterator[Train
         return
     from dagster_pipes import open_dagster_pipes
 
-    with open_dagster_pipes() as context:
+    with open_dagster_pipes(message_writer=_message_writer()) as context:
         handler = _ForwardToPipes(context)
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
         package_logger = logging.getLogger("lcaffect_ml")
@@ -153,3 +157,32 @@ def pipes_session(rank: int = 0, asset_key: str | None = None) -> Iterator[Train
             yield reporter
         finally:
             package_logger.removeHandler(handler)
+
+
+def _message_writer():
+    """Dagster's default message writer, which also writes to the lake where the launcher asks
+    (``LAKE_MESSAGES_KEY``): numbered JSON-lines chunks, each one PUT, every second."""
+    import fsspec
+    from dagster_pipes import PipesBlobStoreMessageWriterChannel, PipesDefaultMessageWriter
+
+    class LakeChannel(PipesBlobStoreMessageWriterChannel):
+        def __init__(self, prefix: str):
+            super().__init__(interval=1)
+            self.prefix = prefix.rstrip("/")
+
+        def upload_messages_chunk(self, payload, index: int) -> None:
+            with fsspec.open(f"{self.prefix}/{index}.json", "w", encoding="utf-8") as fh:
+                fh.write(payload.getvalue())
+
+    class Writer(PipesDefaultMessageWriter):
+        @contextlib.contextmanager
+        def open(self, params):
+            if LAKE_MESSAGES_KEY not in params:
+                with super().open(params) as channel:
+                    yield channel
+                return
+            channel = LakeChannel(params[LAKE_MESSAGES_KEY])
+            with channel.buffered_upload_loop():
+                yield channel
+
+    return Writer()

@@ -72,6 +72,9 @@ from .fusion_data import (NON_RESULT_KEYS, FusionTrainConfig, FusionData, load_d
 from .devices import RUNTIME_KEYS, resolve_device, runtime_info
 from .pipes import TrainingReporter, pipes_session, report_model_materialization
 from .program import program_main
+from .contracts.hashing import sha256_file
+from .contracts.runs import FUSION_FINISHED
+from .lake_folder import RunFolder, local_inputs, run_folder
 from .trainutil import (adamw_param_groups, atomic_write_json, autocast, capture_rng_state, CheckpointManager,
                         COMPLETE_MARKER, cosine_schedule_with_warmup, load_state, NonFiniteLossError, 
                         resolve_precision, restore_rng_state, save_state, seed_everything)
@@ -208,13 +211,16 @@ class FusionRun:
     """One training run (a seed, and a fold for k-fold protocols): train, select, test."""
 
     def __init__(self, cfg: FusionTrainConfig, data: FusionData, split: RunSplit, seed: int,
-                 device: torch.device, precision: str):
+                 device: torch.device, precision: str, folder: RunFolder | None = None):
         self.cfg, self.data, self.split, self.seed = cfg, data, split, seed
         self.device, self.precision = device, precision
         self.name = run_name(seed, split.fold)
         out = Path(cfg.output_dir)
+        # folder: the run folder's home in the lake (checkpoints and finished runs published there)
+        self.folder = folder or RunFolder(out)
         self.run_dir = out / "runs" / self.name
-        self.manager = CheckpointManager(out / "checkpoints" / self.name, keep=cfg.keep_checkpoints)
+        self.manager = CheckpointManager(out / "checkpoints" / self.name, keep=cfg.keep_checkpoints,
+                                         publish=self.folder.publish_checkpoint if self.folder.url else None)
         self.fingerprint = run_fingerprint(cfg, data, seed, split.fold)
         self.steps_per_epoch = math.ceil(len(split.train) / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -405,9 +411,10 @@ class FusionRun:
             "test_ids": [self.data.ids[i] for i in test], "test_labels": self.data.labels[test].tolist(),
             "test_predictions": preds.tolist(),
             "test_predictions_lc_permuted": None if permuted_preds is None else permuted_preds.tolist(),
-            "checkpoint": str(latest) if (latest := self.manager.latest()) else None,
+            "checkpoint": self.folder.location(self.manager.latest()),
         }
         atomic_write_json(self.run_dir / "result.json", result)
+        self.folder.publish_tree(self.run_dir, last=("result.json",))  # a later attempt reuses this run
         log.info("%s: test %s", self.name, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         return result
 
@@ -465,8 +472,12 @@ def per_utterance_predictions(seeds: list[int], results: list[dict[str, Any]]) -
     return out
 
 
-def train(cfg: FusionTrainConfig, reporter: TrainingReporter | None = None) -> dict[str, Any]:
+def train(cfg: FusionTrainConfig, reporter: TrainingReporter | None = None,
+          folder: RunFolder | None = None) -> dict[str, Any]:
+    """Every seed's (and fold's) run, the aggregate metrics and the last run's model in
+    ``cfg.output_dir`` (published to ``folder``'s lake URL where it has one)."""
     reporter = reporter or TrainingReporter()
+    folder = folder or RunFolder(Path(cfg.output_dir))
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     out_dir = Path(cfg.output_dir)
@@ -476,7 +487,7 @@ def train(cfg: FusionTrainConfig, reporter: TrainingReporter | None = None) -> d
     log.info("%s: %d utterances used (%d skipped), %d run(s) per seed, %d seed(s), use_lc=%s, %s on %s",
              cfg.task, len(data.ids), sum(data.skipped.values()), len(splits), len(cfg.seeds), cfg.use_lc,
              precision, device)
-    results = [FusionRun(cfg, data, split, seed, device, precision).run()
+    results = [FusionRun(cfg, data, split, seed, device, precision, folder).run()
                for seed in cfg.seeds for split in splits]
     metrics = aggregate(cfg, results)
     metrics.update({
@@ -491,8 +502,12 @@ def train(cfg: FusionTrainConfig, reporter: TrainingReporter | None = None) -> d
     })
     last = out_dir / "runs" / results[-1]["run"]
     FusionModel.from_pretrained(last).save_pretrained(out_dir)  # byte-identical copy, written atomically
+    # the data version, hashed once here and recorded: a reuse of the finished run reads it
+    metrics["model_sha256"] = sha256_file(out_dir / "model.safetensors")
     atomic_write_json(out_dir / "metrics.json", metrics)
-    report_model_materialization(reporter, _pipes_summary(metrics), out_dir, results[-1]["checkpoint"])
+    folder.publish(last=FUSION_FINISHED)  # before the report: what it names is in the lake
+    report_model_materialization(reporter, _pipes_summary(metrics), metrics["model_sha256"],
+                                 folder.location(out_dir), results[-1]["checkpoint"])
     return metrics
 
 
@@ -517,8 +532,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(cfg: FusionTrainConfig) -> int:
-    with pipes_session(asset_key=cfg.pipes_asset_key) as reporter:
-        metrics = train(cfg, reporter=reporter)
+    # inputs and the run folder may be lake URLs: the program works on local copies and publishes
+    with local_inputs({"utterances": cfg.utterances, "features_dir": cfg.features_dir}, cfg.output_dir) as inputs, \
+            run_folder(cfg.output_dir, COMPLETE_MARKER) as folder, \
+            pipes_session(asset_key=cfg.pipes_asset_key) as reporter:
+        metrics = train(dataclasses.replace(cfg, output_dir=str(folder.local), **inputs), reporter=reporter,
+                        folder=folder)
     print(json.dumps({"task": metrics["task"], "use_lc": metrics["use_lc"], "mean": metrics["mean"]}))
     return 0
 

@@ -57,6 +57,9 @@ from .options import ConfigError
 from .atomic import atomic_file
 from .devices import runtime_info
 from .hub import require as require_models
+from .contracts.hashing import sha256_file
+from .contracts.runs import V2LC_FINISHED
+from .lake_folder import RunFolder, run_folder
 from .train_v2lc_config import RESUME_KEYS, TrainConfig, TrainerState, hub_models
 from .v2lc import TEXT_PRESETS, V2LCModel
 
@@ -120,6 +123,7 @@ class Run:
     train_shards: list[ShardSpec]
     test_shards: list[ShardSpec]
     split_group: str  # what the held-out split grouped by (metrics.json names it)
+    folder: RunFolder  # where the outputs go: cfg.output_dir, or its home in the lake
     state: TrainerState = field(default_factory=TrainerState)
     net: torch.nn.Module | None = None  # the DDP wrapper, or the model itself
 
@@ -212,7 +216,7 @@ def _save_checkpoint(run: Run) -> Path | None:
                 "config": dataclasses.asdict(run.cfg)})
 
         path = run.manager.save(run.state.step, write)
-        log.info("checkpoint %s written", path)
+        log.info("checkpoint %s written", run.folder.location(path))
     if run.dist.distributed:
         torch.distributed.barrier()
     return path
@@ -271,7 +275,8 @@ def _finish(run: Run, reporter: TrainingReporter) -> dict[str, Any]:
         return {}
     out_dir = Path(cfg.output_dir)
     run.model.save_pretrained(out_dir)
-    metrics: dict[str, Any] = {}
+    # the weights' data version, recorded in metrics.json: a reuse of the finished run reads it there
+    metrics: dict[str, Any] = {"model_sha256": sha256_file(out_dir / "model.safetensors")}
     if run.test_shards:
         metrics.update(evaluate(run.model, run.test_shards, cfg, run.device, run.precision))
     recent = [loss for _, loss in state.loss_history[-10:]]
@@ -296,7 +301,9 @@ def _finish(run: Run, reporter: TrainingReporter) -> dict[str, Any]:
     })
     atomic_write_json(out_dir / "metrics.json", metrics)
     _plot_loss(out_dir / "loss_curve.png", state)
-    result = reporter.report_training_result(metrics, out_dir, run.manager.latest())
+    run.folder.publish(last=V2LC_FINISHED)  # before the report: what it names is in the lake
+    result = reporter.report_training_result(metrics, run.folder.location(out_dir),
+                                             run.folder.location(run.manager.latest()))
     if "v2c_r1" in metrics:
         log.info("held-out v2c R@1 %.3f (chance %.3f): %s; model sha256 %s", metrics["v2c_r1"],
                  metrics["chance_r1"], "above chance" if result["passed"] else "NOT above chance",
@@ -320,11 +327,14 @@ def _write_split(path: Path, group: str, train: list[ShardSpec], test: list[Shar
     atomic_write_json(path, {"split_group": group, "train": side(train), "test": side(test)})
 
 
-def setup_run(cfg: TrainConfig, dist: DistInfo, reporter: TrainingReporter) -> Run:
-    """Split the shards, then build a new run or restore the newest checkpoint's."""
+def setup_run(cfg: TrainConfig, dist: DistInfo, reporter: TrainingReporter, folder: RunFolder | None = None) -> Run:
+    """Split the shards, then build a new run or restore the newest checkpoint's (``folder``: the
+    run folder's home in the lake, whose checkpoints are published as they are written)."""
     precision = resolve_precision(cfg.precision, dist.device)
     out_dir = Path(cfg.output_dir)
-    manager = CheckpointManager(out_dir / "checkpoints", keep=cfg.keep_checkpoints)
+    folder = folder or RunFolder(out_dir)
+    manager = CheckpointManager(out_dir / "checkpoints", keep=cfg.keep_checkpoints,
+                                publish=folder.publish_checkpoint if folder.url else None)
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in manager.clean_stale():
@@ -360,7 +370,7 @@ def setup_run(cfg: TrainConfig, dist: DistInfo, reporter: TrainingReporter) -> R
     run = Run(cfg, dist, precision, model, optimizer,
               cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio),
               torch.amp.GradScaler(dist.device.type, enabled=precision == "fp16"), manager,
-              train_shards, test_shards, group)
+              train_shards, test_shards, group, folder)
     seed_everything(cfg.seed + 1000 * dist.rank)  # per-rank dropout streams
     if latest is not None:
         _load_checkpoint(run, latest)
@@ -384,13 +394,14 @@ def train_loader(cfg: TrainConfig, shards: list[ShardSpec], tokenizer, dist: Dis
 
 
 def train(cfg: TrainConfig, reporter: TrainingReporter | None = None,
-          dist: DistInfo | None = None) -> dict[str, Any]:
-    """Train (or resume) to ``max_steps`` and write the outputs; returns the final metrics (rank 0)."""
+          dist: DistInfo | None = None, folder: RunFolder | None = None) -> dict[str, Any]:
+    """Train (or resume) to ``max_steps`` and write the outputs (``cfg.output_dir``, published to
+    ``folder``'s lake URL where it has one); returns the final metrics (rank 0)."""
     reporter = reporter or TrainingReporter()
     dist = dist or init_distributed(cfg.device)
     if cfg.num_workers > 0:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers + forked workers
-    run = setup_run(cfg, dist, reporter)
+    run = setup_run(cfg, dist, reporter, folder)
     state = run.state
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
@@ -486,8 +497,13 @@ def main(argv: list[str] | None = None) -> int:
 def _run(cfg: TrainConfig) -> int:
     dist = init_distributed(cfg.device)  # e.g. device cuda where CUDA is not usable: before any data is read
     try:
-        with pipes_session(rank=dist.rank, asset_key=cfg.pipes_asset_key) as reporter:
-            metrics = train(cfg, reporter=reporter, dist=dist)
+        # output_dir may be a lake URL: the program works in a local copy and publishes to the lake
+        with run_folder(cfg.output_dir, COMPLETE_MARKER, pull=dist.is_main) as folder, \
+                pipes_session(rank=dist.rank, asset_key=cfg.pipes_asset_key) as reporter:
+            if dist.distributed:
+                torch.distributed.barrier()  # rank 0 has pulled the lake's newest checkpoint
+            metrics = train(dataclasses.replace(cfg, output_dir=str(folder.local)), reporter=reporter, dist=dist,
+                            folder=folder)
     finally:
         if dist.distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -27,6 +27,7 @@ import torch
 
 from .atomic import atomic_file, atomic_open
 from .devices import resolve_device
+from .lake_folder import read_bytes
 from .options import ConfigError
 
 log = logging.getLogger(__name__)
@@ -66,21 +67,21 @@ def saved_config(cls, data: Mapping[str, Any], what: str):
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML (``.yaml``/``.yml``) or JSON config file into a dict."""
-    path = Path(path)
+    """Read a YAML (``.yaml``/``.yml``) or JSON config file (a local path or a lake URL) into a dict."""
+    suffix = Path(str(path)).suffix
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
+        text = read_bytes(path).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from exc
     try:
-        if path.suffix.lower() in (".yaml", ".yml"):
+        if suffix.lower() in (".yaml", ".yml"):
             import yaml
 
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
     except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError
-        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from exc
+        raise ConfigError(f"{path}: not valid {suffix.lstrip('.') or 'JSON'}: {exc}") from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -239,11 +240,15 @@ COMPLETE_MARKER = "trainer_state.json"
 class CheckpointManager:
     """Resumable checkpoints under ``root/step-N/``, each written in a temporary folder and renamed
     into place when complete (a killed run leaves at worst a ``.tmp-*`` folder, which is ignored
-    and cleaned), keeping the newest ``keep``."""
+    and cleaned), keeping the newest ``keep``. ``publish(folder, kept)``, where given, is called
+    with each complete checkpoint and the ones kept (``lake_folder.RunFolder.publish_checkpoint``:
+    a program whose run folder is in the lake resumes from there)."""
 
-    def __init__(self, root: str | os.PathLike, keep: int = 2):
+    def __init__(self, root: str | os.PathLike, keep: int = 2,
+                 publish: Callable[[Path, list[Path]], None] | None = None):
         self.root = Path(root)
         self.keep = max(1, int(keep))
+        self.publish = publish
 
     def steps(self) -> list[int]:
         if not self.root.is_dir():
@@ -288,6 +293,8 @@ class CheckpointManager:
                 shutil.rmtree(tmp, ignore_errors=True)
         for old in self.steps()[: -self.keep]:
             shutil.rmtree(self.root / f"step-{old}", ignore_errors=True)
+        if self.publish is not None:
+            self.publish(final, [self.root / f"step-{s}" for s in self.steps()])
         return final
 
 

@@ -29,7 +29,8 @@ from typing import Any, Mapping, Sequence
 
 from lcaffect_ml.contracts import lakepaths
 from lcaffect_ml.contracts.shards import DEFAULT_SEGMENT_S
-from lcaffect_ml.contracts.hashing import sha256_bytes, sha256_file
+from lcaffect_ml.contracts.hashing import sha256_bytes
+from lcaffect_ml.contracts.runs import V2LC_FINISHED
 
 from .json_options import json_object
 
@@ -190,12 +191,15 @@ def launch_command(config_path: Path, *, command: Sequence[str] | None = None, g
     return [sys.executable, "-m", TRAIN_MODULE, "--config", str(config_path), *pin]
 
 
-def k8s_pod_spec(gpus: int) -> dict:
-    """Pod spec fragment for the Kubernetes launcher: the GPUs as limits, shared memory for loaders."""
-    return {
-        "containers": [{"resources": {"limits": {"nvidia.com/gpu": str(max(1, gpus))}}, "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}],
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
-    }
+def k8s_pod_spec(gpus: int, secret: str | None = None) -> dict:
+    """Pod spec fragment for the Kubernetes launcher: the GPUs as limits, shared memory for loaders,
+    and the keys of ``secret`` (the lake's credentials) as environment variables: with the lake's
+    URL in its configuration, that is all the program needs."""
+    container = {"resources": {"limits": {"nvidia.com/gpu": str(max(1, gpus))}},
+                 "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}
+    if secret:
+        container["envFrom"] = [{"secretRef": {"name": secret}}]
+    return {"containers": [container], "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]}
 
 
 def latest_checkpoint(out: Path) -> Path:
@@ -203,16 +207,31 @@ def latest_checkpoint(out: Path) -> Path:
     return steps[-1] if steps else out
 
 
-FINISHED_FILES = ("metrics.json", "model.safetensors")  # written last: their presence means a finished run
-
-
-def finished_run(out: Path) -> tuple[dict[str, Any], str] | None:
+def finished_run(out) -> tuple[dict[str, Any], str] | None:
     """(metrics, data version) of a training run that already finished in ``out`` (a re-run is a
-    no-op), else None. The data version is the weights' SHA-256, as the program reports it through Pipes."""
-    metrics_path, weights = out / "metrics.json", out / "model.safetensors"
+    no-op), else None: its metrics.json, read once, holds the weights' SHA-256 (``model_sha256``,
+    the data version the program reported through Pipes), so nothing is hashed again."""
+    metrics_path, weights = (out / name for name in V2LC_FINISHED)
     if not (metrics_path.exists() and weights.exists()):
         return None
-    return json.loads(metrics_path.read_text()), sha256_file(weights)
+    metrics = json.loads(metrics_path.read_text())
+    if "model_sha256" not in metrics:
+        raise RunFolderError(f"{metrics_path}: no model_sha256 (written by an older program): "
+                             f"remove {out} to train it again")
+    return metrics, metrics["model_sha256"]
+
+
+class RunFolderError(ValueError):
+    """A run folder in the lake that this version cannot reuse (its reason names the file)."""
+
+
+def reported_run(result, out) -> tuple[dict[str, Any], str]:
+    """(metrics, data version) from the program's Pipes report (``MaterializeResult``): the
+    metrics as the program wrote them to ``out``/metrics.json, without reading or hashing it."""
+    if result.data_version is None:
+        raise RunFolderError(f"the training program's report for {out} has no data version")
+    metrics = {k: v.value for k, v in (result.metadata or {}).items() if k not in ("model_dir", "checkpoint")}
+    return metrics, result.data_version.value
 
 
 def above_chance(metrics: dict[str, Any]) -> bool:

@@ -177,8 +177,8 @@ def test_unique_ids_check_fails_on_a_duplicate_and_passes_without(tmp_path):
 def test_retrieval_check_is_decided_by_r1_against_chance(tmp_path, metrics, passed):
     from lcaffect_ml.pipes import TrainingReporter
 
-    (tmp_path / "model.safetensors").write_bytes(b"weights")
-    assert TrainingReporter().report_training_result(metrics, tmp_path, None)["passed"] is passed
+    report = TrainingReporter().report_training_result({**metrics, "model_sha256": "ab" * 32}, str(tmp_path), None)
+    assert report["passed"] is passed
 
 
 # ------------------------------------------------------------------ configuration checked up front

@@ -57,8 +57,12 @@ def test_only_a_finished_fusion_run_is_reused(tmp_path) -> None:
     assert runs.finished_fusion(out) is None
     (out / "model.safetensors").write_bytes(b"weights")
     (out / "metrics.json").write_text(json.dumps({"mean": {"acc2": 0.75}, "seeds": {}}))
-    values, version = runs.finished_fusion(out)
-    assert values == {"acc2": 0.75} and version == hashlib.sha256(b"weights").hexdigest()
+    with pytest.raises(runs.FusionRunError, match="model_sha256"):  # from a program that did not record it
+        runs.finished_fusion(out)
+    sha = hashlib.sha256(b"weights").hexdigest()
+    (out / "metrics.json").write_text(json.dumps({"mean": {"acc2": 0.75}, "seeds": {}, "model_sha256": sha}))
+    values, version = runs.finished_fusion(out)  # the version as recorded: the weights are not hashed again
+    assert values == {"acc2": 0.75} and version == sha
 
 
 def test_ablation_reads_the_runs_the_fusion_values_name(tmp_path) -> None:
@@ -122,8 +126,12 @@ def test_finished_v2lc_run_is_reused_and_is_the_assets_value(tmp_path) -> None:
     assert v2lc_runs.finished_run(out) is None
     (out / "model.safetensors").write_bytes(b"w")
     (out / "metrics.json").write_text(json.dumps({"v2c_r1": 0.2, "chance_r1": 0.1}))
-    metrics, version = v2lc_runs.finished_run(out)
-    assert version == hashlib.sha256(b"w").hexdigest() and v2lc_runs.above_chance(metrics)
+    with pytest.raises(v2lc_runs.RunFolderError, match="model_sha256"):  # from a program that did not record it
+        v2lc_runs.finished_run(out)
+    sha = hashlib.sha256(b"w").hexdigest()
+    (out / "metrics.json").write_text(json.dumps({"v2c_r1": 0.2, "chance_r1": 0.1, "model_sha256": sha}))
+    metrics, version = v2lc_runs.finished_run(out)  # the version as the program recorded it, not hashed again
+    assert version == sha and v2lc_runs.above_chance(metrics)
     assert not v2lc_runs.above_chance({"v2c_r1": 0.1, "chance_r1": 0.1})
     assert v2lc_runs.latest_checkpoint(out).name == "step-10"  # numeric, not lexical, order
     value = v2lc_runs.encoder_value(out, {**metrics, "not_a_metric": "x", "device": "cpu", "cuda_version": "none",

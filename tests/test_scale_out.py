@@ -156,6 +156,9 @@ def test_the_training_pod_spec_matches_the_kubernetes_schema() -> None:
     pod = build_pod_body("lcaffect-train", "lcaffect:latest", ["python", "-m", "lcaffect_ml.train_v2lc"], {}, None, k8s_pod_spec(2))
     assert pod.spec.containers[0].resources.limits == {"nvidia.com/gpu": "2"}
     assert pod.spec.volumes[0].empty_dir.medium == "Memory" and pod.spec.restart_policy == "Never"
+    assert pod.spec.containers[0].env_from is None  # no secret configured: none named
+    with_secret = build_pod_body("lcaffect-train", "lcaffect:latest", ["python"], {}, None, k8s_pod_spec(1, "lake-creds"))
+    assert with_secret.spec.containers[0].env_from[0].secret_ref.name == "lake-creds"
     bad = k8s_pod_spec(2)
     bad["containers"][0]["resorces"] = bad["containers"][0].pop("resources")
     with pytest.raises(Exception, match="resorces"):

@@ -2,6 +2,6 @@
 
 They live here, in the lower layer, so both sides read one definition (``lcaffect_ml`` never imports
 the pipeline or Dagster): ``hashing`` (content hashes and data versions), ``naming`` (the one file
-name of an id), ``shards`` (the training-shard layout) and ``tables`` (the utterance table and the
-feature files the downstream programs read). docs/ARCHITECTURE.md describes them.
+name of an id), ``shards`` (the training-shard layout), ``tables`` (the utterance table and the
+feature files the downstream programs read) and ``runs`` (what marks a finished run folder). docs/ARCHITECTURE.md describes them.
 """

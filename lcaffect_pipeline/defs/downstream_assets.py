@@ -28,6 +28,7 @@ from .. import tables, versions
 from ..lake import atomic_write_bytes, local_tree, workspace
 from .automation import ON_NEW_DATA
 from .launch_checks import check_run
+from .pipes_channels import lake_pipes_client
 from .resources import DownstreamResource, LakeResource, V2LCTrainingResource
 
 GROUP = "downstream"
@@ -56,12 +57,15 @@ def _not_available(reason: str) -> dg.Output:
     return dg.Output({"available": False, "reason": reason}, metadata={"available": False, "reason": reason})
 
 
-def _pipes_run(context, client: dg.PipesSubprocessClient, module: str, cfg: dict, folder: Path) -> tuple[dict, str | None]:
-    """Run ``module`` through Pipes with ``cfg``: the (metadata, data version) it reported."""
+def _pipes_run(context, client: dg.PipesSubprocessClient, root, prefix: list[str], module: str, cfg: dict,
+               folder) -> tuple[dict, str | None]:
+    """Run ``module`` (through the command ``prefix``) with ``cfg``, written into ``folder`` in the
+    lake, over Pipes (the context in the environment, the messages through the lake ``root``): the
+    (metadata, data version) it reported."""
     config_path = folder / f"{module.rsplit('.', 1)[-1]}_config.yaml"
     atomic_write_bytes(config_path, yaml.safe_dump(cfg, sort_keys=True, allow_unicode=True).encode())
-    cmd = [sys.executable, "-m", module, "--config", str(config_path)]
-    results = client.run(command=cmd, context=context, env={"PYTHONUNBUFFERED": "1"}).get_results()
+    cmd = [*prefix, sys.executable, "-m", module, "--config", str(config_path)]
+    results = lake_pipes_client(client, root).run(command=cmd, context=context, env={"PYTHONUNBUFFERED": "1"}).get_results()
     mat = next((r for r in results if isinstance(r, dg.MaterializeResult)), None)
     if mat is None:
         raise dg.Failure(f"{module} reported no materialisation through Pipes")
@@ -190,17 +194,15 @@ def build_task_assets(task: str) -> list[dg.AssetsDefinition]:
 
 def _extract(context, lake: LakeResource, downstream: DownstreamResource, client, task: str, utts: dict,
              checkpoint_dir: str, out) -> tuple[dict, str | None]:
-    """One arm's feature extraction: the program in a local copy on an object store (its inputs,
-    and the features folder, its cache, uploaded with features.json last)."""
-    utt_file = lake_mod.as_path(utts["path"]).name
-    with local_tree(task_dir(lake, task), "feature extraction", only=(utt_file, "media")) as inputs, \
-            local_tree(checkpoint_dir, "feature extraction", exclude=("checkpoints",)) as checkpoint, \
-            workspace(out, "feature extraction", last=(runs.META_FILE,)) as local_out:
-        cfg = {"utterances": str(inputs / utt_file), "output_dir": str(local_out), "v2lc_checkpoint": str(checkpoint),
-               "pipes_asset_key": TASK_ASSETS[task]["features"], "progress": False, "comment_bank": _comment_bank(lake, local_out),
-               # the task's encoders (and any other extract_features option): defaults, then its own overrides
-               **downstream.features_options(task)}
-        return _pipes_run(context, client, "lcaffect_ml.extract_features", {k: v for k, v in cfg.items() if v is not None}, local_out)
+    """One arm's feature extraction: the program reads its inputs (the table with its media, the
+    V2LC run, the comment bank) from the lake and writes the features folder, its cache, there itself
+    (features.json last)."""
+    cfg = {"utterances": str(utts["path"]), "output_dir": str(out), "v2lc_checkpoint": str(checkpoint_dir),
+           "pipes_asset_key": TASK_ASSETS[task]["features"], "progress": False, "comment_bank": _comment_bank(lake),
+           # the task's encoders (and any other extract_features option): defaults, then its own overrides
+           **downstream.features_options(task)}
+    return _pipes_run(context, client, lake.path(), downstream.launch_prefix, "lcaffect_ml.extract_features",
+                      {k: v for k, v in cfg.items() if v is not None}, out)
 
 
 def _fusion_run(context, lake: LakeResource, downstream: DownstreamResource, client, task: str, use_lc: bool,
@@ -209,28 +211,33 @@ def _fusion_run(context, lake: LakeResource, downstream: DownstreamResource, cli
     cfg = runs.fusion_config(task, use_lc, utts["path"], features_dir, downstream.seeds,
                              downstream.fusion_options(), downstream.mustard_protocol)
     out = runs.fusion_run_dir(lake.path(), task, cfg, utts.get("data_version"))
-    if (done := runs.finished_fusion(out)) is not None:
+    try:
+        done = runs.finished_fusion(out)
+    except runs.FusionRunError as exc:
+        raise dg.Failure(str(exc)) from exc
+    if done is not None:
         values, version = done
         return out, ({**values, "output_dir": dg.MetadataValue.path(str(out)), "reused": True}, version)
-    # Local copies of the inputs and a scratch run folder on an object store (see _extract).
-    utt_file = lake_mod.as_path(utts["path"]).name
-    with local_tree(task_dir(lake, task), "fusion training", only=(utt_file,)) as inputs, \
-            local_tree(features_dir, "fusion training") as features, \
-            workspace(out, "fusion training", last=runs.FINISHED_FILES) as local_out:
-        local_cfg = {**cfg, "utterances": str(inputs / utt_file),
-                     "features_dir": str(features), "output_dir": str(local_out)}
-        return out, _pipes_run(context, client, "lcaffect_ml.train_fusion", local_cfg, local_out)
+    # The program reads its inputs from the lake and writes its run folder there itself.
+    return out, _pipes_run(context, client, lake.path(), downstream.launch_prefix, "lcaffect_ml.train_fusion",
+                           {**cfg, "output_dir": str(out)}, out)
 
 
 def _jsonable(report) -> dict:
     return report.to_dict() if hasattr(report, "to_dict") else json.loads(json.dumps(report, default=str))
 
 
-def _comment_bank(lake: LakeResource, local_dir: Path | None = None) -> str | None:
-    """The comment bank, written into ``local_dir`` (the features folder's local copy) where the lake is remote."""
-    if lake_mod.is_local(lake.path()) or local_dir is None:
+def _comment_bank(lake: LakeResource) -> str | None:
+    """The comment bank's place in the lake (``downstream/comment_bank.parquet``), written there;
+    on an object store built in scratch and uploaded."""
+    if lake_mod.is_local(lake.path()):
         return runs.comment_bank(lake.path())
-    return runs.comment_bank(lake.path(), local_dir / "comment_bank.parquet")
+    with lake_mod.scratch("the comment bank") as folder:
+        if (built := runs.comment_bank(lake.path(), folder / runs.COMMENT_BANK)) is None:
+            return None
+        target = lake.path() / "downstream" / runs.COMMENT_BANK
+        lake_mod.publish_copy(built, target)
+        return str(target)
 
 
 @dg.asset(group_name=GROUP, owners=OWNERS, code_version="2", kinds={"markdown", "json"},

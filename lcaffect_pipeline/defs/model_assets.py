@@ -14,12 +14,13 @@ from lcaffect_ml.contracts.hashing import sha256_bytes
 
 from .. import v2lc_runs, versions
 from ..corpus import load_catalogue_from_lake
-from ..lake import as_path, atomic_write_bytes, workspace
+from ..lake import as_path, atomic_write_bytes
 from ..downstream.ablation import SHUFFLED_ARM
 from ..v2lc_runs import k8s_pod_spec, latest_checkpoint
 from ..shards import content_name
 from .automation import ON_NEW_DATA
 from .launch_checks import check_run
+from .pipes_channels import lake_pipes_client
 from .resources import ClipsResource, LakeResource, V2LCTrainingResource
 
 GROUP = "model"
@@ -55,17 +56,17 @@ def train_variant(context, root, training: V2LCTrainingResource, client: dg.Pipe
         atomic_write_bytes(index, payload)
     cfg = {**training_config(training, str(index), Path(".")), **variant.options}
     out = v2lc_runs.run_dir(root, f"{shards['data_version']}:{sha256_bytes(payload)[:16]}", cfg)
-    if (done := v2lc_runs.finished_run(out)) is not None:
+    try:
+        done = v2lc_runs.finished_run(out)
+    except v2lc_runs.RunFolderError as exc:
+        raise dg.Failure(str(exc)) from exc
+    if done is not None:
         context.log.info(f"V2LC variant {variant.name}: training already finished in {out}: reusing it")
         return out, done, True
-    # The program writes local files: on an object store it runs in a scratch copy of the run
-    # folder (kept when it fails, so a retry resumes there), uploaded with the weights last.
-    with workspace(out, "V2LC training", last=v2lc_runs.FINISHED_FILES) as local_out:
-        _train(context, training, client, {**cfg, "output_dir": str(local_out)}, local_out)
-    if (done := v2lc_runs.finished_run(out)) is None:
-        raise dg.Failure(f"variant {variant.name}: the training program exited without metrics.json and "
-                         f"model.safetensors in {out}")
-    return out, done, False
+    # The program reads its config and shards from the lake and writes its run folder there itself
+    # (checkpoints as they are made, the finished files last): it needs nothing of this machine.
+    reported = _train(context, training, root, client, {**cfg, "output_dir": str(out)}, out)
+    return out, reported, False
 
 
 def encoder_outputs(trained: dict[str, tuple[Path, tuple[dict, str], bool]], root=None, shards: dict | None = None):
@@ -126,22 +127,25 @@ def v2lc_encoder(context: dg.AssetExecutionContext, lake: LakeResource, v2lc_tra
     yield from encoder_outputs(trained, lake.path(), shards)
 
 
-def _train(context, v2lc_training: V2LCTrainingResource, pipes_subprocess_client, cfg: dict, out: Path) -> None:
+def _train(context, v2lc_training: V2LCTrainingResource, root, pipes_subprocess_client, cfg: dict,
+           out) -> tuple[dict, str]:
+    """Launch the program on ``out`` (a lake folder) through Pipes; its report's (metrics, data version)."""
     config_path = out / "train_config.yaml"
     atomic_write_bytes(config_path, yaml.safe_dump(cfg, sort_keys=True, allow_unicode=True).encode())
     if context.retry_number:
         context.log.info(f"retry {context.retry_number}: the program resumes from its last checkpoint in {out}")
+    command = launch_command(v2lc_training, config_path, cfg.get("device", "auto"))
     if v2lc_training.launcher == "k8s":
         from dagster_k8s import PipesK8sClient  # optional: pip install dagster-k8s
 
-        PipesK8sClient().run(
-            context=context, image=v2lc_training.k8s_image, command=launch_command(v2lc_training, config_path, cfg.get("device", "auto")),
-            namespace=v2lc_training.k8s_namespace, base_pod_spec=k8s_pod_spec(v2lc_training.gpus),
-        ).get_results()
+        # context in the pod's environment, messages in its log: the Kubernetes client's defaults
+        invocation = PipesK8sClient().run(
+            context=context, image=v2lc_training.k8s_image, command=command,
+            namespace=v2lc_training.k8s_namespace, base_pod_spec=k8s_pod_spec(v2lc_training.gpus, v2lc_training.k8s_secret))
     else:
-        pipes_subprocess_client.run(
-            command=launch_command(v2lc_training, config_path, cfg.get("device", "auto")), context=context, env={"PYTHONUNBUFFERED": "1"},
-        ).get_results()
+        invocation = lake_pipes_client(pipes_subprocess_client, root).run(
+            command=command, context=context, env={"PYTHONUNBUFFERED": "1"})
+    return v2lc_runs.reported_run(invocation.get_materialize_result(), out)
 
 
 ASSETS = [v2lc_encoder]

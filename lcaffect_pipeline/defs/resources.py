@@ -317,6 +317,7 @@ class V2LCTrainingResource(dg.ConfigurableResource):
     command: list[str] = Field(default=[], description='Replace the launch command prefix, e.g. ["srun", "python", "-m", "lcaffect_ml.train_v2lc"]')
     k8s_image: Optional[str] = None
     k8s_namespace: Optional[str] = None
+    k8s_secret: Optional[str] = Field(default=None, description="Kubernetes secret whose keys become the training pod's environment (the lake's AWS_* credentials)")
 
 
     @model_validator(mode="after")
@@ -334,7 +335,7 @@ class V2LCTrainingResource(dg.ConfigurableResource):
         return self
 
 
-V2LCTrainingResource.LAUNCH_FIELDS = ("launcher", "gpus", "command", "k8s_image", "k8s_namespace", "variants_json")
+V2LCTrainingResource.LAUNCH_FIELDS = ("launcher", "gpus", "command", "k8s_image", "k8s_namespace", "k8s_secret", "variants_json")
 
 
 class HumanEvalResource(dg.ConfigurableResource):
@@ -396,6 +397,9 @@ class DownstreamResource(dg.ConfigurableResource):
                                   'the v2lc_encoder asset holds. The ablation has one with-LC arm per variant')
     features_extra_json: str = Field(default="{}", description='Other extract_features options, as a JSON object (e.g. {"max_audio_frames": 16})')
     fusion_extra_json: str = Field(default="{}", description="Other train_fusion options, as a JSON object")
+    launch_prefix: list[str] = Field(default=[], description='A command the feature and fusion programs are launched '
+                                     'through, their "python -m …" appended (e.g. ["srun", "--gpus=1"]); they need only '
+                                     "the lake's URL and credentials")
 
     @model_validator(mode="after")
     def _valid_task_features(self) -> "DownstreamResource":

@@ -20,7 +20,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lcaffect_ml.contracts.hashing import sha256_bytes, sha256_file, short_hash
+from lcaffect_ml.contracts.hashing import sha256_bytes, short_hash
+from lcaffect_ml.contracts.runs import FUSION_FINISHED
 from lcaffect_ml.contracts.tables import META_FILE
 
 from .. import lake
@@ -37,9 +38,7 @@ TASK_ASSETS: dict[str, dict[str, str]] = {
                 "with_lc": "mustard_fusion_with_lc", "without_lc": "mustard_fusion_without_lc"},
 }
 ABLATION_ASSET = "ablation_report"
-
-
-FINISHED_FILES = ("model.safetensors", "metrics.json")  # uploaded last, metrics.json (what finished_fusion looks for) at the end
+COMMENT_BANK = "comment_bank.parquet"  # downstream/{this}: distinct clean comments
 
 
 def relative_media(table, media_dir: Path, name: str = "media"):
@@ -87,13 +86,21 @@ def fusion_run_dir(root: Path, task: str, cfg: dict[str, Any], utterances_versio
     return task_dir(root, task) / cfg["pipes_asset_key"] / key
 
 
+class FusionRunError(ValueError):
+    """A fusion run folder in the lake that this version cannot reuse (its reason names the file)."""
+
+
 def finished_fusion(out: Path) -> tuple[dict[str, float], str] | None:
-    """(mean metrics, data version) of a fusion run that already finished in ``out``, else None.
-    The data version is the weights' SHA-256, as the program reports it through Pipes."""
-    if not (out / "metrics.json").exists():
+    """(mean metrics, data version) of a fusion run that already finished in ``out``, else None:
+    its metrics.json (uploaded last, ``FUSION_FINISHED``), read once, holds the weights' SHA-256
+    (``model_sha256``, the data version the program reported through Pipes)."""
+    metrics_path = out / FUSION_FINISHED[-1]
+    if not metrics_path.exists():
         return None
-    metrics = json.loads((out / "metrics.json").read_text())
-    return {k: float(v) for k, v in metrics.get("mean", {}).items()}, sha256_file(out / "model.safetensors")
+    metrics = json.loads(metrics_path.read_text())
+    if "model_sha256" not in metrics:
+        raise FusionRunError(f"{metrics_path}: no model_sha256 (written by an older program): remove {out} to train it again")
+    return {k: float(v) for k, v in metrics.get("mean", {}).items()}, metrics["model_sha256"]
 
 
 def _read_json(path: Path) -> dict | None:
@@ -136,7 +143,7 @@ def comment_bank(root, out: Path | None = None) -> str | None:
     files = sorted(tables.files(root, "clean_comments").values()) if tables.version(root, "clean_comments") is not None else []
     if not files:
         return None
-    out = out or lake.local_path(root, "the comment bank") / "downstream" / "comment_bank.parquet"
+    out = out or lake.local_path(root, "the comment bank") / "downstream" / COMMENT_BANK
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     # the file list is bound; COPY's target cannot be, so it is quoted as an SQL string (a lake root may hold ')
