@@ -317,12 +317,11 @@ def _tunable_text(cfg: FusionTrainConfig, meta: dict[str, Any], meta_path: Path)
     k = cfg.text_tune_layers
     if not k:
         return model
-    below = (model or {}).get("layers_below_top", 0)
-    if not model or model.get("name") in (None, "tiny") or below != k:
+    name, below = (model or {}).get("name"), (model or {}).get("layers_below_top", 0)
+    if name in (None, "tiny") or below != k:
         raise DownstreamDataError(
             f"{meta_path}: text_tune_layers {k} needs text features from a pretrained encoder taken {k} layers "
-            f"below its top (extract with text_layers_below_top: {k}); these are "
-            f"{'from ' + repr(model.get('name')) + f', {below} below the top' if model else 'of no recorded encoder'}")
+            f"below its top (extract with text_layers_below_top: {k}); these are from {name!r}, {below} below the top")
     return model
 
 

@@ -17,6 +17,7 @@ layer-normalised, giving the fusion model one text token.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -31,27 +32,35 @@ def encoder_config(name: str) -> dict[str, Any]:
     return json.loads(AutoConfig.from_pretrained(name).to_json_string(use_diff=False))
 
 
+@functools.lru_cache(maxsize=2)
+def _pretrained_top(name: str, first: int) -> tuple[dict[str, torch.Tensor], ...]:
+    """The state of the encoder's layers from ``first`` up, read once per process (a MUStARD run
+    trains a model per seed and fold); ``load_state_dict`` copies, so sharing them is safe."""
+    from transformers import AutoModel
+
+    return tuple(layer.state_dict() for layer in AutoModel.from_pretrained(name).encoder.layer[first:])
+
+
 class TextTower(nn.Module):
     def __init__(self, config: dict[str, Any], layers: int):
         super().__init__()
         from transformers import AutoConfig, AutoModel
 
-        cfg = AutoConfig.for_model(**config)
-        depth = int(cfg.num_hidden_layers)
+        depth = int(config["num_hidden_layers"])
         if not 1 <= layers <= depth:
             raise ValueError(f"text_tune_layers must be in [1, {depth}] for this encoder, not {layers}")
         self.first = depth - layers
-        encoder = AutoModel.from_config(cfg)
-        self.layers = nn.ModuleList(encoder.encoder.layer[self.first:])
-        self.norm = nn.LayerNorm(int(cfg.hidden_size))
+        # Only the k layers are built: an encoder of depth k with a vocabulary of one token past the
+        # padding id (its embeddings, a few KB, are dropped), not the whole pretrained encoder.
+        small = AutoConfig.for_model(**{**config, "num_hidden_layers": layers,
+                                        "vocab_size": int(config.get("pad_token_id") or 0) + 1})
+        self.layers = nn.ModuleList(AutoModel.from_config(small).encoder.layer)
+        self.norm = nn.LayerNorm(int(small.hidden_size))
 
     def load_pretrained(self, name: str) -> None:
         """Copy the pretrained weights of the encoder's top layers (a hub name or local folder)."""
-        from transformers import AutoModel
-
-        pretrained = AutoModel.from_pretrained(name).encoder.layer[self.first:]
-        for own, theirs in zip(self.layers, pretrained):
-            own.load_state_dict(theirs.state_dict())
+        for own, state in zip(self.layers, _pretrained_top(name, self.first)):
+            own.load_state_dict(state)
 
     def forward(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, L, D) hidden states and their lengths -> (B, 1, D): one pooled token per utterance."""

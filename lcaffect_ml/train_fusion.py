@@ -220,7 +220,7 @@ class FusionRun:
         self.folder = folder or RunFolder(out)
         self.run_dir = out / "runs" / self.name
         self.manager = CheckpointManager(out / "checkpoints" / self.name, keep=cfg.keep_checkpoints,
-                                         publish=self.folder.publish_checkpoint if self.folder.url else None)
+                                         publish=self.folder.publish_checkpoint)
         self.fingerprint = run_fingerprint(cfg, data, seed, split.fold)
         self.steps_per_epoch = math.ceil(len(split.train) / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs

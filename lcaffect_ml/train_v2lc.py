@@ -334,7 +334,7 @@ def setup_run(cfg: TrainConfig, dist: DistInfo, reporter: TrainingReporter, fold
     out_dir = Path(cfg.output_dir)
     folder = folder or RunFolder(out_dir)
     manager = CheckpointManager(out_dir / "checkpoints", keep=cfg.keep_checkpoints,
-                                publish=folder.publish_checkpoint if folder.url else None)
+                                publish=folder.publish_checkpoint)
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in manager.clean_stale():

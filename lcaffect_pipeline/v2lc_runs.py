@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 from lcaffect_ml.contracts import lakepaths
 from lcaffect_ml.contracts.shards import DEFAULT_SEGMENT_S
 from lcaffect_ml.contracts.hashing import sha256_bytes
+from lcaffect_ml.contracts import runs
 from lcaffect_ml.contracts.runs import V2LC_FINISHED
 
 from .json_options import json_object
@@ -209,27 +210,15 @@ def latest_checkpoint(out: Path) -> Path:
 
 def finished_run(out) -> tuple[dict[str, Any], str] | None:
     """(metrics, data version) of a training run that already finished in ``out`` (a re-run is a
-    no-op), else None: its metrics.json, read once, holds the weights' SHA-256 (``model_sha256``,
-    the data version the program reported through Pipes), so nothing is hashed again."""
-    metrics_path, weights = (out / name for name in V2LC_FINISHED)
-    if not (metrics_path.exists() and weights.exists()):
-        return None
-    metrics = json.loads(metrics_path.read_text())
-    if "model_sha256" not in metrics:
-        raise RunFolderError(f"{metrics_path}: no model_sha256 (written by an older program): "
-                             f"remove {out} to train it again")
-    return metrics, metrics["model_sha256"]
-
-
-class RunFolderError(ValueError):
-    """A run folder in the lake that this version cannot reuse (its reason names the file)."""
+    no-op), else None (``contracts.runs.finished_run``)."""
+    return runs.finished_run(out, V2LC_FINISHED)
 
 
 def reported_run(result, out) -> tuple[dict[str, Any], str]:
     """(metrics, data version) from the program's Pipes report (``MaterializeResult``): the
     metrics as the program wrote them to ``out``/metrics.json, without reading or hashing it."""
     if result.data_version is None:
-        raise RunFolderError(f"the training program's report for {out} has no data version")
+        raise runs.RunFolderError(f"the training program's report for {out} has no data version")
     metrics = {k: v.value for k, v in (result.metadata or {}).items() if k not in ("model_dir", "checkpoint")}
     return metrics, result.data_version.value
 

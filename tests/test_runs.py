@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from lcaffect_ml.contracts.runs import RunFolderError
 from lcaffect_pipeline import v2lc_runs
 from lcaffect_pipeline.downstream import runs
 
@@ -57,7 +58,7 @@ def test_only_a_finished_fusion_run_is_reused(tmp_path) -> None:
     assert runs.finished_fusion(out) is None
     (out / "model.safetensors").write_bytes(b"weights")
     (out / "metrics.json").write_text(json.dumps({"mean": {"acc2": 0.75}, "seeds": {}}))
-    with pytest.raises(runs.FusionRunError, match="model_sha256"):  # from a program that did not record it
+    with pytest.raises(RunFolderError, match="model_sha256"):  # from a program that did not record it
         runs.finished_fusion(out)
     sha = hashlib.sha256(b"weights").hexdigest()
     (out / "metrics.json").write_text(json.dumps({"mean": {"acc2": 0.75}, "seeds": {}, "model_sha256": sha}))
@@ -126,7 +127,7 @@ def test_finished_v2lc_run_is_reused_and_is_the_assets_value(tmp_path) -> None:
     assert v2lc_runs.finished_run(out) is None
     (out / "model.safetensors").write_bytes(b"w")
     (out / "metrics.json").write_text(json.dumps({"v2c_r1": 0.2, "chance_r1": 0.1}))
-    with pytest.raises(v2lc_runs.RunFolderError, match="model_sha256"):  # from a program that did not record it
+    with pytest.raises(RunFolderError, match="model_sha256"):  # from a program that did not record it
         v2lc_runs.finished_run(out)
     sha = hashlib.sha256(b"w").hexdigest()
     (out / "metrics.json").write_text(json.dumps({"v2c_r1": 0.2, "chance_r1": 0.1, "model_sha256": sha}))

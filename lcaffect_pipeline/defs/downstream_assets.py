@@ -19,6 +19,7 @@ import dagster as dg
 import yaml
 
 from lcaffect_ml.contracts.hashing import sha256_bytes
+from lcaffect_ml.contracts.runs import RunFolderError
 
 from ..downstream import runs
 from ..downstream.arms import ArmError, base_arm, encoder_arms, features_folder, seed_base_features
@@ -213,7 +214,7 @@ def _fusion_run(context, lake: LakeResource, downstream: DownstreamResource, cli
     out = runs.fusion_run_dir(lake.path(), task, cfg, utts.get("data_version"))
     try:
         done = runs.finished_fusion(out)
-    except runs.FusionRunError as exc:
+    except RunFolderError as exc:
         raise dg.Failure(str(exc)) from exc
     if done is not None:
         values, version = done

@@ -11,6 +11,7 @@ import dagster as dg
 import yaml
 
 from lcaffect_ml.contracts.hashing import sha256_bytes
+from lcaffect_ml.contracts.runs import RunFolderError
 
 from .. import v2lc_runs, versions
 from ..corpus import load_catalogue_from_lake
@@ -58,7 +59,7 @@ def train_variant(context, root, training: V2LCTrainingResource, client: dg.Pipe
     out = v2lc_runs.run_dir(root, f"{shards['data_version']}:{sha256_bytes(payload)[:16]}", cfg)
     try:
         done = v2lc_runs.finished_run(out)
-    except v2lc_runs.RunFolderError as exc:
+    except RunFolderError as exc:
         raise dg.Failure(str(exc)) from exc
     if done is not None:
         context.log.info(f"V2LC variant {variant.name}: training already finished in {out}: reusing it")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lcaffect_ml.contracts.hashing import sha256_bytes, short_hash
-from lcaffect_ml.contracts.runs import FUSION_FINISHED
+from lcaffect_ml.contracts.runs import FUSION_FINISHED, finished_run
 from lcaffect_ml.contracts.tables import META_FILE
 
 from .. import lake
@@ -86,21 +86,13 @@ def fusion_run_dir(root: Path, task: str, cfg: dict[str, Any], utterances_versio
     return task_dir(root, task) / cfg["pipes_asset_key"] / key
 
 
-class FusionRunError(ValueError):
-    """A fusion run folder in the lake that this version cannot reuse (its reason names the file)."""
-
-
 def finished_fusion(out: Path) -> tuple[dict[str, float], str] | None:
-    """(mean metrics, data version) of a fusion run that already finished in ``out``, else None:
-    its metrics.json (uploaded last, ``FUSION_FINISHED``), read once, holds the weights' SHA-256
-    (``model_sha256``, the data version the program reported through Pipes)."""
-    metrics_path = out / FUSION_FINISHED[-1]
-    if not metrics_path.exists():
+    """(mean metrics, data version) of a fusion run that already finished in ``out``, else None
+    (``contracts.runs.finished_run``: its metrics.json, uploaded last, records the data version)."""
+    if (done := finished_run(out, FUSION_FINISHED)) is None:
         return None
-    metrics = json.loads(metrics_path.read_text())
-    if "model_sha256" not in metrics:
-        raise FusionRunError(f"{metrics_path}: no model_sha256 (written by an older program): remove {out} to train it again")
-    return {k: float(v) for k, v in metrics.get("mean", {}).items()}, metrics["model_sha256"]
+    metrics, version = done
+    return {k: float(v) for k, v in metrics.get("mean", {}).items()}, version
 
 
 def _read_json(path: Path) -> dict | None:
