@@ -65,18 +65,27 @@ def utterance_table(task: str, root: Path, work: Path) -> Path:
 # peers and the frozen-head arm read, and, for the tuned arm, the token-level hidden states below
 # MiniLM's top layer (the utterance and its context as one sentence pair), whose top layer the
 # fusion model fine-tunes.
+# ``--tuned-layers`` k (default 1) sets both ends: extraction keeps the hidden states k layers down
+# and the fusion model tunes those k layers (MiniLM has 6: 6 tunes every layer above the embeddings).
 TUNED_LAYERS = 1
-EXTRACT_OPTIONS = {"frozen": {"text_pooling": "turns"},
-                   "tuned": {"text_pooling": "tokens", "text_layers_below_top": TUNED_LAYERS}}
 
 
-def features(task: str, table: Path, work: Path, text_model: str, context: bool, arm: str) -> Path:
+def extract_options(arm: str, tuned_layers: int) -> dict:
+    if arm == "frozen":
+        return {"text_pooling": "turns"}
+    return {"text_pooling": "tokens", "text_layers_below_top": tuned_layers}
+
+
+def features(task: str, table: Path, work: Path, text_model: str, context: bool, arm: str,
+             tuned_layers: int = TUNED_LAYERS) -> Path:
     from lcaffect_ml.extract_features import ExtractConfig, extract
 
-    out = work / task / f"features-{arm}-context-{'on' if context else 'off'}"
+    depth = f"-{tuned_layers}" if arm == "tuned" else ""  # a folder per depth: a rerun reuses none by mistake
+    out = work / task / f"features-{arm}{depth}-context-{'on' if context else 'off'}"
     extract(ExtractConfig.from_dict({
         "utterances": str(table), "output_dir": str(out), "modalities": ["text"], "text_model": text_model,
-        "context": context, "batch_size": 64, "device": "cpu", "progress": False, **EXTRACT_OPTIONS[arm]}))
+        "context": context, "batch_size": 64, "device": "cpu", "progress": False,
+        **extract_options(arm, tuned_layers)}))
     return out
 
 
@@ -90,21 +99,26 @@ def features(task: str, table: Path, work: Path, text_model: str, context: bool,
 FUSION_OPTIONS = {
     "frozen": {"meld": {"dropout": 0.3, "batch_size": 128, "epochs": 15, "lr": 1e-3},
                "mustard": {"dropout": 0.3, "batch_size": 64, "epochs": 20}},
-    "tuned": {"meld": {"batch_size": 32, "epochs": 4, "lr": 5e-4, "text_tune_layers": TUNED_LAYERS,
-                       "text_tune_lr": 5e-5},
-              "mustard": {"batch_size": 16, "epochs": 5, "lr": 1e-3, "text_tune_layers": TUNED_LAYERS,
-                          "text_tune_lr": 5e-5}},
+    "tuned": {"meld": {"batch_size": 32, "epochs": 4, "lr": 5e-4, "text_tune_lr": 5e-5},
+              "mustard": {"batch_size": 16, "epochs": 5, "lr": 1e-3, "text_tune_lr": 5e-5}},
 }
 ARMS = {"tuned": "project", "frozen": "project_frozen"}  # arm -> its key in the results
 
 
-def fusion(task: str, table: Path, feats: Path, seeds: list[int], arm: str) -> dict:
+def fusion_options(task: str, arm: str, tuned_layers: int = TUNED_LAYERS, override: dict | None = None) -> dict:
+    """The arm's fusion options; the tuned arm's with its depth and ``--tuned-options`` on top."""
+    if arm == "frozen":
+        return FUSION_OPTIONS[arm][task]
+    return {**FUSION_OPTIONS[arm][task], "text_tune_layers": tuned_layers, **(override or {})}
+
+
+def fusion(task: str, table: Path, feats: Path, seeds: list[int], options: dict) -> dict:
     from lcaffect_ml.train_fusion import train
     from lcaffect_ml.fusion_data import FusionTrainConfig
 
     return train(FusionTrainConfig.from_dict({
         "task": task, "utterances": str(table), "features_dir": str(feats), "output_dir": str(feats / "fusion"),
-        "use_lc": False, "modalities": ["text"], "seeds": seeds, "device": "cpu", **FUSION_OPTIONS[arm][task]}))
+        "use_lc": False, "modalities": ["text"], "seeds": seeds, "device": "cpu", **options}))
 
 
 def sentence_embeddings(feats: Path) -> tuple[list[str], np.ndarray]:
@@ -208,20 +222,21 @@ def test_groups(table: Path, ids: list[str]) -> np.ndarray:
 
 
 def run_task(task: str, root: Path, work: Path, seeds: list[int], context: bool, text_model: str,
-             arms: list[str]) -> dict:
+             arms: list[str], tuned_layers: int = TUNED_LAYERS, tuned_options: dict | None = None) -> dict:
     t0 = time.perf_counter()
     table = utterance_table(task, root, work)
+    options = {a: fusion_options(task, a, tuned_layers, tuned_options) for a in arms}
     result: dict = {"task": task, "context": context, "metric": HEADLINE, "seconds": {},
-                    "fusion_options": {ARMS[a]: FUSION_OPTIONS[a][task] for a in arms}}
+                    "fusion_options": {ARMS[a]: options[a] for a in arms}}
     feats = {}
     for arm in ("frozen", *(a for a in arms if a != "frozen")):  # the peers read the frozen features
         t = time.perf_counter()
-        feats[arm] = features(task, table, work, text_model, context, arm)
+        feats[arm] = features(task, table, work, text_model, context, arm, tuned_layers)
         result["seconds"][f"features_{arm}"] = round(time.perf_counter() - t, 1)
     pred = None
     for arm in arms:
         t = time.perf_counter()
-        metrics = fusion(task, table, feats[arm], seeds, arm)
+        metrics = fusion(task, table, feats[arm], seeds, options[arm])
         result["seconds"][f"fusion_{arm}"] = round(time.perf_counter() - t, 1)
         if pred is not None:
             assert metrics["predictions"]["ids"] == pred["ids"], "every arm is tested on the same utterances"
@@ -260,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
                     help="the project's arms: tuned (the headline: MiniLM's top layer fine-tuned in the fusion "
                     "model) and frozen (a head over the peers' frozen features)")
+    ap.add_argument("--tuned-layers", type=int, default=TUNED_LAYERS,
+                    help="the tuned arm: how many of MiniLM's top layers the fusion model fine-tunes (6: all)")
+    ap.add_argument("--tuned-options", type=json.loads, default={},
+                    help='the tuned arm: fusion options over the bench\'s, as JSON (e.g. \'{"epochs": 4}\')')
     args = ap.parse_args(argv)
     import torch
 
@@ -269,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     for task in args.tasks:
         for ctx in args.context:
             r = run_task(task, Path(args.shared) / "data" / task, work, args.seeds, ctx == "on", text_model,
-                         args.arms)
+                         args.arms, args.tuned_layers, args.tuned_options)
             print(json.dumps(r), flush=True)
             results.append(r)
     out = work / f"results-{'-'.join(args.tasks)}-context-{'-'.join(args.context)}.json"

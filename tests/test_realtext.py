@@ -42,6 +42,25 @@ def test_the_real_encoder_puts_paraphrases_closer_than_unrelated_sentences(minil
     assert vectors[0].shape == (1, 384)
 
 
+def test_the_tuned_depth_sets_both_the_extraction_and_the_fusion_model(minilm, bench, tmp_path):
+    """``--tuned-layers 6`` (every MiniLM layer tuned, the MUStARD rows of bench/README.md): the
+    features are taken at the embeddings and the fusion model takes all six layers; the bench's
+    default depth over them is refused, so a table row cannot mix the two."""
+    from lcaffect_ml.fusion_data import DownstreamDataError, FusionTrainConfig, load_data
+
+    table = bench.utterance_table("mustard", data_path("mustard", "sarcasm_data.json").parent, tmp_path)
+    feats = bench.features("mustard", table, tmp_path, minilm, False, "tuned", tuned_layers=6)
+    assert feats.name == "features-tuned-6-context-off"
+    common = {"task": "mustard", "utterances": str(table), "features_dir": str(feats),
+              "output_dir": str(tmp_path / "out"), "use_lc": False, "modalities": ["text"]}
+    options = bench.fusion_options("mustard", "tuned", 6, {"epochs": 4})
+    assert options["text_tune_layers"] == 6 and options["epochs"] == 4
+    data = load_data(FusionTrainConfig.from_dict({**common, **options}))
+    assert len(data.ids) == 690
+    with pytest.raises(DownstreamDataError, match="text_tune_layers 1 needs"):
+        load_data(FusionTrainConfig.from_dict({**common, **bench.fusion_options("mustard", "tuned")}))
+
+
 @pytest.mark.slow
 def test_mustard_text_only_on_the_official_folds_beats_the_majority_class(minilm, bench, tmp_path):
     """The whole text-only path on the real annotations: every utterance kept without media, the
