@@ -263,6 +263,13 @@ def run_task(task: str, root: Path, work: Path, seeds: list[int], context: bool,
     return result
 
 
+def at_least_one(text: str) -> int:
+    """``--tuned-layers``: 0 would train a head over untuned token states and call it the tuned arm."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of layers, at least 1, not {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
@@ -275,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
                     help="the project's arms: tuned (the headline: MiniLM's top layer fine-tuned in the fusion "
                     "model) and frozen (a head over the peers' frozen features)")
-    ap.add_argument("--tuned-layers", type=int, default=TUNED_LAYERS,
+    ap.add_argument("--tuned-layers", type=at_least_one, default=TUNED_LAYERS,
                     help="the tuned arm: how many of MiniLM's top layers the fusion model fine-tunes (6: all)")
     ap.add_argument("--tuned-options", type=json.loads, default={},
                     help='the tuned arm: fusion options over the bench\'s, as JSON (e.g. \'{"epochs": 4}\')')
@@ -284,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     text_model, work = minilm_path(), Path(args.work)
+    from lcaffect_ml.text_tower import encoder_config
+
+    depth = int(encoder_config(text_model)["num_hidden_layers"])
+    if args.tuned_layers > depth:  # refused now, not after the frozen arm's extraction
+        ap.error(f"--tuned-layers {args.tuned_layers}: {text_model} has {depth} layers")
     results = []
     for task in args.tasks:
         for ctx in args.context:

@@ -59,6 +59,11 @@ def test_the_tuned_depth_sets_both_the_extraction_and_the_fusion_model(minilm, b
     assert len(data.ids) == 690
     with pytest.raises(DownstreamDataError, match="text_tune_layers 1 needs"):
         load_data(FusionTrainConfig.from_dict({**common, **bench.fusion_options("mustard", "tuned")}))
+    # no depth (an untuned head called the tuned arm) and more than MiniLM's 6 are refused at once
+    for bad in ("0", "-1", "two", "7"):
+        with pytest.raises(SystemExit):
+            bench.main(["--tuned-layers", bad, "--work", str(tmp_path / "never")])
+    assert not (tmp_path / "never").exists()
 
 
 @pytest.mark.slow
