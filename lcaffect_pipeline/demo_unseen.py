@@ -28,6 +28,7 @@ from __future__ import annotations
 import random
 import shutil
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,11 @@ PALETTE = (("红", (220, 40, 40)), ("橙", (240, 140, 20)), ("黄", (235, 220, 4
            ("黑", (20, 20, 20)), ("白", (240, 240, 240)), ("灰", (128, 128, 128)), ("棕", (120, 70, 30)))
 MOOD_NOISE = 0.15  # share of scenes whose mood is drawn at random instead of their pattern's
 NOISE = 30  # uniform pixel noise amplitude per frame
+# The clips read 4 frames of each 8-s segment (configs/demo_unseen.yaml), so the corpus videos are
+# rendered at 2 fps: 10 fps drew five times the frames, and drawing them (numpy) was most of the
+# job's first 2.5 minutes. The downstream clips keep their 10 fps (``render``'s default).
+CORPUS_FPS = 2
+RENDER_VERSION = "2"  # bump when the corpus videos' pixels change: it names their files and the world's marker
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,12 @@ def corpus_scenes(video_index: int, segments: int) -> list[UnseenScene]:
     return [scene("corpus", video_index * segments + k) for k in range(segments)]
 
 
+def render_corpus_video(path: Path, video_index: int, segments: int, seconds: float, seed: int) -> Path:
+    """Corpus video ``video_index``: its segments' scenes (``corpus_scenes``), ``seconds`` each."""
+    return render(path, corpus_scenes(video_index, segments), seconds, tone_hz=440, fps=CORPUS_FPS,
+                  seed=1000 * seed + video_index)
+
+
 def render(path: Path, scenes: list[UnseenScene], seconds: float, *, tone_hz: int, size: str = "160x120",
            fps: int = 10, seed: int = 0) -> Path:
     """Encode ``scenes`` (``seconds`` each) with a sine tone into an mp4 (frames piped to ffmpeg)."""
@@ -119,7 +131,8 @@ def render(path: Path, scenes: list[UnseenScene], seconds: float, *, tone_hz: in
     n = int(round(seconds * fps))
     video = np.concatenate([frames(s, n, width=width, height=height, fps=fps, seed=seed * 1_000_003 + i)
                             for i, s in enumerate(scenes)])
-    tmp = path.with_name(f".{path.name}.tmp.mp4")
+    # a name of its own: the three downstream tasks' steps may render the same clip pool at once
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.mp4")
     args = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", size,
             "-r", str(fps), "-i", "-", "-f", "lavfi", "-i",
             f"sine=frequency={tone_hz}:sample_rate=16000:duration={seconds * len(scenes)}",

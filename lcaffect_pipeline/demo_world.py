@@ -290,8 +290,7 @@ def _render_video(path: Path, video_index: int, seed: int, segments: int, world:
     if world == "unseen":
         from . import demo_unseen
 
-        return demo_unseen.render(path, demo_unseen.corpus_scenes(video_index, segments), SEGMENT_S, tone_hz=440,
-                                  seed=1000 * seed + video_index)
+        return demo_unseen.render_corpus_video(path, video_index, segments, SEGMENT_S, seed)
     return make_demo_video(path, segment_scenes(video_index, seed, segments))
 
 
@@ -326,6 +325,10 @@ def generate_demo_world(root, n_videos: int = 16, *, segments: int = SEGMENTS_PE
     _check_world(world)
     params = {"version": DEMO_VERSION, "n_videos": n_videos, "segments": segments, "seed": seed, "with_videos": with_videos,
               "world": world}
+    if world == "unseen":  # its renderer's version: a world rendered before a change is rendered again
+        from .demo_unseen import RENDER_VERSION
+
+        params["render"] = RENDER_VERSION
     if not lake.is_local(lake.as_path(root)):
         return _upload_demo_world(lake.as_path(root), params)
     root = lake.local_path(root, "the demo world")
@@ -334,6 +337,7 @@ def generate_demo_world(root, n_videos: int = 16, *, segments: int = SEGMENTS_PE
     if catalogue.exists() and marker.exists() and json.loads(marker.read_text()) == params:
         return catalogue
     entries, renders = [], []
+    render_tag = f"-r{params['render']}" if "render" in params else ""  # memorisation: the names it always had
     for i in range(n_videos):
         fmt = FORMATS[i % len(FORMATS)]
         vid = f"demo_{i:02d}"
@@ -357,7 +361,7 @@ def generate_demo_world(root, n_videos: int = 16, *, segments: int = SEGMENTS_PE
             "title": f"Demo video {i} ({fmt})",
         }
         if with_videos:
-            video = root / "videos" / f"{vid}-{segments}x-seed{seed}-{world}-v{DEMO_VERSION}.mp4"
+            video = root / "videos" / f"{vid}-{segments}x-seed{seed}-{world}{render_tag}-v{DEMO_VERSION}.mp4"
             if not video.exists():  # same index, length, seed and world, same content: keep the rendered file
                 renders.append((video, i))
             entry["video"] = str(video.relative_to(root))

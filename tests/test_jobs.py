@@ -21,14 +21,14 @@ JOB_CONFIGS = {  # job → the example configs that must be valid for it (merged
     "reproduce_job": [["pretrain.example.yaml", "reproduce.example.yaml"], ["demo.yaml", "reproduce.example.yaml"]],
     "retention_job": [["retention.example.yaml"]],
     "human_eval_job": [["human_eval.example.yaml"], ["demo.yaml", "human_eval.example.yaml"]],
-    "full_pipeline": [["demo.yaml"], ["demo.yaml", "rerun_one.yaml"], ["paper.example.yaml"],
+    "full_pipeline": [["demo.yaml"], ["demo.yaml", "rerun_one.yaml"], ["demo_unseen.yaml"], ["paper.example.yaml"],
                       ["paper.example.yaml", "crosslingual.example.yaml"],
                       ["paper.example.yaml", "diversity.example.yaml"],
                       ["paper.example.yaml", "unseen_platform.example.yaml"],
                       ["scaleout_small.yaml"]],
 }
 # The configs that may train and extract with the "tiny" towers built in code: the demos.
-TINY_ALLOWED = {"demo.yaml", "scaleout_small.yaml"}
+TINY_ALLOWED = {"demo.yaml", "demo_unseen.yaml", "scaleout_small.yaml"}
 TIMESFORMER, ZH_ROBERTA = "facebook/timesformer-base-finetuned-k400", "hfl/chinese-roberta-wwm-ext"
 ENGLISH = {"text_model": "roberta-base", "audio_model": "facebook/wav2vec2-base", "vision_model": "openai/clip-vit-base-patch32"}
 PAPER_FEATURES = {"chsims2": {**ENGLISH, "text_model": ZH_ROBERTA}, "meld": ENGLISH, "mustard": ENGLISH}
@@ -49,6 +49,9 @@ TOWERS = {
         PAPER_FEATURES),
     ("full_pipeline", ("demo.yaml",)): ({"default": ("tiny", "tiny")}, {t: {"text_model": "tiny", "audio_model": "tiny",
                                                                             "vision_model": "tiny"} for t in PAPER_FEATURES}),
+    ("full_pipeline", ("demo_unseen.yaml",)): ({"v2lc": ("tiny", "tiny"), "shuffled_comments": ("tiny", "tiny")},
+                                               {t: {"text_model": "tiny", "audio_model": "tiny", "vision_model": "tiny"}
+                                                for t in PAPER_FEATURES}),
 }
 
 

@@ -38,6 +38,7 @@ hard-linked (copied where links fail) to every utterance, so generation takes a 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
@@ -289,8 +290,16 @@ def _render_pool(folder: Path, seed: int, splits: Mapping[str, tuple], world: st
             if not path.is_file():
                 pending.append((path, c, v, 1000 * seed + 10 * n + v))
             pool[(c, v)] = path
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as workers:  # ffmpeg does the work
-        list(workers.map(lambda job: _render_clip(job[0], job[1], job[2], noise_seed=job[3]), pending))
+    if not pending:
+        return pool
+    folder.mkdir(parents=True, exist_ok=True)
+    # The three tasks' utterance steps generate the datasets at once: one process renders the pool,
+    # the others wait for it and then find the clips, instead of each rendering them all.
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        pending = [job for job in pending if not job[0].is_file()]
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as workers:  # ffmpeg does the work
+            list(workers.map(lambda job: _render_clip(job[0], job[1], job[2], noise_seed=job[3]), pending))
     return pool
 
 
