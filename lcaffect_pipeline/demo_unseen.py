@@ -28,11 +28,12 @@ from __future__ import annotations
 import random
 import shutil
 import subprocess
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from lcaffect_ml.atomic import atomic_file
 
 from .demo_world import MOODS, MOOD_COMMENTS
 
@@ -131,20 +132,15 @@ def render(path: Path, scenes: list[UnseenScene], seconds: float, *, tone_hz: in
     n = int(round(seconds * fps))
     video = np.concatenate([frames(s, n, width=width, height=height, fps=fps, seed=seed * 1_000_003 + i)
                             for i, s in enumerate(scenes)])
-    # a name of its own: the three downstream tasks' steps may render the same clip pool at once
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.mp4")
     args = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", size,
             "-r", str(fps), "-i", "-", "-f", "lavfi", "-i",
             f"sine=frequency={tone_hz}:sample_rate=16000:duration={seconds * len(scenes)}",
             "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "28", "-pix_fmt", "yuv420p",
             "-c:a", "aac", "-b:a", "48k", "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact",
-            "-shortest", str(tmp)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        subprocess.run(args, input=video.tobytes(), check=True, capture_output=True)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+            "-shortest"]
+    # a temporary name of the writer's own: the three downstream tasks' steps may render one clip pool at once
+    with atomic_file(path) as tmp:
+        subprocess.run([*args, str(tmp)], input=video.tobytes(), check=True, capture_output=True)
     return path
 
 

@@ -325,10 +325,11 @@ def generate_demo_world(root, n_videos: int = 16, *, segments: int = SEGMENTS_PE
     _check_world(world)
     params = {"version": DEMO_VERSION, "n_videos": n_videos, "segments": segments, "seed": seed, "with_videos": with_videos,
               "world": world}
+    render_tag = ""  # the memorisation world's videos keep the names they always had
     if world == "unseen":  # its renderer's version: a world rendered before a change is rendered again
         from .demo_unseen import RENDER_VERSION
 
-        params["render"] = RENDER_VERSION
+        params["render"], render_tag = RENDER_VERSION, f"-r{RENDER_VERSION}"
     if not lake.is_local(lake.as_path(root)):
         return _upload_demo_world(lake.as_path(root), params)
     root = lake.local_path(root, "the demo world")
@@ -337,7 +338,6 @@ def generate_demo_world(root, n_videos: int = 16, *, segments: int = SEGMENTS_PE
     if catalogue.exists() and marker.exists() and json.loads(marker.read_text()) == params:
         return catalogue
     entries, renders = [], []
-    render_tag = f"-r{params['render']}" if "render" in params else ""  # memorisation: the names it always had
     for i in range(n_videos):
         fmt = FORMATS[i % len(FORMATS)]
         vid = f"demo_{i:02d}"
